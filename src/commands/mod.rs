@@ -1,0 +1,396 @@
+//! The command table and what is derived from it: lookup, arity checks and key location.
+//!
+//! [`table`] states every served command once; [`lookup`] finds a request's row and checks
+//! its arity; [`key_args`] lists which arguments are keys, channels or key patterns, parsing
+//! options exactly the way Redis parses them so that pkv and Redis always agree on which
+//! argument is a key.
+
+pub mod spec;
+pub mod table;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+pub use spec::{flags, CommandSpec, Exec, KeyRule, Local, Opt, ReplyRewrite, Takes};
+
+/// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,
+/// scripting that reaches undeclared keys, and commands whose effect cannot be confined to
+/// one tenant or paid for. Anything neither here nor in the table is an unknown command.
+pub const DENIED: &[&str] = &[
+    "ACL",
+    "BGREWRITEAOF",
+    "BGSAVE",
+    "CLUSTER",
+    "CONFIG",
+    "DEBUG",
+    "EVAL",
+    "EVALSHA",
+    "EVALSHA_RO",
+    "EVAL_RO",
+    "FAILOVER",
+    "FCALL",
+    "FCALL_RO",
+    "FUNCTION",
+    "LASTSAVE",
+    "LATENCY",
+    "MIGRATE",
+    "MODULE",
+    "MONITOR",
+    "MOVE",
+    "OBJECT|FREQ",
+    "PERSIST",
+    "PSYNC",
+    "REPLCONF",
+    "REPLICAOF",
+    "RESTORE",
+    "RESTORE-ASKING",
+    "ROLE",
+    "SAVE",
+    "SCRIPT",
+    "SHUTDOWN",
+    "SLAVEOF",
+    "SLOWLOG",
+    "SWAPDB",
+    "SYNC",
+    "CLIENT|KILL",
+    "CLIENT|LIST",
+    "CLIENT|PAUSE",
+    "CLIENT|UNPAUSE",
+    "CLIENT|TRACKING",
+    "CLIENT|CACHING",
+    "CLIENT|GETREDIR",
+    "CLIENT|TRACKINGINFO",
+    "CLIENT|UNBLOCK",
+    "CLIENT|NO-EVICT",
+    "MEMORY|DOCTOR",
+    "MEMORY|MALLOC-STATS",
+    "MEMORY|PURGE",
+    "MEMORY|STATS",
+    "PUBSUB|NUMPAT",
+    "PUBSUB|SHARDCHANNELS",
+    "PUBSUB|SHARDNUMSUB",
+    "SPUBLISH",
+    "SSUBSCRIBE",
+    "SUNSUBSCRIBE",
+    "DUMP",
+    "WAIT",
+    "WAITAOF",
+    "LOLWUT",
+];
+
+/// Why a request could not be matched to a served command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    /// Not a command Redis or pkv knows.
+    Unknown,
+    /// A known command that pkv refuses; carries the name as the client wrote it.
+    Denied(String),
+    /// A container command with an unknown subcommand.
+    UnknownSubcommand,
+    /// Served, but with the wrong number of arguments.
+    Arity,
+}
+
+fn index() -> &'static HashMap<&'static str, &'static CommandSpec> {
+    static INDEX: OnceLock<HashMap<&'static str, &'static CommandSpec>> = OnceLock::new();
+    INDEX.get_or_init(|| table::TABLE.iter().map(|spec| (spec.name, spec)).collect())
+}
+
+/// Upper-cases `name` into `buf` when it fits; command names are short ASCII words.
+fn upper<'a>(name: &[u8], buf: &'a mut [u8; 48]) -> Option<&'a str> {
+    if name.len() > buf.len() {
+        return None;
+    }
+    let out = &mut buf[..name.len()];
+    for (o, b) in out.iter_mut().zip(name) {
+        *o = b.to_ascii_uppercase();
+    }
+    std::str::from_utf8(out).ok()
+}
+
+/// Finds the table row for a request (`args[0]` is the command name) and checks its arity.
+pub fn lookup(args: &[Bytes]) -> Result<&'static CommandSpec, LookupError> {
+    let Some(first) = args.first() else {
+        return Err(LookupError::Unknown);
+    };
+    let mut buf = [0u8; 48];
+    let name = upper(first, &mut buf).ok_or(LookupError::Unknown)?;
+    let spec = match index().get(name) {
+        Some(spec) => *spec,
+        None if DENIED.contains(&name) => return Err(LookupError::Denied(name.to_owned())),
+        None => return Err(LookupError::Unknown),
+    };
+    let spec = if spec.flags & flags::CONTAINER != 0 && args.len() >= 2 {
+        let mut sub_buf = [0u8; 48];
+        let sub = upper(&args[1], &mut sub_buf).ok_or(LookupError::UnknownSubcommand)?;
+        let full = format!("{name}|{sub}");
+        match index().get(full.as_str()) {
+            Some(spec) => *spec,
+            None if DENIED.contains(&full.as_str()) => {
+                return Err(LookupError::Denied(format!("{name} {sub}")))
+            }
+            None => return Err(LookupError::UnknownSubcommand),
+        }
+    } else {
+        spec
+    };
+    if arity_ok(spec.arity, args.len()) {
+        Ok(spec)
+    } else {
+        Err(LookupError::Arity)
+    }
+}
+
+fn arity_ok(arity: i32, argc: usize) -> bool {
+    let argc = argc as i64;
+    let arity = arity as i64;
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
+}
+
+/// What a located argument names, which decides how it is rewritten into the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArgRole {
+    /// A key: prefixed.
+    Key,
+    /// A glob pattern over keys: prefixed with the glob-escaped prefix.
+    KeyGlob,
+    /// A `SORT BY/GET` pattern: prefixed unless it is `#`.
+    SortPattern,
+    /// A Pub/Sub channel: prefixed.
+    Channel,
+    /// A Pub/Sub channel pattern: prefixed with the glob-escaped prefix.
+    ChannelGlob,
+}
+
+/// Why pkv could not locate the keys of a request; the request is answered with the error
+/// and never forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("ERR value is not an integer or out of range")]
+    NotInteger,
+    #[error("ERR numkeys should be greater than 0")]
+    NumKeysNotPositive,
+    #[error("ERR Number of keys can't be greater than number of args")]
+    NumKeysTooLarge,
+    #[error("ERR syntax error")]
+    Syntax,
+    #[error("ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.")]
+    UnbalancedStreams,
+}
+
+/// Parses an integer the way Redis's `string2ll` does: optional `-`, digits, no leading
+/// zeros, no spaces or `+`. Agreeing with Redis here is what keeps `numkeys` honest.
+pub fn parse_redis_int(raw: &[u8]) -> Option<i64> {
+    let (neg, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, raw),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if neg {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
+}
+
+/// Lists `(index, role)` for every argument of `args` that names a key, key pattern or
+/// channel, according to the command's key rules.
+pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRole)>, KeyError> {
+    let mut out = Vec::new();
+    let argc = args.len();
+    for rule in spec.keys {
+        match *rule {
+            KeyRule::Range { first, last, step } => {
+                let first = usize::from(first);
+                let last = if last < 0 {
+                    match argc.checked_sub(last.unsigned_abs() as usize) {
+                        Some(last) => last,
+                        None => continue,
+                    }
+                } else {
+                    usize::from(last as u8).min(argc.saturating_sub(1))
+                };
+                let mut i = first;
+                while i <= last && i < argc {
+                    out.push((i, ArgRole::Key));
+                    i += usize::from(step.max(1));
+                }
+            }
+            KeyRule::NumKeys { at } => {
+                let at = usize::from(at);
+                let raw = args.get(at).ok_or(KeyError::Syntax)?;
+                let n = parse_redis_int(raw).ok_or(KeyError::NotInteger)?;
+                if n <= 0 {
+                    return Err(KeyError::NumKeysNotPositive);
+                }
+                let n = n as u64;
+                if n > (argc - at - 1) as u64 {
+                    return Err(KeyError::NumKeysTooLarge);
+                }
+                out.extend((at + 1..=at + n as usize).map(|i| (i, ArgRole::Key)));
+            }
+            KeyRule::Options { start, grammar } => {
+                options(args, usize::from(start), grammar, &mut out)?
+            }
+            KeyRule::Channels { first } => {
+                out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::Channel)))
+            }
+            KeyRule::ChannelPatterns { first } => {
+                out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::ChannelGlob)))
+            }
+            KeyRule::KeyPattern { at } => {
+                if usize::from(at) < argc {
+                    out.push((usize::from(at), ArgRole::KeyGlob));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Walks an option list the way Redis's own option loops do: a keyword, then what it takes.
+/// An unknown word is a syntax error, as it is for Redis, so nothing unrecognised is ever
+/// forwarded.
+fn options(
+    args: &[Bytes],
+    start: usize,
+    grammar: &[Opt],
+    out: &mut Vec<(usize, ArgRole)>,
+) -> Result<(), KeyError> {
+    let mut i = start;
+    while i < args.len() {
+        let opt = grammar
+            .iter()
+            .find(|opt| args[i].eq_ignore_ascii_case(opt.word.as_bytes()))
+            .ok_or(KeyError::Syntax)?;
+        let rest = args.len() - i - 1;
+        match opt.takes {
+            Takes::Plain(n) => {
+                if rest < usize::from(n) {
+                    return Err(KeyError::Syntax);
+                }
+                i += 1 + usize::from(n);
+            }
+            Takes::Key | Takes::KeyPattern => {
+                if rest < 1 {
+                    return Err(KeyError::Syntax);
+                }
+                let role = if matches!(opt.takes, Takes::Key) {
+                    ArgRole::Key
+                } else {
+                    ArgRole::SortPattern
+                };
+                out.push((i + 1, role));
+                i += 2;
+            }
+            Takes::StreamsRest => {
+                if rest == 0 || rest % 2 != 0 {
+                    return Err(KeyError::UnbalancedStreams);
+                }
+                out.extend((i + 1..i + 1 + rest / 2).map(|k| (k, ArgRole::Key)));
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every name the table serves, for `COMMAND COUNT` and the README.
+pub fn served_names() -> impl Iterator<Item = &'static str> {
+    table::TABLE.iter().map(|spec| spec.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<Bytes> {
+        line.split_whitespace()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn redis_int_parsing_matches_string2ll() {
+        assert_eq!(parse_redis_int(b"12"), Some(12));
+        assert_eq!(parse_redis_int(b"-3"), Some(-3));
+        assert_eq!(parse_redis_int(b"0"), Some(0));
+        for bad in [
+            &b"01"[..],
+            b"+1",
+            b" 1",
+            b"",
+            b"-",
+            b"-0",
+            b"1a",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_redis_int(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(parse_redis_int(b"-9223372036854775808"), Some(i64::MIN));
+    }
+
+    #[test]
+    fn lookup_checks_arity_and_subcommands() {
+        assert!(lookup(&args("get k")).is_ok());
+        assert_eq!(lookup(&args("get")).unwrap_err(), LookupError::Arity);
+        assert_eq!(
+            lookup(&args("nosuchcmd")).unwrap_err(),
+            LookupError::Unknown
+        );
+        assert!(matches!(
+            lookup(&args("config get x")),
+            Err(LookupError::Denied(_))
+        ));
+        assert!(matches!(
+            lookup(&args("object freq k")),
+            Err(LookupError::Denied(_))
+        ));
+        assert!(lookup(&args("object encoding k")).is_ok());
+    }
+
+    #[test]
+    fn keys_are_found_where_redis_looks() {
+        let find = |line: &str| {
+            let a = args(line);
+            let spec = lookup(&a).unwrap();
+            key_args(spec, &a).map(|v| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>())
+        };
+        assert_eq!(find("mset a 1 b 2"), Ok(vec![1, 3]));
+        assert_eq!(find("zunionstore d 2 a b weights 1 2"), Ok(vec![1, 3, 4]));
+        assert_eq!(find("zunionstore d 3 a b"), Err(KeyError::NumKeysTooLarge));
+        assert_eq!(find("zunionstore d 01 a b"), Err(KeyError::NotInteger));
+        assert_eq!(find("xread count 2 streams a b 0 0"), Ok(vec![4, 5]));
+        assert_eq!(
+            find("xread streams a b 0"),
+            Err(KeyError::UnbalancedStreams)
+        );
+        assert_eq!(find("xreadgroup group streams c streams k >"), Ok(vec![5]));
+        assert_eq!(
+            find("sort k by w_* get # get o_* store d"),
+            Ok(vec![1, 3, 5, 7, 9])
+        );
+        assert_eq!(find("sort k bogus"), Err(KeyError::Syntax));
+        assert_eq!(find("blmpop 0 2 a b left"), Ok(vec![3, 4]));
+    }
+}

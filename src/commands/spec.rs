@@ -1,0 +1,205 @@
+//! The shape of one row of the command table: what pkv knows about a command.
+//!
+//! Every fact pkv uses about a command (how many arguments it takes, whether it writes,
+//! blocks or subscribes, where its keys are, how its reply is rewritten, whether pkv answers
+//! it itself) is stated once, in [`super::table`], using the types here.
+
+/// One served command (or one subcommand of a container command such as `OBJECT`).
+#[derive(Debug)]
+pub struct CommandSpec {
+    /// Upper-case name; subcommands are written `CONTAINER|SUB`, as Redis's `COMMAND` does.
+    pub name: &'static str,
+    /// Redis's arity convention, counting the command name: `n` means exactly `n`
+    /// arguments, `-n` means at least `n`.
+    pub arity: i32,
+    /// Properties, an OR of the `flags::*` constants.
+    pub flags: u16,
+    /// Where the keys (or channels) are, applied in order; empty for keyless commands.
+    pub keys: &'static [KeyRule],
+    /// How the upstream reply is rewritten before it reaches the client.
+    pub reply: ReplyRewrite,
+    /// Who answers the command.
+    pub exec: Exec,
+}
+
+/// Command properties. A command may carry several.
+pub mod flags {
+    /// Changes data; storage is metered on these.
+    pub const WRITE: u16 = 1 << 0;
+    /// Reads data only.
+    pub const READONLY: u16 = 1 << 1;
+    /// May block waiting for data (BLPOP, XREAD BLOCK, ...): needs a dedicated connection.
+    pub const BLOCKING: u16 = 1 << 2;
+    /// A Pub/Sub command.
+    pub const PUBSUB: u16 = 1 << 3;
+    /// Pins the client to a dedicated upstream connection (MULTI, WATCH).
+    pub const DEDICATED: u16 = 1 << 4;
+    /// Not metered at all (PKV.*, AUTH, HELLO, PING, QUIT, RESET).
+    pub const FREE: u16 = 1 << 5;
+    /// Served before authentication (the handshake commands).
+    pub const NO_AUTH: u16 = 1 << 6;
+    /// Has subcommands; the row for `NAME|SUB` says the rest.
+    pub const CONTAINER: u16 = 1 << 7;
+    /// Blocks only when an option asks for it (`XREAD BLOCK`, `XREADGROUP BLOCK`).
+    pub const MAY_BLOCK: u16 = 1 << 8;
+    /// Allowed while a RESP2 client is subscribed.
+    pub const SUBSCRIBED_OK: u16 = 1 << 9;
+}
+
+/// One rule locating key (or channel) arguments. Indices count the command name as 0.
+#[derive(Debug, Clone, Copy)]
+pub enum KeyRule {
+    /// Keys at `first`, `first + step`, ... up to `last`; a negative `last` counts from the
+    /// end (`-1` is the last argument).
+    Range { first: u8, last: i8, step: u8 },
+    /// The argument at `at` is a count `n`; the `n` arguments after it are keys.
+    NumKeys { at: u8 },
+    /// Options parsed the way Redis parses them, starting at argument `start`.
+    Options { start: u8, grammar: &'static [Opt] },
+    /// Pub/Sub channel names from `first` to the last argument.
+    Channels { first: u8 },
+    /// Pub/Sub channel patterns from `first` to the last argument.
+    ChannelPatterns { first: u8 },
+    /// A key glob pattern at `at` (`KEYS pattern`), confined to the namespace.
+    KeyPattern { at: u8 },
+}
+
+/// One keyword of an option grammar, and what follows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opt {
+    /// The keyword, upper-case; matched case-insensitively.
+    pub word: &'static str,
+    /// What the arguments after the keyword are.
+    pub takes: Takes,
+}
+
+/// The arguments that follow an option keyword.
+#[derive(Debug, Clone, Copy)]
+pub enum Takes {
+    /// `n` plain arguments that are not keys.
+    Plain(u8),
+    /// One key (`STORE dest`).
+    Key,
+    /// One pattern that names keys, such as `SORT ... BY weight_*`; `#` and patterns that do
+    /// not name keys are left alone.
+    KeyPattern,
+    /// The rest of the arguments: the first half are keys, the second half their IDs
+    /// (`STREAMS k1 k2 id1 id2`). Ends the option list.
+    StreamsRest,
+}
+
+/// How a reply is rewritten on its way back to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyRewrite {
+    /// Passed through unchanged.
+    Plain,
+    /// An array of key names (`KEYS`): the namespace prefix is removed.
+    Keys,
+    /// An array whose first element is a key name (`BLPOP`, `LMPOP`, `BZPOPMIN`).
+    FirstKey,
+    /// Stream replies keyed by stream name (`XREAD`, `XREADGROUP`): an array of
+    /// `[name, entries]` pairs in RESP2, a map in RESP3.
+    Streams,
+    /// `PUBSUB CHANNELS`: an array of channel names.
+    Channels,
+    /// `PUBSUB NUMSUB`: alternating channel names and counts.
+    ChannelCounts,
+}
+
+/// Who answers a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exec {
+    /// Rewritten and forwarded upstream.
+    Forward,
+    /// Answered or emulated by pkv itself.
+    Local(Local),
+}
+
+/// Commands that pkv answers or emulates itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Auth,
+    Hello,
+    Ping,
+    Echo,
+    Quit,
+    Reset,
+    Select,
+    ClientSetName,
+    ClientGetName,
+    ClientSetInfo,
+    ClientId,
+    ClientInfo,
+    ClientNoEvict,
+    ClientNoTouch,
+    ClientReply,
+    Info,
+    Command,
+    CommandCount,
+    CommandDocs,
+    CommandInfo,
+    CommandList,
+    ReadOnly,
+    ReadWrite,
+    Multi,
+    Exec,
+    Discard,
+    Watch,
+    Unwatch,
+    Subscribe,
+    Unsubscribe,
+    PSubscribe,
+    PUnsubscribe,
+    Scan,
+    RandomKey,
+    DbSize,
+    FlushDb,
+    Time,
+    PkvSession,
+    PkvTopup,
+    PkvBalance,
+    PkvPrices,
+}
+
+impl CommandSpec {
+    /// A forwarded command with a plain reply.
+    pub const fn fwd(name: &'static str, arity: i32, flags: u16, keys: &'static [KeyRule]) -> Self {
+        CommandSpec {
+            name,
+            arity,
+            flags,
+            keys,
+            reply: ReplyRewrite::Plain,
+            exec: Exec::Forward,
+        }
+    }
+
+    /// A command pkv answers itself.
+    pub const fn local(name: &'static str, arity: i32, flags: u16, local: Local) -> Self {
+        CommandSpec {
+            name,
+            arity,
+            flags,
+            keys: &[],
+            reply: ReplyRewrite::Plain,
+            exec: Exec::Local(local),
+        }
+    }
+
+    /// The same row with a reply rewrite.
+    pub const fn reply(mut self, reply: ReplyRewrite) -> Self {
+        self.reply = reply;
+        self
+    }
+
+    /// The same row with key rules (for local commands that still name keys, like WATCH).
+    pub const fn keys(mut self, keys: &'static [KeyRule]) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// True when the row carries `flag`.
+    pub const fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+}
