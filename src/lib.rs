@@ -1,1 +1,9 @@
+pub mod auth;
 pub mod commands;
+pub mod config;
+pub mod ledger;
+pub mod metrics;
+pub mod namespace;
+pub mod protocol;
+pub mod server;
+pub mod upstream;

@@ -299,7 +299,7 @@ fn options(
                 i += 2;
             }
             Takes::StreamsRest => {
-                if rest == 0 || rest % 2 != 0 {
+                if rest == 0 || !rest.is_multiple_of(2) {
                     return Err(KeyError::UnbalancedStreams);
                 }
                 out.extend((i + 1..i + 1 + rest / 2).map(|k| (k, ArgRole::Key)));

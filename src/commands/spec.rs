@@ -104,6 +104,8 @@ pub enum ReplyRewrite {
     Channels,
     /// `PUBSUB NUMSUB`: alternating channel names and counts.
     ChannelCounts,
+    /// `SCAN`: a cursor and an array of key names.
+    Scan,
 }
 
 /// Who answers a command.

@@ -1,0 +1,411 @@
+//! Settings: one typed struct, loaded in layers and validated at start-up.
+//!
+//! Lowest to highest precedence: built-in defaults, `pkv.toml` in the working directory,
+//! a `.env` file in the working directory, environment variables. Every setting has an
+//! environment name `PKV_*` and a `pkv.toml` key (the same name, lower-case, without
+//! `PKV_`). A bad or unknown setting stops start-up with one line naming it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::auth::did;
+
+/// One setting: its environment name, default, and the line `.env.example` explains it with.
+pub struct SettingDoc {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every setting pkv reads. `.env.example` is checked against this list by a test.
+pub const SETTINGS: &[SettingDoc] = &[
+    SettingDoc {
+        name: "PKV_LISTEN",
+        default: "127.0.0.1:6380",
+        help: "address clients connect to",
+    },
+    SettingDoc {
+        name: "PKV_UPSTREAM_URL",
+        default: "",
+        help: "redis://[user:pass@]host:port[/db]; unset serves from the embedded store",
+    },
+    SettingDoc {
+        name: "PKV_SERVICE_ID",
+        default: "pkv",
+        help: "pkv's identifier: the audience quota tokens must carry",
+    },
+    SettingDoc {
+        name: "PKV_QUOTA_ISSUERS",
+        default: "",
+        help: "comma-separated did:keys of trusted Prex exchanges; empty means development mode",
+    },
+    SettingDoc {
+        name: "PKV_SECRET_SEED",
+        default: "",
+        help: "base64 of 32 random bytes (pkv keygen prints one); required when issuers are set",
+    },
+    SettingDoc {
+        name: "PKV_ISSUER_SEED",
+        default: "",
+        help:
+            "base64 issuer seed that `pkv token mint` signs with; empty uses the development issuer",
+    },
+    SettingDoc {
+        name: "PKV_DEFAULT_TTL",
+        default: "86400",
+        help: "seconds a key lives when a write gives no expiry",
+    },
+    SettingDoc {
+        name: "PKV_MAX_TTL",
+        default: "31536000",
+        help: "longest expiry a write may buy, in seconds",
+    },
+    SettingDoc {
+        name: "PKV_TOKEN_LEEWAY",
+        default: "60",
+        help: "seconds of clock skew tolerated on token nbf/exp",
+    },
+    SettingDoc {
+        name: "PKV_METRICS_LISTEN",
+        default: "",
+        help: "address for HTTP /metrics and /healthz; empty disables it",
+    },
+    SettingDoc {
+        name: "PKV_MAX_REQUEST_BYTES",
+        default: "67108864",
+        help: "largest request accepted, in bytes",
+    },
+    SettingDoc {
+        name: "PKV_MAX_ARGS",
+        default: "65536",
+        help: "most arguments in one request",
+    },
+    SettingDoc {
+        name: "PKV_MAX_CONNECTIONS",
+        default: "10000",
+        help: "most client connections at once",
+    },
+    SettingDoc {
+        name: "PKV_IDLE_TIMEOUT",
+        default: "0",
+        help: "seconds before an idle client is disconnected; 0 never",
+    },
+    SettingDoc {
+        name: "PKV_UPSTREAM_POOL_SIZE",
+        default: "4",
+        help: "multiplexed upstream connections shared by plain commands",
+    },
+    SettingDoc {
+        name: "PKV_UPSTREAM_TIMEOUT_MS",
+        default: "30000",
+        help: "longest wait for a non-blocking upstream reply",
+    },
+    SettingDoc {
+        name: "PKV_SHUTDOWN_GRACE",
+        default: "10",
+        help: "seconds in-flight commands get to finish on SIGTERM or ctrl-c",
+    },
+    SettingDoc {
+        name: "PKV_LOG",
+        default: "info",
+        help: "log filter (tracing EnvFilter syntax)",
+    },
+];
+
+/// The validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstream_url: Option<String>,
+    pub service_id: String,
+    pub quota_issuers: Vec<String>,
+    pub secret_seed: [u8; 32],
+    /// True when no issuer is configured: a development issuer key is trusted.
+    pub dev_mode: bool,
+    pub issuer_seed: Option<[u8; 32]>,
+    pub default_ttl: u64,
+    pub max_ttl: u64,
+    pub token_leeway: u64,
+    pub metrics_listen: Option<SocketAddr>,
+    pub max_request_bytes: usize,
+    pub max_args: usize,
+    pub max_connections: usize,
+    pub idle_timeout: Option<Duration>,
+    pub upstream_pool_size: usize,
+    pub upstream_timeout: Duration,
+    pub shutdown_grace: Duration,
+    pub log: String,
+}
+
+/// The secret seed used in development mode when none is set. It is public on purpose:
+/// development tokens are free, and `pkv token mint` in another shell must derive the same
+/// development issuer as the running server.
+pub const DEV_SECRET_SEED: [u8; 32] = *b"pkv development seed: not secret";
+
+/// Problems found while loading settings, one line each.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Settings {
+    /// Loads settings from `pkv.toml`, `.env` and the environment of this process.
+    pub fn load() -> Result<Settings, ConfigErrors> {
+        // `.env` never overrides a variable the environment already has.
+        let _ = dotenvy::dotenv();
+        let mut raw = BTreeMap::new();
+        let mut errors = Vec::new();
+        match config::Config::builder()
+            .add_source(config::File::with_name("pkv.toml").required(false))
+            .build()
+        {
+            Ok(file) => match file.try_deserialize::<BTreeMap<String, config::Value>>() {
+                Ok(map) => {
+                    for (key, value) in map {
+                        raw.insert(
+                            format!("PKV_{}", key.to_ascii_uppercase()),
+                            value.to_string(),
+                        );
+                    }
+                }
+                Err(e) => errors.push(format!("pkv.toml: {e}")),
+            },
+            Err(e) => errors.push(format!("pkv.toml: {e}")),
+        }
+        for (key, value) in std::env::vars() {
+            if key.starts_with("PKV_") {
+                raw.insert(key, value);
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Settings::from_map(&raw)
+    }
+
+    /// Validates settings given as `PKV_*` names and raw values.
+    pub fn from_map(raw: &BTreeMap<String, String>) -> Result<Settings, ConfigErrors> {
+        let mut errors = Vec::new();
+        for key in raw.keys() {
+            if !SETTINGS.iter().any(|s| s.name == key) {
+                errors.push(format!(
+                    "{key}: unknown setting (see .env.example for the list)"
+                ));
+            }
+        }
+        let get = |name: &str| -> String {
+            match raw.get(name) {
+                Some(v) => v.trim().to_owned(),
+                None => SETTINGS
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.default.to_owned())
+                    .unwrap_or_default(),
+            }
+        };
+        let mut check = |name: &str, result: Result<(), String>| {
+            if let Err(e) = result {
+                errors.push(format!("{name}: {e}"));
+            }
+        };
+
+        let mut listen = None;
+        check(
+            "PKV_LISTEN",
+            parse_addr(&get("PKV_LISTEN")).map(|a| listen = Some(a)),
+        );
+        let upstream_url = non_empty(get("PKV_UPSTREAM_URL"));
+        if let Some(url) = &upstream_url {
+            check(
+                "PKV_UPSTREAM_URL",
+                redis::Client::open(url.as_str())
+                    .map(|_| ())
+                    .map_err(|e| format!("not a Redis URL ({e})")),
+            );
+        }
+        let service_id = get("PKV_SERVICE_ID");
+        check(
+            "PKV_SERVICE_ID",
+            if service_id.is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(())
+            },
+        );
+
+        let mut quota_issuers = Vec::new();
+        for item in get("PKV_QUOTA_ISSUERS")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            check(
+                "PKV_QUOTA_ISSUERS",
+                did::public_key_from_did(item)
+                    .map(|_| quota_issuers.push(item.to_owned()))
+                    .map_err(|e| format!("{item:?}: {e}")),
+            );
+        }
+        let dev_mode = quota_issuers.is_empty();
+
+        let mut secret_seed = None;
+        match non_empty(get("PKV_SECRET_SEED")) {
+            Some(text) => check(
+                "PKV_SECRET_SEED",
+                parse_seed(&text).map(|s| secret_seed = Some(s)),
+            ),
+            None if dev_mode => secret_seed = Some(DEV_SECRET_SEED),
+            None => check(
+                "PKV_SECRET_SEED",
+                Err("required when PKV_QUOTA_ISSUERS is set; `pkv keygen` prints one".into()),
+            ),
+        }
+        let mut issuer_seed = None;
+        if let Some(text) = non_empty(get("PKV_ISSUER_SEED")) {
+            check(
+                "PKV_ISSUER_SEED",
+                parse_seed(&text).map(|s| issuer_seed = Some(s)),
+            );
+        }
+
+        let mut num = |name: &str, min: u64| -> u64 {
+            let text = get(name);
+            match text.parse::<u64>() {
+                Ok(n) if n >= min => n,
+                Ok(_) => {
+                    errors.push(format!("{name}: must be at least {min}, got {text}"));
+                    0
+                }
+                Err(_) => {
+                    errors.push(format!("{name}: expected a whole number, got {text:?}"));
+                    0
+                }
+            }
+        };
+        let default_ttl = num("PKV_DEFAULT_TTL", 1);
+        let max_ttl = num("PKV_MAX_TTL", 1);
+        let token_leeway = num("PKV_TOKEN_LEEWAY", 0);
+        let max_request_bytes = num("PKV_MAX_REQUEST_BYTES", 1024);
+        let max_args = num("PKV_MAX_ARGS", 16);
+        let max_connections = num("PKV_MAX_CONNECTIONS", 1);
+        let idle_timeout = num("PKV_IDLE_TIMEOUT", 0);
+        let upstream_pool_size = num("PKV_UPSTREAM_POOL_SIZE", 1);
+        let upstream_timeout_ms = num("PKV_UPSTREAM_TIMEOUT_MS", 1);
+        let shutdown_grace = num("PKV_SHUTDOWN_GRACE", 0);
+        if max_ttl > 0 && default_ttl > max_ttl {
+            errors.push(format!(
+                "PKV_DEFAULT_TTL: {default_ttl} is above PKV_MAX_TTL ({max_ttl})"
+            ));
+        }
+        let mut metrics_listen = None;
+        if let Some(text) = non_empty(get("PKV_METRICS_LISTEN")) {
+            match parse_addr(&text) {
+                Ok(a) => metrics_listen = Some(a),
+                Err(e) => errors.push(format!("PKV_METRICS_LISTEN: {e}")),
+            }
+        }
+
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Settings {
+            listen: listen.expect("checked above"),
+            upstream_url,
+            service_id,
+            quota_issuers,
+            secret_seed: secret_seed.expect("checked above"),
+            dev_mode,
+            issuer_seed,
+            default_ttl,
+            max_ttl,
+            token_leeway,
+            metrics_listen,
+            max_request_bytes: max_request_bytes as usize,
+            max_args: max_args as usize,
+            max_connections: max_connections as usize,
+            idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
+            upstream_pool_size: upstream_pool_size as usize,
+            upstream_timeout: Duration::from_millis(upstream_timeout_ms),
+            shutdown_grace: Duration::from_secs(shutdown_grace),
+            log: get("PKV_LOG"),
+        })
+    }
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("expected host:port such as 127.0.0.1:6380, got {text:?}"))
+}
+
+/// Parses a base64 (standard or URL-safe) encoding of exactly 32 bytes.
+pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
+    let engines = [
+        base64::engine::general_purpose::STANDARD,
+        base64::engine::general_purpose::URL_SAFE,
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    let bytes = engines
+        .iter()
+        .find_map(|e| e.decode(text.trim()).ok())
+        .ok_or("not valid base64")?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("expected 32 bytes, got {}", b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_are_development_mode() {
+        let s = load(&[]).unwrap();
+        assert!(s.dev_mode);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:6380");
+        assert_eq!((s.default_ttl, s.max_ttl), (86400, 31536000));
+    }
+
+    #[test]
+    fn each_bad_setting_gets_one_line() {
+        let err = load(&[
+            ("PKV_MAX_TTL", "ten"),
+            ("PKV_LISTEN", "nowhere"),
+            ("PKV_BOGUS", "1"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+        assert!(err.0.iter().any(|l| l.starts_with("PKV_MAX_TTL:")));
+        assert!(err.0.iter().any(|l| l.starts_with("PKV_LISTEN:")));
+        assert!(err.0.iter().any(|l| l.starts_with("PKV_BOGUS:")));
+    }
+
+    #[test]
+    fn issuers_require_a_secret_seed() {
+        let did = did::did_from_public_key(&[7; 32]);
+        let err = load(&[("PKV_QUOTA_ISSUERS", &did)]).unwrap_err();
+        assert!(err.0[0].starts_with("PKV_SECRET_SEED:"), "{err}");
+    }
+}

@@ -1,0 +1,192 @@
+//! The ledger: which quota tokens were redeemed, and each account's credit.
+//!
+//! It lives in the upstream Redis under `pkv:ledger:`, a prefix no tenant key can have, so
+//! every pkv process sharing the upstream shares it. Redemption is one atomic script: the
+//! token id is claimed with `SET NX` and the credit added in the same step, so a token is
+//! credited exactly once however many connections or processes present it at once.
+//!
+//! Amounts are integers in nano-units (10^-9 of a unit).
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use redis::Value;
+
+use crate::namespace::escape_account;
+use crate::protocol::Proto;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Nano-units in one unit.
+pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
+
+/// Claims a token id for an account and credits it, or reports who claimed it first.
+/// KEYS[1] = token record, KEYS[2] = account record; ARGV = account, nanos, expire-at.
+const REDEEM_SCRIPT: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EXAT', ARGV[3]) then
+  redis.call('HINCRBY', KEYS[2], 'credited', ARGV[2])
+  return 1
+end
+return redis.call('GET', KEYS[1])
+"#;
+
+/// The outcome of presenting a quota token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redemption {
+    /// First use: the quantity was credited to `account`.
+    Credited { account: Arc<str> },
+    /// Used before: nothing credited; the token belongs to `account`.
+    AlreadyRedeemed { account: Arc<str> },
+}
+
+/// Why the ledger could not answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("ERR ledger: {0}")]
+    Bad(String),
+    #[error("ERR quantity too large")]
+    Overflow,
+}
+
+/// An account's totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountRecord {
+    /// Everything credited, in nano-units.
+    pub credited: i64,
+    /// Everything spent, in nano-units.
+    pub spent: i64,
+}
+
+/// The shared ledger.
+pub struct Ledger {
+    upstream: Arc<Upstream>,
+    /// Token ids this process has seen redeemed, so repeated AUTHs cost no round trip.
+    redeemed: DashMap<String, Arc<str>>,
+}
+
+fn token_key(jti: &str) -> String {
+    format!("pkv:ledger:jti:{jti}")
+}
+
+fn account_key(account: &str) -> String {
+    format!("pkv:ledger:acct:{}", escape_account(account))
+}
+
+impl Ledger {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Ledger {
+            upstream,
+            redeemed: DashMap::new(),
+        }
+    }
+
+    async fn one(&self, cmd: redis::Cmd) -> Result<Value, LedgerError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let mut values = self.upstream.pipeline(Proto::Resp2, &pipe, 1).await?;
+        match values.pop() {
+            Some(Value::ServerError(e)) => Err(LedgerError::Bad(format!(
+                "{} {}",
+                e.code(),
+                e.details().unwrap_or("")
+            ))),
+            Some(v) => Ok(v),
+            None => Err(LedgerError::Bad("no reply".into())),
+        }
+    }
+
+    /// Redeems token `jti` worth `quantity` units into `account`, once. The token record is
+    /// kept until `expire_at` (seconds since the epoch), after which the token is expired
+    /// anyway and cannot be presented again.
+    pub async fn redeem(
+        &self,
+        jti: &str,
+        account: &str,
+        quantity: i64,
+        expire_at: i64,
+    ) -> Result<Redemption, LedgerError> {
+        if let Some(owner) = self.redeemed.get(jti) {
+            return Ok(Redemption::AlreadyRedeemed {
+                account: owner.clone(),
+            });
+        }
+        let nanos = quantity
+            .checked_mul(NANOS_PER_UNIT)
+            .ok_or(LedgerError::Overflow)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REDEEM_SCRIPT)
+            .arg(2)
+            .arg(token_key(jti))
+            .arg(account_key(account));
+        cmd.arg(account).arg(nanos).arg(expire_at);
+        let outcome = match self.one(cmd).await? {
+            Value::Int(1) => Redemption::Credited {
+                account: account.into(),
+            },
+            Value::BulkString(owner) => Redemption::AlreadyRedeemed {
+                account: String::from_utf8_lossy(&owner).into_owned().into(),
+            },
+            other => {
+                return Err(LedgerError::Bad(format!(
+                    "unexpected redeem reply {other:?}"
+                )))
+            }
+        };
+        let owner = match &outcome {
+            Redemption::Credited { account } | Redemption::AlreadyRedeemed { account } => {
+                account.clone()
+            }
+        };
+        self.redeemed.insert(jti.to_owned(), owner);
+        Ok(outcome)
+    }
+
+    /// An account's totals.
+    pub async fn account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(account_key(account)).arg("credited").arg("spent");
+        let field = |v: Option<&Value>| -> i64 {
+            match v {
+                Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            }
+        };
+        match self.one(cmd).await? {
+            Value::Array(items) => Ok(AccountRecord {
+                credited: field(items.first()),
+                spent: field(items.get(1)),
+            }),
+            other => Err(LedgerError::Bad(format!(
+                "unexpected account reply {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Formats nano-units as a decimal with 9 fractional digits: `1500000000` → `"1.500000000"`.
+pub fn format_nanos(nanos: i64) -> String {
+    let sign = if nanos < 0 { "-" } else { "" };
+    let abs = nanos.unsigned_abs();
+    format!(
+        "{sign}{}.{:09}",
+        abs / NANOS_PER_UNIT as u64,
+        abs % NANOS_PER_UNIT as u64
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanos_format_exactly() {
+        assert_eq!(format_nanos(1_500_000_000), "1.500000000");
+        assert_eq!(format_nanos(-1), "-0.000000001");
+        assert_eq!(format_nanos(0), "0.000000000");
+        assert_eq!(format_nanos(i64::MIN), "-9223372036.854775808");
+    }
+}

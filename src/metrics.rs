@@ -1,0 +1,90 @@
+//! Counters, and the optional HTTP endpoint that serves them (`/metrics`, `/healthz`).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct Metrics {
+    /// Open client connections.
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub commands_total: AtomicU64,
+    pub auth_failures_total: AtomicU64,
+    pub upstream_errors_total: AtomicU64,
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, kind, value) in [
+            ("pkv_connections", "gauge", &self.connections),
+            ("pkv_connections_total", "counter", &self.connections_total),
+            ("pkv_commands_total", "counter", &self.commands_total),
+            (
+                "pkv_auth_failures_total",
+                "counter",
+                &self.auth_failures_total,
+            ),
+            (
+                "pkv_upstream_errors_total",
+                "counter",
+                &self.upstream_errors_total,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# TYPE {name} {kind}\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` over plain HTTP/1.1 until the task is dropped.
+pub async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics listening");
+    loop {
+        let (mut socket, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                socket.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body) = match path {
+                "/metrics" => ("200 OK", metrics()),
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}

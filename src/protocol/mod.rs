@@ -1,0 +1,14 @@
+//! The client-facing wire protocol: requests in, replies out.
+//!
+//! [`request`] turns bytes from a client into argument lists, enforcing size limits at the
+//! header, before anything is allocated. [`reply`] writes RESP2 or RESP3 replies.
+
+pub mod reply;
+pub mod request;
+
+/// The RESP version a client speaks; `HELLO 3` switches to RESP3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Resp2,
+    Resp3,
+}

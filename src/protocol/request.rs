@@ -1,0 +1,339 @@
+//! Parsing client requests: RESP arrays of bulk strings, and inline commands.
+//!
+//! The parser never consumes a partial request: it checks whether the buffer holds a whole
+//! request and, only then, splits it off and slices the arguments out of it without copying.
+//! Declared lengths are checked against [`Limits`] as soon as their header is read, so a
+//! client announcing a 1 GB bulk string or a million arguments is refused before pkv buffers
+//! any of it.
+
+use bytes::{Bytes, BytesMut};
+
+/// Size limits for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most arguments in one request, the command name included.
+    pub max_args: usize,
+    /// Most bytes in one request, headers included.
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    /// Limits for a connection that has not authenticated yet: enough for
+    /// `HELLO 3 AUTH user <token> SETNAME name`, little enough that strangers cannot make
+    /// pkv buffer much. Redis applies similar limits to unauthenticated clients.
+    pub const UNAUTHENTICATED: Limits = Limits {
+        max_args: 16,
+        max_bytes: 16 * 1024,
+    };
+}
+
+/// Longest inline command line, as in Redis.
+const MAX_INLINE: usize = 64 * 1024;
+
+/// One complete request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The arguments; `args[0]` is the command name. Empty for a blank inline line.
+    pub args: Vec<Bytes>,
+    /// Bytes the request occupied on the wire.
+    pub wire_len: usize,
+}
+
+/// A request that cannot be parsed. The stream is out of step after one of these, so the
+/// connection answers with the error and closes, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("ERR Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("ERR Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    #[error("ERR Protocol error: expected '$', got '{0}'")]
+    ExpectedBulk(char),
+    #[error("ERR Protocol error: too big inline request")]
+    InlineTooBig,
+    #[error("ERR Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    #[error("ERR Protocol error: request exceeds the maximum of {0} arguments")]
+    TooManyArgs(usize),
+    #[error("ERR Protocol error: request exceeds the maximum size of {0} bytes")]
+    TooLarge(usize),
+    #[error("ERR Protocol error: bad line ending")]
+    BadLineEnding,
+}
+
+/// Takes one complete request off the front of `buf`, or returns `Ok(None)` when more
+/// bytes are needed.
+pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_multibulk(buf, limits),
+        Some(_) => parse_inline(buf, limits),
+    }
+}
+
+/// Finds `\r\n` starting at `from`; returns the index of `\r`.
+fn find_crlf(buf: &[u8], from: usize, max_line: usize) -> Result<Option<usize>, ProtocolError> {
+    let window = &buf[from..buf.len().min(from + max_line + 2)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(nl) if nl > 0 && window[nl - 1] == b'\r' => Ok(Some(from + nl - 1)),
+        Some(_) => Err(ProtocolError::BadLineEnding),
+        None if window.len() >= max_line + 2 => Err(ProtocolError::BadLineEnding),
+        None => Ok(None),
+    }
+}
+
+/// Parses a length header such as `*3` or `$5` (the marker already skipped).
+fn parse_len(digits: &[u8]) -> Option<i64> {
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let (neg, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if neg { -n } else { n })
+}
+
+fn parse_multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    let Some(end) = find_crlf(buf, 1, 20)? else {
+        return Ok(None);
+    };
+    let count = parse_len(&buf[1..end]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+    if count > limits.max_args as i64 {
+        return Err(ProtocolError::TooManyArgs(limits.max_args));
+    }
+    let mut pos = end + 2;
+    if count <= 0 {
+        let _ = buf.split_to(pos);
+        return Ok(Some(Request {
+            args: Vec::new(),
+            wire_len: pos,
+        }));
+    }
+    // First pass: check the whole request is here, recording where each argument lies.
+    let mut spans = Vec::with_capacity((count as usize).min(64));
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(None);
+        }
+        if buf[pos] != b'$' {
+            return Err(ProtocolError::ExpectedBulk(char::from(buf[pos])));
+        }
+        let Some(end) = find_crlf(buf, pos + 1, 20)? else {
+            return Ok(None);
+        };
+        let len = parse_len(&buf[pos + 1..end]).ok_or(ProtocolError::InvalidBulkLength)?;
+        if len < 0 {
+            return Err(ProtocolError::InvalidBulkLength);
+        }
+        let start = end + 2;
+        let stop = start.saturating_add(len as usize);
+        if stop.saturating_add(2) > limits.max_bytes {
+            return Err(ProtocolError::TooLarge(limits.max_bytes));
+        }
+        if buf.len() < stop + 2 {
+            return Ok(None);
+        }
+        if &buf[stop..stop + 2] != b"\r\n" {
+            return Err(ProtocolError::BadLineEnding);
+        }
+        spans.push((start, stop));
+        pos = stop + 2;
+    }
+    let frame = buf.split_to(pos).freeze();
+    let args = spans.into_iter().map(|(a, b)| frame.slice(a..b)).collect();
+    Ok(Some(Request {
+        args,
+        wire_len: pos,
+    }))
+}
+
+fn parse_inline(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    let max_line = MAX_INLINE.min(limits.max_bytes);
+    let Some(nl) = buf.iter().take(max_line + 1).position(|&b| b == b'\n') else {
+        return if buf.len() > max_line {
+            Err(ProtocolError::InlineTooBig)
+        } else {
+            Ok(None)
+        };
+    };
+    let line = buf.split_to(nl + 1).freeze();
+    let text = line.strip_suffix(b"\n").unwrap_or(&line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let args = split_inline(text)?;
+    if args.len() > limits.max_args {
+        return Err(ProtocolError::TooManyArgs(limits.max_args));
+    }
+    Ok(Some(Request {
+        args,
+        wire_len: nl + 1,
+    }))
+}
+
+/// Splits an inline command line into words, honouring double quotes (with `\n`, `\t`,
+/// `\"`, `\\` and `\xHH` escapes) and single quotes, the way redis-cli writes them.
+fn split_inline(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i == line.len() {
+            break;
+        }
+        let mut word = Vec::new();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(ProtocolError::UnbalancedQuotes),
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') => {
+                            let (byte, used) = unescape(&line[i + 1..]);
+                            word.push(byte);
+                            i += 1 + used;
+                        }
+                        Some(&b) => {
+                            word.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(ProtocolError::UnbalancedQuotes),
+                        Some(b'\'') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                            word.push(b'\'');
+                            i += 2;
+                        }
+                        Some(&b) => {
+                            word.push(b);
+                            i += 1;
+                        }
+                    }
+                }
+                if line.get(i).is_some_and(|b| !b.is_ascii_whitespace()) {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    word.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(Bytes::from(word));
+    }
+    Ok(args)
+}
+
+/// Decodes one backslash escape; returns the byte and how many bytes after `\` it used.
+fn unescape(rest: &[u8]) -> (u8, usize) {
+    match rest {
+        [b'x', h, l, ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+            let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+            (hex(*h) * 16 + hex(*l), 3)
+        }
+        [b'n', ..] => (b'\n', 1),
+        [b'r', ..] => (b'\r', 1),
+        [b't', ..] => (b'\t', 1),
+        [b'b', ..] => (8, 1),
+        [b'a', ..] => (7, 1),
+        [c, ..] => (*c, 1),
+        [] => (b'\\', 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: Limits = Limits {
+        max_args: 1024,
+        max_bytes: 1 << 20,
+    };
+
+    fn words(req: &Request) -> Vec<&[u8]> {
+        req.args.iter().map(|a| a.as_ref()).collect()
+    }
+
+    #[test]
+    fn parses_pipelined_requests_one_at_a_time() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"[..]);
+        let first = parse(&mut buf, BIG).unwrap().unwrap();
+        assert_eq!(words(&first), vec![&b"GET"[..], b"k"]);
+        assert_eq!(first.wire_len, 20);
+        let second = parse(&mut buf, BIG).unwrap().unwrap();
+        assert_eq!(words(&second), vec![&b"PING"[..]]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn waits_for_partial_requests_without_consuming() {
+        let whole = b"*2\r\n$3\r\nSET\r\n$5\r\nhello\r\n";
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            assert_eq!(parse(&mut buf, BIG).unwrap(), None, "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+        }
+    }
+
+    #[test]
+    fn refuses_oversized_declarations_before_buffering() {
+        let mut buf = BytesMut::from(&b"*1\r\n$1000000000\r\n"[..]);
+        assert_eq!(parse(&mut buf, BIG), Err(ProtocolError::TooLarge(1 << 20)));
+        let mut buf = BytesMut::from(&b"*1000000\r\n"[..]);
+        assert_eq!(parse(&mut buf, BIG), Err(ProtocolError::TooManyArgs(1024)));
+    }
+
+    #[test]
+    fn refuses_malformed_streams() {
+        for bad in [
+            &b"*x\r\n"[..],
+            b"*1\r\n+OK\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$3\r\nabcde\r\n",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                parse(&mut buf, BIG).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn parses_inline_commands_with_quotes() {
+        let mut buf = BytesMut::from(&b"set k \"a b\\x41\" 'c d'\r\nPING\n"[..]);
+        let req = parse(&mut buf, BIG).unwrap().unwrap();
+        assert_eq!(words(&req), vec![&b"set"[..], b"k", b"a bA", b"c d"]);
+        let req = parse(&mut buf, BIG).unwrap().unwrap();
+        assert_eq!(words(&req), vec![&b"PING"[..]]);
+        let mut buf = BytesMut::from(&b"get \"k\r\n"[..]);
+        assert_eq!(parse(&mut buf, BIG), Err(ProtocolError::UnbalancedQuotes));
+    }
+}

@@ -1,0 +1,807 @@
+//! Commands pkv answers or emulates itself: the handshake, connection housekeeping,
+//! transactions, Pub/Sub, keyspace commands confined to the namespace, and `PKV.*`.
+
+use std::collections::BTreeSet;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::connection::ClientIo;
+use super::session::{Authed, Multi, Session, Subscriber, Txn};
+use crate::auth::{now_secs, TokenKind};
+use crate::commands::{self, flags, CommandSpec, Local, ReplyRewrite};
+use crate::ledger::{format_nanos, Redemption};
+use crate::metrics::Metrics;
+use crate::namespace::Namespace;
+use crate::protocol::reply::ReplyWriter;
+use crate::protocol::Proto;
+
+/// The Redis version pkv reports; the command set follows Redis 7.0.
+const REDIS_VERSION: &str = "7.0.0";
+/// Keys asked for per SCAN step when pkv walks a namespace.
+const SCAN_STEP: usize = 1000;
+
+impl Session {
+    pub(super) async fn local(
+        &mut self,
+        local: Local,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        out: &mut BytesMut,
+        io: &mut ClientIo,
+    ) {
+        let _ = io;
+        if self.txn.multi.is_some() {
+            return self.local_in_multi(local, spec, args, out).await;
+        }
+        match local {
+            Local::Auth => {
+                let token = match args.len() {
+                    2 => &args[1],
+                    3 => &args[2],
+                    _ => return self.reject("ERR syntax error", out),
+                };
+                self.flush(out).await;
+                match self.authenticate(token).await {
+                    Ok(()) => self.reply(out, |w| w.ok()),
+                    Err(msg) => self.reject(&msg, out),
+                }
+            }
+            Local::Hello => self.hello(args, out).await,
+            Local::Ping => {
+                if self.proto == Proto::Resp2 && self.is_waiting_for_messages() {
+                    let msg = args.get(1).cloned().unwrap_or_default();
+                    self.reply(out, |w| {
+                        w.array(2);
+                        w.bulk(b"pong");
+                        w.bulk(&msg);
+                    });
+                } else {
+                    match args.get(1) {
+                        Some(msg) => self.reply(out, |w| w.bulk(msg)),
+                        None => self.reply(out, |w| w.simple("PONG")),
+                    }
+                }
+            }
+            Local::Echo => self.reply(out, |w| w.bulk(&args[1])),
+            Local::Quit => {
+                self.reply(out, |w| w.ok());
+                self.closing = true;
+            }
+            Local::Reset => {
+                self.flush(out).await;
+                self.txn = Txn::default();
+                self.dedicated = None;
+                self.pubsub = None;
+                self.auth = None;
+                self.name = None;
+                self.proto = Proto::Resp2;
+                self.reply(out, |w| w.simple("RESET"));
+            }
+            Local::Select => {
+                if &args[1][..] == b"0" {
+                    self.reply(out, |w| w.ok());
+                } else {
+                    self.reject("ERR pkv serves database 0 only", out);
+                }
+            }
+            Local::ClientSetName => {
+                if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
+                    return self.reject(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                        out,
+                    );
+                }
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                self.reply(out, |w| w.ok());
+            }
+            Local::ClientGetName => {
+                let name = self.name.clone();
+                self.reply(out, |w| match name {
+                    Some(n) => w.bulk(&n),
+                    None => w.null(),
+                });
+            }
+            Local::ClientSetInfo
+            | Local::ClientNoTouch
+            | Local::ClientNoEvict
+            | Local::ReadOnly
+            | Local::ReadWrite => self.reply(out, |w| w.ok()),
+            Local::ClientReply => {
+                if args[2].eq_ignore_ascii_case(b"ON") {
+                    self.reply(out, |w| w.ok());
+                } else {
+                    self.reject("ERR pkv supports CLIENT REPLY ON only", out);
+                }
+            }
+            Local::ClientId => {
+                let id = self.id as i64;
+                self.reply(out, |w| w.int(id));
+            }
+            Local::ClientInfo => {
+                let line = self.client_info_line();
+                self.reply(out, |w| w.bulk(line.as_bytes()));
+            }
+            Local::Info => {
+                let text = self.info_text();
+                self.reply(out, |w| w.bulk(text.as_bytes()));
+            }
+            Local::Command | Local::CommandInfo => {
+                let names: Vec<Bytes> = if local == Local::Command {
+                    Vec::new()
+                } else {
+                    args[2..].to_vec()
+                };
+                self.reply(out, |w| command_info(w, &names));
+            }
+            Local::CommandCount => {
+                let n = commands::served_names()
+                    .filter(|n| !n.contains('|'))
+                    .count() as i64;
+                self.reply(out, |w| w.int(n));
+            }
+            Local::CommandDocs => self.reply(out, |w| w.map(0)),
+            Local::CommandList => self.reply(out, |w| {
+                let names: Vec<_> = commands::served_names()
+                    .filter(|n| !n.contains('|'))
+                    .collect();
+                w.array(names.len());
+                for n in names {
+                    w.bulk(n.to_ascii_lowercase().as_bytes());
+                }
+            }),
+            Local::Time => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.reply(out, |w| {
+                    w.array(2);
+                    w.bulk(now.as_secs().to_string().as_bytes());
+                    w.bulk(now.subsec_micros().to_string().as_bytes());
+                });
+            }
+            Local::Multi => {
+                self.flush(out).await;
+                match self.run_dedicated(redis::cmd("MULTI")).await {
+                    Ok(Value::Okay) => {
+                        self.txn.multi = Some(Multi::default());
+                        self.reply(out, |w| w.ok());
+                    }
+                    Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
+                    Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+                }
+            }
+            Local::Exec => self.reject("ERR EXEC without MULTI", out),
+            Local::Discard => self.reject("ERR DISCARD without MULTI", out),
+            Local::Watch => {
+                self.flush(out).await;
+                let cmd = match self.rewrite(spec, args) {
+                    Ok(cmd) => cmd,
+                    Err(msg) => return self.reject(&msg, out),
+                };
+                match self.run_dedicated(cmd).await {
+                    Ok(value) => {
+                        self.txn.watching = !matches!(value, Value::ServerError(_));
+                        self.write_upstream(out, ReplyRewrite::Plain, value);
+                    }
+                    Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+                }
+            }
+            Local::Unwatch => {
+                self.flush(out).await;
+                if self.txn.watching {
+                    let result = self.run_dedicated(redis::cmd("UNWATCH")).await;
+                    self.txn.watching = false;
+                    if let Err(e) = result {
+                        return self.reply(out, |w| w.error(&e.to_string()));
+                    }
+                }
+                self.reply(out, |w| w.ok());
+            }
+            Local::Subscribe | Local::PSubscribe => {
+                self.subscribe(spec, args, local == Local::PSubscribe, out)
+                    .await
+            }
+            Local::Unsubscribe | Local::PUnsubscribe => {
+                self.unsubscribe(args, local == Local::PUnsubscribe, out)
+                    .await
+            }
+            Local::Scan => self.scan(args, out).await,
+            Local::RandomKey | Local::DbSize | Local::FlushDb => {
+                self.flush(out).await;
+                self.walk_namespace(local, out).await;
+            }
+            Local::PkvSession => {
+                let max = self.shared.settings.max_ttl as i64;
+                let lifetime = match args.get(1) {
+                    None => max,
+                    Some(raw) => match commands::parse_redis_int(raw) {
+                        Some(n) if n > 0 && n <= max => n,
+                        _ => {
+                            return self
+                                .reject(&format!("ERR lifetime must be 1 to {max} seconds"), out)
+                        }
+                    },
+                };
+                let Some(auth) = &self.auth else { return };
+                let token = self
+                    .shared
+                    .auth
+                    .session_token(&auth.account, lifetime, now_secs());
+                self.reply(out, |w| w.bulk(token.as_bytes()));
+            }
+            Local::PkvTopup => {
+                self.flush(out).await;
+                match self.topup(&args[1]).await {
+                    Ok(quantity) => self.reply(out, |w| w.int(quantity)),
+                    Err(msg) => self.reject(&msg, out),
+                }
+            }
+            Local::PkvBalance => {
+                self.flush(out).await;
+                self.balance(out).await;
+            }
+            Local::PkvPrices => self.reject("ERR metering is not enabled in this build", out),
+        }
+    }
+
+    /// Inside MULTI, keyless commands Redis can queue are forwarded to be queued; commands
+    /// pkv emulates or that change the connection cannot be, and abort the transaction.
+    async fn local_in_multi(
+        &mut self,
+        local: Local,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        out: &mut BytesMut,
+    ) {
+        match local {
+            Local::Exec => self.exec(out).await,
+            Local::Discard => {
+                self.flush(out).await;
+                let result = self.run_dedicated(redis::cmd("DISCARD")).await;
+                self.txn = Txn::default();
+                match result {
+                    Ok(value) => self.write_upstream(out, ReplyRewrite::Plain, value),
+                    Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+                }
+            }
+            Local::Multi => self.reject("ERR MULTI calls can not be nested", out),
+            Local::Watch => self.reject("ERR WATCH inside MULTI is not allowed", out),
+            Local::Ping | Local::Echo | Local::Time => {
+                let mut cmd = redis::Cmd::new();
+                args.iter().for_each(|a| {
+                    cmd.arg(a.as_ref());
+                });
+                self.enqueue(cmd, ReplyRewrite::Plain, out).await;
+            }
+            Local::Quit => {
+                self.reply(out, |w| w.ok());
+                self.closing = true;
+            }
+            _ => {
+                let name = spec.name.to_ascii_lowercase();
+                self.reject(
+                    &format!("ERR '{name}' cannot be used inside MULTI through pkv"),
+                    out,
+                );
+            }
+        }
+    }
+
+    async fn exec(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        let Some(multi) = self.txn.multi.take() else {
+            return;
+        };
+        if multi.aborted {
+            let _ = self.run_dedicated(redis::cmd("DISCARD")).await;
+            self.txn = Txn::default();
+            return self.reply(out, |w| {
+                w.error("EXECABORT Transaction discarded because of previous errors.")
+            });
+        }
+        let result = self.run_dedicated(redis::cmd("EXEC")).await;
+        self.txn = Txn::default();
+        match result {
+            Ok(Value::Array(results)) => {
+                ReplyWriter::new(out, self.proto).array(results.len());
+                for (value, rewrite) in results.into_iter().zip(
+                    multi
+                        .queued
+                        .iter()
+                        .chain(std::iter::repeat(&ReplyRewrite::Plain)),
+                ) {
+                    self.write_upstream(out, *rewrite, value);
+                }
+            }
+            Ok(Value::Nil) => ReplyWriter::new(out, self.proto).null_array(),
+            Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
+            Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
+        }
+    }
+
+    /// Verifies a token and attaches the session to its account, redeeming a quota token
+    /// the first time it is seen. Returns the error line on refusal.
+    async fn authenticate(&mut self, token: &[u8]) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let refuse = |reason: String| {
+            Metrics::inc(&shared.metrics.auth_failures_total);
+            format!("WRONGPASS {reason}")
+        };
+        let token =
+            std::str::from_utf8(token).map_err(|_| refuse("malformed token: not text".into()))?;
+        let now = now_secs();
+        let verified = shared
+            .auth
+            .verify(token, now)
+            .map_err(|e| refuse(e.to_string()))?;
+        let account = match &verified.kind {
+            TokenKind::Session => verified.account.clone(),
+            TokenKind::Quota { jti, quantity, exp } => {
+                let keep_until = exp
+                    .saturating_add(shared.settings.token_leeway as i64)
+                    .saturating_add(60);
+                match shared
+                    .ledger
+                    .redeem(jti, &verified.account, *quantity, keep_until)
+                    .await
+                {
+                    Ok(Redemption::Credited { account }) => {
+                        tracing::info!(account = %account, quantity, "quota token redeemed");
+                        account
+                    }
+                    Ok(Redemption::AlreadyRedeemed { account }) => account,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        };
+        if self.auth.as_ref().is_some_and(|a| a.account != account) {
+            // A different account: nothing of the old one carries over.
+            self.txn = Txn::default();
+            self.dedicated = None;
+            self.pubsub = None;
+        }
+        self.auth = Some(Authed {
+            ns: Namespace::new(&account),
+            account,
+            valid_until: verified.valid_until,
+        });
+        Ok(())
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`
+    async fn hello(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        let mut proto = self.proto;
+        let mut i = 1;
+        if let Some(ver) = args.get(1) {
+            proto = match &ver[..] {
+                b"2" => Proto::Resp2,
+                b"3" => Proto::Resp3,
+                _ => return self.reject("NOPROTO unsupported protocol version", out),
+            };
+            i = 2;
+        }
+        let mut token = None;
+        let mut name = None;
+        while i < args.len() {
+            if args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+                token = Some(args[i + 2].clone());
+                i += 3;
+            } else if args[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                let opt = String::from_utf8_lossy(&args[i]).into_owned();
+                return self.reject(&format!("ERR Syntax error in HELLO option '{opt}'"), out);
+            }
+        }
+        self.flush(out).await;
+        if let Some(token) = token {
+            if let Err(msg) = self.authenticate(&token).await {
+                return self.reject(&msg, out);
+            }
+        }
+        if self.auth.is_none() {
+            return self.reject("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time", out);
+        }
+        if let Some(name) = name {
+            self.name = Some(name);
+        }
+        self.proto = proto;
+        let id = self.id as i64;
+        let ver: i64 = if proto == Proto::Resp3 { 3 } else { 2 };
+        self.reply(out, |w| {
+            w.map(7);
+            w.bulk(b"server");
+            w.bulk(b"redis");
+            w.bulk(b"version");
+            w.bulk(REDIS_VERSION.as_bytes());
+            w.bulk(b"proto");
+            w.int(ver);
+            w.bulk(b"id");
+            w.int(id);
+            w.bulk(b"mode");
+            w.bulk(b"standalone");
+            w.bulk(b"role");
+            w.bulk(b"master");
+            w.bulk(b"modules");
+            w.array(0);
+        });
+    }
+
+    async fn subscribe(
+        &mut self,
+        spec: &CommandSpec,
+        args: &[Bytes],
+        pattern: bool,
+        out: &mut BytesMut,
+    ) {
+        self.flush(out).await;
+        let Some(ns) = self.ns().cloned() else { return };
+        if self.pubsub.is_none() {
+            match self.shared.upstream.pubsub().await {
+                Ok(pubsub) => {
+                    let (sink, mut stream) = pubsub.split();
+                    let (tx, rx) = mpsc::channel(1024);
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                msg = stream.next() => match msg {
+                                    Some(msg) => if tx.send(msg).await.is_err() { break },
+                                    None => break,
+                                },
+                                _ = tx.closed() => break,
+                            }
+                        }
+                    });
+                    self.pubsub = Some(Subscriber {
+                        sink,
+                        messages: rx,
+                        channels: BTreeSet::new(),
+                        patterns: BTreeSet::new(),
+                    });
+                }
+                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+            }
+        }
+        let _ = spec;
+        let kind: &[u8] = if pattern { b"psubscribe" } else { b"subscribe" };
+        for name in &args[1..] {
+            let Some(sub) = self.pubsub.as_mut() else {
+                return;
+            };
+            let upstream_name = ns.wrap(name);
+            let result = if pattern {
+                sub.sink.psubscribe(upstream_name.as_ref()).await
+            } else {
+                sub.sink.subscribe(upstream_name.as_ref()).await
+            };
+            if let Err(e) = result {
+                let msg = format!("ERR upstream unavailable: {e}").replace(['\r', '\n'], " ");
+                self.pubsub = None;
+                return self.reply(out, |w| w.error(&msg));
+            }
+            if pattern {
+                sub.patterns.insert(name.clone());
+            } else {
+                sub.channels.insert(name.clone());
+            }
+            let count = sub.count() as i64;
+            self.reply(out, |w| {
+                w.push(3);
+                w.bulk(kind);
+                w.bulk(name);
+                w.int(count);
+            });
+        }
+    }
+
+    async fn unsubscribe(&mut self, args: &[Bytes], pattern: bool, out: &mut BytesMut) {
+        self.flush(out).await;
+        let kind: &[u8] = if pattern {
+            b"punsubscribe"
+        } else {
+            b"unsubscribe"
+        };
+        let Some(ns) = self.ns().cloned() else { return };
+        let names: Vec<Bytes> = match (&self.pubsub, args.len()) {
+            (_, n) if n > 1 => args[1..].to_vec(),
+            (Some(sub), _) => (if pattern {
+                &sub.patterns
+            } else {
+                &sub.channels
+            })
+            .iter()
+            .cloned()
+            .collect(),
+            (None, _) => Vec::new(),
+        };
+        if names.is_empty() {
+            let count = self.pubsub.as_ref().map_or(0, |s| s.count()) as i64;
+            return self.reply(out, |w| {
+                w.push(3);
+                w.bulk(kind);
+                w.null();
+                w.int(count);
+            });
+        }
+        for name in names {
+            let mut count = 0;
+            if let Some(sub) = self.pubsub.as_mut() {
+                let upstream_name = ns.wrap(&name);
+                let _ = if pattern {
+                    sub.sink.punsubscribe(upstream_name.as_ref()).await
+                } else {
+                    sub.sink.unsubscribe(upstream_name.as_ref()).await
+                };
+                if pattern {
+                    sub.patterns.remove(&name);
+                } else {
+                    sub.channels.remove(&name);
+                }
+                count = sub.count() as i64;
+            }
+            self.reply(out, |w| {
+                w.push(3);
+                w.bulk(kind);
+                w.bulk(&name);
+                w.int(count);
+            });
+        }
+        if self.pubsub.as_ref().is_some_and(|s| s.count() == 0) {
+            self.pubsub = None;
+        }
+    }
+
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`, confined to the namespace: the
+    /// pattern (or `*`) is put behind the prefix, and the prefix is taken off the keys.
+    async fn scan(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        let Some(ns) = self.ns().cloned() else { return };
+        let mut pattern: &[u8] = b"*";
+        let mut rest = Vec::new();
+        let mut i = 2;
+        while i < args.len() {
+            if i + 1 >= args.len() {
+                return self.reject("ERR syntax error", out);
+            }
+            if args[i].eq_ignore_ascii_case(b"MATCH") {
+                pattern = &args[i + 1];
+            } else if args[i].eq_ignore_ascii_case(b"COUNT")
+                || args[i].eq_ignore_ascii_case(b"TYPE")
+            {
+                rest.push(args[i].clone());
+                rest.push(args[i + 1].clone());
+            } else {
+                return self.reject("ERR syntax error", out);
+            }
+            i += 2;
+        }
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(args[1].as_ref())
+            .arg("MATCH")
+            .arg(ns.wrap_glob(pattern).as_ref());
+        rest.iter().for_each(|a| {
+            cmd.arg(a.as_ref());
+        });
+        self.enqueue(cmd, ReplyRewrite::Scan, out).await;
+    }
+
+    /// RANDOMKEY, DBSIZE and FLUSHDB/FLUSHALL, emulated by walking the namespace with SCAN:
+    /// Redis's own versions would see every tenant's keys.
+    async fn walk_namespace(&mut self, local: Local, out: &mut BytesMut) {
+        let Some(ns) = self.ns().cloned() else { return };
+        let glob = ns.wrap_glob(b"*");
+        let mut cursor = b"0".to_vec();
+        let mut count: i64 = 0;
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(&cursor)
+                .arg("MATCH")
+                .arg(glob.as_ref())
+                .arg("COUNT")
+                .arg(SCAN_STEP);
+            let page = match self.shared.upstream.pipeline(self.proto, &pipe, 1).await {
+                Ok(mut v) => v.pop(),
+                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+            };
+            let Some(Value::Array(mut parts)) = page else {
+                return self.reply(out, |w| w.error("ERR unexpected SCAN reply from upstream"));
+            };
+            let keys = match parts.pop() {
+                Some(Value::Array(keys)) => keys,
+                _ => Vec::new(),
+            };
+            cursor = match parts.pop() {
+                Some(Value::BulkString(c)) => c,
+                _ => b"0".to_vec(),
+            };
+            match local {
+                Local::RandomKey if !keys.is_empty() => {
+                    let mut pick = [0u8; 8];
+                    let _ = getrandom::fill(&mut pick);
+                    let key = &keys[(u64::from_le_bytes(pick) % keys.len() as u64) as usize];
+                    let value =
+                        ns.rewrite_reply(ReplyRewrite::Keys, Value::Array(vec![key.clone()]));
+                    let name = match value {
+                        Value::Array(mut v) => v.pop().unwrap_or(Value::Nil),
+                        _ => Value::Nil,
+                    };
+                    return self.write_upstream(out, ReplyRewrite::Plain, name);
+                }
+                Local::FlushDb if !keys.is_empty() => {
+                    let mut pipe = redis::pipe();
+                    let unlink = pipe.cmd("UNLINK");
+                    for key in &keys {
+                        if let Value::BulkString(k) = key {
+                            unlink.arg(k);
+                        }
+                    }
+                    if let Err(e) = self.shared.upstream.pipeline(self.proto, &pipe, 1).await {
+                        return self.reply(out, |w| w.error(&e.to_string()));
+                    }
+                }
+                _ => {}
+            }
+            count += keys.len() as i64;
+            if cursor == b"0" {
+                break;
+            }
+        }
+        match local {
+            Local::DbSize => self.reply(out, |w| w.int(count)),
+            Local::FlushDb => self.reply(out, |w| w.ok()),
+            _ => self.reply(out, |w| w.null()),
+        }
+    }
+
+    /// Redeems a quota token into the current account; returns the units credited.
+    async fn topup(&mut self, token: &[u8]) -> Result<i64, String> {
+        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+            return Err("NOAUTH Authentication required.".into());
+        };
+        let token = std::str::from_utf8(token)
+            .map_err(|_| "WRONGPASS malformed token: not text".to_string())?;
+        let verified = self
+            .shared
+            .auth
+            .verify(token, now_secs())
+            .map_err(|e| format!("WRONGPASS {e}"))?;
+        let TokenKind::Quota { jti, quantity, exp } = verified.kind else {
+            return Err("ERR PKV.TOPUP takes a quota token, not a session token".into());
+        };
+        let keep_until = exp
+            .saturating_add(self.shared.settings.token_leeway as i64)
+            .saturating_add(60);
+        match self
+            .shared
+            .ledger
+            .redeem(&jti, &account, quantity, keep_until)
+            .await
+        {
+            Ok(Redemption::Credited { .. }) => Ok(quantity),
+            Ok(Redemption::AlreadyRedeemed { .. }) => Err("ERR token already redeemed".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn balance(&mut self, out: &mut BytesMut) {
+        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+            return;
+        };
+        match self.shared.ledger.account(&account).await {
+            Ok(record) => self.reply(out, |w| {
+                w.map(8);
+                w.bulk(b"account");
+                w.bulk(account.as_bytes());
+                w.bulk(b"balance");
+                w.bulk(format_nanos(record.credited - record.spent).as_bytes());
+                w.bulk(b"spent");
+                w.bulk(format_nanos(record.spent).as_bytes());
+                for counter in ["ops", "bytes_in", "bytes_out", "byte_seconds"] {
+                    w.bulk(counter.as_bytes());
+                    w.int(0);
+                }
+                w.bulk(b"time_ms");
+                w.bulk(b"0.000");
+            }),
+            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+        }
+    }
+
+    fn client_info_line(&self) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let resp = if self.proto == Proto::Resp3 { 3 } else { 2 };
+        let (sub, psub) = self
+            .pubsub
+            .as_ref()
+            .map_or((0, 0), |s| (s.channels.len(), s.patterns.len()));
+        format!(
+            "id={} addr={} laddr={} fd=0 name={name} db=0 sub={sub} psub={psub} multi={} resp={resp}\n",
+            self.id,
+            self.peer,
+            self.shared.settings.listen,
+            self.txn.multi.as_ref().map_or(-1, |m| m.queued.len() as i64),
+        )
+    }
+
+    fn info_text(&self) -> String {
+        let m = &self.shared.metrics;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n",
+            env!("CARGO_PKG_VERSION"),
+            load(&m.connections),
+            load(&m.connections_total),
+            load(&m.commands_total),
+        )
+    }
+}
+
+/// `COMMAND` / `COMMAND INFO name...`: Redis's reply shape, from the table.
+fn command_info(w: &mut ReplyWriter, names: &[Bytes]) {
+    let specs: Vec<Option<&CommandSpec>> = if names.is_empty() {
+        commands::table::TABLE
+            .iter()
+            .filter(|s| !s.name.contains('|'))
+            .map(Some)
+            .collect()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                commands::lookup(std::slice::from_ref(n))
+                    .ok()
+                    .or_else(|| find_spec(n))
+            })
+            .collect()
+    };
+    w.array(specs.len());
+    for spec in specs {
+        let Some(spec) = spec else {
+            w.null();
+            continue;
+        };
+        let (first, last, step) = match spec.keys.first() {
+            Some(commands::KeyRule::Range { first, last, step }) => {
+                (i64::from(*first), i64::from(*last), i64::from(*step))
+            }
+            _ => (0, 0, 0),
+        };
+        w.array(10);
+        w.bulk(spec.name.to_ascii_lowercase().as_bytes());
+        w.int(i64::from(spec.arity));
+        let mut words: Vec<&[u8]> = Vec::new();
+        if spec.has(flags::WRITE) {
+            words.push(b"write");
+        }
+        if spec.has(flags::READONLY) {
+            words.push(b"readonly");
+        }
+        if spec.has(flags::BLOCKING) {
+            words.push(b"blocking");
+        }
+        if spec.has(flags::PUBSUB) {
+            words.push(b"pubsub");
+        }
+        w.array(words.len());
+        words.iter().for_each(|f| w.bulk(f));
+        w.int(first);
+        w.int(last);
+        w.int(step);
+        for _ in 0..4 {
+            w.array(0);
+        }
+    }
+}
+
+fn find_spec(name: &[u8]) -> Option<&'static CommandSpec> {
+    let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
+    commands::table::TABLE.iter().find(|s| s.name == upper)
+}

@@ -1,0 +1,109 @@
+//! The listener, shared state, and graceful shutdown.
+//!
+//! [`serve`] accepts clients until the shutdown future resolves, then stops accepting,
+//! tells every connection to finish what it is doing, and waits up to the grace period for
+//! them to close. Each connection runs [`connection::serve`].
+
+mod connection;
+mod local;
+mod session;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc, Semaphore};
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// State every connection shares.
+pub struct Shared {
+    pub settings: Settings,
+    pub auth: Authenticator,
+    pub upstream: Arc<Upstream>,
+    pub ledger: Ledger,
+    pub metrics: Metrics,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(settings: Settings) -> Result<Self, String> {
+        let url = settings.upstream_url.clone().ok_or(
+            "PKV_UPSTREAM_URL: not set; this build needs an upstream Redis (redis://host:port)",
+        )?;
+        let upstream = Upstream::new(&url, settings.upstream_pool_size, settings.upstream_timeout)
+            .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
+        let upstream = Arc::new(upstream);
+        Ok(Shared {
+            auth: Authenticator::new(&settings),
+            ledger: Ledger::new(upstream.clone()),
+            upstream,
+            metrics: Metrics::default(),
+            next_client_id: AtomicU64::new(1),
+            settings,
+        })
+    }
+
+    fn client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Serves clients from `listener` until `shutdown` resolves.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, _) = broadcast::channel::<()>(1);
+    // Every connection holds a clone of `done_tx`; `done_rx` yields `None` once all are gone.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (mut socket, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let _ = socket
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let shared = shared.clone();
+        let stop = stop_tx.subscribe();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            connection::serve(shared, socket, peer, stop).await;
+            drop(permit);
+            drop(done);
+        });
+    }
+    drop(listener);
+    let open = shared.metrics.connections.load(Ordering::Relaxed);
+    tracing::info!(
+        open,
+        "shutting down: no longer accepting; letting connections finish"
+    );
+    let _ = stop_tx.send(());
+    drop(done_tx);
+    if tokio::time::timeout(shared.settings.shutdown_grace, done_rx.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}

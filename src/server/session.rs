@@ -1,0 +1,482 @@
+//! A client's session and the request path every command takes.
+//!
+//! The steps, in order, all in [`Session::submit`]:
+//! 1. look up the command's row in the table (unknown, refused and wrong-arity commands
+//!    are answered here);
+//! 2. authenticate: before AUTH only handshake commands pass; an expired token stops the
+//!    rest;
+//! 3. run local commands ([`super::local`]) or
+//! 4. locate the keys and rewrite them into the account's namespace, then
+//! 5. forward: plain commands join the current batch, sent upstream as one pipeline when
+//!    the batch is flushed; blocking commands and commands inside MULTI/WATCH use the
+//!    session's dedicated connection;
+//! 6. rewrite each reply (strip prefixes from key names) and write it in request order.
+//!
+//! Metering hangs on steps 4 and 6: what a command costs is known from its arguments and
+//! its reply.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use redis::Value;
+use tokio::sync::mpsc;
+
+use super::connection::ClientIo;
+use super::Shared;
+use crate::commands::{self, flags, CommandSpec, Exec, LookupError, ReplyRewrite};
+use crate::metrics::Metrics;
+use crate::namespace::Namespace;
+use crate::protocol::reply::ReplyWriter;
+use crate::protocol::request::{Limits, Request};
+use crate::protocol::Proto;
+use crate::upstream::{Dedicated, UpstreamError};
+
+/// A batch is sent upstream once it holds this many commands, even mid-read.
+const MAX_BATCH: usize = 1024;
+
+/// The authenticated side of a session.
+pub struct Authed {
+    pub account: Arc<str>,
+    pub ns: Namespace,
+    /// The token stops being valid at this time (seconds since the epoch).
+    pub valid_until: i64,
+}
+
+/// MULTI/WATCH state. While either is active the session's commands use its dedicated
+/// connection, where Redis keeps the transaction.
+#[derive(Default)]
+pub struct Txn {
+    pub watching: bool,
+    /// `Some` between MULTI and EXEC/DISCARD.
+    pub multi: Option<Multi>,
+}
+
+/// A transaction being queued.
+#[derive(Default)]
+pub struct Multi {
+    /// The reply rewrite of each queued command, applied to EXEC's results.
+    pub queued: Vec<ReplyRewrite>,
+    /// A command was refused while queuing; EXEC will answer EXECABORT.
+    pub aborted: bool,
+}
+
+impl Txn {
+    fn active(&self) -> bool {
+        self.watching || self.multi.is_some()
+    }
+}
+
+/// A Pub/Sub subscription: the upstream sink, the messages, and the names subscribed to.
+pub struct Subscriber {
+    pub sink: redis::aio::PubSubSink,
+    pub messages: mpsc::Receiver<redis::Msg>,
+    pub channels: std::collections::BTreeSet<Bytes>,
+    pub patterns: std::collections::BTreeSet<Bytes>,
+}
+
+impl Subscriber {
+    pub fn count(&self) -> usize {
+        self.channels.len() + self.patterns.len()
+    }
+}
+
+/// A reply waiting for its turn.
+enum Slot {
+    /// The next reply of the batch's upstream pipeline, rewritten this way.
+    Upstream(ReplyRewrite),
+    /// A reply pkv already wrote.
+    Ready(Bytes),
+}
+
+/// Commands waiting to be sent upstream together, and the replies around them.
+#[derive(Default)]
+struct Batch {
+    pipe: redis::Pipeline,
+    count: usize,
+    slots: Vec<Slot>,
+}
+
+/// One client's state.
+pub struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) peer: SocketAddr,
+    pub proto: Proto,
+    pub(super) name: Option<Bytes>,
+    pub(super) auth: Option<Authed>,
+    pub(super) txn: Txn,
+    pub(super) dedicated: Option<Dedicated>,
+    pub(super) pubsub: Option<Subscriber>,
+    batch: Batch,
+    /// Set by QUIT: close after the replies are written.
+    pub closing: bool,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        Session {
+            id: shared.client_id(),
+            shared,
+            peer,
+            proto: Proto::Resp2,
+            name: None,
+            auth: None,
+            txn: Txn::default(),
+            dedicated: None,
+            pubsub: None,
+            batch: Batch::default(),
+            closing: false,
+        }
+    }
+
+    /// Request limits: small until the client authenticates.
+    pub fn limits(&self) -> Limits {
+        match self.auth {
+            None => Limits::UNAUTHENTICATED,
+            Some(_) => Limits {
+                max_args: self.shared.settings.max_args,
+                max_bytes: self.shared.settings.max_request_bytes,
+            },
+        }
+    }
+
+    /// True while subscribed: Pub/Sub messages may arrive at any time.
+    pub fn is_waiting_for_messages(&self) -> bool {
+        self.pubsub.as_ref().is_some_and(|s| s.count() > 0)
+    }
+
+    /// Runs one request: answers it, queues it, or forwards it.
+    pub async fn submit(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
+        let args = req.args;
+        if args.is_empty() {
+            return;
+        }
+        Metrics::inc(&self.shared.metrics.commands_total);
+        // Step 1: the command's row.
+        let spec = match commands::lookup(&args) {
+            Ok(spec) => spec,
+            Err(err) => return self.reject(&lookup_error(err, &args), out),
+        };
+        // Step 2: authentication.
+        if !spec.has(flags::NO_AUTH) {
+            match &self.auth {
+                None => return self.reject("NOAUTH Authentication required.", out),
+                Some(a) if crate::auth::now_secs() >= a.valid_until => {
+                    return self.reject("NOAUTH token expired; AUTH again", out)
+                }
+                Some(_) => {}
+            }
+        }
+        if self.proto == Proto::Resp2
+            && self.is_waiting_for_messages()
+            && !spec.has(flags::SUBSCRIBED_OK)
+        {
+            let name = String::from_utf8_lossy(&args[0]).to_lowercase();
+            let msg = format!("ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context");
+            return self.reject(&msg, out);
+        }
+        match spec.exec {
+            // Step 3: pkv's own commands.
+            Exec::Local(local) => self.local(local, spec, &args, out, io).await,
+            // Steps 4 and 5.
+            Exec::Forward => self.forward(spec, &args, out, io).await,
+        }
+    }
+
+    /// Answers with an error; inside MULTI the transaction is then aborted, as Redis does
+    /// for commands refused while queuing.
+    pub(super) fn reject(&mut self, message: &str, out: &mut BytesMut) {
+        if let Some(multi) = &mut self.txn.multi {
+            multi.aborted = true;
+        }
+        self.reply(out, |w| w.error(message));
+    }
+
+    /// Writes a reply pkv produced itself, after every reply still owed before it.
+    pub(super) fn reply(&mut self, out: &mut BytesMut, write: impl FnOnce(&mut ReplyWriter)) {
+        if self.batch.slots.is_empty() {
+            write(&mut ReplyWriter::new(out, self.proto));
+        } else {
+            let mut buf = BytesMut::new();
+            write(&mut ReplyWriter::new(&mut buf, self.proto));
+            self.batch.slots.push(Slot::Ready(buf.freeze()));
+        }
+    }
+
+    pub(super) fn ns(&self) -> Option<&Namespace> {
+        self.auth.as_ref().map(|a| &a.ns)
+    }
+
+    /// Builds the upstream command: every key, pattern and channel rewritten into the
+    /// namespace, every other argument as the client sent it.
+    pub(super) fn rewrite(&self, spec: &CommandSpec, args: &[Bytes]) -> Result<redis::Cmd, String> {
+        let ns = self.ns().ok_or("NOAUTH Authentication required.")?;
+        let mut keys = commands::key_args(spec, args).map_err(|e| e.to_string())?;
+        keys.sort_unstable_by_key(|(i, _)| *i);
+        let mut keys = keys.into_iter().peekable();
+        let mut cmd = redis::Cmd::new();
+        for (i, arg) in args.iter().enumerate() {
+            let mut role = None;
+            while let Some(&(k, r)) = keys.peek() {
+                if k > i {
+                    break;
+                }
+                if k == i {
+                    role = Some(r);
+                }
+                keys.next();
+            }
+            match role {
+                Some(role) => cmd.arg(ns.rewrite(arg, role).as_ref()),
+                None => cmd.arg(arg.as_ref()),
+            };
+        }
+        Ok(cmd)
+    }
+
+    async fn forward(
+        &mut self,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        out: &mut BytesMut,
+        io: &mut ClientIo,
+    ) {
+        let cmd = match self.rewrite(spec, args) {
+            Ok(cmd) => cmd,
+            Err(msg) => return self.reject(&msg, out),
+        };
+        let blocks =
+            spec.has(flags::BLOCKING) || (spec.has(flags::MAY_BLOCK) && has_block_option(args));
+        if blocks && self.txn.multi.is_none() {
+            return self.run_blocking(cmd, spec.reply, out, io).await;
+        }
+        self.enqueue(cmd, spec.reply, out).await;
+    }
+
+    /// Adds a command to the batch. Inside MULTI its reply is `QUEUED`; the rewrite is kept
+    /// for EXEC.
+    pub(super) async fn enqueue(
+        &mut self,
+        cmd: redis::Cmd,
+        rewrite: ReplyRewrite,
+        out: &mut BytesMut,
+    ) {
+        let rewrite = match &mut self.txn.multi {
+            Some(multi) => {
+                multi.queued.push(rewrite);
+                ReplyRewrite::Plain
+            }
+            None => rewrite,
+        };
+        self.batch.pipe.add_command(cmd);
+        self.batch.count += 1;
+        self.batch.slots.push(Slot::Upstream(rewrite));
+        if self.batch.count >= MAX_BATCH {
+            self.flush(out).await;
+        }
+    }
+
+    /// Sends the batch upstream and writes every owed reply, in order.
+    pub async fn flush(&mut self, out: &mut BytesMut) {
+        if self.batch.slots.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let replies = if batch.count == 0 {
+            Ok(Vec::new())
+        } else if self.txn.active() {
+            match self.dedicated.as_mut() {
+                Some(conn) => conn.pipeline(&batch.pipe, batch.count).await,
+                None => Err(UpstreamError::Unavailable(
+                    "transaction connection lost".into(),
+                )),
+            }
+        } else {
+            self.shared
+                .upstream
+                .pipeline(self.proto, &batch.pipe, batch.count)
+                .await
+        };
+        let mut replies = match replies {
+            Ok(values) => Ok(values.into_iter()),
+            Err(err) => {
+                Metrics::inc(&self.shared.metrics.upstream_errors_total);
+                if self.txn.active() {
+                    // The transaction lived on the connection that failed.
+                    self.txn = Txn::default();
+                    self.dedicated = None;
+                }
+                Err(err.to_string())
+            }
+        };
+        for slot in batch.slots {
+            match slot {
+                Slot::Ready(bytes) => out.extend_from_slice(&bytes),
+                Slot::Upstream(rewrite) => match &mut replies {
+                    Ok(values) => {
+                        let value = values.next().unwrap_or(Value::Nil);
+                        self.write_upstream(out, rewrite, value);
+                    }
+                    Err(msg) => ReplyWriter::new(out, self.proto).error(msg),
+                },
+            }
+        }
+    }
+
+    /// Step 6: rewrites an upstream reply and writes it.
+    pub(super) fn write_upstream(&self, out: &mut BytesMut, rewrite: ReplyRewrite, value: Value) {
+        let mut w = ReplyWriter::new(out, self.proto);
+        match (&value, rewrite) {
+            (Value::Nil, ReplyRewrite::FirstKey | ReplyRewrite::Streams) => w.null_array(),
+            _ => match self.ns() {
+                Some(ns) => w.value(&ns.rewrite_reply(rewrite, value)),
+                None => w.value(&value),
+            },
+        }
+    }
+
+    /// The session's own upstream connection, opened on first need.
+    pub(super) async fn dedicated(&mut self) -> Result<&mut Dedicated, UpstreamError> {
+        if self.dedicated.is_none() {
+            self.dedicated = Some(self.shared.upstream.dedicated(self.proto).await?);
+        }
+        Ok(self.dedicated.as_mut().expect("set above"))
+    }
+
+    /// Runs one command on the dedicated connection, answering at once.
+    pub(super) async fn run_dedicated(&mut self, cmd: redis::Cmd) -> Result<Value, UpstreamError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let result = match self.dedicated().await {
+            Ok(conn) => conn.pipeline(&pipe, 1).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(mut values) => Ok(values.pop().unwrap_or(Value::Nil)),
+            Err(e) => {
+                self.dedicated = None;
+                self.txn = Txn::default();
+                Err(e)
+            }
+        }
+    }
+
+    /// A blocking command waits on the dedicated connection. If the client leaves while it
+    /// waits, the connection is closed so that Redis unblocks it and hands no data to a
+    /// client that is gone.
+    async fn run_blocking(
+        &mut self,
+        cmd: redis::Cmd,
+        rewrite: ReplyRewrite,
+        out: &mut BytesMut,
+        io: &mut ClientIo,
+    ) {
+        self.flush(out).await;
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let cap = self.shared.settings.max_request_bytes;
+        let outcome = match self.dedicated().await {
+            Err(e) => Some(Err(e)),
+            Ok(conn) => tokio::select! {
+                result = conn.pipeline(&pipe, 1) => Some(result),
+                _ = io.closed(cap) => None,
+            },
+        };
+        match outcome {
+            None => {
+                self.dedicated = None;
+                self.closing = true;
+            }
+            Some(Ok(mut values)) => {
+                let value = values.pop().unwrap_or(Value::Nil);
+                self.write_upstream(out, rewrite, value);
+            }
+            Some(Err(err)) => {
+                self.dedicated = None;
+                self.txn = Txn::default();
+                Metrics::inc(&self.shared.metrics.upstream_errors_total);
+                ReplyWriter::new(out, self.proto).error(&err.to_string());
+            }
+        }
+    }
+
+    /// The next Pub/Sub message; never resolves while not subscribed.
+    pub async fn next_message(&mut self) -> Option<redis::Msg> {
+        match &mut self.pubsub {
+            Some(sub) => sub.messages.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Writes a Pub/Sub message with the channel (and pattern) as the client named them.
+    pub fn write_message(&self, msg: redis::Msg, out: &mut BytesMut) {
+        let Some(ns) = self.ns() else { return };
+        let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
+        let Some(channel) = ns.strip(&channel) else {
+            return;
+        };
+        let mut w = ReplyWriter::new(out, self.proto);
+        match msg.get_pattern::<Option<Vec<u8>>>().ok().flatten() {
+            Some(pattern) => {
+                let Some(pattern) = ns.strip(&pattern) else {
+                    return;
+                };
+                w.push(4);
+                w.bulk(b"pmessage");
+                w.bulk(pattern);
+            }
+            None => {
+                w.push(3);
+                w.bulk(b"message");
+            }
+        }
+        w.bulk(channel);
+        w.bulk(msg.get_payload_bytes());
+    }
+}
+
+/// True when an `XREAD`/`XREADGROUP` asks to block (a `BLOCK` option before `STREAMS`).
+fn has_block_option(args: &[Bytes]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+/// The Redis-style error for a request the table does not serve.
+fn lookup_error(err: LookupError, args: &[Bytes]) -> String {
+    let name = String::from_utf8_lossy(&args[0]);
+    match err {
+        LookupError::Unknown => {
+            let mut msg = format!(
+                "ERR unknown command '{}', with args beginning with: ",
+                truncate(&name)
+            );
+            for arg in args.iter().skip(1).take(8) {
+                msg.push_str(&format!("'{}' ", truncate(&String::from_utf8_lossy(arg))));
+            }
+            msg
+        }
+        LookupError::Denied(what) => format!("ERR command '{what}' is not allowed through pkv"),
+        LookupError::UnknownSubcommand => {
+            let sub = args
+                .get(1)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_default();
+            format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                truncate(&sub),
+                name.to_uppercase()
+            )
+        }
+        LookupError::Arity => format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_lowercase()
+        ),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(128).collect()
+}
