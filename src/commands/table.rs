@@ -138,8 +138,8 @@ const SORT_RO_KEYS: &[KeyRule] = &[
 ];
 
 /// The options of `GEORADIUS` and `GEORADIUSBYMEMBER`, as `georadiusGeneric` reads them.
-/// When both `STORE` and `STOREDIST` are given Redis writes only the last one; pkv prefixes
-/// both, which is harmless.
+/// When both `STORE` and `STOREDIST` are given Redis writes only the last one, but both name
+/// keys (Redis's own key specs agree), so both are prefixed.
 const GEO_OPTS: &[Opt] = &[
     plain("WITHDIST", 0),
     plain("WITHHASH", 0),
