@@ -2,18 +2,55 @@
 //!
 //! Arity and key positions follow Redis 7.0's `COMMAND INFO` (a test checks them against a
 //! real redis-server); flags, reply rewrites and local handling are pkv's own.
+//!
+//! A container row (`CLIENT`, `OBJECT`, ...) with arity `-2` is never executed itself:
+//! [`super::lookup`] always resolves it to its `NAME|SUB` row. Only `COMMAND` (arity `-1`)
+//! is answered on its own.
 
 use super::spec::flags::*;
 use super::spec::{CommandSpec as C, KeyRule, Local as L, Opt, ReplyRewrite as R, Takes};
 
+// === key rules ===
+
+/// The single argument at index `i` is a key.
+const fn at(i: u8) -> KeyRule {
+    KeyRule::Range {
+        first: i,
+        last: i as i8,
+        step: 1,
+    }
+}
+
+/// An option keyword followed by `n` plain arguments.
+const fn plain(word: &'static str, n: u8) -> Opt {
+    Opt {
+        word,
+        takes: Takes::Plain(n),
+    }
+}
+
+/// An option keyword followed by one key.
+const fn key_opt(word: &'static str) -> Opt {
+    Opt {
+        word,
+        takes: Takes::Key,
+    }
+}
+
+/// An option keyword followed by one key pattern.
+const fn pattern_opt(word: &'static str) -> Opt {
+    Opt {
+        word,
+        takes: Takes::KeyPattern,
+    }
+}
+
 /// No keys.
 const NONE: &[KeyRule] = &[];
 /// The key is argument 1.
-const K1: &[KeyRule] = &[KeyRule::Range {
-    first: 1,
-    last: 1,
-    step: 1,
-}];
+const K1: &[KeyRule] = &[at(1)];
+/// The key is argument 2 (subcommands: `OBJECT ENCODING key`).
+const K2: &[KeyRule] = &[at(2)];
 /// Keys are arguments 1 and 2.
 const K12: &[KeyRule] = &[KeyRule::Range {
     first: 1,
@@ -26,34 +63,415 @@ const ALL: &[KeyRule] = &[KeyRule::Range {
     last: -1,
     step: 1,
 }];
+/// Every argument from 2 is a key (`BITOP op dest src...`).
+const FROM2: &[KeyRule] = &[KeyRule::Range {
+    first: 2,
+    last: -1,
+    step: 1,
+}];
+/// Every argument but the last (a timeout) is a key (`BLPOP k... timeout`).
+const ALL_BUT_LAST: &[KeyRule] = &[KeyRule::Range {
+    first: 1,
+    last: -2,
+    step: 1,
+}];
 /// Key/value pairs: every other argument from 1 is a key.
 const PAIRS: &[KeyRule] = &[KeyRule::Range {
     first: 1,
     last: -1,
     step: 2,
 }];
+/// `numkeys` at 1, then the keys (`ZUNION numkeys k...`).
+const NUMKEYS1: &[KeyRule] = &[KeyRule::NumKeys { at: 1 }];
+/// `numkeys` at 2, then the keys (`BLMPOP timeout numkeys k...`).
+const NUMKEYS2: &[KeyRule] = &[KeyRule::NumKeys { at: 2 }];
+/// A destination at 1, `numkeys` at 2, then the sources (`ZUNIONSTORE dest numkeys k...`).
+const DEST_NUMKEYS2: &[KeyRule] = &[at(1), KeyRule::NumKeys { at: 2 }];
+/// A key glob pattern at 1 (`KEYS pattern`).
+const KEY_PATTERN1: &[KeyRule] = &[KeyRule::KeyPattern { at: 1 }];
+/// Channels from argument 1 on.
+const CHANNELS1: &[KeyRule] = &[KeyRule::Channels { first: 1 }];
+/// Channel patterns from argument 1 on.
+const PATTERNS1: &[KeyRule] = &[KeyRule::ChannelPatterns { first: 1 }];
+/// Channels from argument 2 on (`PUBSUB NUMSUB ch...`).
+const CHANNELS2: &[KeyRule] = &[KeyRule::Channels { first: 2 }];
+/// The optional channel pattern at 2 (`PUBSUB CHANNELS [pattern]`).
+const PATTERNS2: &[KeyRule] = &[KeyRule::ChannelPatterns { first: 2 }];
+/// `PUBLISH channel message`: only argument 1 is a channel, so `Channels` (which runs to the
+/// last argument) would prefix the message too. A key and a channel are rewritten the same
+/// way (both get the plain prefix), so a one-argument range states it exactly.
+const PUBLISH_CHANNEL: &[KeyRule] = &[at(1)];
+
+/// `SORT key [BY pattern] [LIMIT offset count] [GET pattern ...] [ASC|DESC] [ALPHA]
+/// [STORE destination]`, as `sortCommand` reads it.
+const SORT_OPTS: &[Opt] = &[
+    plain("ASC", 0),
+    plain("DESC", 0),
+    plain("ALPHA", 0),
+    plain("LIMIT", 2),
+    pattern_opt("BY"),
+    pattern_opt("GET"),
+    key_opt("STORE"),
+];
+/// `SORT_RO`: the same options without `STORE`.
+const SORT_RO_OPTS: &[Opt] = &[
+    plain("ASC", 0),
+    plain("DESC", 0),
+    plain("ALPHA", 0),
+    plain("LIMIT", 2),
+    pattern_opt("BY"),
+    pattern_opt("GET"),
+];
+const SORT_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 2,
+        grammar: SORT_OPTS,
+    },
+];
+const SORT_RO_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 2,
+        grammar: SORT_RO_OPTS,
+    },
+];
+
+/// The options of `GEORADIUS` and `GEORADIUSBYMEMBER`, as `georadiusGeneric` reads them.
+/// When both `STORE` and `STOREDIST` are given Redis writes only the last one, but both name
+/// keys (Redis's own key specs agree), so both are prefixed.
+const GEO_OPTS: &[Opt] = &[
+    plain("WITHDIST", 0),
+    plain("WITHHASH", 0),
+    plain("WITHCOORD", 0),
+    plain("ASC", 0),
+    plain("DESC", 0),
+    plain("ANY", 0),
+    plain("COUNT", 1),
+    key_opt("STORE"),
+    key_opt("STOREDIST"),
+];
+/// The read-only variants refuse `STORE` and `STOREDIST`.
+const GEO_RO_OPTS: &[Opt] = &[
+    plain("WITHDIST", 0),
+    plain("WITHHASH", 0),
+    plain("WITHCOORD", 0),
+    plain("ASC", 0),
+    plain("DESC", 0),
+    plain("ANY", 0),
+    plain("COUNT", 1),
+];
+/// `GEORADIUS key longitude latitude radius unit [options]`.
+const GEORADIUS_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 6,
+        grammar: GEO_OPTS,
+    },
+];
+/// `GEORADIUSBYMEMBER key member radius unit [options]`.
+const GEORADIUSBYMEMBER_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 5,
+        grammar: GEO_OPTS,
+    },
+];
+const GEORADIUS_RO_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 6,
+        grammar: GEO_RO_OPTS,
+    },
+];
+const GEORADIUSBYMEMBER_RO_KEYS: &[KeyRule] = &[
+    at(1),
+    KeyRule::Options {
+        start: 5,
+        grammar: GEO_RO_OPTS,
+    },
+];
+
+/// `XREAD [COUNT n] [BLOCK ms] STREAMS key... id...`.
+const XREAD_OPTS: &[Opt] = &[
+    plain("COUNT", 1),
+    plain("BLOCK", 1),
+    Opt {
+        word: "STREAMS",
+        takes: Takes::StreamsRest,
+    },
+];
+/// `XREADGROUP GROUP group consumer [COUNT n] [BLOCK ms] [NOACK] STREAMS key... id...`.
+const XREADGROUP_OPTS: &[Opt] = &[
+    plain("GROUP", 2),
+    plain("COUNT", 1),
+    plain("BLOCK", 1),
+    plain("NOACK", 0),
+    Opt {
+        word: "STREAMS",
+        takes: Takes::StreamsRest,
+    },
+];
+const XREAD_KEYS: &[KeyRule] = &[KeyRule::Options {
+    start: 1,
+    grammar: XREAD_OPTS,
+}];
+const XREADGROUP_KEYS: &[KeyRule] = &[KeyRule::Options {
+    start: 1,
+    grammar: XREADGROUP_OPTS,
+}];
 
 /// The served commands.
 pub static TABLE: &[C] = &[
     // === connection and handshake ===
     C::local("AUTH", -2, FREE | NO_AUTH, L::Auth),
+    C::local("HELLO", -1, FREE | NO_AUTH, L::Hello),
     C::local("PING", -1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Ping),
-    // === strings ===
+    C::local("ECHO", 2, NO_AUTH, L::Echo),
+    C::local("QUIT", -1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Quit),
+    C::local("RESET", 1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Reset),
+    C::local("SELECT", 2, 0, L::Select),
+    C::fwd("CLIENT", -2, CONTAINER, NONE),
+    C::local("CLIENT|SETNAME", 3, 0, L::ClientSetName),
+    C::local("CLIENT|GETNAME", 2, 0, L::ClientGetName),
+    // Added in Redis 7.2; client libraries send it on connect, so pkv answers it anyway.
+    C::local("CLIENT|SETINFO", 4, 0, L::ClientSetInfo),
+    C::local("CLIENT|ID", 2, 0, L::ClientId),
+    C::local("CLIENT|INFO", 2, 0, L::ClientInfo),
+    // Added in Redis 7.2.
+    C::local("CLIENT|NO-TOUCH", 3, 0, L::ClientNoTouch),
+    C::local("CLIENT|REPLY", 3, 0, L::ClientReply),
+    C::local("INFO", -1, 0, L::Info),
+    C::local("COMMAND", -1, CONTAINER, L::Command),
+    C::local("COMMAND|COUNT", 2, 0, L::CommandCount),
+    C::local("COMMAND|DOCS", -2, 0, L::CommandDocs),
+    C::local("COMMAND|INFO", -2, 0, L::CommandInfo),
+    C::local("COMMAND|LIST", -2, 0, L::CommandList),
+    C::local("READONLY", 1, 0, L::ReadOnly),
+    C::local("READWRITE", 1, 0, L::ReadWrite),
+    C::local("TIME", 1, 0, L::Time),
+    // === transactions ===
+    C::local("MULTI", 1, DEDICATED, L::Multi),
+    C::local("EXEC", 1, DEDICATED, L::Exec),
+    C::local("DISCARD", 1, DEDICATED, L::Discard),
+    C::local("WATCH", -2, DEDICATED, L::Watch).keys(ALL),
+    C::local("UNWATCH", 1, DEDICATED, L::Unwatch),
+    // === pub/sub ===
+    C::local("SUBSCRIBE", -2, PUBSUB | SUBSCRIBED_OK, L::Subscribe).keys(CHANNELS1),
+    C::local("UNSUBSCRIBE", -1, PUBSUB | SUBSCRIBED_OK, L::Unsubscribe).keys(CHANNELS1),
+    C::local("PSUBSCRIBE", -2, PUBSUB | SUBSCRIBED_OK, L::PSubscribe).keys(PATTERNS1),
+    C::local("PUNSUBSCRIBE", -1, PUBSUB | SUBSCRIBED_OK, L::PUnsubscribe).keys(PATTERNS1),
+    C::fwd("PUBLISH", 3, PUBSUB, PUBLISH_CHANNEL),
+    C::fwd("PUBSUB", -2, CONTAINER, NONE),
+    // Without a pattern Redis would list every tenant's channels: the session adds the
+    // namespace's own pattern when none is given.
+    C::fwd("PUBSUB|CHANNELS", -2, PUBSUB, PATTERNS2).reply(R::Channels),
+    C::fwd("PUBSUB|NUMSUB", -2, PUBSUB, CHANNELS2).reply(R::ChannelCounts),
+    // === keys and expiry ===
+    C::fwd("DEL", -2, WRITE, ALL),
+    C::fwd("UNLINK", -2, WRITE, ALL),
+    C::fwd("EXISTS", -2, READONLY, ALL),
+    C::fwd("TOUCH", -2, READONLY, ALL),
+    C::fwd("TYPE", 2, READONLY, K1),
+    C::fwd("TTL", 2, READONLY, K1),
+    C::fwd("PTTL", 2, READONLY, K1),
+    C::fwd("EXPIRE", -3, WRITE, K1),
+    C::fwd("PEXPIRE", -3, WRITE, K1),
+    C::fwd("EXPIREAT", -3, WRITE, K1),
+    C::fwd("PEXPIREAT", -3, WRITE, K1),
+    C::fwd("EXPIRETIME", 2, READONLY, K1),
+    C::fwd("PEXPIRETIME", 2, READONLY, K1),
+    C::fwd("RENAME", 3, WRITE, K12),
+    C::fwd("RENAMENX", 3, WRITE, K12),
+    // `COPY src dst DB n` copies into another database; what that means for a tenant is
+    // left to Redis and to how SELECT is mapped.
+    C::fwd("COPY", -3, WRITE, K12),
+    C::fwd("KEYS", 2, READONLY, KEY_PATTERN1).reply(R::Keys),
+    C::local("SCAN", -2, READONLY, L::Scan),
+    C::local("RANDOMKEY", 1, READONLY, L::RandomKey),
+    C::local("DBSIZE", 1, READONLY, L::DbSize),
+    C::local("FLUSHDB", -1, WRITE, L::FlushDb),
+    C::local("FLUSHALL", -1, WRITE, L::FlushDb),
+    C::fwd("OBJECT", -2, CONTAINER, NONE),
+    C::fwd("OBJECT|ENCODING", 3, READONLY, K2),
+    C::fwd("OBJECT|IDLETIME", 3, READONLY, K2),
+    C::fwd("OBJECT|REFCOUNT", 3, READONLY, K2),
+    C::fwd("MEMORY", -2, CONTAINER, NONE),
+    C::fwd("MEMORY|USAGE", -3, READONLY, K2),
+    C::fwd("SORT", -2, WRITE, SORT_KEYS),
+    C::fwd("SORT_RO", -2, READONLY, SORT_RO_KEYS),
+    // === strings and counters ===
     C::fwd("GET", 2, READONLY, K1),
     C::fwd("SET", -3, WRITE, K1),
+    C::fwd("SETNX", 3, WRITE, K1),
+    C::fwd("SETEX", 4, WRITE, K1),
+    C::fwd("PSETEX", 4, WRITE, K1),
+    C::fwd("GETSET", 3, WRITE, K1),
+    C::fwd("GETDEL", 2, WRITE, K1),
+    C::fwd("GETEX", -2, WRITE, K1),
+    C::fwd("MGET", -2, READONLY, ALL),
     C::fwd("MSET", -3, WRITE, PAIRS),
-    C::fwd("DEL", -2, WRITE, ALL),
-    C::fwd("RENAME", 3, WRITE, K12),
+    C::fwd("MSETNX", -3, WRITE, PAIRS),
+    C::fwd("APPEND", 3, WRITE, K1),
+    C::fwd("STRLEN", 2, READONLY, K1),
+    C::fwd("INCR", 2, WRITE, K1),
+    C::fwd("DECR", 2, WRITE, K1),
+    C::fwd("INCRBY", 3, WRITE, K1),
+    C::fwd("DECRBY", 3, WRITE, K1),
+    C::fwd("INCRBYFLOAT", 3, WRITE, K1),
+    C::fwd("GETRANGE", 4, READONLY, K1),
+    C::fwd("SETRANGE", 4, WRITE, K1),
+    C::fwd("SUBSTR", 4, READONLY, K1),
+    C::fwd("LCS", -3, READONLY, K12),
+    // === bits ===
+    C::fwd("SETBIT", 4, WRITE, K1),
+    C::fwd("GETBIT", 3, READONLY, K1),
+    C::fwd("BITCOUNT", -2, READONLY, K1),
+    C::fwd("BITPOS", -3, READONLY, K1),
+    C::fwd("BITOP", -4, WRITE, FROM2),
+    C::fwd("BITFIELD", -2, WRITE, K1),
+    C::fwd("BITFIELD_RO", -2, READONLY, K1),
+    // === hashes ===
+    C::fwd("HSET", -4, WRITE, K1),
+    C::fwd("HSETNX", 4, WRITE, K1),
+    C::fwd("HMSET", -4, WRITE, K1),
+    C::fwd("HGET", 3, READONLY, K1),
+    C::fwd("HMGET", -3, READONLY, K1),
+    C::fwd("HDEL", -3, WRITE, K1),
+    C::fwd("HEXISTS", 3, READONLY, K1),
+    C::fwd("HGETALL", 2, READONLY, K1),
+    C::fwd("HKEYS", 2, READONLY, K1),
+    C::fwd("HVALS", 2, READONLY, K1),
+    C::fwd("HLEN", 2, READONLY, K1),
+    C::fwd("HINCRBY", 4, WRITE, K1),
+    C::fwd("HINCRBYFLOAT", 4, WRITE, K1),
+    C::fwd("HSTRLEN", 3, READONLY, K1),
+    C::fwd("HSCAN", -3, READONLY, K1),
+    C::fwd("HRANDFIELD", -2, READONLY, K1),
     // === lists ===
+    C::fwd("LPUSH", -3, WRITE, K1),
+    C::fwd("RPUSH", -3, WRITE, K1),
+    C::fwd("LPUSHX", -3, WRITE, K1),
+    C::fwd("RPUSHX", -3, WRITE, K1),
+    C::fwd("LPOP", -2, WRITE, K1),
+    C::fwd("RPOP", -2, WRITE, K1),
+    C::fwd("LLEN", 2, READONLY, K1),
+    C::fwd("LRANGE", 4, READONLY, K1),
+    C::fwd("LINDEX", 3, READONLY, K1),
+    C::fwd("LSET", 4, WRITE, K1),
+    C::fwd("LINSERT", 5, WRITE, K1),
+    C::fwd("LREM", 4, WRITE, K1),
+    C::fwd("LTRIM", 4, WRITE, K1),
+    C::fwd("LPOS", -3, READONLY, K1),
+    C::fwd("LMOVE", 5, WRITE, K12),
+    C::fwd("RPOPLPUSH", 3, WRITE, K12),
+    C::fwd("LMPOP", -4, WRITE, NUMKEYS1).reply(R::FirstKey),
+    C::fwd("BLPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
+    C::fwd("BRPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
+    C::fwd("BLMOVE", 6, WRITE | BLOCKING, K12),
+    C::fwd("BRPOPLPUSH", 4, WRITE | BLOCKING, K12),
+    C::fwd("BLMPOP", -5, WRITE | BLOCKING, NUMKEYS2).reply(R::FirstKey),
+    // === sets ===
+    C::fwd("SADD", -3, WRITE, K1),
+    C::fwd("SREM", -3, WRITE, K1),
+    C::fwd("SMEMBERS", 2, READONLY, K1),
+    C::fwd("SISMEMBER", 3, READONLY, K1),
+    C::fwd("SMISMEMBER", -3, READONLY, K1),
+    C::fwd("SCARD", 2, READONLY, K1),
+    C::fwd("SPOP", -2, WRITE, K1),
+    C::fwd("SRANDMEMBER", -2, READONLY, K1),
+    C::fwd("SMOVE", 4, WRITE, K12),
+    C::fwd("SINTER", -2, READONLY, ALL),
+    C::fwd("SINTERSTORE", -3, WRITE, ALL),
+    C::fwd("SINTERCARD", -3, READONLY, NUMKEYS1),
+    C::fwd("SUNION", -2, READONLY, ALL),
+    C::fwd("SUNIONSTORE", -3, WRITE, ALL),
+    C::fwd("SDIFF", -2, READONLY, ALL),
+    C::fwd("SDIFFSTORE", -3, WRITE, ALL),
+    C::fwd("SSCAN", -3, READONLY, K1),
+    // === sorted sets ===
+    C::fwd("ZADD", -4, WRITE, K1),
+    C::fwd("ZREM", -3, WRITE, K1),
+    C::fwd("ZSCORE", 3, READONLY, K1),
+    C::fwd("ZMSCORE", -3, READONLY, K1),
+    C::fwd("ZINCRBY", 4, WRITE, K1),
+    C::fwd("ZCARD", 2, READONLY, K1),
+    C::fwd("ZCOUNT", 4, READONLY, K1),
+    C::fwd("ZLEXCOUNT", 4, READONLY, K1),
+    C::fwd("ZRANGE", -4, READONLY, K1),
+    C::fwd("ZRANGESTORE", -5, WRITE, K12),
+    C::fwd("ZRANGEBYSCORE", -4, READONLY, K1),
+    C::fwd("ZREVRANGEBYSCORE", -4, READONLY, K1),
+    C::fwd("ZRANGEBYLEX", -4, READONLY, K1),
+    C::fwd("ZREVRANGEBYLEX", -4, READONLY, K1),
+    C::fwd("ZREVRANGE", -4, READONLY, K1),
+    C::fwd("ZRANK", 3, READONLY, K1),
+    C::fwd("ZREVRANK", 3, READONLY, K1),
+    C::fwd("ZREMRANGEBYRANK", 4, WRITE, K1),
+    C::fwd("ZREMRANGEBYSCORE", 4, WRITE, K1),
+    C::fwd("ZREMRANGEBYLEX", 4, WRITE, K1),
+    C::fwd("ZPOPMIN", -2, WRITE, K1),
+    C::fwd("ZPOPMAX", -2, WRITE, K1),
+    C::fwd("BZPOPMIN", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
+    C::fwd("BZPOPMAX", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
+    C::fwd("ZMPOP", -4, WRITE, NUMKEYS1).reply(R::FirstKey),
+    C::fwd("BZMPOP", -5, WRITE | BLOCKING, NUMKEYS2).reply(R::FirstKey),
+    C::fwd("ZUNION", -3, READONLY, NUMKEYS1),
+    C::fwd("ZINTER", -3, READONLY, NUMKEYS1),
+    C::fwd("ZDIFF", -3, READONLY, NUMKEYS1),
+    C::fwd("ZINTERCARD", -3, READONLY, NUMKEYS1),
+    C::fwd("ZUNIONSTORE", -4, WRITE, DEST_NUMKEYS2),
+    C::fwd("ZINTERSTORE", -4, WRITE, DEST_NUMKEYS2),
+    C::fwd("ZDIFFSTORE", -4, WRITE, DEST_NUMKEYS2),
+    C::fwd("ZRANDMEMBER", -2, READONLY, K1),
+    C::fwd("ZSCAN", -3, READONLY, K1),
+    // === streams ===
+    C::fwd("XADD", -5, WRITE, K1),
+    C::fwd("XRANGE", -4, READONLY, K1),
+    C::fwd("XREVRANGE", -4, READONLY, K1),
+    C::fwd("XLEN", 2, READONLY, K1),
+    C::fwd("XDEL", -3, WRITE, K1),
+    C::fwd("XTRIM", -4, WRITE, K1),
+    C::fwd("XSETID", -3, WRITE, K1),
+    C::fwd("XACK", -4, WRITE, K1),
+    C::fwd("XPENDING", -3, READONLY, K1),
+    C::fwd("XCLAIM", -6, WRITE, K1),
+    C::fwd("XAUTOCLAIM", -6, WRITE, K1),
+    C::fwd("XREAD", -4, READONLY | MAY_BLOCK, XREAD_KEYS).reply(R::Streams),
+    C::fwd("XREADGROUP", -7, WRITE | MAY_BLOCK, XREADGROUP_KEYS).reply(R::Streams),
+    C::fwd("XGROUP", -2, CONTAINER, NONE),
+    C::fwd("XGROUP|CREATE", -5, WRITE, K2),
+    C::fwd("XGROUP|CREATECONSUMER", 5, WRITE, K2),
+    C::fwd("XGROUP|DELCONSUMER", 5, WRITE, K2),
+    C::fwd("XGROUP|DESTROY", 4, WRITE, K2),
+    C::fwd("XGROUP|SETID", -5, WRITE, K2),
+    C::fwd("XINFO", -2, CONTAINER, NONE),
+    C::fwd("XINFO|STREAM", -3, READONLY, K2),
+    C::fwd("XINFO|GROUPS", 3, READONLY, K2),
+    C::fwd("XINFO|CONSUMERS", 4, READONLY, K2),
+    // === hyperloglog ===
+    C::fwd("PFADD", -2, WRITE, K1),
+    C::fwd("PFCOUNT", -2, READONLY, ALL),
+    C::fwd("PFMERGE", -2, WRITE, ALL),
+    // === geo ===
+    C::fwd("GEOADD", -5, WRITE, K1),
+    C::fwd("GEODIST", -4, READONLY, K1),
+    C::fwd("GEOHASH", -2, READONLY, K1),
+    C::fwd("GEOPOS", -2, READONLY, K1),
+    C::fwd("GEORADIUS", -6, WRITE, GEORADIUS_KEYS),
+    C::fwd("GEORADIUSBYMEMBER", -5, WRITE, GEORADIUSBYMEMBER_KEYS),
+    C::fwd("GEORADIUS_RO", -6, READONLY, GEORADIUS_RO_KEYS),
     C::fwd(
-        "BLPOP",
-        -3,
-        WRITE | BLOCKING,
-        &[KeyRule::Range {
-            first: 1,
-            last: -2,
-            step: 1,
-        }],
-    )
-    .reply(R::FirstKey),
+        "GEORADIUSBYMEMBER_RO",
+        -5,
+        READONLY,
+        GEORADIUSBYMEMBER_RO_KEYS,
+    ),
+    C::fwd("GEOSEARCH", -7, READONLY, K1),
+    C::fwd("GEOSEARCHSTORE", -8, WRITE, K12),
+    // === pkv ===
+    C::local("PKV.SESSION", -1, FREE, L::PkvSession),
+    C::local("PKV.TOPUP", 2, FREE, L::PkvTopup),
+    C::local("PKV.BALANCE", 1, FREE, L::PkvBalance),
+    C::local("PKV.PRICES", 1, FREE, L::PkvPrices),
 ];
