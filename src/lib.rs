@@ -1,4 +1,28 @@
+//! # pkv: a paid Redis-protocol proxy
+//!
+//! Clients speak Redis to pkv, authenticate with a prepaid quota token, and use Redis inside
+//! a private key namespace; pkv forwards their commands to an upstream Redis.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `pkv` command line (`serve`, `token mint|inspect`, `keygen`).
+//! - [`config`]: settings, loaded in layers and validated at start-up.
+//! - [`server`]: the listener, graceful shutdown, each connection, and the session that
+//!   runs the request path (read → authenticate → look up → rewrite keys → forward →
+//!   rewrite reply → write).
+//! - [`protocol`]: parsing client requests and writing RESP2/RESP3 replies.
+//! - [`commands`]: the command table (every served command's facts, stated once) and the
+//!   key locator derived from it.
+//! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
+//! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
+//! - [`ledger`]: redeemed token ids and account credit, kept in the upstream.
+//! - [`upstream`]: pooled and dedicated connections to the upstream Redis.
+//! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
+
+#![forbid(unsafe_code)]
+
 pub mod auth;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod ledger;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `pkv` binary; everything lives in the library.
+
+fn main() {
+    std::process::exit(pkv::cli::main());
+}

@@ -153,9 +153,13 @@ impl Session {
             return;
         }
         Metrics::inc(&self.shared.metrics.commands_total);
-        // Step 1: the command's row.
+        // Step 1: the command's row. Before AUTH, anything but the handshake (known or
+        // not) is answered NOAUTH, so strangers learn nothing about what is served.
         let spec = match commands::lookup(&args) {
             Ok(spec) => spec,
+            Err(_) if self.auth.is_none() => {
+                return self.reject("NOAUTH Authentication required.", out)
+            }
             Err(err) => return self.reject(&lookup_error(err, &args), out),
         };
         // Step 2: authentication.

@@ -1,0 +1,246 @@
+//! The `pkv` command line: `serve` (the default), `token mint`, `token inspect`, `keygen`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+
+use crate::auth::keys::{self, IssuerKey};
+use crate::auth::token::{self, MintRequest};
+use crate::auth::{did, now_secs};
+use crate::config::Settings;
+use crate::server::{self, Shared};
+
+#[derive(Parser)]
+#[command(name = "pkv", version, about = "A paid Redis-protocol proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Mint or inspect tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a new issuer (or secret) seed and its did:key.
+    Keygen,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Sign a Prex-format quota token with a local issuer key.
+    Mint {
+        /// Whole units of quota the token carries.
+        #[arg(long, default_value_t = 100)]
+        quantity: i64,
+        /// Seconds until the token expires.
+        #[arg(long, default_value_t = 3600)]
+        lifetime: i64,
+        /// The service the token is for; defaults to PKV_SERVICE_ID.
+        #[arg(long)]
+        audience: Option<String>,
+        /// The account the token credits; without it the account derives from the token id.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Base64 issuer seed; defaults to PKV_ISSUER_SEED, else the development issuer.
+        #[arg(long)]
+        issuer_seed: Option<String>,
+    },
+    /// Print a token's header and claims (without trusting them).
+    Inspect { token: String },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::Keygen => {
+            let (seed, key) = IssuerKey::generate();
+            println!(
+                "seed: {}",
+                base64::engine::general_purpose::STANDARD.encode(seed)
+            );
+            println!("did:  {}", key.did());
+            0
+        }
+        Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
+        Command::Token(TokenCommand::Mint {
+            quantity,
+            lifetime,
+            audience,
+            sub,
+            issuer_seed,
+        }) => {
+            let settings = match load_settings() {
+                Some(s) => s,
+                None => return 2,
+            };
+            let seed = match issuer_seed {
+                Some(text) => match crate::config::parse_seed(&text) {
+                    Ok(seed) => seed,
+                    Err(e) => {
+                        eprintln!("pkv: --issuer-seed: {e}");
+                        return 2;
+                    }
+                },
+                None => settings
+                    .issuer_seed
+                    .unwrap_or_else(|| keys::dev_issuer_seed(&settings.secret_seed)),
+            };
+            if quantity <= 0 || lifetime <= 0 {
+                eprintln!("pkv: --quantity and --lifetime must be above 0");
+                return 2;
+            }
+            let request = MintRequest {
+                audience: audience.unwrap_or(settings.service_id),
+                quantity,
+                lifetime_secs: lifetime,
+                sub,
+            };
+            println!(
+                "{}",
+                token::mint_quota(&IssuerKey::from_seed(&seed), &request, now_secs())
+            );
+            0
+        }
+    }
+}
+
+fn load_settings() -> Option<Settings> {
+    match Settings::load() {
+        Ok(s) => Some(s),
+        Err(errors) => {
+            for line in errors.0 {
+                eprintln!("pkv: {line}");
+            }
+            None
+        }
+    }
+}
+
+fn inspect(token: &str) -> i32 {
+    match token::peek(token) {
+        Ok((header, claims)) => {
+            let show = |v: serde_json::Result<String>| v.unwrap_or_else(|e| e.to_string());
+            println!("header: {}", show(serde_json::to_string_pretty(&header)));
+            println!("claims: {}", show(serde_json::to_string_pretty(&claims)));
+            if let Some(iss) = claims.iss.as_deref() {
+                match did::public_key_from_did(iss) {
+                    Ok(_) => println!("issuer: an Ed25519 did:key"),
+                    Err(e) => println!("issuer: {e}"),
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("pkv: {e}");
+            1
+        }
+    }
+}
+
+fn serve() -> i32 {
+    let Some(settings) = load_settings() else {
+        return 2;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pkv: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("pkv: PKV_LISTEN: cannot listen on {}: {e}", settings.listen);
+                return 1;
+            }
+        };
+        let listen = listener.local_addr().unwrap_or(settings.listen);
+        if settings.dev_mode {
+            print_dev_banner(&settings, listen);
+        }
+        let shared = match Shared::new(settings) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                eprintln!("pkv: {e}");
+                return 2;
+            }
+        };
+        if let Some(addr) = shared.settings.metrics_listen {
+            let metrics = shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve_http(addr, Arc::new(move || metrics.metrics.render())).await {
+                    tracing::error!(error = %e, "metrics endpoint stopped");
+                }
+            });
+        }
+        tracing::info!(%listen, upstream = %redact(shared.settings.upstream_url.as_deref().unwrap_or("")), "pkv listening");
+        println!("pkv listening on {listen}");
+        server::serve(shared, listener, shutdown_signal()).await;
+        tracing::info!("pkv stopped");
+        0
+    })
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// A URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn print_dev_banner(settings: &Settings, listen: std::net::SocketAddr) {
+    let issuer = IssuerKey::from_seed(&keys::dev_issuer_seed(&settings.secret_seed));
+    let request = MintRequest {
+        audience: settings.service_id.clone(),
+        quantity: 1000,
+        lifetime_secs: 86400,
+        sub: None,
+    };
+    let token = token::mint_quota(&issuer, &request, now_secs());
+    println!("==================================================================");
+    println!(" pkv is in DEVELOPMENT MODE: no quota issuer is configured.");
+    println!(" Tokens are free: the development issuer below signs them for anyone.");
+    println!(" Set PKV_QUOTA_ISSUERS and PKV_SECRET_SEED to take real payments.");
+    println!(" development issuer: {}", issuer.did());
+    println!("==================================================================");
+    println!("redis-cli -p {} -a {token}", listen.port());
+}
