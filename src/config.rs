@@ -30,7 +30,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_UPSTREAM_URL",
         default: "",
-        help: "redis://[user:pass@]host:port[/db]; unset serves from the embedded store",
+        help: "redis://[user:pass@]host:port of the upstream Redis; required",
     },
     SettingDoc {
         name: "PKV_SERVICE_ID",
@@ -407,5 +407,23 @@ mod tests {
         let did = did::did_from_public_key(&[7; 32]);
         let err = load(&[("PKV_QUOTA_ISSUERS", &did)]).unwrap_err();
         assert!(err.0[0].starts_with("PKV_SECRET_SEED:"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod env_example {
+    use super::SETTINGS;
+
+    /// `.env.example` lists every setting with its default, and nothing else.
+    #[test]
+    fn env_example_matches_the_settings() {
+        let text = include_str!("../.env.example");
+        let listed: Vec<(&str, &str)> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| l.split_once('='))
+            .collect();
+        let expected: Vec<(&str, &str)> = SETTINGS.iter().map(|s| (s.name, s.default)).collect();
+        assert_eq!(listed, expected);
     }
 }

@@ -417,7 +417,7 @@ pub fn monitor_args(line: &str) -> Vec<Vec<u8>> {
     let Some(start) = line.find("] ") else {
         return Vec::new();
     };
-    let bytes = line[start + 2..].as_bytes();
+    let bytes = &line.as_bytes()[start + 2..];
     let mut args = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
