@@ -29,6 +29,36 @@ end
 return redis.call('GET', KEYS[1])
 "#;
 
+/// Takes a lease of up to ARGV[1] nano-units from an account's available credit
+/// (credited - debited). Returns {granted, available after}. Lua numbers are doubles, so
+/// amounts stay exact while an account's credit is below 2^53 nano-units (about 9 million
+/// units); redemption refuses credit beyond that.
+const LEASE_SCRIPT: &str = r#"
+local credited = tonumber(redis.call('HGET', KEYS[1], 'credited') or '0')
+local debited = tonumber(redis.call('HGET', KEYS[1], 'debited') or '0')
+local available = credited - debited
+if available <= 0 then
+  return {0, available}
+end
+local grant = math.min(tonumber(ARGV[1]), available)
+redis.call('HINCRBY', KEYS[1], 'debited', grant)
+return {grant, available - grant}
+"#;
+
+/// Largest credit an account may hold, in nano-units: 2^53, where the lease script's
+/// arithmetic stops being exact.
+pub const MAX_CREDIT_NANOS: i64 = 1 << 53;
+
+/// What a process settles into an account record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settlement {
+    /// Nano-units actually spent since the last settlement.
+    pub spent: i64,
+    /// Lease given back (negative when the process overspent its lease).
+    pub returned: i64,
+    pub usage: crate::meter::price::Usage,
+}
+
 /// The outcome of presenting a quota token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
@@ -49,14 +79,20 @@ pub enum LedgerError {
     Overflow,
 }
 
-/// An account's totals.
+/// An account's totals, as the ledger holds them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountRecord {
     /// Everything credited, in nano-units.
     pub credited: i64,
-    /// Everything spent, in nano-units.
+    /// Everything taken by leases, net of what was given back, in nano-units.
+    pub debited: i64,
+    /// Everything spent (settled), in nano-units.
     pub spent: i64,
+    pub usage: crate::meter::price::Usage,
 }
+
+/// The fields of an account record, in the order [`Ledger::account`] reads them.
+const ACCOUNT_FIELDS: [&str; 8] = ["credited", "debited", "spent", "ops", "bytes_in", "bytes_out", "byte_seconds", "time_us"];
 
 /// The shared ledger.
 pub struct Ledger {
@@ -145,24 +181,70 @@ impl Ledger {
     /// An account's totals.
     pub async fn account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
         let mut cmd = redis::cmd("HMGET");
-        cmd.arg(account_key(account)).arg("credited").arg("spent");
+        cmd.arg(account_key(account)).arg(&ACCOUNT_FIELDS[..]);
         let field = |v: Option<&Value>| -> i64 {
             match v {
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
+                Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
                 _ => 0,
             }
         };
         match self.one(cmd).await? {
-            Value::Array(items) => Ok(AccountRecord {
-                credited: field(items.first()),
-                spent: field(items.get(1)),
-            }),
-            other => Err(LedgerError::Bad(format!(
-                "unexpected account reply {other:?}"
-            ))),
+            Value::Array(items) => {
+                let f = |i: usize| field(items.get(i));
+                let u = |i: usize| f(i).max(0) as u64;
+                Ok(AccountRecord {
+                    credited: f(0),
+                    debited: f(1),
+                    spent: f(2),
+                    usage: crate::meter::price::Usage { ops: u(3), bytes_in: u(4), bytes_out: u(5), byte_seconds: u(6), time_us: u(7) },
+                })
+            }
+            other => Err(LedgerError::Bad(format!("unexpected account reply {other:?}"))),
+        }
+    }
+
+    /// Takes a lease of up to `want` nano-units; returns what was granted.
+    pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LEASE_SCRIPT).arg(1).arg(account_key(account)).arg(want);
+        match self.one(cmd).await? {
+            Value::Array(items) => match items.first() {
+                Some(Value::Int(granted)) => Ok(*granted),
+                _ => Err(LedgerError::Bad("unexpected lease reply".into())),
+            },
+            other => Err(LedgerError::Bad(format!("unexpected lease reply {other:?}"))),
+        }
+    }
+
+    /// Adds spending and usage to an account and gives back lease, in one atomic step.
+    pub async fn settle(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
+        let key = account_key(account);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let fields: [(&str, i64); 7] = [
+            ("spent", s.spent),
+            ("debited", -s.returned),
+            ("ops", s.usage.ops as i64),
+            ("bytes_in", s.usage.bytes_in as i64),
+            ("bytes_out", s.usage.bytes_out as i64),
+            ("byte_seconds", s.usage.byte_seconds as i64),
+            ("time_us", s.usage.time_us as i64),
+        ];
+        let mut count = 0;
+        for (field, delta) in fields {
+            if delta != 0 {
+                pipe.cmd("HINCRBY").arg(&key).arg(field).arg(delta);
+                count += 1;
+            }
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        // MULTI + commands + EXEC: one reply per command, the last being EXEC's array.
+        let values = self.upstream.pipeline(Proto::Resp2, &pipe, count + 2).await?;
+        match values.last() {
+            Some(Value::Array(_)) => Ok(()),
+            other => Err(LedgerError::Bad(format!("settlement not applied: {other:?}"))),
         }
     }
 }
@@ -181,6 +263,11 @@ pub fn format_nanos(nanos: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credit_limit_is_where_lua_stays_exact() {
+        assert_eq!(MAX_CREDIT_NANOS, 9_007_199_254_740_992);
+    }
 
     #[test]
     fn nanos_format_exactly() {

@@ -13,7 +13,10 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
-pub use spec::{flags, CommandSpec, Exec, KeyRule, Local, Opt, ReplyRewrite, Takes};
+pub use spec::{
+    flags, CommandSpec, Dest, Element, Exec, KeyRule, Local, Opt, ReplyRewrite, Storage, Takes,
+    TtlUnit,
+};
 
 /// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,
 /// scripting that reaches undeclared keys, and commands whose effect cannot be confined to

@@ -20,6 +20,8 @@ pub struct CommandSpec {
     pub reply: ReplyRewrite,
     /// Who answers the command.
     pub exec: Exec,
+    /// What storage a write buys; see `docs/metering.md`.
+    pub storage: Storage,
 }
 
 /// Command properties. A command may carry several.
@@ -86,6 +88,65 @@ pub enum Takes {
     /// The rest of the arguments: the first half are keys, the second half their IDs
     /// (`STREAMS k1 k2 id1 id2`). Ends the option list.
     StreamsRest,
+}
+
+/// What storage a write command buys (SPEC 7: storage is prepaid for the key's TTL).
+///
+/// "Data" means the client-visible bytes a write stores: the key's name when the write
+/// creates the key, plus the data arguments it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storage {
+    /// Stores nothing new: reads, deletions, pops, trims, renames (a renamed key keeps the
+    /// TTL it was bought with).
+    None,
+    /// `SET`-like: replaces the value at arg 1 with arg 2 and sets the TTL from the
+    /// command's expiry option, or the default TTL, which pkv adds. `KEEPTTL` grows instead.
+    Set,
+    /// `SETEX key ttl value`: TTL in seconds (or milliseconds) at arg 2, value at arg 3.
+    SetEx { millis: bool },
+    /// `MSET k v [k v ...]`: every pair at the default TTL.
+    Pairs,
+    /// Adds the arguments from `data_from` on to the command's first key, creating it if
+    /// absent: a new key pays name + data for the default TTL, an existing key pays the
+    /// data for its remaining TTL.
+    Grow { data_from: u8 },
+    /// Writes a value computed upstream into a destination key, which Redis leaves without
+    /// a TTL: it pays the stored size (`MEMORY USAGE`) for the default TTL.
+    Store { dest: Dest },
+    /// Moves one element into the second key (`LMOVE`, `SMOVE`): grows that key by the
+    /// element.
+    Move { element: Element },
+    /// Sets the TTL of the first key from arg 2: pays the key's size for the added seconds.
+    Expire { unit: TtlUnit },
+    /// `GETEX key [EX|PX|EXAT|PXAT t]`: like `Expire` when an option is given.
+    GetEx,
+}
+
+/// Which key a `Storage::Store` command writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    First,
+    Second,
+    /// The last key, present only when a `STORE` option was given (`SORT`, `GEORADIUS`).
+    LastStoreOption,
+}
+
+/// Where a moved element comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Element {
+    /// The reply is the element (`LMOVE`).
+    Reply,
+    /// Argument 3 is the element (`SMOVE src dst member`).
+    Arg3,
+}
+
+/// How an expiry argument counts time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtlUnit {
+    Seconds,
+    Millis,
+    UnixSeconds,
+    UnixMillis,
 }
 
 /// How a reply is rewritten on its way back to the client.
@@ -173,6 +234,7 @@ impl CommandSpec {
             keys,
             reply: ReplyRewrite::Plain,
             exec: Exec::Forward,
+            storage: Storage::None,
         }
     }
 
@@ -185,6 +247,7 @@ impl CommandSpec {
             keys: &[],
             reply: ReplyRewrite::Plain,
             exec: Exec::Local(local),
+            storage: Storage::None,
         }
     }
 
@@ -197,6 +260,12 @@ impl CommandSpec {
     /// The same row with key rules (for local commands that still name keys, like WATCH).
     pub const fn keys(mut self, keys: &'static [KeyRule]) -> Self {
         self.keys = keys;
+        self
+    }
+
+    /// The same row with a storage rule.
+    pub const fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
         self
     }
 
