@@ -19,14 +19,18 @@ use crate::upstream::{Upstream, UpstreamError};
 /// Nano-units in one unit.
 pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
 
-/// Claims a token id for an account and credits it, or reports who claimed it first.
+/// Credits an account and claims a token id, or reports who claimed it first.
 /// KEYS[1] = token record, KEYS[2] = account record; ARGV = account, nanos, expire-at.
+/// The credit comes first: if it fails (the balance would overflow), the script stops
+/// before anything is written, and the token stays unredeemed.
 const REDEEM_SCRIPT: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EXAT', ARGV[3]) then
-  redis.call('HINCRBY', KEYS[2], 'credited', ARGV[2])
-  return 1
+local owner = redis.call('GET', KEYS[1])
+if owner then
+  return owner
 end
-return redis.call('GET', KEYS[1])
+redis.call('HINCRBY', KEYS[2], 'credited', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
+return 1
 "#;
 
 /// Takes a lease of up to ARGV[1] nano-units from an account's available credit

@@ -152,6 +152,12 @@ impl Authenticator {
             .quantity
             .filter(|q| *q > 0)
             .ok_or(TokenError::BadQuantity)?;
+        if quantity
+            .checked_mul(crate::ledger::NANOS_PER_UNIT)
+            .is_none()
+        {
+            return Err(TokenError::QuantityTooLarge);
+        }
         let jti = claims
             .jti
             .clone()

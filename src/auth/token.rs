@@ -72,6 +72,8 @@ pub enum TokenError {
     WrongUsage(&'static str),
     #[error("bad quantity: must be a whole number above 0")]
     BadQuantity,
+    #[error("bad quantity: too large to count")]
+    QuantityTooLarge,
     #[error("missing jti")]
     MissingJti,
 }

@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request;
 
+/// Replies are written to the client as soon as this many bytes are ready.
+const OUT_HIGH_WATER: usize = 1 << 20;
+
 /// The read side of a client, with what has been read but not parsed yet.
 pub struct ClientIo {
     rd: OwnedReadHalf,
@@ -72,6 +75,13 @@ pub async fn serve(
                     session.submit(req, &mut out, &mut io).await;
                     if session.closing {
                         break;
+                    }
+                    // Long pipelines with big replies: send what is ready rather than hold it.
+                    if out.len() >= OUT_HIGH_WATER {
+                        if wr.write_all(&out).await.is_err() {
+                            break 'conn;
+                        }
+                        out.clear();
                     }
                 }
                 Ok(None) => break,

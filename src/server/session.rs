@@ -32,8 +32,10 @@ use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
 use crate::upstream::{Dedicated, UpstreamError};
 
-/// A batch is sent upstream once it holds this many commands, even mid-read.
-const MAX_BATCH: usize = 1024;
+/// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a
+/// batch are held in memory together, so this also bounds what one connection holds:
+/// about this many replies.
+const MAX_BATCH: usize = 64;
 
 /// The authenticated side of a session.
 pub struct Authed {

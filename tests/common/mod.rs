@@ -453,3 +453,249 @@ pub fn monitor_args(line: &str) -> Vec<Vec<u8>> {
     }
     args
 }
+
+// === RESP replies one at a time, and the ledger as the upstream holds it ===
+
+/// Length of the first complete RESP2/RESP3 value at the start of `buf`, or `None` while
+/// more bytes are needed.
+pub fn resp_frame_len(buf: &[u8]) -> Option<usize> {
+    fn line_end(buf: &[u8], from: usize) -> Option<usize> {
+        buf.get(from..)?
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| from + i)
+    }
+    fn value_end(buf: &[u8], pos: usize) -> Option<usize> {
+        let kind = *buf.get(pos)?;
+        let end = line_end(buf, pos + 1)?;
+        let after = end + 2;
+        let n = || -> i64 {
+            std::str::from_utf8(&buf[pos + 1..end])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1)
+        };
+        match kind {
+            b'$' | b'=' | b'!' => {
+                let n = n();
+                if n < 0 {
+                    return Some(after);
+                }
+                let stop = after + n as usize + 2;
+                (buf.len() >= stop).then_some(stop)
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = n();
+                let items = if matches!(kind, b'%' | b'|') {
+                    2 * n
+                } else {
+                    n
+                };
+                let mut at = after;
+                for _ in 0..items.max(0) {
+                    at = value_end(buf, at)?;
+                }
+                if kind == b'|' {
+                    // An attribute comes before the value it describes.
+                    return value_end(buf, at);
+                }
+                Some(at)
+            }
+            _ => Some(after),
+        }
+    }
+    value_end(buf, 0)
+}
+
+/// A raw client that reads one RESP reply at a time.
+pub struct RespConn {
+    pub stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl RespConn {
+    pub fn connect(port: u16) -> RespConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RespConn {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete reply (any RESP2/RESP3 type), waiting up to 10 s.
+    pub fn reply(&mut self) -> Vec<u8> {
+        self.reply_within(Duration::from_secs(10))
+    }
+
+    pub fn reply_within(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(n) = resp_frame_len(&self.pending) {
+                return self.pending.drain(..n).collect();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no complete reply within {timeout:?}; got {:?}",
+                String::from_utf8_lossy(&self.pending)
+            );
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => panic!(
+                    "connection closed; got {:?}",
+                    String::from_utf8_lossy(&self.pending)
+                ),
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    /// Sends one command as RESP and reads its reply.
+    pub fn call(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send(&encode(args));
+        self.reply()
+    }
+
+    /// Sends one command given as text and reads its reply, waiting up to `timeout`.
+    pub fn send_and_reply(&mut self, args: &[&str], timeout: Duration) -> Vec<u8> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send(&encode(&args));
+        self.reply_within(timeout)
+    }
+
+    /// `call` with the reply as text, for assertions.
+    pub fn call_text(&mut self, args: &[&str]) -> String {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        String::from_utf8_lossy(&self.call(&args)).into_owned()
+    }
+
+    /// Reads everything until the peer closes or `timeout` passes; returns what was read
+    /// and whether the peer closed (EOF or reset).
+    pub fn read_to_close(&mut self, timeout: Duration) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut out = std::mem::take(&mut self.pending);
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return (out, false);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut buf) {
+                Ok(0) => return (out, true),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionReset
+                        || e.kind() == std::io::ErrorKind::ConnectionAborted =>
+                {
+                    return (out, true)
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Pkv {
+    /// A [`RespConn`] to this pkv, not authenticated.
+    pub fn resp(&self) -> RespConn {
+        RespConn::connect(self.port)
+    }
+
+    /// A [`RespConn`] to this pkv after `AUTH token` succeeded.
+    pub fn resp_authed(&self, token: &str) -> RespConn {
+        let mut conn = self.resp();
+        let reply = conn.call(&[b"AUTH", token.as_bytes()]);
+        assert_eq!(reply, b"+OK\r\n", "{}", String::from_utf8_lossy(&reply));
+        conn
+    }
+
+    /// True while the pkv process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A reply as text: bulk and simple strings, numbers, and errors (as `Err`).
+pub fn value_text(value: &redis::Value) -> String {
+    match value {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        redis::Value::Okay => "OK".into(),
+        redis::Value::Int(n) => n.to_string(),
+        redis::Value::Nil => "(nil)".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// `PKV.BALANCE` on `conn`, as field → text.
+pub fn pkv_balance(conn: &mut redis::Connection) -> std::collections::BTreeMap<String, String> {
+    let value: redis::Value = redis::cmd("PKV.BALANCE")
+        .query(conn)
+        .expect("PKV.BALANCE answers");
+    let pairs: Vec<(redis::Value, redis::Value)> = match value {
+        redis::Value::Map(pairs) => pairs,
+        redis::Value::Array(items) => {
+            let mut it = items.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        other => panic!("PKV.BALANCE answered {other:?}"),
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| (value_text(k), value_text(v)))
+        .collect()
+}
+
+/// What the upstream's ledger holds: each account record's `credited` (nano-units), and
+/// every redeemed token id.
+pub struct LedgerView {
+    pub credited: std::collections::BTreeMap<String, i64>,
+    pub jtis: Vec<String>,
+}
+
+impl LedgerView {
+    pub fn read(redis: &Redis) -> LedgerView {
+        let mut conn = redis.direct();
+        let accounts: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:ledger:acct:*")
+            .query(&mut conn)
+            .unwrap();
+        let mut credited = std::collections::BTreeMap::new();
+        for key in accounts {
+            let value: Option<i64> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("credited")
+                .query(&mut conn)
+                .unwrap();
+            credited.insert(key, value.unwrap_or(0));
+        }
+        let mut jtis: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:ledger:jti:*")
+            .query(&mut conn)
+            .unwrap();
+        jtis.sort();
+        LedgerView { credited, jtis }
+    }
+
+    /// Everything credited, over all accounts.
+    pub fn total(&self) -> i64 {
+        self.credited.values().sum()
+    }
+}
