@@ -33,26 +33,6 @@ redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
 return 1
 "#;
 
-/// Takes a lease of up to ARGV[1] nano-units from an account's available credit
-/// (credited - debited). Returns {granted, available after}. Lua numbers are doubles, so
-/// amounts stay exact while an account's credit is below 2^53 nano-units (about 9 million
-/// units); redemption refuses credit beyond that.
-const LEASE_SCRIPT: &str = r#"
-local credited = tonumber(redis.call('HGET', KEYS[1], 'credited') or '0')
-local debited = tonumber(redis.call('HGET', KEYS[1], 'debited') or '0')
-local available = credited - debited
-if available <= 0 then
-  return {0, available}
-end
-local grant = math.min(tonumber(ARGV[1]), available)
-redis.call('HINCRBY', KEYS[1], 'debited', grant)
-return {grant, available - grant}
-"#;
-
-/// Largest credit an account may hold, in nano-units: 2^53, where the lease script's
-/// arithmetic stops being exact.
-pub const MAX_CREDIT_NANOS: i64 = 1 << 53;
-
 /// What a process settles into an account record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
@@ -207,17 +187,30 @@ impl Ledger {
         }
     }
 
-    /// Takes a lease of up to `want` nano-units; returns what was granted.
+    /// Takes a lease of up to `want` nano-units from the account's available credit
+    /// (credited - debited); returns what was granted.
+    ///
+    /// The lease is taken optimistically, in integers: `debited` grows by `want` and, in
+    /// the same transaction, `credited` is read. Whatever took `debited` past `credited` is
+    /// given back. Concurrent leases from several processes can each see the others'
+    /// optimistic part, so under contention a grant may come out smaller than it could
+    /// have been, never larger: the sum of grants never exceeds the credit.
     pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LEASE_SCRIPT).arg(1).arg(account_key(account)).arg(want);
-        match self.one(cmd).await? {
-            Value::Array(items) => match items.first() {
-                Some(Value::Int(granted)) => Ok(*granted),
-                _ => Err(LedgerError::Bad("unexpected lease reply".into())),
-            },
-            other => Err(LedgerError::Bad(format!("unexpected lease reply {other:?}"))),
+        let key = account_key(account);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("HINCRBY").arg(&key).arg("debited").arg(want).cmd("HGET").arg(&key).arg("credited");
+        let values = self.upstream.pipeline(Proto::Resp2, &pipe, 4).await?;
+        let (debited, credited) = match values.last() {
+            Some(Value::Array(items)) => (int_of(items.first()), int_of(items.get(1))),
+            other => return Err(LedgerError::Bad(format!("unexpected lease reply {other:?}"))),
+        };
+        let excess = debited.saturating_sub(credited).clamp(0, want);
+        if excess > 0 {
+            let mut back = redis::cmd("HINCRBY");
+            back.arg(&key).arg("debited").arg(-excess);
+            self.one(back).await?;
         }
+        Ok(want - excess)
     }
 
     /// Adds spending and usage to an account and gives back lease, in one atomic step.
@@ -253,6 +246,15 @@ impl Ledger {
     }
 }
 
+/// An integer reply (or a bulk string holding one); 0 for nil.
+fn int_of(value: Option<&Value>) -> i64 {
+    match value {
+        Some(Value::Int(n)) => *n,
+        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Formats nano-units as a decimal with 9 fractional digits: `1500000000` → `"1.500000000"`.
 pub fn format_nanos(nanos: i64) -> String {
     let sign = if nanos < 0 { "-" } else { "" };
@@ -267,11 +269,6 @@ pub fn format_nanos(nanos: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn credit_limit_is_where_lua_stays_exact() {
-        assert_eq!(MAX_CREDIT_NANOS, 9_007_199_254_740_992);
-    }
 
     #[test]
     fn nanos_format_exactly() {

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod ledger;
+pub mod meter;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;

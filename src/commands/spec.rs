@@ -99,8 +99,8 @@ pub enum Storage {
     /// Stores nothing new: reads, deletions, pops, trims, renames (a renamed key keeps the
     /// TTL it was bought with).
     None,
-    /// `SET`-like: replaces the value at arg 1 with arg 2 and sets the TTL from the
-    /// command's expiry option, or the default TTL, which pkv adds. `KEEPTTL` grows instead.
+    /// `SET key value [options]`: pays key + value for the TTL its expiry option gives, or
+    /// the default TTL, which pkv adds as `EX`. With `KEEPTTL` it is charged like `Grow`.
     Set,
     /// `SETEX key ttl value`: TTL in seconds (or milliseconds) at arg 2, value at arg 3.
     SetEx { millis: bool },
@@ -110,8 +110,9 @@ pub enum Storage {
     /// absent: a new key pays name + data for the default TTL, an existing key pays the
     /// data for its remaining TTL.
     Grow { data_from: u8 },
-    /// Writes a value computed upstream into a destination key, which Redis leaves without
-    /// a TTL: it pays the stored size (`MEMORY USAGE`) for the default TTL.
+    /// Writes a value computed upstream into a destination key: pays the stored size
+    /// (`MEMORY USAGE`) for the default TTL when the key is left without one (most such
+    /// commands replace the key and drop its TTL), else for the TTL it kept.
     Store { dest: Dest },
     /// Moves one element into the second key (`LMOVE`, `SMOVE`): grows that key by the
     /// element.

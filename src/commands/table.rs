@@ -312,10 +312,10 @@ pub static TABLE: &[C] = &[
     // === strings and counters ===
     C::fwd("GET", 2, READONLY, K1),
     C::fwd("SET", -3, WRITE, K1).storage(S::Set),
-    C::fwd("SETNX", 3, WRITE, K1).storage(S::Set),
+    C::fwd("SETNX", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
     C::fwd("SETEX", 4, WRITE, K1).storage(S::SetEx { millis: false }),
     C::fwd("PSETEX", 4, WRITE, K1).storage(S::SetEx { millis: true }),
-    C::fwd("GETSET", 3, WRITE, K1).storage(S::Set),
+    C::fwd("GETSET", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
     C::fwd("GETDEL", 2, WRITE, K1),
     C::fwd("GETEX", -2, WRITE, K1).storage(S::GetEx),
     C::fwd("MGET", -2, READONLY, ALL),
