@@ -73,6 +73,15 @@ impl Namespace {
         }
     }
 
+    /// `text` with every occurrence of the prefix removed, for error messages that quote
+    /// upstream names.
+    pub fn strip_all(&self, text: &str) -> String {
+        match std::str::from_utf8(&self.prefix) {
+            Ok(prefix) => text.replace(prefix, ""),
+            Err(_) => text.to_owned(),
+        }
+    }
+
     /// The client's name for an upstream key or channel, or `None` when it lies outside
     /// this namespace.
     pub fn strip<'a>(&self, name: &'a [u8]) -> Option<&'a [u8]> {

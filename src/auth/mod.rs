@@ -137,14 +137,7 @@ impl Authenticator {
         let iss = unverified.iss.as_deref().ok_or(TokenError::UnknownIssuer)?;
         let key = self.issuers.get(iss).ok_or(TokenError::UnknownIssuer)?;
         let claims = token::verify_signature(token, Algorithm::EdDSA, key)?;
-        if !claims
-            .aud
-            .as_ref()
-            .is_some_and(|aud| aud.contains(&self.service_id))
-        {
-            return Err(TokenError::WrongAudience);
-        }
-        token::check_window(&claims, now, self.leeway)?;
+        self.check_audience_and_window(&claims, now)?;
         if claims.usage != Some(USAGE_CREATE_SESSION) {
             return Err(TokenError::WrongUsage("a quota token must have usage 1"));
         }
@@ -181,14 +174,7 @@ impl Authenticator {
         if claims.iss.as_deref() != Some(self.service_id.as_str()) {
             return Err(TokenError::UnknownIssuer);
         }
-        if !claims
-            .aud
-            .as_ref()
-            .is_some_and(|aud| aud.contains(&self.service_id))
-        {
-            return Err(TokenError::WrongAudience);
-        }
-        token::check_window(&claims, now, self.leeway)?;
+        self.check_audience_and_window(&claims, now)?;
         let account = checked_account(
             claims
                 .sub
@@ -201,6 +187,18 @@ impl Authenticator {
             kind: TokenKind::Session,
             claims,
         })
+    }
+
+    /// Checks that `aud` names this service and that the token is valid at `now`.
+    fn check_audience_and_window(&self, claims: &Claims, now: i64) -> Result<(), TokenError> {
+        if !claims
+            .aud
+            .as_ref()
+            .is_some_and(|aud| aud.contains(&self.service_id))
+        {
+            return Err(TokenError::WrongAudience);
+        }
+        token::check_window(claims, now, self.leeway)
     }
 
     /// The account of a quota token without `sub`: a keyed hash of its `jti`, the same in

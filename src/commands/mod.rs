@@ -256,6 +256,11 @@ pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRol
             KeyRule::ChannelPatterns { first } => {
                 out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::ChannelGlob)))
             }
+            KeyRule::OptionalChannelPattern { at } => {
+                if usize::from(at) < argc {
+                    out.push((usize::from(at), ArgRole::ChannelGlob));
+                }
+            }
             KeyRule::KeyPattern { at } => {
                 if usize::from(at) < argc {
                     out.push((usize::from(at), ArgRole::KeyGlob));

@@ -64,6 +64,9 @@ pub enum KeyRule {
     ChannelPatterns { first: u8 },
     /// A key glob pattern at `at` (`KEYS pattern`), confined to the namespace.
     KeyPattern { at: u8 },
+    /// An optional channel pattern at `at` (`PUBSUB CHANNELS [pattern]`); when it is
+    /// missing, pkv adds the namespace's own `*` so Redis lists only the tenant's channels.
+    OptionalChannelPattern { at: u8 },
 }
 
 /// One keyword of an option grammar, and what follows it.

@@ -99,7 +99,7 @@ const PATTERNS1: &[KeyRule] = &[KeyRule::ChannelPatterns { first: 1 }];
 /// Channels from argument 2 on (`PUBSUB NUMSUB ch...`).
 const CHANNELS2: &[KeyRule] = &[KeyRule::Channels { first: 2 }];
 /// The optional channel pattern at 2 (`PUBSUB CHANNELS [pattern]`).
-const PATTERNS2: &[KeyRule] = &[KeyRule::ChannelPatterns { first: 2 }];
+const PATTERNS2: &[KeyRule] = &[KeyRule::OptionalChannelPattern { at: 2 }];
 /// `PUBLISH channel message`: only argument 1 is a channel, so `Channels` (which runs to the
 /// last argument) would prefix the message too. A key and a channel are rewritten the same
 /// way (both get the plain prefix), so a one-argument range states it exactly.

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 
 use super::connection::ClientIo;
 use super::Shared;
-use crate::commands::{self, flags, CommandSpec, Exec, LookupError, ReplyRewrite};
+use crate::commands::{self, flags, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -238,6 +238,13 @@ impl Session {
                 None => cmd.arg(arg.as_ref()),
             };
         }
+        for rule in spec.keys {
+            if let KeyRule::OptionalChannelPattern { at } = rule {
+                if args.len() <= usize::from(*at) {
+                    cmd.arg(ns.wrap_glob(b"*").as_ref());
+                }
+            }
+        }
         Ok(cmd)
     }
 
@@ -335,6 +342,18 @@ impl Session {
         let mut w = ReplyWriter::new(out, self.proto);
         match (&value, rewrite) {
             (Value::Nil, ReplyRewrite::FirstKey | ReplyRewrite::Streams) => w.null_array(),
+            // Some Redis errors quote the key ("No such key '...'"): show the client's name.
+            (Value::ServerError(err), _) => {
+                let mut text = err.code().to_owned();
+                if let Some(details) = err.details() {
+                    text.push(' ');
+                    text.push_str(details);
+                }
+                match self.ns() {
+                    Some(ns) => w.error(&ns.strip_all(&text)),
+                    None => w.error(&text),
+                }
+            }
             _ => match self.ns() {
                 Some(ns) => w.value(&ns.rewrite_reply(rewrite, value)),
                 None => w.value(&value),
