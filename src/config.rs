@@ -12,6 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 
 use crate::auth::did;
+use crate::meter::{Price, Prices};
 
 /// One setting: its environment name, default, and the line `.env.example` explains it with.
 pub struct SettingDoc {
@@ -109,6 +110,41 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds in-flight commands get to finish on SIGTERM or ctrl-c",
     },
     SettingDoc {
+        name: "PKV_METERING",
+        default: "on",
+        help: "on: every command is paid from the account's balance; off: free (tokens still checked)",
+    },
+    SettingDoc {
+        name: "PKV_PRICE_OP",
+        default: "0.000001",
+        help: "units per command executed",
+    },
+    SettingDoc {
+        name: "PKV_PRICE_BYTE_IN",
+        default: "0.000000001",
+        help: "units per request byte received",
+    },
+    SettingDoc {
+        name: "PKV_PRICE_BYTE_OUT",
+        default: "0.000000001",
+        help: "units per reply byte sent",
+    },
+    SettingDoc {
+        name: "PKV_PRICE_BYTE_SECOND",
+        default: "0.000000000000001",
+        help: "units per byte stored per second of TTL (1 GB for a day is 86.4 units)",
+    },
+    SettingDoc {
+        name: "PKV_PRICE_TIME_MS",
+        default: "0.000001",
+        help: "units per millisecond a command holds the upstream",
+    },
+    SettingDoc {
+        name: "PKV_LEASE",
+        default: "0.01",
+        help: "units each pkv process reserves from an account's balance at a time; also the most a crash can lose per account",
+    },
+    SettingDoc {
         name: "PKV_LOG",
         default: "info",
         help: "log filter (tracing EnvFilter syntax)",
@@ -138,6 +174,11 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
+    /// False with `PKV_METERING=off`.
+    pub metering: bool,
+    pub prices: Prices,
+    /// Lease size in nano-units.
+    pub lease_nanos: i64,
 }
 
 /// The secret seed used in development mode when none is set. It is public on purpose:
@@ -314,10 +355,39 @@ impl Settings {
             }
         }
 
+        let metering = match get("PKV_METERING").to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            other => {
+                errors.push(format!("PKV_METERING: expected on or off, got {other:?}"));
+                true
+            }
+        };
+        let mut price = |name: &str| -> Price {
+            Price::parse(&get(name)).unwrap_or_else(|e| {
+                errors.push(format!("{name}: {e}"));
+                Price::default()
+            })
+        };
+        let prices = Prices {
+            op: price("PKV_PRICE_OP"),
+            byte_in: price("PKV_PRICE_BYTE_IN"),
+            byte_out: price("PKV_PRICE_BYTE_OUT"),
+            byte_second: price("PKV_PRICE_BYTE_SECOND"),
+            time_ms: price("PKV_PRICE_TIME_MS"),
+        };
+        let lease = price("PKV_LEASE");
+        let lease_nanos = i64::try_from(lease.0 / 1_000_000_000).unwrap_or(i64::MAX);
+        if lease_nanos < 1 {
+            errors.push("PKV_LEASE: must be at least 0.000000001".to_string());
+        }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
         Ok(Settings {
+            metering,
+            prices,
+            lease_nanos,
             listen: listen.expect("checked above"),
             upstream_url,
             service_id,

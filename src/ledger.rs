@@ -76,7 +76,16 @@ pub struct AccountRecord {
 }
 
 /// The fields of an account record, in the order [`Ledger::account`] reads them.
-const ACCOUNT_FIELDS: [&str; 8] = ["credited", "debited", "spent", "ops", "bytes_in", "bytes_out", "byte_seconds", "time_us"];
+const ACCOUNT_FIELDS: [&str; 8] = [
+    "credited",
+    "debited",
+    "spent",
+    "ops",
+    "bytes_in",
+    "bytes_out",
+    "byte_seconds",
+    "time_us",
+];
 
 /// The shared ledger.
 pub struct Ledger {
@@ -168,7 +177,10 @@ impl Ledger {
         cmd.arg(account_key(account)).arg(&ACCOUNT_FIELDS[..]);
         let field = |v: Option<&Value>| -> i64 {
             match v {
-                Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 _ => 0,
             }
         };
@@ -180,10 +192,18 @@ impl Ledger {
                     credited: f(0),
                     debited: f(1),
                     spent: f(2),
-                    usage: crate::meter::price::Usage { ops: u(3), bytes_in: u(4), bytes_out: u(5), byte_seconds: u(6), time_us: u(7) },
+                    usage: crate::meter::price::Usage {
+                        ops: u(3),
+                        bytes_in: u(4),
+                        bytes_out: u(5),
+                        byte_seconds: u(6),
+                        time_us: u(7),
+                    },
                 })
             }
-            other => Err(LedgerError::Bad(format!("unexpected account reply {other:?}"))),
+            other => Err(LedgerError::Bad(format!(
+                "unexpected account reply {other:?}"
+            ))),
         }
     }
 
@@ -198,11 +218,22 @@ impl Ledger {
     pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
         let key = account_key(account);
         let mut pipe = redis::pipe();
-        pipe.atomic().cmd("HINCRBY").arg(&key).arg("debited").arg(want).cmd("HGET").arg(&key).arg("credited");
+        pipe.atomic()
+            .cmd("HINCRBY")
+            .arg(&key)
+            .arg("debited")
+            .arg(want)
+            .cmd("HGET")
+            .arg(&key)
+            .arg("credited");
         let values = self.upstream.pipeline(Proto::Resp2, &pipe, 4).await?;
         let (debited, credited) = match values.last() {
             Some(Value::Array(items)) => (int_of(items.first()), int_of(items.get(1))),
-            other => return Err(LedgerError::Bad(format!("unexpected lease reply {other:?}"))),
+            other => {
+                return Err(LedgerError::Bad(format!(
+                    "unexpected lease reply {other:?}"
+                )))
+            }
         };
         let excess = debited.saturating_sub(credited).clamp(0, want);
         if excess > 0 {
@@ -238,10 +269,15 @@ impl Ledger {
             return Ok(());
         }
         // MULTI + commands + EXEC: one reply per command, the last being EXEC's array.
-        let values = self.upstream.pipeline(Proto::Resp2, &pipe, count + 2).await?;
+        let values = self
+            .upstream
+            .pipeline(Proto::Resp2, &pipe, count + 2)
+            .await?;
         match values.last() {
             Some(Value::Array(_)) => Ok(()),
-            other => Err(LedgerError::Bad(format!("settlement not applied: {other:?}"))),
+            other => Err(LedgerError::Bad(format!(
+                "settlement not applied: {other:?}"
+            ))),
         }
     }
 }
@@ -250,7 +286,10 @@ impl Ledger {
 fn int_of(value: Option<&Value>) -> i64 {
     match value {
         Some(Value::Int(n)) => *n,
-        Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+        Some(Value::BulkString(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
         _ => 0,
     }
 }

@@ -35,7 +35,13 @@ pub const SETTLE_EVERY: Duration = Duration::from_secs(1);
 
 /// Reply bytes and upstream time every admission sets aside for the command's reply, so
 /// that concurrent commands cannot together drive the balance far below zero.
-pub const REPLY_ALLOWANCE: Usage = Usage { ops: 0, bytes_in: 0, bytes_out: 256, byte_seconds: 0, time_us: 2_000 };
+pub const REPLY_ALLOWANCE: Usage = Usage {
+    ops: 0,
+    bytes_in: 0,
+    bytes_out: 256,
+    byte_seconds: 0,
+    time_us: 2_000,
+};
 
 /// Metering settings.
 #[derive(Debug, Clone)]
@@ -89,7 +95,11 @@ pub struct Meter {
 
 impl Meter {
     pub fn new(config: MeterConfig, ledger: Arc<Ledger>) -> Self {
-        Meter { config, ledger, accounts: DashMap::new() }
+        Meter {
+            config,
+            ledger,
+            accounts: DashMap::new(),
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -107,14 +117,20 @@ impl Meter {
         self.accounts
             .entry(id.clone())
             .or_insert_with(|| {
-                Arc::new(Account { state: Mutex::new(AccountState::default()), sessions: AtomicUsize::new(0), leasing: tokio::sync::Mutex::new(()) })
+                Arc::new(Account {
+                    state: Mutex::new(AccountState::default()),
+                    sessions: AtomicUsize::new(0),
+                    leasing: tokio::sync::Mutex::new(()),
+                })
             })
             .clone()
     }
 
     /// A session of `account` opened.
     pub fn attach(&self, account: &Arc<str>) {
-        self.account(account).sessions.fetch_add(1, Ordering::Relaxed);
+        self.account(account)
+            .sessions
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A session of `account` closed; the last one gives the lease back.
@@ -127,7 +143,12 @@ impl Meter {
 
     /// Reserves `known` usage plus the reply allowance from the lease, extending the lease
     /// from the ledger when it runs short.
-    pub async fn admit(&self, account: &Arc<str>, known: &Usage, storage_bound: u64) -> Result<Admitted, Refusal> {
+    pub async fn admit(
+        &self,
+        account: &Arc<str>,
+        known: &Usage,
+        storage_bound: u64,
+    ) -> Result<Admitted, Refusal> {
         if !self.config.enabled {
             return Ok(Admitted::default());
         }
@@ -144,14 +165,20 @@ impl Meter {
             return Ok(ok);
         }
         let want = self.config.lease.max(need);
-        let granted = self.ledger.lease(account, want).await.map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
+        let granted = self
+            .ledger
+            .lease(account, want)
+            .await
+            .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
         let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
         state.lease += granted;
         if state.lease > 0 && state.lease >= need {
             state.lease -= need;
             Ok(Admitted { reserved: need })
         } else {
-            Err(Refusal::NoQuota { balance: state.lease })
+            Err(Refusal::NoQuota {
+                balance: state.lease,
+            })
         }
     }
 
@@ -173,7 +200,9 @@ impl Meter {
         let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
         state.lease += admitted.reserved;
         state.lease -= i64::try_from(cost).unwrap_or(i64::MAX);
-        state.spent = state.spent.saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
+        state.spent = state
+            .spent
+            .saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
         state.usage.add(usage);
         cost
     }
@@ -192,8 +221,16 @@ impl Meter {
         let acct = self.account(account);
         let settlement = {
             let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-            let returned = if release { std::mem::take(&mut state.lease) } else { 0 };
-            Settlement { spent: std::mem::take(&mut state.spent), returned, usage: std::mem::take(&mut state.usage) }
+            let returned = if release {
+                std::mem::take(&mut state.lease)
+            } else {
+                0
+            };
+            Settlement {
+                spent: std::mem::take(&mut state.spent),
+                returned,
+                usage: std::mem::take(&mut state.usage),
+            }
         };
         if settlement == Settlement::default() {
             return Ok(());

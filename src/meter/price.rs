@@ -28,10 +28,17 @@ impl Price {
             return Err(format!("expected a decimal such as 0.000001, got {text:?}"));
         }
         if frac.len() > PRICE_DIGITS {
-            return Err(format!("at most {PRICE_DIGITS} digits after the point, got {text:?}"));
+            return Err(format!(
+                "at most {PRICE_DIGITS} digits after the point, got {text:?}"
+            ));
         }
         let whole: u128 = whole.parse().map_err(|_| format!("too large: {text:?}"))?;
-        let mut frac_atto: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| format!("bad fraction: {text:?}"))? };
+        let mut frac_atto: u128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse()
+                .map_err(|_| format!("bad fraction: {text:?}"))?
+        };
         frac_atto *= 10u128.pow((PRICE_DIGITS - frac.len()) as u32);
         // A price above a million units per quantity is a typo, and keeps every product of
         // a price and a 64-bit quantity far inside u128.
@@ -48,7 +55,11 @@ impl fmt::Display for Price {
         let whole = self.0 / ATTO_PER_UNIT;
         let frac = format!("{:018}", self.0 % ATTO_PER_UNIT);
         let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 9 { &frac[..9] } else { trimmed };
+        let shown = if trimmed.len() < 9 {
+            &frac[..9]
+        } else {
+            trimmed
+        };
         write!(f, "{whole}.{shown}")
     }
 }
@@ -114,8 +125,21 @@ mod tests {
         assert_eq!(Price::parse("0.000000001").unwrap(), Price(ATTO_PER_NANO));
         assert_eq!(Price::parse("0.000000000000000001").unwrap(), Price(1));
         assert_eq!(Price::parse("2.5").unwrap().to_string(), "2.500000000");
-        assert_eq!(Price::parse("0.000000000001").unwrap().to_string(), "0.000000000001");
-        for bad in ["", "-1", "1e-9", "0.0000000000000000001", "abc", "1.", ".5", "1,5", "2000000"] {
+        assert_eq!(
+            Price::parse("0.000000000001").unwrap().to_string(),
+            "0.000000000001"
+        );
+        for bad in [
+            "",
+            "-1",
+            "1e-9",
+            "0.0000000000000000001",
+            "abc",
+            "1.",
+            ".5",
+            "1,5",
+            "2000000",
+        ] {
             assert!(Price::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -129,11 +153,20 @@ mod tests {
             byte_second: Price::parse("0.000000000001").unwrap(),
             time_ms: Price::parse("0.000001").unwrap(),
         };
-        let usage = Usage { ops: 1, bytes_in: 30, bytes_out: 5, byte_seconds: 2_000, time_us: 1_500 };
+        let usage = Usage {
+            ops: 1,
+            bytes_in: 30,
+            bytes_out: 5,
+            byte_seconds: 2_000,
+            time_us: 1_500,
+        };
         // 1000 + 30 + 10 + 2 (2000 × 0.001) + 1500 (1.5 ms × 1000) nano-units.
         assert_eq!(prices.cost(&usage), 2542);
         // 1 byte-second at a thousandth of a nano-unit still costs one whole nano-unit.
-        let tiny = Usage { byte_seconds: 1, ..Usage::default() };
+        let tiny = Usage {
+            byte_seconds: 1,
+            ..Usage::default()
+        };
         assert_eq!(prices.cost(&tiny), 1);
         assert_eq!(prices.cost(&Usage::default()), 0);
     }

@@ -45,7 +45,10 @@ pub enum After {
     #[default]
     None,
     /// A known amount, paid when the write happened (not for `SET NX` that did not set).
-    Fixed { byte_seconds: u64, returns_old_value: bool },
+    Fixed {
+        byte_seconds: u64,
+        returns_old_value: bool,
+    },
     /// Replies after: `[PEXPIRE NX, PTTL]`. A new key pays name + data for the default TTL,
     /// an existing one pays data for what is left of its TTL.
     Grow { key_len: u64, data_len: u64 },
@@ -107,8 +110,18 @@ fn len(arg: Option<&Bytes>) -> u64 {
 
 /// Plans the storage of one command. `keys` are its located keys (as `key_args` gives
 /// them); upstream names are made with `ns`.
-pub fn plan(spec: &CommandSpec, args: &[Bytes], keys: &[(usize, ArgRole)], ns: &Namespace, policy: &TtlPolicy) -> Result<Plan, String> {
-    let key_indices: Vec<usize> = keys.iter().filter(|(_, r)| *r == ArgRole::Key).map(|(i, _)| *i).collect();
+pub fn plan(
+    spec: &CommandSpec,
+    args: &[Bytes],
+    keys: &[(usize, ArgRole)],
+    ns: &Namespace,
+    policy: &TtlPolicy,
+) -> Result<Plan, String> {
+    let key_indices: Vec<usize> = keys
+        .iter()
+        .filter(|(_, r)| *r == ArgRole::Key)
+        .map(|(i, _)| *i)
+        .collect();
     let upstream = |i: usize| ns.wrap(&args[i]);
     let mut plan = Plan::default();
     match spec.storage {
@@ -119,9 +132,14 @@ pub fn plan(spec: &CommandSpec, args: &[Bytes], keys: &[(usize, ArgRole)], ns: &
             let mut i = 3;
             while i < args.len() {
                 let word = &args[i];
-                let unit = [("EX", TtlUnit::Seconds), ("PX", TtlUnit::Millis), ("EXAT", TtlUnit::UnixSeconds), ("PXAT", TtlUnit::UnixMillis)]
-                    .into_iter()
-                    .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()));
+                let unit = [
+                    ("EX", TtlUnit::Seconds),
+                    ("PX", TtlUnit::Millis),
+                    ("EXAT", TtlUnit::UnixSeconds),
+                    ("PXAT", TtlUnit::UnixMillis),
+                ]
+                .into_iter()
+                .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()));
                 if let (Some((_, unit)), Some(value)) = (unit, args.get(i + 1)) {
                     ttl = Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?);
                     i += 2;
@@ -135,39 +153,70 @@ pub fn plan(spec: &CommandSpec, args: &[Bytes], keys: &[(usize, ArgRole)], ns: &
             if keepttl {
                 plan.after = vec![pexpire_nx(&upstream(1), policy), cmd("PTTL", &upstream(1))];
                 plan.bound = (key_len + value_len).saturating_mul(policy.max_secs);
-                plan.rule = After::Grow { key_len, data_len: value_len };
+                plan.rule = After::Grow {
+                    key_len,
+                    data_len: value_len,
+                };
             } else {
                 let secs = match ttl {
                     Some(secs) => secs,
                     None => {
-                        plan.append = vec![Bytes::from_static(b"EX"), Bytes::from(policy.default_secs.to_string())];
+                        plan.append = vec![
+                            Bytes::from_static(b"EX"),
+                            Bytes::from(policy.default_secs.to_string()),
+                        ];
                         policy.default_secs
                     }
                 };
                 let byte_seconds = (key_len + value_len).saturating_mul(secs);
                 plan.bound = byte_seconds;
-                plan.rule = After::Fixed { byte_seconds, returns_old_value: get };
+                plan.rule = After::Fixed {
+                    byte_seconds,
+                    returns_old_value: get,
+                };
             }
         }
         Storage::SetEx { millis } => {
-            let unit = if millis { TtlUnit::Millis } else { TtlUnit::Seconds };
+            let unit = if millis {
+                TtlUnit::Millis
+            } else {
+                TtlUnit::Seconds
+            };
             let secs = check_max(ttl_secs(unit, &args[2], policy.now_ms)?, policy)?;
             let byte_seconds = (len(args.get(1)) + len(args.get(3))).saturating_mul(secs);
             plan.bound = byte_seconds;
-            plan.rule = After::Fixed { byte_seconds, returns_old_value: false };
+            plan.rule = After::Fixed {
+                byte_seconds,
+                returns_old_value: false,
+            };
         }
         Storage::Pairs => {
             let bytes: u64 = args[1..].iter().map(|a| a.len() as u64).sum();
-            plan.after = key_indices.iter().map(|&i| pexpire_nx(&upstream(i), policy)).collect();
+            plan.after = key_indices
+                .iter()
+                .map(|&i| pexpire_nx(&upstream(i), policy))
+                .collect();
             let byte_seconds = bytes.saturating_mul(policy.default_secs);
             plan.bound = byte_seconds;
-            plan.rule = After::Fixed { byte_seconds, returns_old_value: false };
+            plan.rule = After::Fixed {
+                byte_seconds,
+                returns_old_value: false,
+            };
         }
         Storage::Grow { data_from } => {
-            let Some(&key) = key_indices.first() else { return Ok(plan) };
-            let data_len: u64 = args.iter().skip(usize::from(data_from)).map(|a| a.len() as u64).sum();
+            let Some(&key) = key_indices.first() else {
+                return Ok(plan);
+            };
+            let data_len: u64 = args
+                .iter()
+                .skip(usize::from(data_from))
+                .map(|a| a.len() as u64)
+                .sum();
             let key_len = len(args.get(key));
-            plan.after = vec![pexpire_nx(&upstream(key), policy), cmd("PTTL", &upstream(key))];
+            plan.after = vec![
+                pexpire_nx(&upstream(key), policy),
+                cmd("PTTL", &upstream(key)),
+            ];
             plan.bound = (key_len + data_len).saturating_mul(policy.max_secs);
             plan.rule = After::Grow { key_len, data_len };
         }
@@ -184,7 +233,9 @@ pub fn plan(spec: &CommandSpec, args: &[Bytes], keys: &[(usize, ArgRole)], ns: &
             plan.rule = After::Store;
         }
         Storage::Move { element } => {
-            let Some(&dest) = key_indices.get(1) else { return Ok(plan) };
+            let Some(&dest) = key_indices.get(1) else {
+                return Ok(plan);
+            };
             let d = upstream(dest);
             let element = match element {
                 Element::Arg3 => Some(len(args.get(3))),
@@ -206,9 +257,14 @@ pub fn plan(spec: &CommandSpec, args: &[Bytes], keys: &[(usize, ArgRole)], ns: &
                 if word.eq_ignore_ascii_case(b"PERSIST") {
                     return Err("ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end".into());
                 }
-                let unit = [("EX", TtlUnit::Seconds), ("PX", TtlUnit::Millis), ("EXAT", TtlUnit::UnixSeconds), ("PXAT", TtlUnit::UnixMillis)]
-                    .into_iter()
-                    .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()));
+                let unit = [
+                    ("EX", TtlUnit::Seconds),
+                    ("PX", TtlUnit::Millis),
+                    ("EXAT", TtlUnit::UnixSeconds),
+                    ("PXAT", TtlUnit::UnixMillis),
+                ]
+                .into_iter()
+                .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()));
                 if let (Some((_, unit)), Some(value)) = (unit, args.get(i + 1)) {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;
                     expire_plan(&mut plan, &upstream(1));
@@ -245,7 +301,13 @@ fn secs_left(pttl: Option<&Value>) -> u64 {
 }
 
 /// The byte-seconds a write bought, from its reply and its bookkeeping replies.
-pub fn byte_seconds(rule: After, reply: &Value, before: &[Value], after: &[Value], default_secs: u64) -> u64 {
+pub fn byte_seconds(
+    rule: After,
+    reply: &Value,
+    before: &[Value],
+    after: &[Value],
+    default_secs: u64,
+) -> u64 {
     if matches!(reply, Value::ServerError(_)) {
         return 0;
     }
@@ -253,7 +315,10 @@ pub fn byte_seconds(rule: After, reply: &Value, before: &[Value], after: &[Value
     let created = int(after.first()) == 1;
     match rule {
         After::None => 0,
-        After::Fixed { byte_seconds, returns_old_value } => {
+        After::Fixed {
+            byte_seconds,
+            returns_old_value,
+        } => {
             let written = match reply {
                 Value::Nil => returns_old_value,
                 Value::Int(0) => false,
@@ -265,7 +330,9 @@ pub fn byte_seconds(rule: After, reply: &Value, before: &[Value], after: &[Value
                 0
             }
         }
-        After::Grow { key_len, data_len } => grown(created, key_len, data_len, after.get(1), default_secs),
+        After::Grow { key_len, data_len } => {
+            grown(created, key_len, data_len, after.get(1), default_secs)
+        }
         After::Move { key_len, element } => {
             let element = match (element, reply) {
                 (Some(e), Value::Int(1)) => e,
@@ -281,7 +348,11 @@ pub fn byte_seconds(rule: After, reply: &Value, before: &[Value], after: &[Value
         }
         After::Store => {
             let size = int(after.get(2)).max(0) as u64;
-            let secs = if created { default_secs } else { secs_left(after.get(1)) };
+            let secs = if created {
+                default_secs
+            } else {
+                secs_left(after.get(1))
+            };
             size.saturating_mul(secs)
         }
         After::Expire => {
@@ -294,7 +365,13 @@ pub fn byte_seconds(rule: After, reply: &Value, before: &[Value], after: &[Value
     }
 }
 
-fn grown(created: bool, key_len: u64, data_len: u64, pttl: Option<&Value>, default_secs: u64) -> u64 {
+fn grown(
+    created: bool,
+    key_len: u64,
+    data_len: u64,
+    pttl: Option<&Value>,
+    default_secs: u64,
+) -> u64 {
     if created {
         (key_len + data_len).saturating_mul(default_secs)
     } else {
@@ -333,19 +410,43 @@ mod tests {
 
     #[test]
     fn grow_pays_new_keys_in_full_and_old_keys_for_what_is_left() {
-        let rule = After::Grow { key_len: 3, data_len: 10 };
+        let rule = After::Grow {
+            key_len: 3,
+            data_len: 10,
+        };
         let ok = Value::Int(1);
-        assert_eq!(byte_seconds(rule, &ok, &[], &[Value::Int(1), Value::Int(86_400_000)], 86_400), 13 * 86_400);
-        assert_eq!(byte_seconds(rule, &ok, &[], &[Value::Int(0), Value::Int(1_500)], 86_400), 10 * 2);
-        assert_eq!(byte_seconds(rule, &ok, &[], &[Value::Int(0), Value::Int(-2)], 86_400), 0);
+        assert_eq!(
+            byte_seconds(
+                rule,
+                &ok,
+                &[],
+                &[Value::Int(1), Value::Int(86_400_000)],
+                86_400
+            ),
+            13 * 86_400
+        );
+        assert_eq!(
+            byte_seconds(rule, &ok, &[], &[Value::Int(0), Value::Int(1_500)], 86_400),
+            10 * 2
+        );
+        assert_eq!(
+            byte_seconds(rule, &ok, &[], &[Value::Int(0), Value::Int(-2)], 86_400),
+            0
+        );
     }
 
     #[test]
     fn set_nx_that_did_not_set_pays_nothing() {
-        let rule = After::Fixed { byte_seconds: 100, returns_old_value: false };
+        let rule = After::Fixed {
+            byte_seconds: 100,
+            returns_old_value: false,
+        };
         assert_eq!(byte_seconds(rule, &Value::Nil, &[], &[], 1), 0);
         assert_eq!(byte_seconds(rule, &Value::Okay, &[], &[], 1), 100);
-        let with_get = After::Fixed { byte_seconds: 100, returns_old_value: true };
+        let with_get = After::Fixed {
+            byte_seconds: 100,
+            returns_old_value: true,
+        };
         assert_eq!(byte_seconds(with_get, &Value::Nil, &[], &[], 1), 100);
     }
 
@@ -353,8 +454,14 @@ mod tests {
     fn extending_a_ttl_pays_the_added_seconds() {
         let before = [Value::Int(10_000)];
         let after = [Value::Int(70_000), Value::Int(50)];
-        assert_eq!(byte_seconds(After::Expire, &Value::Int(1), &before, &after, 1), 50 * 60);
+        assert_eq!(
+            byte_seconds(After::Expire, &Value::Int(1), &before, &after, 1),
+            50 * 60
+        );
         let shorter = [Value::Int(5_000), Value::Int(50)];
-        assert_eq!(byte_seconds(After::Expire, &Value::Int(1), &before, &shorter, 1), 0);
+        assert_eq!(
+            byte_seconds(After::Expire, &Value::Int(1), &before, &shorter, 1),
+            0
+        );
     }
 }

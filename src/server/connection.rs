@@ -131,5 +131,6 @@ pub async fn serve(
             _ = idle_wait => break,
         }
     }
+    session.end().await;
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
 }

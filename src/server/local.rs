@@ -13,6 +13,7 @@ use super::session::{Authed, Multi, Session, Subscriber, Txn};
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::{self, flags, CommandSpec, Local, ReplyRewrite};
 use crate::ledger::{format_nanos, Redemption};
+use crate::meter::storage;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -72,6 +73,7 @@ impl Session {
             }
             Local::Reset => {
                 self.flush(out).await;
+                self.end().await;
                 self.txn = Txn::default();
                 self.dedicated = None;
                 self.pubsub = None;
@@ -243,7 +245,25 @@ impl Session {
                 self.flush(out).await;
                 self.balance(out).await;
             }
-            Local::PkvPrices => self.reject("ERR metering is not enabled in this build", out),
+            Local::PkvPrices => {
+                let p = *self.shared.meter.prices();
+                let enabled = self.shared.meter.enabled();
+                self.reply(out, |w| {
+                    w.map(6);
+                    for (name, price) in [
+                        ("op", p.op),
+                        ("byte_in", p.byte_in),
+                        ("byte_out", p.byte_out),
+                        ("byte_second", p.byte_second),
+                        ("time_ms", p.time_ms),
+                    ] {
+                        w.bulk(name.as_bytes());
+                        w.bulk(price.to_string().as_bytes());
+                    }
+                    w.bulk(b"metering");
+                    w.bulk(if enabled { b"on" } else { b"off" });
+                });
+            }
         }
     }
 
@@ -261,6 +281,9 @@ impl Session {
             Local::Discard => {
                 self.flush(out).await;
                 let result = self.run_dedicated(redis::cmd("DISCARD")).await;
+                if let Some(multi) = self.txn.multi.take() {
+                    self.pay_unexecuted(multi);
+                }
                 self.txn = Txn::default();
                 match result {
                     Ok(value) => self.write_upstream(out, ReplyRewrite::Plain, value),
@@ -274,7 +297,7 @@ impl Session {
                 args.iter().for_each(|a| {
                     cmd.arg(a.as_ref());
                 });
-                self.enqueue(cmd, ReplyRewrite::Plain, out).await;
+                self.enqueue_plain(cmd, ReplyRewrite::Plain, out).await;
             }
             Local::Quit => {
                 self.reply(out, |w| w.ok());
@@ -298,6 +321,7 @@ impl Session {
         if multi.aborted {
             let _ = self.run_dedicated(redis::cmd("DISCARD")).await;
             self.txn = Txn::default();
+            self.pay_unexecuted(multi);
             return self.reply(out, |w| {
                 w.error("EXECABORT Transaction discarded because of previous errors.")
             });
@@ -306,19 +330,76 @@ impl Session {
         self.txn = Txn::default();
         match result {
             Ok(Value::Array(results)) => {
-                ReplyWriter::new(out, self.proto).array(results.len());
-                for (value, rewrite) in results.into_iter().zip(
-                    multi
-                        .queued
-                        .iter()
-                        .chain(std::iter::repeat(&ReplyRewrite::Plain)),
-                ) {
-                    self.write_upstream(out, *rewrite, value);
+                // One result per client command; bookkeeping results are read, not shown.
+                // The reply's bytes are EXEC's own; each queued command pays its storage.
+                ReplyWriter::new(out, self.proto).array(multi.queued.len());
+                let mut results = results.into_iter();
+                for pending in multi.queued {
+                    let before: Vec<Value> = results.by_ref().take(pending.before).collect();
+                    let reply = results.next().unwrap_or(Value::Nil);
+                    let after: Vec<Value> = results.by_ref().take(pending.after).collect();
+                    let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+                    self.write_upstream(out, pending.rewrite, reply);
+                    if let Some(bill) = pending.bill {
+                        self.pay(bill, stored, 0, 0);
+                    }
                 }
             }
-            Ok(Value::Nil) => ReplyWriter::new(out, self.proto).null_array(),
-            Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
-            Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
+            other => {
+                self.pay_unexecuted(multi);
+                match other {
+                    Ok(Value::Nil) => ReplyWriter::new(out, self.proto).null_array(),
+                    Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
+                    Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Queued commands that never ran pay what they used (their op, request and QUEUED
+    /// reply), and no storage.
+    fn pay_unexecuted(&mut self, multi: Multi) {
+        for pending in multi.queued {
+            if let Some(bill) = pending.bill {
+                self.pay(bill, 0, 0, 0);
+            }
+        }
+    }
+
+    /// Runs a local command, metered: it pays one op, its request and reply bytes, and the
+    /// time it spent upstream. Free commands (AUTH, HELLO, PING, QUIT, RESET, PKV.*) and
+    /// commands before authentication are not metered.
+    pub(super) async fn metered_local(
+        &mut self,
+        local: Local,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        wire_len: usize,
+        out: &mut BytesMut,
+        io: &mut ClientIo,
+    ) {
+        if spec.has(flags::FREE) || self.auth.is_none() || !self.shared.meter.enabled() {
+            return self.local(local, spec, args, out, io).await;
+        }
+        // Alone in the output, so the reply bytes counted are this command's.
+        self.flush(out).await;
+        let bill = match self.admit(wire_len, 0, storage::After::None).await {
+            Ok(bill) => bill,
+            Err(msg) => return self.reject(&msg, out),
+        };
+        let start = out.len();
+        let started = std::time::Instant::now();
+        self.local(local, spec, args, out, io).await;
+        if local == Local::Scan {
+            self.flush(out).await;
+        }
+        let upstream_time = if touches_upstream(local) {
+            started.elapsed().as_micros() as u64
+        } else {
+            0
+        };
+        if let Some(bill) = bill {
+            self.pay(bill, 0, out.len().saturating_sub(start), upstream_time);
         }
     }
 
@@ -362,6 +443,12 @@ impl Session {
             self.txn = Txn::default();
             self.dedicated = None;
             self.pubsub = None;
+        }
+        if self.auth.as_ref().map(|a| &a.account) != Some(&account) {
+            if let Some(old) = self.auth.take() {
+                self.shared.meter.detach(&old.account).await;
+            }
+            self.shared.meter.attach(&account);
         }
         self.auth = Some(Authed {
             ns: Namespace::new(&account),
@@ -585,7 +672,7 @@ impl Session {
         rest.iter().for_each(|a| {
             cmd.arg(a.as_ref());
         });
-        self.enqueue(cmd, ReplyRewrite::Scan, out).await;
+        self.enqueue_plain(cmd, ReplyRewrite::Scan, out).await;
     }
 
     /// RANDOMKEY, DBSIZE and FLUSHDB/FLUSHALL, emulated by walking the namespace with SCAN:
@@ -687,25 +774,36 @@ impl Session {
         }
     }
 
+    /// `PKV.BALANCE`: settles this process's lease for the account first, so the figures
+    /// include everything this connection did.
     async fn balance(&mut self, out: &mut BytesMut) {
         let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
             return;
         };
+        if let Err(e) = self.shared.meter.release(&account).await {
+            return self.reply(out, |w| w.error(&e.to_string()));
+        }
         match self.shared.ledger.account(&account).await {
             Ok(record) => self.reply(out, |w| {
+                let u = record.usage;
                 w.map(8);
                 w.bulk(b"account");
                 w.bulk(account.as_bytes());
                 w.bulk(b"balance");
-                w.bulk(format_nanos(record.credited - record.spent).as_bytes());
+                w.bulk(format_nanos(record.credited - record.debited).as_bytes());
                 w.bulk(b"spent");
                 w.bulk(format_nanos(record.spent).as_bytes());
-                for counter in ["ops", "bytes_in", "bytes_out", "byte_seconds"] {
-                    w.bulk(counter.as_bytes());
-                    w.int(0);
+                for (name, n) in [
+                    ("ops", u.ops),
+                    ("bytes_in", u.bytes_in),
+                    ("bytes_out", u.bytes_out),
+                    ("byte_seconds", u.byte_seconds),
+                ] {
+                    w.bulk(name.as_bytes());
+                    w.int(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 w.bulk(b"time_ms");
-                w.bulk(b"0.000");
+                w.bulk(format!("{}.{:03}", u.time_us / 1000, u.time_us % 1000).as_bytes());
             }),
             Err(e) => self.reply(out, |w| w.error(&e.to_string())),
         }
@@ -742,6 +840,26 @@ impl Session {
             load(&m.commands_total),
         )
     }
+}
+
+/// Local commands that spend time upstream (and pay for it).
+fn touches_upstream(local: Local) -> bool {
+    matches!(
+        local,
+        Local::Multi
+            | Local::Exec
+            | Local::Discard
+            | Local::Watch
+            | Local::Unwatch
+            | Local::Subscribe
+            | Local::Unsubscribe
+            | Local::PSubscribe
+            | Local::PUnsubscribe
+            | Local::Scan
+            | Local::RandomKey
+            | Local::DbSize
+            | Local::FlushDb
+    )
 }
 
 /// `COMMAND` / `COMMAND INFO name...`: Redis's reply shape, from the table.

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::ledger::Ledger;
+use crate::meter::{Meter, MeterConfig};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
@@ -27,7 +28,8 @@ pub struct Shared {
     pub settings: Settings,
     pub auth: Authenticator,
     pub upstream: Arc<Upstream>,
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
+    pub meter: Arc<Meter>,
     pub metrics: Metrics,
     next_client_id: AtomicU64,
 }
@@ -40,9 +42,16 @@ impl Shared {
         let upstream = Upstream::new(&url, settings.upstream_pool_size, settings.upstream_timeout)
             .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
         let upstream = Arc::new(upstream);
+        let ledger = Arc::new(Ledger::new(upstream.clone()));
+        let meter = MeterConfig {
+            enabled: settings.metering,
+            prices: settings.prices,
+            lease: settings.lease_nanos,
+        };
         Ok(Shared {
             auth: Authenticator::new(&settings),
-            ledger: Ledger::new(upstream.clone()),
+            meter: Arc::new(Meter::new(meter, ledger.clone())),
+            ledger,
             upstream,
             metrics: Metrics::default(),
             next_client_id: AtomicU64::new(1),
@@ -61,6 +70,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     // Every connection holds a clone of `done_tx`; `done_rx` yields `None` once all are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
+    let settler = tokio::spawn(shared.meter.clone().settle_forever());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -106,4 +116,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     {
         tracing::warn!("grace period over; closing remaining connections");
     }
+    settler.abort();
+    // Everything spent is recorded and every unspent lease goes back to its account.
+    shared.meter.settle_all(true).await;
 }

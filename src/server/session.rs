@@ -12,8 +12,10 @@
 //!    session's dedicated connection;
 //! 6. rewrite each reply (strip prefixes from key names) and write it in request order.
 //!
-//! Metering hangs on steps 4 and 6: what a command costs is known from its arguments and
-//! its reply.
+//! Metering sits between steps 4 and 5 and after step 6: before a command is forwarded its
+//! known cost (one op, the request bytes, the storage it may buy) is reserved from the
+//! account's lease, or it is refused with `NOQUOTA` and nothing runs; once its reply is
+//! written, the exact cost replaces the reservation ([`Bill`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +26,12 @@ use tokio::sync::mpsc;
 
 use super::connection::ClientIo;
 use super::Shared;
-use crate::commands::{self, flags, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite};
+use crate::commands::{
+    self, flags, ArgRole, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite,
+};
+use crate::ledger::format_nanos;
+use crate::meter::storage::{self, After, Plan, TtlPolicy};
+use crate::meter::{Admitted, Refusal, Usage};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -57,8 +64,8 @@ pub struct Txn {
 /// A transaction being queued.
 #[derive(Default)]
 pub struct Multi {
-    /// The reply rewrite of each queued command, applied to EXEC's results.
-    pub queued: Vec<ReplyRewrite>,
+    /// Each queued command, in order; EXEC's results are matched to them.
+    pub queued: Vec<Pending>,
     /// A command was refused while queuing; EXEC will answer EXECABORT.
     pub aborted: bool,
 }
@@ -83,10 +90,31 @@ impl Subscriber {
     }
 }
 
+/// What a metered command owes: reserved at admission, settled once its reply is known.
+#[derive(Debug)]
+pub struct Bill {
+    pub admitted: Admitted,
+    /// Usage so far (one op and the request bytes at first; reply bytes and upstream time
+    /// are added as they become known).
+    pub usage: Usage,
+    /// How to read the storage it bought from its bookkeeping replies.
+    pub rule: After,
+}
+
+/// A command in an upstream pipeline: the client's reply, plus `before` and `after`
+/// bookkeeping replies around it that the client never sees.
+#[derive(Debug)]
+pub struct Pending {
+    pub rewrite: ReplyRewrite,
+    pub before: usize,
+    pub after: usize,
+    pub bill: Option<Bill>,
+}
+
 /// A reply waiting for its turn.
 enum Slot {
-    /// The next reply of the batch's upstream pipeline, rewritten this way.
-    Upstream(ReplyRewrite),
+    /// The next replies of the batch's upstream pipeline.
+    Upstream(Pending),
     /// A reply pkv already wrote.
     Ready(Bytes),
 }
@@ -150,7 +178,7 @@ impl Session {
 
     /// Runs one request: answers it, queues it, or forwards it.
     pub async fn submit(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
-        let args = req.args;
+        let (args, wire_len) = (req.args, req.wire_len);
         if args.is_empty() {
             return;
         }
@@ -184,9 +212,12 @@ impl Session {
         }
         match spec.exec {
             // Step 3: pkv's own commands.
-            Exec::Local(local) => self.local(local, spec, &args, out, io).await,
+            Exec::Local(local) => {
+                self.metered_local(local, spec, &args, wire_len, out, io)
+                    .await
+            }
             // Steps 4 and 5.
-            Exec::Forward => self.forward(spec, &args, out, io).await,
+            Exec::Forward => self.forward(spec, &args, wire_len, out, io).await,
         }
     }
 
@@ -217,8 +248,18 @@ impl Session {
     /// Builds the upstream command: every key, pattern and channel rewritten into the
     /// namespace, every other argument as the client sent it.
     pub(super) fn rewrite(&self, spec: &CommandSpec, args: &[Bytes]) -> Result<redis::Cmd, String> {
+        let keys = commands::key_args(spec, args).map_err(|e| e.to_string())?;
+        self.rewrite_with(spec, args, keys)
+    }
+
+    /// [`Session::rewrite`] with the keys already located.
+    fn rewrite_with(
+        &self,
+        spec: &CommandSpec,
+        args: &[Bytes],
+        mut keys: Vec<(usize, ArgRole)>,
+    ) -> Result<redis::Cmd, String> {
         let ns = self.ns().ok_or("NOAUTH Authentication required.")?;
-        let mut keys = commands::key_args(spec, args).map_err(|e| e.to_string())?;
         keys.sort_unstable_by_key(|(i, _)| *i);
         let mut keys = keys.into_iter().peekable();
         let mut cmd = redis::Cmd::new();
@@ -252,42 +293,172 @@ impl Session {
         &mut self,
         spec: &'static CommandSpec,
         args: &[Bytes],
+        wire_len: usize,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
-        let cmd = match self.rewrite(spec, args) {
+        let (Some(ns), Ok(keys)) = (self.ns(), commands::key_args(spec, args)) else {
+            let msg = commands::key_args(spec, args).err().map_or_else(
+                || "NOAUTH Authentication required.".to_string(),
+                |e| e.to_string(),
+            );
+            return self.reject(&msg, out);
+        };
+        let plan = if self.shared.meter.enabled() {
+            match storage::plan(spec, args, &keys, ns, &self.ttl_policy()) {
+                Ok(plan) => plan,
+                Err(msg) => return self.reject(&msg, out),
+            }
+        } else {
+            Plan::default()
+        };
+        let mut cmd = match self.rewrite_with(spec, args, keys) {
             Ok(cmd) => cmd,
             Err(msg) => return self.reject(&msg, out),
+        };
+        plan.append.iter().for_each(|a| {
+            cmd.arg(a.as_ref());
+        });
+        let bill = match self.admit(wire_len, plan.bound, plan.rule).await {
+            Ok(bill) => bill,
+            Err(msg) => return self.reject(&msg, out),
+        };
+        let pending = Pending {
+            rewrite: spec.reply,
+            before: plan.before.len(),
+            after: plan.after.len(),
+            bill,
         };
         let blocks =
             spec.has(flags::BLOCKING) || (spec.has(flags::MAY_BLOCK) && has_block_option(args));
         if blocks && self.txn.multi.is_none() {
-            return self.run_blocking(cmd, spec.reply, out, io).await;
+            return self
+                .run_blocking(plan.before, cmd, plan.after, pending, out, io)
+                .await;
         }
-        self.enqueue(cmd, spec.reply, out).await;
+        self.enqueue(plan.before, cmd, plan.after, pending, out)
+            .await;
     }
 
-    /// Adds a command to the batch. Inside MULTI its reply is `QUEUED`; the rewrite is kept
-    /// for EXEC.
+    /// The TTL policy now.
+    fn ttl_policy(&self) -> TtlPolicy {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        TtlPolicy {
+            default_secs: self.shared.settings.default_ttl,
+            max_secs: self.shared.settings.max_ttl,
+            now_ms,
+        }
+    }
+
+    /// Reserves a command's known cost (one op, `wire_len` request bytes, up to
+    /// `storage_bound` byte-seconds) from the account, or says why it cannot run.
+    pub(super) async fn admit(
+        &mut self,
+        wire_len: usize,
+        storage_bound: u64,
+        rule: After,
+    ) -> Result<Option<Bill>, String> {
+        let meter = &self.shared.meter;
+        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+            return Ok(None);
+        };
+        if !meter.enabled() {
+            return Ok(None);
+        }
+        let usage = Usage {
+            ops: 1,
+            bytes_in: wire_len as u64,
+            ..Usage::default()
+        };
+        match meter.admit(&account, &usage, storage_bound).await {
+            Ok(admitted) => Ok(Some(Bill {
+                admitted,
+                usage,
+                rule,
+            })),
+            Err(Refusal::NoQuota { balance }) => Err(format!(
+                "NOQUOTA balance exhausted: {} left; top up with PKV.TOPUP <token>",
+                format_nanos(balance.max(0))
+            )),
+            Err(Refusal::Ledger(msg)) => Err(msg),
+        }
+    }
+
+    /// The byte-seconds a command bought, read from its reply and bookkeeping replies.
+    pub(super) fn stored(
+        &self,
+        bill: Option<&Bill>,
+        reply: &Value,
+        before: &[Value],
+        after: &[Value],
+    ) -> u64 {
+        bill.map_or(0, |b| {
+            storage::byte_seconds(
+                b.rule,
+                reply,
+                before,
+                after,
+                self.shared.settings.default_ttl,
+            )
+        })
+    }
+
+    /// Pays a bill: its usage plus the reply bytes, upstream time and storage.
+    pub(super) fn pay(&self, bill: Bill, byte_seconds: u64, bytes_out: usize, time_us: u64) {
+        let Some(auth) = &self.auth else { return };
+        let mut usage = bill.usage;
+        usage.bytes_out += bytes_out as u64;
+        usage.time_us += time_us;
+        usage.byte_seconds += byte_seconds;
+        self.shared
+            .meter
+            .charge(&auth.account, bill.admitted, &usage);
+    }
+
+    /// Gives back a bill's reservation for a command that never ran.
+    pub(super) fn cancel(&self, bill: Option<Bill>) {
+        if let (Some(bill), Some(auth)) = (bill, &self.auth) {
+            self.shared.meter.cancel(&auth.account, bill.admitted);
+        }
+    }
+
+    /// Adds a command, with its bookkeeping commands around it, to the batch. Inside MULTI
+    /// the client's reply is `QUEUED`; the command waits in the transaction for EXEC.
     pub(super) async fn enqueue(
+        &mut self,
+        before: Vec<redis::Cmd>,
+        cmd: redis::Cmd,
+        after: Vec<redis::Cmd>,
+        pending: Pending,
+        out: &mut BytesMut,
+    ) {
+        for c in before.into_iter().chain(std::iter::once(cmd)).chain(after) {
+            self.batch.pipe.add_command(c);
+            self.batch.count += 1;
+        }
+        self.batch.slots.push(Slot::Upstream(pending));
+        if self.batch.count >= MAX_BATCH {
+            self.flush(out).await;
+        }
+    }
+
+    /// A command with no bookkeeping and no bill of its own.
+    pub(super) async fn enqueue_plain(
         &mut self,
         cmd: redis::Cmd,
         rewrite: ReplyRewrite,
         out: &mut BytesMut,
     ) {
-        let rewrite = match &mut self.txn.multi {
-            Some(multi) => {
-                multi.queued.push(rewrite);
-                ReplyRewrite::Plain
-            }
-            None => rewrite,
+        let pending = Pending {
+            rewrite,
+            before: 0,
+            after: 0,
+            bill: None,
         };
-        self.batch.pipe.add_command(cmd);
-        self.batch.count += 1;
-        self.batch.slots.push(Slot::Upstream(rewrite));
-        if self.batch.count >= MAX_BATCH {
-            self.flush(out).await;
-        }
+        self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
+            .await;
     }
 
     /// Sends the batch upstream and writes every owed reply, in order.
@@ -296,6 +467,7 @@ impl Session {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
+        let started = std::time::Instant::now();
         let replies = if batch.count == 0 {
             Ok(Vec::new())
         } else if self.txn.active() {
@@ -311,6 +483,13 @@ impl Session {
                 .pipeline(self.proto, &batch.pipe, batch.count)
                 .await
         };
+        // Each command of the batch held the upstream for an equal share of the round trip.
+        let commands = batch
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Upstream(_)))
+            .count() as u64;
+        let mut shares = TimeShares::new(started.elapsed().as_micros() as u64, commands);
         let mut replies = match replies {
             Ok(values) => Ok(values.into_iter()),
             Err(err) => {
@@ -324,15 +503,55 @@ impl Session {
             }
         };
         for slot in batch.slots {
-            match slot {
-                Slot::Ready(bytes) => out.extend_from_slice(&bytes),
-                Slot::Upstream(rewrite) => match &mut replies {
-                    Ok(values) => {
-                        let value = values.next().unwrap_or(Value::Nil);
-                        self.write_upstream(out, rewrite, value);
+            let pending = match slot {
+                Slot::Ready(bytes) => {
+                    out.extend_from_slice(&bytes);
+                    continue;
+                }
+                Slot::Upstream(pending) => pending,
+            };
+            let values = match &mut replies {
+                Ok(values) => values,
+                Err(msg) => {
+                    ReplyWriter::new(out, self.proto).error(msg);
+                    self.cancel(pending.bill);
+                    continue;
+                }
+            };
+            let before: Vec<Value> = values.by_ref().take(pending.before).collect();
+            let reply = values.next().unwrap_or(Value::Nil);
+            let after: Vec<Value> = values.by_ref().take(pending.after).collect();
+            let time_us = shares.next();
+            let start = out.len();
+            if self.txn.multi.is_some() {
+                // Queued: the client sees QUEUED now; the bill waits for EXEC.
+                let queued = matches!(&reply, Value::SimpleString(s) if s == "QUEUED")
+                    && before
+                        .iter()
+                        .chain(&after)
+                        .all(|v| !matches!(v, Value::ServerError(_)));
+                let mut pending = pending;
+                self.write_upstream(out, ReplyRewrite::Plain, reply);
+                if queued {
+                    if let Some(bill) = pending.bill.as_mut() {
+                        bill.usage.bytes_out += (out.len() - start) as u64;
+                        bill.usage.time_us += time_us;
                     }
-                    Err(msg) => ReplyWriter::new(out, self.proto).error(msg),
-                },
+                } else {
+                    self.cancel(pending.bill.take());
+                }
+                if let Some(multi) = self.txn.multi.as_mut() {
+                    multi.aborted |= !queued;
+                    if queued {
+                        multi.queued.push(pending);
+                    }
+                }
+                continue;
+            }
+            let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+            self.write_upstream(out, pending.rewrite, reply);
+            if let Some(bill) = pending.bill {
+                self.pay(bill, stored, out.len() - start, time_us);
             }
         }
     }
@@ -389,40 +608,67 @@ impl Session {
 
     /// A blocking command waits on the dedicated connection. If the client leaves while it
     /// waits, the connection is closed so that Redis unblocks it and hands no data to a
-    /// client that is gone.
+    /// client that is gone. It pays for the time it waited.
     async fn run_blocking(
         &mut self,
+        before: Vec<redis::Cmd>,
         cmd: redis::Cmd,
-        rewrite: ReplyRewrite,
+        after: Vec<redis::Cmd>,
+        pending: Pending,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
         self.flush(out).await;
         let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
+        let count = before.len() + 1 + after.len();
+        for c in before.into_iter().chain(std::iter::once(cmd)).chain(after) {
+            pipe.add_command(c);
+        }
         let cap = self.shared.settings.max_request_bytes;
+        let started = std::time::Instant::now();
         let outcome = match self.dedicated().await {
             Err(e) => Some(Err(e)),
             Ok(conn) => tokio::select! {
-                result = conn.pipeline(&pipe, 1) => Some(result),
+                result = conn.pipeline(&pipe, count) => Some(result),
                 _ = io.closed(cap) => None,
             },
         };
+        let waited = started.elapsed().as_micros() as u64;
         match outcome {
             None => {
                 self.dedicated = None;
                 self.closing = true;
+                if let Some(bill) = pending.bill {
+                    self.pay(bill, 0, 0, waited);
+                }
             }
-            Some(Ok(mut values)) => {
-                let value = values.pop().unwrap_or(Value::Nil);
-                self.write_upstream(out, rewrite, value);
+            Some(Ok(values)) => {
+                let mut values = values.into_iter();
+                let before: Vec<Value> = values.by_ref().take(pending.before).collect();
+                let reply = values.next().unwrap_or(Value::Nil);
+                let after: Vec<Value> = values.by_ref().take(pending.after).collect();
+                let start = out.len();
+                let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+                self.write_upstream(out, pending.rewrite, reply);
+                if let Some(bill) = pending.bill {
+                    self.pay(bill, stored, out.len() - start, waited);
+                }
             }
             Some(Err(err)) => {
                 self.dedicated = None;
                 self.txn = Txn::default();
                 Metrics::inc(&self.shared.metrics.upstream_errors_total);
                 ReplyWriter::new(out, self.proto).error(&err.to_string());
+                self.cancel(pending.bill);
             }
+        }
+    }
+
+    /// Ends the session: the meter learns that one session of the account is gone (the
+    /// last one gives the account's lease back).
+    pub async fn end(&mut self) {
+        if let Some(auth) = self.auth.take() {
+            self.shared.meter.detach(&auth.account).await;
         }
     }
 
@@ -458,6 +704,27 @@ impl Session {
         }
         w.bulk(channel);
         w.bulk(msg.get_payload_bytes());
+    }
+}
+
+/// Splits a round trip's time evenly over the commands that shared it (the first takes
+/// the remainder), so the parts add up to the whole.
+struct TimeShares {
+    each: u64,
+    remainder: u64,
+}
+
+impl TimeShares {
+    fn new(total_us: u64, commands: u64) -> Self {
+        let commands = commands.max(1);
+        TimeShares {
+            each: total_us / commands,
+            remainder: total_us % commands,
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.each + std::mem::take(&mut self.remainder)
     }
 }
 

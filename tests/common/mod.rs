@@ -699,3 +699,25 @@ impl LedgerView {
         self.credited.values().sum()
     }
 }
+
+/// Everything credited to the account, from a `PKV.BALANCE` reply: `balance + spent`,
+/// which metering does not change (spending moves nano-units from one to the other).
+pub fn credited(balance: &std::collections::BTreeMap<String, String>) -> String {
+    let nanos = |field: &str| -> i128 {
+        let text = balance
+            .get(field)
+            .unwrap_or_else(|| panic!("no {field} in {balance:?}"));
+        let (whole, frac) = text.split_once('.').unwrap_or((text, "0"));
+        let negative = whole.starts_with('-');
+        let whole: i128 = whole.trim_start_matches('-').parse().unwrap();
+        let frac: i128 = format!("{frac:0<9}").parse().unwrap();
+        let value = whole * 1_000_000_000 + frac;
+        if negative {
+            -value
+        } else {
+            value
+        }
+    };
+    let total = nanos("balance") + nanos("spent");
+    format!("{}.{:09}", total / 1_000_000_000, total % 1_000_000_000)
+}
