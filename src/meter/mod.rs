@@ -69,6 +69,9 @@ struct Account {
     sessions: AtomicUsize,
     /// One lease request at a time.
     leasing: tokio::sync::Mutex<()>,
+    /// One settlement at a time, so a reader who settles sees every earlier settlement
+    /// written.
+    settling: tokio::sync::Mutex<()>,
 }
 
 /// Why a command was not admitted.
@@ -121,6 +124,7 @@ impl Meter {
                     state: Mutex::new(AccountState::default()),
                     sessions: AtomicUsize::new(0),
                     leasing: tokio::sync::Mutex::new(()),
+                    settling: tokio::sync::Mutex::new(()),
                 })
             })
             .clone()
@@ -219,6 +223,7 @@ impl Meter {
     /// with `release`).
     async fn settle_one(&self, account: &Arc<str>, release: bool) -> Result<(), LedgerError> {
         let acct = self.account(account);
+        let _one_at_a_time = acct.settling.lock().await;
         let settlement = {
             let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
             let returned = if release {

@@ -358,7 +358,7 @@ impl Session {
 
     /// Queued commands that never ran pay what they used (their op, request and QUEUED
     /// reply), and no storage.
-    fn pay_unexecuted(&mut self, multi: Multi) {
+    pub(super) fn pay_unexecuted(&mut self, multi: Multi) {
         for pending in multi.queued {
             if let Some(bill) = pending.bill {
                 self.pay(bill, 0, 0, 0);
@@ -383,9 +383,15 @@ impl Session {
         }
         // Alone in the output, so the reply bytes counted are this command's.
         self.flush(out).await;
-        let bill = match self.admit(wire_len, 0, storage::After::None).await {
-            Ok(bill) => bill,
-            Err(msg) => return self.reject(&msg, out),
+        // EXEC and DISCARD end a transaction whatever the balance (a transaction that ran
+        // out while queuing is already aborted); they pay afterwards.
+        let bill = if matches!(local, Local::Exec | Local::Discard) && self.txn.multi.is_some() {
+            self.unreserved_bill(wire_len)
+        } else {
+            match self.admit(wire_len, 0, storage::After::None).await {
+                Ok(bill) => bill,
+                Err(msg) => return self.reject(&msg, out),
+            }
         };
         let start = out.len();
         let started = std::time::Instant::now();

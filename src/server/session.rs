@@ -405,6 +405,19 @@ impl Session {
         })
     }
 
+    /// A bill with nothing reserved, for commands that run whatever the balance.
+    pub(super) fn unreserved_bill(&self, wire_len: usize) -> Option<Bill> {
+        (self.auth.is_some() && self.shared.meter.enabled()).then(|| Bill {
+            admitted: Admitted::default(),
+            usage: Usage {
+                ops: 1,
+                bytes_in: wire_len as u64,
+                ..Usage::default()
+            },
+            rule: After::None,
+        })
+    }
+
     /// Pays a bill: its usage plus the reply bytes, upstream time and storage.
     pub(super) fn pay(&self, bill: Bill, byte_seconds: u64, bytes_out: usize, time_us: u64) {
         let Some(auth) = &self.auth else { return };
@@ -667,6 +680,10 @@ impl Session {
     /// Ends the session: the meter learns that one session of the account is gone (the
     /// last one gives the account's lease back).
     pub async fn end(&mut self) {
+        // A transaction left open never runs; its queued commands pay what they used.
+        if let Some(multi) = self.txn.multi.take() {
+            self.pay_unexecuted(multi);
+        }
         if let Some(auth) = self.auth.take() {
             self.shared.meter.detach(&auth.account).await;
         }

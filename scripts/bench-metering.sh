@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Measures what metering costs: redis-benchmark GET and SET, pipelines of 1 and 16, through
+# pkv with metering on and with PKV_METERING=off, side by side in one run against one private
+# redis-server. Prints requests per second and the on/off ratio.
+#
+#   scripts/bench-metering.sh [requests] [rounds]
+#
+# Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${1:-200000}
+ROUNDS=${2:-3}
+CLIENTS=50
+SIZE=64
+
+cargo build --release -q
+PKV=target/release/pkv
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
+PIDS+=($!)
+wait_port "$REDIS_PORT"
+
+ROOT=$PWD
+start_pkv() { # $1 = on|off; sets PORT
+  PORT=$(free_port)
+  (cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
+     PKV_METERING="$1" PKV_LOG=warn "$ROOT/$PKV" >/dev/null 2>&1) &
+  PIDS+=($!)
+  wait_port "$PORT"
+}
+start_pkv on; ON_PORT=$PORT
+start_pkv off; OFF_PORT=$PORT
+# Development mode: the development issuer signs; a large quantity never runs out here.
+TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$ROOT/$PKV" token mint --quantity 1000000 --lifetime 86400)
+
+rps() { # port test pipeline
+  redis-benchmark -p "$1" -a "$TOKEN" -t "$2" -P "$3" -n "$REQUESTS" -c "$CLIENTS" -d "$SIZE" -r 100000 --csv 2>/dev/null \
+    | awk -F'","' 'NR==2 { gsub(/"/, "", $2); print int($2) }'
+}
+
+median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+echo "redis-benchmark -n $REQUESTS -c $CLIENTS -d $SIZE -r 100000, median of $ROUNDS rounds, on and off alternating"
+printf '%-5s %3s %12s %12s %8s\n' test P metering-on metering-off on/off
+for test in get set; do
+  for p in 1 16; do
+    on=(); off=()
+    for _ in $(seq "$ROUNDS"); do
+      on+=("$(rps "$ON_PORT" "$test" "$p")")
+      off+=("$(rps "$OFF_PORT" "$test" "$p")")
+    done
+    m_on=$(printf '%s\n' "${on[@]}" | median)
+    m_off=$(printf '%s\n' "${off[@]}" | median)
+    printf '%-5s %3s %12s %12s %8s\n' "$test" "$p" "$m_on" "$m_off" "$(awk -v a="$m_on" -v b="$m_off" 'BEGIN { printf "%.3f", a / b }')"
+  done
+done
