@@ -8,14 +8,17 @@
 //! - [`cli`]: the `pkv` command line (`serve`, `token mint|inspect`, `keygen`).
 //! - [`config`]: settings, loaded in layers and validated at start-up.
 //! - [`server`]: the listener, graceful shutdown, each connection, and the session that
-//!   runs the request path (read → authenticate → look up → rewrite keys → forward →
-//!   rewrite reply → write).
+//!   runs the request path (read → authenticate → look up → rewrite keys → reserve the
+//!   cost → forward → rewrite reply → write → pay).
 //! - [`protocol`]: parsing client requests and writing RESP2/RESP3 replies.
 //! - [`commands`]: the command table (every served command's facts, stated once) and the
 //!   key locator derived from it.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
-//! - [`ledger`]: redeemed token ids and account credit, kept in the upstream.
+//! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
+//!   ledger so that metering needs no round trip per command.
+//! - [`ledger`]: redeemed token ids, account credit, spending and usage, kept in the
+//!   upstream.
 //! - [`upstream`]: pooled and dedicated connections to the upstream Redis.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
 

@@ -21,9 +21,9 @@
 pub mod price;
 pub mod storage;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -52,19 +52,21 @@ pub struct MeterConfig {
     pub lease: i64,
 }
 
-/// One account's metering state in this process.
-#[derive(Default)]
-struct AccountState {
-    /// Lease left to spend (may be negative after after-costs).
-    lease: i64,
+/// One account's metering state in this process. Sessions hold it directly (see
+/// [`Meter::attach`]), and every field on the command path is an atomic: admitting and
+/// paying for a command takes no lock and no map lookup.
+pub struct AccountMeter {
+    id: Arc<str>,
+    /// Lease left to spend, nano-units (may be negative after after-costs).
+    lease: AtomicI64,
     /// Spent since the last settlement, nano-units.
-    spent: i64,
+    spent: AtomicI64,
     /// Usage since the last settlement.
-    usage: Usage,
-}
-
-struct Account {
-    state: Mutex<AccountState>,
+    ops: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    byte_seconds: AtomicU64,
+    time_us: AtomicU64,
     /// Sessions of this account open in this process.
     sessions: AtomicUsize,
     /// One lease request at a time.
@@ -72,7 +74,115 @@ struct Account {
     /// One settlement at a time, so a reader who settles sees every earlier settlement
     /// written.
     settling: tokio::sync::Mutex<()>,
+    /// A background top-up of the lease is under way.
+    topping_up: AtomicBool,
+    /// The ledger had nothing left to lease at this time; no background top-ups for a while.
+    dry_since: Mutex<Option<Instant>>,
 }
+
+impl AccountMeter {
+    fn new(id: Arc<str>) -> Self {
+        AccountMeter {
+            id,
+            lease: AtomicI64::new(0),
+            spent: AtomicI64::new(0),
+            ops: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            byte_seconds: AtomicU64::new(0),
+            time_us: AtomicU64::new(0),
+            sessions: AtomicUsize::new(0),
+            leasing: tokio::sync::Mutex::new(()),
+            settling: tokio::sync::Mutex::new(()),
+            topping_up: AtomicBool::new(false),
+            dry_since: Mutex::new(None),
+        }
+    }
+
+    /// Takes `need` from the lease if it covers it (and is above zero).
+    fn take(&self, need: i64) -> Option<Admitted> {
+        let mut current = self.lease.load(Ordering::Acquire);
+        loop {
+            if current <= 0 || current < need {
+                return None;
+            }
+            match self.lease.compare_exchange_weak(
+                current,
+                current - need,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Admitted { reserved: need }),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn record(&self, usage: &Usage) {
+        let add = |counter: &AtomicU64, n: u64| {
+            if n != 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.ops, usage.ops);
+        add(&self.bytes_in, usage.bytes_in);
+        add(&self.bytes_out, usage.bytes_out);
+        add(&self.byte_seconds, usage.byte_seconds);
+        add(&self.time_us, usage.time_us);
+    }
+
+    /// Takes everything unsettled (and the lease, with `release`).
+    fn take_settlement(&self, release: bool) -> Settlement {
+        let take = |counter: &AtomicU64| counter.swap(0, Ordering::AcqRel);
+        Settlement {
+            spent: self.spent.swap(0, Ordering::AcqRel),
+            returned: if release {
+                self.lease.swap(0, Ordering::AcqRel)
+            } else {
+                0
+            },
+            usage: Usage {
+                ops: take(&self.ops),
+                bytes_in: take(&self.bytes_in),
+                bytes_out: take(&self.bytes_out),
+                byte_seconds: take(&self.byte_seconds),
+                time_us: take(&self.time_us),
+            },
+        }
+    }
+
+    /// Puts back a settlement that could not be written.
+    fn restore(&self, s: &Settlement) {
+        self.lease.fetch_add(s.returned, Ordering::AcqRel);
+        self.spent.fetch_add(s.spent, Ordering::AcqRel);
+        self.record(&s.usage);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.sessions.load(Ordering::Acquire) == 0
+            && self.lease.load(Ordering::Acquire) == 0
+            && self.spent.load(Ordering::Acquire) == 0
+            && self.ops.load(Ordering::Acquire) == 0
+    }
+}
+
+/// Charges a session has accumulated but not yet added to its account.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Charges {
+    /// Reservations given back minus costs, nano-units.
+    lease: i64,
+    spent: i64,
+    usage: Usage,
+}
+
+impl Charges {
+    pub fn is_empty(&self) -> bool {
+        *self == Charges::default()
+    }
+}
+
+/// A session's handle on its account's meter.
+pub type AccountHandle = Arc<AccountMeter>;
 
 /// Why a command was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +203,7 @@ pub struct Admitted {
 pub struct Meter {
     config: MeterConfig,
     ledger: Arc<Ledger>,
-    accounts: DashMap<Arc<str>, Arc<Account>>,
+    accounts: DashMap<Arc<str>, AccountHandle>,
 }
 
 impl Meter {
@@ -113,162 +223,179 @@ impl Meter {
         &self.config.prices
     }
 
-    fn account(&self, id: &Arc<str>) -> Arc<Account> {
+    fn account(&self, id: &Arc<str>) -> AccountHandle {
         if let Some(a) = self.accounts.get(id) {
             return a.clone();
         }
         self.accounts
             .entry(id.clone())
-            .or_insert_with(|| {
-                Arc::new(Account {
-                    state: Mutex::new(AccountState::default()),
-                    sessions: AtomicUsize::new(0),
-                    leasing: tokio::sync::Mutex::new(()),
-                    settling: tokio::sync::Mutex::new(()),
-                })
-            })
+            .or_insert_with(|| Arc::new(AccountMeter::new(id.clone())))
             .clone()
     }
 
-    /// A session of `account` opened.
-    pub fn attach(&self, account: &Arc<str>) {
-        self.account(account)
-            .sessions
-            .fetch_add(1, Ordering::Relaxed);
+    /// A session of `account` opened; returns the handle it meters through.
+    pub fn attach(&self, account: &Arc<str>) -> AccountHandle {
+        let handle = self.account(account);
+        handle.sessions.fetch_add(1, Ordering::AcqRel);
+        handle
     }
 
-    /// A session of `account` closed; the last one gives the lease back.
-    pub async fn detach(&self, account: &Arc<str>) {
-        let acct = self.account(account);
-        if acct.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let _ = self.release(account).await;
+    /// A session closed; the account's last session gives the lease back.
+    pub async fn detach(&self, handle: &AccountHandle) {
+        if handle.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.release(handle).await;
         }
     }
 
-    /// Reserves `known` usage plus the reply allowance from the lease, extending the lease
-    /// from the ledger when it runs short.
-    pub async fn admit(
-        &self,
-        account: &Arc<str>,
-        known: &Usage,
-        storage_bound: u64,
-    ) -> Result<Admitted, Refusal> {
-        if !self.config.enabled {
-            return Ok(Admitted::default());
-        }
+    /// What admitting a command reserves: its known usage, its storage bound and the reply
+    /// allowance, priced.
+    pub fn need(&self, known: &Usage, storage_bound: u64) -> i64 {
         let mut need_usage = *known;
         need_usage.add(&REPLY_ALLOWANCE);
         need_usage.byte_seconds = need_usage.byte_seconds.saturating_add(storage_bound);
-        let need = i64::try_from(self.config.prices.cost(&need_usage)).unwrap_or(i64::MAX);
-        let acct = self.account(account);
-        if let Some(ok) = Self::take(&acct, need) {
+        i64::try_from(self.config.prices.cost(&need_usage)).unwrap_or(i64::MAX)
+    }
+
+    /// Admits from the lease in memory when it covers `need`; the command path.
+    pub fn try_admit(self: &Arc<Self>, acct: &AccountHandle, need: i64) -> Option<Admitted> {
+        if !self.config.enabled {
+            return Some(Admitted::default());
+        }
+        let admitted = acct.take(need)?;
+        self.top_up_if_low(acct);
+        Some(admitted)
+    }
+
+    /// Admits after extending the lease from the ledger: the path when the lease ran short.
+    pub async fn admit(
+        self: &Arc<Self>,
+        acct: &AccountHandle,
+        need: i64,
+    ) -> Result<Admitted, Refusal> {
+        if let Some(ok) = self.try_admit(acct, need) {
             return Ok(ok);
         }
         let _one_at_a_time = acct.leasing.lock().await;
-        if let Some(ok) = Self::take(&acct, need) {
+        if let Some(ok) = acct.take(need) {
             return Ok(ok);
         }
         let want = self.config.lease.max(need);
         let granted = self
             .ledger
-            .lease(account, want)
+            .lease(&acct.id, want)
             .await
             .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
-        let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.lease += granted;
-        if state.lease > 0 && state.lease >= need {
-            state.lease -= need;
-            Ok(Admitted { reserved: need })
-        } else {
-            Err(Refusal::NoQuota {
-                balance: state.lease,
-            })
-        }
-    }
-
-    fn take(acct: &Account, need: i64) -> Option<Admitted> {
-        let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-        (state.lease > 0 && state.lease >= need).then(|| {
-            state.lease -= need;
-            Admitted { reserved: need }
+        acct.lease.fetch_add(granted, Ordering::AcqRel);
+        acct.take(need).ok_or_else(|| Refusal::NoQuota {
+            balance: acct.lease.load(Ordering::Acquire),
         })
     }
 
-    /// Pays for a command that ran: `usage` is everything it used. Returns its cost.
-    pub fn charge(&self, account: &Arc<str>, admitted: Admitted, usage: &Usage) -> u64 {
+    /// Below half a lease, takes the next one in the background, so that admissions do not
+    /// wait for the ledger while the balance lasts.
+    fn top_up_if_low(self: &Arc<Self>, acct: &AccountHandle) {
+        let low = acct.lease.load(Ordering::Relaxed) < self.config.lease / 2;
+        if !low || acct.topping_up.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let dry = acct
+            .dry_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < SETTLE_EVERY);
+        if dry {
+            acct.topping_up.store(false, Ordering::Release);
+            return;
+        }
+        let (meter, acct) = (self.clone(), acct.clone());
+        tokio::spawn(async move {
+            let _one_at_a_time = acct.leasing.lock().await;
+            if acct.lease.load(Ordering::Acquire) < meter.config.lease / 2 {
+                match meter.ledger.lease(&acct.id, meter.config.lease).await {
+                    Ok(0) => {
+                        *acct.dry_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now())
+                    }
+                    Ok(granted) => {
+                        acct.lease.fetch_add(granted, Ordering::AcqRel);
+                    }
+                    Err(e) => tracing::warn!(account = %acct.id, error = %e, "lease top-up failed"),
+                }
+            }
+            acct.topping_up.store(false, Ordering::Release);
+        });
+    }
+
+    /// Pays for a command that ran (`usage` is everything it used), into `charges`, which
+    /// [`Meter::apply`] later adds to the account: one update per batch rather than per
+    /// command. Returns the command's cost.
+    pub fn charge(&self, charges: &mut Charges, admitted: Admitted, usage: &Usage) -> u64 {
         if !self.config.enabled {
             return 0;
         }
         let cost = self.config.prices.cost(usage);
-        let acct = self.account(account);
-        let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.lease += admitted.reserved;
-        state.lease -= i64::try_from(cost).unwrap_or(i64::MAX);
-        state.spent = state
-            .spent
-            .saturating_add(i64::try_from(cost).unwrap_or(i64::MAX));
-        state.usage.add(usage);
-        cost
+        let cost = i64::try_from(cost).unwrap_or(i64::MAX);
+        charges.lease = charges.lease.saturating_add(admitted.reserved - cost);
+        charges.spent = charges.spent.saturating_add(cost);
+        charges.usage.add(usage);
+        cost as u64
     }
 
-    /// Gives back a reservation for a command that did not run.
-    pub fn cancel(&self, account: &Arc<str>, admitted: Admitted) {
-        if admitted.reserved != 0 {
-            let acct = self.account(account);
-            acct.state.lock().unwrap_or_else(|e| e.into_inner()).lease += admitted.reserved;
+    /// Gives back, into `charges`, the reservation of a command that did not run.
+    pub fn cancel(&self, charges: &mut Charges, admitted: Admitted) {
+        charges.lease = charges.lease.saturating_add(admitted.reserved);
+    }
+
+    /// Adds accumulated charges to the account and clears them.
+    pub fn apply(&self, acct: &AccountHandle, charges: &mut Charges) {
+        let c = std::mem::take(charges);
+        if c.lease != 0 {
+            acct.lease.fetch_add(c.lease, Ordering::AcqRel);
         }
+        if c.spent != 0 {
+            acct.spent.fetch_add(c.spent, Ordering::AcqRel);
+        }
+        acct.record(&c.usage);
     }
 
     /// Moves spending and counters into the ledger, keeping the lease (or giving it back
     /// with `release`).
-    async fn settle_one(&self, account: &Arc<str>, release: bool) -> Result<(), LedgerError> {
-        let acct = self.account(account);
-        let _one_at_a_time = acct.settling.lock().await;
-        let settlement = {
-            let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-            let returned = if release {
-                std::mem::take(&mut state.lease)
-            } else {
-                0
-            };
-            Settlement {
-                spent: std::mem::take(&mut state.spent),
-                returned,
-                usage: std::mem::take(&mut state.usage),
-            }
+    async fn settle_one(&self, acct: &AccountHandle, release: bool) -> Result<(), LedgerError> {
+        // Giving the lease back waits for a top-up in flight, so none lands after it.
+        let _no_top_up = if release {
+            Some(acct.leasing.lock().await)
+        } else {
+            None
         };
+        let _one_at_a_time = acct.settling.lock().await;
+        let settlement = acct.take_settlement(release);
         if settlement == Settlement::default() {
             return Ok(());
         }
-        let result = self.ledger.settle(account, &settlement).await;
+        let result = self.ledger.settle(&acct.id, &settlement).await;
         if result.is_err() {
             // Keep it for the next attempt.
-            let mut state = acct.state.lock().unwrap_or_else(|e| e.into_inner());
-            state.lease += settlement.returned;
-            state.spent += settlement.spent;
-            state.usage.add(&settlement.usage);
+            acct.restore(&settlement);
         }
         result
     }
 
-    /// Settles an account and gives its lease back (`PKV.BALANCE`, disconnects).
-    pub async fn release(&self, account: &Arc<str>) -> Result<(), LedgerError> {
-        self.settle_one(account, true).await
+    /// Settles an account and gives its lease back (`PKV.BALANCE`, last disconnect).
+    pub async fn release(&self, acct: &AccountHandle) -> Result<(), LedgerError> {
+        self.settle_one(acct, true).await
     }
 
     /// Settles every account; with `release`, gives every lease back (shutdown).
     pub async fn settle_all(&self, release: bool) {
-        let ids: Vec<Arc<str>> = self.accounts.iter().map(|e| e.key().clone()).collect();
-        for id in ids {
-            if let Err(e) = self.settle_one(&id, release).await {
-                tracing::warn!(account = %id, error = %e, "settlement failed; will retry");
+        let accounts: Vec<AccountHandle> =
+            self.accounts.iter().map(|e| e.value().clone()).collect();
+        for acct in accounts {
+            if let Err(e) = self.settle_one(&acct, release).await {
+                tracing::warn!(account = %acct.id, error = %e, "settlement failed; will retry");
             }
         }
         // Forget idle accounts with nothing left to settle.
-        self.accounts.retain(|_, a| {
-            let state = a.state.lock().unwrap_or_else(|e| e.into_inner());
-            a.sessions.load(Ordering::Relaxed) > 0 || state.lease != 0 || state.spent != 0
-        });
+        self.accounts.retain(|_, a| !a.is_idle());
     }
 
     /// Settles every [`SETTLE_EVERY`] until dropped.

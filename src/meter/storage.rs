@@ -26,8 +26,8 @@ pub struct TtlPolicy {
 /// What a write needs for its storage to be paid.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Arguments appended to the command itself (`EX <default>` for `SET`).
-    pub append: Vec<Bytes>,
+    /// `EX <default TTL>` is appended to the command (`SET` without an expiry).
+    pub append_default_ttl: bool,
     /// Bookkeeping commands sent right before the command.
     pub before: Vec<redis::Cmd>,
     /// Bookkeeping commands sent right after the command.
@@ -161,10 +161,7 @@ pub fn plan(
                 let secs = match ttl {
                     Some(secs) => secs,
                     None => {
-                        plan.append = vec![
-                            Bytes::from_static(b"EX"),
-                            Bytes::from(policy.default_secs.to_string()),
-                        ];
+                        plan.append_default_ttl = true;
                         policy.default_secs
                     }
                 };

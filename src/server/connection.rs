@@ -69,6 +69,7 @@ pub async fn serve(
     let mut session = Session::new(shared.clone(), peer);
     let mut out = BytesMut::with_capacity(4096);
     'conn: loop {
+        session.tick();
         loop {
             match request::parse(&mut io.inbuf, session.limits()) {
                 Ok(Some(req)) => {
@@ -95,6 +96,7 @@ pub async fn serve(
             }
         }
         session.flush(&mut out).await;
+        session.apply_charges();
         if !out.is_empty() {
             if wr.write_all(&out).await.is_err() {
                 break;

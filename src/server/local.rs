@@ -450,16 +450,19 @@ impl Session {
             self.dedicated = None;
             self.pubsub = None;
         }
-        if self.auth.as_ref().map(|a| &a.account) != Some(&account) {
-            if let Some(old) = self.auth.take() {
-                self.shared.meter.detach(&old.account).await;
+        let meter = match self.auth.take() {
+            Some(old) if old.account == account => old.meter,
+            Some(old) => {
+                self.shared.meter.detach(&old.meter).await;
+                self.shared.meter.attach(&account)
             }
-            self.shared.meter.attach(&account);
-        }
+            None => self.shared.meter.attach(&account),
+        };
         self.auth = Some(Authed {
             ns: Namespace::new(&account),
             account,
             valid_until: verified.valid_until,
+            meter,
         });
         Ok(())
     }
@@ -783,10 +786,15 @@ impl Session {
     /// `PKV.BALANCE`: settles this process's lease for the account first, so the figures
     /// include everything this connection did.
     async fn balance(&mut self, out: &mut BytesMut) {
-        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+        let Some((account, meter)) = self
+            .auth
+            .as_ref()
+            .map(|a| (a.account.clone(), a.meter.clone()))
+        else {
             return;
         };
-        if let Err(e) = self.shared.meter.release(&account).await {
+        self.apply_charges();
+        if let Err(e) = self.shared.meter.release(&meter).await {
             return self.reply(out, |w| w.error(&e.to_string()));
         }
         match self.shared.ledger.account(&account).await {

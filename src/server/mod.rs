@@ -30,6 +30,8 @@ pub struct Shared {
     pub upstream: Arc<Upstream>,
     pub ledger: Arc<Ledger>,
     pub meter: Arc<Meter>,
+    /// The default TTL as a command argument, for `SET ... EX <default>`.
+    pub default_ttl_arg: bytes::Bytes,
     pub metrics: Metrics,
     next_client_id: AtomicU64,
 }
@@ -51,6 +53,7 @@ impl Shared {
         Ok(Shared {
             auth: Authenticator::new(&settings),
             meter: Arc::new(Meter::new(meter, ledger.clone())),
+            default_ttl_arg: bytes::Bytes::from(settings.default_ttl.to_string()),
             ledger,
             upstream,
             metrics: Metrics::default(),

@@ -31,7 +31,7 @@ use crate::commands::{
 };
 use crate::ledger::format_nanos;
 use crate::meter::storage::{self, After, Plan, TtlPolicy};
-use crate::meter::{Admitted, Refusal, Usage};
+use crate::meter::{AccountHandle, Admitted, Charges, Refusal, Usage};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -50,6 +50,8 @@ pub struct Authed {
     pub ns: Namespace,
     /// The token stops being valid at this time (seconds since the epoch).
     pub valid_until: i64,
+    /// The account's meter in this process.
+    pub meter: AccountHandle,
 }
 
 /// MULTI/WATCH state. While either is active the session's commands use its dedicated
@@ -141,6 +143,10 @@ pub struct Session {
     batch: Batch,
     /// Set by QUIT: close after the replies are written.
     pub closing: bool,
+    /// Costs not yet added to the account's meter.
+    charges: Charges,
+    /// The clock for the current read (milliseconds since the epoch).
+    now_ms: i64,
 }
 
 impl Session {
@@ -157,6 +163,8 @@ impl Session {
             pubsub: None,
             batch: Batch::default(),
             closing: false,
+            charges: Charges::default(),
+            now_ms: 0,
         }
     }
 
@@ -196,7 +204,7 @@ impl Session {
         if !spec.has(flags::NO_AUTH) {
             match &self.auth {
                 None => return self.reject("NOAUTH Authentication required.", out),
-                Some(a) if crate::auth::now_secs() >= a.valid_until => {
+                Some(a) if self.now_ms / 1000 >= a.valid_until => {
                     return self.reject("NOAUTH token expired; AUTH again", out)
                 }
                 Some(_) => {}
@@ -316,9 +324,9 @@ impl Session {
             Ok(cmd) => cmd,
             Err(msg) => return self.reject(&msg, out),
         };
-        plan.append.iter().for_each(|a| {
-            cmd.arg(a.as_ref());
-        });
+        if plan.append_default_ttl {
+            cmd.arg("EX").arg(self.shared.default_ttl_arg.as_ref());
+        }
         let bill = match self.admit(wire_len, plan.bound, plan.rule).await {
             Ok(bill) => bill,
             Err(msg) => return self.reject(&msg, out),
@@ -342,13 +350,10 @@ impl Session {
 
     /// The TTL policy now.
     fn ttl_policy(&self) -> TtlPolicy {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         TtlPolicy {
             default_secs: self.shared.settings.default_ttl,
             max_secs: self.shared.settings.max_ttl,
-            now_ms,
+            now_ms: self.now_ms,
         }
     }
 
@@ -360,8 +365,8 @@ impl Session {
         storage_bound: u64,
         rule: After,
     ) -> Result<Option<Bill>, String> {
-        let meter = &self.shared.meter;
-        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+        let meter = self.shared.meter.clone();
+        let Some(account) = self.auth.as_ref().map(|a| a.meter.clone()) else {
             return Ok(None);
         };
         if !meter.enabled() {
@@ -372,7 +377,17 @@ impl Session {
             bytes_in: wire_len as u64,
             ..Usage::default()
         };
-        match meter.admit(&account, &usage, storage_bound).await {
+        let need = meter.need(&usage, storage_bound);
+        if let Some(admitted) = meter.try_admit(&account, need) {
+            return Ok(Some(Bill {
+                admitted,
+                usage,
+                rule,
+            }));
+        }
+        // The lease ran short: what this session owes back first, then the ledger.
+        self.apply_charges();
+        match meter.admit(&account, need).await {
             Ok(admitted) => Ok(Some(Bill {
                 admitted,
                 usage,
@@ -419,22 +434,37 @@ impl Session {
     }
 
     /// Pays a bill: its usage plus the reply bytes, upstream time and storage.
-    pub(super) fn pay(&self, bill: Bill, byte_seconds: u64, bytes_out: usize, time_us: u64) {
-        let Some(auth) = &self.auth else { return };
+    pub(super) fn pay(&mut self, bill: Bill, byte_seconds: u64, bytes_out: usize, time_us: u64) {
         let mut usage = bill.usage;
         usage.bytes_out += bytes_out as u64;
         usage.time_us += time_us;
         usage.byte_seconds += byte_seconds;
         self.shared
             .meter
-            .charge(&auth.account, bill.admitted, &usage);
+            .charge(&mut self.charges, bill.admitted, &usage);
     }
 
     /// Gives back a bill's reservation for a command that never ran.
-    pub(super) fn cancel(&self, bill: Option<Bill>) {
-        if let (Some(bill), Some(auth)) = (bill, &self.auth) {
-            self.shared.meter.cancel(&auth.account, bill.admitted);
+    pub(super) fn cancel(&mut self, bill: Option<Bill>) {
+        if let Some(bill) = bill {
+            self.shared.meter.cancel(&mut self.charges, bill.admitted);
         }
+    }
+
+    /// Adds what this session's commands cost to the account (once per batch).
+    pub fn apply_charges(&mut self) {
+        if let Some(auth) = &self.auth {
+            if !self.charges.is_empty() {
+                self.shared.meter.apply(&auth.meter, &mut self.charges);
+            }
+        }
+    }
+
+    /// Reads the clock for the requests of one read: token expiry and TTLs use it.
+    pub fn tick(&mut self) {
+        self.now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
     }
 
     /// Adds a command, with its bookkeeping commands around it, to the batch. Inside MULTI
@@ -684,8 +714,9 @@ impl Session {
         if let Some(multi) = self.txn.multi.take() {
             self.pay_unexecuted(multi);
         }
+        self.apply_charges();
         if let Some(auth) = self.auth.take() {
-            self.shared.meter.detach(&auth.account).await;
+            self.shared.meter.detach(&auth.meter).await;
         }
     }
 
