@@ -95,6 +95,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds before an idle client is disconnected; 0 never",
     },
     SettingDoc {
+        name: "PKV_THREADS",
+        default: "0",
+        help: "worker threads; 0 is one per core, 1 runs everything on one thread",
+    },
+    SettingDoc {
         name: "PKV_UPSTREAM_POOL_SIZE",
         default: "4",
         help: "multiplexed upstream connections shared by plain commands",
@@ -171,6 +176,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub idle_timeout: Option<Duration>,
     pub upstream_pool_size: usize,
+    /// Worker threads; 0 means one per core.
+    pub threads: usize,
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
@@ -340,6 +347,7 @@ impl Settings {
         let max_connections = num("PKV_MAX_CONNECTIONS", 1);
         let idle_timeout = num("PKV_IDLE_TIMEOUT", 0);
         let upstream_pool_size = num("PKV_UPSTREAM_POOL_SIZE", 1);
+        let threads = num("PKV_THREADS", 0);
         let upstream_timeout_ms = num("PKV_UPSTREAM_TIMEOUT_MS", 1);
         let shutdown_grace = num("PKV_SHUTDOWN_GRACE", 0);
         if max_ttl > 0 && default_ttl > max_ttl {
@@ -404,6 +412,7 @@ impl Settings {
             max_connections: max_connections as usize,
             idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
             upstream_pool_size: upstream_pool_size as usize,
+            threads: threads as usize,
             upstream_timeout: Duration::from_millis(upstream_timeout_ms),
             shutdown_grace: Duration::from_secs(shutdown_grace),
             log: get("PKV_LOG"),

@@ -20,6 +20,9 @@ use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request;
 
+/// Bytes asked for per read.
+const READ_CHUNK: usize = 4096;
+
 /// Replies are written to the client as soon as this many bytes are ready.
 const OUT_HIGH_WATER: usize = 1 << 20;
 
@@ -32,7 +35,11 @@ pub struct ClientIo {
 impl ClientIo {
     /// Reads more bytes; `Ok(0)` means the client closed.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        self.inbuf.reserve(16 * 1024);
+        // Small reads for idle and chatty clients; a large request grows the buffer as it
+        // arrives (a read never asks for less than what is free).
+        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 2 {
+            self.inbuf.reserve(READ_CHUNK);
+        }
         self.rd.read_buf(&mut self.inbuf).await
     }
 
@@ -64,10 +71,10 @@ pub async fn serve(
     let (rd, mut wr) = socket.into_split();
     let mut io = ClientIo {
         rd,
-        inbuf: BytesMut::with_capacity(4096),
+        inbuf: BytesMut::new(),
     };
     let mut session = Session::new(shared.clone(), peer);
-    let mut out = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
     'conn: loop {
         session.tick();
         loop {
@@ -103,7 +110,7 @@ pub async fn serve(
             }
             out.clear();
             if out.capacity() > 1 << 20 {
-                out = BytesMut::with_capacity(4096);
+                out = BytesMut::new();
             }
         }
         if session.closing {
