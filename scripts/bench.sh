@@ -10,6 +10,8 @@
 # alternating, and prints requests per second, p50/p99 latency and the ratios. Then measures
 # pkv's memory per idle authenticated connection and an AUTH storm (scripts/conn_bench.py).
 #
+# PKV_METERING=off or PKV_THREADS=n in the environment are passed on to pkv.
+#
 # Needs: redis-server, redis-benchmark (redis-server, redis-tools), nutcracker, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +68,8 @@ DID=$(awk '/^did:/ { print $2 }' <<<"$ISSUER")
 SECRET=$("$PKV" keygen | awk '/^seed:/ { print $2 }')
 PKV_PORT=$(free_port)
 (cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
-  PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_MAX_CONNECTIONS=20000 PKV_LOG=warn "$PKV" >/dev/null 2>&1) &
+  PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_MAX_CONNECTIONS=20000 PKV_LOG=warn \
+  PKV_METERING="${PKV_METERING:-on}" PKV_THREADS="${PKV_THREADS:-0}" "$PKV" >/dev/null 2>&1) &
 PKV_PID=$!
 PIDS+=($PKV_PID)
 wait_port "$PKV_PORT"
@@ -83,6 +86,7 @@ median() { sort -n | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 echo "pkv bench: redis-benchmark -n $REQUESTS -c $CLIENTS -d $SIZE -r 100000, median of $ROUNDS rounds (by rps), configurations alternating"
+echo "pkv: metering ${PKV_METERING:-on}, threads ${PKV_THREADS:-0} (0 = one per core)"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr); $(date -u +%Y-%m-%d)"
 echo
 printf '| %-10s | %2s | %22s | %22s | %22s | %9s | %11s |\n' test P "redis rps (p50/p99 ms)" "twemproxy" "pkv" "pkv/redis" "pkv/twemprx"
