@@ -19,7 +19,10 @@ use pkv::meter::{Price, Prices, Usage};
 use pkv::namespace::Namespace;
 use pkv::protocol::request::{parse, Limits};
 
-const LIMITS: Limits = Limits { max_args: 65536, max_bytes: 64 << 20 };
+const LIMITS: Limits = Limits {
+    max_args: 65536,
+    max_bytes: 64 << 20,
+};
 
 fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
@@ -32,7 +35,9 @@ fn resp(args: &[&[u8]]) -> Vec<u8> {
 }
 
 fn words(line: &str) -> Vec<Bytes> {
-    line.split(' ').map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+    line.split(' ')
+        .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+        .collect()
 }
 
 fn parsing(c: &mut Criterion) {
@@ -59,13 +64,21 @@ fn parsing(c: &mut Criterion) {
 fn rewriting(c: &mut Criterion) {
     let ns = Namespace::new("j0123456789abcdef0123456789abcdef");
     let mut group = c.benchmark_group("lookup and rewrite keys");
-    for line in ["GET key:000123", "MSET a 1 b 2 c 3 d 4", "ZUNIONSTORE dest 3 z1 z2 z3 WEIGHTS 1 2 3", "XREAD COUNT 10 STREAMS s1 s2 0 0"] {
+    for line in [
+        "GET key:000123",
+        "MSET a 1 b 2 c 3 d 4",
+        "ZUNIONSTORE dest 3 z1 z2 z3 WEIGHTS 1 2 3",
+        "XREAD COUNT 10 STREAMS s1 s2 0 0",
+    ] {
         let args = words(line);
         group.bench_function(line, |b| {
             b.iter(|| {
                 let spec = lookup(black_box(&args)).unwrap();
                 let keys = key_args(spec, &args).unwrap();
-                let rewritten: Vec<Bytes> = keys.iter().map(|(i, role)| ns.rewrite(&args[*i], *role)).collect();
+                let rewritten: Vec<Bytes> = keys
+                    .iter()
+                    .map(|(i, role)| ns.rewrite(&args[*i], *role))
+                    .collect();
                 black_box(rewritten)
             })
         });
@@ -82,12 +95,24 @@ fn pricing(c: &mut Criterion) {
         byte_second: price("0.000000000000001"),
         time_ms: price("0.000001"),
     };
-    let usage = Usage { ops: 1, bytes_in: 97, bytes_out: 5, byte_seconds: 6_566_400, time_us: 42 };
+    let usage = Usage {
+        ops: 1,
+        bytes_in: 97,
+        bytes_out: 5,
+        byte_seconds: 6_566_400,
+        time_us: 42,
+    };
     let ns = Namespace::new("j0123456789abcdef0123456789abcdef");
     let set = words(&format!("SET key:000123 {}", "x".repeat(64)));
-    let policy = TtlPolicy { default_secs: 86_400, max_secs: 31_536_000, now_ms: 1_800_000_000_000 };
+    let policy = TtlPolicy {
+        default_secs: 86_400,
+        max_secs: 31_536_000,
+        now_ms: 1_800_000_000_000,
+    };
     let mut group = c.benchmark_group("price");
-    group.bench_function("cost of one command", |b| b.iter(|| black_box(prices.cost(black_box(&usage)))));
+    group.bench_function("cost of one command", |b| {
+        b.iter(|| black_box(prices.cost(black_box(&usage))))
+    });
     group.bench_function("storage plan of SET", |b| {
         b.iter(|| {
             let spec = lookup(&set).unwrap();
@@ -102,15 +127,29 @@ fn verifying(c: &mut Criterion) {
     let issuer = IssuerKey::from_seed(&[7; 32]);
     let raw: BTreeMap<String, String> = [
         ("PKV_QUOTA_ISSUERS".to_string(), issuer.did()),
-        ("PKV_SECRET_SEED".to_string(), "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string()),
+        (
+            "PKV_SECRET_SEED".to_string(),
+            "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string(),
+        ),
     ]
     .into();
     let auth = Authenticator::new(&Settings::from_map(&raw).unwrap());
     let now = 1_800_000_000;
-    let token = mint_quota(&issuer, &MintRequest { audience: "pkv".into(), quantity: 10, lifetime_secs: 3600, sub: None }, now);
+    let token = mint_quota(
+        &issuer,
+        &MintRequest {
+            audience: "pkv".into(),
+            quantity: 10,
+            lifetime_secs: 3600,
+            sub: None,
+        },
+        now,
+    );
     auth.verify(&token, now).unwrap();
     let mut group = c.benchmark_group("verify quota token");
-    group.bench_function("cached", |b| b.iter(|| black_box(auth.verify(black_box(&token), now).is_ok())));
+    group.bench_function("cached", |b| {
+        b.iter(|| black_box(auth.verify(black_box(&token), now).is_ok()))
+    });
     group.bench_function("uncached (signature check)", |b| {
         b.iter(|| black_box(auth.verify_uncached(black_box(&token), now).is_ok()))
     });
