@@ -335,9 +335,7 @@ impl Session {
                 ReplyWriter::new(out, self.proto).array(multi.queued.len());
                 let mut results = results.into_iter();
                 for pending in multi.queued {
-                    let before: Vec<Value> = results.by_ref().take(pending.before).collect();
-                    let reply = results.next().unwrap_or(Value::Nil);
-                    let after: Vec<Value> = results.by_ref().take(pending.after).collect();
+                    let (before, reply, after) = pending.take_replies(&mut results);
                     let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
                     self.write_upstream(out, pending.rewrite, reply);
                     if let Some(bill) = pending.bill {

@@ -113,6 +113,20 @@ pub struct Pending {
     pub bill: Option<Bill>,
 }
 
+impl Pending {
+    /// Takes this command's replies off a pipeline's replies: the bookkeeping before it,
+    /// its own, and the bookkeeping after it.
+    pub fn take_replies(
+        &self,
+        values: &mut impl Iterator<Item = Value>,
+    ) -> (Vec<Value>, Value, Vec<Value>) {
+        let before = values.by_ref().take(self.before).collect();
+        let reply = values.next().unwrap_or(Value::Nil);
+        let after = values.by_ref().take(self.after).collect();
+        (before, reply, after)
+    }
+}
+
 /// A reply waiting for its turn.
 enum Slot {
     /// The next replies of the batch's upstream pipeline.
@@ -561,9 +575,7 @@ impl Session {
                     continue;
                 }
             };
-            let before: Vec<Value> = values.by_ref().take(pending.before).collect();
-            let reply = values.next().unwrap_or(Value::Nil);
-            let after: Vec<Value> = values.by_ref().take(pending.after).collect();
+            let (before, reply, after) = pending.take_replies(values);
             let time_us = shares.next();
             let start = out.len();
             if self.txn.multi.is_some() {
@@ -687,9 +699,7 @@ impl Session {
             }
             Some(Ok(values)) => {
                 let mut values = values.into_iter();
-                let before: Vec<Value> = values.by_ref().take(pending.before).collect();
-                let reply = values.next().unwrap_or(Value::Nil);
-                let after: Vec<Value> = values.by_ref().take(pending.after).collect();
+                let (before, reply, after) = pending.take_replies(&mut values);
                 let start = out.len();
                 let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
                 self.write_upstream(out, pending.rewrite, reply);
