@@ -1161,3 +1161,59 @@ fn a_connection_closed_inside_multi_loses_no_quota() {
         assert!(!exists(&mut direct, &end.upstream_key(&format!("k{i}"))));
     }
 }
+
+// === 10. Pub/Sub deliveries ===
+
+#[test]
+fn pubsub_deliveries_pay_their_bytes() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&redis, &issuer).start();
+    let token = issuer.token(10);
+    let mut subscriber = pkv.resp_authed(&token);
+    let confirm = subscriber.call(&[b"SUBSCRIBE", b"news"]);
+    assert!(
+        confirm.starts_with(b"*3\r\n$9\r\nsubscribe\r\n"),
+        "{}",
+        String::from_utf8_lossy(&confirm)
+    );
+    let mut publisher = pkv.resp_authed(&token);
+    let before = balance(&mut publisher);
+
+    let payload = vec![b'p'; 1000];
+    let publish = common::encode(&[b"PUBLISH", b"news", &payload]);
+    publisher.send(&publish);
+    let receivers = publisher.reply();
+    assert_eq!(receivers, b":1\r\n");
+    let message = subscriber.reply();
+    assert!(
+        message.starts_with(b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$1000\r\n"),
+        "{}",
+        String::from_utf8_lossy(&message)
+    );
+
+    // The subscriber's delivery is charged like a reply: bytes_out, no op.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let b = balance(&mut publisher);
+        if b.usage.bytes_out != before.usage.bytes_out || Instant::now() > deadline {
+            break b;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        after.usage.ops - before.usage.ops,
+        1,
+        "only PUBLISH is an op"
+    );
+    assert_eq!(
+        after.usage.bytes_in - before.usage.bytes_in,
+        publish.len() as i64
+    );
+    assert_eq!(
+        after.usage.bytes_out - before.usage.bytes_out,
+        (receivers.len() + message.len()) as i64,
+        "the PUBLISH reply and the delivered message"
+    );
+    assert!(after.spent > before.spent);
+}

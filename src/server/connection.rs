@@ -130,7 +130,7 @@ pub async fn serve(
                 Ok(_) => {}
             },
             message = session.next_message() => match message {
-                Some(message) => session.write_message(message, &mut out),
+                Some(message) => session.deliver(message, &mut out),
                 None => {
                     ReplyWriter::new(&mut out, session.proto).error("ERR upstream unavailable: Pub/Sub connection lost");
                     let _ = wr.write_all(&out).await;

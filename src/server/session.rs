@@ -738,8 +738,25 @@ impl Session {
         }
     }
 
+    /// Delivers a Pub/Sub message; the subscriber pays its bytes (bytes_out), as for any
+    /// reply.
+    pub fn deliver(&mut self, msg: redis::Msg, out: &mut BytesMut) {
+        let start = out.len();
+        self.write_message(msg, out);
+        let bytes_out = (out.len() - start) as u64;
+        if bytes_out > 0 && self.shared.meter.enabled() {
+            let usage = Usage {
+                bytes_out,
+                ..Usage::default()
+            };
+            self.shared
+                .meter
+                .charge(&mut self.charges, Admitted::default(), &usage);
+        }
+    }
+
     /// Writes a Pub/Sub message with the channel (and pattern) as the client named them.
-    pub fn write_message(&self, msg: redis::Msg, out: &mut BytesMut) {
+    fn write_message(&self, msg: redis::Msg, out: &mut BytesMut) {
         let Some(ns) = self.ns() else { return };
         let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
         let Some(channel) = ns.strip(&channel) else {
