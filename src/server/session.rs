@@ -159,6 +159,8 @@ pub struct Session {
     pub closing: bool,
     /// Costs not yet added to the account's meter.
     charges: Charges,
+    /// Commands not yet added to the process's counter.
+    commands: u64,
     /// The clock for the current read (milliseconds since the epoch).
     now_ms: i64,
 }
@@ -178,6 +180,7 @@ impl Session {
             batch: Batch::default(),
             closing: false,
             charges: Charges::default(),
+            commands: 0,
             now_ms: 0,
         }
     }
@@ -204,7 +207,7 @@ impl Session {
         if args.is_empty() {
             return;
         }
-        Metrics::inc(&self.shared.metrics.commands_total);
+        self.commands += 1;
         // Step 1: the command's row. Before AUTH, anything but the handshake (known or
         // not) is answered NOAUTH, so strangers learn nothing about what is served.
         let spec = match commands::lookup(&args) {
@@ -465,8 +468,17 @@ impl Session {
         }
     }
 
-    /// Adds what this session's commands cost to the account (once per batch).
+    /// Adds what this session's commands cost to the account, and their number to the
+    /// process's counter (once per read, not per command: both are shared by every
+    /// connection).
     pub fn apply_charges(&mut self) {
+        let commands = std::mem::take(&mut self.commands);
+        if commands > 0 {
+            self.shared
+                .metrics
+                .commands_total
+                .fetch_add(commands, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(auth) = &self.auth {
             if !self.charges.is_empty() {
                 self.shared.meter.apply(&auth.meter, &mut self.charges);
