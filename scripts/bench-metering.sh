@@ -7,43 +7,25 @@
 #
 # Needs redis-server and redis-benchmark (Debian: redis-server, redis-tools).
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
 REQUESTS=${1:-200000}
 ROUNDS=${2:-3}
 CLIENTS=50
 SIZE=64
 
-cargo build --release -q
-PKV=target/release/pkv
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source "$(dirname "$0")/bench-common.sh"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
-wait_port "$REDIS_PORT"
-
-ROOT=$PWD
 start_pkv() { # $1 = on|off; sets PORT
   PORT=$(free_port)
   (cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
-     PKV_METERING="$1" PKV_LOG=warn "$ROOT/$PKV" >/dev/null 2>&1) &
-  PIDS+=($!)
+     PKV_METERING="$1" PKV_LOG=warn "$PKV" >/dev/null 2>&1) &
+  track $!
   wait_port "$PORT"
 }
 start_pkv on; ON_PORT=$PORT
 start_pkv off; OFF_PORT=$PORT
 # Development mode: the development issuer signs; a large quantity never runs out here.
-TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$ROOT/$PKV" token mint --quantity 1000000 --lifetime 86400)
+TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --quantity 1000000 --lifetime 86400)
 
 rps() { # port test pipeline
   redis-benchmark -p "$1" -a "$TOKEN" -t "$2" -P "$3" -n "$REQUESTS" -c "$CLIENTS" -d "$SIZE" -r 100000 --csv 2>/dev/null \

@@ -14,8 +14,6 @@
 #
 # Needs: redis-server, redis-benchmark (redis-server, redis-tools), nutcracker, python3.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
 
 REQUESTS=${1:-100000}
 ROUNDS=${2:-3}
@@ -28,23 +26,7 @@ for tool in redis-server redis-benchmark nutcracker python3; do
 done
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-cargo build --release -q
-PKV=$ROOT/target/release/pkv
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >/dev/null &
-PIDS+=($!)
-wait_port "$REDIS_PORT"
+source "$(dirname "$0")/bench-common.sh"
 
 TWEM_PORT=$(free_port)
 cat > "$WORK/nutcracker.yml" <<YAML
@@ -58,7 +40,7 @@ pkvbench:
    - 127.0.0.1:$REDIS_PORT:1
 YAML
 nutcracker -c "$WORK/nutcracker.yml" -o "$WORK/nutcracker.log" &
-PIDS+=($!)
+track $!
 wait_port "$TWEM_PORT"
 
 # A real issuer and secret: pkv runs as in production, not in development mode.
@@ -71,7 +53,7 @@ PKV_PORT=$(free_port)
   PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_MAX_CONNECTIONS=20000 PKV_LOG=warn \
   PKV_METERING="${PKV_METERING:-on}" PKV_THREADS="${PKV_THREADS:-0}" "$PKV" >/dev/null 2>&1) &
 PKV_PID=$!
-PIDS+=($PKV_PID)
+track "$PKV_PID"
 wait_port "$PKV_PORT"
 TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --issuer-seed "$SEED" --quantity 1000000 --lifetime 86400)
 
