@@ -376,6 +376,7 @@ fn the_same_token_on_two_pkv_processes_credits_once() {
         upstream: first.upstream.clone(),
         issuers: first.issuers.clone(),
         secret_seed: first.secret_seed.clone(),
+        files: Vec::new(),
         extra: Vec::new(),
     };
     let (p1, p2) = (first.start(), second.start());
@@ -799,6 +800,7 @@ fn keygen_mint_and_inspect_make_tokens_pkv_accepts() {
         upstream: redis.url(),
         issuers: vec![did],
         secret_seed: common::secret_seed(),
+        files: Vec::new(),
         extra: Vec::new(),
     };
     let pkv = config.start();

@@ -386,6 +386,7 @@ fn same_as(config: &PkvConfig) -> PkvConfig {
         upstream: config.upstream.clone(),
         issuers: config.issuers.clone(),
         secret_seed: config.secret_seed.clone(),
+        files: Vec::new(),
         extra: config.extra.clone(),
     }
 }

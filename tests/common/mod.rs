@@ -152,6 +152,8 @@ pub struct PkvConfig {
     pub issuers: Vec<String>,
     pub secret_seed: String,
     pub extra: Vec<(String, String)>,
+    /// Files written into pkv's working directory before it starts (`pkv.toml`, `.env`).
+    pub files: Vec<(String, String)>,
 }
 
 impl PkvConfig {
@@ -162,7 +164,14 @@ impl PkvConfig {
             issuers: vec![issuer.did()],
             secret_seed: secret_seed(),
             extra: Vec::new(),
+            files: Vec::new(),
         }
+    }
+
+    /// Writes `contents` to `name` in pkv's working directory before it starts.
+    pub fn file(mut self, name: &str, contents: &str) -> PkvConfig {
+        self.files.push((name.into(), contents.into()));
+        self
     }
 
     pub fn set(mut self, name: &str, value: &str) -> PkvConfig {
@@ -186,6 +195,9 @@ impl Pkv {
     pub fn start(config: &PkvConfig) -> Pkv {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
+        for (name, contents) in &config.files {
+            std::fs::write(dir.path().join(name), contents).unwrap();
+        }
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
