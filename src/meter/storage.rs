@@ -130,6 +130,10 @@ pub fn plan(
     ns: &Namespace,
     policy: &TtlPolicy,
 ) -> Result<Plan, String> {
+    if spec.storage == Storage::None {
+        // Reads, deletions: nothing to plan, and nothing to allocate on their way.
+        return Ok(Plan::default());
+    }
     let key_indices: Vec<usize> = keys
         .iter()
         .filter(|(_, r)| *r == ArgRole::Key)

@@ -354,15 +354,16 @@ impl Session {
             after: plan.after.len(),
             bill,
         };
+        // In pipeline order: bookkeeping before, the command, bookkeeping after.
+        let mut cmds = plan.before;
+        cmds.push(cmd);
+        cmds.extend(plan.after);
         let blocks =
             spec.has(flags::BLOCKING) || (spec.has(flags::MAY_BLOCK) && has_block_option(args));
         if blocks && self.txn.multi.is_none() {
-            return self
-                .run_blocking(plan.before, cmd, plan.after, pending, out, io)
-                .await;
+            return self.run_blocking(cmds, pending, out, io).await;
         }
-        self.enqueue(plan.before, cmd, plan.after, pending, out)
-            .await;
+        self.enqueue(cmds, pending, out).await;
     }
 
     /// The TTL policy now.
@@ -493,17 +494,16 @@ impl Session {
             .map_or(0, |d| d.as_millis() as i64);
     }
 
-    /// Adds a command, with its bookkeeping commands around it, to the batch. Inside MULTI
+    /// Adds a command, with its bookkeeping commands around it (`cmds`, in pipeline order,
+    /// as `pending` counts them), to the batch. Inside MULTI
     /// the client's reply is `QUEUED`; the command waits in the transaction for EXEC.
     pub(super) async fn enqueue(
         &mut self,
-        before: Vec<redis::Cmd>,
-        cmd: redis::Cmd,
-        after: Vec<redis::Cmd>,
+        cmds: Vec<redis::Cmd>,
         pending: Pending,
         out: &mut BytesMut,
     ) {
-        for c in before.into_iter().chain(std::iter::once(cmd)).chain(after) {
+        for c in cmds {
             self.batch.pipe.add_command(c);
             self.batch.count += 1;
         }
@@ -526,8 +526,7 @@ impl Session {
             after: 0,
             bill: None,
         };
-        self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
-            .await;
+        self.enqueue(vec![cmd], pending, out).await;
     }
 
     /// Sends the batch upstream and writes every owed reply, in order.
@@ -678,17 +677,15 @@ impl Session {
     /// client that is gone. It pays for the time it waited.
     async fn run_blocking(
         &mut self,
-        before: Vec<redis::Cmd>,
-        cmd: redis::Cmd,
-        after: Vec<redis::Cmd>,
+        cmds: Vec<redis::Cmd>,
         pending: Pending,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
         self.flush(out).await;
         let mut pipe = redis::pipe();
-        let count = before.len() + 1 + after.len();
-        for c in before.into_iter().chain(std::iter::once(cmd)).chain(after) {
+        let count = cmds.len();
+        for c in cmds {
             pipe.add_command(c);
         }
         let cap = self.shared.settings.max_request_bytes;
