@@ -46,6 +46,9 @@ pub mod flags {
     pub const MAY_BLOCK: u16 = 1 << 8;
     /// Allowed while a RESP2 client is subscribed.
     pub const SUBSCRIBED_OK: u16 = 1 << 9;
+    /// Answered by pkv but spends time upstream (transactions, subscriptions, namespace
+    /// walks): metered for that time.
+    pub const UPSTREAM_TIME: u16 = 1 << 10;
 }
 
 /// One rule locating key (or channel) arguments. Indices count the command name as 0.

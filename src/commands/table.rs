@@ -254,16 +254,40 @@ pub static TABLE: &[C] = &[
     C::local("READWRITE", 1, 0, L::ReadWrite),
     C::local("TIME", 1, 0, L::Time),
     // === transactions ===
-    C::local("MULTI", 1, DEDICATED, L::Multi),
-    C::local("EXEC", 1, DEDICATED, L::Exec),
-    C::local("DISCARD", 1, DEDICATED, L::Discard),
-    C::local("WATCH", -2, DEDICATED, L::Watch).keys(ALL),
-    C::local("UNWATCH", 1, DEDICATED, L::Unwatch),
+    C::local("MULTI", 1, DEDICATED | UPSTREAM_TIME, L::Multi),
+    C::local("EXEC", 1, DEDICATED | UPSTREAM_TIME, L::Exec),
+    C::local("DISCARD", 1, DEDICATED | UPSTREAM_TIME, L::Discard),
+    C::local("WATCH", -2, DEDICATED | UPSTREAM_TIME, L::Watch).keys(ALL),
+    C::local("UNWATCH", 1, DEDICATED | UPSTREAM_TIME, L::Unwatch),
     // === pub/sub ===
-    C::local("SUBSCRIBE", -2, PUBSUB | SUBSCRIBED_OK, L::Subscribe).keys(CHANNELS1),
-    C::local("UNSUBSCRIBE", -1, PUBSUB | SUBSCRIBED_OK, L::Unsubscribe).keys(CHANNELS1),
-    C::local("PSUBSCRIBE", -2, PUBSUB | SUBSCRIBED_OK, L::PSubscribe).keys(PATTERNS1),
-    C::local("PUNSUBSCRIBE", -1, PUBSUB | SUBSCRIBED_OK, L::PUnsubscribe).keys(PATTERNS1),
+    C::local(
+        "SUBSCRIBE",
+        -2,
+        PUBSUB | SUBSCRIBED_OK | UPSTREAM_TIME,
+        L::Subscribe,
+    )
+    .keys(CHANNELS1),
+    C::local(
+        "UNSUBSCRIBE",
+        -1,
+        PUBSUB | SUBSCRIBED_OK | UPSTREAM_TIME,
+        L::Unsubscribe,
+    )
+    .keys(CHANNELS1),
+    C::local(
+        "PSUBSCRIBE",
+        -2,
+        PUBSUB | SUBSCRIBED_OK | UPSTREAM_TIME,
+        L::PSubscribe,
+    )
+    .keys(PATTERNS1),
+    C::local(
+        "PUNSUBSCRIBE",
+        -1,
+        PUBSUB | SUBSCRIBED_OK | UPSTREAM_TIME,
+        L::PUnsubscribe,
+    )
+    .keys(PATTERNS1),
     C::fwd("PUBLISH", 3, PUBSUB, PUBLISH_CHANNEL),
     C::fwd("PUBSUB", -2, CONTAINER, NONE),
     // Without a pattern Redis would list every tenant's channels: the session adds the
@@ -294,11 +318,11 @@ pub static TABLE: &[C] = &[
     // left to Redis and to how SELECT is mapped.
     C::fwd("COPY", -3, WRITE, K12).storage(S::Store { dest: D::Second }),
     C::fwd("KEYS", 2, READONLY, KEY_PATTERN1).reply(R::Keys),
-    C::local("SCAN", -2, READONLY, L::Scan),
-    C::local("RANDOMKEY", 1, READONLY, L::RandomKey),
-    C::local("DBSIZE", 1, READONLY, L::DbSize),
-    C::local("FLUSHDB", -1, WRITE, L::FlushDb),
-    C::local("FLUSHALL", -1, WRITE, L::FlushDb),
+    C::local("SCAN", -2, READONLY | UPSTREAM_TIME, L::Scan),
+    C::local("RANDOMKEY", 1, READONLY | UPSTREAM_TIME, L::RandomKey),
+    C::local("DBSIZE", 1, READONLY | UPSTREAM_TIME, L::DbSize),
+    C::local("FLUSHDB", -1, WRITE | UPSTREAM_TIME, L::FlushDb),
+    C::local("FLUSHALL", -1, WRITE | UPSTREAM_TIME, L::FlushDb),
     C::fwd("OBJECT", -2, CONTAINER, NONE),
     C::fwd("OBJECT|ENCODING", 3, READONLY, K2),
     C::fwd("OBJECT|IDLETIME", 3, READONLY, K2),

@@ -397,7 +397,7 @@ impl Session {
         if local == Local::Scan {
             self.flush(out).await;
         }
-        let upstream_time = if touches_upstream(local) {
+        let upstream_time = if spec.has(flags::UPSTREAM_TIME) {
             started.elapsed().as_micros() as u64
         } else {
             0
@@ -852,26 +852,6 @@ impl Session {
             load(&m.commands_total),
         )
     }
-}
-
-/// Local commands that spend time upstream (and pay for it).
-fn touches_upstream(local: Local) -> bool {
-    matches!(
-        local,
-        Local::Multi
-            | Local::Exec
-            | Local::Discard
-            | Local::Watch
-            | Local::Unwatch
-            | Local::Subscribe
-            | Local::Unsubscribe
-            | Local::PSubscribe
-            | Local::PUnsubscribe
-            | Local::Scan
-            | Local::RandomKey
-            | Local::DbSize
-            | Local::FlushDb
-    )
 }
 
 /// `COMMAND` / `COMMAND INFO name...`: Redis's reply shape, from the table.
