@@ -179,9 +179,6 @@ fn serve() -> i32 {
             }
         };
         let listen = listener.local_addr().unwrap_or(settings.listen);
-        if settings.dev_mode {
-            print_dev_banner(&settings, listen);
-        }
         let shared = match Shared::new(settings) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -189,15 +186,24 @@ fn serve() -> i32 {
                 return 2;
             }
         };
+        if shared.settings.dev_mode {
+            print_dev_banner(&shared.settings, listen);
+        }
         if let Some(addr) = shared.settings.metrics_listen {
             let metrics = shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve_http(addr, Arc::new(move || metrics.metrics.render())).await {
+                if let Err(e) =
+                    crate::metrics::serve_http(addr, Arc::new(move || metrics.metrics.render()))
+                        .await
+                {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             });
         }
-        tracing::info!(%listen, upstream = %redact(shared.settings.upstream_url.as_deref().unwrap_or("")), "pkv listening");
+        match shared.settings.upstream_url.as_deref() {
+            Some(url) => tracing::info!(%listen, upstream = %redact(url), "pkv listening"),
+            None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
+        }
         println!("pkv listening on {listen}");
         server::serve(shared, listener, shutdown_signal()).await;
         tracing::info!("pkv stopped");
@@ -251,6 +257,9 @@ fn print_dev_banner(settings: &Settings, listen: std::net::SocketAddr) {
     println!(" Tokens are free: the development issuer below signs them for anyone.");
     println!(" Set PKV_QUOTA_ISSUERS and PKV_SECRET_SEED to take real payments.");
     println!(" development issuer: {}", issuer.did());
+    if settings.upstream_url.is_none() {
+        println!(" Data: the embedded store, in this process (PKV_UPSTREAM_URL is not set).");
+    }
     println!("==================================================================");
     println!("redis-cli -p {} -a {token}", listen.port());
 }

@@ -1,9 +1,11 @@
 //! The ledger: which quota tokens were redeemed, and each account's credit.
 //!
-//! It lives in the upstream Redis under `pkv:ledger:`, a prefix no tenant key can have, so
-//! every pkv process sharing the upstream shares it. Redemption is one atomic script: the
-//! token id is claimed with `SET NX` and the credit added in the same step, so a token is
-//! credited exactly once however many connections or processes present it at once.
+//! It lives in the backend under `pkv:ledger:`, a prefix no tenant key can have: in the
+//! upstream Redis ([`RedisBook`]), where every pkv process sharing the upstream shares it, or
+//! in the embedded store ([`crate::embedded`]), where snapshots keep it with the data.
+//! Redemption is one atomic step: the token id is claimed and the credit added together, so
+//! a token is credited exactly once however many connections or processes present it at
+//! once.
 //!
 //! Amounts are integers in nano-units (10^-9 of a unit).
 
@@ -12,9 +14,10 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use redis::Value;
 
+use crate::backend::{BackendError, BoxFuture};
 use crate::namespace::escape_account;
 use crate::protocol::Proto;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::Upstream;
 
 /// Nano-units in one unit.
 pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
@@ -56,7 +59,7 @@ pub enum Redemption {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     #[error("{0}")]
-    Upstream(#[from] UpstreamError),
+    Backend(#[from] BackendError),
     #[error("ERR ledger: {0}")]
     Bad(String),
     #[error("ERR quantity too large")]
@@ -76,7 +79,7 @@ pub struct AccountRecord {
 }
 
 /// The fields of an account record, in the order [`Ledger::account`] reads them.
-const ACCOUNT_FIELDS: [&str; 8] = [
+pub(crate) const ACCOUNT_FIELDS: [&str; 8] = [
     "credited",
     "debited",
     "spent",
@@ -87,41 +90,57 @@ const ACCOUNT_FIELDS: [&str; 8] = [
     "time_us",
 ];
 
-/// The shared ledger.
+/// Where the ledger's records are kept, and the atomic steps on them.
+pub trait Book: Send + Sync {
+    /// Credits `nanos` to `account` and claims token `jti` in one step, unless the token
+    /// was claimed before. The claim is kept until `expire_at` (seconds since the epoch).
+    fn redeem<'a>(
+        &'a self,
+        jti: &'a str,
+        account: &'a str,
+        nanos: i64,
+        expire_at: i64,
+    ) -> BoxFuture<'a, Result<Redemption, LedgerError>>;
+
+    /// An account's totals.
+    fn account<'a>(&'a self, account: &'a str)
+        -> BoxFuture<'a, Result<AccountRecord, LedgerError>>;
+
+    /// Takes a lease of up to `want` nano-units from the account's available credit
+    /// (credited - debited); returns what was granted. The sum of grants never exceeds
+    /// the credit.
+    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>>;
+
+    /// Adds spending and usage to an account and gives back lease, in one atomic step.
+    fn settle<'a>(
+        &'a self,
+        account: &'a str,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+}
+
+/// The shared ledger: a [`Book`], and the token ids this process has seen redeemed.
 pub struct Ledger {
-    upstream: Arc<Upstream>,
+    book: Arc<dyn Book>,
     /// Token ids this process has seen redeemed, so repeated AUTHs cost no round trip.
     redeemed: DashMap<String, Arc<str>>,
 }
 
-fn token_key(jti: &str) -> String {
+/// The record of a redeemed token id.
+pub(crate) fn token_key(jti: &str) -> String {
     format!("pkv:ledger:jti:{jti}")
 }
 
-fn account_key(account: &str) -> String {
+/// The record of an account.
+pub(crate) fn account_key(account: &str) -> String {
     format!("pkv:ledger:acct:{}", escape_account(account))
 }
 
 impl Ledger {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    pub fn new(book: Arc<dyn Book>) -> Self {
         Ledger {
-            upstream,
+            book,
             redeemed: DashMap::new(),
-        }
-    }
-
-    async fn one(&self, cmd: redis::Cmd) -> Result<Value, LedgerError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
-        let mut values = self.upstream.pipeline(Proto::Resp2, &pipe, 1).await?;
-        match values.pop() {
-            Some(Value::ServerError(e)) => Err(LedgerError::Bad(format!(
-                "{} {}",
-                e.code(),
-                e.details().unwrap_or("")
-            ))),
-            Some(v) => Ok(v),
-            None => Err(LedgerError::Bad("no reply".into())),
         }
     }
 
@@ -143,25 +162,7 @@ impl Ledger {
         let nanos = quantity
             .checked_mul(NANOS_PER_UNIT)
             .ok_or(LedgerError::Overflow)?;
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(REDEEM_SCRIPT)
-            .arg(2)
-            .arg(token_key(jti))
-            .arg(account_key(account));
-        cmd.arg(account).arg(nanos).arg(expire_at);
-        let outcome = match self.one(cmd).await? {
-            Value::Int(1) => Redemption::Credited {
-                account: account.into(),
-            },
-            Value::BulkString(owner) => Redemption::AlreadyRedeemed {
-                account: String::from_utf8_lossy(&owner).into_owned().into(),
-            },
-            other => {
-                return Err(LedgerError::Bad(format!(
-                    "unexpected redeem reply {other:?}"
-                )))
-            }
-        };
+        let outcome = self.book.redeem(jti, account, nanos, expire_at).await?;
         let owner = match &outcome {
             Redemption::Credited { account } | Redemption::AlreadyRedeemed { account } => {
                 account.clone()
@@ -173,6 +174,73 @@ impl Ledger {
 
     /// An account's totals.
     pub async fn account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
+        self.book.account(account).await
+    }
+
+    /// See [`Book::lease`].
+    pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
+        self.book.lease(account, want).await
+    }
+
+    /// See [`Book::settle`].
+    pub async fn settle(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
+        self.book.settle(account, s).await
+    }
+}
+
+/// The ledger in the upstream Redis: redemption is a Lua script, leases and settlements
+/// are MULTI blocks.
+pub struct RedisBook {
+    upstream: Arc<Upstream>,
+}
+
+impl RedisBook {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        RedisBook { upstream }
+    }
+
+    async fn one(&self, cmd: redis::Cmd) -> Result<Value, LedgerError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let mut values = self.upstream.send(Proto::Resp2, &pipe, 1).await?;
+        match values.pop() {
+            Some(Value::ServerError(e)) => Err(LedgerError::Bad(format!(
+                "{} {}",
+                e.code(),
+                e.details().unwrap_or("")
+            ))),
+            Some(v) => Ok(v),
+            None => Err(LedgerError::Bad("no reply".into())),
+        }
+    }
+
+    async fn redeem_script(
+        &self,
+        jti: &str,
+        account: &str,
+        nanos: i64,
+        expire_at: i64,
+    ) -> Result<Redemption, LedgerError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REDEEM_SCRIPT)
+            .arg(2)
+            .arg(token_key(jti))
+            .arg(account_key(account));
+        cmd.arg(account).arg(nanos).arg(expire_at);
+        match self.one(cmd).await? {
+            Value::Int(1) => Ok(Redemption::Credited {
+                account: account.into(),
+            }),
+            Value::BulkString(owner) => Ok(Redemption::AlreadyRedeemed {
+                account: String::from_utf8_lossy(&owner).into_owned().into(),
+            }),
+            other => Err(LedgerError::Bad(format!(
+                "unexpected redeem reply {other:?}"
+            ))),
+        }
+    }
+
+    async fn read_account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(account_key(account)).arg(&ACCOUNT_FIELDS[..]);
         let field = |v: Option<&Value>| -> i64 {
@@ -207,15 +275,12 @@ impl Ledger {
         }
     }
 
-    /// Takes a lease of up to `want` nano-units from the account's available credit
-    /// (credited - debited); returns what was granted.
-    ///
     /// The lease is taken optimistically, in integers: `debited` grows by `want` and, in
     /// the same transaction, `credited` is read. Whatever took `debited` past `credited` is
     /// given back. Concurrent leases from several processes can each see the others'
     /// optimistic part, so under contention a grant may come out smaller than it could
     /// have been, never larger: the sum of grants never exceeds the credit.
-    pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
+    async fn take_lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
         let key = account_key(account);
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -226,7 +291,7 @@ impl Ledger {
             .cmd("HGET")
             .arg(&key)
             .arg("credited");
-        let values = self.upstream.pipeline(Proto::Resp2, &pipe, 4).await?;
+        let values = self.upstream.send(Proto::Resp2, &pipe, 4).await?;
         let (debited, credited) = match values.last() {
             Some(Value::Array(items)) => (int_of(items.first()), int_of(items.get(1))),
             other => {
@@ -244,8 +309,7 @@ impl Ledger {
         Ok(want - excess)
     }
 
-    /// Adds spending and usage to an account and gives back lease, in one atomic step.
-    pub async fn settle(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
+    async fn settle_multi(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
         let key = account_key(account);
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -269,16 +333,44 @@ impl Ledger {
             return Ok(());
         }
         // MULTI + commands + EXEC: one reply per command, the last being EXEC's array.
-        let values = self
-            .upstream
-            .pipeline(Proto::Resp2, &pipe, count + 2)
-            .await?;
+        let values = self.upstream.send(Proto::Resp2, &pipe, count + 2).await?;
         match values.last() {
             Some(Value::Array(_)) => Ok(()),
             other => Err(LedgerError::Bad(format!(
                 "settlement not applied: {other:?}"
             ))),
         }
+    }
+}
+
+impl Book for RedisBook {
+    fn redeem<'a>(
+        &'a self,
+        jti: &'a str,
+        account: &'a str,
+        nanos: i64,
+        expire_at: i64,
+    ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
+        Box::pin(self.redeem_script(jti, account, nanos, expire_at))
+    }
+
+    fn account<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<AccountRecord, LedgerError>> {
+        Box::pin(self.read_account(account))
+    }
+
+    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>> {
+        Box::pin(self.take_lease(account, want))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        account: &'a str,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        Box::pin(self.settle_multi(account, s))
     }
 }
 

@@ -18,16 +18,20 @@
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
 //!   ledger so that metering needs no round trip per command.
 //! - [`ledger`]: redeemed token ids, account credit, spending and usage, kept in the
-//!   upstream.
-//! - [`upstream`]: pooled and dedicated connections to the upstream Redis.
+//!   backend.
+//! - [`backend`]: the seam where commands run, with two implementations:
+//!   - [`upstream`]: pooled and dedicated connections to an upstream Redis;
+//!   - [`embedded`]: the in-process store pkv serves from when no upstream is set.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod embedded;
 pub mod ledger;
 pub mod meter;
 pub mod metrics;

@@ -4,9 +4,7 @@
 use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use redis::Value;
-use tokio::sync::mpsc;
 
 use super::connection::ClientIo;
 use super::session::{Authed, Multi, Session, Subscriber, Txn};
@@ -535,24 +533,11 @@ impl Session {
         self.flush(out).await;
         let Some(ns) = self.ns().cloned() else { return };
         if self.pubsub.is_none() {
-            match self.shared.upstream.pubsub().await {
-                Ok(pubsub) => {
-                    let (sink, mut stream) = pubsub.split();
-                    let (tx, rx) = mpsc::channel(1024);
-                    tokio::spawn(async move {
-                        loop {
-                            tokio::select! {
-                                msg = stream.next() => match msg {
-                                    Some(msg) => if tx.send(msg).await.is_err() { break },
-                                    None => break,
-                                },
-                                _ = tx.closed() => break,
-                            }
-                        }
-                    });
+            match self.shared.backend.subscription().await {
+                Ok(sub) => {
                     self.pubsub = Some(Subscriber {
-                        sink,
-                        messages: rx,
+                        sink: sub.sink,
+                        messages: sub.messages,
                         channels: BTreeSet::new(),
                         patterns: BTreeSet::new(),
                     });
@@ -567,13 +552,8 @@ impl Session {
                 return;
             };
             let upstream_name = ns.wrap(name);
-            let result = if pattern {
-                sub.sink.psubscribe(upstream_name.as_ref()).await
-            } else {
-                sub.sink.subscribe(upstream_name.as_ref()).await
-            };
-            if let Err(e) = result {
-                let msg = format!("ERR upstream unavailable: {e}").replace(['\r', '\n'], " ");
+            if let Err(e) = sub.sink.subscribe(upstream_name.as_ref(), pattern).await {
+                let msg = e.to_string();
                 self.pubsub = None;
                 return self.reply(out, |w| w.error(&msg));
             }
@@ -625,11 +605,7 @@ impl Session {
             let mut count = 0;
             if let Some(sub) = self.pubsub.as_mut() {
                 let upstream_name = ns.wrap(&name);
-                let _ = if pattern {
-                    sub.sink.punsubscribe(upstream_name.as_ref()).await
-                } else {
-                    sub.sink.unsubscribe(upstream_name.as_ref()).await
-                };
+                let _ = sub.sink.unsubscribe(upstream_name.as_ref(), pattern).await;
                 if pattern {
                     sub.patterns.remove(&name);
                 } else {
@@ -697,7 +673,7 @@ impl Session {
                 .arg(glob.as_ref())
                 .arg("COUNT")
                 .arg(SCAN_STEP);
-            let page = match self.shared.upstream.pipeline(self.proto, &pipe, 1).await {
+            let page = match self.shared.backend.pipeline(self.proto, &pipe, 1).await {
                 Ok(mut v) => v.pop(),
                 Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
             };
@@ -733,7 +709,7 @@ impl Session {
                             unlink.arg(k);
                         }
                     }
-                    if let Err(e) = self.shared.upstream.pipeline(self.proto, &pipe, 1).await {
+                    if let Err(e) = self.shared.backend.pipeline(self.proto, &pipe, 1).await {
                         return self.reply(out, |w| w.error(&e.to_string()));
                     }
                 }

@@ -17,8 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
 use crate::auth::Authenticator;
+use crate::backend::Backend;
 use crate::config::Settings;
-use crate::ledger::Ledger;
+use crate::embedded::Store;
+use crate::ledger::{Book, Ledger, RedisBook};
 use crate::meter::{Meter, MeterConfig};
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
@@ -27,7 +29,8 @@ use crate::upstream::Upstream;
 pub struct Shared {
     pub settings: Settings,
     pub auth: Authenticator,
-    pub upstream: Arc<Upstream>,
+    /// Where commands run: the upstream Redis, or the embedded store.
+    pub backend: Arc<dyn Backend>,
     pub ledger: Arc<Ledger>,
     pub meter: Arc<Meter>,
     /// The default TTL as a command argument, for `SET ... EX <default>`.
@@ -38,13 +41,20 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(settings: Settings) -> Result<Self, String> {
-        let url = settings.upstream_url.clone().ok_or(
-            "PKV_UPSTREAM_URL: not set; this build needs an upstream Redis (redis://host:port)",
-        )?;
-        let upstream = Upstream::new(&url, settings.upstream_pool_size, settings.upstream_timeout)
-            .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
-        let upstream = Arc::new(upstream);
-        let ledger = Arc::new(Ledger::new(upstream.clone()));
+        let (backend, book): (Arc<dyn Backend>, Arc<dyn Book>) = match &settings.upstream_url {
+            Some(url) => {
+                let upstream =
+                    Upstream::new(url, settings.upstream_pool_size, settings.upstream_timeout)
+                        .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
+                let upstream = Arc::new(upstream);
+                (upstream.clone(), Arc::new(RedisBook::new(upstream)))
+            }
+            None => {
+                let store = Arc::new(Store::open(&settings)?);
+                (store.clone(), store)
+            }
+        };
+        let ledger = Arc::new(Ledger::new(book));
         let meter = MeterConfig {
             enabled: settings.metering,
             prices: settings.prices,
@@ -55,7 +65,7 @@ impl Shared {
             meter: Arc::new(Meter::new(meter, ledger.clone())),
             default_ttl_arg: bytes::Bytes::from(settings.default_ttl.to_string()),
             ledger,
-            upstream,
+            backend,
             metrics: Metrics::default(),
             next_client_id: AtomicU64::new(1),
             settings,
@@ -74,6 +84,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
     let settler = tokio::spawn(shared.meter.clone().settle_forever());
+    let housekeeping = tokio::spawn(shared.backend.clone().housekeeping());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -122,4 +133,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     settler.abort();
     // Everything spent is recorded and every unspent lease goes back to its account.
     shared.meter.settle_all(true).await;
+    housekeeping.abort();
+    if let Err(e) = shared.backend.shutdown().await {
+        tracing::error!(error = %e, "backend shutdown failed");
+    }
 }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::connection::ClientIo;
 use super::Shared;
+use crate::backend::{BackendError, Dedicated, Message, SubscriptionSink};
 use crate::commands::{
     self, flags, ArgRole, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite,
 };
@@ -37,7 +38,6 @@ use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
-use crate::upstream::{Dedicated, UpstreamError};
 
 /// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a
 /// batch are held in memory together, so this also bounds what one connection holds:
@@ -80,8 +80,8 @@ impl Txn {
 
 /// A Pub/Sub subscription: the upstream sink, the messages, and the names subscribed to.
 pub struct Subscriber {
-    pub sink: redis::aio::PubSubSink,
-    pub messages: mpsc::Receiver<redis::Msg>,
+    pub sink: Box<dyn SubscriptionSink>,
+    pub messages: mpsc::Receiver<Message>,
     pub channels: std::collections::BTreeSet<Bytes>,
     pub patterns: std::collections::BTreeSet<Bytes>,
 }
@@ -152,7 +152,7 @@ pub struct Session {
     pub(super) name: Option<Bytes>,
     pub(super) auth: Option<Authed>,
     pub(super) txn: Txn,
-    pub(super) dedicated: Option<Dedicated>,
+    pub(super) dedicated: Option<Box<dyn Dedicated>>,
     pub(super) pubsub: Option<Subscriber>,
     batch: Batch,
     /// Set by QUIT: close after the replies are written.
@@ -541,13 +541,13 @@ impl Session {
         } else if self.txn.active() {
             match self.dedicated.as_mut() {
                 Some(conn) => conn.pipeline(&batch.pipe, batch.count).await,
-                None => Err(UpstreamError::Unavailable(
+                None => Err(BackendError::Unavailable(
                     "transaction connection lost".into(),
                 )),
             }
         } else {
             self.shared
-                .upstream
+                .backend
                 .pipeline(self.proto, &batch.pipe, batch.count)
                 .await
         };
@@ -647,15 +647,15 @@ impl Session {
     }
 
     /// The session's own upstream connection, opened on first need.
-    pub(super) async fn dedicated(&mut self) -> Result<&mut Dedicated, UpstreamError> {
+    pub(super) async fn dedicated(&mut self) -> Result<&mut Box<dyn Dedicated>, BackendError> {
         if self.dedicated.is_none() {
-            self.dedicated = Some(self.shared.upstream.dedicated(self.proto).await?);
+            self.dedicated = Some(self.shared.backend.dedicated(self.proto).await?);
         }
         Ok(self.dedicated.as_mut().expect("set above"))
     }
 
     /// Runs one command on the dedicated connection, answering at once.
-    pub(super) async fn run_dedicated(&mut self, cmd: redis::Cmd) -> Result<Value, UpstreamError> {
+    pub(super) async fn run_dedicated(&mut self, cmd: redis::Cmd) -> Result<Value, BackendError> {
         let mut pipe = redis::pipe();
         pipe.add_command(cmd);
         let result = match self.dedicated().await {
@@ -740,7 +740,7 @@ impl Session {
     }
 
     /// The next Pub/Sub message; never resolves while not subscribed.
-    pub async fn next_message(&mut self) -> Option<redis::Msg> {
+    pub async fn next_message(&mut self) -> Option<Message> {
         match &mut self.pubsub {
             Some(sub) => sub.messages.recv().await,
             None => std::future::pending().await,
@@ -749,7 +749,7 @@ impl Session {
 
     /// Delivers a Pub/Sub message; the subscriber pays its bytes (bytes_out), as for any
     /// reply.
-    pub fn deliver(&mut self, msg: redis::Msg, out: &mut BytesMut) {
+    pub fn deliver(&mut self, msg: Message, out: &mut BytesMut) {
         let start = out.len();
         self.write_message(msg, out);
         let bytes_out = (out.len() - start) as u64;
@@ -765,16 +765,15 @@ impl Session {
     }
 
     /// Writes a Pub/Sub message with the channel (and pattern) as the client named them.
-    fn write_message(&self, msg: redis::Msg, out: &mut BytesMut) {
+    fn write_message(&self, msg: Message, out: &mut BytesMut) {
         let Some(ns) = self.ns() else { return };
-        let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
-        let Some(channel) = ns.strip(&channel) else {
+        let Some(channel) = ns.strip(&msg.channel) else {
             return;
         };
         let mut w = ReplyWriter::new(out, self.proto);
-        match msg.get_pattern::<Option<Vec<u8>>>().ok().flatten() {
+        match &msg.pattern {
             Some(pattern) => {
-                let Some(pattern) = ns.strip(&pattern) else {
+                let Some(pattern) = ns.strip(pattern) else {
                     return;
                 };
                 w.push(4);
@@ -787,7 +786,7 @@ impl Session {
             }
         }
         w.bulk(channel);
-        w.bulk(msg.get_payload_bytes());
+        w.bulk(&msg.payload);
     }
 }
 

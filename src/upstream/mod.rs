@@ -4,32 +4,29 @@
 //!
 //! Pooled and dedicated connections speak the client's protocol version, so Redis itself
 //! shapes RESP2 and RESP3 replies; pkv relays them. When the upstream is down, requests fail
-//! with [`UpstreamError::Unavailable`] and the pool reconnects on later use.
+//! with [`BackendError::Unavailable`] and the pool reconnects on later use.
 
 mod pool;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline, ProtocolVersion, RedisError, Value};
+use tokio::sync::mpsc;
 
+use crate::backend::{self, Backend, BackendError, BoxFuture, Message, Subscription};
 use crate::protocol::Proto;
 use pool::Pool;
 
 /// How long a new upstream connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Upstream failures that are not Redis error replies.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("ERR upstream unavailable: {0}")]
-    Unavailable(String),
-}
+/// Messages a subscriber may have waiting before pkv stops reading its upstream connection.
+const MESSAGE_BACKLOG: usize = 1024;
 
-impl UpstreamError {
-    fn from_redis(err: &RedisError) -> Self {
-        UpstreamError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
-    }
+fn unavailable(err: &RedisError) -> BackendError {
+    BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }
 
 /// Connections to one upstream Redis.
@@ -78,12 +75,12 @@ impl Upstream {
 
     /// Sends a batch of commands on a pooled connection in one write; one reply per
     /// command, in order. Redis error replies come back as [`Value::ServerError`].
-    pub async fn pipeline(
+    pub async fn send(
         &self,
         proto: Proto,
         pipe: &Pipeline,
         count: usize,
-    ) -> Result<Vec<Value>, UpstreamError> {
+    ) -> Result<Vec<Value>, BackendError> {
         let pool = &self.pools[proto as usize];
         let (slot, mut conn) = pool
             .get(|| async {
@@ -101,7 +98,7 @@ impl Upstream {
                 {
                     pool.invalidate(slot);
                 }
-                Err(UpstreamError::from_redis(&err))
+                Err(unavailable(&err))
             }
         }
     }
@@ -109,21 +106,108 @@ impl Upstream {
     /// A connection for one client alone, without a response timeout (blocking commands
     /// may wait as long as they asked to). Dropping it closes it, which also ends any
     /// blocking command still waiting upstream.
-    pub async fn dedicated(&self, proto: Proto) -> Result<Dedicated, UpstreamError> {
+    pub async fn connect_dedicated(&self, proto: Proto) -> Result<Dedicated, BackendError> {
         let conn = self
             .client(proto)
             .get_multiplexed_async_connection_with_config(&Self::config(None))
             .await
-            .map_err(|e| UpstreamError::from_redis(&e))?;
+            .map_err(|e| unavailable(&e))?;
         Ok(Dedicated { conn })
     }
 
-    /// A fresh Pub/Sub connection.
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, UpstreamError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, self.resp2.get_async_pubsub())
+    /// A fresh Pub/Sub connection; its messages are relayed by a task that ends with the
+    /// subscription.
+    pub async fn pubsub(&self) -> Result<Subscription, BackendError> {
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.resp2.get_async_pubsub())
             .await
-            .map_err(|_| UpstreamError::Unavailable("connect timed out".into()))?
-            .map_err(|e| UpstreamError::from_redis(&e))
+            .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
+            .map_err(|e| unavailable(&e))?;
+        let (sink, mut stream) = pubsub.split();
+        let (tx, messages) = mpsc::channel(MESSAGE_BACKLOG);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(msg) => {
+                            let message = Message {
+                                channel: msg.get_channel::<Vec<u8>>().unwrap_or_default().into(),
+                                pattern: msg.get_pattern::<Option<Vec<u8>>>().ok().flatten().map(Into::into),
+                                payload: bytes::Bytes::copy_from_slice(msg.get_payload_bytes()),
+                            };
+                            if tx.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Subscription {
+            sink: Box::new(Sink(sink)),
+            messages,
+        })
+    }
+}
+
+impl Backend for Upstream {
+    fn pipeline<'a>(
+        &'a self,
+        proto: Proto,
+        pipe: &'a Pipeline,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        Box::pin(self.send(proto, pipe, count))
+    }
+
+    fn dedicated(
+        &self,
+        proto: Proto,
+    ) -> BoxFuture<'_, Result<Box<dyn backend::Dedicated>, BackendError>> {
+        Box::pin(async move {
+            let conn = self.connect_dedicated(proto).await?;
+            Ok(Box::new(conn) as Box<dyn backend::Dedicated>)
+        })
+    }
+
+    fn subscription(&self) -> BoxFuture<'_, Result<Subscription, BackendError>> {
+        Box::pin(self.pubsub())
+    }
+}
+
+/// The subscribing half of an upstream Pub/Sub connection.
+struct Sink(redis::aio::PubSubSink);
+
+impl backend::SubscriptionSink for Sink {
+    fn subscribe<'a>(
+        &'a mut self,
+        name: &'a [u8],
+        pattern: bool,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let result = if pattern {
+                self.0.psubscribe(name).await
+            } else {
+                self.0.subscribe(name).await
+            };
+            result.map_err(|e| unavailable(&e))
+        })
+    }
+
+    fn unsubscribe<'a>(
+        &'a mut self,
+        name: &'a [u8],
+        pattern: bool,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            let result = if pattern {
+                self.0.punsubscribe(name).await
+            } else {
+                self.0.unsubscribe(name).await
+            };
+            result.map_err(|e| unavailable(&e))
+        })
     }
 }
 
@@ -132,16 +216,17 @@ pub struct Dedicated {
     conn: MultiplexedConnection,
 }
 
-impl Dedicated {
-    /// Like [`Upstream::pipeline`], on this connection.
-    pub async fn pipeline(
-        &mut self,
-        pipe: &Pipeline,
+impl backend::Dedicated for Dedicated {
+    fn pipeline<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
         count: usize,
-    ) -> Result<Vec<Value>, UpstreamError> {
-        self.conn
-            .send_packed_commands(pipe, 0, count)
-            .await
-            .map_err(|e| UpstreamError::from_redis(&e))
+    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        Box::pin(async move {
+            self.conn
+                .send_packed_commands(pipe, 0, count)
+                .await
+                .map_err(|e| unavailable(&e))
+        })
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
 
-use super::UpstreamError;
+use super::unavailable;
+use crate::backend::BackendError;
 
 /// After a failed connect, requests fail fast for this long instead of each trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
@@ -50,7 +51,7 @@ impl Pool {
     pub async fn get<F, Fut>(
         &self,
         connect: F,
-    ) -> Result<(usize, MultiplexedConnection), UpstreamError>
+    ) -> Result<(usize, MultiplexedConnection), BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = RedisResult<MultiplexedConnection>>,
@@ -65,7 +66,7 @@ impl Pool {
             return Ok((index, conn));
         }
         if last_failure.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
-            return Err(UpstreamError::Unavailable("reconnecting".into()));
+            return Err(BackendError::Unavailable("reconnecting".into()));
         }
         match connect().await {
             Ok(conn) => {
@@ -77,7 +78,7 @@ impl Pool {
             Err(err) => {
                 *last_failure = Some(Instant::now());
                 tracing::warn!(slot = index, error = %err, "upstream connect failed");
-                Err(UpstreamError::from_redis(&err))
+                Err(unavailable(&err))
             }
         }
     }

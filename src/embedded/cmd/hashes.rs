@@ -1,0 +1,5 @@
+//! Hashes commands.
+
+use super::Command;
+
+pub const COMMANDS: &[Command] = &[];

@@ -1,0 +1,5 @@
+//! Keys commands.
+
+use super::Command;
+
+pub const COMMANDS: &[Command] = &[];

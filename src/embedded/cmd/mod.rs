@@ -1,0 +1,286 @@
+//! The commands the embedded store runs, one module per family, and what they share: the
+//! registry, the context a command runs in, argument parsing and reply helpers.
+//!
+//! A command is a [`Command`]: its name, its handler, and how it touches the keyspace
+//! ([`Kind`]), which decides the lock it runs under (see [`super::Store::run`]). Handlers
+//! get the arguments as the request path sent them (keys already in the namespace) and
+//! return a [`Reply`]; errors read like Redis's.
+
+mod hashes;
+mod keys;
+mod lists;
+mod server;
+mod sets;
+mod strings;
+mod zsets;
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use redis::Value;
+
+use super::data::Entry;
+use super::Store;
+use crate::protocol::Proto;
+
+/// How a command touches the keyspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads one key (`args[1]`).
+    Read,
+    /// Writes one key (`args[1]`).
+    Write,
+    /// Touches several keys, or walks the keyspace: runs alone, so it is atomic.
+    Multi,
+    /// Reads several keys or walks the keyspace without writing; runs alongside other
+    /// commands (each key is read consistently, the whole is not a snapshot).
+    Walk,
+    /// Touches no key (Pub/Sub).
+    None,
+}
+
+/// The outcome of a handler.
+pub type Reply = Result<Value, Error>;
+
+/// Why a handler did not answer with a value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Error {
+    /// A Redis error reply: `CODE message`.
+    Msg(String),
+    /// A blocking command found nothing to take: wait for a write to its keys, at most
+    /// `timeout_ms` (0 = for ever), and run it again. Outside a dedicated connection, and
+    /// inside MULTI, the client gets the command's null reply instead.
+    Block { timeout_ms: u64 },
+}
+
+impl<T: Into<String>> From<T> for Error {
+    fn from(message: T) -> Self {
+        Error::Msg(message.into())
+    }
+}
+
+pub type Handler = fn(&mut Cx, &[&[u8]]) -> Reply;
+
+/// One command of the embedded store.
+pub struct Command {
+    /// Upper case, as in the command table.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub run: Handler,
+}
+
+/// What a handler runs with.
+pub struct Cx<'a> {
+    pub store: &'a Store,
+    /// The client's protocol: a few replies are shaped differently in RESP3.
+    pub proto: Proto,
+    /// The time of the command, in milliseconds since the epoch.
+    pub now: i64,
+}
+
+impl Cx<'_> {
+    /// Runs `f` on the live entry under `key`.
+    pub fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Entry>) -> R) -> R {
+        self.store.keys.read(key, self.now, f)
+    }
+
+    /// Runs `f` on the entry under `key`, which it may create, change or remove.
+    pub fn write<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> R) -> R {
+        self.store.keys.write(key, self.now, f)
+    }
+
+    /// Removes and returns the live entry under `key`.
+    pub fn remove(&self, key: &[u8]) -> Option<Entry> {
+        self.store.keys.remove(key, self.now)
+    }
+
+    /// Stores `entry` under `key`, replacing whatever was there.
+    pub fn insert(&self, key: &[u8], entry: Entry) {
+        self.store.keys.insert(key, entry)
+    }
+
+    /// Whether the client speaks RESP3.
+    pub fn resp3(&self) -> bool {
+        self.proto == Proto::Resp3
+    }
+}
+
+/// Every family's commands.
+fn families() -> [&'static [Command]; 7] {
+    [
+        strings::COMMANDS,
+        keys::COMMANDS,
+        hashes::COMMANDS,
+        lists::COMMANDS,
+        sets::COMMANDS,
+        zsets::COMMANDS,
+        server::COMMANDS,
+    ]
+}
+
+/// The command named `name` (any case), if the store runs it.
+pub fn find(name: &[u8]) -> Option<&'static Command> {
+    static REGISTRY: OnceLock<HashMap<&'static str, &'static Command>> = OnceLock::new();
+    let registry = REGISTRY.get_or_init(|| {
+        families()
+            .into_iter()
+            .flatten()
+            .map(|c| (c.name, c))
+            .collect()
+    });
+    let mut upper = [0u8; 32];
+    let upper = upper.get_mut(..name.len())?;
+    upper.copy_from_slice(name);
+    upper.make_ascii_uppercase();
+    registry.get(std::str::from_utf8(upper).ok()?).copied()
+}
+
+/// Every command the store runs, for the README's list and its tests.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    families().into_iter().flatten().map(|c| c.name)
+}
+
+// Reply helpers.
+
+pub fn ok() -> Reply {
+    Ok(Value::Okay)
+}
+
+pub fn int(n: i64) -> Reply {
+    Ok(Value::Int(n))
+}
+
+pub fn bulk(bytes: impl Into<Vec<u8>>) -> Value {
+    Value::BulkString(bytes.into())
+}
+
+/// A list of bulk strings.
+pub fn bulks<I, B>(items: I) -> Value
+where
+    I: IntoIterator<Item = B>,
+    B: Into<Vec<u8>>,
+{
+    Value::Array(items.into_iter().map(bulk).collect())
+}
+
+/// A score: a RESP3 double, or its text in RESP2.
+pub fn score(cx: &Cx, d: f64) -> Value {
+    if cx.resp3() {
+        Value::Double(d)
+    } else {
+        bulk(format_double(d))
+    }
+}
+
+/// A double as Redis writes it: the shortest text that reads back as the same value,
+/// `inf`/`-inf` for infinities.
+pub fn format_double(d: f64) -> String {
+    if d.is_infinite() {
+        return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d.fract() == 0.0 && d.abs() < 1e17 {
+        return format!("{}", d as i64);
+    }
+    let text = format!("{d}");
+    // Rust writes very large and very small numbers in full; Redis switches to exponents.
+    if text.len() > 24 {
+        let e = format!("{d:e}");
+        match e.split_once('e') {
+            Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
+            Some((mantissa, exp)) => format!("{mantissa}e{exp}"),
+            None => e,
+        }
+    } else {
+        text
+    }
+}
+
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const SYNTAX: &str = "ERR syntax error";
+
+/// The wrong-type error, as a handler result.
+pub fn wrongtype<T>() -> Result<T, Error> {
+    Err(WRONGTYPE.into())
+}
+
+/// A whole number argument, as Redis parses them (no spaces, no `+`, no leading zeros).
+pub fn int_arg(raw: &[u8]) -> Result<i64, Error> {
+    crate::commands::parse_redis_int(raw).ok_or_else(|| NOT_INTEGER.into())
+}
+
+/// A float argument: decimal or exponent notation, `inf`, `+inf`, `-inf`; not NaN.
+pub fn float_arg(raw: &[u8]) -> Result<f64, Error> {
+    parse_float(raw).ok_or_else(|| NOT_FLOAT.into())
+}
+
+/// Parses a float the way Redis accepts them; `None` for anything else (including NaN).
+pub fn parse_float(raw: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(raw).ok()?;
+    if text.is_empty()
+        || text.starts_with(char::is_whitespace)
+        || text.ends_with(char::is_whitespace)
+    {
+        return None;
+    }
+    let value = match text.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        other => other.parse::<f64>().ok()?,
+    };
+    (!value.is_nan()).then_some(value)
+}
+
+/// True when `raw` equals `word`, ignoring ASCII case.
+pub fn is(raw: &[u8], word: &str) -> bool {
+    raw.eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// The error for a wrong number of arguments, as Redis words it.
+pub fn arity_error(name: &str) -> Error {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    )
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_read_like_redis() {
+        assert_eq!(format_double(3.0), "3");
+        assert_eq!(format_double(1.5), "1.5");
+        assert_eq!(format_double(-0.25), "-0.25");
+        assert_eq!(format_double(f64::INFINITY), "inf");
+        assert_eq!(format_double(1e300), "1e+300");
+        assert_eq!(format_double(0.1), "0.1");
+    }
+
+    #[test]
+    fn floats_parse_like_redis() {
+        assert_eq!(parse_float(b"1.5"), Some(1.5));
+        assert_eq!(parse_float(b"-inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(parse_float(b"1e3"), Some(1000.0));
+        assert_eq!(parse_float(b"nan"), None);
+        assert_eq!(parse_float(b" 1"), None);
+        assert_eq!(parse_float(b""), None);
+        assert_eq!(parse_float(b"abc"), None);
+    }
+
+    #[test]
+    fn every_command_is_in_the_table() {
+        for name in names() {
+            let served = crate::commands::table::TABLE.iter().any(|s| {
+                s.name == name
+                    || s.name
+                        .strip_prefix(name)
+                        .is_some_and(|r| r.starts_with('|'))
+            });
+            assert!(served, "{name} is run by the store but not in the table");
+        }
+    }
+}

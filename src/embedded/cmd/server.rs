@@ -1,0 +1,76 @@
+//! Commands that touch no key: PING, ECHO and TIME (queued inside MULTI), PUBLISH and
+//! PUBSUB.
+
+use redis::Value;
+
+use super::{bulk, bulks, int, is, Command, Cx, Kind, Reply, SYNTAX};
+
+pub const COMMANDS: &[Command] = &[
+    Command {
+        name: "PING",
+        kind: Kind::None,
+        run: ping,
+    },
+    Command {
+        name: "ECHO",
+        kind: Kind::None,
+        run: echo,
+    },
+    Command {
+        name: "TIME",
+        kind: Kind::None,
+        run: time,
+    },
+    Command {
+        name: "PUBLISH",
+        kind: Kind::None,
+        run: publish,
+    },
+    Command {
+        name: "PUBSUB",
+        kind: Kind::None,
+        run: pubsub,
+    },
+];
+
+fn ping(_: &mut Cx, args: &[&[u8]]) -> Reply {
+    match args.get(1) {
+        Some(message) => Ok(bulk(*message)),
+        None => Ok(Value::SimpleString("PONG".into())),
+    }
+}
+
+fn echo(_: &mut Cx, args: &[&[u8]]) -> Reply {
+    Ok(bulk(args[1]))
+}
+
+fn time(cx: &mut Cx, _: &[&[u8]]) -> Reply {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(cx.now * 1000, |d| d.as_micros() as i64);
+    Ok(bulks([
+        (micros / 1_000_000).to_string(),
+        (micros % 1_000_000).to_string(),
+    ]))
+}
+
+fn publish(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    int(cx.store.channels.publish(args[1], args[2]))
+}
+
+/// `PUBSUB CHANNELS [pattern]` and `PUBSUB NUMSUB [channel ...]`.
+fn pubsub(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let sub = args.get(1).copied().unwrap_or_default();
+    if is(sub, "CHANNELS") && args.len() <= 3 {
+        Ok(bulks(cx.store.channels.channels(args.get(2).copied())))
+    } else if is(sub, "NUMSUB") {
+        let mut reply = Vec::new();
+        for channel in &args[2..] {
+            reply.push(bulk(*channel));
+            reply.push(Value::Int(cx.store.channels.numsub(channel)));
+        }
+        Ok(Value::Array(reply))
+    } else {
+        Err(SYNTAX.into())
+    }
+}

@@ -1,0 +1,5 @@
+//! Zsets commands.
+
+use super::Command;
+
+pub const COMMANDS: &[Command] = &[];

@@ -1,0 +1,157 @@
+//! The ledger in the embedded store: the same records as in Redis (a hash per account, a
+//! string per redeemed token id, under `pkv:ledger:`), changed with the store's gate held
+//! exclusively, so each step is atomic and snapshots keep the ledger with the data.
+
+use std::collections::HashMap;
+
+use super::data::{Data, Entry};
+use super::{now_ms, Store};
+use crate::backend::BoxFuture;
+use crate::ledger::{
+    account_key, token_key, AccountRecord, Book, LedgerError, Redemption, Settlement,
+    ACCOUNT_FIELDS,
+};
+use crate::meter::price::Usage;
+
+impl Store {
+    /// Runs `f` with no other command running.
+    fn alone<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// The integer fields of an account record.
+    fn fields(&self, key: &str) -> Result<HashMap<String, i64>, LedgerError> {
+        self.keys.read(key.as_bytes(), now_ms(), |entry| {
+            match entry.map(|e| &e.data) {
+                None => Ok(HashMap::new()),
+                Some(Data::Hash(h)) => Ok(h
+                    .iter()
+                    .filter_map(|(f, v)| {
+                        let field = String::from_utf8(f.clone()).ok()?;
+                        let value = std::str::from_utf8(v).ok()?.parse().ok()?;
+                        Some((field, value))
+                    })
+                    .collect()),
+                Some(_) => Err(LedgerError::Bad(format!("{key} is not a hash"))),
+            }
+        })
+    }
+
+    /// Adds each delta to its field of the account record, all or none.
+    fn add(&self, key: &str, deltas: &[(&str, i64)]) -> Result<(), LedgerError> {
+        let current = self.fields(key)?;
+        let mut updated = Vec::with_capacity(deltas.len());
+        for (field, delta) in deltas {
+            let value = current
+                .get(*field)
+                .copied()
+                .unwrap_or(0)
+                .checked_add(*delta)
+                .ok_or(LedgerError::Overflow)?;
+            updated.push((field.as_bytes().to_vec(), value.to_string().into_bytes()));
+        }
+        self.keys.write(key.as_bytes(), now_ms(), |entry| {
+            let entry = entry.get_or_insert_with(|| Entry::new(Data::Hash(HashMap::new())));
+            if let Data::Hash(h) = &mut entry.data {
+                h.extend(updated);
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Book for Store {
+    fn redeem<'a>(
+        &'a self,
+        jti: &'a str,
+        account: &'a str,
+        nanos: i64,
+        expire_at: i64,
+    ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
+        let outcome = self.alone(|| {
+            let token = token_key(jti);
+            let owner = self.keys.read(token.as_bytes(), now_ms(), |e| match e {
+                Some(Entry {
+                    data: Data::Str(owner),
+                    ..
+                }) => Some(String::from_utf8_lossy(owner).into_owned()),
+                _ => None,
+            });
+            if let Some(owner) = owner {
+                return Ok(Redemption::AlreadyRedeemed {
+                    account: owner.into(),
+                });
+            }
+            // Credit first: if it fails, the token stays unredeemed.
+            self.add(&account_key(account), &[("credited", nanos)])?;
+            let mut record = Entry::new(Data::Str(account.as_bytes().to_vec()));
+            record.expires_at = Some(expire_at.saturating_mul(1000));
+            self.keys.insert(token.as_bytes(), record);
+            Ok(Redemption::Credited {
+                account: account.into(),
+            })
+        });
+        Box::pin(std::future::ready(outcome))
+    }
+
+    fn account<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<AccountRecord, LedgerError>> {
+        let record = self.fields(&account_key(account)).map(|f| {
+            let get = |name: &str| f.get(name).copied().unwrap_or(0);
+            let count = |name: &str| get(name).max(0) as u64;
+            debug_assert_eq!(ACCOUNT_FIELDS.len(), 8);
+            AccountRecord {
+                credited: get("credited"),
+                debited: get("debited"),
+                spent: get("spent"),
+                usage: Usage {
+                    ops: count("ops"),
+                    bytes_in: count("bytes_in"),
+                    bytes_out: count("bytes_out"),
+                    byte_seconds: count("byte_seconds"),
+                    time_us: count("time_us"),
+                },
+            }
+        });
+        Box::pin(std::future::ready(record))
+    }
+
+    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>> {
+        let granted = self.alone(|| {
+            let key = account_key(account);
+            let f = self.fields(&key)?;
+            let available =
+                f.get("credited").copied().unwrap_or(0) - f.get("debited").copied().unwrap_or(0);
+            let grant = want.min(available.max(0));
+            if grant > 0 {
+                self.add(&key, &[("debited", grant)])?;
+            }
+            Ok(grant)
+        });
+        Box::pin(std::future::ready(granted))
+    }
+
+    fn settle<'a>(
+        &'a self,
+        account: &'a str,
+        s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let deltas: Vec<(&str, i64)> = [
+            ("spent", s.spent),
+            ("debited", -s.returned),
+            ("ops", s.usage.ops as i64),
+            ("bytes_in", s.usage.bytes_in as i64),
+            ("bytes_out", s.usage.bytes_out as i64),
+            ("byte_seconds", s.usage.byte_seconds as i64),
+            ("time_us", s.usage.time_us as i64),
+        ]
+        .into_iter()
+        .filter(|(_, delta)| *delta != 0)
+        .collect();
+        let result = self.alone(|| self.add(&account_key(account), &deltas));
+        Box::pin(std::future::ready(result))
+    }
+}

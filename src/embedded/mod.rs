@@ -1,0 +1,460 @@
+//! The embedded store: what pkv serves from when no upstream Redis is configured.
+//!
+//! An in-process key-value store with Redis semantics for the commands it runs
+//! ([`cmd`]): binary keys and values, strings, hashes, lists, sets and sorted sets, expiry
+//! (lazy on access and active in the background), blocking pops, Pub/Sub, MULTI/EXEC with
+//! WATCH, and the ledger ([`ledger`]). Served commands it does not run are answered with an
+//! error that names them and points at `PKV_UPSTREAM_URL`.
+//!
+//! Concurrency: the keyspace is sharded ([`keyspace`]); a command on one key locks one
+//! shard, reads only for reading. Commands that touch several keys (MSET, RENAME,
+//! SINTERSTORE, a transaction's EXEC, ...) take the store's gate exclusively, so they are
+//! atomic: no other command runs while they do. Single-key commands hold the gate shared.
+
+pub mod cmd;
+pub mod data;
+pub mod glob;
+pub mod keyspace;
+mod ledger;
+pub mod pubsub;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::{Pipeline, Value};
+use tokio::sync::Notify;
+
+use crate::backend::{error_value, Backend, BackendError, BoxFuture, Dedicated, Subscription};
+use crate::config::Settings;
+use crate::protocol::Proto;
+use cmd::{Command, Cx, Error, Kind, Reply};
+use keyspace::{Keyspace, SHARDS};
+
+/// How often the active expiry runs, and how many shards it cleans each time.
+const EXPIRY_TICK: Duration = Duration::from_millis(100);
+const EXPIRY_SHARDS_PER_TICK: usize = SHARDS / 8;
+
+/// The store. Cloning it is cheap; clones share everything.
+#[derive(Clone, Default)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+pub struct Inner {
+    pub keys: Keyspace,
+    /// Held shared by single-key commands and exclusively by multi-key ones.
+    gate: RwLock<()>,
+    watches: Watches,
+    waiters: Waiters,
+    pub channels: Arc<pubsub::Registry>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The error for a served command the store does not run.
+fn not_here(name: &[u8]) -> Error {
+    format!(
+        "ERR '{}' is not available in the embedded store; it needs an upstream Redis (set PKV_UPSTREAM_URL)",
+        String::from_utf8_lossy(name).to_ascii_uppercase()
+    )
+    .into()
+}
+
+impl Store {
+    /// The store for `settings`.
+    pub fn open(_settings: &Settings) -> Result<Self, String> {
+        Ok(Store::default())
+    }
+
+    /// Runs one command (keys already in the namespace) with the right lock.
+    pub fn run(&self, proto: Proto, args: &[&[u8]]) -> Reply {
+        let Some(command) = args.first().and_then(|name| cmd::find(name)) else {
+            return Err(not_here(args.first().copied().unwrap_or_default()));
+        };
+        let reply = if command.kind == Kind::Multi {
+            let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            self.execute(command, proto, args)
+        } else {
+            let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            self.execute(command, proto, args)
+        };
+        if reply.is_ok() {
+            self.written(command, args);
+        }
+        reply
+    }
+
+    /// Runs a command under whatever lock the caller holds.
+    fn execute(&self, command: &Command, proto: Proto, args: &[&[u8]]) -> Reply {
+        let mut cx = Cx {
+            store: self,
+            proto,
+            now: now_ms(),
+        };
+        (command.run)(&mut cx, args)
+    }
+
+    /// Runs a transaction's commands alone, in order; blocking commands do not block.
+    fn run_all(&self, proto: Proto, queued: &[Vec<Vec<u8>>]) -> Vec<Value> {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        queued
+            .iter()
+            .map(|owned| {
+                let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+                let reply = match cmd::find(args[0]) {
+                    Some(command) => {
+                        let reply = self.execute(command, proto, &args);
+                        if reply.is_ok() {
+                            self.written(command, &args);
+                        }
+                        reply
+                    }
+                    None => Err(not_here(args[0])),
+                };
+                into_value(reply)
+            })
+            .collect()
+    }
+
+    /// After a write: flags the transactions watching the keys it wrote and wakes the
+    /// clients blocked on them. Costs nothing while no one watches or waits.
+    fn written(&self, command: &Command, args: &[&[u8]]) {
+        if !matches!(command.kind, Kind::Write | Kind::Multi) {
+            return;
+        }
+        if self.watches.active.load(Ordering::Acquire) == 0
+            && self.waiters.active.load(Ordering::Acquire) == 0
+        {
+            return;
+        }
+        for key in written_keys(command, args) {
+            self.watches.touch(&key);
+            self.waiters.wake(&key);
+        }
+    }
+
+    /// Deletes expired keys in a few shards, starting at `first`; returns the next shard.
+    fn expire_some(&self, first: usize) -> usize {
+        let now = now_ms();
+        for i in 0..EXPIRY_SHARDS_PER_TICK {
+            self.keys.expire_shard((first + i) % SHARDS, now);
+        }
+        (first + EXPIRY_SHARDS_PER_TICK) % SHARDS
+    }
+
+    /// Runs a blocking command: when it finds nothing, waits for a write to its keys and
+    /// tries again, until its timeout.
+    async fn run_blocking(&self, proto: Proto, args: &[&[u8]]) -> Value {
+        let Some(command) = cmd::find(args[0]) else {
+            return into_value(Err(not_here(args[0])));
+        };
+        let keys = written_keys(command, args);
+        let mut deadline = None;
+        loop {
+            let notifies = self.waiters.register(&keys);
+            let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            woken.iter_mut().for_each(|w| {
+                w.as_mut().enable();
+            });
+            let timeout_ms = match self.run(proto, args) {
+                Err(Error::Block { timeout_ms }) => timeout_ms,
+                other => {
+                    drop(woken);
+                    self.waiters.release(&keys, notifies);
+                    return into_value(other);
+                }
+            };
+            let deadline = *deadline.get_or_insert_with(|| {
+                (timeout_ms > 0)
+                    .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms))
+            });
+            let expired = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let timed_out = tokio::select! {
+                _ = futures_util::future::select_all(woken) => false,
+                _ = expired => true,
+            };
+            self.waiters.release(&keys, notifies);
+            if timed_out {
+                return Value::Nil;
+            }
+        }
+    }
+}
+
+/// The keys a write touched: `args[1]` for single-key commands, the command table's key
+/// positions for the others.
+fn written_keys(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
+    if command.kind != Kind::Multi {
+        return args.get(1).map(|k| k.to_vec()).into_iter().collect();
+    }
+    let owned: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+    let Ok(spec) = crate::commands::lookup(&owned) else {
+        return Vec::new();
+    };
+    crate::commands::key_args(spec, &owned)
+        .map(|keys| keys.into_iter().map(|(i, _)| owned[i].to_vec()).collect())
+        .unwrap_or_default()
+}
+
+/// A handler's outcome as the value the request path relays. A blocking command that
+/// cannot block answers with its null reply.
+fn into_value(reply: Reply) -> Value {
+    match reply {
+        Ok(value) => value,
+        Err(Error::Msg(message)) => error_value(&message),
+        Err(Error::Block { .. }) => Value::Nil,
+    }
+}
+
+/// The arguments of each command of a pipeline.
+fn commands_of(pipe: &Pipeline) -> impl Iterator<Item = Vec<&[u8]>> + '_ {
+    pipe.cmd_iter().map(|cmd| {
+        cmd.args_iter()
+            .filter_map(|arg| match arg {
+                redis::Arg::Simple(bytes) => Some(bytes),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+impl Backend for Store {
+    fn pipeline<'a>(
+        &'a self,
+        proto: Proto,
+        pipe: &'a Pipeline,
+        _count: usize,
+    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        let replies = commands_of(pipe)
+            .map(|args| into_value(self.run(proto, &args)))
+            .collect();
+        Box::pin(std::future::ready(Ok(replies)))
+    }
+
+    fn dedicated(&self, proto: Proto) -> BoxFuture<'_, Result<Box<dyn Dedicated>, BackendError>> {
+        let conn = Connection {
+            store: self.clone(),
+            proto,
+            queued: None,
+            watched: Vec::new(),
+            dirty: Arc::new(AtomicBool::new(false)),
+        };
+        Box::pin(std::future::ready(Ok(Box::new(conn) as Box<dyn Dedicated>)))
+    }
+
+    fn subscription(&self) -> BoxFuture<'_, Result<Subscription, BackendError>> {
+        let sub = pubsub::subscription(self.channels.clone());
+        Box::pin(std::future::ready(Ok(sub)))
+    }
+
+    fn housekeeping(self: Arc<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut next = 0;
+            let mut tick = tokio::time::interval(EXPIRY_TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                next = self.expire_some(next);
+            }
+        })
+    }
+}
+
+/// One client's connection to the store: its transaction and its watched keys.
+struct Connection {
+    store: Store,
+    proto: Proto,
+    /// Commands queued since MULTI.
+    queued: Option<Vec<Vec<Vec<u8>>>>,
+    watched: Vec<Vec<u8>>,
+    /// Set when a watched key is written.
+    dirty: Arc<AtomicBool>,
+}
+
+impl Connection {
+    async fn one(&mut self, args: &[&[u8]]) -> Value {
+        let name = args
+            .first()
+            .copied()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        match name.as_slice() {
+            b"MULTI" if self.queued.is_some() => error_value("ERR MULTI calls can not be nested"),
+            b"MULTI" => {
+                self.queued = Some(Vec::new());
+                Value::Okay
+            }
+            b"EXEC" => match self.queued.take() {
+                None => error_value("ERR EXEC without MULTI"),
+                Some(queued) => {
+                    let dirty = self.dirty.load(Ordering::Acquire);
+                    let reply = if dirty {
+                        Value::Nil
+                    } else {
+                        Value::Array(self.store.run_all(self.proto, &queued))
+                    };
+                    self.unwatch();
+                    reply
+                }
+            },
+            b"DISCARD" => match self.queued.take() {
+                None => error_value("ERR DISCARD without MULTI"),
+                Some(_) => {
+                    self.unwatch();
+                    Value::Okay
+                }
+            },
+            b"WATCH" if self.queued.is_some() => {
+                error_value("ERR WATCH inside MULTI is not allowed")
+            }
+            b"WATCH" => {
+                for key in &args[1..] {
+                    self.store.watches.add(key, &self.dirty);
+                    self.watched.push(key.to_vec());
+                }
+                Value::Okay
+            }
+            b"UNWATCH" => {
+                self.unwatch();
+                Value::Okay
+            }
+            _ => match &mut self.queued {
+                Some(queued) => {
+                    if cmd::find(&name).is_none() {
+                        return into_value(Err(not_here(&name)));
+                    }
+                    queued.push(args.iter().map(|a| a.to_vec()).collect());
+                    Value::SimpleString("QUEUED".into())
+                }
+                None => self.store.run_blocking(self.proto, args).await,
+            },
+        }
+    }
+
+    fn unwatch(&mut self) {
+        for key in self.watched.drain(..) {
+            self.store.watches.remove(&key, &self.dirty);
+        }
+        self.dirty.store(false, Ordering::Release);
+    }
+}
+
+impl Dedicated for Connection {
+    fn pipeline<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        _count: usize,
+    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        Box::pin(async move {
+            let mut replies = Vec::new();
+            for args in commands_of(pipe) {
+                replies.push(self.one(&args).await);
+            }
+            Ok(replies)
+        })
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.unwatch();
+    }
+}
+
+/// Which transactions watch which keys.
+#[derive(Default)]
+struct Watches {
+    /// Watched (key, transaction) pairs, so that writes skip the lock when there are none.
+    active: AtomicUsize,
+    by_key: Mutex<HashMap<Vec<u8>, Vec<Weak<AtomicBool>>>>,
+}
+
+impl Watches {
+    fn add(&self, key: &[u8], dirty: &Arc<AtomicBool>) {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_vec())
+            .or_default()
+            .push(Arc::downgrade(dirty));
+        self.active.fetch_add(1, Ordering::Release);
+    }
+
+    fn remove(&self, key: &[u8], dirty: &Arc<AtomicBool>) {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(key) {
+            let target = Arc::downgrade(dirty);
+            if let Some(i) = list.iter().position(|w| w.ptr_eq(&target)) {
+                list.swap_remove(i);
+                self.active.fetch_sub(1, Ordering::Release);
+            }
+            if list.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+
+    fn touch(&self, key: &[u8]) {
+        let map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get(key) {
+            for dirty in list.iter().filter_map(Weak::upgrade) {
+                dirty.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Clients blocked on keys.
+#[derive(Default)]
+struct Waiters {
+    /// Blocked clients, so that writes skip the lock when there are none.
+    active: AtomicUsize,
+    by_key: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
+}
+
+impl Waiters {
+    fn register(&self, keys: &[Vec<u8>]) -> Vec<Arc<Notify>> {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        self.active.fetch_add(1, Ordering::Release);
+        keys.iter()
+            .map(|k| map.entry(k.clone()).or_default().clone())
+            .collect()
+    }
+
+    fn release(&self, keys: &[Vec<u8>], notifies: Vec<Arc<Notify>>) {
+        drop(notifies);
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if map.get(key).is_some_and(|n| Arc::strong_count(n) == 1) {
+                map.remove(key);
+            }
+        }
+        self.active.fetch_sub(1, Ordering::Release);
+    }
+
+    fn wake(&self, key: &[u8]) {
+        let map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(notify) = map.get(key) {
+            notify.notify_waiters();
+        }
+    }
+}

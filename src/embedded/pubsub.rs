@@ -1,0 +1,169 @@
+//! Pub/Sub inside the store: who is subscribed to which channel or pattern, and delivery.
+//!
+//! Each subscriber has a bounded queue. A subscriber whose queue is full (it stopped
+//! reading) misses messages rather than slowing the publisher down; Redis disconnects
+//! such clients when their output buffer passes its limit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::glob;
+use crate::backend::{BackendError, BoxFuture, Message, Subscription, SubscriptionSink};
+
+/// Messages a subscriber may have waiting.
+const BACKLOG: usize = 4096;
+
+type Subscribers = HashMap<Bytes, HashMap<u64, mpsc::Sender<Message>>>;
+
+#[derive(Default)]
+pub struct Registry {
+    channels: RwLock<Subscribers>,
+    patterns: RwLock<Subscribers>,
+    next_id: AtomicU64,
+}
+
+fn read(lock: &RwLock<Subscribers>) -> std::sync::RwLockReadGuard<'_, Subscribers> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(lock: &RwLock<Subscribers>) -> std::sync::RwLockWriteGuard<'_, Subscribers> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Registry {
+    fn table(&self, pattern: bool) -> &RwLock<Subscribers> {
+        if pattern {
+            &self.patterns
+        } else {
+            &self.channels
+        }
+    }
+
+    /// Delivers `payload` to every subscriber of `channel` and of each matching pattern;
+    /// returns how many deliveries were made.
+    pub fn publish(&self, channel: &[u8], payload: &[u8]) -> i64 {
+        let channel = Bytes::copy_from_slice(channel);
+        let payload = Bytes::copy_from_slice(payload);
+        let mut delivered = 0;
+        let mut send = |tx: &mpsc::Sender<Message>, pattern: Option<&Bytes>| {
+            let message = Message {
+                channel: channel.clone(),
+                pattern: pattern.cloned(),
+                payload: payload.clone(),
+            };
+            match tx.try_send(message) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!("a subscriber is not reading; message dropped");
+                    delivered += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        };
+        if let Some(subs) = read(&self.channels).get(&channel) {
+            subs.values().for_each(|tx| send(tx, None));
+        }
+        for (pattern, subs) in read(&self.patterns).iter() {
+            if glob::matches(pattern, &channel) {
+                subs.values().for_each(|tx| send(tx, Some(pattern)));
+            }
+        }
+        delivered
+    }
+
+    /// Channels with at least one subscriber, matching `pattern` if given.
+    pub fn channels(&self, pattern: Option<&[u8]>) -> Vec<Bytes> {
+        read(&self.channels)
+            .iter()
+            .filter(|(name, subs)| {
+                !subs.is_empty() && pattern.is_none_or(|p| glob::matches(p, name))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Subscribers of `channel` (not counting patterns).
+    pub fn numsub(&self, channel: &[u8]) -> i64 {
+        read(&self.channels)
+            .get(channel)
+            .map_or(0, |subs| subs.len() as i64)
+    }
+
+    fn add(&self, id: u64, name: &[u8], pattern: bool, tx: &mpsc::Sender<Message>) {
+        write(self.table(pattern))
+            .entry(Bytes::copy_from_slice(name))
+            .or_default()
+            .insert(id, tx.clone());
+    }
+
+    fn remove(&self, id: u64, name: &[u8], pattern: bool) {
+        let mut table = write(self.table(pattern));
+        if let Some(subs) = table.get_mut(name) {
+            subs.remove(&id);
+            if subs.is_empty() {
+                table.remove(name);
+            }
+        }
+    }
+}
+
+/// A subscriber's end in the store.
+struct Sink {
+    registry: Arc<Registry>,
+    id: u64,
+    tx: mpsc::Sender<Message>,
+    subscribed: Vec<(Bytes, bool)>,
+}
+
+impl SubscriptionSink for Sink {
+    fn subscribe<'a>(
+        &'a mut self,
+        name: &'a [u8],
+        pattern: bool,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.registry.add(self.id, name, pattern, &self.tx);
+        let entry = (Bytes::copy_from_slice(name), pattern);
+        if !self.subscribed.contains(&entry) {
+            self.subscribed.push(entry);
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unsubscribe<'a>(
+        &'a mut self,
+        name: &'a [u8],
+        pattern: bool,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        self.registry.remove(self.id, name, pattern);
+        self.subscribed
+            .retain(|(n, p)| !(n.as_ref() == name && *p == pattern));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        for (name, pattern) in &self.subscribed {
+            self.registry.remove(self.id, name, *pattern);
+        }
+    }
+}
+
+/// A new subscriber with no channels.
+pub fn subscription(registry: Arc<Registry>) -> Subscription {
+    let (tx, messages) = mpsc::channel(BACKLOG);
+    let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+    Subscription {
+        sink: Box::new(Sink {
+            registry,
+            id,
+            tx,
+            subscribed: Vec::new(),
+        }),
+        messages,
+    }
+}
