@@ -2,6 +2,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 
 /// A key's value and its deadline.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +150,46 @@ impl ZSet {
             // `take_while` is not double-ended; collect the (usually short) range.
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    /// Members between two `(score, member)` positions of the order, in order (use the
+    /// iterator's `rev` for the other direction). An empty or inverted range yields nothing.
+    pub fn range(
+        &self,
+        lower: Bound<(f64, &[u8])>,
+        upper: Bound<(f64, &[u8])>,
+    ) -> impl DoubleEndedIterator<Item = (&[u8], f64)> + '_ {
+        let own = |b: Bound<(f64, &[u8])>| {
+            b.map(|(s, m)| (Score(if s == 0.0 { 0.0 } else { s }), m.to_vec()))
+        };
+        let (lower, upper) = (own(lower), own(upper));
+        // `BTreeSet::range` panics on an inverted range; such a range is empty.
+        let valid = match (&lower, &upper) {
+            (Bound::Included(a), Bound::Included(b)) => a <= b,
+            (Bound::Included(a) | Bound::Excluded(a), Bound::Included(b) | Bound::Excluded(b)) => {
+                a < b
+            }
+            _ => true,
+        };
+        valid
+            .then(|| self.order.range((lower, upper)))
+            .into_iter()
+            .flatten()
+            .map(|(s, m)| (m.as_slice(), s.0))
+    }
+
+    /// Removes and returns the member with the lowest score (ties: the first by bytes).
+    pub fn pop_first(&mut self) -> Option<(Vec<u8>, f64)> {
+        let (score, member) = self.order.pop_first()?;
+        self.scores.remove(&member);
+        Some((member, score.0))
+    }
+
+    /// Removes and returns the member with the highest score (ties: the last by bytes).
+    pub fn pop_last(&mut self) -> Option<(Vec<u8>, f64)> {
+        let (score, member) = self.order.pop_last()?;
+        self.scores.remove(&member);
+        Some((member, score.0))
     }
 
     /// 0-based rank of `member`, lowest score first.
