@@ -16,8 +16,9 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{encode, quoted, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
 
@@ -425,45 +426,70 @@ fn open(pkv: &Pkv, token: &str, proto: Proto) -> Result<RespConn, String> {
     Ok(conn)
 }
 
-/// The Pub/Sub commands that answer with one reply per channel.
-fn subscribe_family(name: &str) -> bool {
-    matches!(
-        name,
-        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE"
-    )
+/// A group's connection to one backend, and what it is subscribed to (for knowing how
+/// many replies an UNSUBSCRIBE without arguments sends).
+struct Conn {
+    resp: RespConn,
+    /// Channels, patterns and shard channels.
+    subscribed: [BTreeSet<Vec<u8>>; 3],
 }
 
-/// Reads a line's replies: one, or for (un)subscriptions one per channel (without
-/// channels, until the subscription count reaches 0).
-fn read_replies(conn: &mut RespConn, line: &Line) -> Result<Vec<Resp>, String> {
-    let first = conn.try_value(REPLY_TIMEOUT)?;
-    let name = line.name();
-    if !subscribe_family(&name) {
-        return Ok(vec![first]);
-    }
-    let count_of = |v: &Resp| match v {
-        Resp::Array(items) | Resp::Push(items) => match items.last() {
-            Some(Resp::Int(n)) => Some(*n),
-            _ => None,
-        },
-        _ => None,
-    };
-    let mut replies = vec![first];
-    loop {
-        let last = replies.last().unwrap();
-        let Some(count) = count_of(last) else {
-            // Queued, refused, or not a subscription reply: nothing more follows.
-            return Ok(replies);
+/// Which of [`Conn::subscribed`] a (un)subscription command or reply kind is about, and
+/// whether it subscribes.
+fn subscription_kind(name: &str) -> Option<(usize, bool)> {
+    Some(match name {
+        "SUBSCRIBE" => (0, true),
+        "UNSUBSCRIBE" => (0, false),
+        "PSUBSCRIBE" => (1, true),
+        "PUNSUBSCRIBE" => (1, false),
+        "SSUBSCRIBE" => (2, true),
+        "SUNSUBSCRIBE" => (2, false),
+        _ => return None,
+    })
+}
+
+impl Conn {
+    /// Reads a line's replies, all due by `deadline`: one, or for (un)subscriptions one
+    /// per channel named (without names, one per channel subscribed, at least one).
+    fn replies(&mut self, line: &Line, deadline: Instant) -> Result<Vec<Resp>, String> {
+        // What is already in the socket is read even once the deadline has passed.
+        let left = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100))
         };
-        let done = if line.args.len() > 1 {
-            replies.len() >= line.args.len() - 1
+        let first = self.resp.try_value(left())?;
+        let Some((set, _)) = subscription_kind(&line.name()) else {
+            return Ok(vec![first]);
+        };
+        let expected = if line.args.len() > 1 {
+            line.args.len() - 1
         } else {
-            count == 0
+            self.subscribed[set].len().max(1)
         };
-        if done {
-            return Ok(replies);
+        let mut replies = vec![first];
+        loop {
+            let last = replies.last().unwrap();
+            // `[kind, name, count]`, or something else (queued, refused): nothing follows.
+            let (Resp::Array(items) | Resp::Push(items)) = last else {
+                return Ok(replies);
+            };
+            let [Resp::Bulk(kind), name, Resp::Int(_)] = items.as_slice() else {
+                return Ok(replies);
+            };
+            let kind = String::from_utf8_lossy(kind).to_ascii_uppercase();
+            if let (Some((set, subscribing)), Resp::Bulk(name)) = (subscription_kind(&kind), name) {
+                if subscribing {
+                    self.subscribed[set].insert(name.clone());
+                } else {
+                    self.subscribed[set].remove(name);
+                }
+            }
+            if replies.len() >= expected {
+                return Ok(replies);
+            }
+            replies.push(self.resp.try_value(left())?);
         }
-        replies.push(conn.try_value(REPLY_TIMEOUT)?);
     }
 }
 
@@ -487,7 +513,10 @@ fn run_group(backends: &Backends, group: &Group, proto: Proto, found: &mut Findi
         open(&backends.upstream, &token_upstream, proto),
         open(&backends.embedded, &token_embedded, proto),
     ) {
-        (Ok(r), Ok(e)) => [r, e],
+        (Ok(r), Ok(e)) => [r, e].map(|resp| Conn {
+            resp,
+            subscribed: Default::default(),
+        }),
         (r, e) => {
             found.mismatches.push(format!(
                 "{} {here}: could not open the group's connections: redis {:?}, embedded {:?}",
@@ -505,10 +534,11 @@ fn run_group(backends: &Backends, group: &Group, proto: Proto, found: &mut Findi
             encode(&args)
         };
         for conn in conns.iter_mut() {
-            conn.send(&request);
+            conn.resp.send(&request);
         }
+        let deadline = Instant::now() + REPLY_TIMEOUT;
         let [r, e] = &mut conns;
-        let (redis, embedded) = (read_replies(r, line), read_replies(e, line));
+        let (redis, embedded) = (r.replies(line, deadline), e.replies(line, deadline));
         let (redis, embedded) = match (redis, embedded) {
             (Ok(r), Ok(e)) => (r, e),
             (r, e) => {
