@@ -4,7 +4,10 @@
 use redis::Value;
 
 use super::strings::invalid_expire;
-use super::{int, int_arg, is, Command, Cx, Kind, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Kind, Reply, SYNTAX};
+use crate::embedded::data::Data;
+use crate::embedded::glob;
+use crate::embedded::keyspace::SHARDS;
 
 pub const COMMANDS: &[Command] = &[
     Command {
@@ -13,9 +16,24 @@ pub const COMMANDS: &[Command] = &[
         run: del,
     },
     Command {
+        name: "UNLINK",
+        kind: Kind::Multi,
+        run: del,
+    },
+    Command {
         name: "EXISTS",
         kind: Kind::Multi,
         run: exists,
+    },
+    Command {
+        name: "TOUCH",
+        kind: Kind::Multi,
+        run: exists,
+    },
+    Command {
+        name: "TYPE",
+        kind: Kind::Read,
+        run: type_of,
     },
     Command {
         name: "TTL",
@@ -26,6 +44,16 @@ pub const COMMANDS: &[Command] = &[
         name: "PTTL",
         kind: Kind::Read,
         run: pttl,
+    },
+    Command {
+        name: "EXPIRETIME",
+        kind: Kind::Read,
+        run: expiretime,
+    },
+    Command {
+        name: "PEXPIRETIME",
+        kind: Kind::Read,
+        run: pexpiretime,
     },
     Command {
         name: "EXPIRE",
@@ -46,6 +74,36 @@ pub const COMMANDS: &[Command] = &[
         name: "PEXPIREAT",
         kind: Kind::Write,
         run: pexpireat,
+    },
+    Command {
+        name: "RENAME",
+        kind: Kind::Multi,
+        run: rename,
+    },
+    Command {
+        name: "RENAMENX",
+        kind: Kind::Multi,
+        run: renamenx,
+    },
+    Command {
+        name: "COPY",
+        kind: Kind::Multi,
+        run: copy,
+    },
+    Command {
+        name: "KEYS",
+        kind: Kind::Walk,
+        run: keys,
+    },
+    Command {
+        name: "SCAN",
+        kind: Kind::Walk,
+        run: scan,
+    },
+    Command {
+        name: "OBJECT",
+        kind: Kind::Walk,
+        run: object,
     },
     Command {
         name: "MEMORY",
@@ -91,6 +149,29 @@ fn ttl(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn pttl(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     int(ms_left(cx, args[1]))
+}
+
+/// The deadline in ms since the epoch: -2 without the key, -1 without a deadline.
+fn deadline_of(cx: &Cx, key: &[u8]) -> i64 {
+    cx.read(key, |e| match e {
+        None => -2,
+        Some(e) => e.expires_at.unwrap_or(-1),
+    })
+}
+
+fn expiretime(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let at = deadline_of(cx, args[1]);
+    int(if at < 0 { at } else { (at + 500) / 1000 })
+}
+
+fn pexpiretime(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    int(deadline_of(cx, args[1]))
+}
+
+/// `TYPE key`: the type's name, "none" without the key.
+fn type_of(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let name = cx.read(args[1], |e| e.map_or("none", |e| e.data.type_name()));
+    Ok(Value::SimpleString(name.into()))
 }
 
 // === EXPIRE and friends ===
@@ -195,5 +276,250 @@ fn memory(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         Ok(e.map_or(Value::Nil, |e| {
             Value::Int((key.len() + e.data.size() + ENTRY_OVERHEAD) as i64)
         }))
+    })
+}
+
+// === RENAME, RENAMENX, COPY ===
+
+fn rename(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    move_key(cx, args, false)
+}
+
+fn renamenx(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    move_key(cx, args, true)
+}
+
+/// `RENAME key newkey` / `RENAMENX key newkey`: the value moves with its deadline and
+/// replaces whatever `newkey` held (RENAMENX leaves an existing `newkey` alone: 0).
+fn move_key(cx: &Cx, args: &[&[u8]], nx: bool) -> Reply {
+    let (from, to) = (args[1], args[2]);
+    let done = || if nx { int(1) } else { ok() };
+    if !cx.read(from, |e| e.is_some()) {
+        return Err("ERR no such key".into());
+    }
+    if from == to {
+        return if nx { int(0) } else { ok() };
+    }
+    if nx && cx.read(to, |e| e.is_some()) {
+        return int(0);
+    }
+    if let Some(entry) = cx.remove(from) {
+        cx.insert(to, entry);
+    }
+    done()
+}
+
+/// `COPY source destination [DB 0] [REPLACE]`: 1 if copied (with the deadline), 0 if the
+/// source is missing or the destination exists without REPLACE. The store has one
+/// database, so only `DB 0` is accepted.
+fn copy(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        if is(args[i], "REPLACE") {
+            replace = true;
+        } else if let (true, Some(db)) = (is(args[i], "DB"), args.get(i + 1)) {
+            let db = int_arg(db)?;
+            if db != 0 {
+                return Err("ERR COPY to another database is not available: the embedded store has one database".into());
+            }
+            i += 1;
+        } else {
+            return Err(SYNTAX.into());
+        }
+        i += 1;
+    }
+    let (from, to) = (args[1], args[2]);
+    if from == to {
+        return Err("ERR source and destination objects are the same".into());
+    }
+    let Some(entry) = cx.read(from, |e| e.cloned()) else {
+        return int(0);
+    };
+    if !replace && cx.read(to, |e| e.is_some()) {
+        return int(0);
+    }
+    cx.insert(to, entry);
+    int(1)
+}
+
+// === KEYS, SCAN ===
+
+/// Live keys matching `pattern` in one shard, appended to `out` (optionally only those of
+/// type `type_name`); returns how many entries the shard holds.
+fn collect_shard(
+    cx: &Cx,
+    shard: usize,
+    pattern: &[u8],
+    type_name: Option<&[u8]>,
+    out: &mut Vec<Value>,
+) -> usize {
+    let prefix = glob::literal_prefix(pattern);
+    let everything = pattern == b"*";
+    let entries = cx.store.keys.read_shard(shard);
+    for (key, entry) in entries.iter() {
+        if !key.starts_with(prefix) || entry.expired(cx.now) {
+            continue;
+        }
+        if type_name.is_some_and(|t| !is(t, entry.data.type_name())) {
+            continue;
+        }
+        if everything || glob::matches(pattern, key) {
+            out.push(bulk(key.to_vec()));
+        }
+    }
+    entries.len()
+}
+
+/// `KEYS pattern`
+fn keys(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let mut found = Vec::new();
+    for shard in 0..SHARDS {
+        collect_shard(cx, shard, args[1], None, &mut found);
+    }
+    Ok(Value::Array(found))
+}
+
+/// A SCAN cursor as Redis reads one (`strtoul`: an optional sign, decimal digits, nothing
+/// else; a negative number wraps around).
+fn scan_cursor(raw: &[u8]) -> Result<u64, Error> {
+    let invalid = || Error::from("ERR invalid cursor");
+    let (neg, digits) = match raw.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, raw),
+    };
+    let mut n: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(invalid());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or_else(invalid)?;
+    }
+    Ok(if neg { n.wrapping_neg() } else { n })
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`. The cursor is the next shard to
+/// visit: shards are visited in order until COUNT entries have been looked at, so a key
+/// present during the whole iteration is returned exactly once.
+fn scan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let cursor = scan_cursor(args[1])?;
+    let (mut pattern, mut count, mut type_name): (&[u8], i64, Option<&[u8]>) = (b"*", 10, None);
+    let mut i = 2;
+    while i < args.len() {
+        let (word, value) = (args[i], args.get(i + 1));
+        match value {
+            Some(v) if is(word, "COUNT") => {
+                count = int_arg(v)?;
+                if count < 1 {
+                    return Err(SYNTAX.into());
+                }
+            }
+            Some(v) if is(word, "MATCH") => pattern = v,
+            Some(v) if is(word, "TYPE") => type_name = Some(v),
+            _ => return Err(SYNTAX.into()),
+        }
+        i += 2;
+    }
+    let mut found = Vec::new();
+    let mut shard = usize::try_from(cursor).unwrap_or(SHARDS).min(SHARDS);
+    let mut visited = 0usize;
+    while shard < SHARDS && visited < count as usize {
+        visited += collect_shard(cx, shard, pattern, type_name, &mut found);
+        shard += 1;
+    }
+    let next = if shard >= SHARDS { 0 } else { shard };
+    Ok(Value::Array(vec![
+        bulk(next.to_string()),
+        Value::Array(found),
+    ]))
+}
+
+// === OBJECT ===
+
+/// Redis 7.0's built-in limits for its compact encodings.
+const HASH_LISTPACK_ENTRIES: usize = 512;
+const ZSET_LISTPACK_ENTRIES: usize = 128;
+const LISTPACK_VALUE: usize = 64;
+const INTSET_ENTRIES: usize = 512;
+/// Integers Redis shares between keys (their reference count reads as `i32::MAX`).
+const SHARED_INTEGERS: i64 = 10_000;
+/// The longest string Redis keeps in one allocation with its header.
+const EMBSTR_MAX: usize = 44;
+
+/// A string holding an integer Redis would store as one.
+fn as_integer(s: &[u8]) -> Option<i64> {
+    (s.len() <= 20)
+        .then(|| crate::commands::parse_redis_int(s))
+        .flatten()
+}
+
+/// The encoding Redis 7.0 would most likely use for `data` (the store keeps one
+/// representation per type, so this follows the contents and Redis's default limits).
+fn encoding(data: &Data) -> &'static str {
+    match data {
+        Data::Str(s) if as_integer(s).is_some() => "int",
+        Data::Str(s) if s.len() <= EMBSTR_MAX => "embstr",
+        Data::Str(_) => "raw",
+        Data::List(_) => "quicklist",
+        Data::Hash(h) => {
+            let small = h.len() <= HASH_LISTPACK_ENTRIES
+                && h.iter()
+                    .all(|(f, v)| f.len() <= LISTPACK_VALUE && v.len() <= LISTPACK_VALUE);
+            if small {
+                "listpack"
+            } else {
+                "hashtable"
+            }
+        }
+        Data::Set(s) => {
+            let integers = s.len() <= INTSET_ENTRIES && s.iter().all(|m| as_integer(m).is_some());
+            if integers {
+                "intset"
+            } else {
+                "hashtable"
+            }
+        }
+        Data::ZSet(z) => {
+            let small = z.len() <= ZSET_LISTPACK_ENTRIES
+                && z.iter().all(|(m, _)| m.len() <= LISTPACK_VALUE);
+            if small {
+                "listpack"
+            } else {
+                "skiplist"
+            }
+        }
+    }
+}
+
+/// `OBJECT ENCODING|IDLETIME|REFCOUNT key`: nil without the key.
+fn object(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    let sub = args.get(1).copied().unwrap_or_default();
+    let known = ["ENCODING", "IDLETIME", "REFCOUNT"]
+        .iter()
+        .any(|w| is(sub, w));
+    let Some(key) = args.get(2).filter(|_| known && args.len() == 3) else {
+        return Err(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
+            String::from_utf8_lossy(sub)
+        )
+        .into());
+    };
+    cx.read(key, |e| {
+        let Some(e) = e else {
+            return Ok(Value::Nil);
+        };
+        Ok(if is(sub, "ENCODING") {
+            bulk(encoding(&e.data))
+        } else if is(sub, "IDLETIME") {
+            Value::Int(0)
+        } else {
+            let shared = matches!(&e.data, Data::Str(s)
+                if as_integer(s).is_some_and(|n| (0..SHARED_INTEGERS).contains(&n)));
+            Value::Int(if shared { i64::from(i32::MAX) } else { 1 })
+        })
     })
 }
