@@ -523,3 +523,96 @@ fn object(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::data::Entry;
+    use crate::embedded::Store;
+    use crate::protocol::Proto;
+
+    fn keys_of(reply: &Value) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let Value::Array(parts) = reply else {
+            panic!("not an array: {reply:?}");
+        };
+        let (Value::BulkString(cursor), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+            panic!("not a SCAN reply: {reply:?}");
+        };
+        let keys = keys
+            .iter()
+            .map(|k| match k {
+                Value::BulkString(k) => k.clone(),
+                other => panic!("not a key: {other:?}"),
+            })
+            .collect();
+        (cursor.clone(), keys)
+    }
+
+    #[test]
+    fn scan_returns_every_key_once_whatever_the_count() {
+        let store = Store::default();
+        let mut cx = Cx {
+            store: &store,
+            proto: Proto::Resp2,
+            now: 1_000,
+        };
+        for i in 0..300 {
+            let key = format!("ns:{i}");
+            cx.insert(key.as_bytes(), Entry::new(Data::Str(b"v".to_vec())));
+            cx.insert(
+                format!("other:{i}").as_bytes(),
+                Entry::new(Data::Str(vec![])),
+            );
+        }
+        // Expired keys are never returned.
+        let mut dead = Entry::new(Data::Str(vec![]));
+        dead.expires_at = Some(999);
+        cx.insert(b"ns:dead", dead);
+        for count in ["1", "7", "10", "1000"] {
+            let mut cursor = b"0".to_vec();
+            let mut seen = Vec::new();
+            let mut calls = 0;
+            loop {
+                let args: [&[u8]; 6] = [
+                    b"SCAN",
+                    &cursor,
+                    b"MATCH",
+                    b"ns:*",
+                    b"COUNT",
+                    count.as_bytes(),
+                ];
+                let (next, keys) = keys_of(&scan(&mut cx, &args).unwrap());
+                seen.extend(keys);
+                calls += 1;
+                if next == b"0" {
+                    break;
+                }
+                cursor = next;
+            }
+            seen.sort();
+            let before = seen.len();
+            seen.dedup();
+            assert_eq!(before, seen.len(), "COUNT {count}: a key came twice");
+            assert_eq!(seen.len(), 300, "COUNT {count}");
+            assert!(calls <= SHARDS, "COUNT {count}: {calls} calls");
+        }
+        let args: [&[u8]; 2] = [b"SCAN", b"999999"];
+        assert_eq!(
+            keys_of(&scan(&mut cx, &args).unwrap()),
+            (b"0".to_vec(), vec![])
+        );
+        let args: [&[u8]; 2] = [b"SCAN", b"x1"];
+        assert!(scan(&mut cx, &args).is_err());
+    }
+
+    #[test]
+    fn cursors_read_like_strtoul() {
+        assert_eq!(scan_cursor(b"0"), Ok(0));
+        assert_eq!(scan_cursor(b""), Ok(0));
+        assert_eq!(scan_cursor(b"+12"), Ok(12));
+        assert_eq!(scan_cursor(b"-1"), Ok(u64::MAX));
+        assert!(scan_cursor(b" 1").is_err());
+        assert!(scan_cursor(b"1.5").is_err());
+        assert!(scan_cursor(b"18446744073709551616").is_err());
+    }
+}

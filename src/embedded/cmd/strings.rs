@@ -864,11 +864,29 @@ fn bitpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let Some((lo, hi)) = bit_range(start, end, s.len(), bits) else {
         return int(-1);
     };
-    match (lo..=hi).find(|&i| bit_at(&s, i) == bit) {
+    match find_bit(&s, lo, hi, bit) {
         Some(i) => int(i as i64),
         None if bit == 0 && !end_given => int(hi as i64 + 1),
         None => int(-1),
     }
+}
+
+/// The first bit equal to `bit` in the inclusive range `lo..=hi` of `s`, skipping whole
+/// bytes that cannot hold it.
+fn find_bit(s: &[u8], lo: u64, hi: u64, bit: u8) -> Option<u64> {
+    let hopeless = if bit == 1 { 0x00 } else { 0xff };
+    let mut i = lo;
+    while i <= hi {
+        if i & 7 == 0 && i + 7 <= hi && s.get((i >> 3) as usize) == Some(&hopeless) {
+            i += 8;
+            continue;
+        }
+        if bit_at(s, i) == bit {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// `BITOP AND|OR|XOR|NOT destkey key...`: stores the result; its length.
