@@ -550,20 +550,11 @@ pub(super) mod long_double {
         {
             return None;
         }
-        // Redis hands the bytes to C as a string: a NUL ends it.
-        let text = match raw.iter().position(|&b| b == 0) {
-            Some(end) => &raw[..end],
-            None => raw,
+        let (neg, body) = match raw[0] {
+            b'-' => (true, &raw[1..]),
+            b'+' => (false, &raw[1..]),
+            _ => (false, raw),
         };
-        let (neg, body) = match text.first() {
-            Some(b'-') => (true, &text[1..]),
-            Some(b'+') => (false, &text[1..]),
-            _ => (false, text),
-        };
-        if text.is_empty() {
-            // Nothing before the NUL: strtold reads nothing and stops at the end.
-            return Some(Ld::ZERO);
-        }
         if body.eq_ignore_ascii_case(b"inf") || body.eq_ignore_ascii_case(b"infinity") {
             return Some(Ld::infinity(neg));
         }
@@ -951,6 +942,8 @@ pub(super) mod long_double {
                 assert_eq!(parse(bad.as_bytes()), None, "{bad:?}");
             }
             assert_eq!(parse(&vec![b'1'; 5120]), None);
+            assert_eq!(parse(b"1\x00"), None);
+            assert_eq!(parse(b"\x00"), None);
             assert!(parse(&vec![b'1'; 5000]).is_none()); // about 10^5000: overflows
             assert!(parse(&vec![b'1'; 4000]).is_some());
             assert!(parse(b"0e-5000").is_some());
