@@ -85,8 +85,10 @@ const PREALLOC: usize = 1 << 16;
 pub struct Persistence {
     pub path: PathBuf,
     pub every: Duration,
-    /// Held while a snapshot is taken and written, so two never overlap.
-    writing: Mutex<()>,
+    /// Held while a snapshot is taken and written, so two never overlap. Holds the size
+    /// of the last one, so the next one's buffer is reserved at once rather than grown
+    /// while the gate is held.
+    writing: Mutex<usize>,
 }
 
 impl Persistence {
@@ -94,7 +96,7 @@ impl Persistence {
         settings.data_file.as_ref().map(|path| Persistence {
             path: path.clone(),
             every: settings.snapshot_interval,
-            writing: Mutex::new(()),
+            writing: Mutex::new(0),
         })
     }
 }
@@ -117,7 +119,12 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(saved_at: i64) -> Encoder {
-        let mut buf = Vec::with_capacity(64 * 1024);
+        Encoder::with_capacity(saved_at, 64 * 1024)
+    }
+
+    /// An encoder whose buffer starts with room for `bytes`.
+    pub fn with_capacity(saved_at: i64, bytes: usize) -> Encoder {
+        let mut buf = Vec::with_capacity(bytes.max(HEADER + TRAILER));
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&VERSION.to_le_bytes());
         buf.extend_from_slice(&0u64.to_le_bytes()); // the file size, set by `finish`
@@ -200,14 +207,22 @@ impl Encoder {
     }
 }
 
+/// What a snapshot held, besides its entries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loaded {
+    pub saved_at: i64,
+    /// Entries live at load time.
+    pub live: usize,
+    /// Entries whose deadline had passed at load time.
+    pub expired: usize,
+}
+
 /// A decoded snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub saved_at: i64,
+    pub loaded: Loaded,
     /// The entries still live at load time.
     pub entries: Vec<(Vec<u8>, Entry)>,
-    /// Entries whose deadline had passed at load time.
-    pub expired: usize,
 }
 
 /// Reads a snapshot's body; every length is checked against what is left.
@@ -322,8 +337,27 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a snapshot, dropping the entries expired at `now`. The error says what is wrong.
+/// Decodes a snapshot into a list, dropping the entries expired at `now`.
 pub fn decode(bytes: &[u8], now: i64) -> Result<Snapshot, String> {
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    let loaded = decode_with(bytes, now, |key, entry| {
+        if !seen.insert(key.to_vec()) {
+            return false;
+        }
+        entries.push((key.to_vec(), entry));
+        true
+    })?;
+    Ok(Snapshot { loaded, entries })
+}
+
+/// Checks a snapshot and hands each entry live at `now` to `keep`, which answers false
+/// when it was already given that key. The error says what is wrong with the file.
+pub fn decode_with(
+    bytes: &[u8],
+    now: i64,
+    mut keep: impl FnMut(&[u8], Entry) -> bool,
+) -> Result<Loaded, String> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err("not a pkv snapshot (bad magic)".into());
     }
@@ -364,8 +398,7 @@ pub fn decode(bytes: &[u8], now: i64) -> Result<Snapshot, String> {
         pos: HEADER,
         entry: 0,
     };
-    let mut entries = Vec::new();
-    let mut keys = HashSet::new();
+    let mut live = 0;
     let mut expired = 0;
     loop {
         let kind = reader.u8("type")?;
@@ -379,14 +412,13 @@ pub fn decode(bytes: &[u8], now: i64) -> Result<Snapshot, String> {
         };
         let key = reader.blob("key")?;
         let data = reader.data(kind)?;
-        if !keys.insert(key) {
-            return Err(format!("entry {}: a key appears twice", reader.entry));
-        }
         let entry = Entry { data, expires_at };
         if entry.expired(now) {
             expired += 1;
+        } else if keep(key, entry) {
+            live += 1;
         } else {
-            entries.push((key.to_vec(), entry));
+            return Err(format!("entry {}: a key appears twice", reader.entry));
         }
         reader.entry += 1;
     }
@@ -403,9 +435,9 @@ pub fn decode(bytes: &[u8], now: i64) -> Result<Snapshot, String> {
             reader.entry
         ));
     }
-    Ok(Snapshot {
+    Ok(Loaded {
         saved_at,
-        entries,
+        live,
         expired,
     })
 }
@@ -465,10 +497,11 @@ pub struct Saved {
 }
 
 impl Store {
-    /// Every live key, encoded, with no multi-key command half done.
-    pub fn snapshot(&self) -> (Vec<u8>, u64, Duration) {
+    /// Every live key, encoded, with no multi-key command half done; `expected` is the
+    /// size to reserve.
+    pub fn snapshot(&self, expected: usize) -> (Vec<u8>, u64, Duration) {
         let now = now_ms();
-        let mut encoder = Encoder::new(now);
+        let mut encoder = Encoder::with_capacity(now, expected + expected / 8);
         let started = Instant::now();
         {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
@@ -490,11 +523,12 @@ impl Store {
         let Some(persistence) = &self.persistence else {
             return Ok(None);
         };
-        let _writing = persistence
+        let mut last_size = persistence
             .writing
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let (bytes, keys, walk) = self.snapshot();
+        let (bytes, keys, walk) = self.snapshot(*last_size);
+        *last_size = bytes.len();
         write_atomically(&persistence.path, &bytes).map_err(|e| {
             format!(
                 "cannot save the snapshot to {}: {e}",
@@ -568,19 +602,20 @@ impl Store {
         match fs::read(path) {
             Ok(bytes) => {
                 let now = now_ms();
-                let snapshot = decode(&bytes, now).map_err(fail)?;
-                let keys = snapshot.entries.len();
-                for (key, entry) in snapshot.entries {
-                    let shard = self.keys.shard_of(&key);
-                    self.keys
-                        .write_shard(shard)
-                        .insert(key.into_boxed_slice(), entry);
-                }
+                let loaded = decode_with(&bytes, now, |key, entry| {
+                    let mut shard = self.keys.write_shard(self.keys.shard_of(key));
+                    shard.insert(key.into(), entry).is_none()
+                })
+                .map_err(fail)?;
+                *persistence
+                    .writing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = bytes.len();
                 tracing::info!(
                     file = %path.display(),
-                    keys,
-                    expired = snapshot.expired,
-                    age_s = (now - snapshot.saved_at).max(0) / 1000,
+                    keys = loaded.live,
+                    expired = loaded.expired,
+                    age_s = (now - loaded.saved_at).max(0) / 1000,
                     "loaded the snapshot"
                 );
             }
@@ -682,7 +717,8 @@ mod tests {
         let entries = sample();
         let bytes = encode(&entries);
         let snapshot = decode(&bytes, now_ms()).unwrap();
-        assert_eq!(snapshot.expired, 0);
+        assert_eq!(snapshot.loaded.expired, 0);
+        assert_eq!(snapshot.loaded.live, entries.len());
         assert_eq!(sorted(snapshot.entries), sorted(entries));
         // Scores come back bit for bit.
         let Data::ZSet(z) = &sample()[7].1.data else {
@@ -732,7 +768,7 @@ mod tests {
             ),
         ];
         let snapshot = decode(&encode(&entries), now).unwrap();
-        assert_eq!(snapshot.expired, 1);
+        assert_eq!(snapshot.loaded.expired, 1);
         assert_eq!(snapshot.entries, entries[1..].to_vec());
     }
 
