@@ -32,7 +32,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_UPSTREAM_URL",
         default: "",
-        help: "redis://[user:pass@]host:port of the upstream Redis; required",
+        help: "redis://[user:pass@]host:port of the upstream Redis; unset: the embedded store",
     },
     SettingDoc {
         name: "PKV_DATA_FILE",

@@ -71,6 +71,21 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Served commands the store does not run, in table order: pkv answers them with an error
+/// that points at `PKV_UPSTREAM_URL`. The README lists them.
+pub fn needs_upstream() -> Vec<&'static str> {
+    use crate::commands::{flags, table::TABLE, Exec};
+    TABLE
+        .iter()
+        .filter(|spec| matches!(spec.exec, Exec::Forward) && !spec.has(flags::CONTAINER))
+        .map(|spec| spec.name)
+        .filter(|name| {
+            let base = name.split('|').next().unwrap_or(name);
+            cmd::find(base.as_bytes()).is_none()
+        })
+        .collect()
+}
+
 /// The error for a served command the store does not run.
 fn not_here(name: &[u8]) -> Error {
     format!(
