@@ -1,7 +1,5 @@
 //! String commands: GET and SET with their variants, counters, ranges and bits.
 
-mod long_double;
-
 use redis::Value;
 
 use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Kind, Reply, SYNTAX};
@@ -590,7 +588,7 @@ fn store_keeping_ttl(slot: &mut Option<Entry>, value: Vec<u8>) {
 }
 
 /// `INCRBYFLOAT key increment`: the new value as text, computed the way Redis does (see
-/// [`long_double`]).
+/// [`super::long_double`]).
 fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |slot| {
         let current = string_of(slot.as_ref())?.map(|s| s.as_slice());
@@ -602,7 +600,7 @@ fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `current + increment` as Redis's INCRBYFLOAT writes it; `HINCRBYFLOAT` does the same.
 pub(super) fn add_float(current: &[u8], increment: &[u8]) -> Result<String, Error> {
-    use long_double::{LongDouble, Value as Ld};
+    use super::long_double::{LongDouble, Value as Ld};
     let not_float = || Error::from(super::NOT_FLOAT);
     let a = LongDouble::parse(current).ok_or_else(not_float)?;
     let b = LongDouble::parse(increment).ok_or_else(not_float)?;
