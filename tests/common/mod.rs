@@ -148,7 +148,8 @@ pub fn secret_seed() -> String {
 
 /// Settings for a pkv process.
 pub struct PkvConfig {
-    pub upstream: String,
+    /// The upstream Redis URL; `None` runs pkv on its embedded store.
+    pub upstream: Option<String>,
     pub issuers: Vec<String>,
     pub secret_seed: String,
     pub extra: Vec<(String, String)>,
@@ -160,7 +161,18 @@ impl PkvConfig {
     /// pkv in front of `redis`, trusting `issuer`, with a fresh secret seed.
     pub fn new(redis: &Redis, issuer: &Issuer) -> PkvConfig {
         PkvConfig {
-            upstream: redis.url(),
+            upstream: Some(redis.url()),
+            issuers: vec![issuer.did()],
+            secret_seed: secret_seed(),
+            extra: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// pkv on its embedded store (no upstream), trusting `issuer`, with a fresh secret seed.
+    pub fn embedded(issuer: &Issuer) -> PkvConfig {
+        PkvConfig {
+            upstream: None,
             issuers: vec![issuer.did()],
             secret_seed: secret_seed(),
             extra: Vec::new(),
@@ -202,7 +214,6 @@ impl Pkv {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PKV_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PKV_UPSTREAM_URL", &config.upstream)
             .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
             .env("PKV_SECRET_SEED", &config.secret_seed)
             .env("PKV_LOG", "warn")
@@ -210,6 +221,9 @@ impl Pkv {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(upstream) = &config.upstream {
+            cmd.env("PKV_UPSTREAM_URL", upstream);
+        }
         for (k, v) in &config.extra {
             cmd.env(k, v);
         }
