@@ -17,6 +17,7 @@ pub mod glob;
 pub mod keyspace;
 mod ledger;
 pub mod pubsub;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,6 +52,9 @@ pub struct Inner {
     watches: Watches,
     waiters: Waiters,
     pub channels: Arc<pubsub::Registry>,
+    /// The data file and how often it is saved (`PKV_DATA_FILE`); `None` keeps the store
+    /// in memory only.
+    persistence: Option<snapshot::Persistence>,
 }
 
 impl std::ops::Deref for Store {
@@ -92,9 +96,16 @@ fn not_here(name: &[u8]) -> Error {
 }
 
 impl Store {
-    /// The store for `settings`.
-    pub fn open(_settings: &Settings) -> Result<Self, String> {
-        Ok(Store::default())
+    /// The store for `settings`: loaded from `PKV_DATA_FILE` when there is one.
+    pub fn open(settings: &Settings) -> Result<Self, String> {
+        let store = Store {
+            inner: Arc::new(Inner {
+                persistence: snapshot::Persistence::from_settings(settings),
+                ..Inner::default()
+            }),
+        };
+        store.load()?;
+        Ok(store)
     }
 
     /// Runs one command (keys already in the namespace) with the right lock.
@@ -285,14 +296,21 @@ impl Backend for Store {
 
     fn housekeeping(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let mut next = 0;
-            let mut tick = tokio::time::interval(EXPIRY_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                next = self.expire_some(next);
-            }
+            let expiry = async {
+                let mut next = 0;
+                let mut tick = tokio::time::interval(EXPIRY_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    next = self.expire_some(next);
+                }
+            };
+            tokio::join!(expiry, self.save_forever());
         })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.save_at_shutdown())
     }
 }
 
