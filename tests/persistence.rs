@@ -11,19 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{pkv_balance, secret_seed, Issuer, Pkv, PkvConfig};
+use common::{pkv_balance, Issuer, Pkv, PkvConfig};
 use pkv::embedded::snapshot;
 
 /// pkv on the embedded store (no upstream), saving to `data_file`.
 fn embedded(issuer: &Issuer, data_file: &Path) -> PkvConfig {
-    PkvConfig {
-        upstream: String::new(),
-        issuers: vec![issuer.did()],
-        secret_seed: secret_seed(),
-        extra: Vec::new(),
-        files: Vec::new(),
-    }
-    .set("PKV_DATA_FILE", data_file.to_str().unwrap())
+    PkvConfig::embedded(issuer).set("PKV_DATA_FILE", data_file.to_str().unwrap())
 }
 
 /// Sends SIGTERM and waits for pkv to exit; it must exit cleanly.
@@ -286,7 +279,6 @@ fn start_failing(config: &PkvConfig) -> (ExitStatus, String) {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PKV_LISTEN", format!("127.0.0.1:{}", common::free_port()))
-        .env("PKV_UPSTREAM_URL", &config.upstream)
         .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
         .env("PKV_SECRET_SEED", &config.secret_seed)
         .env("PKV_LOG", "warn")
@@ -294,6 +286,9 @@ fn start_failing(config: &PkvConfig) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(url) = &config.upstream {
+        cmd.env("PKV_UPSTREAM_URL", url);
+    }
     for (k, v) in &config.extra {
         cmd.env(k, v);
     }

@@ -29,6 +29,7 @@ use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
 use crate::backend::{error_value, Backend, BackendError, BoxFuture, Dedicated, Subscription};
+use crate::commands::CommandSpec;
 use crate::config::Settings;
 use crate::protocol::Proto;
 use cmd::{Command, Cx, Error, Kind, Reply};
@@ -159,7 +160,8 @@ impl Store {
     }
 
     /// After a write: flags the transactions watching the keys it wrote and wakes the
-    /// clients blocked on them. Costs nothing while no one watches or waits.
+    /// clients blocked on them. Costs nothing while no one watches or waits. Multi-key
+    /// commands signal only when the command table says they write (MGET does not).
     fn written(&self, command: &Command, args: &[&[u8]]) {
         if !matches!(command.kind, Kind::Write | Kind::Multi) {
             return;
@@ -169,7 +171,14 @@ impl Store {
         {
             return;
         }
-        for key in written_keys(command, args) {
+        let keys = match command.kind {
+            Kind::Multi => match table_keys(args) {
+                Some((spec, keys)) if spec.has(crate::commands::flags::WRITE) => keys,
+                _ => return,
+            },
+            _ => keys_of(command, args),
+        };
+        for key in keys {
             self.watches.touch(&key);
             self.waiters.wake(&key);
         }
@@ -190,7 +199,7 @@ impl Store {
         let Some(command) = cmd::find(args[0]) else {
             return into_value(Err(not_here(args[0])));
         };
-        let keys = written_keys(command, args);
+        let keys = keys_of(command, args);
         let mut deadline = None;
         loop {
             let notifies = self.waiters.register(&keys);
@@ -228,19 +237,24 @@ impl Store {
     }
 }
 
-/// The keys a write touched: `args[1]` for single-key commands, the command table's key
+/// The keys of a command: `args[1]` for single-key commands, the command table's key
 /// positions for the others.
-fn written_keys(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
+fn keys_of(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
     if command.kind != Kind::Multi {
         return args.get(1).map(|k| k.to_vec()).into_iter().collect();
     }
+    table_keys(args).map(|(_, keys)| keys).unwrap_or_default()
+}
+
+/// A command's row in the table and its keys, located the way the request path does.
+fn table_keys(args: &[&[u8]]) -> Option<(&'static CommandSpec, Vec<Vec<u8>>)> {
     let owned: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-    let Ok(spec) = crate::commands::lookup(&owned) else {
-        return Vec::new();
-    };
-    crate::commands::key_args(spec, &owned)
-        .map(|keys| keys.into_iter().map(|(i, _)| owned[i].to_vec()).collect())
-        .unwrap_or_default()
+    let spec = crate::commands::lookup(&owned).ok()?;
+    let keys = crate::commands::key_args(spec, &owned).ok()?;
+    Some((
+        spec,
+        keys.into_iter().map(|(i, _)| owned[i].to_vec()).collect(),
+    ))
 }
 
 /// A handler's outcome as the value the request path relays. A blocking command that
