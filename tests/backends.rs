@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the embedded store answers for a served command it does not run.
 const NOT_AVAILABLE: &str = "not available in the embedded store";
+
+/// Longest command shown in a report before it is cut.
+const SHOWN_MAX: usize = 160;
 
 /// Units on each group's token: plenty for any case.
 const GROUP_QUANTITY: i64 = 1000;
@@ -73,7 +76,15 @@ impl Line {
             Mode::Unordered => "~",
             Mode::Random => "?",
         };
-        format!("{prefix}{}", args.join(" "))
+        let text = format!("{prefix}{}", args.join(" "));
+        if text.len() <= SHOWN_MAX {
+            return text;
+        }
+        let mut cut = SHOWN_MAX - 40;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{} ... ({} arguments)", &text[..cut], self.args.len())
     }
 
     fn name(&self) -> String {
@@ -497,7 +508,9 @@ impl Conn {
 #[derive(Default)]
 struct Findings {
     mismatches: Vec<String>,
-    unavailable: Vec<(String, String)>,
+    /// The command the store does not run, where (`file:line [group]: command`), and in
+    /// which protocol.
+    unavailable: Vec<(String, String, Proto)>,
     impossible: Vec<String>,
     lines: usize,
     /// Print every line's replies (`CASES_SHOW=1`).
@@ -576,9 +589,8 @@ fn run_group(backends: &Backends, group: &Group, proto: Proto, found: &mut Findi
         let missing = unavailable_in(&embedded, line);
         if !missing.is_empty() {
             for name in missing {
-                found
-                    .unavailable
-                    .push((name, format!("{} {here}: {}", line.at, line.shown())));
+                let place = format!("{} [{}]: {}", line.at, group.name, line.shown());
+                found.unavailable.push((name, place, proto));
             }
             continue;
         }
@@ -657,12 +669,21 @@ fn every_case_answers_the_same_on_both_backends() {
         ));
     }
     if !unavailable.is_empty() {
-        unavailable.sort_by(|(a, x), (b, y)| (a, by_place(x)).cmp(&(b, by_place(y))));
-        let mut names: Vec<&str> = unavailable.iter().map(|(n, _)| n.as_str()).collect();
+        // One entry per line, with the protocols it was seen in.
+        let mut lines: BTreeMap<(String, Place), Vec<String>> = BTreeMap::new();
+        for (name, place, proto) in unavailable {
+            let protos = lines.entry((name, by_place(&place))).or_default();
+            if !protos.contains(&proto.to_string()) {
+                protos.push(proto.to_string());
+            }
+        }
+        let mut names: Vec<&str> = lines.keys().map(|(n, _)| n.as_str()).collect();
         names.dedup();
-        let wheres: Vec<String> = unavailable
+        let wheres: Vec<String> = lines
             .iter()
-            .map(|(n, w)| format!("{n}: {w}"))
+            .map(|((name, (file, line, rest)), protos)| {
+                format!("{name}: {file}:{line} {rest} ({})", protos.join(", "))
+            })
             .collect();
         report.push(format!(
             "case files use commands the embedded store does not run: {}\n  {}",
@@ -679,8 +700,11 @@ fn every_case_answers_the_same_on_both_backends() {
     assert!(report.is_empty(), "{}", report.join("\n\n"));
 }
 
+/// Where a report is about: file, line number, the rest.
+type Place = (String, usize, String);
+
 /// Orders reports that start with `file:line` by file, then line number, then the rest.
-fn by_place(report: &str) -> (String, usize, String) {
+fn by_place(report: &str) -> Place {
     let (place, rest) = report.split_once(' ').unwrap_or((report, ""));
     let (file, line) = place.rsplit_once(':').unwrap_or((place, ""));
     (file.to_owned(), line.parse().unwrap_or(0), rest.to_owned())

@@ -383,6 +383,28 @@ fn watch_aborts_exec_when_another_client_writes_the_key() {
     }
 }
 
+/// Every key a full SCAN returns (with `MATCH pattern`), sorted, each once.
+fn scan_all(conn: &mut redis::Connection, pattern: Option<&str>) -> Vec<String> {
+    let mut cursor = "0".to_owned();
+    let mut keys = Vec::new();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(&cursor).arg("COUNT").arg(2);
+        if let Some(pattern) = pattern {
+            cmd.arg("MATCH").arg(pattern);
+        }
+        let (next, page): (String, Vec<String>) = cmd.query(conn).unwrap();
+        keys.extend(page);
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 #[test]
 fn tenants_are_isolated_on_the_embedded_store() {
     let issuer = Issuer::new();
@@ -407,6 +429,45 @@ fn tenants_are_isolated_on_the_embedded_store() {
     assert_eq!(mine, "a's", "B's write reached A's key");
     let theirs: String = redis::cmd("GET").arg("secret").query(&mut b).unwrap();
     assert_eq!(theirs, "b's");
+
+    // Keys only A has: no walk or lookup of B's shows them.
+    for key in ["only-a", "only-a:1", "only-a:2"] {
+        let _: () = redis::cmd("SET").arg(key).arg("x").query(&mut a).unwrap();
+    }
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("only-a")
+        .arg("only-a:1")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(exists, 0, "EXISTS shows A's keys to B");
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut b).unwrap();
+    keys.sort();
+    assert_eq!(keys, ["secret"], "KEYS * for B");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("only-a*").query(&mut b).unwrap();
+    assert!(keys.is_empty(), "KEYS only-a* for B: {keys:?}");
+    assert_eq!(scan_all(&mut b, None), ["secret"], "SCAN for B");
+    assert!(scan_all(&mut b, Some("only-a*")).is_empty());
+    let ty: String = redis::cmd("TYPE").arg("only-a").query(&mut b).unwrap();
+    assert_eq!(ty, "none");
+    // A sees its own, and only its own.
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut a).unwrap();
+    keys.sort();
+    assert_eq!(keys, ["only-a", "only-a:1", "only-a:2", "secret"]);
+    assert_eq!(
+        scan_all(&mut a, None),
+        ["only-a", "only-a:1", "only-a:2", "secret"]
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("only-a")
+        .arg("only-a:1")
+        .query(&mut a)
+        .unwrap();
+    assert_eq!(exists, 2);
+    // B deleting the name deletes nothing of A's.
+    let deleted: i64 = redis::cmd("DEL").arg("only-a").query(&mut b).unwrap();
+    assert_eq!(deleted, 0);
+    let still: Option<String> = redis::cmd("GET").arg("only-a").query(&mut a).unwrap();
+    assert_eq!(still.as_deref(), Some("x"));
 
     // The same account through another token (`sub`) shares the keys; a token of another
     // account does not.
