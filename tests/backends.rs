@@ -6,9 +6,12 @@
 //! empty namespace), one connection per backend, its lines in order. Lines are split like
 //! redis-cli splits them. A leading `~` compares the reply order-insensitively (arrays and
 //! sets as multisets, maps as sets of pairs, recursively); a leading `?` compares only the
-//! reply's type and, for aggregates, its length. Errors are compared by their code (the
-//! first word) only. Every difference is collected, and the test fails once with all of
-//! them.
+//! reply's type and, for aggregates, its length (a string's length is not compared).
+//! Errors are compared by their code (the first word) only, at any depth. (Un)subscribe
+//! commands answer once per channel; those replies are read and compared together.
+//! Every difference is collected, and the test fails once with all of them. Lines the
+//! embedded store answers with "is not available in the embedded store" fail the test
+//! too, listed apart: case files must use only commands the store runs.
 //!
 //! `CASES=strings,basics:MULTI cargo test --test backends` runs only the files (and, after
 //! `:`, the groups whose name contains the text) listed; `CASES_SHOW=1` prints every
