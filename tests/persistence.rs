@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -275,23 +275,8 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
 /// Starts pkv expecting it to refuse to start; returns its exit status and stderr.
 fn start_failing(config: &PkvConfig) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PKV_LISTEN", format!("127.0.0.1:{}", common::free_port()))
-        .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
-        .env("PKV_SECRET_SEED", &config.secret_seed)
-        .env("PKV_LOG", "warn")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(url) = &config.upstream {
-        cmd.env("PKV_UPSTREAM_URL", url);
-    }
-    for (k, v) in &config.extra {
-        cmd.env(k, v);
-    }
+    let mut cmd = config.command(common::free_port(), dir.path());
+    cmd.stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(20));
     let mut stderr = String::new();

@@ -203,13 +203,14 @@ pub struct Pkv {
     pub dir: tempfile::TempDir,
 }
 
-impl Pkv {
-    pub fn start(config: &PkvConfig) -> Pkv {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        for (name, contents) in &config.files {
-            std::fs::write(dir.path().join(name), contents).unwrap();
+impl PkvConfig {
+    /// The pkv command for these settings, listening on `port`, run in `dir` (with the
+    /// configured files written there); stdout is discarded, stderr inherited.
+    pub fn command(&self, port: u16, dir: &std::path::Path) -> Command {
+        for (name, contents) in &self.files {
+            std::fs::write(dir.join(name), contents).unwrap();
         }
+        let config = self;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -217,7 +218,7 @@ impl Pkv {
             .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
             .env("PKV_SECRET_SEED", &config.secret_seed)
             .env("PKV_LOG", "warn")
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -227,7 +228,15 @@ impl Pkv {
         for (k, v) in &config.extra {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
+        cmd
+    }
+}
+
+impl Pkv {
+    pub fn start(config: &PkvConfig) -> Pkv {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = config.command(port, dir.path()).spawn().unwrap();
         wait_for_port(port, &mut child);
         Pkv { port, child, dir }
     }
