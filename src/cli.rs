@@ -205,9 +205,16 @@ fn serve() -> i32 {
             None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
         }
         println!("pkv listening on {listen}");
-        server::serve(shared, listener, shutdown_signal()).await;
-        tracing::info!("pkv stopped");
-        0
+        match server::serve(shared, listener, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("pkv stopped");
+                0
+            }
+            Err(e) => {
+                eprintln!("pkv: stopped, but {e}");
+                1
+            }
+        }
     })
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -31,7 +32,17 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_UPSTREAM_URL",
         default: "",
-        help: "redis://[user:pass@]host:port of the upstream Redis; required",
+        help: "redis://[user:pass@]host:port of the upstream Redis; unset: the embedded store",
+    },
+    SettingDoc {
+        name: "PKV_DATA_FILE",
+        default: "",
+        help: "file the embedded store is saved to and loaded from at start-up; empty keeps its data in memory only",
+    },
+    SettingDoc {
+        name: "PKV_SNAPSHOT_SECONDS",
+        default: "60",
+        help: "seconds between snapshots of the embedded store to PKV_DATA_FILE (one more is taken at shutdown)",
     },
     SettingDoc {
         name: "PKV_SERVICE_ID",
@@ -161,6 +172,10 @@ pub const SETTINGS: &[SettingDoc] = &[
 pub struct Settings {
     pub listen: SocketAddr,
     pub upstream_url: Option<String>,
+    /// Where the embedded store is saved; `None` keeps it in memory only.
+    pub data_file: Option<PathBuf>,
+    /// Time between snapshots of the embedded store.
+    pub snapshot_interval: Duration,
     pub service_id: String,
     pub quota_issuers: Vec<String>,
     pub secret_seed: [u8; 32],
@@ -350,6 +365,18 @@ impl Settings {
         let threads = num("PKV_THREADS", 0);
         let upstream_timeout_ms = num("PKV_UPSTREAM_TIMEOUT_MS", 1);
         let shutdown_grace = num("PKV_SHUTDOWN_GRACE", 0);
+        let snapshot_seconds = num("PKV_SNAPSHOT_SECONDS", 1);
+        let data_file = non_empty(get("PKV_DATA_FILE")).map(PathBuf::from);
+        if let Some(path) = &data_file {
+            if upstream_url.is_some() {
+                errors.push(
+                    "PKV_DATA_FILE: only the embedded store is saved to a file; unset it or PKV_UPSTREAM_URL"
+                        .to_string(),
+                );
+            } else if let Err(e) = check_data_file(path) {
+                errors.push(format!("PKV_DATA_FILE: {e}"));
+            }
+        }
         if max_ttl > 0 && default_ttl > max_ttl {
             errors.push(format!(
                 "PKV_DEFAULT_TTL: {default_ttl} is above PKV_MAX_TTL ({max_ttl})"
@@ -398,6 +425,8 @@ impl Settings {
             lease_nanos,
             listen: listen.expect("checked above"),
             upstream_url,
+            data_file,
+            snapshot_interval: Duration::from_secs(snapshot_seconds),
             service_id,
             quota_issuers,
             secret_seed: secret_seed.expect("checked above"),
@@ -422,6 +451,17 @@ impl Settings {
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+/// A data file must name a file, not a directory.
+fn check_data_file(path: &std::path::Path) -> Result<(), String> {
+    if path.file_name().is_none() {
+        return Err(format!("{} does not name a file", path.display()));
+    }
+    if path.is_dir() {
+        return Err(format!("{} is a directory", path.display()));
+    }
+    Ok(())
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -479,6 +519,37 @@ mod tests {
         assert!(err.0.iter().any(|l| l.starts_with("PKV_MAX_TTL:")));
         assert!(err.0.iter().any(|l| l.starts_with("PKV_LISTEN:")));
         assert!(err.0.iter().any(|l| l.starts_with("PKV_BOGUS:")));
+    }
+
+    #[test]
+    fn persistence_settings() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.data_file, None);
+        assert_eq!(s.snapshot_interval, Duration::from_secs(60));
+        let s = load(&[
+            ("PKV_DATA_FILE", "data/pkv.snapshot"),
+            ("PKV_SNAPSHOT_SECONDS", "5"),
+        ])
+        .unwrap();
+        assert_eq!(s.data_file, Some(PathBuf::from("data/pkv.snapshot")));
+        assert_eq!(s.snapshot_interval, Duration::from_secs(5));
+        let dir = std::env::temp_dir();
+        let err = load(&[
+            ("PKV_DATA_FILE", dir.to_str().unwrap()),
+            ("PKV_SNAPSHOT_SECONDS", "0"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.0.len(), 2, "{err}");
+        assert!(err.0[0].starts_with("PKV_SNAPSHOT_SECONDS:"), "{err}");
+        assert!(err.0[1].starts_with("PKV_DATA_FILE:"), "{err}");
+        let err = load(&[("PKV_SNAPSHOT_SECONDS", "1.5")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        let err = load(&[
+            ("PKV_DATA_FILE", "pkv.snapshot"),
+            ("PKV_UPSTREAM_URL", "redis://127.0.0.1:6379"),
+        ])
+        .unwrap_err();
+        assert!(err.0[0].starts_with("PKV_DATA_FILE:"), "{err}");
     }
 
     #[test]

@@ -46,6 +46,23 @@ pub struct Settlement {
     pub usage: crate::meter::price::Usage,
 }
 
+impl Settlement {
+    /// What the settlement adds to each field of the account record, zeros left out.
+    pub fn deltas(&self) -> impl Iterator<Item = (&'static str, i64)> {
+        [
+            ("spent", self.spent),
+            ("debited", -self.returned),
+            ("ops", self.usage.ops as i64),
+            ("bytes_in", self.usage.bytes_in as i64),
+            ("bytes_out", self.usage.bytes_out as i64),
+            ("byte_seconds", self.usage.byte_seconds as i64),
+            ("time_us", self.usage.time_us as i64),
+        ]
+        .into_iter()
+        .filter(|(_, delta)| *delta != 0)
+    }
+}
+
 /// The outcome of presenting a quota token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Redemption {
@@ -313,21 +330,10 @@ impl RedisBook {
         let key = account_key(account);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let fields: [(&str, i64); 7] = [
-            ("spent", s.spent),
-            ("debited", -s.returned),
-            ("ops", s.usage.ops as i64),
-            ("bytes_in", s.usage.bytes_in as i64),
-            ("bytes_out", s.usage.bytes_out as i64),
-            ("byte_seconds", s.usage.byte_seconds as i64),
-            ("time_us", s.usage.time_us as i64),
-        ];
         let mut count = 0;
-        for (field, delta) in fields {
-            if delta != 0 {
-                pipe.cmd("HINCRBY").arg(&key).arg(field).arg(delta);
-                count += 1;
-            }
+        for (field, delta) in s.deltas() {
+            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(delta);
+            count += 1;
         }
         if count == 0 {
             return Ok(());

@@ -797,7 +797,7 @@ fn keygen_mint_and_inspect_make_tokens_pkv_accepts() {
 
     let redis = Redis::start();
     let config = PkvConfig {
-        upstream: redis.url(),
+        upstream: Some(redis.url()),
         issuers: vec![did],
         secret_seed: common::secret_seed(),
         files: Vec::new(),

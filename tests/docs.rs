@@ -1,5 +1,6 @@
 //! The documentation states what the code does: the storage table in `docs/metering.md`
-//! is the command table's storage rules, row for row.
+//! is the command table's storage rules, row for row, and the README lists exactly the
+//! commands the embedded store leaves to an upstream Redis.
 
 use pkv::commands::{flags, table::TABLE, Storage};
 use pkv::meter::storage::describe;
@@ -109,4 +110,37 @@ fn every_write_command_has_a_considered_storage_rule() {
         ));
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+#[test]
+fn the_readme_lists_the_commands_that_need_an_upstream() {
+    const BEGIN: &str =
+        "<!-- needs-upstream: generated from the embedded store; checked by tests/docs.rs -->";
+    const END: &str = "<!-- /needs-upstream -->";
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find(BEGIN)
+        .expect("README.md has the needs-upstream markers")
+        + BEGIN.len();
+    let end = readme
+        .find(END)
+        .expect("README.md has the needs-upstream end marker");
+    let names: Vec<String> = pkv::embedded::needs_upstream()
+        .iter()
+        .map(|n| n.replace('|', " "))
+        .collect();
+    let expected = if names.is_empty() {
+        "(none)".to_string()
+    } else {
+        names.join(", ")
+    };
+    let found: String = readme[start..end]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        found, expected,
+        "README.md's list of commands that need PKV_UPSTREAM_URL is out of date; it should be:\n{expected}"
+    );
 }

@@ -403,11 +403,22 @@ fn is_noquota(reply: &[u8]) -> bool {
 fn exact_costs_match_the_formula() {
     let redis = Redis::start();
     let issuer = Issuer::new();
+    let config = PkvConfig::new(&redis, &issuer);
+    exact_costs(config, &issuer, Some(&redis));
+}
+
+/// The same request path meters the same way on the embedded store.
+#[test]
+fn exact_costs_match_the_formula_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    exact_costs(PkvConfig::embedded(&issuer), &issuer, None);
+}
+
+/// Runs the exact-cost cases on pkv with `config`; with `redis`, also checks the ledger
+/// the upstream holds.
+fn exact_costs(config: PkvConfig, issuer: &Issuer, redis: Option<&Redis>) {
     let prices = WHOLE_NANO_PRICES;
-    let pkv = prices
-        .apply(PkvConfig::new(&redis, &issuer))
-        .set("PKV_DEFAULT_TTL", "100")
-        .start();
+    let pkv = prices.apply(config).set("PKV_DEFAULT_TTL", "100").start();
     let token = issuer.token(10);
     let mut c = pkv.resp_authed(&token);
 
@@ -514,9 +525,11 @@ fn exact_costs_match_the_formula() {
     assert_eq!(end.spent, total);
     assert_eq!(end.balance, 10 * NANOS - total);
     // The ledger holds the same figures.
-    let record = ledger_record(&redis, &end.account);
-    assert_eq!(record.get("spent"), Some(&total), "{record:?}");
-    assert_eq!(record.get("credited"), Some(&(10 * NANOS)), "{record:?}");
+    if let Some(redis) = redis {
+        let record = ledger_record(redis, &end.account);
+        assert_eq!(record.get("spent"), Some(&total), "{record:?}");
+        assert_eq!(record.get("credited"), Some(&(10 * NANOS)), "{record:?}");
+    }
 }
 
 // === 2. refused writes ===
@@ -935,7 +948,17 @@ fn kill_9_loses_at_most_the_lease() {
 fn a_blocking_wait_pays_for_its_time() {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let pkv = PkvConfig::new(&redis, &issuer).start();
+    a_blocking_wait_pays_for_its_time_on(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn a_blocking_wait_pays_for_its_time_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    a_blocking_wait_pays_for_its_time_on(PkvConfig::embedded(&issuer), &issuer);
+}
+
+fn a_blocking_wait_pays_for_its_time_on(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config.start();
     let token = issuer.token(1);
     let mut c = pkv.resp_authed(&token);
     let before = balance(&mut c);
@@ -1169,7 +1192,17 @@ fn a_connection_closed_inside_multi_loses_no_quota() {
 fn pubsub_deliveries_pay_their_bytes() {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let pkv = PkvConfig::new(&redis, &issuer).start();
+    pubsub_deliveries_pay_their_bytes_on(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn pubsub_deliveries_pay_their_bytes_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    pubsub_deliveries_pay_their_bytes_on(PkvConfig::embedded(&issuer), &issuer);
+}
+
+fn pubsub_deliveries_pay_their_bytes_on(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config.start();
     let token = issuer.token(10);
     let mut subscriber = pkv.resp_authed(&token);
     let confirm = subscriber.call(&[b"SUBSCRIBE", b"news"]);

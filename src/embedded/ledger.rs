@@ -139,18 +139,7 @@ impl Book for Store {
         account: &'a str,
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let deltas: Vec<(&str, i64)> = [
-            ("spent", s.spent),
-            ("debited", -s.returned),
-            ("ops", s.usage.ops as i64),
-            ("bytes_in", s.usage.bytes_in as i64),
-            ("bytes_out", s.usage.bytes_out as i64),
-            ("byte_seconds", s.usage.byte_seconds as i64),
-            ("time_us", s.usage.time_us as i64),
-        ]
-        .into_iter()
-        .filter(|(_, delta)| *delta != 0)
-        .collect();
+        let deltas: Vec<(&str, i64)> = s.deltas().collect();
         let result = self.alone(|| self.add(&account_key(account), &deltas));
         Box::pin(std::future::ready(result))
     }

@@ -17,6 +17,7 @@ pub mod glob;
 pub mod keyspace;
 mod ledger;
 pub mod pubsub;
+pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
 use crate::backend::{error_value, Backend, BackendError, BoxFuture, Dedicated, Subscription};
+use crate::commands::CommandSpec;
 use crate::config::Settings;
 use crate::protocol::Proto;
 use cmd::{Command, Cx, Error, Kind, Reply};
@@ -51,6 +53,9 @@ pub struct Inner {
     watches: Watches,
     waiters: Waiters,
     pub channels: Arc<pubsub::Registry>,
+    /// The data file and how often it is saved (`PKV_DATA_FILE`); `None` keeps the store
+    /// in memory only.
+    persistence: Option<snapshot::Persistence>,
 }
 
 impl std::ops::Deref for Store {
@@ -67,6 +72,21 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Served commands the store does not run, in table order: pkv answers them with an error
+/// that points at `PKV_UPSTREAM_URL`. The README lists them.
+pub fn needs_upstream() -> Vec<&'static str> {
+    use crate::commands::{flags, table::TABLE, Exec};
+    TABLE
+        .iter()
+        .filter(|spec| matches!(spec.exec, Exec::Forward) && !spec.has(flags::CONTAINER))
+        .map(|spec| spec.name)
+        .filter(|name| {
+            let base = name.split('|').next().unwrap_or(name);
+            cmd::find(base.as_bytes()).is_none()
+        })
+        .collect()
+}
+
 /// The error for a served command the store does not run.
 fn not_here(name: &[u8]) -> Error {
     format!(
@@ -77,9 +97,16 @@ fn not_here(name: &[u8]) -> Error {
 }
 
 impl Store {
-    /// The store for `settings`.
-    pub fn open(_settings: &Settings) -> Result<Self, String> {
-        Ok(Store::default())
+    /// The store for `settings`: loaded from `PKV_DATA_FILE` when there is one.
+    pub fn open(settings: &Settings) -> Result<Self, String> {
+        let store = Store {
+            inner: Arc::new(Inner {
+                persistence: snapshot::Persistence::from_settings(settings),
+                ..Inner::default()
+            }),
+        };
+        store.load()?;
+        Ok(store)
     }
 
     /// Runs one command (keys already in the namespace) with the right lock.
@@ -133,7 +160,8 @@ impl Store {
     }
 
     /// After a write: flags the transactions watching the keys it wrote and wakes the
-    /// clients blocked on them. Costs nothing while no one watches or waits.
+    /// clients blocked on them. Costs nothing while no one watches or waits. Multi-key
+    /// commands signal only when the command table says they write (MGET does not).
     fn written(&self, command: &Command, args: &[&[u8]]) {
         if !matches!(command.kind, Kind::Write | Kind::Multi) {
             return;
@@ -143,7 +171,14 @@ impl Store {
         {
             return;
         }
-        for key in written_keys(command, args) {
+        let keys = match command.kind {
+            Kind::Multi => match table_keys(args) {
+                Some((spec, keys)) if spec.has(crate::commands::flags::WRITE) => keys,
+                _ => return,
+            },
+            _ => keys_of(command, args),
+        };
+        for key in keys {
             self.watches.touch(&key);
             self.waiters.wake(&key);
         }
@@ -164,7 +199,7 @@ impl Store {
         let Some(command) = cmd::find(args[0]) else {
             return into_value(Err(not_here(args[0])));
         };
-        let keys = written_keys(command, args);
+        let keys = keys_of(command, args);
         let mut deadline = None;
         loop {
             let notifies = self.waiters.register(&keys);
@@ -202,19 +237,24 @@ impl Store {
     }
 }
 
-/// The keys a write touched: `args[1]` for single-key commands, the command table's key
+/// The keys of a command: `args[1]` for single-key commands, the command table's key
 /// positions for the others.
-fn written_keys(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
+fn keys_of(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
     if command.kind != Kind::Multi {
         return args.get(1).map(|k| k.to_vec()).into_iter().collect();
     }
+    table_keys(args).map(|(_, keys)| keys).unwrap_or_default()
+}
+
+/// A command's row in the table and its keys, located the way the request path does.
+fn table_keys(args: &[&[u8]]) -> Option<(&'static CommandSpec, Vec<Vec<u8>>)> {
     let owned: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-    let Ok(spec) = crate::commands::lookup(&owned) else {
-        return Vec::new();
-    };
-    crate::commands::key_args(spec, &owned)
-        .map(|keys| keys.into_iter().map(|(i, _)| owned[i].to_vec()).collect())
-        .unwrap_or_default()
+    let spec = crate::commands::lookup(&owned).ok()?;
+    let keys = crate::commands::key_args(spec, &owned).ok()?;
+    Some((
+        spec,
+        keys.into_iter().map(|(i, _)| owned[i].to_vec()).collect(),
+    ))
 }
 
 /// A handler's outcome as the value the request path relays. A blocking command that
@@ -270,14 +310,21 @@ impl Backend for Store {
 
     fn housekeeping(self: Arc<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let mut next = 0;
-            let mut tick = tokio::time::interval(EXPIRY_TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                next = self.expire_some(next);
-            }
+            let expiry = async {
+                let mut next = 0;
+                let mut tick = tokio::time::interval(EXPIRY_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    next = self.expire_some(next);
+                }
+            };
+            tokio::join!(expiry, self.save_forever());
         })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.save_at_shutdown())
     }
 }
 

@@ -92,7 +92,11 @@ fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
         TtlUnit::UnixSeconds => n.saturating_mul(1000).saturating_sub(now_ms),
         TtlUnit::UnixMillis => n.saturating_sub(now_ms),
     };
-    Ok(if ms <= 0 { 0 } else { (ms + 999) / 1000 })
+    Ok(if ms <= 0 {
+        0
+    } else {
+        ms / 1000 + i64::from(ms % 1000 != 0)
+    })
 }
 
 /// The unit of an expiry option (`EX`, `PX`, `EXAT`, `PXAT`) of SET and GETEX.

@@ -77,8 +77,13 @@ impl Shared {
     }
 }
 
-/// Serves clients from `listener` until `shutdown` resolves.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+/// Serves clients from `listener` until `shutdown` resolves. An error means the backend
+/// could not finish its shutdown (the embedded store's last snapshot failed).
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let (stop_tx, _) = broadcast::channel::<()>(1);
     // Every connection holds a clone of `done_tx`; `done_rx` yields `None` once all are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -134,7 +139,5 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: impl Fu
     // Everything spent is recorded and every unspent lease goes back to its account.
     shared.meter.settle_all(true).await;
     housekeeping.abort();
-    if let Err(e) = shared.backend.shutdown().await {
-        tracing::error!(error = %e, "backend shutdown failed");
-    }
+    shared.backend.shutdown().await
 }

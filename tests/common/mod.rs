@@ -148,7 +148,8 @@ pub fn secret_seed() -> String {
 
 /// Settings for a pkv process.
 pub struct PkvConfig {
-    pub upstream: String,
+    /// The upstream Redis URL; `None` runs pkv on its embedded store.
+    pub upstream: Option<String>,
     pub issuers: Vec<String>,
     pub secret_seed: String,
     pub extra: Vec<(String, String)>,
@@ -160,7 +161,18 @@ impl PkvConfig {
     /// pkv in front of `redis`, trusting `issuer`, with a fresh secret seed.
     pub fn new(redis: &Redis, issuer: &Issuer) -> PkvConfig {
         PkvConfig {
-            upstream: redis.url(),
+            upstream: Some(redis.url()),
+            issuers: vec![issuer.did()],
+            secret_seed: secret_seed(),
+            extra: Vec::new(),
+            files: Vec::new(),
+        }
+    }
+
+    /// pkv on its embedded store (no upstream), trusting `issuer`, with a fresh secret seed.
+    pub fn embedded(issuer: &Issuer) -> PkvConfig {
+        PkvConfig {
+            upstream: None,
             issuers: vec![issuer.did()],
             secret_seed: secret_seed(),
             extra: Vec::new(),
@@ -191,29 +203,40 @@ pub struct Pkv {
     pub dir: tempfile::TempDir,
 }
 
-impl Pkv {
-    pub fn start(config: &PkvConfig) -> Pkv {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        for (name, contents) in &config.files {
-            std::fs::write(dir.path().join(name), contents).unwrap();
+impl PkvConfig {
+    /// The pkv command for these settings, listening on `port`, run in `dir` (with the
+    /// configured files written there); stdout is discarded, stderr inherited.
+    pub fn command(&self, port: u16, dir: &std::path::Path) -> Command {
+        for (name, contents) in &self.files {
+            std::fs::write(dir.join(name), contents).unwrap();
         }
+        let config = self;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("PKV_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PKV_UPSTREAM_URL", &config.upstream)
             .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
             .env("PKV_SECRET_SEED", &config.secret_seed)
             .env("PKV_LOG", "warn")
-            .current_dir(dir.path())
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(upstream) = &config.upstream {
+            cmd.env("PKV_UPSTREAM_URL", upstream);
+        }
         for (k, v) in &config.extra {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
+        cmd
+    }
+}
+
+impl Pkv {
+    pub fn start(config: &PkvConfig) -> Pkv {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = config.command(port, dir.path()).spawn().unwrap();
         wait_for_port(port, &mut child);
         Pkv { port, child, dir }
     }
@@ -732,4 +755,377 @@ pub fn credited(balance: &std::collections::BTreeMap<String, String>) -> String 
     };
     let total = nanos("balance") + nanos("spent");
     format!("{}.{:09}", total / 1_000_000_000, total % 1_000_000_000)
+}
+
+// === RESP values, parsed exactly (every RESP2 and RESP3 type kept apart) ===
+
+/// One RESP2/RESP3 value, as it was on the wire: nulls, doubles, maps, sets and pushes are
+/// distinct from strings and arrays.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Resp {
+    /// `+text`
+    Simple(String),
+    /// `-CODE text`
+    Error(String),
+    /// `:n`
+    Int(i64),
+    /// `$n` bulk string
+    Bulk(Vec<u8>),
+    /// `$-1`: RESP2's null bulk string
+    NullBulk,
+    /// `*-1`: RESP2's null array
+    NullArray,
+    /// `_`: RESP3's null
+    Null,
+    /// `#t` / `#f`
+    Bool(bool),
+    /// `,text`, kept as written
+    Double(String),
+    /// `(digits`
+    BigNumber(String),
+    /// `!n` bulk error
+    BulkError(Vec<u8>),
+    /// `=n` verbatim string: its three-letter format and its text
+    Verbatim(String, Vec<u8>),
+    /// `*n`
+    Array(Vec<Resp>),
+    /// `~n`
+    Set(Vec<Resp>),
+    /// `%n`
+    Map(Vec<(Resp, Resp)>),
+    /// `>n`
+    Push(Vec<Resp>),
+    /// `|n` attributes, then the value they describe
+    Attribute(Vec<(Resp, Resp)>, Box<Resp>),
+}
+
+impl Resp {
+    /// Parses the one complete value `frame` holds (see [`resp_frame_len`]).
+    pub fn parse(frame: &[u8]) -> Result<Resp, String> {
+        let (value, used) = Resp::parse_at(frame, 0)?;
+        if used != frame.len() {
+            return Err(format!(
+                "{} bytes after the value: {:?}",
+                frame.len() - used,
+                String::from_utf8_lossy(&frame[used..])
+            ));
+        }
+        Ok(value)
+    }
+
+    fn parse_at(buf: &[u8], pos: usize) -> Result<(Resp, usize), String> {
+        let kind = *buf.get(pos).ok_or("truncated value")?;
+        let end = buf[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|i| pos + i)
+            .ok_or("no CRLF")?;
+        let line = std::str::from_utf8(&buf[pos + 1..end])
+            .map_err(|_| format!("line of {:?} is not UTF-8", kind as char))?;
+        let after = end + 2;
+        let count = || -> Result<i64, String> {
+            line.parse::<i64>()
+                .map_err(|_| format!("bad length {line:?} after {:?}", kind as char))
+        };
+        let blob = |n: i64| -> Result<(Vec<u8>, usize), String> {
+            let stop = after + n as usize;
+            if buf.get(stop..stop + 2) != Some(b"\r\n".as_slice()) {
+                return Err(format!("{:?} blob of {n} bytes not closed", kind as char));
+            }
+            Ok((buf[after..stop].to_vec(), stop + 2))
+        };
+        let items = |n: i64| -> Result<(Vec<Resp>, usize), String> {
+            let mut at = after;
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let (v, next) = Resp::parse_at(buf, at)?;
+                out.push(v);
+                at = next;
+            }
+            Ok((out, at))
+        };
+        let pairs = |n: i64| -> Result<(Vec<(Resp, Resp)>, usize), String> {
+            let (flat, at) = items(2 * n)?;
+            let mut it = flat.into_iter();
+            let mut out = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            Ok((out, at))
+        };
+        Ok(match kind {
+            b'+' => (Resp::Simple(line.to_owned()), after),
+            b'-' => (Resp::Error(line.to_owned()), after),
+            b':' => (
+                Resp::Int(line.parse().map_err(|_| format!("bad integer {line:?}"))?),
+                after,
+            ),
+            b'_' => (Resp::Null, after),
+            b'#' => match line {
+                "t" => (Resp::Bool(true), after),
+                "f" => (Resp::Bool(false), after),
+                _ => return Err(format!("bad boolean {line:?}")),
+            },
+            b',' => (Resp::Double(line.to_owned()), after),
+            b'(' => (Resp::BigNumber(line.to_owned()), after),
+            b'$' => match count()? {
+                -1 => (Resp::NullBulk, after),
+                n if n < 0 => return Err(format!("bad bulk length {n}")),
+                n => {
+                    let (b, at) = blob(n)?;
+                    (Resp::Bulk(b), at)
+                }
+            },
+            b'!' => {
+                let (b, at) = blob(count()?.max(0))?;
+                (Resp::BulkError(b), at)
+            }
+            b'=' => {
+                let (b, at) = blob(count()?.max(0))?;
+                if b.len() < 4 || b[3] != b':' {
+                    return Err("verbatim string without its format".into());
+                }
+                let format = String::from_utf8_lossy(&b[..3]).into_owned();
+                (Resp::Verbatim(format, b[4..].to_vec()), at)
+            }
+            b'*' => match count()? {
+                -1 => (Resp::NullArray, after),
+                n if n < 0 => return Err(format!("bad array length {n}")),
+                n => {
+                    let (v, at) = items(n)?;
+                    (Resp::Array(v), at)
+                }
+            },
+            b'~' => {
+                let (v, at) = items(count()?.max(0))?;
+                (Resp::Set(v), at)
+            }
+            b'>' => {
+                let (v, at) = items(count()?.max(0))?;
+                (Resp::Push(v), at)
+            }
+            b'%' => {
+                let (v, at) = pairs(count()?.max(0))?;
+                (Resp::Map(v), at)
+            }
+            b'|' => {
+                let (attrs, at) = pairs(count()?.max(0))?;
+                let (value, at) = Resp::parse_at(buf, at)?;
+                (Resp::Attribute(attrs, Box::new(value)), at)
+            }
+            other => return Err(format!("unknown RESP type byte {:?}", other as char)),
+        })
+    }
+
+    /// The error's code (its first word), for errors.
+    pub fn error_code(&self) -> Option<String> {
+        match self {
+            Resp::Error(line) => Some(line.split(' ').next().unwrap_or_default().to_owned()),
+            Resp::BulkError(b) => Some(
+                String::from_utf8_lossy(b)
+                    .split(' ')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The type's name, for messages and type-only comparisons.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Resp::Simple(_) => "simple string",
+            Resp::Error(_) => "error",
+            Resp::Int(_) => "integer",
+            Resp::Bulk(_) => "bulk string",
+            Resp::NullBulk => "null bulk string",
+            Resp::NullArray => "null array",
+            Resp::Null => "null",
+            Resp::Bool(_) => "boolean",
+            Resp::Double(_) => "double",
+            Resp::BigNumber(_) => "big number",
+            Resp::BulkError(_) => "bulk error",
+            Resp::Verbatim(..) => "verbatim string",
+            Resp::Array(_) => "array",
+            Resp::Set(_) => "set",
+            Resp::Map(_) => "map",
+            Resp::Push(_) => "push",
+            Resp::Attribute(..) => "attribute",
+        }
+    }
+
+    /// The number of elements of an aggregate (pairs for maps).
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Resp::Array(v) | Resp::Set(v) | Resp::Push(v) => Some(v.len()),
+            Resp::Map(v) => Some(v.len()),
+            Resp::Attribute(_, value) => value.len(),
+            _ => None,
+        }
+    }
+
+    /// Calls `f` on this value and on every value inside it.
+    pub fn visit(&self, f: &mut dyn FnMut(&Resp)) {
+        f(self);
+        match self {
+            Resp::Array(v) | Resp::Set(v) | Resp::Push(v) => v.iter().for_each(|x| x.visit(f)),
+            Resp::Map(v) => v.iter().for_each(|(k, x)| {
+                k.visit(f);
+                x.visit(f);
+            }),
+            Resp::Attribute(a, value) => {
+                a.iter().for_each(|(k, x)| {
+                    k.visit(f);
+                    x.visit(f);
+                });
+                value.visit(f);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Bytes as a double-quoted string, escaping what is not printable ASCII.
+pub fn quoted(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A compact one-line rendering that keeps every type visible: `+OK`, `-ERR ..`, `:1`,
+/// `"bulk"`, `$-1`, `*-1`, `_`, `#t`, `,1.5`, `(123`, `*[..]`, `~{..}`, `%{k => v}`, `>[..]`.
+impl std::fmt::Display for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn list(f: &mut std::fmt::Formatter<'_>, items: &[Resp]) -> std::fmt::Result {
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    write!(f, ", ")?;
+                }
+                write!(f, "{item}")?;
+            }
+            Ok(())
+        }
+        fn pairs(f: &mut std::fmt::Formatter<'_>, items: &[(Resp, Resp)]) -> std::fmt::Result {
+            for (i, (k, v)) in items.iter().enumerate() {
+                if i > 0 {
+                    write!(f, ", ")?;
+                }
+                write!(f, "{k} => {v}")?;
+            }
+            Ok(())
+        }
+        match self {
+            Resp::Simple(s) => write!(f, "+{s}"),
+            Resp::Error(s) => write!(f, "-{s}"),
+            Resp::Int(n) => write!(f, ":{n}"),
+            Resp::Bulk(b) => write!(f, "{}", quoted(b)),
+            Resp::NullBulk => write!(f, "$-1"),
+            Resp::NullArray => write!(f, "*-1"),
+            Resp::Null => write!(f, "_"),
+            Resp::Bool(b) => write!(f, "#{}", if *b { 't' } else { 'f' }),
+            Resp::Double(d) => write!(f, ",{d}"),
+            Resp::BigNumber(n) => write!(f, "({n}"),
+            Resp::BulkError(b) => write!(f, "!{}", quoted(b)),
+            Resp::Verbatim(format, b) => write!(f, "={format}:{}", quoted(b)),
+            Resp::Array(v) => {
+                write!(f, "*[")?;
+                list(f, v)?;
+                write!(f, "]")
+            }
+            Resp::Set(v) => {
+                write!(f, "~{{")?;
+                list(f, v)?;
+                write!(f, "}}")
+            }
+            Resp::Push(v) => {
+                write!(f, ">[")?;
+                list(f, v)?;
+                write!(f, "]")
+            }
+            Resp::Map(v) => {
+                write!(f, "%{{")?;
+                pairs(f, v)?;
+                write!(f, "}}")
+            }
+            Resp::Attribute(a, value) => {
+                write!(f, "|{{")?;
+                pairs(f, a)?;
+                write!(f, "}} {value}")
+            }
+        }
+    }
+}
+
+impl RespConn {
+    /// Reads one complete reply within `timeout`, or says why it could not (timeout, the
+    /// peer closed, a read error); never panics, so a caller can report and go on.
+    pub fn try_frame(&mut self, timeout: Duration) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Some(n) = resp_frame_len(&self.pending) {
+                return Ok(self.pending.drain(..n).collect());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "no complete reply within {timeout:?} (have {:?})",
+                    String::from_utf8_lossy(&self.pending)
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed (have {:?})",
+                        String::from_utf8_lossy(&self.pending)
+                    ))
+                }
+                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// Reads and parses one reply within `timeout`.
+    pub fn try_value(&mut self, timeout: Duration) -> Result<Resp, String> {
+        let frame = self.try_frame(timeout)?;
+        Resp::parse(&frame).map_err(|e| format!("{e} in {:?}", String::from_utf8_lossy(&frame)))
+    }
+
+    /// Sends one command and reads its parsed reply (panics on a timeout or a bad frame).
+    pub fn value(&mut self, args: &[&[u8]]) -> Resp {
+        self.send(&encode(args));
+        self.try_value(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(args[0])))
+    }
+
+    /// Whether nothing arrives within `wait` (bytes already buffered count as arrived).
+    pub fn quiet_for(&mut self, wait: Duration) -> Result<(), Vec<u8>> {
+        if !self.pending.is_empty() {
+            return Err(std::mem::take(&mut self.pending));
+        }
+        match self.try_frame(wait) {
+            Ok(frame) => Err(frame),
+            Err(_) if self.pending.is_empty() => Ok(()),
+            Err(_) => Err(std::mem::take(&mut self.pending)),
+        }
+    }
 }

@@ -9,6 +9,7 @@
 mod hashes;
 mod keys;
 mod lists;
+mod long_double;
 mod server;
 mod sets;
 mod strings;

@@ -1,0 +1,288 @@
+//! Blocking list commands on the embedded store, through pkv and real clients: a blocked
+//! client is woken by another connection's push, times out with nil, and a client that
+//! leaves while blocked takes nothing with it.
+
+mod common;
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Issuer, Pkv, PkvConfig};
+
+/// How long a blocked client waits before another one pushes.
+const SETTLE: Duration = Duration::from_millis(300);
+
+struct Setup {
+    pkv: Pkv,
+    token: String,
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let issuer = Issuer::new();
+        let pkv = PkvConfig::embedded(&issuer).start();
+        let token = issuer.token(1000);
+        Setup { pkv, token }
+    }
+
+    fn client(&self) -> redis::Connection {
+        self.pkv.client(&self.token)
+    }
+
+    /// Runs `f` on a new connection in a thread; the receiver gets its result and how long
+    /// it took.
+    fn in_background<T, F>(&self, f: F) -> mpsc::Receiver<(T, Duration)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut redis::Connection) -> T + Send + 'static,
+    {
+        let mut conn = self.client();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let result = f(&mut conn);
+            let _ = tx.send((result, started.elapsed()));
+        });
+        rx
+    }
+}
+
+fn wait<T>(rx: &mpsc::Receiver<(T, Duration)>) -> (T, Duration) {
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the blocked client answered within 10 s")
+}
+
+#[test]
+fn a_push_wakes_a_blocked_blpop_with_the_element() {
+    let s = Setup::start();
+    let blocked = s.in_background(|c| {
+        redis::cmd("BLPOP")
+            .arg("q")
+            .arg(10)
+            .query::<Option<(String, String)>>(c)
+    });
+    thread::sleep(SETTLE);
+    let pushed = Instant::now();
+    let len: i64 = redis::cmd("RPUSH")
+        .arg("q")
+        .arg("x")
+        .query(&mut s.client())
+        .unwrap();
+    assert_eq!(len, 1);
+    let (reply, _) = wait(&blocked);
+    assert!(
+        pushed.elapsed() < Duration::from_secs(3),
+        "woken {:?} after the push",
+        pushed.elapsed()
+    );
+    assert_eq!(reply.unwrap(), Some(("q".into(), "x".into())));
+    let left: i64 = redis::cmd("LLEN").arg("q").query(&mut s.client()).unwrap();
+    assert_eq!(left, 0, "the element was taken, not copied");
+}
+
+#[test]
+fn brpop_on_several_keys_wakes_on_any_of_them() {
+    let s = Setup::start();
+    let blocked = s.in_background(|c| {
+        redis::cmd("BRPOP")
+            .arg("a")
+            .arg("b")
+            .arg(10)
+            .query::<Option<(String, String)>>(c)
+    });
+    thread::sleep(SETTLE);
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("b")
+        .arg("1")
+        .arg("2")
+        .query(&mut s.client())
+        .unwrap();
+    let (reply, waited) = wait(&blocked);
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(reply.unwrap(), Some(("b".into(), "2".into())));
+    let rest: Vec<String> = redis::cmd("LRANGE")
+        .arg("b")
+        .arg(0)
+        .arg(-1)
+        .query(&mut s.client())
+        .unwrap();
+    assert_eq!(rest, ["1"]);
+}
+
+#[test]
+fn blpop_times_out_with_nil() {
+    let s = Setup::start();
+    let mut c = s.client();
+    let started = Instant::now();
+    let reply: Option<(String, String)> =
+        redis::cmd("BLPOP").arg("q").arg(0.2).query(&mut c).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(reply, None);
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
+    // The connection is still usable, and a later push stays in the list.
+    let len: i64 = redis::cmd("RPUSH").arg("q").arg("x").query(&mut c).unwrap();
+    assert_eq!(len, 1);
+    let len: i64 = redis::cmd("LLEN").arg("q").query(&mut c).unwrap();
+    assert_eq!(len, 1);
+}
+
+#[test]
+fn a_client_that_leaves_while_blocked_takes_nothing() {
+    let s = Setup::start();
+    let mut leaving = s.pkv.resp_authed(&s.token);
+    leaving.send(&common::encode(&[b"BLPOP", b"q", b"0"]));
+    thread::sleep(SETTLE);
+    leaving.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(leaving);
+    thread::sleep(SETTLE);
+
+    let mut c = s.client();
+    let len: i64 = redis::cmd("RPUSH").arg("q").arg("x").query(&mut c).unwrap();
+    assert_eq!(len, 1);
+    thread::sleep(SETTLE);
+    let kept: Vec<String> = redis::cmd("LRANGE")
+        .arg("q")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(kept, ["x"], "the element stays for the next client");
+
+    // A client that blocks afterwards is served as usual.
+    let _: Option<String> = redis::cmd("LPOP").arg("q").query(&mut c).unwrap();
+    let blocked = s.in_background(|c| {
+        redis::cmd("BLPOP")
+            .arg("q")
+            .arg(10)
+            .query::<Option<(String, String)>>(c)
+    });
+    thread::sleep(SETTLE);
+    let _: i64 = redis::cmd("RPUSH").arg("q").arg("y").query(&mut c).unwrap();
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply.unwrap(), Some(("q".into(), "y".into())));
+}
+
+#[test]
+fn two_blocked_clients_get_one_element_each() {
+    let s = Setup::start();
+    let pop = |c: &mut redis::Connection| {
+        redis::cmd("BLPOP")
+            .arg("q")
+            .arg(10)
+            .query::<Option<(String, String)>>(c)
+    };
+    let first = s.in_background(pop);
+    let second = s.in_background(pop);
+    thread::sleep(SETTLE);
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("q")
+        .arg("x")
+        .arg("y")
+        .query(&mut s.client())
+        .unwrap();
+    let (a, _) = wait(&first);
+    let (b, _) = wait(&second);
+    let mut got: Vec<String> = [a, b]
+        .into_iter()
+        .map(|r| r.unwrap().expect("an element").1)
+        .collect();
+    got.sort();
+    assert_eq!(got, ["x", "y"]);
+}
+
+#[test]
+fn blmpop_wakes_up_with_the_popped_elements() {
+    let s = Setup::start();
+    let blocked = s.in_background(|c| {
+        redis::cmd("BLMPOP")
+            .arg(10)
+            .arg(2)
+            .arg("a")
+            .arg("b")
+            .arg("RIGHT")
+            .arg("COUNT")
+            .arg(2)
+            .query::<Option<(String, Vec<String>)>>(c)
+    });
+    thread::sleep(SETTLE);
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("b")
+        .arg("1")
+        .arg("2")
+        .arg("3")
+        .query(&mut s.client())
+        .unwrap();
+    let (reply, waited) = wait(&blocked);
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(
+        reply.unwrap(),
+        Some(("b".into(), vec!["3".into(), "2".into()]))
+    );
+}
+
+#[test]
+fn brpoplpush_and_blmove_wake_up_and_move_the_element() {
+    let s = Setup::start();
+    let blocked = s.in_background(|c| {
+        redis::cmd("BRPOPLPUSH")
+            .arg("src")
+            .arg("dst")
+            .arg(10)
+            .query::<Option<String>>(c)
+    });
+    thread::sleep(SETTLE);
+    let mut c = s.client();
+    let _: i64 = redis::cmd("LPUSH")
+        .arg("src")
+        .arg("x")
+        .query(&mut c)
+        .unwrap();
+    let (reply, waited) = wait(&blocked);
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(reply.unwrap(), Some("x".into()));
+
+    let blocked = s.in_background(|c| {
+        redis::cmd("BLMOVE")
+            .arg("src")
+            .arg("dst")
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(10)
+            .query::<Option<String>>(c)
+    });
+    thread::sleep(SETTLE);
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("src")
+        .arg("y")
+        .query(&mut c)
+        .unwrap();
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply.unwrap(), Some("y".into()));
+
+    let moved: Vec<String> = redis::cmd("LRANGE")
+        .arg("dst")
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(moved, ["x", "y"]);
+    let left: i64 = redis::cmd("LLEN").arg("src").query(&mut c).unwrap();
+    assert_eq!(left, 0);
+
+    // And the timeout: nil after the wait, nothing moved.
+    let started = Instant::now();
+    let reply: Option<String> = redis::cmd("BLMOVE")
+        .arg("src")
+        .arg("dst")
+        .arg("LEFT")
+        .arg("RIGHT")
+        .arg(0.2)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(reply, None);
+    assert!(started.elapsed() >= Duration::from_millis(190));
+}
