@@ -467,12 +467,16 @@ impl ScoreRange {
     /// The members in the range, lowest score first.
     fn members<'a>(&self, z: &'a ZSet) -> impl DoubleEndedIterator<Item = (&'a [u8], f64)> + 'a {
         let none: &[u8] = b"";
-        let lower = if !self.minex {
-            Bound::Included((self.min, none))
-        } else if self.min == f64::INFINITY {
-            Bound::Excluded((f64::INFINITY, none))
-        } else {
+        if self.minex && self.min == f64::INFINITY {
+            // Above infinity: nothing.
+            let nothing = Bound::Excluded((0.0, none));
+            return z.range(nothing, nothing);
+        }
+        // Each end as a position in the (score, member) order; "" sorts first at a score.
+        let lower = if self.minex {
             Bound::Included((self.min.next_up(), none))
+        } else {
+            Bound::Included((self.min, none))
         };
         let upper = if self.maxex {
             Bound::Excluded((self.max, none))
@@ -481,20 +485,7 @@ impl ScoreRange {
         } else {
             Bound::Excluded((self.max.next_up(), none))
         };
-        // `(inf` excludes everything: an empty range.
-        let empty = self.minex && self.min == f64::INFINITY;
-        z.range(
-            if empty {
-                Bound::Excluded((0.0, none))
-            } else {
-                lower
-            },
-            if empty {
-                Bound::Excluded((0.0, none))
-            } else {
-                upper
-            },
-        )
+        z.range(lower, upper)
     }
 }
 
