@@ -1,6 +1,6 @@
-//! Blocking list commands on the embedded store, through pkv and real clients: a blocked
-//! client is woken by another connection's push, times out with nil, and a client that
-//! leaves while blocked takes nothing with it.
+//! Blocking commands on the embedded store, through pkv and real clients: a blocked client
+//! is woken by another connection's push (lists) or ZADD/ZUNIONSTORE (sorted sets), times out
+//! with nil, and a client that leaves while blocked takes nothing with it.
 
 mod common;
 
@@ -46,6 +46,25 @@ impl Setup {
         });
         rx
     }
+
+    /// Runs the command `args` on a new connection in a thread.
+    fn command_in_background(&self, args: &[&str]) -> mpsc::Receiver<(redis::Value, Duration)> {
+        let cmd = command(args);
+        self.in_background(move |c| cmd.query::<redis::Value>(c).unwrap())
+    }
+
+    /// Runs the command `args` on a new connection.
+    fn run(&self, args: &[&str]) -> redis::Value {
+        command(args).query(&mut self.client()).unwrap()
+    }
+}
+
+fn command(args: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd
 }
 
 fn wait<T>(rx: &mpsc::Receiver<(T, Duration)>) -> (T, Duration) {
@@ -285,4 +304,106 @@ fn brpoplpush_and_blmove_wake_up_and_move_the_element() {
         .unwrap();
     assert_eq!(reply, None);
     assert!(started.elapsed() >= Duration::from_millis(190));
+}
+
+// === sorted sets ===
+
+fn bulk(text: &str) -> redis::Value {
+    redis::Value::BulkString(text.as_bytes().to_vec())
+}
+
+#[test]
+fn zadd_wakes_a_blocked_bzpopmin_with_the_lowest_member() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["BZPOPMIN", "a", "b", "10"]);
+    thread::sleep(SETTLE);
+    let added = Instant::now();
+    assert_eq!(
+        s.run(&["ZADD", "b", "2", "y", "1", "x"]),
+        redis::Value::Int(2)
+    );
+    let (reply, _) = wait(&blocked);
+    assert!(
+        added.elapsed() < Duration::from_secs(3),
+        "woken {:?} after the ZADD",
+        added.elapsed()
+    );
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![bulk("b"), bulk("x"), bulk("1")])
+    );
+    assert_eq!(
+        s.run(&["ZRANGE", "b", "0", "-1"]),
+        redis::Value::Array(vec![bulk("y")])
+    );
+}
+
+#[test]
+fn a_store_wakes_a_blocked_bzpopmax() {
+    let s = Setup::start();
+    s.run(&["ZADD", "src", "1", "a", "5", "b"]);
+    let blocked = s.command_in_background(&["BZPOPMAX", "dst", "10"]);
+    thread::sleep(SETTLE);
+    assert_eq!(
+        s.run(&["ZUNIONSTORE", "dst", "1", "src"]),
+        redis::Value::Int(2)
+    );
+    let (reply, waited) = wait(&blocked);
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![bulk("dst"), bulk("b"), bulk("5")])
+    );
+}
+
+#[test]
+fn bzmpop_wakes_up_with_the_popped_members() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["BZMPOP", "10", "2", "a", "b", "MAX", "COUNT", "2"]);
+    thread::sleep(SETTLE);
+    s.run(&["ZADD", "a", "1", "x", "2", "y", "3", "z"]);
+    let (reply, _) = wait(&blocked);
+    let pair = |m: &str, d: &str| redis::Value::Array(vec![bulk(m), bulk(d)]);
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![
+            bulk("a"),
+            redis::Value::Array(vec![pair("z", "3"), pair("y", "2")])
+        ])
+    );
+}
+
+#[test]
+fn two_blocked_clients_get_one_member_each() {
+    let s = Setup::start();
+    let first = s.command_in_background(&["BZPOPMIN", "z", "10"]);
+    let second = s.command_in_background(&["BZPOPMIN", "z", "10"]);
+    thread::sleep(SETTLE);
+    s.run(&["ZADD", "z", "1", "x", "2", "y"]);
+    let mut got: Vec<redis::Value> = [wait(&first).0, wait(&second).0]
+        .into_iter()
+        .map(|reply| match reply {
+            redis::Value::Array(items) => items[1].clone(),
+            other => panic!("not a pop: {other:?}"),
+        })
+        .collect();
+    got.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(got, [bulk("x"), bulk("y")]);
+}
+
+#[test]
+fn a_blocked_pop_times_out_with_nil() {
+    let s = Setup::start();
+    let started = Instant::now();
+    let reply = s.run(&["BZPOPMIN", "z", "0.2"]);
+    let waited = started.elapsed();
+    assert_eq!(reply, redis::Value::Nil);
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
+    assert_eq!(
+        s.run(&["BZMPOP", "0.1", "1", "z", "MIN"]),
+        redis::Value::Nil
+    );
 }
