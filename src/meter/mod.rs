@@ -279,7 +279,11 @@ impl Meter {
         if let Some(ok) = acct.take(need) {
             return Ok(ok);
         }
-        let want = self.config.lease.max(need);
+        // Ask for what is missing: the lease in hand can be below zero when commands cost
+        // more than they reserved (a slow round trip), and a grant of `need` alone would
+        // then still fall short of it.
+        let have = acct.lease.load(Ordering::Acquire);
+        let want = self.config.lease.max(need.saturating_sub(have));
         let granted = self
             .ledger
             .lease(&acct.id, want)
