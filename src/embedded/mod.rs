@@ -32,7 +32,7 @@ use crate::backend::{error_value, Backend, BackendError, BoxFuture, Dedicated, S
 use crate::commands::CommandSpec;
 use crate::config::Settings;
 use crate::protocol::Proto;
-use cmd::{Command, Cx, Error, Kind, Reply};
+use cmd::{Cx, Error, Kind, Reply, Runnable};
 use keyspace::{Keyspace, SHARDS};
 
 /// How often the active expiry runs, and how many shards it cleans each time.
@@ -128,7 +128,7 @@ impl Store {
     }
 
     /// Runs a command under whatever lock the caller holds.
-    fn execute(&self, command: &Command, proto: Proto, args: &[&[u8]]) -> Reply {
+    fn execute(&self, command: &Runnable, proto: Proto, args: &[&[u8]]) -> Reply {
         let mut cx = Cx {
             store: self,
             proto,
@@ -162,7 +162,7 @@ impl Store {
     /// After a write: flags the transactions watching the keys it wrote and wakes the
     /// clients blocked on them. Costs nothing while no one watches or waits. Multi-key
     /// commands signal only when the command table says they write (MGET does not).
-    fn written(&self, command: &Command, args: &[&[u8]]) {
+    fn written(&self, command: &Runnable, args: &[&[u8]]) {
         if !matches!(command.kind, Kind::Write | Kind::Multi) {
             return;
         }
@@ -239,7 +239,7 @@ impl Store {
 
 /// The keys of a command: `args[1]` for single-key commands, the command table's key
 /// positions for the others.
-fn keys_of(command: &Command, args: &[&[u8]]) -> Vec<Vec<u8>> {
+fn keys_of(command: &Runnable, args: &[&[u8]]) -> Vec<Vec<u8>> {
     if command.kind != Kind::Multi {
         return args.get(1).map(|k| k.to_vec()).into_iter().collect();
     }

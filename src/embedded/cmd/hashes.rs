@@ -8,89 +8,73 @@ use std::collections::HashMap;
 use redis::Value;
 
 use super::sets::{pick, rand_count, random_below, scan_cursor, scan_options};
-use super::{arity_error, bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Kind, Reply};
+use super::{arity_error, bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply};
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
 
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "HSET",
-        kind: Kind::Write,
         run: hset,
     },
     Command {
         name: "HMSET",
-        kind: Kind::Write,
         run: hset,
     },
     Command {
         name: "HSETNX",
-        kind: Kind::Write,
         run: hsetnx,
     },
     Command {
         name: "HGET",
-        kind: Kind::Read,
         run: hget,
     },
     Command {
         name: "HMGET",
-        kind: Kind::Read,
         run: hmget,
     },
     Command {
         name: "HDEL",
-        kind: Kind::Write,
         run: hdel,
     },
     Command {
         name: "HLEN",
-        kind: Kind::Read,
         run: hlen,
     },
     Command {
         name: "HSTRLEN",
-        kind: Kind::Read,
         run: hstrlen,
     },
     Command {
         name: "HEXISTS",
-        kind: Kind::Read,
         run: hexists,
     },
     Command {
         name: "HKEYS",
-        kind: Kind::Read,
         run: hkeys,
     },
     Command {
         name: "HVALS",
-        kind: Kind::Read,
         run: hvals,
     },
     Command {
         name: "HGETALL",
-        kind: Kind::Read,
         run: hgetall,
     },
     Command {
         name: "HINCRBY",
-        kind: Kind::Write,
         run: hincrby,
     },
     Command {
         name: "HINCRBYFLOAT",
-        kind: Kind::Write,
         run: hincrbyfloat,
     },
     Command {
         name: "HRANDFIELD",
-        kind: Kind::Read,
         run: hrandfield,
     },
     Command {
         name: "HSCAN",
-        kind: Kind::Read,
         run: hscan,
     },
 ];

@@ -4,7 +4,7 @@
 use redis::Value;
 
 use super::strings::invalid_expire;
-use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Kind, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Reply, SYNTAX};
 use crate::embedded::data::Data;
 use crate::embedded::glob;
 use crate::embedded::keyspace::SHARDS;
@@ -12,102 +12,82 @@ use crate::embedded::keyspace::SHARDS;
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "DEL",
-        kind: Kind::Multi,
         run: del,
     },
     Command {
         name: "UNLINK",
-        kind: Kind::Multi,
         run: del,
     },
     Command {
         name: "EXISTS",
-        kind: Kind::Multi,
         run: exists,
     },
     Command {
         name: "TOUCH",
-        kind: Kind::Multi,
         run: exists,
     },
     Command {
         name: "TYPE",
-        kind: Kind::Read,
         run: type_of,
     },
     Command {
         name: "TTL",
-        kind: Kind::Read,
         run: ttl,
     },
     Command {
         name: "PTTL",
-        kind: Kind::Read,
         run: pttl,
     },
     Command {
         name: "EXPIRETIME",
-        kind: Kind::Read,
         run: expiretime,
     },
     Command {
         name: "PEXPIRETIME",
-        kind: Kind::Read,
         run: pexpiretime,
     },
     Command {
         name: "EXPIRE",
-        kind: Kind::Write,
         run: expire,
     },
     Command {
         name: "PEXPIRE",
-        kind: Kind::Write,
         run: pexpire,
     },
     Command {
         name: "EXPIREAT",
-        kind: Kind::Write,
         run: expireat,
     },
     Command {
         name: "PEXPIREAT",
-        kind: Kind::Write,
         run: pexpireat,
     },
     Command {
         name: "RENAME",
-        kind: Kind::Multi,
         run: rename,
     },
     Command {
         name: "RENAMENX",
-        kind: Kind::Multi,
         run: renamenx,
     },
     Command {
         name: "COPY",
-        kind: Kind::Multi,
         run: copy,
     },
     Command {
         name: "KEYS",
-        kind: Kind::Walk,
         run: keys,
     },
     Command {
         name: "SCAN",
-        kind: Kind::Walk,
         run: scan,
     },
     Command {
         name: "OBJECT",
-        kind: Kind::Walk,
         run: object,
     },
     Command {
         name: "MEMORY",
-        kind: Kind::Walk,
         run: memory,
     },
 ];

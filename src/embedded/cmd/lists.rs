@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use redis::Value;
 
-use super::{arity_error, bulk, bulks, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Kind};
+use super::{arity_error, bulk, bulks, int, int_arg, is, ok, wrongtype, Command, Cx, Error};
 use super::{parse_float, Reply, NOT_INTEGER, SYNTAX};
 use crate::embedded::data::{Data, Entry};
 
@@ -18,112 +18,90 @@ type List = VecDeque<Vec<u8>>;
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "LPUSH",
-        kind: Kind::Write,
         run: lpush,
     },
     Command {
         name: "RPUSH",
-        kind: Kind::Write,
         run: rpush,
     },
     Command {
         name: "LPUSHX",
-        kind: Kind::Write,
         run: lpushx,
     },
     Command {
         name: "RPUSHX",
-        kind: Kind::Write,
         run: rpushx,
     },
     Command {
         name: "LPOP",
-        kind: Kind::Write,
         run: lpop,
     },
     Command {
         name: "RPOP",
-        kind: Kind::Write,
         run: rpop,
     },
     Command {
         name: "LLEN",
-        kind: Kind::Read,
         run: llen,
     },
     Command {
         name: "LRANGE",
-        kind: Kind::Read,
         run: lrange,
     },
     Command {
         name: "LINDEX",
-        kind: Kind::Read,
         run: lindex,
     },
     Command {
         name: "LSET",
-        kind: Kind::Write,
         run: lset,
     },
     Command {
         name: "LINSERT",
-        kind: Kind::Write,
         run: linsert,
     },
     Command {
         name: "LREM",
-        kind: Kind::Write,
         run: lrem,
     },
     Command {
         name: "LTRIM",
-        kind: Kind::Write,
         run: ltrim,
     },
     Command {
         name: "LPOS",
-        kind: Kind::Read,
         run: lpos,
     },
     Command {
         name: "LMOVE",
-        kind: Kind::Multi,
         run: lmove,
     },
     Command {
         name: "RPOPLPUSH",
-        kind: Kind::Multi,
         run: rpoplpush,
     },
     Command {
         name: "LMPOP",
-        kind: Kind::Multi,
         run: lmpop,
     },
     Command {
         name: "BLPOP",
-        kind: Kind::Multi,
         run: blpop,
     },
     Command {
         name: "BRPOP",
-        kind: Kind::Multi,
         run: brpop,
     },
     Command {
         name: "BLMOVE",
-        kind: Kind::Multi,
         run: blmove,
     },
     Command {
         name: "BRPOPLPUSH",
-        kind: Kind::Multi,
         run: brpoplpush,
     },
     Command {
         name: "BLMPOP",
-        kind: Kind::Multi,
         run: blmpop,
     },
 ];

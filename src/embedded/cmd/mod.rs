@@ -1,10 +1,12 @@
 //! The commands the embedded store runs, one module per family, and what they share: the
 //! registry, the context a command runs in, argument parsing and reply helpers.
 //!
-//! A command is a [`Command`]: its name, its handler, and how it touches the keyspace
-//! ([`Kind`]), which decides the lock it runs under (see [`super::Store::run`]). Handlers
-//! get the arguments as the request path sent them (keys already in the namespace) and
-//! return a [`Reply`]; errors read like Redis's.
+//! A family declares each command as a [`Command`]: its name and its handler. How it
+//! touches the keyspace ([`Kind`], which decides the lock it runs under, see
+//! [`super::Store::run`]) is not declared again here: the registry derives it once, at
+//! start-up, from the command's row in the command table (its key positions and WRITE
+//! flag). Handlers get the arguments as the request path sent them (keys already in the
+//! namespace) and return a [`Reply`]; errors read like Redis's.
 
 mod hashes;
 mod keys;
@@ -24,20 +26,40 @@ use super::data::Entry;
 use super::Store;
 use crate::protocol::Proto;
 
-/// How a command touches the keyspace.
+/// How a command touches the keyspace, as the command table states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Reads one key (`args[1]`).
+    /// Reads at most one key, or walks the keyspace (KEYS, SCAN), or touches none: runs
+    /// alongside other commands.
     Read,
-    /// Writes one key (`args[1]`).
+    /// Writes one key, `args[1]`: runs alongside other commands; signals WATCH and
+    /// blocked clients for that key.
     Write,
-    /// Touches several keys, or walks the keyspace: runs alone, so it is atomic.
+    /// May touch several keys (MSET, MGET, SINTERSTORE, BLPOP, ...): runs alone, so it is
+    /// atomic.
     Multi,
-    /// Reads several keys or walks the keyspace without writing; runs alongside other
-    /// commands (each key is read consistently, the whole is not a snapshot).
-    Walk,
-    /// Touches no key (Pub/Sub).
-    None,
+}
+
+impl Kind {
+    /// The kind of the command table's row `name` (a command without a row of its own,
+    /// such as `MEMORY` for `MEMORY USAGE`, only reads).
+    fn of(name: &str) -> Kind {
+        use crate::commands::{flags, table::TABLE, KeyRule};
+        let Some(spec) = TABLE.iter().find(|s| s.name == name) else {
+            return Kind::Read;
+        };
+        match spec.keys {
+            [] | [KeyRule::KeyPattern { .. }] => Kind::Read,
+            [KeyRule::Range { first, last, .. }] if i16::from(*first) == i16::from(*last) => {
+                if spec.has(flags::WRITE) && *first == 1 {
+                    Kind::Write
+                } else {
+                    Kind::Read
+                }
+            }
+            _ => Kind::Multi,
+        }
+    }
 }
 
 /// The outcome of a handler.
@@ -62,9 +84,15 @@ impl<T: Into<String>> From<T> for Error {
 
 pub type Handler = fn(&mut Cx, &[&[u8]]) -> Reply;
 
-/// One command of the embedded store.
+/// One command of the embedded store, as its family declares it.
 pub struct Command {
     /// Upper case, as in the command table.
+    pub name: &'static str,
+    pub run: Handler,
+}
+
+/// A command as the store runs it: the family's declaration and the kind the table gives.
+pub struct Runnable {
     pub name: &'static str,
     pub kind: Kind,
     pub run: Handler,
@@ -120,20 +148,27 @@ fn families() -> [&'static [Command]; 7] {
 }
 
 /// The command named `name` (any case), if the store runs it.
-pub fn find(name: &[u8]) -> Option<&'static Command> {
-    static REGISTRY: OnceLock<HashMap<&'static str, &'static Command>> = OnceLock::new();
+pub fn find(name: &[u8]) -> Option<&'static Runnable> {
+    static REGISTRY: OnceLock<HashMap<&'static str, Runnable>> = OnceLock::new();
     let registry = REGISTRY.get_or_init(|| {
         families()
             .into_iter()
             .flatten()
-            .map(|c| (c.name, c))
+            .map(|c| {
+                let runnable = Runnable {
+                    name: c.name,
+                    kind: Kind::of(c.name),
+                    run: c.run,
+                };
+                (c.name, runnable)
+            })
             .collect()
     });
     let mut upper = [0u8; 32];
     let upper = upper.get_mut(..name.len())?;
     upper.copy_from_slice(name);
     upper.make_ascii_uppercase();
-    registry.get(std::str::from_utf8(upper).ok()?).copied()
+    registry.get(std::str::from_utf8(upper).ok()?)
 }
 
 /// Every command the store runs, for the README's list and its tests.
@@ -270,6 +305,28 @@ mod tests {
         assert_eq!(parse_float(b" 1"), None);
         assert_eq!(parse_float(b""), None);
         assert_eq!(parse_float(b"abc"), None);
+    }
+
+    #[test]
+    fn kinds_come_from_the_table() {
+        let kind = |name: &str| find(name.as_bytes()).map(|c| c.kind);
+        assert_eq!(kind("GET"), Some(Kind::Read));
+        assert_eq!(kind("SET"), Some(Kind::Write));
+        assert_eq!(kind("HSET"), Some(Kind::Write));
+        for multi in [
+            "MGET",
+            "MSET",
+            "RENAME",
+            "SINTERSTORE",
+            "LMOVE",
+            "BLPOP",
+            "ZUNION",
+        ] {
+            assert_eq!(kind(multi), Some(Kind::Multi), "{multi}");
+        }
+        for shared in ["KEYS", "SCAN", "MEMORY", "PUBLISH", "PING"] {
+            assert_eq!(kind(shared), Some(Kind::Read), "{shared}");
+        }
     }
 
     #[test]

@@ -3,32 +3,27 @@
 
 use redis::Value;
 
-use super::{bulk, bulks, int, is, Command, Cx, Kind, Reply, SYNTAX};
+use super::{bulk, bulks, int, is, Command, Cx, Reply, SYNTAX};
 
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "PING",
-        kind: Kind::None,
         run: ping,
     },
     Command {
         name: "ECHO",
-        kind: Kind::None,
         run: echo,
     },
     Command {
         name: "TIME",
-        kind: Kind::None,
         run: time,
     },
     Command {
         name: "PUBLISH",
-        kind: Kind::None,
         run: publish,
     },
     Command {
         name: "PUBSUB",
-        kind: Kind::None,
         run: pubsub,
     },
 ];

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use redis::Value;
 
-use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Kind, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, SYNTAX};
 use crate::commands::parse_redis_int;
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
@@ -21,87 +21,70 @@ use crate::embedded::glob;
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "SADD",
-        kind: Kind::Write,
         run: sadd,
     },
     Command {
         name: "SREM",
-        kind: Kind::Write,
         run: srem,
     },
     Command {
         name: "SMEMBERS",
-        kind: Kind::Read,
         run: smembers,
     },
     Command {
         name: "SISMEMBER",
-        kind: Kind::Read,
         run: sismember,
     },
     Command {
         name: "SMISMEMBER",
-        kind: Kind::Read,
         run: smismember,
     },
     Command {
         name: "SCARD",
-        kind: Kind::Read,
         run: scard,
     },
     Command {
         name: "SPOP",
-        kind: Kind::Write,
         run: spop,
     },
     Command {
         name: "SRANDMEMBER",
-        kind: Kind::Read,
         run: srandmember,
     },
     Command {
         name: "SMOVE",
-        kind: Kind::Multi,
         run: smove,
     },
     Command {
         name: "SINTER",
-        kind: Kind::Multi,
         run: sinter,
     },
     Command {
         name: "SINTERCARD",
-        kind: Kind::Multi,
         run: sintercard,
     },
     Command {
         name: "SINTERSTORE",
-        kind: Kind::Multi,
         run: sinterstore,
     },
     Command {
         name: "SUNION",
-        kind: Kind::Multi,
         run: sunion,
     },
     Command {
         name: "SUNIONSTORE",
-        kind: Kind::Multi,
         run: sunionstore,
     },
     Command {
         name: "SDIFF",
-        kind: Kind::Multi,
         run: sdiff,
     },
     Command {
         name: "SDIFFSTORE",
-        kind: Kind::Multi,
         run: sdiffstore,
     },
     Command {
         name: "SSCAN",
-        kind: Kind::Read,
         run: sscan,
     },
 ];

@@ -2,153 +2,124 @@
 
 use redis::Value;
 
-use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Kind, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
 use crate::embedded::data::{Data, Entry};
 
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "GET",
-        kind: Kind::Read,
         run: get,
     },
     Command {
         name: "SET",
-        kind: Kind::Write,
         run: set,
     },
     Command {
         name: "SETNX",
-        kind: Kind::Write,
         run: setnx,
     },
     Command {
         name: "SETEX",
-        kind: Kind::Write,
         run: setex,
     },
     Command {
         name: "PSETEX",
-        kind: Kind::Write,
         run: psetex,
     },
     Command {
         name: "GETSET",
-        kind: Kind::Write,
         run: getset,
     },
     Command {
         name: "GETDEL",
-        kind: Kind::Write,
         run: getdel,
     },
     Command {
         name: "GETEX",
-        kind: Kind::Write,
         run: getex,
     },
     Command {
         name: "MGET",
-        kind: Kind::Multi,
         run: mget,
     },
     Command {
         name: "MSET",
-        kind: Kind::Multi,
         run: mset,
     },
     Command {
         name: "MSETNX",
-        kind: Kind::Multi,
         run: msetnx,
     },
     Command {
         name: "APPEND",
-        kind: Kind::Write,
         run: append,
     },
     Command {
         name: "STRLEN",
-        kind: Kind::Read,
         run: strlen,
     },
     Command {
         name: "GETRANGE",
-        kind: Kind::Read,
         run: getrange,
     },
     Command {
         name: "SUBSTR",
-        kind: Kind::Read,
         run: getrange,
     },
     Command {
         name: "SETRANGE",
-        kind: Kind::Write,
         run: setrange,
     },
     Command {
         name: "INCR",
-        kind: Kind::Write,
         run: incr,
     },
     Command {
         name: "DECR",
-        kind: Kind::Write,
         run: decr,
     },
     Command {
         name: "INCRBY",
-        kind: Kind::Write,
         run: incrby,
     },
     Command {
         name: "DECRBY",
-        kind: Kind::Write,
         run: decrby,
     },
     Command {
         name: "INCRBYFLOAT",
-        kind: Kind::Write,
         run: incrbyfloat,
     },
     Command {
         name: "LCS",
-        kind: Kind::Multi,
         run: lcs,
     },
     Command {
         name: "SETBIT",
-        kind: Kind::Write,
         run: setbit,
     },
     Command {
         name: "GETBIT",
-        kind: Kind::Read,
         run: getbit,
     },
     Command {
         name: "BITCOUNT",
-        kind: Kind::Read,
         run: bitcount,
     },
     Command {
         name: "BITPOS",
-        kind: Kind::Read,
         run: bitpos,
     },
     Command {
         name: "BITOP",
-        kind: Kind::Multi,
         run: bitop,
     },
     Command {
         name: "BITFIELD",
-        kind: Kind::Write,
         run: bitfield,
     },
     Command {
         name: "BITFIELD_RO",
-        kind: Kind::Read,
         run: bitfield_ro,
     },
 ];

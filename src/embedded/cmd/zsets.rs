@@ -14,7 +14,7 @@ use std::ops::Bound;
 use redis::Value;
 
 use super::{
-    bulk, int, int_arg, is, score, wrongtype, Command, Cx, Error, Kind, Reply, NOT_FLOAT, SYNTAX,
+    bulk, int, int_arg, is, score, wrongtype, Command, Cx, Error, Reply, NOT_FLOAT, SYNTAX,
 };
 use crate::embedded::data::{Data, Entry, ZSet};
 use crate::embedded::glob;
@@ -22,177 +22,142 @@ use crate::embedded::glob;
 pub const COMMANDS: &[Command] = &[
     Command {
         name: "ZADD",
-        kind: Kind::Write,
         run: zadd,
     },
     Command {
         name: "ZINCRBY",
-        kind: Kind::Write,
         run: zincrby,
     },
     Command {
         name: "ZREM",
-        kind: Kind::Write,
         run: zrem,
     },
     Command {
         name: "ZCARD",
-        kind: Kind::Read,
         run: zcard,
     },
     Command {
         name: "ZSCORE",
-        kind: Kind::Read,
         run: zscore,
     },
     Command {
         name: "ZMSCORE",
-        kind: Kind::Read,
         run: zmscore,
     },
     Command {
         name: "ZRANK",
-        kind: Kind::Read,
         run: zrank,
     },
     Command {
         name: "ZREVRANK",
-        kind: Kind::Read,
         run: zrevrank,
     },
     Command {
         name: "ZCOUNT",
-        kind: Kind::Read,
         run: zcount,
     },
     Command {
         name: "ZLEXCOUNT",
-        kind: Kind::Read,
         run: zlexcount,
     },
     Command {
         name: "ZRANGE",
-        kind: Kind::Read,
         run: zrange,
     },
     Command {
         name: "ZRANGEBYSCORE",
-        kind: Kind::Read,
         run: zrangebyscore,
     },
     Command {
         name: "ZREVRANGEBYSCORE",
-        kind: Kind::Read,
         run: zrevrangebyscore,
     },
     Command {
         name: "ZRANGEBYLEX",
-        kind: Kind::Read,
         run: zrangebylex,
     },
     Command {
         name: "ZREVRANGEBYLEX",
-        kind: Kind::Read,
         run: zrevrangebylex,
     },
     Command {
         name: "ZREVRANGE",
-        kind: Kind::Read,
         run: zrevrange,
     },
     Command {
         name: "ZRANGESTORE",
-        kind: Kind::Multi,
         run: zrangestore,
     },
     Command {
         name: "ZPOPMIN",
-        kind: Kind::Write,
         run: zpopmin,
     },
     Command {
         name: "ZPOPMAX",
-        kind: Kind::Write,
         run: zpopmax,
     },
     Command {
         name: "ZMPOP",
-        kind: Kind::Multi,
         run: zmpop,
     },
     Command {
         name: "BZPOPMIN",
-        kind: Kind::Multi,
         run: bzpopmin,
     },
     Command {
         name: "BZPOPMAX",
-        kind: Kind::Multi,
         run: bzpopmax,
     },
     Command {
         name: "BZMPOP",
-        kind: Kind::Multi,
         run: bzmpop,
     },
     Command {
         name: "ZRANDMEMBER",
-        kind: Kind::Read,
         run: zrandmember,
     },
     Command {
         name: "ZREMRANGEBYRANK",
-        kind: Kind::Write,
         run: zremrangebyrank,
     },
     Command {
         name: "ZREMRANGEBYSCORE",
-        kind: Kind::Write,
         run: zremrangebyscore,
     },
     Command {
         name: "ZREMRANGEBYLEX",
-        kind: Kind::Write,
         run: zremrangebylex,
     },
     Command {
         name: "ZUNION",
-        kind: Kind::Multi,
         run: zunion,
     },
     Command {
         name: "ZINTER",
-        kind: Kind::Multi,
         run: zinter,
     },
     Command {
         name: "ZDIFF",
-        kind: Kind::Multi,
         run: zdiff,
     },
     Command {
         name: "ZUNIONSTORE",
-        kind: Kind::Multi,
         run: zunionstore,
     },
     Command {
         name: "ZINTERSTORE",
-        kind: Kind::Multi,
         run: zinterstore,
     },
     Command {
         name: "ZDIFFSTORE",
-        kind: Kind::Multi,
         run: zdiffstore,
     },
     Command {
         name: "ZINTERCARD",
-        kind: Kind::Multi,
         run: zintercard,
     },
     Command {
         name: "ZSCAN",
-        kind: Kind::Read,
         run: zscan,
     },
 ];
