@@ -156,6 +156,31 @@ pub enum TtlUnit {
     UnixMillis,
 }
 
+impl TtlUnit {
+    /// The unit of an expiry option of SET and GETEX (`EX`, `PX`, `EXAT`, `PXAT`).
+    pub fn option(word: &[u8]) -> Option<TtlUnit> {
+        [
+            ("EX", TtlUnit::Seconds),
+            ("PX", TtlUnit::Millis),
+            ("EXAT", TtlUnit::UnixSeconds),
+            ("PXAT", TtlUnit::UnixMillis),
+        ]
+        .into_iter()
+        .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
+        .map(|(_, unit)| unit)
+    }
+
+    /// True for the units that count seconds.
+    pub fn in_seconds(self) -> bool {
+        matches!(self, TtlUnit::Seconds | TtlUnit::UnixSeconds)
+    }
+
+    /// True for the units that name a moment rather than a duration.
+    pub fn is_absolute(self) -> bool {
+        matches!(self, TtlUnit::UnixSeconds | TtlUnit::UnixMillis)
+    }
+}
+
 /// How a reply is rewritten on its way back to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyRewrite {

@@ -99,19 +99,6 @@ fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
     })
 }
 
-/// The unit of an expiry option (`EX`, `PX`, `EXAT`, `PXAT`) of SET and GETEX.
-fn expiry_option(word: &[u8]) -> Option<TtlUnit> {
-    [
-        ("EX", TtlUnit::Seconds),
-        ("PX", TtlUnit::Millis),
-        ("EXAT", TtlUnit::UnixSeconds),
-        ("PXAT", TtlUnit::UnixMillis),
-    ]
-    .into_iter()
-    .find(|(w, _)| word.eq_ignore_ascii_case(w.as_bytes()))
-    .map(|(_, unit)| unit)
-}
-
 fn check_max(secs: i64, policy: &TtlPolicy) -> Result<u64, String> {
     let secs = secs.max(0) as u64;
     if secs > policy.max_secs {
@@ -153,7 +140,7 @@ pub fn plan(
             let mut i = 3;
             while i < args.len() {
                 let word = &args[i];
-                if let (Some(unit), Some(value)) = (expiry_option(word), args.get(i + 1)) {
+                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
                     ttl = Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?);
                     i += 2;
                     continue;
@@ -267,7 +254,7 @@ pub fn plan(
                 if word.eq_ignore_ascii_case(b"PERSIST") {
                     return Err("ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end".into());
                 }
-                if let (Some(unit), Some(value)) = (expiry_option(word), args.get(i + 1)) {
+                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;
                     expire_plan(&mut plan, &upstream(1));
                     i += 1;

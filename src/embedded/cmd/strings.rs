@@ -3,6 +3,7 @@
 use redis::Value;
 
 use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
+use crate::commands::TtlUnit;
 use crate::embedded::data::{Data, Entry};
 
 pub const COMMANDS: &[Command] = &[
@@ -126,33 +127,6 @@ pub const COMMANDS: &[Command] = &[
 
 // === expiry options ===
 
-/// The expiry options of SET and GETEX.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Unit {
-    /// `EX seconds`
-    Ex,
-    /// `PX milliseconds`
-    Px,
-    /// `EXAT unix-seconds`
-    ExAt,
-    /// `PXAT unix-milliseconds`
-    PxAt,
-}
-
-impl Unit {
-    fn of(word: &[u8]) -> Option<Unit> {
-        [
-            ("EX", Unit::Ex),
-            ("PX", Unit::Px),
-            ("EXAT", Unit::ExAt),
-            ("PXAT", Unit::PxAt),
-        ]
-        .into_iter()
-        .find(|(w, _)| is(word, w))
-        .map(|(_, unit)| unit)
-    }
-}
-
 /// The error for an expiry that is out of range, as Redis words it.
 pub(super) fn invalid_expire(command: &str) -> Error {
     format!("ERR invalid expire time in '{command}' command").into()
@@ -160,16 +134,17 @@ pub(super) fn invalid_expire(command: &str) -> Error {
 
 /// The deadline (ms since the epoch) an expiry option sets: the value must be positive,
 /// and so must the deadline.
-fn deadline(cx: &Cx, unit: Unit, raw: &[u8], command: &str) -> Result<i64, Error> {
+fn deadline(cx: &Cx, unit: TtlUnit, raw: &[u8], command: &str) -> Result<i64, Error> {
     let n = int_arg(raw)?;
-    let seconds = matches!(unit, Unit::Ex | Unit::ExAt);
+    let seconds = unit.in_seconds();
     if n <= 0 || (seconds && n > i64::MAX / 1000) {
         return Err(invalid_expire(command));
     }
     let ms = if seconds { n * 1000 } else { n };
-    let at = match unit {
-        Unit::Ex | Unit::Px => ms.checked_add(cx.now),
-        Unit::ExAt | Unit::PxAt => Some(ms),
+    let at = if unit.is_absolute() {
+        Some(ms)
+    } else {
+        ms.checked_add(cx.now)
     };
     match at {
         Some(at) if at > 0 => Ok(at),
@@ -197,11 +172,11 @@ fn get(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`
 fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
-    let mut expiry: Option<(Unit, &[u8])> = None;
+    let mut expiry: Option<(TtlUnit, &[u8])> = None;
     let mut i = 3;
     while i < args.len() {
         let word = args[i];
-        let unit = Unit::of(word);
+        let unit = TtlUnit::option(word);
         if is(word, "NX") && !xx {
             nx = true;
         } else if is(word, "XX") && !nx {
@@ -268,15 +243,15 @@ fn setnx(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 }
 
 fn setex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    set_with_expiry(cx, args, Unit::Ex, "setex")
+    set_with_expiry(cx, args, TtlUnit::Seconds, "setex")
 }
 
 fn psetex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    set_with_expiry(cx, args, Unit::Px, "psetex")
+    set_with_expiry(cx, args, TtlUnit::Millis, "psetex")
 }
 
 /// `SETEX key seconds value`, `PSETEX key ms value`.
-fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: Unit, name: &str) -> Reply {
+fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &str) -> Reply {
     let expires_at = deadline(cx, unit, args[2], name)?;
     cx.insert(
         args[1],
@@ -311,14 +286,14 @@ fn getdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `GETEX key [EX s | PX ms | EXAT ts | PXAT ms-ts | PERSIST]`: the value, and a new
 /// deadline (or none).
 fn getex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let mut expiry: Option<(Unit, &[u8])> = None;
+    let mut expiry: Option<(TtlUnit, &[u8])> = None;
     let mut persist = false;
     let mut i = 2;
     while i < args.len() {
         let word = args[i];
         if is(word, "PERSIST") && expiry.is_none() {
             persist = true;
-        } else if let (Some(unit), Some(value)) = (Unit::of(word), args.get(i + 1)) {
+        } else if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
             if persist || expiry.is_some_and(|(u, _)| u != unit) {
                 return Err(SYNTAX.into());
             }
