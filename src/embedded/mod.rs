@@ -109,17 +109,23 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs one command (keys already in the namespace) with the right lock.
+    /// Runs one command (keys already in the namespace) with the right lock, now.
     pub fn run(&self, proto: Proto, args: &[&[u8]]) -> Reply {
+        self.run_at(proto, args, now_ms())
+    }
+
+    /// Runs one command as of `now` (ms since the epoch): the commands of one batch share
+    /// one clock reading.
+    fn run_at(&self, proto: Proto, args: &[&[u8]], now: i64) -> Reply {
         let Some(command) = args.first().and_then(|name| cmd::find(name)) else {
             return Err(not_here(args.first().copied().unwrap_or_default()));
         };
         let reply = if command.kind == Kind::Multi {
             let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args)
+            self.execute(command, proto, args, now)
         } else {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args)
+            self.execute(command, proto, args, now)
         };
         if reply.is_ok() {
             self.written(command, args);
@@ -128,25 +134,27 @@ impl Store {
     }
 
     /// Runs a command under whatever lock the caller holds.
-    fn execute(&self, command: &Runnable, proto: Proto, args: &[&[u8]]) -> Reply {
+    fn execute(&self, command: &Runnable, proto: Proto, args: &[&[u8]], now: i64) -> Reply {
         let mut cx = Cx {
             store: self,
             proto,
-            now: now_ms(),
+            now,
         };
         (command.run)(&mut cx, args)
     }
 
-    /// Runs a transaction's commands alone, in order; blocking commands do not block.
+    /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
+    /// blocking commands do not block.
     fn run_all(&self, proto: Proto, queued: &[Vec<Vec<u8>>]) -> Vec<Value> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
         queued
             .iter()
             .map(|owned| {
                 let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
                 let reply = match cmd::find(args[0]) {
                     Some(command) => {
-                        let reply = self.execute(command, proto, &args);
+                        let reply = self.execute(command, proto, &args, now);
                         if reply.is_ok() {
                             self.written(command, &args);
                         }
@@ -286,8 +294,9 @@ impl Backend for Store {
         pipe: &'a Pipeline,
         _count: usize,
     ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        let now = now_ms();
         let replies = commands_of(pipe)
-            .map(|args| into_value(self.run(proto, &args)))
+            .map(|args| into_value(self.run_at(proto, &args, now)))
             .collect();
         Box::pin(std::future::ready(Ok(replies)))
     }
