@@ -25,6 +25,18 @@ use token::{Claims, USAGE_CREATE_SESSION, USAGE_MANAGE_SESSION};
 const CACHE_CAPACITY: usize = 10_000;
 /// Longest account id accepted from a token's `sub`.
 const MAX_ACCOUNT_LEN: usize = 256;
+/// Longest token pkv decodes. Real tokens are well under 1 KiB; anything longer is refused
+/// before it is hashed, base64-decoded or parsed, so a forged multi-megabyte token costs
+/// no more than a short one.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The token a client sent, as text, once it is known to be short enough to decode.
+pub fn token_text(raw: &[u8]) -> Result<&str, TokenError> {
+    if raw.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::TooLong);
+    }
+    std::str::from_utf8(raw).map_err(|_| TokenError::Malformed("not text"))
+}
 
 /// What a verified token says.
 #[derive(Debug, Clone)]
@@ -102,6 +114,9 @@ impl Authenticator {
 
     /// Verifies a quota or session token at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<Verified, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::TooLong);
+        }
         if let Some(hit) = self.cache.get(token) {
             token::check_window(&hit.claims, now, self.leeway)?;
             return Ok(hit.clone());
@@ -213,9 +228,14 @@ impl Authenticator {
     }
 }
 
+/// An account id from a token's `sub`. Control characters (NUL, CR, LF, ESC, ...) are
+/// refused: the id is written to logs and shown in replies, where they could forge lines.
 fn checked_account(sub: &str) -> Result<String, TokenError> {
     if sub.is_empty() || sub.len() > MAX_ACCOUNT_LEN {
         return Err(TokenError::Malformed("sub must be 1 to 256 bytes"));
+    }
+    if sub.chars().any(char::is_control) {
+        return Err(TokenError::Malformed("sub contains control characters"));
     }
     Ok(sub.to_owned())
 }

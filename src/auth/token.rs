@@ -76,6 +76,10 @@ pub enum TokenError {
     QuantityTooLarge,
     #[error("missing jti")]
     MissingJti,
+    #[error("token too long")]
+    TooLong,
+    #[error("malformed token: critical header parameters (crit) are not supported")]
+    CriticalHeader,
 }
 
 /// Header and claims read without checking anything, to decide how to check the token.
@@ -96,6 +100,11 @@ pub fn peek(token: &str) -> Result<(Header, Claims), TokenError> {
     // An unknown `alg` (such as "none") does not parse as a jsonwebtoken Header.
     let raw: serde_json::Value =
         serde_json::from_slice(&header).map_err(|_| TokenError::Malformed("header is not JSON"))?;
+    // jsonwebtoken reads `crit` but acts on none of it; pkv understands no extension, so a
+    // token that names one the receiver must understand is refused (RFC 7515, 4.1.11).
+    if raw.get("crit").is_some() {
+        return Err(TokenError::CriticalHeader);
+    }
     let header: Header = serde_json::from_value(raw).map_err(|_| {
         TokenError::BadAlgorithm("only EdDSA quota tokens and pkv session tokens are accepted")
     })?;
