@@ -5,7 +5,8 @@
 //! in the embedded store ([`crate::embedded`]), where snapshots keep it with the data.
 //! Redemption is one atomic step: the token id is claimed and the credit added together, so
 //! a token is credited exactly once however many connections or processes present it at
-//! once.
+//! once. The claim records how the token was redeemed ([`RedeemedBy`]): a token spent on a
+//! top-up must never authenticate afterwards, on any process sharing the ledger.
 //!
 //! Amounts are integers in nano-units (10^-9 of a unit).
 
@@ -22,8 +23,9 @@ use crate::upstream::Upstream;
 /// Nano-units in one unit.
 pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
 
-/// Credits an account and claims a token id, or reports who claimed it first.
-/// KEYS[1] = token record, KEYS[2] = account record; ARGV = account, nanos, expire-at.
+/// Credits an account and claims a token id, or returns the record of the first claim.
+/// KEYS[1] = token record, KEYS[2] = account record; ARGV = token record value (see
+/// [`RedeemedBy::record`]), nanos, expire-at.
 /// The credit comes first: if it fails (the balance would overflow), the script stops
 /// before anything is written, and the token stays unredeemed.
 const REDEEM_SCRIPT: &str = r#"
@@ -63,13 +65,46 @@ impl Settlement {
     }
 }
 
-/// The outcome of presenting a quota token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a quota token was redeemed, which decides what it can do afterwards (SPEC 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeemedBy {
+    /// By `AUTH`: later `AUTH`s with the token attach to its own account.
+    Auth,
+    /// By `PKV.TOPUP`: the token is spent; it never authenticates again, so a copy of a
+    /// voucher cannot open the account it was given to.
+    Topup,
+}
+
+impl RedeemedBy {
+    /// The token record's value: the kind, then the account credited (for operators; pkv
+    /// never attaches a session to it).
+    pub(crate) fn record(self, account: &str) -> String {
+        match self {
+            RedeemedBy::Auth => format!("auth:{account}"),
+            RedeemedBy::Topup => format!("topup:{account}"),
+        }
+    }
+
+    /// The kind of a token record. A record written before kinds were recorded holds only
+    /// an account id and counts as `Auth`: that can only let the token open its own
+    /// account, which `AUTH` would have done anyway.
+    pub(crate) fn of_record(value: &[u8]) -> RedeemedBy {
+        if value.starts_with(b"topup:") {
+            RedeemedBy::Topup
+        } else {
+            RedeemedBy::Auth
+        }
+    }
+}
+
+/// The outcome of presenting a quota token. It names no account: a session attaches to
+/// the account its own token names, never to whoever redeemed the token first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Redemption {
-    /// First use: the quantity was credited to `account`.
-    Credited { account: Arc<str> },
-    /// Used before: nothing credited; the token belongs to `account`.
-    AlreadyRedeemed { account: Arc<str> },
+    /// First use: the quantity was credited.
+    Credited,
+    /// Used before: nothing credited.
+    AlreadyRedeemed { by: RedeemedBy },
 }
 
 /// Why the ledger could not answer.
@@ -109,14 +144,16 @@ pub(crate) const ACCOUNT_FIELDS: [&str; 8] = [
 
 /// Where the ledger's records are kept, and the atomic steps on them.
 pub trait Book: Send + Sync {
-    /// Credits `nanos` to `account` and claims token `jti` in one step, unless the token
-    /// was claimed before. The claim is kept until `expire_at` (seconds since the epoch).
+    /// Credits `nanos` to `account` and claims token `jti` for redemption `by`, in one
+    /// step, unless the token was claimed before. The claim is kept until `expire_at`
+    /// (seconds since the epoch).
     fn redeem<'a>(
         &'a self,
         jti: &'a str,
         account: &'a str,
         nanos: i64,
         expire_at: i64,
+        by: RedeemedBy,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>>;
 
     /// An account's totals.
@@ -136,11 +173,15 @@ pub trait Book: Send + Sync {
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
 }
 
+/// Token ids remembered before expired ones are swept from [`Ledger`]'s memory.
+const REMEMBERED_TOKENS: usize = 100_000;
+
 /// The shared ledger: a [`Book`], and the token ids this process has seen redeemed.
 pub struct Ledger {
     book: Arc<dyn Book>,
-    /// Token ids this process has seen redeemed, so repeated AUTHs cost no round trip.
-    redeemed: DashMap<String, Arc<str>>,
+    /// Token ids this process has seen redeemed, how, and until when the ledger keeps the
+    /// record, so repeated AUTHs cost no round trip. A redemption never changes once made.
+    redeemed: DashMap<String, (RedeemedBy, i64)>,
 }
 
 /// The record of a redeemed token id.
@@ -161,31 +202,33 @@ impl Ledger {
         }
     }
 
-    /// Redeems token `jti` worth `quantity` units into `account`, once. The token record is
-    /// kept until `expire_at` (seconds since the epoch), after which the token is expired
-    /// anyway and cannot be presented again.
+    /// Redeems token `jti` worth `quantity` units into `account` by `by`, once. The token
+    /// record is kept until `expire_at` (seconds since the epoch), after which the token is
+    /// expired anyway and cannot be presented again.
     pub async fn redeem(
         &self,
         jti: &str,
         account: &str,
         quantity: i64,
         expire_at: i64,
+        by: RedeemedBy,
     ) -> Result<Redemption, LedgerError> {
-        if let Some(owner) = self.redeemed.get(jti) {
-            return Ok(Redemption::AlreadyRedeemed {
-                account: owner.clone(),
-            });
+        if let Some(first) = self.redeemed.get(jti) {
+            return Ok(Redemption::AlreadyRedeemed { by: first.0 });
         }
         let nanos = quantity
             .checked_mul(NANOS_PER_UNIT)
             .ok_or(LedgerError::Overflow)?;
-        let outcome = self.book.redeem(jti, account, nanos, expire_at).await?;
-        let owner = match &outcome {
-            Redemption::Credited { account } | Redemption::AlreadyRedeemed { account } => {
-                account.clone()
-            }
+        let outcome = self.book.redeem(jti, account, nanos, expire_at, by).await?;
+        let first = match outcome {
+            Redemption::Credited => by,
+            Redemption::AlreadyRedeemed { by } => by,
         };
-        self.redeemed.insert(jti.to_owned(), owner);
+        if self.redeemed.len() >= REMEMBERED_TOKENS {
+            let now = crate::auth::now_secs();
+            self.redeemed.retain(|_, (_, until)| *until > now);
+        }
+        self.redeemed.insert(jti.to_owned(), (first, expire_at));
         Ok(outcome)
     }
 
@@ -237,19 +280,18 @@ impl RedisBook {
         account: &str,
         nanos: i64,
         expire_at: i64,
+        by: RedeemedBy,
     ) -> Result<Redemption, LedgerError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(REDEEM_SCRIPT)
             .arg(2)
             .arg(token_key(jti))
             .arg(account_key(account));
-        cmd.arg(account).arg(nanos).arg(expire_at);
+        cmd.arg(by.record(account)).arg(nanos).arg(expire_at);
         match self.one(cmd).await? {
-            Value::Int(1) => Ok(Redemption::Credited {
-                account: account.into(),
-            }),
-            Value::BulkString(owner) => Ok(Redemption::AlreadyRedeemed {
-                account: String::from_utf8_lossy(&owner).into_owned().into(),
+            Value::Int(1) => Ok(Redemption::Credited),
+            Value::BulkString(record) => Ok(Redemption::AlreadyRedeemed {
+                by: RedeemedBy::of_record(&record),
             }),
             other => Err(LedgerError::Bad(format!(
                 "unexpected redeem reply {other:?}"
@@ -356,8 +398,9 @@ impl Book for RedisBook {
         account: &'a str,
         nanos: i64,
         expire_at: i64,
+        by: RedeemedBy,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
-        Box::pin(self.redeem_script(jti, account, nanos, expire_at))
+        Box::pin(self.redeem_script(jti, account, nanos, expire_at, by))
     }
 
     fn account<'a>(

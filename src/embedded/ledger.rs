@@ -8,7 +8,7 @@ use super::data::{Data, Entry};
 use super::{now_ms, Store};
 use crate::backend::BoxFuture;
 use crate::ledger::{
-    account_key, token_key, AccountRecord, Book, LedgerError, Redemption, Settlement,
+    account_key, token_key, AccountRecord, Book, LedgerError, RedeemedBy, Redemption, Settlement,
     ACCOUNT_FIELDS,
 };
 use crate::meter::price::Usage;
@@ -68,29 +68,26 @@ impl Book for Store {
         account: &'a str,
         nanos: i64,
         expire_at: i64,
+        by: RedeemedBy,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
         let outcome = self.alone(|| {
             let token = token_key(jti);
-            let owner = self.keys.read(token.as_bytes(), now_ms(), |e| match e {
+            let first = self.keys.read(token.as_bytes(), now_ms(), |e| match e {
                 Some(Entry {
-                    data: Data::Str(owner),
+                    data: Data::Str(record),
                     ..
-                }) => Some(String::from_utf8_lossy(owner).into_owned()),
+                }) => Some(RedeemedBy::of_record(record)),
                 _ => None,
             });
-            if let Some(owner) = owner {
-                return Ok(Redemption::AlreadyRedeemed {
-                    account: owner.into(),
-                });
+            if let Some(first) = first {
+                return Ok(Redemption::AlreadyRedeemed { by: first });
             }
             // Credit first: if it fails, the token stays unredeemed.
             self.add(&account_key(account), &[("credited", nanos)])?;
-            let mut record = Entry::new(Data::Str(account.as_bytes().to_vec()));
+            let mut record = Entry::new(Data::Str(by.record(account).into_bytes()));
             record.expires_at = Some(expire_at.saturating_mul(1000));
             self.keys.insert(token.as_bytes(), record);
-            Ok(Redemption::Credited {
-                account: account.into(),
-            })
+            Ok(Redemption::Credited)
         });
         Box::pin(std::future::ready(outcome))
     }

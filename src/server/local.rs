@@ -10,7 +10,7 @@ use super::connection::ClientIo;
 use super::session::{Authed, Multi, Session, Subscriber, Txn};
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::{self, flags, CommandSpec, Local, ReplyRewrite};
-use crate::ledger::{format_nanos, Redemption};
+use crate::ledger::{format_nanos, RedeemedBy, Redemption};
 use crate::meter::storage;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
@@ -21,6 +21,15 @@ use crate::protocol::Proto;
 const REDIS_VERSION: &str = "7.0.0";
 /// Keys asked for per SCAN step when pkv walks a namespace.
 const SCAN_STEP: usize = 1000;
+/// Redis's answer to a client name it will not take.
+const BAD_CLIENT_NAME: &str =
+    "ERR Client names cannot contain spaces, newlines or special characters.";
+
+/// Redis's rule for client names (`CLIENT SETNAME`, `HELLO ... SETNAME`): printable ASCII
+/// without spaces, so that `CLIENT LIST` and logs stay one line per client.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
 
 impl Session {
     pub(super) async fn local(
@@ -88,11 +97,8 @@ impl Session {
                 }
             }
             Local::ClientSetName => {
-                if args[2].iter().any(|b| *b <= b' ' || *b > b'~') {
-                    return self.reject(
-                        "ERR Client names cannot contain spaces, newlines or special characters.",
-                        out,
-                    );
+                if !valid_client_name(&args[2]) {
+                    return self.reject(BAD_CLIENT_NAME, out);
                 }
                 self.name = (!args[2].is_empty()).then(|| args[2].clone());
                 self.reply(out, |w| w.ok());
@@ -413,33 +419,45 @@ impl Session {
             Metrics::inc(&shared.metrics.auth_failures_total);
             format!("WRONGPASS {reason}")
         };
-        let token =
-            std::str::from_utf8(token).map_err(|_| refuse("malformed token: not text".into()))?;
+        let token = crate::auth::token_text(token).map_err(|e| refuse(e.to_string()))?;
         let now = now_secs();
         let verified = shared
             .auth
             .verify(token, now)
             .map_err(|e| refuse(e.to_string()))?;
-        let account = match &verified.kind {
-            TokenKind::Session => verified.account.clone(),
-            TokenKind::Quota { jti, quantity, exp } => {
-                let keep_until = exp
-                    .saturating_add(shared.settings.token_leeway as i64)
-                    .saturating_add(60);
-                match shared
-                    .ledger
-                    .redeem(jti, &verified.account, *quantity, keep_until)
-                    .await
-                {
-                    Ok(Redemption::Credited { account }) => {
-                        tracing::info!(account = %account, quantity, "quota token redeemed");
-                        account
-                    }
-                    Ok(Redemption::AlreadyRedeemed { account }) => account,
-                    Err(e) => return Err(e.to_string()),
+        // The session attaches to the account the token itself names, never to whoever
+        // redeemed it first; a token spent on a top-up opens nothing.
+        if let TokenKind::Quota { jti, quantity, exp } = &verified.kind {
+            let keep_until = exp
+                .saturating_add(shared.settings.token_leeway as i64)
+                .saturating_add(60);
+            match shared
+                .ledger
+                .redeem(
+                    jti,
+                    &verified.account,
+                    *quantity,
+                    keep_until,
+                    RedeemedBy::Auth,
+                )
+                .await
+            {
+                Ok(Redemption::Credited) => {
+                    tracing::info!(account = %verified.account, quantity, "quota token redeemed");
                 }
+                Ok(Redemption::AlreadyRedeemed {
+                    by: RedeemedBy::Auth,
+                }) => {}
+                Ok(Redemption::AlreadyRedeemed {
+                    by: RedeemedBy::Topup,
+                }) => return Err(refuse("token already spent on a top-up".into())),
+                Err(e) => return Err(e.to_string()),
             }
-        };
+        }
+        let account = verified.account.clone();
+        // What this session ran so far is paid by the account it ran as, before the
+        // session moves to another.
+        self.apply_charges();
         if self.auth.as_ref().is_some_and(|a| a.account != account) {
             // A different account: nothing of the old one carries over.
             self.txn = Txn::default();
@@ -489,6 +507,10 @@ impl Session {
                 return self.reject(&format!("ERR Syntax error in HELLO option '{opt}'"), out);
             }
         }
+        // Checked before anything changes: a refused HELLO leaves the session as it was.
+        if name.as_ref().is_some_and(|n| !valid_client_name(n)) {
+            return self.reject(BAD_CLIENT_NAME, out);
+        }
         self.flush(out).await;
         if let Some(token) = token {
             if let Err(msg) = self.authenticate(&token).await {
@@ -499,7 +521,7 @@ impl Session {
             return self.reject("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time", out);
         }
         if let Some(name) = name {
-            self.name = Some(name);
+            self.name = (!name.is_empty()).then_some(name);
         }
         self.proto = proto;
         let id = self.id as i64;
@@ -732,8 +754,7 @@ impl Session {
         let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
             return Err("NOAUTH Authentication required.".into());
         };
-        let token = std::str::from_utf8(token)
-            .map_err(|_| "WRONGPASS malformed token: not text".to_string())?;
+        let token = crate::auth::token_text(token).map_err(|e| format!("WRONGPASS {e}"))?;
         let verified = self
             .shared
             .auth
@@ -748,10 +769,14 @@ impl Session {
         match self
             .shared
             .ledger
-            .redeem(&jti, &account, quantity, keep_until)
+            .redeem(&jti, &account, quantity, keep_until, RedeemedBy::Topup)
             .await
         {
-            Ok(Redemption::Credited { .. }) => Ok(quantity),
+            Ok(Redemption::Credited) => {
+                tracing::info!(account = %account, quantity, "quota token topped up");
+                Ok(quantity)
+            }
+            // The same answer however the token was used, naming no one.
             Ok(Redemption::AlreadyRedeemed { .. }) => Err("ERR token already redeemed".into()),
             Err(e) => Err(e.to_string()),
         }
