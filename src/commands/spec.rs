@@ -36,7 +36,7 @@ pub mod flags {
     pub const PUBSUB: u16 = 1 << 3;
     /// Pins the client to a dedicated upstream connection (MULTI, WATCH).
     pub const DEDICATED: u16 = 1 << 4;
-    /// Not metered at all (PKV.*, AUTH, HELLO, PING, QUIT, RESET).
+    /// Not metered at all (PKV.*, AUTH, HELLO, QUIT, RESET).
     pub const FREE: u16 = 1 << 5;
     /// Served before authentication (the handshake commands).
     pub const NO_AUTH: u16 = 1 << 6;
@@ -49,6 +49,9 @@ pub mod flags {
     /// Answered by pkv but spends time upstream (transactions, subscriptions, namespace
     /// walks): metered for that time.
     pub const UPSTREAM_TIME: u16 = 1 << 10;
+    /// Free only as the bare command name (`PING`): with an argument it carries data, and
+    /// is metered and admitted like `ECHO`, so a free command never carries free work.
+    pub const FREE_BARE: u16 = 1 << 11;
 }
 
 /// One rule locating key (or channel) arguments. Indices count the command name as 0.
@@ -304,5 +307,10 @@ impl CommandSpec {
     /// True when the row carries `flag`.
     pub const fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
+    }
+
+    /// True when this call (with `argc` arguments, the name included) is not metered.
+    pub const fn is_free(&self, argc: usize) -> bool {
+        self.has(flags::FREE) || (self.has(flags::FREE_BARE) && argc <= 1)
     }
 }

@@ -229,7 +229,7 @@ pub static TABLE: &[C] = &[
     // === connection and handshake ===
     C::local("AUTH", -2, FREE | NO_AUTH, L::Auth),
     C::local("HELLO", -1, FREE | NO_AUTH, L::Hello),
-    C::local("PING", -1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Ping),
+    C::local("PING", -1, FREE_BARE | NO_AUTH | SUBSCRIBED_OK, L::Ping),
     C::local("ECHO", 2, NO_AUTH, L::Echo),
     C::local("QUIT", -1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Quit),
     C::local("RESET", 1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Reset),

@@ -369,8 +369,8 @@ impl Session {
     }
 
     /// Runs a local command, metered: it pays one op, its request and reply bytes, and the
-    /// time it spent upstream. Free commands (AUTH, HELLO, PING, QUIT, RESET, PKV.*) and
-    /// commands before authentication are not metered.
+    /// time it spent upstream. Free commands (AUTH, HELLO, bare PING, QUIT, RESET, PKV.*)
+    /// and commands before authentication are not metered.
     pub(super) async fn metered_local(
         &mut self,
         local: Local,
@@ -380,7 +380,7 @@ impl Session {
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
-        if spec.has(flags::FREE) || self.auth.is_none() || !self.shared.meter.enabled() {
+        if spec.is_free(args.len()) || self.auth.is_none() || !self.shared.meter.enabled() {
             return self.local(local, spec, args, out, io).await;
         }
         // Alone in the output, so the reply bytes counted are this command's.
