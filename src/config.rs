@@ -81,6 +81,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds of clock skew tolerated on token nbf/exp",
     },
     SettingDoc {
+        name: "PKV_BALANCE_INTERVAL_MS",
+        default: "100",
+        help: "least time between two ledger reads by PKV.BALANCE on one connection; a call sooner waits; 0 no limit",
+    },
+    SettingDoc {
         name: "PKV_METRICS_LISTEN",
         default: "",
         help: "address for HTTP /metrics and /healthz; empty disables it",
@@ -185,6 +190,8 @@ pub struct Settings {
     pub default_ttl: u64,
     pub max_ttl: u64,
     pub token_leeway: u64,
+    /// Least time between two ledger reads by `PKV.BALANCE` on one connection.
+    pub balance_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub max_request_bytes: usize,
     pub max_args: usize,
@@ -357,6 +364,7 @@ impl Settings {
         let default_ttl = num("PKV_DEFAULT_TTL", 1);
         let max_ttl = num("PKV_MAX_TTL", 1);
         let token_leeway = num("PKV_TOKEN_LEEWAY", 0);
+        let balance_interval_ms = num("PKV_BALANCE_INTERVAL_MS", 0);
         let max_request_bytes = num("PKV_MAX_REQUEST_BYTES", 1024);
         let max_args = num("PKV_MAX_ARGS", 16);
         let max_connections = num("PKV_MAX_CONNECTIONS", 1);
@@ -435,6 +443,7 @@ impl Settings {
             default_ttl,
             max_ttl,
             token_leeway,
+            balance_interval: Duration::from_millis(balance_interval_ms),
             metrics_listen,
             max_request_bytes: max_request_bytes as usize,
             max_args: max_args as usize,

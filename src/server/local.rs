@@ -784,6 +784,10 @@ impl Session {
 
     /// `PKV.BALANCE`: settles this process's lease for the account first, so the figures
     /// include everything this connection did.
+    ///
+    /// It is free but costs the ledger a settlement and a read, so a connection reads at
+    /// most once per `PKV_BALANCE_INTERVAL_MS`: a call sooner waits out the rest of the
+    /// interval, and every answer is still exact (as a client expects right after a write).
     async fn balance(&mut self, out: &mut BytesMut) {
         let Some((account, meter)) = self
             .auth
@@ -792,6 +796,10 @@ impl Session {
         else {
             return;
         };
+        if let Some(last) = self.balance_read_at {
+            tokio::time::sleep_until(last + self.shared.settings.balance_interval).await;
+        }
+        self.balance_read_at = Some(tokio::time::Instant::now());
         self.apply_charges();
         if let Err(e) = self.shared.meter.release(&meter).await {
             return self.reply(out, |w| w.error(&e.to_string()));

@@ -163,6 +163,8 @@ pub struct Session {
     commands: u64,
     /// The clock for the current read (milliseconds since the epoch).
     now_ms: i64,
+    /// When `PKV.BALANCE` last read the ledger on this connection (it is paced).
+    pub(super) balance_read_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -182,6 +184,7 @@ impl Session {
             charges: Charges::default(),
             commands: 0,
             now_ms: 0,
+            balance_read_at: None,
         }
     }
 
