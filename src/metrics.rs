@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -49,6 +51,45 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// One account's own figures in this process, which its `INFO` shows: a tenant sees its
+/// connections and commands, never the process's (other tenants' traffic).
+#[derive(Debug, Default)]
+pub struct TenantStats {
+    /// Connections authenticated as the account now.
+    pub connections: AtomicU64,
+    /// Connections that authenticated as the account.
+    pub connections_total: AtomicU64,
+    /// Commands its connections ran.
+    pub commands_total: AtomicU64,
+}
+
+/// Every account's [`TenantStats`], kept while the account has connections in this
+/// process (so the map is bounded by the connections, not by every account ever seen).
+#[derive(Default)]
+pub struct Tenants {
+    map: DashMap<Arc<str>, Arc<TenantStats>>,
+}
+
+impl Tenants {
+    /// A connection authenticated as `account`.
+    pub fn attach(&self, account: &Arc<str>) -> Arc<TenantStats> {
+        // Counted under the map's lock, so a concurrent last detach cannot remove the
+        // entry between finding it and counting on it.
+        let stats = self.map.entry(account.clone()).or_default();
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        stats.clone()
+    }
+
+    /// A connection of `account` closed or moved to another account.
+    pub fn detach(&self, account: &str, stats: &TenantStats) {
+        if stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.map
+                .remove_if(account, |_, s| s.connections.load(Ordering::Relaxed) == 0);
+        }
     }
 }
 

@@ -464,19 +464,27 @@ impl Session {
             self.dedicated = None;
             self.pubsub = None;
         }
-        let meter = match self.auth.take() {
-            Some(old) if old.account == account => old.meter,
+        let (meter, tenant) = match self.auth.take() {
+            Some(old) if old.account == account => (old.meter, old.tenant),
             Some(old) => {
+                self.shared.tenants.detach(&old.account, &old.tenant);
                 self.shared.meter.detach(&old.meter).await;
-                self.shared.meter.attach(&account)
+                (
+                    self.shared.meter.attach(&account),
+                    self.shared.tenants.attach(&account),
+                )
             }
-            None => self.shared.meter.attach(&account),
+            None => (
+                self.shared.meter.attach(&account),
+                self.shared.tenants.attach(&account),
+            ),
         };
         self.auth = Some(Authed {
             ns: Namespace::new(&account),
             account,
             valid_until: verified.valid_until,
             meter,
+            tenant,
         });
         Ok(())
     }
@@ -850,15 +858,21 @@ impl Session {
         )
     }
 
+    /// `INFO`: the account's own figures in this process (its connections, its
+    /// commands), never the process's, which would show other tenants' traffic.
     fn info_text(&self) -> String {
-        let m = &self.shared.metrics;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let (clients, received, commands) = self.auth.as_ref().map_or((0, 0, 0), |a| {
+            (
+                load(&a.tenant.connections),
+                load(&a.tenant.connections_total),
+                // Those run before this INFO in the same read count too.
+                load(&a.tenant.commands_total) + self.commands_pending().saturating_sub(1),
+            )
+        });
         format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{clients}\r\n\r\n# Stats\r\ntotal_connections_received:{received}\r\ntotal_commands_processed:{commands}\r\n",
             env!("CARGO_PKG_VERSION"),
-            load(&m.connections),
-            load(&m.connections_total),
-            load(&m.commands_total),
         )
     }
 }

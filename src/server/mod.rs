@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::embedded::Store;
 use crate::ledger::{Book, Ledger, RedisBook};
 use crate::meter::{Meter, MeterConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Tenants};
 use crate::upstream::Upstream;
 
 /// State every connection shares.
@@ -36,6 +36,8 @@ pub struct Shared {
     /// The default TTL as a command argument, for `SET ... EX <default>`.
     pub default_ttl_arg: bytes::Bytes,
     pub metrics: Metrics,
+    /// Each account's own figures, for its `INFO`.
+    pub tenants: Tenants,
     next_client_id: AtomicU64,
 }
 
@@ -67,6 +69,7 @@ impl Shared {
             ledger,
             backend,
             metrics: Metrics::default(),
+            tenants: Tenants::default(),
             next_client_id: AtomicU64::new(1),
             settings,
         })

@@ -33,7 +33,7 @@ use crate::commands::{
 use crate::ledger::format_nanos;
 use crate::meter::storage::{self, After, Plan, TtlPolicy};
 use crate::meter::{AccountHandle, Admitted, Charges, Refusal, Usage};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantStats};
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request::{Limits, Request};
@@ -52,6 +52,8 @@ pub struct Authed {
     pub valid_until: i64,
     /// The account's meter in this process.
     pub meter: AccountHandle,
+    /// The account's own figures, for its `INFO`.
+    pub tenant: Arc<TenantStats>,
 }
 
 /// MULTI/WATCH state. While either is active the session's commands use its dedicated
@@ -473,8 +475,8 @@ impl Session {
     }
 
     /// Adds what this session's commands cost to the account, and their number to the
-    /// process's counter (once per read, not per command: both are shared by every
-    /// connection).
+    /// process's and the account's counters (once per read, not per command: they are
+    /// shared by every connection).
     pub fn apply_charges(&mut self) {
         let commands = std::mem::take(&mut self.commands);
         if commands > 0 {
@@ -482,6 +484,11 @@ impl Session {
                 .metrics
                 .commands_total
                 .fetch_add(commands, std::sync::atomic::Ordering::Relaxed);
+            if let Some(auth) = &self.auth {
+                auth.tenant
+                    .commands_total
+                    .fetch_add(commands, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if let Some(auth) = &self.auth {
             if !self.charges.is_empty() {
@@ -738,8 +745,28 @@ impl Session {
         }
         self.apply_charges();
         if let Some(auth) = self.auth.take() {
+            self.shared.tenants.detach(&auth.account, &auth.tenant);
             self.shared.meter.detach(&auth.meter).await;
         }
+    }
+
+    /// Commands this session ran that its account's counter does not hold yet.
+    pub(super) fn commands_pending(&self) -> u64 {
+        self.commands
+    }
+
+    /// How long the connection's token stays valid, while it is subscribed: a subscriber
+    /// sends no commands, so the expiry check on each command would never stop it.
+    pub fn subscription_expires_in(&self) -> Option<std::time::Duration> {
+        let auth = self
+            .auth
+            .as_ref()
+            .filter(|_| self.is_waiting_for_messages())?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let left = auth.valid_until.saturating_mul(1000).saturating_sub(now_ms);
+        Some(std::time::Duration::from_millis(left.max(0) as u64))
     }
 
     /// The next Pub/Sub message; never resolves while not subscribed.
