@@ -23,6 +23,9 @@ use crate::protocol::request;
 /// Bytes asked for per read.
 const READ_CHUNK: usize = 4096;
 
+/// What a subscriber is told when its token expires, before it is closed.
+const TOKEN_EXPIRED: &str = "NOAUTH token expired; AUTH again";
+
 /// Replies are written to the client as soon as this many bytes are ready.
 const OUT_HIGH_WATER: usize = 1 << 20;
 
@@ -123,13 +126,33 @@ pub async fn serve(
                 _ => std::future::pending().await,
             }
         };
+        let expires_in = session.subscription_expires_in();
+        let token_expiry = async {
+            match expires_in {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.recv() => break,
             read = io.fill() => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            // A subscriber whose token expired is told and closed, as Redis closes clients
+            // whose permissions are revoked: nothing more reaches it, and its client library
+            // reconnects and authenticates again.
+            _ = token_expiry => {
+                ReplyWriter::new(&mut out, session.proto).error(TOKEN_EXPIRED);
+                let _ = wr.write_all(&out).await;
+                break;
+            }
             message = session.next_message() => match message {
+                Some(_) if session.subscription_expires_in().is_some_and(|d| d.is_zero()) => {
+                    ReplyWriter::new(&mut out, session.proto).error(TOKEN_EXPIRED);
+                    let _ = wr.write_all(&out).await;
+                    break;
+                }
                 Some(message) => session.deliver(message, &mut out),
                 None => {
                     ReplyWriter::new(&mut out, session.proto).error("ERR upstream unavailable: Pub/Sub connection lost");
