@@ -451,6 +451,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_token_record_says_how_the_token_was_redeemed() {
+        for by in [RedeemedBy::Auth, RedeemedBy::Topup] {
+            assert_eq!(RedeemedBy::of_record(by.record("acct").as_bytes()), by);
+        }
+        // An account id that looks like a kind cannot pass for a top-up record's kind.
+        assert_eq!(
+            RedeemedBy::of_record(RedeemedBy::Auth.record("topup:x").as_bytes()),
+            RedeemedBy::Auth
+        );
+        // Records from before kinds were kept hold just the account.
+        assert_eq!(RedeemedBy::of_record(b"j0123abcd"), RedeemedBy::Auth);
+    }
+
+    #[test]
     fn nanos_format_exactly() {
         assert_eq!(format_nanos(1_500_000_000), "1.500000000");
         assert_eq!(format_nanos(-1), "-0.000000001");

@@ -252,6 +252,8 @@ pub fn now_secs() -> i64 {
 mod tests {
     use std::collections::BTreeMap;
 
+    use base64::Engine as _;
+
     use super::keys::IssuerKey;
     use super::token::{mint_quota, MintRequest};
     use super::*;
@@ -297,6 +299,34 @@ mod tests {
         assert_eq!(
             auth.verify(&token, 1_000_000 + 600 + 60).unwrap_err(),
             TokenError::Expired
+        );
+    }
+
+    #[test]
+    fn long_tokens_crit_headers_and_control_characters_in_sub_are_refused() {
+        let (issuer, auth) = setup();
+        let long = "e".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(token_text(long.as_bytes()), Err(TokenError::TooLong));
+        assert_eq!(
+            auth.verify(&long, 1_000_000).unwrap_err(),
+            TokenError::TooLong
+        );
+
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token = mint_quota(&issuer, &request(), 1_000_000);
+        let (_, rest) = token.split_once('.').unwrap();
+        let crit = format!("{}.{rest}", b64(br#"{"alg":"EdDSA","crit":["exp"]}"#));
+        assert_eq!(
+            auth.verify(&crit, 1_000_001).unwrap_err(),
+            TokenError::CriticalHeader
+        );
+
+        for sub in ["a\nb", "nul\0", "esc\x1b[0m", "c1\u{85}"] {
+            assert!(checked_account(sub).is_err(), "{sub:?}");
+        }
+        assert_eq!(
+            checked_account("alice@example.com").unwrap(),
+            "alice@example.com"
         );
     }
 
