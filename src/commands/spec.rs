@@ -36,7 +36,9 @@ pub mod flags {
     pub const PUBSUB: u16 = 1 << 3;
     /// Pins the client to a dedicated upstream connection (MULTI, WATCH).
     pub const DEDICATED: u16 = 1 << 4;
-    /// Not metered at all (PKV.*, AUTH, HELLO, QUIT, RESET).
+    /// Not metered at all (PKV.*, AUTH, HELLO, QUIT, RESET, and the connection set-up
+    /// client libraries send by themselves: CLIENT SETNAME|SETINFO|GETNAME|ID, SELECT,
+    /// READONLY, READWRITE). What a free command carries and answers must be small.
     pub const FREE: u16 = 1 << 5;
     /// Served before authentication (the handshake commands).
     pub const NO_AUTH: u16 = 1 << 6;

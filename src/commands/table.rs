@@ -233,13 +233,16 @@ pub static TABLE: &[C] = &[
     C::local("ECHO", 2, NO_AUTH, L::Echo),
     C::local("QUIT", -1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Quit),
     C::local("RESET", 1, FREE | NO_AUTH | SUBSCRIBED_OK, L::Reset),
-    C::local("SELECT", 2, 0, L::Select),
+    // The connection set-up client libraries send by themselves is free (SPEC 7); what
+    // it carries is bounded (a name or library string of at most 128 bytes; SELECT
+    // other than 0 is refused).
+    C::local("SELECT", 2, FREE, L::Select),
     C::fwd("CLIENT", -2, CONTAINER, NONE),
-    C::local("CLIENT|SETNAME", 3, 0, L::ClientSetName),
-    C::local("CLIENT|GETNAME", 2, 0, L::ClientGetName),
+    C::local("CLIENT|SETNAME", 3, FREE, L::ClientSetName),
+    C::local("CLIENT|GETNAME", 2, FREE, L::ClientGetName),
     // Added in Redis 7.2; client libraries send it on connect, so pkv answers it anyway.
-    C::local("CLIENT|SETINFO", 4, 0, L::ClientSetInfo),
-    C::local("CLIENT|ID", 2, 0, L::ClientId),
+    C::local("CLIENT|SETINFO", 4, FREE, L::ClientSetInfo),
+    C::local("CLIENT|ID", 2, FREE, L::ClientId),
     C::local("CLIENT|INFO", 2, 0, L::ClientInfo),
     // Added in Redis 7.2.
     C::local("CLIENT|NO-TOUCH", 3, 0, L::ClientNoTouch),
@@ -250,8 +253,8 @@ pub static TABLE: &[C] = &[
     C::local("COMMAND|DOCS", -2, 0, L::CommandDocs),
     C::local("COMMAND|INFO", -2, 0, L::CommandInfo),
     C::local("COMMAND|LIST", -2, 0, L::CommandList),
-    C::local("READONLY", 1, 0, L::ReadOnly),
-    C::local("READWRITE", 1, 0, L::ReadWrite),
+    C::local("READONLY", 1, FREE, L::ReadOnly),
+    C::local("READWRITE", 1, FREE, L::ReadWrite),
     C::local("TIME", 1, 0, L::Time),
     // === transactions ===
     C::local("MULTI", 1, DEDICATED | UPSTREAM_TIME, L::Multi),

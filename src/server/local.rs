@@ -25,10 +25,53 @@ const SCAN_STEP: usize = 1000;
 const BAD_CLIENT_NAME: &str =
     "ERR Client names cannot contain spaces, newlines or special characters.";
 
+/// Longest client name (`CLIENT SETNAME`, `HELLO ... SETNAME`) or library name or version
+/// (`CLIENT SETINFO`) pkv takes. Redis sets no limit; pkv answers these commands for free
+/// and keeps the name for the life of the connection, so a free command must not carry
+/// (or let `CLIENT GETNAME` and `CLIENT INFO` answer) an unbounded string.
+const MAX_CLIENT_NAME: usize = 128;
+
 /// Redis's rule for client names (`CLIENT SETNAME`, `HELLO ... SETNAME`): printable ASCII
 /// without spaces, so that `CLIENT LIST` and logs stay one line per client.
 fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
+/// Checks a client name: Redis's characters, and at most [`MAX_CLIENT_NAME`] bytes.
+fn check_client_name(name: &[u8]) -> Result<(), String> {
+    if name.len() > MAX_CLIENT_NAME {
+        return Err(format!(
+            "ERR client name longer than {MAX_CLIENT_NAME} bytes"
+        ));
+    }
+    if !valid_client_name(name) {
+        return Err(BAD_CLIENT_NAME.to_owned());
+    }
+    Ok(())
+}
+
+/// Checks `CLIENT SETINFO <attr> <value>` as Redis 7.2 does (only `LIB-NAME` and
+/// `LIB-VER`, printable ASCII without spaces), and bounds the value like a client name.
+fn check_client_info(attr: &[u8], value: &[u8]) -> Result<(), String> {
+    let what = if attr.eq_ignore_ascii_case(b"LIB-NAME") {
+        "lib-name"
+    } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
+        "lib-ver"
+    } else {
+        return Err(format!(
+            "ERR Unrecognized option '{}'",
+            String::from_utf8_lossy(attr)
+        ));
+    };
+    if value.len() > MAX_CLIENT_NAME {
+        return Err(format!("ERR {what} longer than {MAX_CLIENT_NAME} bytes"));
+    }
+    if !valid_client_name(value) {
+        return Err(format!(
+            "ERR {what} cannot contain spaces, newlines or special characters."
+        ));
+    }
+    Ok(())
 }
 
 impl Session {
@@ -97,8 +140,8 @@ impl Session {
                 }
             }
             Local::ClientSetName => {
-                if !valid_client_name(&args[2]) {
-                    return self.reject(BAD_CLIENT_NAME, out);
+                if let Err(msg) = check_client_name(&args[2]) {
+                    return self.reject(&msg, out);
                 }
                 self.name = (!args[2].is_empty()).then(|| args[2].clone());
                 self.reply(out, |w| w.ok());
@@ -110,11 +153,13 @@ impl Session {
                     None => w.null(),
                 });
             }
-            Local::ClientSetInfo
-            | Local::ClientNoTouch
-            | Local::ClientNoEvict
-            | Local::ReadOnly
-            | Local::ReadWrite => self.reply(out, |w| w.ok()),
+            Local::ClientSetInfo => match check_client_info(&args[2], &args[3]) {
+                Ok(()) => self.reply(out, |w| w.ok()),
+                Err(msg) => self.reject(&msg, out),
+            },
+            Local::ClientNoTouch | Local::ClientNoEvict | Local::ReadOnly | Local::ReadWrite => {
+                self.reply(out, |w| w.ok())
+            }
             Local::ClientReply => {
                 if args[2].eq_ignore_ascii_case(b"ON") {
                     self.reply(out, |w| w.ok());
@@ -369,8 +414,9 @@ impl Session {
     }
 
     /// Runs a local command, metered: it pays one op, its request and reply bytes, and the
-    /// time it spent upstream. Free commands (AUTH, HELLO, bare PING, QUIT, RESET, PKV.*)
-    /// and commands before authentication are not metered.
+    /// time it spent upstream. Free commands (AUTH, HELLO, bare PING, QUIT, RESET, PKV.*,
+    /// the connection set-up: see [`flags::FREE`]) and commands before authentication are
+    /// not metered.
     pub(super) async fn metered_local(
         &mut self,
         local: Local,
@@ -516,8 +562,8 @@ impl Session {
             }
         }
         // Checked before anything changes: a refused HELLO leaves the session as it was.
-        if name.as_ref().is_some_and(|n| !valid_client_name(n)) {
-            return self.reject(BAD_CLIENT_NAME, out);
+        if let Some(Err(msg)) = name.as_deref().map(check_client_name) {
+            return self.reject(&msg, out);
         }
         self.flush(out).await;
         if let Some(token) = token {
@@ -866,8 +912,11 @@ impl Session {
             (
                 load(&a.tenant.connections),
                 load(&a.tenant.connections_total),
-                // Those run before this INFO in the same read count too.
-                load(&a.tenant.commands_total) + self.commands_pending().saturating_sub(1),
+                // Those run before this INFO in the same read count too. This INFO is
+                // counted once, in one of the two (an admission that had to wait for the
+                // ledger moves the pending count to the account's), and Redis leaves the
+                // running command out.
+                (load(&a.tenant.commands_total) + self.commands_pending()).saturating_sub(1),
             )
         });
         format!(
