@@ -79,6 +79,9 @@ pub fn main() -> i32 {
                 Some(s) => s,
                 None => return 2,
             };
+            for warning in &settings.warnings {
+                eprintln!("pkv: warning: {warning}");
+            }
             let seed = match issuer_seed {
                 Some(text) => match crate::config::parse_seed(&text) {
                     Ok(seed) => seed,
@@ -153,6 +156,9 @@ fn serve() -> i32 {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match settings.threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()

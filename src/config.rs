@@ -3,7 +3,9 @@
 //! Lowest to highest precedence: built-in defaults, `pkv.toml` in the working directory,
 //! a `.env` file in the working directory, environment variables. Every setting has an
 //! environment name `PKV_*` and a `pkv.toml` key (the same name, lower-case, without
-//! `PKV_`). A bad or unknown setting stops start-up with one line naming it.
+//! `PKV_`). A bad setting, or an unknown one in `pkv.toml` or `.env`, stops start-up with
+//! one line naming it. An unknown `PKV_*` variable in the environment is only a warning:
+//! orchestrators inject variables such as `PKV_PORT` for a service named pkv.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -208,6 +210,8 @@ pub struct Settings {
     pub prices: Prices,
     /// Lease size in nano-units.
     pub lease_nanos: i64,
+    /// Lines to log once logging is set up (unknown `PKV_*` environment variables).
+    pub warnings: Vec<String>,
 }
 
 /// The secret seed used in development mode when none is set. It is public on purpose:
@@ -230,9 +234,7 @@ impl std::error::Error for ConfigErrors {}
 impl Settings {
     /// Loads settings from `pkv.toml`, `.env` and the environment of this process.
     pub fn load() -> Result<Settings, ConfigErrors> {
-        // `.env` never overrides a variable the environment already has.
-        let _ = dotenvy::dotenv();
-        let mut raw = BTreeMap::new();
+        let mut files = BTreeMap::new();
         let mut errors = Vec::new();
         match config::Config::builder()
             .add_source(config::File::with_name("pkv.toml").required(false))
@@ -241,7 +243,7 @@ impl Settings {
             Ok(file) => match file.try_deserialize::<BTreeMap<String, config::Value>>() {
                 Ok(map) => {
                     for (key, value) in map {
-                        raw.insert(
+                        files.insert(
                             format!("PKV_{}", key.to_ascii_uppercase()),
                             value.to_string(),
                         );
@@ -251,27 +253,69 @@ impl Settings {
             },
             Err(e) => errors.push(format!("pkv.toml: {e}")),
         }
-        for (key, value) in std::env::vars() {
-            if key.starts_with("PKV_") {
-                raw.insert(key, value);
+        // `.env` is read, not loaded into the environment, so that its names are checked
+        // as strictly as `pkv.toml`'s. Other names in it belong to other tools.
+        match dotenvy::from_path_iter(".env") {
+            Ok(items) => {
+                for item in items {
+                    match item {
+                        Ok((key, value)) if key.starts_with("PKV_") => {
+                            files.insert(key, value);
+                        }
+                        Ok(_) => {}
+                        Err(e) => errors.push(format!(".env: {e}")),
+                    }
+                }
             }
+            Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => errors.push(format!(".env: {e}")),
         }
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(key, _)| key.starts_with("PKV_"))
+            .collect();
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        Settings::from_map(&raw)
+        Settings::from_sources(&files, &env)
     }
 
-    /// Validates settings given as `PKV_*` names and raw values.
+    /// Validates settings given as `PKV_*` names and raw values, as if from a file: an
+    /// unknown name is an error.
     pub fn from_map(raw: &BTreeMap<String, String>) -> Result<Settings, ConfigErrors> {
+        Settings::from_sources(raw, &BTreeMap::new())
+    }
+
+    /// Validates settings from files (`pkv.toml` and `.env`, merged) and from the
+    /// environment, which wins. An unknown name in a file is the operator's typo and an
+    /// error; in the environment it is a warning, as orchestrators set `PKV_*` variables of
+    /// their own.
+    pub fn from_sources(
+        files: &BTreeMap<String, String>,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Settings, ConfigErrors> {
+        let known = |key: &str| SETTINGS.iter().any(|s| s.name == key);
         let mut errors = Vec::new();
-        for key in raw.keys() {
-            if !SETTINGS.iter().any(|s| s.name == key) {
+        let mut warnings = Vec::new();
+        let mut raw = BTreeMap::new();
+        for (key, value) in files {
+            if known(key) {
+                raw.insert(key.clone(), value.clone());
+            } else {
                 errors.push(format!(
                     "{key}: unknown setting (see .env.example for the list)"
                 ));
             }
         }
+        for (key, value) in env {
+            if known(key) {
+                raw.insert(key.clone(), value.clone());
+            } else {
+                warnings.push(format!(
+                    "{key}: unknown setting in the environment, ignored (see .env.example for the list)"
+                ));
+            }
+        }
+        let raw = &raw;
         let get = |name: &str| -> String {
             match raw.get(name) {
                 Some(v) => v.trim().to_owned(),
@@ -454,6 +498,7 @@ impl Settings {
             upstream_timeout: Duration::from_millis(upstream_timeout_ms),
             shutdown_grace: Duration::from_secs(shutdown_grace),
             log: get("PKV_LOG"),
+            warnings,
         })
     }
 }
@@ -528,6 +573,29 @@ mod tests {
         assert!(err.0.iter().any(|l| l.starts_with("PKV_MAX_TTL:")));
         assert!(err.0.iter().any(|l| l.starts_with("PKV_LISTEN:")));
         assert!(err.0.iter().any(|l| l.starts_with("PKV_BOGUS:")));
+    }
+
+    #[test]
+    fn unknown_names_in_the_environment_are_warnings_in_files_errors() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let s = Settings::from_sources(
+            &map(&[("PKV_MAX_TTL", "1000")]),
+            &map(&[
+                ("PKV_PORT", "tcp://10.0.0.7:6380"),
+                ("PKV_DEFAULT_TTL", "10"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((s.default_ttl, s.max_ttl), (10, 1000));
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].starts_with("PKV_PORT:"), "{:?}", s.warnings);
+        let err = Settings::from_sources(&map(&[("PKV_PORT", "6380")]), &map(&[])).unwrap_err();
+        assert!(err.0[0].starts_with("PKV_PORT:"), "{err}");
     }
 
     #[test]
