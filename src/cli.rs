@@ -10,6 +10,7 @@ use crate::auth::token::{self, MintRequest};
 use crate::auth::{did, now_secs};
 use crate::config::Settings;
 use crate::server::{self, Shared};
+use crate::upstream::eviction;
 
 #[derive(Parser)]
 #[command(name = "pkv", version, about = "A paid Redis-protocol proxy")]
@@ -177,6 +178,15 @@ fn serve() -> i32 {
         }
     };
     runtime.block_on(async move {
+        // The ledger must be out of reach of eviction before a client is served.
+        let timeout = settings.upstream_timeout;
+        let unchecked = match eviction::check(eviction::targets(&settings), timeout).await {
+            Ok(unchecked) => unchecked,
+            Err(line) => {
+                eprintln!("pkv: {line}");
+                return 2;
+            }
+        };
         let listener = match tokio::net::TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -211,7 +221,29 @@ fn serve() -> i32 {
             None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
         }
         println!("pkv listening on {listen}");
-        match server::serve(shared, listener, shutdown_signal()).await {
+        // A Redis that was down at start-up is checked when it answers; a policy that
+        // would evict the ledger then stops pkv like it would have stopped start-up.
+        let refused = std::sync::OnceLock::new();
+        let late_check = async {
+            if unchecked.is_empty() {
+                return std::future::pending().await;
+            }
+            let line = eviction::watch(unchecked, timeout).await;
+            tracing::error!("{line}; stopping");
+            let _ = refused.set(line);
+        };
+        let stop = async {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                _ = late_check => {},
+            }
+        };
+        let served = server::serve(shared, listener, stop).await;
+        if let Some(line) = refused.get() {
+            eprintln!("pkv: {line}");
+            return 2;
+        }
+        match served {
             Ok(()) => {
                 tracing::info!("pkv stopped");
                 0

@@ -37,6 +37,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "redis://[user:pass@]host:port of the upstream Redis; unset: the embedded store",
     },
     SettingDoc {
+        name: "PKV_LEDGER_URL",
+        default: "",
+        help: "redis://... of a Redis for the ledger alone (balances, redeemed tokens); unset: the ledger lives in the upstream. Needed when the upstream's maxmemory-policy is allkeys-*; its own policy must be noeviction",
+    },
+    SettingDoc {
         name: "PKV_DATA_FILE",
         default: "",
         help: "file the embedded store is saved to and loaded from at start-up; empty keeps its data in memory only",
@@ -179,6 +184,8 @@ pub const SETTINGS: &[SettingDoc] = &[
 pub struct Settings {
     pub listen: SocketAddr,
     pub upstream_url: Option<String>,
+    /// A Redis of the ledger's own; `None` keeps the ledger in the upstream.
+    pub ledger_url: Option<String>,
     /// Where the embedded store is saved; `None` keeps it in memory only.
     pub data_file: Option<PathBuf>,
     /// Time between snapshots of the embedded store.
@@ -346,6 +353,25 @@ impl Settings {
                     .map_err(|e| format!("not a Redis URL ({e})")),
             );
         }
+        let ledger_url = non_empty(get("PKV_LEDGER_URL"));
+        if let Some(url) = &ledger_url {
+            if upstream_url.is_none() {
+                check(
+                    "PKV_LEDGER_URL",
+                    Err(
+                        "the embedded store keeps its own ledger; unset it or set PKV_UPSTREAM_URL"
+                            .into(),
+                    ),
+                );
+            } else {
+                check(
+                    "PKV_LEDGER_URL",
+                    redis::Client::open(url.as_str())
+                        .map(|_| ())
+                        .map_err(|e| format!("not a Redis URL ({e})")),
+                );
+            }
+        }
         let service_id = get("PKV_SERVICE_ID");
         check(
             "PKV_SERVICE_ID",
@@ -477,6 +503,7 @@ impl Settings {
             lease_nanos,
             listen: listen.expect("checked above"),
             upstream_url,
+            ledger_url,
             data_file,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             service_id,
@@ -627,6 +654,25 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.0[0].starts_with("PKV_DATA_FILE:"), "{err}");
+    }
+
+    #[test]
+    fn a_ledger_url_needs_an_upstream() {
+        let err = load(&[("PKV_LEDGER_URL", "redis://127.0.0.1:6379")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("PKV_LEDGER_URL:"), "{err}");
+        let err = load(&[
+            ("PKV_UPSTREAM_URL", "redis://127.0.0.1:6379"),
+            ("PKV_LEDGER_URL", "http://ledger"),
+        ])
+        .unwrap_err();
+        assert!(err.0[0].starts_with("PKV_LEDGER_URL:"), "{err}");
+        let s = load(&[
+            ("PKV_UPSTREAM_URL", "redis://127.0.0.1:6379"),
+            ("PKV_LEDGER_URL", "redis://127.0.0.1:6390"),
+        ])
+        .unwrap();
+        assert_eq!(s.ledger_url.as_deref(), Some("redis://127.0.0.1:6390"));
     }
 
     #[test]

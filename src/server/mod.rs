@@ -49,7 +49,15 @@ impl Shared {
                     Upstream::new(url, settings.upstream_pool_size, settings.upstream_timeout)
                         .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
                 let upstream = Arc::new(upstream);
-                (upstream.clone(), Arc::new(RedisBook::new(upstream)))
+                // The ledger in a Redis of its own, out of reach of the data's eviction.
+                let ledger = match &settings.ledger_url {
+                    Some(url) => Arc::new(
+                        Upstream::new(url, settings.upstream_pool_size, settings.upstream_timeout)
+                            .map_err(|e| format!("PKV_LEDGER_URL: {e}"))?,
+                    ),
+                    None => upstream.clone(),
+                };
+                (upstream, Arc::new(RedisBook::new(ledger)))
             }
             None => {
                 let store = Arc::new(Store::open(&settings)?);

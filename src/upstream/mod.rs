@@ -5,7 +5,10 @@
 //! Pooled and dedicated connections speak the client's protocol version, so Redis itself
 //! shapes RESP2 and RESP3 replies; pkv relays them. When the upstream is down, requests fail
 //! with [`BackendError::Unavailable`] and the pool reconnects on later use.
+//!
+//! [`eviction`] checks, at start-up, that the Redis holding the ledger cannot evict it.
 
+pub mod eviction;
 mod pool;
 
 use std::time::Duration;

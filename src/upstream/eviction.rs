@@ -1,0 +1,261 @@
+//! Whether a Redis may evict the ledger: its `maxmemory-policy`, checked at start-up.
+//!
+//! Under memory pressure Redis evicts keys by its policy. The ledger's account records
+//! (balances) have no TTL, so an `allkeys-*` policy on the upstream that holds them can
+//! evict a balance: pkv refuses it unless the ledger has its own Redis (`PKV_LEDGER_URL`).
+//! Tenant keys all carry a TTL, so a `volatile-*` policy evicts no balance; it can evict a
+//! redeemed token's record (those carry the token's expiry), which would let that token be
+//! credited once more, so pkv warns about it. The ledger's own Redis holds nothing but
+//! ledger records: any policy but `noeviction` there is refused.
+//!
+//! pkv asks `CONFIG GET maxmemory-policy` on a connection of its own, before it listens.
+//! An upstream that is down then does not stop start-up (pkv must start while it is down):
+//! it is asked again every [`RECHECK`] until it answers, and a policy that must be refused
+//! then stops pkv with the same line. A Redis that renames or denies `CONFIG` (managed
+//! services do) cannot be checked: pkv warns and goes on.
+
+use std::time::Duration;
+
+use redis::{AsyncConnectionConfig, Client, Value};
+
+use super::CONNECT_TIMEOUT;
+use crate::config::Settings;
+
+/// How often a Redis that was down at start-up is asked again.
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// What a Redis holds, which decides the policies it may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The upstream, holding the data and the ledger.
+    Shared,
+    /// The ledger's own Redis (`PKV_LEDGER_URL`).
+    LedgerOnly,
+}
+
+/// A Redis whose policy is checked, and the rule it is held to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub role: Role,
+}
+
+/// What pkv makes of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Safe,
+    /// Served, with this line logged as a warning.
+    Warn(String),
+    /// Not served: this line (naming the setting) stops pkv.
+    Refuse(String),
+}
+
+/// The Redis servers whose eviction could lose ledger records: the upstream when it holds
+/// the ledger, else the ledger's own Redis. The embedded store evicts nothing.
+pub fn targets(settings: &Settings) -> Vec<Target> {
+    match (&settings.upstream_url, &settings.ledger_url) {
+        (Some(_), Some(ledger)) => vec![Target {
+            url: ledger.clone(),
+            role: Role::LedgerOnly,
+        }],
+        (Some(upstream), None) => vec![Target {
+            url: upstream.clone(),
+            role: Role::Shared,
+        }],
+        (None, _) => Vec::new(),
+    }
+}
+
+/// The rule: see the module documentation.
+pub fn judge(role: Role, policy: &str) -> Verdict {
+    let policy = policy.to_ascii_lowercase();
+    match role {
+        Role::Shared if policy.starts_with("allkeys-") => Verdict::Refuse(format!(
+            "PKV_UPSTREAM_URL: the upstream's maxmemory-policy is {policy}, which can evict the \
+             ledger's balances (they have no TTL); set it to noeviction or a volatile-* policy, \
+             or give the ledger its own Redis with PKV_LEDGER_URL"
+        )),
+        Role::Shared if policy.starts_with("volatile-") => Verdict::Warn(format!(
+            "the upstream's maxmemory-policy is {policy}: under memory pressure it evicts tenant \
+             keys, and may evict redeemed-token records (they expire with their token), letting \
+             such a token be credited again; noeviction or PKV_LEDGER_URL avoids it"
+        )),
+        Role::Shared => Verdict::Safe,
+        Role::LedgerOnly if policy == "noeviction" => Verdict::Safe,
+        Role::LedgerOnly => Verdict::Refuse(format!(
+            "PKV_LEDGER_URL: the ledger Redis's maxmemory-policy is {policy}, which can evict \
+             ledger records (balances under allkeys-*, redeemed tokens under volatile-*); set it \
+             to noeviction"
+        )),
+    }
+}
+
+/// What asking a Redis for its policy gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reading {
+    Policy(String),
+    /// It answered, but not with the policy (CONFIG renamed or denied).
+    Hidden(String),
+    /// It could not be asked (down, refused the connection, timed out).
+    Unreachable(String),
+}
+
+/// Asks the Redis at `url` for its `maxmemory-policy`, on a connection of its own.
+pub async fn read_policy(url: &str, timeout: Duration) -> Reading {
+    let client = match Client::open(url) {
+        Ok(c) => c,
+        Err(e) => return Reading::Unreachable(e.to_string()),
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(timeout));
+    let mut conn = match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => return Reading::Unreachable(e.to_string()),
+    };
+    let mut pipe = redis::pipe();
+    pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
+    let reply = match conn.send_packed_commands(&pipe, 0, 1).await {
+        Ok(mut values) => values.pop(),
+        Err(e) => return Reading::Unreachable(e.to_string()),
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match reply {
+        Some(Value::Array(items)) => match items.get(1).and_then(text) {
+            Some(policy) => Reading::Policy(policy),
+            None => Reading::Hidden("no maxmemory-policy in the reply".into()),
+        },
+        // A URL asking for RESP3 gets a map.
+        Some(Value::Map(pairs)) => match pairs.first().and_then(|(_, v)| text(v)) {
+            Some(policy) => Reading::Policy(policy),
+            None => Reading::Hidden("no maxmemory-policy in the reply".into()),
+        },
+        Some(Value::ServerError(e)) => {
+            Reading::Hidden(format!("{} {}", e.code(), e.details().unwrap_or("")))
+        }
+        other => Reading::Hidden(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Checks each target once. `Ok` holds the targets that could not be reached (to check
+/// later with [`watch`]); `Err` is the line that stops pkv.
+pub async fn check(targets: Vec<Target>, timeout: Duration) -> Result<Vec<Target>, String> {
+    let mut pending = Vec::new();
+    for target in targets {
+        match read_policy(&target.url, timeout).await {
+            Reading::Unreachable(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "{} unreachable at start-up; its maxmemory-policy is checked when it answers",
+                    name(target.role)
+                );
+                pending.push(target);
+            }
+            reading => apply(&target, reading)?,
+        }
+    }
+    Ok(pending)
+}
+
+/// Asks each pending target every [`RECHECK`] until it answers; resolves with the line that
+/// stops pkv as soon as one must be refused, and never if all turn out to be served.
+pub async fn watch(mut pending: Vec<Target>, timeout: Duration) -> String {
+    while !pending.is_empty() {
+        tokio::time::sleep(RECHECK).await;
+        let mut still = Vec::new();
+        for target in pending {
+            match read_policy(&target.url, timeout).await {
+                Reading::Unreachable(_) => still.push(target),
+                reading => {
+                    if let Err(line) = apply(&target, reading) {
+                        return line;
+                    }
+                }
+            }
+        }
+        pending = still;
+    }
+    std::future::pending().await
+}
+
+/// Logs what a reading calls for; `Err` is the line that stops pkv.
+fn apply(target: &Target, reading: Reading) -> Result<(), String> {
+    match reading {
+        Reading::Policy(policy) => match judge(target.role, &policy) {
+            Verdict::Safe => {
+                tracing::debug!(%policy, "{} maxmemory-policy", name(target.role));
+                Ok(())
+            }
+            Verdict::Warn(line) => {
+                tracing::warn!("{line}");
+                Ok(())
+            }
+            Verdict::Refuse(line) => Err(line),
+        },
+        Reading::Hidden(why) => {
+            tracing::warn!(
+                "cannot read the {}'s maxmemory-policy ({why}); make sure it {}",
+                name(target.role),
+                match target.role {
+                    Role::Shared =>
+                        "is noeviction or volatile-*, or give the ledger its own Redis with PKV_LEDGER_URL",
+                    Role::LedgerOnly => "is noeviction",
+                }
+            );
+            Ok(())
+        }
+        Reading::Unreachable(_) => Ok(()),
+    }
+}
+
+fn name(role: Role) -> &'static str {
+    match role {
+        Role::Shared => "upstream",
+        Role::LedgerOnly => "ledger Redis",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_policies_that_cannot_evict_balances_are_served() {
+        let refused = |role, policy| matches!(judge(role, policy), Verdict::Refuse(_));
+        for policy in [
+            "allkeys-lru",
+            "allkeys-lfu",
+            "allkeys-random",
+            "ALLKEYS-LRU",
+        ] {
+            assert!(refused(Role::Shared, policy), "{policy}");
+            assert!(refused(Role::LedgerOnly, policy), "{policy}");
+        }
+        for policy in [
+            "volatile-lru",
+            "volatile-lfu",
+            "volatile-random",
+            "volatile-ttl",
+        ] {
+            assert!(matches!(judge(Role::Shared, policy), Verdict::Warn(_)));
+            assert!(refused(Role::LedgerOnly, policy), "{policy}");
+        }
+        assert_eq!(judge(Role::Shared, "noeviction"), Verdict::Safe);
+        assert_eq!(judge(Role::LedgerOnly, "noeviction"), Verdict::Safe);
+        let Verdict::Refuse(line) = judge(Role::Shared, "allkeys-lru") else {
+            unreachable!()
+        };
+        assert!(line.starts_with("PKV_UPSTREAM_URL: "), "{line}");
+        let Verdict::Refuse(line) = judge(Role::LedgerOnly, "volatile-ttl") else {
+            unreachable!()
+        };
+        assert!(line.starts_with("PKV_LEDGER_URL: "), "{line}");
+    }
+}
