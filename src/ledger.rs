@@ -1,8 +1,10 @@
 //! The ledger: which quota tokens were redeemed, and each account's credit.
 //!
 //! It lives in the backend under `pkv:ledger:`, a prefix no tenant key can have: in the
-//! upstream Redis ([`RedisBook`]), where every pkv process sharing the upstream shares it, or
-//! in the embedded store ([`crate::embedded`]), where snapshots keep it with the data.
+//! upstream Redis ([`RedisBook`]), where every pkv process sharing the upstream shares it
+//! (or in a Redis of its own, `PKV_LEDGER_URL`, out of reach of the data's eviction: see
+//! [`crate::upstream::eviction`]), or in the embedded store ([`crate::embedded`]), where
+//! snapshots keep it with the data.
 //! Redemption is one atomic step: the token id is claimed and the credit added together, so
 //! a token is credited exactly once however many connections or processes present it at
 //! once. The claim records how the token was redeemed ([`RedeemedBy`]): a token spent on a
@@ -248,8 +250,8 @@ impl Ledger {
     }
 }
 
-/// The ledger in the upstream Redis: redemption is a Lua script, leases and settlements
-/// are MULTI blocks.
+/// The ledger in a Redis (the upstream, or the ledger's own): redemption is a Lua script,
+/// leases and settlements are MULTI blocks.
 pub struct RedisBook {
     upstream: Arc<Upstream>,
 }
