@@ -12,6 +12,11 @@
 //! the lease and the ledger together cannot cover it. After the command, [`Meter::charge`]
 //! replaces that reservation with the exact cost.
 //!
+//! Ledger updates are exactly-once (see [`crate::ledger`]): a lease request or settlement
+//! whose answer is lost (the upstream stalled past its timeout) is kept as it is, with its
+//! update number, and sent again before anything newer of its kind; it is never merged into
+//! newer amounts nor put back into the lease, since the upstream may have applied it.
+//!
 //! Bounds (see `docs/metering.md`): across processes nothing is spent that was not leased,
 //! so the overspend is at most the after-costs of commands in flight beyond their
 //! allowance. A process killed with -9 loses its unspent leases (at most the lease size per
@@ -27,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::ledger::{Ledger, LedgerError, Settlement};
+use crate::ledger::{Grant, LeaseRequest, Ledger, LedgerError, Settlement};
 pub use price::{Price, Prices, Usage};
 
 /// How often usage is settled into the ledger.
@@ -69,11 +74,13 @@ pub struct AccountMeter {
     time_us: AtomicU64,
     /// Sessions of this account open in this process.
     sessions: AtomicUsize,
-    /// One lease request at a time.
-    leasing: tokio::sync::Mutex<()>,
+    /// One lease request at a time; holds a request whose answer was lost, to be sent
+    /// again before any new one.
+    leasing: tokio::sync::Mutex<Option<LeaseRequest>>,
     /// One settlement at a time, so a reader who settles sees every earlier settlement
-    /// written.
-    settling: tokio::sync::Mutex<()>,
+    /// written; holds a settlement whose answer was lost, to be sent again, as it is,
+    /// before any newer spending.
+    settling: tokio::sync::Mutex<Option<Settlement>>,
     /// A background top-up of the lease is under way.
     topping_up: AtomicBool,
     /// The ledger had nothing left to lease at this time; no background top-ups for a while.
@@ -92,8 +99,8 @@ impl AccountMeter {
             byte_seconds: AtomicU64::new(0),
             time_us: AtomicU64::new(0),
             sessions: AtomicUsize::new(0),
-            leasing: tokio::sync::Mutex::new(()),
-            settling: tokio::sync::Mutex::new(()),
+            leasing: tokio::sync::Mutex::new(None),
+            settling: tokio::sync::Mutex::new(None),
             topping_up: AtomicBool::new(false),
             dry_since: Mutex::new(None),
         }
@@ -131,10 +138,11 @@ impl AccountMeter {
         add(&self.time_us, usage.time_us);
     }
 
-    /// Takes everything unsettled (and the lease, with `release`).
-    fn take_settlement(&self, release: bool) -> Settlement {
+    /// Takes everything unsettled (and the lease, with `release`), as update `seq`.
+    fn take_settlement(&self, seq: u64, release: bool) -> Settlement {
         let take = |counter: &AtomicU64| counter.swap(0, Ordering::AcqRel);
         Settlement {
+            seq,
             spent: self.spent.swap(0, Ordering::AcqRel),
             returned: if release {
                 self.lease.swap(0, Ordering::AcqRel)
@@ -151,18 +159,18 @@ impl AccountMeter {
         }
     }
 
-    /// Puts back a settlement that could not be written.
-    fn restore(&self, s: &Settlement) {
-        self.lease.fetch_add(s.returned, Ordering::AcqRel);
-        self.spent.fetch_add(s.spent, Ordering::AcqRel);
-        self.record(&s.usage);
-    }
-
+    /// Nothing to settle, nothing owed by the ledger, no session: safe to forget.
     fn is_idle(&self) -> bool {
+        let nothing_unanswered = self.leasing.try_lock().is_ok_and(|lost| lost.is_none())
+            && self
+                .settling
+                .try_lock()
+                .is_ok_and(|unsent| unsent.is_none());
         self.sessions.load(Ordering::Acquire) == 0
             && self.lease.load(Ordering::Acquire) == 0
             && self.spent.load(Ordering::Acquire) == 0
             && self.ops.load(Ordering::Acquire) == 0
+            && nothing_unanswered
     }
 }
 
@@ -275,24 +283,55 @@ impl Meter {
         if let Some(ok) = self.try_admit(acct, need) {
             return Ok(ok);
         }
-        let _one_at_a_time = acct.leasing.lock().await;
-        if let Some(ok) = acct.take(need) {
-            return Ok(ok);
+        let mut lost = acct.leasing.lock().await;
+        loop {
+            if let Some(ok) = acct.take(need) {
+                return Ok(ok);
+            }
+            // A request answered now after its answer was lost: what it got may be enough.
+            let retry = lost.is_some();
+            // Ask for what is missing: the lease in hand can be below zero when commands
+            // cost more than they reserved (a slow round trip), and a grant of `need` alone
+            // would then still fall short of it.
+            let have = acct.lease.load(Ordering::Acquire);
+            let want = self.config.lease.max(need.saturating_sub(have));
+            self.lease_more(acct, &mut lost, want)
+                .await
+                .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
+            if !retry {
+                return acct.take(need).ok_or_else(|| Refusal::NoQuota {
+                    balance: acct.lease.load(Ordering::Acquire),
+                });
+            }
         }
-        // Ask for what is missing: the lease in hand can be below zero when commands cost
-        // more than they reserved (a slow round trip), and a grant of `need` alone would
-        // then still fall short of it.
-        let have = acct.lease.load(Ordering::Acquire);
-        let want = self.config.lease.max(need.saturating_sub(have));
-        let granted = self
-            .ledger
-            .lease(&acct.id, want)
-            .await
-            .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
-        acct.lease.fetch_add(granted, Ordering::AcqRel);
-        acct.take(need).ok_or_else(|| Refusal::NoQuota {
-            balance: acct.lease.load(Ordering::Acquire),
-        })
+    }
+
+    /// Adds a lease of `want` to the account, the caller holding `acct.leasing` (whose
+    /// contents are `lost`). A request whose answer was lost before is sent again first,
+    /// as it was, and its grant is what this returns: the caller then decides again what
+    /// it needs. Until a request is answered it stays in `lost`, also when this future is
+    /// dropped.
+    async fn lease_more(
+        &self,
+        acct: &AccountMeter,
+        lost: &mut Option<LeaseRequest>,
+        want: i64,
+    ) -> Result<Grant, LedgerError> {
+        let req = match *lost {
+            Some(req) => req,
+            None => {
+                let req = LeaseRequest {
+                    seq: self.ledger.next_seq(),
+                    want,
+                };
+                *lost = Some(req);
+                req
+            }
+        };
+        let grant = self.ledger.lease(&acct.id, &req).await?;
+        *lost = None;
+        acct.lease.fetch_add(grant.granted, Ordering::AcqRel);
+        Ok(grant)
     }
 
     /// Below half a lease, takes the next one in the background, so that admissions do not
@@ -313,16 +352,14 @@ impl Meter {
         }
         let (meter, acct) = (self.clone(), acct.clone());
         tokio::spawn(async move {
-            let _one_at_a_time = acct.leasing.lock().await;
+            let mut lost = acct.leasing.lock().await;
             if acct.lease.load(Ordering::Acquire) < meter.config.lease / 2 {
-                match meter.ledger.lease(&acct.id, meter.config.lease).await {
-                    Ok(0) => {
+                match meter.lease_more(&acct, &mut lost, meter.config.lease).await {
+                    Ok(Grant { granted: 0, .. }) => {
                         *acct.dry_since.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(Instant::now())
                     }
-                    Ok(granted) => {
-                        acct.lease.fetch_add(granted, Ordering::AcqRel);
-                    }
+                    Ok(_) => {}
                     Err(e) => tracing::warn!(account = %acct.id, error = %e, "lease top-up failed"),
                 }
             }
@@ -363,25 +400,35 @@ impl Meter {
     }
 
     /// Moves spending and counters into the ledger, keeping the lease (or giving it back
-    /// with `release`).
+    /// with `release`). A settlement whose answer was lost goes first, as it was.
     async fn settle_one(&self, acct: &AccountHandle, release: bool) -> Result<(), LedgerError> {
-        // Giving the lease back waits for a top-up in flight, so none lands after it.
+        // Giving the lease back waits for a top-up in flight, so none lands after it, and
+        // first learns what a lease request whose answer was lost was granted, so that it
+        // goes back too.
         let _no_top_up = if release {
-            Some(acct.leasing.lock().await)
+            let mut lost = acct.leasing.lock().await;
+            if lost.is_some() {
+                self.lease_more(acct, &mut lost, 0).await?;
+            }
+            Some(lost)
         } else {
             None
         };
-        let _one_at_a_time = acct.settling.lock().await;
-        let settlement = acct.take_settlement(release);
-        if settlement == Settlement::default() {
+        let mut unsent = acct.settling.lock().await;
+        if let Some(earlier) = unsent.as_ref() {
+            self.ledger.settle(&acct.id, earlier).await?;
+            *unsent = None;
+        }
+        let settlement = acct.take_settlement(self.ledger.next_seq(), release);
+        if settlement.is_empty() {
             return Ok(());
         }
-        let result = self.ledger.settle(&acct.id, &settlement).await;
-        if result.is_err() {
-            // Keep it for the next attempt.
-            acct.restore(&settlement);
-        }
-        result
+        // Kept until answered, also if this future is dropped: the upstream may apply it
+        // even when pkv stops waiting, so it is sent again as it is, never merged or undone.
+        let settlement = unsent.insert(settlement);
+        self.ledger.settle(&acct.id, settlement).await?;
+        *unsent = None;
+        Ok(())
     }
 
     /// Settles an account and gives its lease back (`PKV.BALANCE`, last disconnect).
@@ -389,11 +436,14 @@ impl Meter {
         self.settle_one(acct, true).await
     }
 
-    /// Settles every account; with `release`, gives every lease back (shutdown).
+    /// Settles every account; with `release`, gives every lease back (shutdown). An account
+    /// with no session left gives its lease back anyway: its last session's attempt may
+    /// have failed.
     pub async fn settle_all(&self, release: bool) {
         let accounts: Vec<AccountHandle> =
             self.accounts.iter().map(|e| e.value().clone()).collect();
         for acct in accounts {
+            let release = release || acct.sessions.load(Ordering::Acquire) == 0;
             if let Err(e) = self.settle_one(&acct, release).await {
                 tracing::warn!(account = %acct.id, error = %e, "settlement failed; will retry");
             }

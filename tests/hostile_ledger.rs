@@ -1,0 +1,250 @@
+//! The ledger against hostile timing and hostile clients, with real redis-server and pkv
+//! processes: ledger updates applied exactly once when the upstream answers after pkv gave
+//! up waiting, no overspend by many replies in flight, what a crash can lose, no false
+//! NOQUOTA for a funded account, and no bill for commands the upstream refused to run.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{encode, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
+use pkv::namespace::escape_account;
+
+const NANOS: i64 = 1_000_000_000;
+
+// === helpers ===
+
+/// The upstream redis-server's process id, as it reports it.
+fn redis_pid(redis: &Redis) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.direct())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO server has process_id")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A redis-server frozen with SIGSTOP; it resumes (SIGCONT) when this drops, so a failed
+/// assertion never leaves it stopped.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(redis: &Redis) -> Frozen {
+        let pid = redis_pid(redis);
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// Every field of an account's ledger record, read directly from the upstream.
+fn ledger_hash(redis: &Redis, account: &str) -> BTreeMap<String, i64> {
+    let mut conn = redis.direct();
+    let fields: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("pkv:ledger:acct:{}", escape_account(account)))
+        .query(&mut conn)
+        .unwrap();
+    fields
+        .into_iter()
+        .map(|(k, v)| (k, v.parse().unwrap()))
+        .collect()
+}
+
+/// Waits until `f` holds, for at most `limit`.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// `PKV.BALANCE` on `c`, as field → text (which also gives this process's lease back).
+fn balance(c: &mut RespConn) -> BTreeMap<String, String> {
+    let reply = c.value(&[b"PKV.BALANCE"]);
+    let Resp::Array(items) = reply else {
+        panic!("PKV.BALANCE answered {reply}");
+    };
+    let as_text = |r: &Resp| match r {
+        Resp::Bulk(b) => text(b),
+        Resp::Int(n) => n.to_string(),
+        other => other.to_string(),
+    };
+    items
+        .chunks(2)
+        .map(|kv| (as_text(&kv[0]), as_text(&kv[1])))
+        .collect()
+}
+
+/// The account a connection is authenticated as.
+fn account_of(c: &mut RespConn) -> String {
+    balance(c)["account"].clone()
+}
+
+/// Connects every pooled upstream connection of `pkv` (they connect on first use, and a
+/// connect to a frozen upstream never sends anything), using an account of its own.
+fn warm_up(pkv: &Pkv, issuer: &Issuer) {
+    let mut c = pkv.resp_authed(&issuer.token(1));
+    for _ in 0..16 {
+        let reply = c.call(&[b"GET", b"warm"]);
+        assert_eq!(reply, b"$-1\r\n", "{}", text(&reply));
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// What this test knows the account used: exact, from the bytes on the wire.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Used {
+    ops: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+}
+
+/// Prices with whole nano-unit costs and no time or storage component, so that every cost
+/// is known exactly from the bytes alone.
+const OP: i64 = 1_000_000; // 0.001
+const BYTE: i64 = 1_000; // 0.000001 in and out
+
+fn exact_prices(config: PkvConfig) -> PkvConfig {
+    config
+        .set("PKV_PRICE_OP", "0.001")
+        .set("PKV_PRICE_BYTE_IN", "0.000001")
+        .set("PKV_PRICE_BYTE_OUT", "0.000001")
+        .set("PKV_PRICE_BYTE_SECOND", "0")
+        .set("PKV_PRICE_TIME_MS", "0")
+}
+
+impl Used {
+    fn cost(&self) -> i64 {
+        self.ops * OP + (self.bytes_in + self.bytes_out) * BYTE
+    }
+
+    /// Runs `INCR key` `n` times on `c`, one at a time, recording what each used.
+    fn incr(&mut self, c: &mut RespConn, key: &str, n: usize) {
+        for _ in 0..n {
+            let request = encode(&[b"INCR", key.as_bytes()]);
+            c.send(&request);
+            let reply = c.reply();
+            assert!(reply.starts_with(b":"), "INCR answered {:?}", text(&reply));
+            self.ops += 1;
+            self.bytes_in += request.len() as i64;
+            self.bytes_out += reply.len() as i64;
+        }
+    }
+}
+
+// === 1. ledger updates applied exactly once (item 3) ===
+
+/// A lease given back and spending settled while the upstream is frozen past
+/// `PKV_UPSTREAM_TIMEOUT_MS`: Redis applies the updates when it resumes, after pkv gave up
+/// on them. pkv's retries must not apply them a second time.
+#[test]
+fn a_stalled_settlement_is_applied_exactly_once() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = exact_prices(PkvConfig::new(&redis, &issuer))
+        .set("PKV_UPSTREAM_TIMEOUT_MS", "300")
+        .set("PKV_LEASE", "1")
+        .start();
+    let token = issuer.token(10);
+    warm_up(&pkv, &issuer);
+    let mut used = Used::default();
+    let mut c = pkv.resp_authed(&token);
+    // Spend across a periodic settlement, then a little more right before the freeze, so
+    // that both settled and unsettled spending exist when the upstream stops.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1300) {
+        used.incr(&mut c, "n", 10);
+    }
+    used.incr(&mut c, "n", 7);
+    {
+        let _frozen = Frozen::new(&redis);
+        // The last connection leaves: its lease goes back, and times out.
+        drop(c);
+        // Periodic settlements time out too.
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    // Redis resumes and applies what it had queued; pkv retries what it saw fail.
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut c = pkv.resp_authed(&token);
+    let account = account_of(&mut c);
+    let record = ledger_hash(&redis, &account);
+    let get = |f: &str| record.get(f).copied().unwrap_or(0);
+    let truth = BTreeMap::from([
+        ("credited", 10 * NANOS),
+        ("debited", used.cost()),
+        ("spent", used.cost()),
+        ("ops", used.ops),
+        ("bytes_in", used.bytes_in),
+        ("bytes_out", used.bytes_out),
+    ]);
+    let seen: BTreeMap<&str, i64> = truth.keys().map(|f| (*f, get(f))).collect();
+    assert_eq!(
+        seen, truth,
+        "the ledger differs from what was used ({used:?})"
+    );
+}
+
+/// A lease request that times out may still be applied by Redis later: the account's
+/// credit must not be lost to it.
+#[test]
+fn a_stalled_lease_is_neither_lost_nor_granted_twice() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = exact_prices(PkvConfig::new(&redis, &issuer))
+        .set("PKV_UPSTREAM_TIMEOUT_MS", "300")
+        .set("PKV_LEASE", "1")
+        .start();
+    let token = issuer.token(10);
+    warm_up(&pkv, &issuer);
+    let mut c = pkv.resp_authed(&token);
+    let account = account_of(&mut c);
+    let mut used = Used::default();
+    {
+        let _frozen = Frozen::new(&redis);
+        // The first command needs a lease; its request times out.
+        let reply = c.call(&[b"INCR", b"n"]);
+        assert!(reply.starts_with(b"-"), "{}", text(&reply));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Redis resumes and grants the lease nobody waits for any more.
+    assert!(
+        wait_until(Duration::from_secs(3), || ledger_hash(&redis, &account)
+            .get("debited")
+            .is_some_and(|d| *d > 0)),
+        "the stalled lease was never applied"
+    );
+    used.incr(&mut c, "n", 25);
+    let _ = balance(&mut c);
+    drop(c);
+    let record = ledger_hash(&redis, &account);
+    let get = |f: &str| record.get(f).copied().unwrap_or(0);
+    assert_eq!(
+        (get("credited"), get("debited"), get("spent"), get("ops")),
+        (10 * NANOS, used.cost(), used.cost(), used.ops),
+        "credited, debited, spent, ops: the lease was lost or granted twice ({record:?})"
+    );
+}
