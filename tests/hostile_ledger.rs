@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{encode, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
@@ -109,6 +110,10 @@ fn warm_up(pkv: &Pkv, issuer: &Issuer) {
         let reply = c.call(&[b"GET", b"warm"]);
         assert_eq!(reply, b"$-1\r\n", "{}", text(&reply));
     }
+}
+
+fn is_noquota(reply: &[u8]) -> bool {
+    reply.starts_with(b"-NOQUOTA ")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -247,4 +252,222 @@ fn a_stalled_lease_is_neither_lost_nor_granted_twice() {
         (10 * NANOS, used.cost(), used.cost(), used.ops),
         "credited, debited, spent, ops: the lease was lost or granted twice ({record:?})"
     );
+}
+
+// === 2. what a crash can lose, and no false NOQUOTA (item 19) ===
+
+/// kill -9 loses the unspent lease the process held: at most `PKV_LEASE` per account. A
+/// top-up taken in the background while the lease was still above zero must not raise
+/// what the process holds above one lease.
+#[test]
+fn a_crash_loses_at_most_one_lease() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    // Each INCR costs exactly 0.1 (its op; nothing else is priced); a lease is 1.
+    let mut pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_PRICE_OP", "0.1")
+        .set("PKV_PRICE_BYTE_IN", "0")
+        .set("PKV_PRICE_BYTE_OUT", "0")
+        .set("PKV_PRICE_BYTE_SECOND", "0")
+        .set("PKV_PRICE_TIME_MS", "0")
+        .set("PKV_LEASE", "1")
+        .start();
+    let lease = NANOS;
+    let token = issuer.token(10);
+    let mut c = pkv.resp_authed(&token);
+    let account = account_of(&mut c);
+    let mut truth = 10 * NANOS;
+    // Six INCRs take the first lease to 0.4, below half a lease: a top-up follows.
+    for _ in 0..6 {
+        let reply = c.call(&[b"INCR", b"n"]);
+        assert!(reply.starts_with(b":"), "{}", text(&reply));
+        truth -= NANOS / 10;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    pkv.child.kill().unwrap();
+    pkv.child.wait().unwrap();
+    let record = ledger_hash(&redis, &account);
+    let balance = record["credited"] - record["debited"];
+    assert!(
+        balance <= truth,
+        "balance {balance} above the truth {truth}"
+    );
+    assert!(
+        truth - balance <= lease,
+        "the crash lost {} nano-units, more than one lease ({lease}): {record:?}",
+        truth - balance
+    );
+}
+
+/// A funded account whose process lease is small, with many connections racing for it:
+/// a command is refused only when the ledger has no credit left, never because other
+/// connections used a lease before this one could.
+#[test]
+fn a_funded_account_is_not_refused_while_leases_race() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    // A lease of 0.00001: about three INCRs at the default prices.
+    let pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_LEASE", "0.00001")
+        .start();
+    let token = issuer.token(100);
+    const THREADS: usize = 16;
+    const EACH: usize = 150;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let (barrier, token, port) = (barrier.clone(), token.clone(), pkv.port);
+            std::thread::spawn(move || {
+                let mut c = RespConn::connect(port);
+                assert_eq!(c.call_text(&["AUTH", &token]), "+OK\r\n");
+                barrier.wait();
+                let key = format!("k{i}");
+                let mut refused = Vec::new();
+                for _ in 0..EACH {
+                    let reply = c.call(&[b"INCR", key.as_bytes()]);
+                    if !reply.starts_with(b":") {
+                        refused.push(text(&reply));
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: Vec<String> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "{} of {} INCRs refused on a funded account, e.g. {:?}",
+        refused.len(),
+        THREADS * EACH,
+        refused.first()
+    );
+}
+
+// === 3. many replies in flight cannot overdraw an account (item 8) ===
+
+/// Nano-units of a decimal amount of units (`-0.024560000`), as PKV.BALANCE shows it.
+fn nanos_of(text: &str) -> i64 {
+    let negative = text.starts_with('-');
+    let (whole, frac) = text.trim_start_matches('-').split_once('.').unwrap();
+    let value =
+        whole.parse::<i64>().unwrap() * NANOS + format!("{frac:0<9}").parse::<i64>().unwrap();
+    if negative {
+        -value
+    } else {
+        value
+    }
+}
+
+/// 60 GETs of a 100 KB value pipelined in one write, on a 1-unit account where one such
+/// reply costs about a unit: the balance ends at most one reply below zero.
+fn pipelined_big_replies(config: PkvConfig, issuer: &Issuer) {
+    // 0.00001 per byte out: a 100 KB reply costs 1.024 units.
+    let pkv = config
+        .set("PKV_PRICE_BYTE_OUT", "0.00001")
+        .set("PKV_PRICE_TIME_MS", "0")
+        .start();
+    let token = issuer.token(1);
+    let mut c = pkv.resp_authed(&token);
+    let value = vec![b'v'; 100 * 1024];
+    assert_eq!(c.call(&[b"SET", b"big", &value]), b"+OK\r\n");
+    let mut pipeline = Vec::new();
+    for _ in 0..60 {
+        pipeline.extend(encode(&[b"GET", b"big"]));
+    }
+    c.send(&pipeline);
+    let mut served = 0;
+    let mut reply_len = 0;
+    for _ in 0..60 {
+        let reply = c.reply();
+        if reply.starts_with(b"$") {
+            served += 1;
+            reply_len = reply.len() as i64;
+        } else {
+            assert!(is_noquota(&reply), "GET answered {:?}", text(&reply));
+        }
+    }
+    assert!(served >= 1, "no GET was served");
+    let one_reply = reply_len * 10_000;
+    let b = balance(&mut c);
+    let left = nanos_of(&b["balance"]);
+    assert!(
+        left >= -one_reply,
+        "{served} GETs served: balance {} is more than one reply ({one_reply} nano-units) below zero",
+        b["balance"]
+    );
+}
+
+#[test]
+fn pipelined_big_replies_overdraw_by_one_reply_at_most() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    pipelined_big_replies(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn pipelined_big_replies_overdraw_by_one_reply_at_most_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    pipelined_big_replies(PkvConfig::embedded(&issuer), &issuer);
+}
+
+/// 20 connections of one 1-unit account each wait in `BLPOP x 3`, with time priced so that
+/// one such wait costs more than the balance: the balance ends at most one wait below
+/// zero.
+fn concurrent_blocking_waits(config: PkvConfig, issuer: &Issuer) {
+    // 0.0004 per ms: a 3 s wait costs 1.2 units.
+    let pkv = config.set("PKV_PRICE_TIME_MS", "0.0004").start();
+    let token = issuer.token(1);
+    const THREADS: usize = 20;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (barrier, token, port) = (barrier.clone(), token.clone(), pkv.port);
+            std::thread::spawn(move || {
+                let mut c = RespConn::connect(port);
+                assert_eq!(c.call_text(&["AUTH", &token]), "+OK\r\n");
+                barrier.wait();
+                c.send(&encode(&[b"BLPOP", b"x", b"3"]));
+                let reply = c.reply_within(Duration::from_secs(60));
+                assert!(
+                    reply == b"*-1\r\n" || is_noquota(&reply),
+                    "BLPOP answered {:?}",
+                    text(&reply)
+                );
+                reply == b"*-1\r\n"
+            })
+        })
+        .collect();
+    let waited = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|w| *w)
+        .count();
+    let elapsed = started.elapsed();
+    let mut c = pkv.resp_authed(&token);
+    let b = balance(&mut c);
+    let left = nanos_of(&b["balance"]);
+    // One wait: 3 s and what it took beyond, at 0.0004 per ms, plus its bytes.
+    let one_wait = (3_500 * 400_000) as i64;
+    assert!(
+        left >= -one_wait,
+        "{waited} BLPOPs waited ({elapsed:?}): balance {} is more than one wait below zero",
+        b["balance"]
+    );
+}
+
+#[test]
+fn concurrent_blocking_waits_overdraw_by_one_wait_at_most() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    concurrent_blocking_waits(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn concurrent_blocking_waits_overdraw_by_one_wait_at_most_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    concurrent_blocking_waits(PkvConfig::embedded(&issuer), &issuer);
 }
