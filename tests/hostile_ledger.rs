@@ -471,3 +471,125 @@ fn concurrent_blocking_waits_overdraw_by_one_wait_at_most_on_the_embedded_store(
     let issuer = Issuer::new();
     concurrent_blocking_waits(PkvConfig::embedded(&issuer), &issuer);
 }
+
+// === 4. commands the upstream refused to run are not charged (item 21) ===
+
+/// A redis-server of this test's own, with DEBUG enabled (to reload its dataset slowly).
+struct DebugRedis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl DebugRedis {
+    fn start() -> DebugRedis {
+        let port = common::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        common::wait_for_port(port, &mut child);
+        DebugRedis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn direct(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for DebugRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// While Redis loads its dataset, it answers `-LOADING` and runs nothing: such commands
+/// cost nothing.
+#[test]
+fn commands_refused_while_loading_are_not_charged() {
+    let redis = DebugRedis::start();
+    let issuer = Issuer::new();
+    let mut config = exact_prices(PkvConfig::embedded(&issuer)).set("PKV_LEASE", "1");
+    config.upstream = Some(redis.url());
+    let pkv = config.start();
+    warm_up(&pkv, &issuer);
+    let token = issuer.token(10);
+    let mut c = pkv.resp_authed(&token);
+    let mut used = Used::default();
+    used.incr(&mut c, "n", 3);
+    let before = balance(&mut c);
+    // A lease in hand, so that the commands below need nothing from the ledger.
+    let mut later = Used::default();
+    later.incr(&mut c, "n", 1);
+
+    // 1500 keys loaded at 1 ms each, answering clients every KB: 1.5 s of LOADING.
+    let mut direct = redis.direct();
+    let _: () = redis::cmd("DEBUG")
+        .arg("POPULATE")
+        .arg(1500)
+        .query(&mut direct)
+        .unwrap();
+    for (name, value) in [
+        ("key-load-delay", "1000"),
+        ("loading-process-events-interval-bytes", "1024"),
+    ] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query(&mut direct)
+            .unwrap();
+    }
+    let reload = std::thread::spawn(move || {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("RELOAD").query(&mut direct);
+    });
+    let mut probe = redis.direct();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query(&mut probe)
+                .unwrap();
+            info.contains("loading:1")
+        }),
+        "Redis never started loading"
+    );
+    let mut refused = 0;
+    for _ in 0..20 {
+        let reply = c.call(&[b"INCR", b"n"]);
+        if reply.starts_with(b"-LOADING") {
+            refused += 1;
+        } else {
+            panic!("INCR while loading answered {:?}", text(&reply));
+        }
+    }
+    reload.join().unwrap();
+    later.incr(&mut c, "m", 2);
+    let after = balance(&mut c);
+    let spent = nanos_of(&after["spent"]) - nanos_of(&before["spent"]);
+    let ops: i64 = after["ops"].parse::<i64>().unwrap() - before["ops"].parse::<i64>().unwrap();
+    assert_eq!(refused, 20);
+    assert_eq!(
+        (spent, ops),
+        (later.cost(), later.ops),
+        "the {refused} INCRs answered LOADING were charged"
+    );
+}

@@ -361,6 +361,14 @@ pub enum Flight {
     Queued,
 }
 
+/// Error replies by which the upstream says it ran nothing: it is loading its dataset,
+/// busy with a script, without its master, or the keys are moving. Such a command is not
+/// charged.
+pub fn did_not_run(reply: &redis::Value) -> bool {
+    matches!(reply, redis::Value::ServerError(e)
+        if matches!(e.code(), "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN"))
+}
+
 /// The process's meter.
 pub struct Meter {
     config: MeterConfig,
@@ -788,6 +796,41 @@ impl Meter {
         loop {
             tick.tick().await;
             self.settle_all(false).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(wire: &[u8]) -> redis::Value {
+        redis::parse_redis_value(wire).unwrap_or(redis::Value::Nil)
+    }
+
+    #[test]
+    fn replies_that_say_nothing_ran_are_told_apart() {
+        for wire in [
+            &b"-LOADING Redis is loading the dataset in memory\r\n"[..],
+            b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n",
+            b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+        ] {
+            assert!(did_not_run(&reply(wire)), "{}", String::from_utf8_lossy(wire));
+        }
+        for wire in [
+            &b"-ERR value is not an integer or out of range\r\n"[..],
+            b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n",
+            b"-BUSYKEY Target key name already exists.\r\n",
+            b"-NOSCRIPT No matching script.\r\n",
+            b"+OK\r\n",
+            b"$7\r\nLOADING\r\n",
+        ] {
+            assert!(
+                !did_not_run(&reply(wire)),
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
         }
     }
 }

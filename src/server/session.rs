@@ -32,7 +32,7 @@ use crate::commands::{
 };
 use crate::ledger::format_nanos;
 use crate::meter::storage::{self, After, Plan, TtlPolicy};
-use crate::meter::{AccountHandle, Admitted, Charges, Flight, Refusal, Usage};
+use crate::meter::{self, AccountHandle, Admitted, Charges, Flight, Refusal, Usage};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -640,9 +640,11 @@ impl Session {
                 continue;
             }
             let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+            let ran = !meter::did_not_run(&reply);
             self.write_upstream(out, pending.rewrite, reply);
-            if let Some(bill) = pending.bill {
-                self.pay(bill, stored, out.len() - start, time_us);
+            match pending.bill {
+                Some(bill) if ran => self.pay(bill, stored, out.len() - start, time_us),
+                bill => self.cancel(bill),
             }
         }
     }
@@ -736,9 +738,11 @@ impl Session {
                 let (before, reply, after) = pending.take_replies(&mut values);
                 let start = out.len();
                 let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+                let ran = !meter::did_not_run(&reply);
                 self.write_upstream(out, pending.rewrite, reply);
-                if let Some(bill) = pending.bill {
-                    self.pay(bill, stored, out.len() - start, waited);
+                match pending.bill {
+                    Some(bill) if ran => self.pay(bill, stored, out.len() - start, waited),
+                    bill => self.cancel(bill),
                 }
             }
             Some(Err(err)) => {
