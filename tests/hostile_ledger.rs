@@ -299,6 +299,46 @@ fn a_crash_loses_at_most_one_lease() {
     );
 }
 
+/// A command whose reservation alone is larger than a lease (a write reserves its storage
+/// for the longest TTL it could buy) gets what it needs, and what is left of it beyond one
+/// lease goes back at the next settlement: a crash after that loses at most one lease.
+#[test]
+fn a_reservation_above_the_lease_is_not_kept() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    // An RPUSH of 1000 bytes reserves 1001 bytes for PKV_MAX_TTL (a year: the key's TTL is
+    // not known before it runs) at 10^-12 per byte-second: 0.0316, more than 30 leases of
+    // 0.001. It pays for a day.
+    let mut pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_PRICE_BYTE_SECOND", "0.000000000001")
+        .set("PKV_LEASE", "0.001")
+        .start();
+    let lease = NANOS / 1000;
+    let token = issuer.token(10);
+    let mut c = pkv.resp_authed(&token);
+    let account = account_of(&mut c);
+    let value = vec![b'v'; 1000];
+    assert_eq!(c.call(&[b"RPUSH", b"l", &value]), b":1\r\n");
+    // Settled within a second: the spending, and the lease beyond one lease.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            let r = ledger_hash(&redis, &account);
+            r.get("spent").is_some_and(|s| *s > 0) && r["debited"] - r["spent"] <= lease
+        }),
+        "the process still holds more than one lease: {:?}",
+        ledger_hash(&redis, &account)
+    );
+    pkv.child.kill().unwrap();
+    pkv.child.wait().unwrap();
+    let r = ledger_hash(&redis, &account);
+    // Everything the RPUSH cost is settled; what the crash lost is what was debited beyond.
+    let lost = r["debited"] - r["spent"];
+    assert!(
+        (0..=lease).contains(&lost),
+        "the crash lost {lost} nano-units, more than one lease ({lease}): {r:?}"
+    );
+}
+
 /// A funded account whose process lease is small, with many connections racing for it:
 /// a command is refused only when the ledger has no credit left, never because other
 /// connections used a lease before this one could.
