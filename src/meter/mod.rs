@@ -98,7 +98,8 @@ pub struct AccountMeter {
     /// The account's credit left in the ledger (beyond this process's lease) when a lease
     /// was last granted.
     ledger_left: AtomicI64,
-    /// The most a command of this account has cost beyond its reservation.
+    /// The most a command of this account (other than a blocking one) has cost beyond its
+    /// reservation: what each command in flight is expected to cost beyond it.
     excess: AtomicI64,
     /// Commands waiting for the account's commands in flight ([`Meter::admit`]).
     waiting: AtomicUsize,
@@ -464,7 +465,8 @@ impl Meter {
 
     /// Counts a command in flight, unless the balance is low and other commands of the
     /// account are: then it must wait. `own` is how many of the account's commands in
-    /// flight are the caller's (queued in its transaction), which it cannot wait for.
+    /// flight are the caller's and cannot be waited for (see [`Charges::open`]; none once
+    /// the caller has paid for what it sent).
     fn enter(&self, acct: &AccountMeter, flight: Flight, own: i64) -> bool {
         let Some(counter) = acct.counter(flight) else {
             return true;
