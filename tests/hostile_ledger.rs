@@ -453,6 +453,69 @@ fn pipelined_big_replies_overdraw_by_one_reply_at_most_on_the_embedded_store() {
     pipelined_big_replies(PkvConfig::embedded(&issuer), &issuer);
 }
 
+/// 20 connections of one 1-unit account each pipeline 3 GETs of a 100 KB value at once:
+/// the balance ends at most one reply below zero, however the connections race.
+fn racing_big_replies(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config
+        .set("PKV_PRICE_BYTE_OUT", "0.00001")
+        .set("PKV_PRICE_TIME_MS", "0")
+        .start();
+    let token = issuer.token(1);
+    let mut c = pkv.resp_authed(&token);
+    let value = vec![b'v'; 100 * 1024];
+    assert_eq!(c.call(&[b"SET", b"big", &value]), b"+OK\r\n");
+    const THREADS: usize = 20;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (barrier, token, port) = (barrier.clone(), token.clone(), pkv.port);
+            std::thread::spawn(move || {
+                let mut c = RespConn::connect(port);
+                assert_eq!(c.call_text(&["AUTH", &token]), "+OK\r\n");
+                let mut pipeline = Vec::new();
+                for _ in 0..3 {
+                    pipeline.extend(encode(&[b"GET", b"big"]));
+                }
+                barrier.wait();
+                c.send(&pipeline);
+                let mut longest = 0;
+                for _ in 0..3 {
+                    let reply = c.reply_within(Duration::from_secs(30));
+                    if reply.starts_with(b"$") {
+                        longest = reply.len() as i64;
+                    } else {
+                        assert!(is_noquota(&reply), "GET answered {:?}", text(&reply));
+                    }
+                }
+                longest
+            })
+        })
+        .collect();
+    let replies: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let served = replies.iter().filter(|n| **n > 0).count();
+    let one_reply = replies.iter().max().copied().unwrap_or(0) * 10_000;
+    let b = balance(&mut c);
+    let left = nanos_of(&b["balance"]);
+    assert!(
+        left >= -one_reply,
+        "{served} connections got a reply: balance {} is more than one reply ({one_reply} nano-units) below zero",
+        b["balance"]
+    );
+}
+
+#[test]
+fn racing_big_replies_overdraw_by_one_reply_at_most() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    racing_big_replies(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn racing_big_replies_overdraw_by_one_reply_at_most_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    racing_big_replies(PkvConfig::embedded(&issuer), &issuer);
+}
+
 /// 20 connections of one 1-unit account each wait in `BLPOP x 3`, with time priced so that
 /// one such wait costs more than the balance: the balance ends at most one wait below
 /// zero.
