@@ -112,6 +112,11 @@ fn warm_up(pkv: &Pkv, issuer: &Issuer) {
     }
 }
 
+/// Nano-units as PKV.BALANCE writes them.
+fn format_units(nanos: i64) -> String {
+    format!("{}.{:09}", nanos / NANOS, nanos % NANOS)
+}
+
 fn is_noquota(reply: &[u8]) -> bool {
     reply.starts_with(b"-NOQUOTA ")
 }
@@ -252,6 +257,53 @@ fn a_stalled_lease_is_neither_lost_nor_granted_twice() {
         (10 * NANOS, used.cost(), used.cost(), used.ops),
         "credited, debited, spent, ops: the lease was lost or granted twice ({record:?})"
     );
+}
+
+/// The lease script compares amounts exactly however large the balance (Lua numbers are
+/// doubles, exact only below 2^53 nano-units, about 9 million units).
+#[test]
+fn a_huge_balance_is_leased_exactly() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = exact_prices(PkvConfig::new(&redis, &issuer)).start();
+    let units: i64 = 9_000_000_000;
+    let token = issuer.token(units);
+    let mut c = pkv.resp_authed(&token);
+    let mut used = Used::default();
+    used.incr(&mut c, "n", 30);
+    let b = balance(&mut c);
+    assert_eq!(b["spent"], format_units(used.cost()), "{b:?}");
+    assert_eq!(
+        b["balance"],
+        format_units(units * NANOS - used.cost()),
+        "{b:?}"
+    );
+    let r = ledger_hash(&redis, &b["account"]);
+    assert_eq!(
+        (r["debited"], r["spent"]),
+        (used.cost(), used.cost()),
+        "{r:?}"
+    );
+
+    // Now only 5000123 nano-units are left (as if spent elsewhere): the next lease must
+    // grant exactly that, though 9 * 10^18 - 5000123 is not a double.
+    let left: i64 = 5_000_123;
+    let key = format!("pkv:ledger:acct:{}", escape_account(&b["account"]));
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("debited")
+        .arg(units * NANOS - left)
+        .query(&mut redis.direct())
+        .unwrap();
+    let mut more = Used::default();
+    more.incr(&mut c, "n", 1);
+    let r = ledger_hash(&redis, &b["account"]);
+    assert_eq!(
+        r["debited"], r["credited"],
+        "the lease granted more or less than the {left} left"
+    );
+    let b = balance(&mut c);
+    assert_eq!(b["balance"], format_units(left - more.cost()), "{b:?}");
 }
 
 // === 2. what a crash can lose, and no false NOQUOTA (item 19) ===
@@ -695,56 +747,4 @@ fn commands_refused_while_loading_are_not_charged() {
         (later.cost(), later.ops),
         "the {refused} INCRs answered LOADING were charged"
     );
-}
-
-/// The lease script compares amounts exactly however large the balance (Lua numbers are
-/// doubles, exact only below 2^53 nano-units, about 9 million units).
-#[test]
-fn a_huge_balance_is_leased_exactly() {
-    let redis = Redis::start();
-    let issuer = Issuer::new();
-    let pkv = exact_prices(PkvConfig::new(&redis, &issuer)).start();
-    let units: i64 = 9_000_000_000;
-    let token = issuer.token(units);
-    let mut c = pkv.resp_authed(&token);
-    let mut used = Used::default();
-    used.incr(&mut c, "n", 30);
-    let b = balance(&mut c);
-    assert_eq!(b["spent"], format_units(used.cost()), "{b:?}");
-    assert_eq!(
-        b["balance"],
-        format_units(units * NANOS - used.cost()),
-        "{b:?}"
-    );
-    let r = ledger_hash(&redis, &b["account"]);
-    assert_eq!(
-        (r["debited"], r["spent"]),
-        (used.cost(), used.cost()),
-        "{r:?}"
-    );
-
-    // Now only 5000123 nano-units are left (as if spent elsewhere): the next lease must
-    // grant exactly that, though 9 * 10^18 - 5000123 is not a double.
-    let left: i64 = 5_000_123;
-    let key = format!("pkv:ledger:acct:{}", escape_account(&b["account"]));
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg("debited")
-        .arg(units * NANOS - left)
-        .query(&mut redis.direct())
-        .unwrap();
-    let mut more = Used::default();
-    more.incr(&mut c, "n", 1);
-    let r = ledger_hash(&redis, &b["account"]);
-    assert_eq!(
-        r["debited"], r["credited"],
-        "the lease granted more or less than the {left} left"
-    );
-    let b = balance(&mut c);
-    assert_eq!(b["balance"], format_units(left - more.cost()), "{b:?}");
-}
-
-/// Nano-units as PKV.BALANCE writes them.
-fn format_units(nanos: i64) -> String {
-    format!("{}.{:09}", nanos / NANOS, nanos % NANOS)
 }
