@@ -173,6 +173,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "units each pkv process reserves from an account's balance at a time; also the most a crash can lose per account",
     },
     SettingDoc {
+        name: "PKV_LOW_BALANCE",
+        default: "1",
+        help: "below this many units left, an account's commands run one at a time per pkv process, so that replies in flight overdraw it by at most one command's after-cost",
+    },
+    SettingDoc {
         name: "PKV_LOG",
         default: "info",
         help: "log filter (tracing EnvFilter syntax)",
@@ -219,6 +224,8 @@ pub struct Settings {
     pub lease_nanos: i64,
     /// Lines to log once logging is set up (unknown `PKV_*` environment variables).
     pub warnings: Vec<String>,
+    /// Below this balance (nano-units), an account's commands run one at a time.
+    pub low_balance_nanos: i64,
 }
 
 /// The secret seed used in development mode when none is set. It is public on purpose:
@@ -490,10 +497,12 @@ impl Settings {
             time_ms: price("PKV_PRICE_TIME_MS"),
         };
         let lease = price("PKV_LEASE");
+        let low_balance = price("PKV_LOW_BALANCE");
         let lease_nanos = i64::try_from(lease.0 / 1_000_000_000).unwrap_or(i64::MAX);
         if lease_nanos < 1 {
             errors.push("PKV_LEASE: must be at least 0.000000001".to_string());
         }
+        let low_balance_nanos = i64::try_from(low_balance.0 / 1_000_000_000).unwrap_or(i64::MAX);
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -501,6 +510,7 @@ impl Settings {
             metering,
             prices,
             lease_nanos,
+            low_balance_nanos,
             listen: listen.expect("checked above"),
             upstream_url,
             ledger_url,

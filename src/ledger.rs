@@ -11,7 +11,16 @@
 //! top-up must never authenticate afterwards, on any process sharing the ledger.
 //!
 //! Amounts are integers in nano-units (10^-9 of a unit).
+//!
+//! Leases and settlements are applied exactly once, even when the upstream answers after
+//! pkv stopped waiting: each carries an update number ([`LeaseRequest::seq`],
+//! [`Settlement::seq`]) from one counter of the process, a retry carries the same number,
+//! and the upstream keeps, per process and account, the last number it applied (see
+//! [`RedisBook`]). A process sends an account's next update of a kind only once the last
+//! one was answered, so the numbers arrive in order and "at most the last applied" is all
+//! the upstream needs to remember.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -40,9 +49,98 @@ redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[3])
 return 1
 "#;
 
+/// How long the upstream remembers the last update a process applied to an account, in
+/// seconds: a retry later than this after its first attempt would be applied again. Retries
+/// come every second while the upstream is unreachable, so this only matters when an
+/// update's first attempt reaches the upstream a day before any answer comes back.
+pub const UPDATES_KEPT_SECS: u64 = 86_400;
+
+/// The largest lease asked for at once (2^53 - 1 nano-units, about 9 million units): the
+/// lease script compares amounts as Lua numbers, which are exact below 2^53.
+pub const MAX_LEASE: i64 = (1 << 53) - 1;
+
+/// Takes a lease of up to `want`, once per update number.
+/// KEYS[1] = account record, KEYS[2] = this process's updates record for the account;
+/// ARGV = seq, want, seconds to keep the updates record.
+/// Returns {granted, available after the grant}; a repeated seq returns what it was granted
+/// the first time and an empty available amount (not known then).
+/// Amounts are decimal strings split into two exact halves (above and below 10^9), so the
+/// comparison is exact for any int64 balance; `want` is below 2^53 ([`MAX_LEASE`]).
+const LEASE_SCRIPT: &str = r#"
+local last = redis.call('HGET', KEYS[2], 'lease')
+if last and tonumber(last) >= tonumber(ARGV[1]) then
+  if tonumber(last) == tonumber(ARGV[1]) then
+    return {redis.call('HGET', KEYS[2], 'granted') or '0', ''}
+  end
+  return {'0', ''}
+end
+local function split(s)
+  s = s or '0'
+  local sign = 1
+  if string.sub(s, 1, 1) == '-' then
+    sign = -1
+    s = string.sub(s, 2)
+  end
+  return sign * (tonumber(string.sub(s, 1, -10)) or 0), sign * (tonumber(string.sub(s, -9)) or 0)
+end
+local ch, cl = split(redis.call('HGET', KEYS[1], 'credited'))
+local dh, dl = split(redis.call('HGET', KEYS[1], 'debited'))
+local available = (ch - dh) * 1000000000 + (cl - dl)
+local want = tonumber(ARGV[2])
+local granted = '0'
+if available >= want then
+  granted = ARGV[2]
+elseif available > 0 then
+  granted = string.format('%d', available)
+end
+if granted ~= '0' then
+  redis.call('HINCRBY', KEYS[1], 'debited', granted)
+end
+redis.call('HSET', KEYS[2], 'lease', ARGV[1], 'granted', granted)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {granted, string.format('%.0f', available - tonumber(granted))}
+"#;
+
+/// Applies a settlement's deltas, once per update number.
+/// KEYS[1] = account record, KEYS[2] = this process's updates record for the account;
+/// ARGV = seq, seconds to keep the updates record, then field, delta pairs.
+/// Returns 1 when applied now, 0 when that number (or a later one) was applied before.
+const SETTLE_SCRIPT: &str = r#"
+local last = redis.call('HGET', KEYS[2], 'settle')
+if last and tonumber(last) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'settle', ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return 1
+"#;
+
+/// A request for a lease: how much, and its update number. A request whose answer was lost
+/// is sent again as it is, and is granted what it was granted the first time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub seq: u64,
+    pub want: i64,
+}
+
+/// What a lease request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Nano-units granted: `want`, or less when the account's credit ran out.
+    pub granted: i64,
+    /// The account's credit left in the ledger after the grant (credited - debited), when
+    /// known (not for a repeated request).
+    pub available: Option<i64>,
+}
+
 /// What a process settles into an account record.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settlement {
+    /// The update number; a settlement is retried with the same number and contents.
+    pub seq: u64,
     /// Nano-units actually spent since the last settlement.
     pub spent: i64,
     /// Lease given back (negative when the process overspent its lease).
@@ -64,6 +162,11 @@ impl Settlement {
         ]
         .into_iter()
         .filter(|(_, delta)| *delta != 0)
+    }
+
+    /// True when it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.deltas().next().is_none()
     }
 }
 
@@ -162,12 +265,17 @@ pub trait Book: Send + Sync {
     fn account<'a>(&'a self, account: &'a str)
         -> BoxFuture<'a, Result<AccountRecord, LedgerError>>;
 
-    /// Takes a lease of up to `want` nano-units from the account's available credit
-    /// (credited - debited); returns what was granted. The sum of grants never exceeds
-    /// the credit.
-    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>>;
+    /// Takes a lease of up to `req.want` nano-units from the account's available credit
+    /// (credited - debited). The sum of grants never exceeds the credit. A request is
+    /// granted once: sent again with the same `seq`, it gets its first grant back.
+    fn lease<'a>(
+        &'a self,
+        account: &'a str,
+        req: &'a LeaseRequest,
+    ) -> BoxFuture<'a, Result<Grant, LedgerError>>;
 
-    /// Adds spending and usage to an account and gives back lease, in one atomic step.
+    /// Adds spending and usage to an account and gives back lease, in one atomic step,
+    /// once: sent again with the same `seq`, it changes nothing.
     fn settle<'a>(
         &'a self,
         account: &'a str,
@@ -184,6 +292,8 @@ pub struct Ledger {
     /// Token ids this process has seen redeemed, how, and until when the ledger keeps the
     /// record, so repeated AUTHs cost no round trip. A redemption never changes once made.
     redeemed: DashMap<String, (RedeemedBy, i64)>,
+    /// The last update number given out; numbers grow for every account.
+    updates: AtomicU64,
 }
 
 /// The record of a redeemed token id.
@@ -201,6 +311,7 @@ impl Ledger {
         Ledger {
             book,
             redeemed: DashMap::new(),
+            updates: AtomicU64::new(0),
         }
     }
 
@@ -239,9 +350,14 @@ impl Ledger {
         self.book.account(account).await
     }
 
+    /// A new update number, above every one given out before by this process.
+    pub fn next_seq(&self) -> u64 {
+        self.updates.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// See [`Book::lease`].
-    pub async fn lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
-        self.book.lease(account, want).await
+    pub async fn lease(&self, account: &str, req: &LeaseRequest) -> Result<Grant, LedgerError> {
+        self.book.lease(account, req).await
     }
 
     /// See [`Book::settle`].
@@ -250,15 +366,29 @@ impl Ledger {
     }
 }
 
-/// The ledger in a Redis (the upstream, or the ledger's own): redemption is a Lua script,
-/// leases and settlements are MULTI blocks.
+/// The ledger in a Redis (the upstream, or the ledger's own): redemption, leases and
+/// settlements are Lua scripts.
+///
+/// Leases and settlements record their update number in `pkv:ledger:upd:<writer>:<account>`,
+/// where `writer` is a random id of this process: one small hash per process and account,
+/// kept [`UPDATES_KEPT_SECS`] after its last update.
 pub struct RedisBook {
     upstream: Arc<Upstream>,
+    /// This process among all that share the upstream.
+    writer: String,
 }
 
 impl RedisBook {
     pub fn new(upstream: Arc<Upstream>) -> Self {
-        RedisBook { upstream }
+        RedisBook {
+            upstream,
+            writer: uuid::Uuid::new_v4().simple().to_string(),
+        }
+    }
+
+    /// Where this process's last update numbers for `account` are kept.
+    fn updates_key(&self, account: &str) -> String {
+        format!("pkv:ledger:upd:{}:{}", self.writer, escape_account(account))
     }
 
     async fn one(&self, cmd: redis::Cmd) -> Result<Value, LedgerError> {
@@ -336,58 +466,53 @@ impl RedisBook {
         }
     }
 
-    /// The lease is taken optimistically, in integers: `debited` grows by `want` and, in
-    /// the same transaction, `credited` is read. Whatever took `debited` past `credited` is
-    /// given back. Concurrent leases from several processes can each see the others'
-    /// optimistic part, so under contention a grant may come out smaller than it could
-    /// have been, never larger: the sum of grants never exceeds the credit.
-    async fn take_lease(&self, account: &str, want: i64) -> Result<i64, LedgerError> {
-        let key = account_key(account);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HINCRBY")
-            .arg(&key)
-            .arg("debited")
-            .arg(want)
-            .cmd("HGET")
-            .arg(&key)
-            .arg("credited");
-        let values = self.upstream.send(Proto::Resp2, &pipe, 4).await?;
-        let (debited, credited) = match values.last() {
-            Some(Value::Array(items)) => (int_of(items.first()), int_of(items.get(1))),
-            other => {
-                return Err(LedgerError::Bad(format!(
-                    "unexpected lease reply {other:?}"
-                )))
+    async fn lease_script(&self, account: &str, req: &LeaseRequest) -> Result<Grant, LedgerError> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LEASE_SCRIPT)
+            .arg(2)
+            .arg(account_key(account))
+            .arg(self.updates_key(account))
+            .arg(req.seq)
+            .arg(req.want.clamp(0, MAX_LEASE))
+            .arg(UPDATES_KEPT_SECS);
+        match self.one(cmd).await? {
+            Value::Array(items) => {
+                let available = match items.get(1) {
+                    Some(Value::BulkString(b)) => {
+                        std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+                    }
+                    _ => None,
+                };
+                Ok(Grant {
+                    granted: int_of(items.first()),
+                    available,
+                })
             }
-        };
-        let excess = debited.saturating_sub(credited).clamp(0, want);
-        if excess > 0 {
-            let mut back = redis::cmd("HINCRBY");
-            back.arg(&key).arg("debited").arg(-excess);
-            self.one(back).await?;
+            other => Err(LedgerError::Bad(format!(
+                "unexpected lease reply {other:?}"
+            ))),
         }
-        Ok(want - excess)
     }
 
-    async fn settle_multi(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
-        let key = account_key(account);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut count = 0;
-        for (field, delta) in s.deltas() {
-            pipe.cmd("HINCRBY").arg(&key).arg(field).arg(delta);
-            count += 1;
-        }
-        if count == 0 {
+    async fn settle_script(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
+        if s.is_empty() {
             return Ok(());
         }
-        // MULTI + commands + EXEC: one reply per command, the last being EXEC's array.
-        let values = self.upstream.send(Proto::Resp2, &pipe, count + 2).await?;
-        match values.last() {
-            Some(Value::Array(_)) => Ok(()),
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SETTLE_SCRIPT)
+            .arg(2)
+            .arg(account_key(account))
+            .arg(self.updates_key(account))
+            .arg(s.seq)
+            .arg(UPDATES_KEPT_SECS);
+        for (field, delta) in s.deltas() {
+            cmd.arg(field).arg(delta);
+        }
+        // 1: applied now; 0: applied by an earlier attempt whose answer was lost.
+        match self.one(cmd).await? {
+            Value::Int(0 | 1) => Ok(()),
             other => Err(LedgerError::Bad(format!(
-                "settlement not applied: {other:?}"
+                "unexpected settlement reply {other:?}"
             ))),
         }
     }
@@ -412,8 +537,12 @@ impl Book for RedisBook {
         Box::pin(self.read_account(account))
     }
 
-    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>> {
-        Box::pin(self.take_lease(account, want))
+    fn lease<'a>(
+        &'a self,
+        account: &'a str,
+        req: &'a LeaseRequest,
+    ) -> BoxFuture<'a, Result<Grant, LedgerError>> {
+        Box::pin(self.lease_script(account, req))
     }
 
     fn settle<'a>(
@@ -421,7 +550,7 @@ impl Book for RedisBook {
         account: &'a str,
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        Box::pin(self.settle_multi(account, s))
+        Box::pin(self.settle_script(account, s))
     }
 }
 

@@ -1,6 +1,10 @@
 //! The ledger in the embedded store: the same records as in Redis (a hash per account, a
 //! string per redeemed token id, under `pkv:ledger:`), changed with the store's gate held
 //! exclusively, so each step is atomic and snapshots keep the ledger with the data.
+//!
+//! Each step runs whole or not at all and its answer cannot be lost on the way back (there
+//! is no way back: it runs in this process), so the update numbers that make leases and
+//! settlements in Redis exactly-once have nothing to guard against here and are not kept.
 
 use std::collections::HashMap;
 
@@ -8,8 +12,8 @@ use super::data::{Data, Entry};
 use super::{now_ms, Store};
 use crate::backend::BoxFuture;
 use crate::ledger::{
-    account_key, token_key, AccountRecord, Book, LedgerError, RedeemedBy, Redemption, Settlement,
-    ACCOUNT_FIELDS,
+    account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
+    Redemption, Settlement, ACCOUNT_FIELDS,
 };
 use crate::meter::price::Usage;
 
@@ -116,17 +120,27 @@ impl Book for Store {
         Box::pin(std::future::ready(record))
     }
 
-    fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>> {
+    fn lease<'a>(
+        &'a self,
+        account: &'a str,
+        req: &'a LeaseRequest,
+    ) -> BoxFuture<'a, Result<Grant, LedgerError>> {
         let granted = self.alone(|| {
             let key = account_key(account);
             let f = self.fields(&key)?;
-            let available =
-                f.get("credited").copied().unwrap_or(0) - f.get("debited").copied().unwrap_or(0);
-            let grant = want.min(available.max(0));
+            let available = f
+                .get("credited")
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(f.get("debited").copied().unwrap_or(0));
+            let grant = req.want.clamp(0, available.max(0));
             if grant > 0 {
                 self.add(&key, &[("debited", grant)])?;
             }
-            Ok(grant)
+            Ok(Grant {
+                granted: grant,
+                available: Some(available - grant),
+            })
         });
         Box::pin(std::future::ready(granted))
     }

@@ -436,7 +436,10 @@ impl Session {
         let bill = if matches!(local, Local::Exec | Local::Discard) && self.txn.multi.is_some() {
             self.unreserved_bill(wire_len)
         } else {
-            match self.admit(wire_len, 0, storage::After::None).await {
+            match self
+                .admit(wire_len, 0, storage::After::None, false, out)
+                .await
+            {
                 Ok(bill) => bill,
                 Err(msg) => return self.reject(&msg, out),
             }
@@ -514,6 +517,9 @@ impl Session {
             Some(old) if old.account == account => (old.meter, old.tenant),
             Some(old) => {
                 self.shared.tenants.detach(&old.account, &old.tenant);
+                // What this session owes the old account is settled with it.
+                self.shared.meter.apply(&old.meter, &mut self.charges);
+                self.shared.meter.forget(&old.meter, &mut self.charges);
                 self.shared.meter.detach(&old.meter).await;
                 (
                     self.shared.meter.attach(&account),

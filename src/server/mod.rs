@@ -69,6 +69,8 @@ impl Shared {
             enabled: settings.metering,
             prices: settings.prices,
             lease: settings.lease_nanos,
+            low_balance: settings.low_balance_nanos,
+            hold_back: settings.upstream_timeout,
         };
         Ok(Shared {
             auth: Authenticator::new(&settings),

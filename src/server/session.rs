@@ -32,7 +32,7 @@ use crate::commands::{
 };
 use crate::ledger::format_nanos;
 use crate::meter::storage::{self, After, Plan, TtlPolicy};
-use crate::meter::{AccountHandle, Admitted, Charges, Refusal, Usage};
+use crate::meter::{self, AccountHandle, Admitted, Charges, Flight, Refusal, Usage};
 use crate::metrics::{Metrics, TenantStats};
 use crate::namespace::Namespace;
 use crate::protocol::reply::ReplyWriter;
@@ -160,7 +160,7 @@ pub struct Session {
     /// Set by QUIT: close after the replies are written.
     pub closing: bool,
     /// Costs not yet added to the account's meter.
-    charges: Charges,
+    pub(super) charges: Charges,
     /// Commands not yet added to the process's counter.
     commands: u64,
     /// The clock for the current read (milliseconds since the epoch).
@@ -349,7 +349,13 @@ impl Session {
         if plan.append_default_ttl {
             cmd.arg("EX").arg(self.shared.default_ttl_arg.as_ref());
         }
-        let bill = match self.admit(wire_len, plan.bound, plan.rule).await {
+        let blocks = (spec.has(flags::BLOCKING)
+            || (spec.has(flags::MAY_BLOCK) && has_block_option(args)))
+            && self.txn.multi.is_none();
+        let bill = match self
+            .admit(wire_len, plan.bound, plan.rule, blocks, out)
+            .await
+        {
             Ok(bill) => bill,
             Err(msg) => return self.reject(&msg, out),
         };
@@ -363,9 +369,7 @@ impl Session {
         let mut cmds = plan.before;
         cmds.push(cmd);
         cmds.extend(plan.after);
-        let blocks =
-            spec.has(flags::BLOCKING) || (spec.has(flags::MAY_BLOCK) && has_block_option(args));
-        if blocks && self.txn.multi.is_none() {
+        if blocks {
             return self.run_blocking(cmds, pending, out, io).await;
         }
         self.enqueue(cmds, pending, out).await;
@@ -381,12 +385,17 @@ impl Session {
     }
 
     /// Reserves a command's known cost (one op, `wire_len` request bytes, up to
-    /// `storage_bound` byte-seconds) from the account, or says why it cannot run.
+    /// `storage_bound` byte-seconds) from the account, or says why it cannot run. When
+    /// the lease in memory cannot admit it (it ran short, or the balance is low), the
+    /// session's earlier commands are sent and paid first (their replies go to `out`), so
+    /// that the meter sees what they cost and holds back only for other sessions.
     pub(super) async fn admit(
         &mut self,
         wire_len: usize,
         storage_bound: u64,
         rule: After,
+        blocking: bool,
+        out: &mut BytesMut,
     ) -> Result<Option<Bill>, String> {
         let meter = self.shared.meter.clone();
         let Some(account) = self.auth.as_ref().map(|a| a.meter.clone()) else {
@@ -401,21 +410,37 @@ impl Session {
             ..Usage::default()
         };
         let need = meter.need(&usage, storage_bound);
-        if let Some(admitted) = meter.try_admit(&account, need) {
+        let flight = if self.txn.multi.is_some() {
+            Flight::Queued
+        } else if blocking {
+            Flight::Blocking
+        } else {
+            Flight::Plain
+        };
+        if let Some(admitted) = meter.try_admit(&account, need, flight) {
+            self.charges.opened(&admitted);
             return Ok(Some(Bill {
                 admitted,
                 usage,
                 rule,
             }));
         }
-        // The lease ran short: what this session owes back first, then the ledger.
+        // The lease ran short or the balance is low: this session's own commands are paid
+        // first, then the meter waits for others and asks the ledger.
+        self.flush(out).await;
         self.apply_charges();
-        match meter.admit(&account, need).await {
-            Ok(admitted) => Ok(Some(Bill {
-                admitted,
-                usage,
-                rule,
-            })),
+        match meter
+            .admit(&account, need, flight, self.charges.open())
+            .await
+        {
+            Ok(admitted) => {
+                self.charges.opened(&admitted);
+                Ok(Some(Bill {
+                    admitted,
+                    usage,
+                    rule,
+                }))
+            }
             Err(Refusal::NoQuota { balance }) => Err(format!(
                 "NOQUOTA balance exhausted: {} left; top up with PKV.TOPUP <token>",
                 format_nanos(balance.max(0))
@@ -625,9 +650,11 @@ impl Session {
                 continue;
             }
             let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+            let ran = !meter::did_not_run(&reply);
             self.write_upstream(out, pending.rewrite, reply);
-            if let Some(bill) = pending.bill {
-                self.pay(bill, stored, out.len() - start, time_us);
+            match pending.bill {
+                Some(bill) if ran => self.pay(bill, stored, out.len() - start, time_us),
+                bill => self.cancel(bill),
             }
         }
     }
@@ -721,9 +748,11 @@ impl Session {
                 let (before, reply, after) = pending.take_replies(&mut values);
                 let start = out.len();
                 let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+                let ran = !meter::did_not_run(&reply);
                 self.write_upstream(out, pending.rewrite, reply);
-                if let Some(bill) = pending.bill {
-                    self.pay(bill, stored, out.len() - start, waited);
+                match pending.bill {
+                    Some(bill) if ran => self.pay(bill, stored, out.len() - start, waited),
+                    bill => self.cancel(bill),
                 }
             }
             Some(Err(err)) => {
@@ -746,6 +775,7 @@ impl Session {
         self.apply_charges();
         if let Some(auth) = self.auth.take() {
             self.shared.tenants.detach(&auth.account, &auth.tenant);
+            self.shared.meter.forget(&auth.meter, &mut self.charges);
             self.shared.meter.detach(&auth.meter).await;
         }
     }
