@@ -5,6 +5,7 @@
 //! them to close. Each connection runs [`connection::serve`].
 
 mod connection;
+mod limits;
 mod local;
 mod session;
 
@@ -12,7 +13,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
@@ -36,6 +36,11 @@ pub struct Shared {
     /// The default TTL as a command argument, for `SET ... EX <default>`.
     pub default_ttl_arg: bytes::Bytes,
     pub metrics: Metrics,
+    /// Connections, dedicated connections and buffered bytes per account.
+    pub limits: limits::AccountLimits,
+    /// Connections that have not authenticated yet (`PKV_MAX_UNAUTHENTICATED`), so
+    /// strangers cannot hold every connection slot.
+    pub strangers: Arc<limits::Strangers>,
     next_client_id: AtomicU64,
 }
 
@@ -67,6 +72,8 @@ impl Shared {
             ledger,
             backend,
             metrics: Metrics::default(),
+            limits: limits::AccountLimits::new(&settings),
+            strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             next_client_id: AtomicU64::new(1),
             settings,
         })
@@ -96,7 +103,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut socket, peer) = match accepted {
+        let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -105,10 +112,10 @@ pub async fn serve(
                 continue;
             }
         };
+        // Refusals are written without waiting: a fresh socket takes a short line at once,
+        // and the accept loop never waits on a client.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ = socket
-                .write_all(b"-ERR max number of clients reached\r\n")
-                .await;
+            let _ = socket.try_write(b"-ERR max number of clients reached\r\n");
             continue;
         };
         let _ = socket.set_nodelay(true);
