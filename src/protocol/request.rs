@@ -434,8 +434,8 @@ mod tests {
             max_args: 1 << 20,
             max_bytes: 64 << 20,
         };
-        // 65,536 one-byte arguments, one byte per read: starting over on every read would
-        // look at about 7 * 65536^2 / 2 = 15 billion bytes.
+        // 65,536 one-byte arguments (458,764 bytes), one byte per read: starting over on
+        // every read would look at about 458,764^2 / 2, some 10^11 bytes.
         let mut whole = b"*65536\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n".to_vec();
         for _ in 0..65534 {
             whole.extend_from_slice(b"$1\r\na\r\n");
