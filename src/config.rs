@@ -106,6 +106,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "reply bytes one connection may hold unsent; past it the client is disconnected (as Redis's client-output-buffer-limit)",
     },
     SettingDoc {
+        name: "PKV_MAX_OUTPUT_PER_ACCOUNT",
+        default: "268435456",
+        help: "reply bytes all connections of one account may hold while their clients do not read (at least PKV_MAX_OUTPUT_BYTES); the connection that passes it is disconnected",
+    },
+    SettingDoc {
         name: "PKV_MAX_SUBSCRIBER_BYTES",
         default: "33554432",
         help: "Pub/Sub message bytes queued for one subscriber that is not reading; past it the subscriber is disconnected",
@@ -242,6 +247,8 @@ pub struct Settings {
     pub request_timeout: Option<Duration>,
     /// Reply bytes one connection may hold unsent.
     pub max_output_bytes: usize,
+    /// Reply bytes one account's connections may hold while their clients do not read.
+    pub max_output_per_account: usize,
     /// Message bytes queued for one subscriber.
     pub max_subscriber_bytes: usize,
     pub idle_timeout: Option<Duration>,
@@ -422,6 +429,7 @@ impl Settings {
         let max_buffered_per_account = num("PKV_MAX_BUFFERED_PER_ACCOUNT", 1024);
         let request_timeout = num("PKV_REQUEST_TIMEOUT", 0);
         let max_output_bytes = num("PKV_MAX_OUTPUT_BYTES", 65536);
+        let max_output_per_account = num("PKV_MAX_OUTPUT_PER_ACCOUNT", 65536);
         let max_subscriber_bytes = num("PKV_MAX_SUBSCRIBER_BYTES", 65536);
         let upstream_pool_size = num("PKV_UPSTREAM_POOL_SIZE", 1);
         let threads = num("PKV_THREADS", 0);
@@ -450,6 +458,11 @@ impl Settings {
         if max_buffered_per_account < max_request_bytes {
             errors.push(format!(
                 "PKV_MAX_BUFFERED_PER_ACCOUNT: {max_buffered_per_account} is below PKV_MAX_REQUEST_BYTES ({max_request_bytes}); one request must fit"
+            ));
+        }
+        if max_output_per_account < max_output_bytes {
+            errors.push(format!(
+                "PKV_MAX_OUTPUT_PER_ACCOUNT: {max_output_per_account} is below PKV_MAX_OUTPUT_BYTES ({max_output_bytes})"
             ));
         }
         if max_ttl > 0 && default_ttl > max_ttl {
@@ -521,6 +534,7 @@ impl Settings {
             max_buffered_per_account: max_buffered_per_account as usize,
             request_timeout: (request_timeout > 0).then(|| Duration::from_secs(request_timeout)),
             max_output_bytes: max_output_bytes as usize,
+            max_output_per_account: max_output_per_account as usize,
             max_subscriber_bytes: max_subscriber_bytes as usize,
             idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
             upstream_pool_size: upstream_pool_size as usize,

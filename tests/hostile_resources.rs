@@ -495,6 +495,48 @@ fn replies_past_the_output_limit_disconnect_the_client_embedded() {
     output_limit_disconnects(Backend::Embedded);
 }
 
+/// The replies an account's clients leave unread are bounded together by
+/// PKV_MAX_OUTPUT_PER_ACCOUNT: many connections that each stay within PKV_MAX_OUTPUT_BYTES
+/// cannot add up to more; the connections that pass it are disconnected, and other
+/// accounts are served.
+#[test]
+fn an_account_cannot_hold_unbounded_unread_replies() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer)
+        .set("PKV_MAX_OUTPUT_BYTES", "4194304")
+        .set("PKV_MAX_OUTPUT_PER_ACCOUNT", "4194304")
+        .start();
+    let token = issuer.token(1000);
+    let mut c = pkv.client(&token);
+    store_big(&mut c, "big", 1 << 20);
+    let mut pipeline = Vec::new();
+    for _ in 0..300 {
+        pipeline.extend_from_slice(&encode(&[b"GET", b"big"]));
+    }
+    let mut conns: Vec<RespConn> = (0..20).map(|_| pkv.resp_authed(&token)).collect();
+    for conn in &conns {
+        let mut writer = conn.stream.try_clone().unwrap();
+        let pipeline = pipeline.clone();
+        std::thread::spawn(move || {
+            let _ = writer.write_all(&pipeline);
+        });
+    }
+    // Each connection fills its socket buffers, then pkv waits with about a reply held
+    // for it.
+    settled_rss(&pkv);
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = conns
+        .iter_mut()
+        .filter_map(|c| c.read_to_close(Duration::from_millis(250)).1.then_some(()))
+        .count();
+    assert!(
+        closed >= 1,
+        "20 connections of one account each held replies unread, none was disconnected with a 4 MiB account limit"
+    );
+    let mut other = pkv.resp_authed(&issuer.token(10));
+    assert_eq!(other.call_text(&["SET", "k", "v"]), "+OK\r\n");
+}
+
 // === Item 6: subscribers that never read ===
 
 /// A subscriber that never reads is disconnected once the messages queued for it pass

@@ -135,7 +135,7 @@ pub async fn serve(
                     // it. While the client does not read, this waits, and nothing more is
                     // read from it.
                     if out.len() >= OUT_HIGH_WATER {
-                        if wr.write_all(&out).await.is_err() {
+                        if !write_replies(&mut wr, &out, &mut session, &peer).await {
                             break 'conn;
                         }
                         out.clear();
@@ -157,12 +157,7 @@ pub async fn serve(
             break over_output_limit(&peer, out.len(), max_output);
         }
         if !out.is_empty() {
-            // A subscriber that does not read is cut off while pkv waits to write to it.
-            let written = tokio::select! {
-                written = wr.write_all(&out) => written.is_ok(),
-                _ = session.until_cut_off() => false,
-            };
-            if !written {
+            if !write_replies(&mut wr, &out, &mut session, &peer).await {
                 break;
             }
             out.clear();
@@ -260,6 +255,38 @@ pub async fn serve(
     drop(stranger);
     session.end().await;
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes replies to the client; `false` when the connection must end. Most writes complete
+/// at once; when the client is not reading, what is left waits, counted against the
+/// account's `PKV_MAX_OUTPUT_PER_ACCOUNT`, and a subscriber is cut off meanwhile if its
+/// messages pass `PKV_MAX_SUBSCRIBER_BYTES`.
+async fn write_replies(
+    wr: &mut OwnedWriteHalf,
+    out: &[u8],
+    session: &mut Session,
+    peer: &SocketAddr,
+) -> bool {
+    let done = match wr.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    let rest = &out[done..];
+    if rest.is_empty() {
+        return true;
+    }
+    if let Err(err) = session.hold_output(rest.len()) {
+        tracing::info!(%peer, error = %err, "client disconnected");
+        return false;
+    }
+    let cut_off = session.until_cut_off();
+    let written = tokio::select! {
+        written = wr.write_all(rest) => written.is_ok(),
+        _ = cut_off => false,
+    };
+    let _ = session.hold_output(0);
+    written
 }
 
 /// Logs why a client is being disconnected for the replies it holds. Like Redis past its

@@ -1,7 +1,7 @@
 //! Per-account bounds in this process (SPEC 10): connections, dedicated upstream
-//! connections, and bytes of unfinished requests, counted across all of an account's
-//! connections; and the bound on connections that have not authenticated yet
-//! ([`Strangers`]).
+//! connections, bytes of unfinished requests and bytes of replies waiting for a client to
+//! read them, counted across all of an account's connections; and the bound on
+//! connections that have not authenticated yet ([`Strangers`]).
 //!
 //! Each count is held by a [`Held`] guard that gives it back when dropped, so a connection
 //! that ends in any way (QUIT, an error, shutdown) frees what it held. The counts are per
@@ -27,6 +27,8 @@ struct Counts {
     dedicated: AtomicUsize,
     /// Bytes of unfinished requests buffered by the account's connections.
     buffered: AtomicUsize,
+    /// Bytes of replies held while pkv waits for the account's clients to read.
+    output: AtomicUsize,
 }
 
 impl Counts {
@@ -34,6 +36,7 @@ impl Counts {
         self.connections.load(Ordering::Acquire) == 0
             && self.dedicated.load(Ordering::Acquire) == 0
             && self.buffered.load(Ordering::Acquire) == 0
+            && self.output.load(Ordering::Acquire) == 0
     }
 }
 
@@ -46,6 +49,8 @@ pub enum LimitError {
     Dedicated(usize),
     #[error("ERR unfinished requests of this account's connections passed {0} bytes; closing")]
     Buffered(usize),
+    #[error("ERR replies waiting for this account's clients to read passed {0} bytes; closing")]
+    Output(usize),
 }
 
 /// Which count a guard holds.
@@ -63,6 +68,7 @@ pub struct AccountLimits {
     max_connections: usize,
     max_dedicated: usize,
     max_buffered: usize,
+    max_output: usize,
 }
 
 impl AccountLimits {
@@ -72,6 +78,7 @@ impl AccountLimits {
             max_connections: settings.max_connections_per_account,
             max_dedicated: settings.max_dedicated_per_account,
             max_buffered: settings.max_buffered_per_account,
+            max_output: settings.max_output_per_account,
         }
     }
 
@@ -111,7 +118,9 @@ impl AccountLimits {
             counts: Arc::clone(&entry),
             kind,
             buffered: 0,
+            output: 0,
             max_buffered: self.max_buffered,
+            max_output: self.max_output,
         })
     }
 }
@@ -122,9 +131,23 @@ pub struct Held {
     account: Arc<str>,
     counts: Arc<Counts>,
     kind: Kind,
-    /// This connection's share of the account's buffered bytes.
+    /// This connection's shares of the account's buffered and output bytes.
     buffered: usize,
+    output: usize,
     max_buffered: usize,
+    max_output: usize,
+}
+
+/// Moves an account's total from this connection's old share `mine` to `bytes`; returns
+/// the new total.
+fn reshare(total: &AtomicUsize, mine: &mut usize, bytes: usize) -> usize {
+    let now = if bytes >= *mine {
+        total.fetch_add(bytes - *mine, Ordering::AcqRel) + (bytes - *mine)
+    } else {
+        total.fetch_sub(*mine - bytes, Ordering::AcqRel) - (*mine - bytes)
+    };
+    *mine = bytes;
+    now
 }
 
 impl Held {
@@ -132,20 +155,18 @@ impl Held {
     /// when the account's connections together pass their limit (the caller closes this
     /// connection, which gives its share back).
     pub fn set_buffered(&mut self, bytes: usize) -> Result<(), LimitError> {
-        let total = if bytes >= self.buffered {
-            self.counts
-                .buffered
-                .fetch_add(bytes - self.buffered, Ordering::AcqRel)
-                + (bytes - self.buffered)
-        } else {
-            self.counts
-                .buffered
-                .fetch_sub(self.buffered - bytes, Ordering::AcqRel)
-                - (self.buffered - bytes)
-        };
-        self.buffered = bytes;
-        if total > self.max_buffered {
+        if reshare(&self.counts.buffered, &mut self.buffered, bytes) > self.max_buffered {
             return Err(LimitError::Buffered(self.max_buffered));
+        }
+        Ok(())
+    }
+
+    /// Records that this connection now holds `bytes` of replies its client has not read
+    /// (pkv is waiting to write them); an error when the account's connections together
+    /// pass their limit (the caller closes this connection).
+    pub fn set_output(&mut self, bytes: usize) -> Result<(), LimitError> {
+        if reshare(&self.counts.output, &mut self.output, bytes) > self.max_output {
+            return Err(LimitError::Output(self.max_output));
         }
         Ok(())
     }
@@ -158,11 +179,8 @@ impl Drop for Held {
             Kind::Dedicated => &self.counts.dedicated,
         };
         count.fetch_sub(1, Ordering::AcqRel);
-        if self.buffered > 0 {
-            self.counts
-                .buffered
-                .fetch_sub(self.buffered, Ordering::AcqRel);
-        }
+        reshare(&self.counts.buffered, &mut self.buffered, 0);
+        reshare(&self.counts.output, &mut self.output, 0);
         if self.counts.is_zero() {
             self.accounts.remove_if(&self.account, |_, c| c.is_zero());
         }
@@ -284,6 +302,8 @@ mod tests {
         raw.insert("PKV_MAX_DEDICATED_PER_ACCOUNT".into(), "1".into());
         raw.insert("PKV_MAX_REQUEST_BYTES".into(), "1024".into());
         raw.insert("PKV_MAX_BUFFERED_PER_ACCOUNT".into(), "1500".into());
+        raw.insert("PKV_MAX_OUTPUT_BYTES".into(), "65536".into());
+        raw.insert("PKV_MAX_OUTPUT_PER_ACCOUNT".into(), "100000".into());
         AccountLimits::new(&Settings::from_map(&raw).unwrap())
     }
 
@@ -327,6 +347,9 @@ mod tests {
         one.set_buffered(10).unwrap();
         let mut three = limits.connect(&a).unwrap();
         three.set_buffered(1024).unwrap();
+        one.set_output(60_000).unwrap();
+        assert_eq!(three.set_output(60_000), Err(LimitError::Output(100_000)));
+        three.set_output(0).unwrap();
         drop((one, three));
         assert!(
             limits.accounts.is_empty(),

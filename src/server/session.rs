@@ -223,6 +223,16 @@ impl Session {
         }
     }
 
+    /// Records the reply bytes this connection holds while its client does not read,
+    /// against the account's limit; an error when the account's connections together
+    /// pass it.
+    pub fn hold_output(&mut self, bytes: usize) -> Result<(), LimitError> {
+        match &mut self.auth {
+            Some(auth) => auth.slot.set_output(bytes),
+            None => Ok(()),
+        }
+    }
+
     /// Pays for the bytes of a request that never completed (the connection ends with it
     /// partly received): they count as received (bytes_in), as SPEC 10 says.
     pub fn pay_unfinished(&mut self, bytes: usize) {
