@@ -129,7 +129,8 @@ pub async fn serve(
                         break;
                     }
                     if out.len() > max_output {
-                        break 'conn over_output_limit(&peer, out.len(), max_output);
+                        over_output_limit(&peer, out.len(), max_output);
+                        break 'conn;
                     }
                     // Long pipelines with big replies: send what is ready rather than hold
                     // it. While the client does not read, this waits, and nothing more is
@@ -154,7 +155,8 @@ pub async fn serve(
         session.flush(&mut out).await;
         session.apply_charges();
         if out.len() > max_output {
-            break over_output_limit(&peer, out.len(), max_output);
+            over_output_limit(&peer, out.len(), max_output);
+            break;
         }
         if !out.is_empty() {
             if !write_replies(&mut wr, &out, &mut session, &peer).await {
