@@ -604,10 +604,14 @@ fn a_subscriber_that_never_reads_is_disconnected_embedded() {
 
 // === Measurements for docs/security.md (ignored; they print figures) ===
 
-/// 16 pipelined GETs of a 100 MB value, read by the client.
-fn measure_big_gets(backend: Backend) {
+/// 16 pipelined GETs of a 100 MB value, read by the client; with `output_limit`, the
+/// reply limit raised so that the client may have them.
+fn measure_big_gets(backend: Backend, output_limit: Option<&str>) {
     let issuer = Issuer::new();
-    let (_redis, cfg) = config(backend, &issuer);
+    let (_redis, mut cfg) = config(backend, &issuer);
+    if let Some(limit) = output_limit {
+        cfg = cfg.set("PKV_MAX_OUTPUT_BYTES", limit);
+    }
     let mut pkv = cfg.start();
     let token = issuer.token(1000);
     let mut c = pkv.client(&token);
@@ -621,7 +625,7 @@ fn measure_big_gets(backend: Backend) {
     raw.send(&pipeline);
     let (bytes, closed) = raw.read_to_close(Duration::from_secs(60));
     println!(
-        "{backend:?}: 16 x GET of 100 MB: base RSS {:.0} MiB, peak {:.0} MiB; client got {} bytes, closed={closed}, pkv running={}",
+        "{backend:?}, output limit {output_limit:?}: 16 x GET of 100 MB: base RSS {:.0} MiB, peak {:.0} MiB; client got {} bytes, closed={closed}, pkv running={}",
         mib(base),
         mib(peak_kib(pkv.pid())),
         bytes.len(),
@@ -632,13 +636,15 @@ fn measure_big_gets(backend: Backend) {
 #[test]
 #[ignore]
 fn measure_big_gets_upstream() {
-    measure_big_gets(Backend::Upstream);
+    measure_big_gets(Backend::Upstream, None);
+    measure_big_gets(Backend::Upstream, Some("268435456"));
 }
 
 #[test]
 #[ignore]
 fn measure_big_gets_embedded() {
-    measure_big_gets(Backend::Embedded);
+    measure_big_gets(Backend::Embedded, None);
+    measure_big_gets(Backend::Embedded, Some("268435456"));
 }
 
 /// 100k pipelined GETs of a 1 MB value, never read.
