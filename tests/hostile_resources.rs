@@ -434,13 +434,12 @@ fn never_reading_client_is_bounded(backend: Backend) {
         let _ = writer.write_all(&pipeline);
     });
     let held = settled_rss(&pkv).saturating_sub(base);
-    // The client is still served when it reads.
-    assert!(pkv.rss_kib() > 0);
     assert!(
         held < 40 * 1024,
         "{backend:?}: pkv holds {:.1} MiB for one client that does not read",
         mib(held)
     );
+    // The client is still served when it reads.
     let mut first = [0u8; 16];
     raw.stream.read_exact(&mut first).unwrap();
     assert!(text(&first).starts_with("$1048576"), "{:?}", text(&first));
