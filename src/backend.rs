@@ -8,10 +8,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use redis::{Pipeline, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::protocol::Proto;
 
@@ -23,6 +25,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub enum BackendError {
     #[error("ERR upstream unavailable: {0}")]
     Unavailable(String),
+    /// The account holds as many connections of this kind as it may; the text is the
+    /// client's error line.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// Runs commands.
@@ -40,8 +46,9 @@ pub trait Backend: Send + Sync {
     /// commands wait on it. Dropping it ends any wait still in progress.
     fn dedicated(&self, proto: Proto) -> BoxFuture<'_, Result<Box<dyn Dedicated>, BackendError>>;
 
-    /// A Pub/Sub subscription with no channels yet.
-    fn subscription(&self) -> BoxFuture<'_, Result<Subscription, BackendError>>;
+    /// A Pub/Sub subscription with no channels yet, whose subscriber is cut off once the
+    /// messages waiting for it pass `max_queued` bytes (see [`message_queue`]).
+    fn subscription(&self, max_queued: usize) -> BoxFuture<'_, Result<Subscription, BackendError>>;
 
     /// Work the backend does in the background while pkv serves (expiry, snapshots).
     /// pkv runs it as a task from start-up and stops it at shutdown.
@@ -74,6 +81,136 @@ pub struct Message {
     pub payload: Bytes,
 }
 
+impl Message {
+    /// What the message holds in memory while it waits, roughly: its names and payload.
+    pub fn size(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + self.channel.len()
+            + self.pattern.as_ref().map_or(0, Bytes::len)
+            + self.payload.len()
+    }
+}
+
+/// A new subscriber's message queue, bounded in bytes: the sending side never waits for the
+/// subscriber (so nothing behind it, such as an upstream connection's reader, piles up
+/// messages instead), and once the messages waiting pass `max_bytes` the queue is cut off,
+/// as Redis disconnects a subscriber past its `client-output-buffer-limit pubsub`.
+pub fn message_queue(max_bytes: usize) -> (MessageSender, Messages) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let state = Arc::new(QueueState::default());
+    (
+        MessageSender {
+            tx,
+            state: state.clone(),
+            max_bytes,
+        },
+        Messages { rx, state },
+    )
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Bytes of the messages sent and not yet received.
+    queued: AtomicUsize,
+    cut_off: AtomicBool,
+    /// Woken when the queue is cut off.
+    notify: Notify,
+}
+
+impl QueueState {
+    fn is_cut_off(&self) -> bool {
+        self.cut_off.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue is cut off.
+    async fn cut_off(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cut_off() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The sending side of a subscriber's queue.
+#[derive(Clone)]
+pub struct MessageSender {
+    tx: mpsc::UnboundedSender<Message>,
+    state: Arc<QueueState>,
+    max_bytes: usize,
+}
+
+impl MessageSender {
+    /// Queues a message without waiting. `false` when the subscriber is gone or has just
+    /// been cut off (this message passed its limit): stop sending to it.
+    pub fn send(&self, message: Message) -> bool {
+        if self.state.is_cut_off() {
+            return false;
+        }
+        let size = message.size();
+        let queued = self.state.queued.fetch_add(size, Ordering::AcqRel) + size;
+        if queued > self.max_bytes {
+            self.state.cut_off.store(true, Ordering::Release);
+            self.state.notify.notify_waiters();
+            return false;
+        }
+        self.tx.send(message).is_ok()
+    }
+
+    /// Resolves when the subscriber is gone or cut off.
+    pub async fn closed(&self) {
+        tokio::select! {
+            _ = self.tx.closed() => {}
+            _ = self.state.cut_off() => {}
+        }
+    }
+}
+
+/// The receiving side of a subscriber's queue.
+pub struct Messages {
+    rx: mpsc::UnboundedReceiver<Message>,
+    state: Arc<QueueState>,
+}
+
+impl Messages {
+    /// The next message; `None` when the backend ended the subscription or the queue was
+    /// cut off ([`Messages::is_cut_off`] tells which).
+    pub async fn recv(&mut self) -> Option<Message> {
+        let message = tokio::select! {
+            biased;
+            _ = self.state.cut_off() => None,
+            message = self.rx.recv() => message,
+        }?;
+        self.state
+            .queued
+            .fetch_sub(message.size(), Ordering::AcqRel);
+        Some(message)
+    }
+
+    /// True once the subscriber has been cut off for not reading.
+    pub fn is_cut_off(&self) -> bool {
+        self.state.is_cut_off()
+    }
+
+    /// A handle that resolves once the subscriber is cut off, to wait on apart from the
+    /// queue.
+    pub fn cut_off_signal(&self) -> CutOff {
+        CutOff(self.state.clone())
+    }
+}
+
+/// See [`Messages::cut_off_signal`].
+pub struct CutOff(Arc<QueueState>);
+
+impl CutOff {
+    pub async fn wait(self) {
+        self.0.cut_off().await
+    }
+}
+
 /// Subscribes and unsubscribes.
 pub trait SubscriptionSink: Send {
     fn subscribe<'a>(
@@ -92,7 +229,7 @@ pub trait SubscriptionSink: Send {
 /// ends when the backend drops the subscription (the upstream connection is lost).
 pub struct Subscription {
     pub sink: Box<dyn SubscriptionSink>,
-    pub messages: mpsc::Receiver<Message>,
+    pub messages: Messages,
 }
 
 /// A Redis error reply (`-CODE details`) as a value, as a backend returns it.
@@ -115,6 +252,30 @@ pub fn error_value(message: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(payload: usize) -> Message {
+        Message {
+            channel: Bytes::from_static(b"ch"),
+            pattern: None,
+            payload: Bytes::from(vec![b'x'; payload]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_is_cut_off_past_its_bytes() {
+        let (tx, mut rx) = message_queue(1000);
+        assert!(tx.send(message(300)));
+        assert!(tx.send(message(300)));
+        // Reading makes room.
+        assert_eq!(rx.recv().await.map(|m| m.payload.len()), Some(300));
+        assert!(tx.send(message(300)));
+        assert!(!rx.is_cut_off());
+        assert!(!tx.send(message(300)), "past 1000 bytes");
+        assert!(rx.is_cut_off());
+        assert!(rx.recv().await.is_none());
+        assert!(!tx.send(message(1)));
+        tx.closed().await;
+    }
 
     #[test]
     fn error_values_keep_code_and_text() {

@@ -99,8 +99,33 @@ pub const SETTINGS: &[SettingDoc] = &[
     },
     SettingDoc {
         name: "PKV_MAX_REQUEST_BYTES",
+        default: "16777216",
+        help: "largest request accepted, in bytes; also what one connection may buffer of an unfinished request",
+    },
+    SettingDoc {
+        name: "PKV_MAX_BUFFERED_PER_ACCOUNT",
         default: "67108864",
-        help: "largest request accepted, in bytes",
+        help: "bytes of unfinished requests all connections of one account may buffer together (at least PKV_MAX_REQUEST_BYTES); the connection that passes it is closed",
+    },
+    SettingDoc {
+        name: "PKV_REQUEST_TIMEOUT",
+        default: "60",
+        help: "seconds a request may take to arrive once it has started; the connection is closed past it; 0 never",
+    },
+    SettingDoc {
+        name: "PKV_MAX_OUTPUT_BYTES",
+        default: "67108864",
+        help: "reply bytes one connection may hold unsent; past it the client is disconnected (as Redis's client-output-buffer-limit)",
+    },
+    SettingDoc {
+        name: "PKV_MAX_OUTPUT_PER_ACCOUNT",
+        default: "268435456",
+        help: "reply bytes all connections of one account may hold while their clients do not read (at least PKV_MAX_OUTPUT_BYTES); the connection that passes it is disconnected",
+    },
+    SettingDoc {
+        name: "PKV_MAX_SUBSCRIBER_BYTES",
+        default: "33554432",
+        help: "Pub/Sub message bytes queued for one subscriber that is not reading; past it the subscriber is disconnected",
     },
     SettingDoc {
         name: "PKV_MAX_ARGS",
@@ -111,6 +136,26 @@ pub const SETTINGS: &[SettingDoc] = &[
         name: "PKV_MAX_CONNECTIONS",
         default: "10000",
         help: "most client connections at once",
+    },
+    SettingDoc {
+        name: "PKV_MAX_UNAUTHENTICATED",
+        default: "25%",
+        help: "most connections not yet authenticated, as a number or a percentage of PKV_MAX_CONNECTIONS",
+    },
+    SettingDoc {
+        name: "PKV_AUTH_TIMEOUT",
+        default: "10",
+        help: "seconds a connection has to authenticate before it is closed",
+    },
+    SettingDoc {
+        name: "PKV_MAX_CONNECTIONS_PER_ACCOUNT",
+        default: "1000",
+        help: "most connections one account may have open at once; AUTH past it is refused",
+    },
+    SettingDoc {
+        name: "PKV_MAX_DEDICATED_PER_ACCOUNT",
+        default: "16",
+        help: "most dedicated upstream connections (MULTI/WATCH, blocking commands, subscriptions) one account may hold at once",
     },
     SettingDoc {
         name: "PKV_IDLE_TIMEOUT",
@@ -210,6 +255,23 @@ pub struct Settings {
     pub max_request_bytes: usize,
     pub max_args: usize,
     pub max_connections: usize,
+    /// Connections that have not authenticated yet, at most.
+    pub max_unauthenticated: usize,
+    /// Time a connection has to authenticate.
+    pub auth_timeout: Duration,
+    pub max_connections_per_account: usize,
+    /// Dedicated and Pub/Sub upstream connections one account may hold.
+    pub max_dedicated_per_account: usize,
+    /// Bytes of unfinished requests one account's connections may buffer together.
+    pub max_buffered_per_account: usize,
+    /// Time one request may take to arrive; `None` never times out.
+    pub request_timeout: Option<Duration>,
+    /// Reply bytes one connection may hold unsent.
+    pub max_output_bytes: usize,
+    /// Reply bytes one account's connections may hold while their clients do not read.
+    pub max_output_per_account: usize,
+    /// Message bytes queued for one subscriber.
+    pub max_subscriber_bytes: usize,
     pub idle_timeout: Option<Duration>,
     pub upstream_pool_size: usize,
     /// Worker threads; 0 means one per core.
@@ -446,6 +508,14 @@ impl Settings {
         let max_args = num("PKV_MAX_ARGS", 16);
         let max_connections = num("PKV_MAX_CONNECTIONS", 1);
         let idle_timeout = num("PKV_IDLE_TIMEOUT", 0);
+        let auth_timeout = num("PKV_AUTH_TIMEOUT", 1);
+        let max_connections_per_account = num("PKV_MAX_CONNECTIONS_PER_ACCOUNT", 1);
+        let max_dedicated_per_account = num("PKV_MAX_DEDICATED_PER_ACCOUNT", 1);
+        let max_buffered_per_account = num("PKV_MAX_BUFFERED_PER_ACCOUNT", 1024);
+        let request_timeout = num("PKV_REQUEST_TIMEOUT", 0);
+        let max_output_bytes = num("PKV_MAX_OUTPUT_BYTES", 65536);
+        let max_output_per_account = num("PKV_MAX_OUTPUT_PER_ACCOUNT", 65536);
+        let max_subscriber_bytes = num("PKV_MAX_SUBSCRIBER_BYTES", 65536);
         let upstream_pool_size = num("PKV_UPSTREAM_POOL_SIZE", 1);
         let threads = num("PKV_THREADS", 0);
         let upstream_timeout_ms = num("PKV_UPSTREAM_TIMEOUT_MS", 1);
@@ -461,6 +531,24 @@ impl Settings {
             } else if let Err(e) = check_data_file(path) {
                 errors.push(format!("PKV_DATA_FILE: {e}"));
             }
+        }
+        let max_unauthenticated =
+            match parse_share(&get("PKV_MAX_UNAUTHENTICATED"), max_connections) {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(format!("PKV_MAX_UNAUTHENTICATED: {e}"));
+                    0
+                }
+            };
+        if max_buffered_per_account < max_request_bytes {
+            errors.push(format!(
+                "PKV_MAX_BUFFERED_PER_ACCOUNT: {max_buffered_per_account} is below PKV_MAX_REQUEST_BYTES ({max_request_bytes}); one request must fit"
+            ));
+        }
+        if max_output_per_account < max_output_bytes {
+            errors.push(format!(
+                "PKV_MAX_OUTPUT_PER_ACCOUNT: {max_output_per_account} is below PKV_MAX_OUTPUT_BYTES ({max_output_bytes})"
+            ));
         }
         if max_ttl > 0 && default_ttl > max_ttl {
             errors.push(format!(
@@ -529,6 +617,15 @@ impl Settings {
             max_request_bytes: max_request_bytes as usize,
             max_args: max_args as usize,
             max_connections: max_connections as usize,
+            max_unauthenticated: max_unauthenticated as usize,
+            auth_timeout: Duration::from_secs(auth_timeout),
+            max_connections_per_account: max_connections_per_account as usize,
+            max_dedicated_per_account: max_dedicated_per_account as usize,
+            max_buffered_per_account: max_buffered_per_account as usize,
+            request_timeout: (request_timeout > 0).then(|| Duration::from_secs(request_timeout)),
+            max_output_bytes: max_output_bytes as usize,
+            max_output_per_account: max_output_per_account as usize,
+            max_subscriber_bytes: max_subscriber_bytes as usize,
             idle_timeout: (idle_timeout > 0).then(|| Duration::from_secs(idle_timeout)),
             upstream_pool_size: upstream_pool_size as usize,
             threads: threads as usize,
@@ -537,6 +634,25 @@ impl Settings {
             log: get("PKV_LOG"),
             warnings,
         })
+    }
+}
+
+/// A count given as a number (`250`) or as a percentage of `whole` (`25%`); at least 1.
+fn parse_share(text: &str, whole: u64) -> Result<u64, String> {
+    let bad = || format!("expected a whole number or a percentage such as 25%, got {text:?}");
+    match text.strip_suffix('%') {
+        Some(pct) => {
+            let pct: u64 = pct.trim().parse().map_err(|_| bad())?;
+            if !(1..=100).contains(&pct) {
+                return Err(format!("a percentage must be 1% to 100%, got {text:?}"));
+            }
+            Ok((whole.saturating_mul(pct) / 100).max(1))
+        }
+        None => match text.parse::<u64>() {
+            Ok(0) => Err("must be at least 1".into()),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad()),
+        },
     }
 }
 
@@ -683,6 +799,32 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(s.ledger_url.as_deref(), Some("redis://127.0.0.1:6390"));
+    }
+
+    #[test]
+    fn resource_limits() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.max_unauthenticated, 2500);
+        assert_eq!(s.auth_timeout, Duration::from_secs(10));
+        assert_eq!(s.request_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(s.max_request_bytes, 16 << 20);
+        let s = load(&[("PKV_MAX_CONNECTIONS", "20"), ("PKV_REQUEST_TIMEOUT", "0")]).unwrap();
+        assert_eq!((s.max_unauthenticated, s.request_timeout), (5, None));
+        let s = load(&[("PKV_MAX_UNAUTHENTICATED", "7")]).unwrap();
+        assert_eq!(s.max_unauthenticated, 7);
+        for bad in ["0", "0%", "150%", "lots"] {
+            let err = load(&[("PKV_MAX_UNAUTHENTICATED", bad)]).unwrap_err();
+            assert!(err.0[0].starts_with("PKV_MAX_UNAUTHENTICATED:"), "{err}");
+        }
+        let err = load(&[
+            ("PKV_MAX_REQUEST_BYTES", "2048"),
+            ("PKV_MAX_BUFFERED_PER_ACCOUNT", "1024"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.0[0].starts_with("PKV_MAX_BUFFERED_PER_ACCOUNT:"),
+            "{err}"
+        );
     }
 
     #[test]

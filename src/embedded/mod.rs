@@ -312,8 +312,8 @@ impl Backend for Store {
         Box::pin(std::future::ready(Ok(Box::new(conn) as Box<dyn Dedicated>)))
     }
 
-    fn subscription(&self) -> BoxFuture<'_, Result<Subscription, BackendError>> {
-        let sub = pubsub::subscription(self.channels.clone());
+    fn subscription(&self, max_queued: usize) -> BoxFuture<'_, Result<Subscription, BackendError>> {
+        let sub = pubsub::subscription(self.channels.clone(), max_queued);
         Box::pin(std::future::ready(Ok(sub)))
     }
 

@@ -1,23 +1,22 @@
 //! Pub/Sub inside the store: who is subscribed to which channel or pattern, and delivery.
 //!
-//! Each subscriber has a bounded queue. A subscriber whose queue is full (it stopped
-//! reading) misses messages rather than slowing the publisher down; Redis disconnects
-//! such clients when their output buffer passes its limit.
+//! Each subscriber has a queue bounded in bytes (`PKV_MAX_SUBSCRIBER_BYTES`). A publisher
+//! never waits for a subscriber; a subscriber that stops reading is cut off, and
+//! disconnected, once its queue passes the bound, as Redis disconnects such clients when
+//! their output buffer passes its limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::glob;
-use crate::backend::{BackendError, BoxFuture, Message, Subscription, SubscriptionSink};
+use crate::backend::{
+    message_queue, BackendError, BoxFuture, Message, MessageSender, Subscription, SubscriptionSink,
+};
 
-/// Messages a subscriber may have waiting.
-const BACKLOG: usize = 4096;
-
-type Subscribers = HashMap<Bytes, HashMap<u64, mpsc::Sender<Message>>>;
+type Subscribers = HashMap<Bytes, HashMap<u64, MessageSender>>;
 
 #[derive(Default)]
 pub struct Registry {
@@ -49,19 +48,14 @@ impl Registry {
         let channel = Bytes::copy_from_slice(channel);
         let payload = Bytes::copy_from_slice(payload);
         let mut delivered = 0;
-        let mut send = |tx: &mpsc::Sender<Message>, pattern: Option<&Bytes>| {
+        let mut send = |tx: &MessageSender, pattern: Option<&Bytes>| {
             let message = Message {
                 channel: channel.clone(),
                 pattern: pattern.cloned(),
                 payload: payload.clone(),
             };
-            match tx.try_send(message) {
-                Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("a subscriber is not reading; message dropped");
-                    delivered += 1;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            if tx.send(message) {
+                delivered += 1;
             }
         };
         if let Some(subs) = read(&self.channels).get(&channel) {
@@ -93,7 +87,7 @@ impl Registry {
             .map_or(0, |subs| subs.len() as i64)
     }
 
-    fn add(&self, id: u64, name: &[u8], pattern: bool, tx: &mpsc::Sender<Message>) {
+    fn add(&self, id: u64, name: &[u8], pattern: bool, tx: &MessageSender) {
         write(self.table(pattern))
             .entry(Bytes::copy_from_slice(name))
             .or_default()
@@ -115,7 +109,7 @@ impl Registry {
 struct Sink {
     registry: Arc<Registry>,
     id: u64,
-    tx: mpsc::Sender<Message>,
+    tx: MessageSender,
     subscribed: Vec<(Bytes, bool)>,
 }
 
@@ -153,9 +147,10 @@ impl Drop for Sink {
     }
 }
 
-/// A new subscriber with no channels.
-pub fn subscription(registry: Arc<Registry>) -> Subscription {
-    let (tx, messages) = mpsc::channel(BACKLOG);
+/// A new subscriber with no channels, cut off once `max_queued` bytes of messages wait for
+/// it.
+pub fn subscription(registry: Arc<Registry>, max_queued: usize) -> Subscription {
+    let (tx, messages) = message_queue(max_queued);
     let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
     Subscription {
         sink: Box::new(Sink {

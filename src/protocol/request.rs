@@ -4,7 +4,8 @@
 //! request and, only then, splits it off and slices the arguments out of it without copying.
 //! Declared lengths are checked against [`Limits`] as soon as their header is read, so a
 //! client announcing a 1 GB bulk string or a million arguments is refused before pkv buffers
-//! any of it.
+//! any of it. What it has checked of a partial request is kept in [`Progress`], and the next
+//! read resumes there: a request costs time linear in its size however slowly it arrives.
 
 use bytes::{Bytes, BytesMut};
 
@@ -61,19 +62,62 @@ pub enum ProtocolError {
     BadLineEnding,
 }
 
-/// Takes one complete request off the front of `buf`, or returns `Ok(None)` when more
-/// bytes are needed.
-pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
-    match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits),
-        Some(_) => parse_inline(buf, limits),
+/// What has been checked of the partial request at the front of a buffer. Kept with the
+/// buffer between reads; it describes that buffer only, and is reset when a request is taken
+/// off it or refused.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The argument count of a multibulk request whose header has been read.
+    count: Option<usize>,
+    /// Where the next unchecked argument (or the unsearched rest of an inline line) starts.
+    pos: usize,
+    /// Where each checked argument lies.
+    spans: Vec<(usize, usize)>,
+    /// Where the argument being received lies, once its header has been read.
+    current: Option<(usize, usize)>,
+    /// Bytes looked at since the buffer's request began: what parsing has cost so far.
+    examined: usize,
+}
+
+impl Progress {
+    /// Bytes looked at for the current request so far (tests check this stays linear).
+    pub fn examined(&self) -> usize {
+        self.examined
     }
 }
 
+/// Takes one complete request off the front of `buf`, or returns `Ok(None)` when more
+/// bytes are needed. Starts over each time; a connection uses [`parse_resuming`].
+pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+    parse_resuming(buf, limits, &mut Progress::default())
+}
+
+/// [`parse`] that resumes where the last call on the same buffer stopped.
+pub fn parse_resuming(
+    buf: &mut BytesMut,
+    limits: Limits,
+    progress: &mut Progress,
+) -> Result<Option<Request>, ProtocolError> {
+    let result = match buf.first() {
+        None => Ok(None),
+        Some(b'*') => parse_multibulk(buf, limits, progress),
+        Some(_) => parse_inline(buf, limits, progress),
+    };
+    if !matches!(result, Ok(None)) {
+        *progress = Progress::default();
+    }
+    result
+}
+
 /// Finds `\r\n` starting at `from`; returns the index of `\r`.
-fn find_crlf(buf: &[u8], from: usize, max_line: usize) -> Result<Option<usize>, ProtocolError> {
+fn find_crlf(
+    buf: &[u8],
+    from: usize,
+    max_line: usize,
+    examined: &mut usize,
+) -> Result<Option<usize>, ProtocolError> {
     let window = &buf[from..buf.len().min(from + max_line + 2)];
+    *examined += window.len();
     match window.iter().position(|&b| b == b'\n') {
         Some(nl) if nl > 0 && window[nl - 1] == b'\r' => Ok(Some(from + nl - 1)),
         Some(_) => Err(ProtocolError::BadLineEnding),
@@ -101,52 +145,79 @@ fn parse_len(digits: &[u8]) -> Option<i64> {
     Some(if neg { -n } else { n })
 }
 
-fn parse_multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
-    let Some(end) = find_crlf(buf, 1, 20)? else {
-        return Ok(None);
+fn parse_multibulk(
+    buf: &mut BytesMut,
+    limits: Limits,
+    p: &mut Progress,
+) -> Result<Option<Request>, ProtocolError> {
+    let count = match p.count {
+        Some(count) => count,
+        None => {
+            let Some(end) = find_crlf(buf, 1, 20, &mut p.examined)? else {
+                return Ok(None);
+            };
+            let count = parse_len(&buf[1..end]).ok_or(ProtocolError::InvalidMultibulkLength)?;
+            if count > limits.max_args as i64 {
+                return Err(ProtocolError::TooManyArgs(limits.max_args));
+            }
+            if count <= 0 {
+                let _ = buf.split_to(end + 2);
+                return Ok(Some(Request {
+                    args: Vec::new(),
+                    wire_len: end + 2,
+                }));
+            }
+            p.pos = end + 2;
+            p.spans = Vec::with_capacity((count as usize).min(64));
+            p.count = Some(count as usize);
+            count as usize
+        }
     };
-    let count = parse_len(&buf[1..end]).ok_or(ProtocolError::InvalidMultibulkLength)?;
-    if count > limits.max_args as i64 {
+    if count > limits.max_args {
         return Err(ProtocolError::TooManyArgs(limits.max_args));
     }
-    let mut pos = end + 2;
-    if count <= 0 {
-        let _ = buf.split_to(pos);
-        return Ok(Some(Request {
-            args: Vec::new(),
-            wire_len: pos,
-        }));
-    }
-    // First pass: check the whole request is here, recording where each argument lies.
-    let mut spans = Vec::with_capacity((count as usize).min(64));
-    for _ in 0..count {
-        if pos >= buf.len() {
-            return Ok(None);
-        }
-        if buf[pos] != b'$' {
-            return Err(ProtocolError::ExpectedBulk(char::from(buf[pos])));
-        }
-        let Some(end) = find_crlf(buf, pos + 1, 20)? else {
-            return Ok(None);
+    // Check that the whole request is here, recording where each argument lies; an
+    // argument is checked once, however many reads it takes to arrive.
+    while p.spans.len() < count {
+        let (start, stop) = match p.current {
+            Some(span) => span,
+            None => {
+                let pos = p.pos;
+                if pos >= buf.len() {
+                    return Ok(None);
+                }
+                if buf[pos] != b'$' {
+                    return Err(ProtocolError::ExpectedBulk(char::from(buf[pos])));
+                }
+                let Some(end) = find_crlf(buf, pos + 1, 20, &mut p.examined)? else {
+                    return Ok(None);
+                };
+                let len = parse_len(&buf[pos + 1..end]).ok_or(ProtocolError::InvalidBulkLength)?;
+                if len < 0 {
+                    return Err(ProtocolError::InvalidBulkLength);
+                }
+                let start = end + 2;
+                let stop = start.saturating_add(len as usize);
+                if stop.saturating_add(2) > limits.max_bytes {
+                    return Err(ProtocolError::TooLarge(limits.max_bytes));
+                }
+                p.current = Some((start, stop));
+                (start, stop)
+            }
         };
-        let len = parse_len(&buf[pos + 1..end]).ok_or(ProtocolError::InvalidBulkLength)?;
-        if len < 0 {
-            return Err(ProtocolError::InvalidBulkLength);
-        }
-        let start = end + 2;
-        let stop = start.saturating_add(len as usize);
-        if stop.saturating_add(2) > limits.max_bytes {
-            return Err(ProtocolError::TooLarge(limits.max_bytes));
-        }
         if buf.len() < stop + 2 {
             return Ok(None);
         }
+        p.current = None;
+        p.examined += 2;
         if &buf[stop..stop + 2] != b"\r\n" {
             return Err(ProtocolError::BadLineEnding);
         }
-        spans.push((start, stop));
-        pos = stop + 2;
+        p.spans.push((start, stop));
+        p.pos = stop + 2;
     }
+    let pos = p.pos;
+    let spans = std::mem::take(&mut p.spans);
     let frame = buf.split_to(pos).freeze();
     let args = spans.into_iter().map(|(a, b)| frame.slice(a..b)).collect();
     Ok(Some(Request {
@@ -155,9 +226,22 @@ fn parse_multibulk(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>
     }))
 }
 
-fn parse_inline(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+fn parse_inline(
+    buf: &mut BytesMut,
+    limits: Limits,
+    p: &mut Progress,
+) -> Result<Option<Request>, ProtocolError> {
     let max_line = MAX_INLINE.min(limits.max_bytes);
-    let Some(nl) = buf.iter().take(max_line + 1).position(|&b| b == b'\n') else {
+    // Only the bytes not searched by an earlier call are searched for the line's end.
+    let from = p.pos.min(buf.len());
+    let upto = buf.len().min(max_line + 1);
+    let found = buf[from..upto.max(from)]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| from + i);
+    p.examined += upto.saturating_sub(from);
+    let Some(nl) = found else {
+        p.pos = upto.max(from);
         return if buf.len() > max_line {
             Err(ProtocolError::InlineTooBig)
         } else {
@@ -323,6 +407,76 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// Feeds `whole` one byte at a time, as a trickling client sends it, and returns the
+    /// request and the bytes the parser looked at.
+    fn trickle(whole: &[u8], limits: Limits) -> (Request, usize) {
+        let mut buf = BytesMut::new();
+        let mut progress = Progress::default();
+        for (i, byte) in whole.iter().enumerate() {
+            buf.extend_from_slice(&[*byte]);
+            // What the calls before this one looked at (the last call adds a few bytes).
+            let examined = progress.examined();
+            if let Some(req) = parse_resuming(&mut buf, limits, &mut progress).unwrap() {
+                assert_eq!(i + 1, whole.len(), "request recognised too early");
+                assert!(buf.is_empty());
+                return (req, examined);
+            }
+        }
+        panic!("request never completed");
+    }
+
+    #[test]
+    fn a_trickled_request_is_parsed_in_linear_time() {
+        let limits = Limits {
+            max_args: 1 << 20,
+            max_bytes: 64 << 20,
+        };
+        // 65,536 one-byte arguments (458,764 bytes), one byte per read: starting over on
+        // every read would look at about 458,764^2 / 2, some 10^11 bytes.
+        let mut whole = b"*65536\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n".to_vec();
+        for _ in 0..65534 {
+            whole.extend_from_slice(b"$1\r\na\r\n");
+        }
+        let (req, examined) = trickle(&whole, limits);
+        assert_eq!(req.args.len(), 65536);
+        assert_eq!(req.wire_len, whole.len());
+        assert!(
+            examined <= 4 * whole.len(),
+            "parsing {} bytes looked at {examined} bytes",
+            whole.len()
+        );
+        // An inline line, likewise.
+        let mut line = b"SET k ".to_vec();
+        line.extend(std::iter::repeat_n(b'v', 60_000));
+        line.extend_from_slice(b"\r\n");
+        let (req, examined) = trickle(&line, limits);
+        assert_eq!(req.args.len(), 3);
+        assert!(examined <= 2 * line.len(), "{examined} for {}", line.len());
+    }
+
+    #[test]
+    fn resuming_gives_what_parsing_at_once_gives() {
+        let whole = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\nPING\r\n*1\r\n$4\r\nPING\r\n";
+        for cut in 0..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let mut progress = Progress::default();
+            let mut got = Vec::new();
+            while let Some(req) = parse_resuming(&mut buf, BIG, &mut progress).unwrap() {
+                got.push(req);
+            }
+            buf.extend_from_slice(&whole[cut..]);
+            while let Some(req) = parse_resuming(&mut buf, BIG, &mut progress).unwrap() {
+                got.push(req);
+            }
+            let mut all = BytesMut::from(&whole[..]);
+            let mut expected = Vec::new();
+            while let Some(req) = parse(&mut all, BIG).unwrap() {
+                expected.push(req);
+            }
+            assert_eq!(got, expected, "cut at {cut}");
         }
     }
 

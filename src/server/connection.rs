@@ -3,14 +3,23 @@
 //! Requests are parsed one at a time with the limits of the moment (smaller before AUTH),
 //! so a pipelined `AUTH` followed by commands gets the right limits for each. Replies to
 //! everything read in one go are written together, in order, in one write.
+//!
+//! The bounds of SPEC 10 that belong to one connection are kept here: the time to
+//! authenticate (`PKV_AUTH_TIMEOUT`) and the slot of a connection not yet authenticated
+//! (`PKV_MAX_UNAUTHENTICATED`), the time a started request may take (`PKV_REQUEST_TIMEOUT`)
+//! and the bytes of it buffered (counted against the account, `PKV_MAX_BUFFERED_PER_ACCOUNT`),
+//! and the replies held unsent (`PKV_MAX_OUTPUT_BYTES`). Replies are written as soon as
+//! 1 MiB is ready, and pkv reads nothing more from a client while a write to it waits: a
+//! client that does not read stops being read, instead of having its replies buffered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 
@@ -18,7 +27,8 @@ use super::session::Session;
 use super::Shared;
 use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
-use crate::protocol::request;
+use crate::protocol::request::{self, Limits, Progress, ProtocolError, Request};
+use crate::protocol::Proto;
 
 /// Bytes asked for per read.
 const READ_CHUNK: usize = 4096;
@@ -33,17 +43,26 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 pub struct ClientIo {
     rd: OwnedReadHalf,
     pub inbuf: BytesMut,
+    /// What has been checked of the partial request in `inbuf`.
+    progress: Progress,
 }
 
 impl ClientIo {
     /// Reads more bytes; `Ok(0)` means the client closed.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
         // Small reads for idle and chatty clients; a large request grows the buffer as it
-        // arrives (a read never asks for less than what is free).
+        // arrives, at least doubling it each time, so that receiving a request costs time
+        // linear in its size (the buffer may be shared with slices of earlier requests,
+        // where growing by a fixed step would copy it all on every read).
         if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 2 {
-            self.inbuf.reserve(READ_CHUNK);
+            self.inbuf.reserve(READ_CHUNK.max(self.inbuf.len()));
         }
         self.rd.read_buf(&mut self.inbuf).await
+    }
+
+    /// The next complete request, resuming where the last call stopped.
+    fn parse(&mut self, limits: Limits) -> Result<Option<Request>, ProtocolError> {
+        request::parse_resuming(&mut self.inbuf, limits, &mut self.progress)
     }
 
     /// Resolves when the client goes away. Used while a command waits upstream (a blocking
@@ -61,7 +80,23 @@ impl ClientIo {
     }
 }
 
-/// Serves one client until it leaves, breaks the protocol, or pkv shuts down.
+/// Writes a last line to a client that is being closed, without waiting: a client that does
+/// not read must not hold its connection open by not reading its goodbye.
+fn goodbye(wr: &OwnedWriteHalf, proto: Proto, out: &mut BytesMut, message: &str) {
+    ReplyWriter::new(out, proto).error(message);
+    let _ = wr.try_write(out);
+}
+
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one client until it leaves, breaks the protocol, hits one of its bounds, or pkv
+/// shuts down.
 pub async fn serve(
     shared: Arc<Shared>,
     socket: TcpStream,
@@ -70,26 +105,41 @@ pub async fn serve(
 ) {
     Metrics::inc(&shared.metrics.connections);
     Metrics::inc(&shared.metrics.connections_total);
-    let idle = shared.settings.idle_timeout;
+    let settings = &shared.settings;
+    let (idle, max_output) = (settings.idle_timeout, settings.max_output_bytes);
     let (rd, mut wr) = socket.into_split();
     let mut io = ClientIo {
         rd,
         inbuf: BytesMut::new(),
+        progress: Progress::default(),
     };
     let mut session = Session::new(shared.clone(), peer);
     let mut out = BytesMut::new();
+    // The connection's place among the unauthenticated ones, until it authenticates.
+    let mut stranger = Some(shared.strangers.arrive(session.id));
+    // Since when the connection has been without an account, and since when the request at
+    // the front of `inbuf` has been arriving.
+    let mut unauthenticated_since = Some(Instant::now());
+    let mut request_since: Option<Instant> = None;
     'conn: loop {
         session.tick();
         loop {
-            match request::parse(&mut io.inbuf, session.limits()) {
+            match io.parse(session.limits()) {
                 Ok(Some(req)) => {
+                    request_since = None;
                     session.submit(req, &mut out, &mut io).await;
                     if session.closing {
                         break;
                     }
-                    // Long pipelines with big replies: send what is ready rather than hold it.
+                    if out.len() > max_output {
+                        over_output_limit(&peer, out.len(), max_output);
+                        break 'conn;
+                    }
+                    // Long pipelines with big replies: send what is ready rather than hold
+                    // it. While the client does not read, this waits, and nothing more is
+                    // read from it.
                     if out.len() >= OUT_HIGH_WATER {
-                        if wr.write_all(&out).await.is_err() {
+                        if !write_replies(&mut wr, &out, &mut session, &peer).await {
                             break 'conn;
                         }
                         out.clear();
@@ -107,8 +157,12 @@ pub async fn serve(
         }
         session.flush(&mut out).await;
         session.apply_charges();
+        if out.len() > max_output {
+            over_output_limit(&peer, out.len(), max_output);
+            break;
+        }
         if !out.is_empty() {
-            if wr.write_all(&out).await.is_err() {
+            if !write_replies(&mut wr, &out, &mut session, &peer).await {
                 break;
             }
             out.clear();
@@ -117,6 +171,29 @@ pub async fn serve(
             }
         }
         if session.closing {
+            break;
+        }
+        // A connection counts among the strangers until it authenticates (and again after
+        // RESET), and must authenticate in time.
+        if session.is_authenticated() {
+            stranger = None;
+            unauthenticated_since = None;
+        } else {
+            unauthenticated_since.get_or_insert_with(Instant::now);
+            if stranger.is_none() {
+                stranger = Some(shared.strangers.arrive(session.id));
+            }
+        }
+        // What is left in `inbuf` is one unfinished request: it must finish in time, and
+        // its bytes count against the account.
+        if io.inbuf.is_empty() {
+            request_since = None;
+        } else {
+            request_since.get_or_insert_with(Instant::now);
+        }
+        if let Err(err) = session.hold_unfinished(io.inbuf.len()) {
+            session.pay_unfinished(io.inbuf.len());
+            goodbye(&wr, session.proto, &mut out, &err.to_string());
             break;
         }
         let subscribed = session.is_waiting_for_messages();
@@ -133,36 +210,111 @@ pub async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let auth_deadline = unauthenticated_since.map(|t| t + settings.auth_timeout);
+        let evicted = stranger.as_ref().map(|s| s.evicted());
+        let evicted = async move {
+            match evicted {
+                Some(evicted) => evicted.await,
+                None => std::future::pending().await,
+            }
+        };
+        let request_deadline = request_since
+            .zip(settings.request_timeout)
+            .map(|(t, d)| t + d);
         tokio::select! {
-            _ = stop.recv() => break,
+            _ = stop.recv() => {
+                session.pay_unfinished(io.inbuf.len());
+                break;
+            }
             read = io.fill() => match read {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => {
+                    session.pay_unfinished(io.inbuf.len());
+                    break;
+                }
                 Ok(_) => {}
             },
             // A subscriber whose token expired is told and closed, as Redis closes clients
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.
             _ = token_expiry => {
-                ReplyWriter::new(&mut out, session.proto).error(TOKEN_EXPIRED);
-                let _ = wr.write_all(&out).await;
+                goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
                 break;
             }
             message = session.next_message() => match message {
                 Some(_) if session.subscription_expires_in().is_some_and(|d| d.is_zero()) => {
-                    ReplyWriter::new(&mut out, session.proto).error(TOKEN_EXPIRED);
-                    let _ = wr.write_all(&out).await;
+                    goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
                     break;
                 }
                 Some(message) => session.deliver(message, &mut out),
+                None if session.subscriber_cut_off() => {
+                    tracing::info!(%peer, "subscriber not reading past PKV_MAX_SUBSCRIBER_BYTES; disconnected");
+                    break;
+                }
                 None => {
-                    ReplyWriter::new(&mut out, session.proto).error("ERR upstream unavailable: Pub/Sub connection lost");
-                    let _ = wr.write_all(&out).await;
+                    goodbye(&wr, session.proto, &mut out, "ERR upstream unavailable: Pub/Sub connection lost");
                     break;
                 }
             },
-            _ = idle_wait => break,
+            _ = idle_wait => {
+                session.pay_unfinished(io.inbuf.len());
+                break;
+            }
+            _ = evicted => {
+                goodbye(&wr, session.proto, &mut out, "ERR max number of unauthenticated clients reached; the oldest is closed to make room");
+                break;
+            }
+            _ = until(auth_deadline) => {
+                goodbye(&wr, session.proto, &mut out, "ERR authentication timeout: AUTH within PKV_AUTH_TIMEOUT seconds of connecting");
+                break;
+            }
+            _ = until(request_deadline) => {
+                session.pay_unfinished(io.inbuf.len());
+                let secs = settings.request_timeout.map_or(0, |d| d.as_secs());
+                goodbye(&wr, session.proto, &mut out, &format!("ERR Protocol error: request not completed within {secs} seconds"));
+                break;
+            }
         }
     }
+    drop(stranger);
     session.end().await;
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Writes replies to the client; `false` when the connection must end. Most writes complete
+/// at once; when the client is not reading, what is left waits, counted against the
+/// account's `PKV_MAX_OUTPUT_PER_ACCOUNT`, and a subscriber is cut off meanwhile if its
+/// messages pass `PKV_MAX_SUBSCRIBER_BYTES`.
+async fn write_replies(
+    wr: &mut OwnedWriteHalf,
+    out: &[u8],
+    session: &mut Session,
+    peer: &SocketAddr,
+) -> bool {
+    let done = match wr.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    let rest = &out[done..];
+    if rest.is_empty() {
+        return true;
+    }
+    if let Err(err) = session.hold_output(rest.len()) {
+        tracing::info!(%peer, error = %err, "client disconnected");
+        return false;
+    }
+    let cut_off = session.until_cut_off();
+    let written = tokio::select! {
+        written = wr.write_all(rest) => written.is_ok(),
+        _ = cut_off => false,
+    };
+    let _ = session.hold_output(0);
+    written
+}
+
+/// Logs why a client is being disconnected for the replies it holds. Like Redis past its
+/// `client-output-buffer-limit`, pkv closes the connection without a reply: the replies
+/// held are dropped (their commands ran and are paid).
+fn over_output_limit(peer: &SocketAddr, held: usize, limit: usize) {
+    tracing::info!(%peer, held, limit, "replies held past PKV_MAX_OUTPUT_BYTES; client disconnected");
 }

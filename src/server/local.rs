@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use redis::Value;
 
 use super::connection::ClientIo;
+use super::limits::CountedSink;
 use super::session::{Authed, Multi, Session, Subscriber, Txn};
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::{self, flags, CommandSpec, Local, ReplyRewrite};
@@ -504,32 +505,35 @@ impl Session {
             }
         }
         let account = verified.account.clone();
-        // What this session ran so far is paid by the account it ran as, before the
-        // session moves to another.
+        // What this session ran so far is paid by the account it ran as, before the session
+        // may move to another.
         self.apply_charges();
-        if self.auth.as_ref().is_some_and(|a| a.account != account) {
-            // A different account: nothing of the old one carries over.
-            self.txn = Txn::default();
-            self.dedicated = None;
-            self.pubsub = None;
-        }
-        let (meter, tenant) = match self.auth.take() {
-            Some(old) if old.account == account => (old.meter, old.tenant),
-            Some(old) => {
-                self.shared.tenants.detach(&old.account, &old.tenant);
-                // What this session owes the old account is settled with it.
-                self.shared.meter.apply(&old.meter, &mut self.charges);
-                self.shared.meter.forget(&old.meter, &mut self.charges);
-                self.shared.meter.detach(&old.meter).await;
+        let (meter, tenant, slot) = match self.auth.take() {
+            Some(old) if old.account == account => (old.meter, old.tenant, old.slot),
+            old => {
+                // A new account for this connection: it must have a connection to spare.
+                let slot = match self.shared.limits.connect(&account) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        self.auth = old;
+                        return Err(e.to_string());
+                    }
+                };
+                if let Some(old) = old {
+                    // A different account: nothing of the old one carries over.
+                    self.shared.meter.forget(&old.meter, &mut self.charges);
+                    self.shared.tenants.detach(&old.account, &old.tenant);
+                    self.txn = Txn::default();
+                    self.dedicated = None;
+                    self.pubsub = None;
+                    self.shared.meter.detach(&old.meter).await;
+                }
                 (
                     self.shared.meter.attach(&account),
                     self.shared.tenants.attach(&account),
+                    slot,
                 )
             }
-            None => (
-                self.shared.meter.attach(&account),
-                self.shared.tenants.attach(&account),
-            ),
         };
         self.auth = Some(Authed {
             ns: Namespace::new(&account),
@@ -537,6 +541,7 @@ impl Session {
             valid_until: verified.valid_until,
             meter,
             tenant,
+            slot,
         });
         Ok(())
     }
@@ -614,11 +619,24 @@ impl Session {
     ) {
         self.flush(out).await;
         let Some(ns) = self.ns().cloned() else { return };
+        let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
+            return;
+        };
         if self.pubsub.is_none() {
-            match self.shared.backend.subscription().await {
+            // A subscribed connection holds an upstream connection of its own: it counts
+            // against the account's dedicated connections.
+            let held = match self.shared.limits.dedicated(&account) {
+                Ok(held) => held,
+                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+            };
+            let max_queued = self.shared.settings.max_subscriber_bytes;
+            match self.shared.backend.subscription(max_queued).await {
                 Ok(sub) => {
                     self.pubsub = Some(Subscriber {
-                        sink: sub.sink,
+                        sink: Box::new(CountedSink {
+                            sink: sub.sink,
+                            _held: held,
+                        }),
                         messages: sub.messages,
                         channels: BTreeSet::new(),
                         patterns: BTreeSet::new(),

@@ -5,6 +5,7 @@
 //! them to close. Each connection runs [`connection::serve`].
 
 mod connection;
+mod limits;
 mod local;
 mod session;
 
@@ -12,7 +13,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, Semaphore};
 
@@ -38,6 +38,11 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Each account's own figures, for its `INFO`.
     pub tenants: Tenants,
+    /// Connections, dedicated connections and buffered bytes per account.
+    pub limits: limits::AccountLimits,
+    /// Connections that have not authenticated yet (`PKV_MAX_UNAUTHENTICATED`), so
+    /// strangers cannot hold every connection slot.
+    pub strangers: Arc<limits::Strangers>,
     next_client_id: AtomicU64,
 }
 
@@ -80,6 +85,8 @@ impl Shared {
             backend,
             metrics: Metrics::default(),
             tenants: Tenants::default(),
+            limits: limits::AccountLimits::new(&settings),
+            strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             next_client_id: AtomicU64::new(1),
             settings,
         })
@@ -109,7 +116,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (mut socket, peer) = match accepted {
+        let (socket, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -118,10 +125,10 @@ pub async fn serve(
                 continue;
             }
         };
+        // Refusals are written without waiting: a fresh socket takes a short line at once,
+        // and the accept loop never waits on a client.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ = socket
-                .write_all(b"-ERR max number of clients reached\r\n")
-                .await;
+            let _ = socket.try_write(b"-ERR max number of clients reached\r\n");
             continue;
         };
         let _ = socket.set_nodelay(true);

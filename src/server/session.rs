@@ -22,11 +22,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use redis::Value;
-use tokio::sync::mpsc;
 
 use super::connection::ClientIo;
+use super::limits::{CountedDedicated, Held, LimitError};
 use super::Shared;
-use crate::backend::{BackendError, Dedicated, Message, SubscriptionSink};
+use crate::backend::{BackendError, Dedicated, Message, Messages, SubscriptionSink};
 use crate::commands::{
     self, flags, ArgRole, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite,
 };
@@ -40,9 +40,16 @@ use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
 
 /// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a
-/// batch are held in memory together, so this also bounds what one connection holds:
-/// about this many replies.
+/// batch are held in memory together (the redis crate reads a pipeline's replies whole), so
+/// this also bounds what one connection holds: about this many replies.
 const MAX_BATCH: usize = 64;
+
+/// A session's batches start with one command and at most double after each flush, and
+/// are made smaller when their replies are big: a batch is sized so that, at the size of
+/// the largest reply of the last batch, its replies stay within this share of
+/// `PKV_MAX_OUTPUT_BYTES`. A pipeline of big replies is then sent in small batches rather
+/// than held whole; a connection's first batch holds one reply.
+const BATCH_SHARE_OF_OUTPUT: usize = 8;
 
 /// The authenticated side of a session.
 pub struct Authed {
@@ -54,6 +61,8 @@ pub struct Authed {
     pub meter: AccountHandle,
     /// The account's own figures, for its `INFO`.
     pub tenant: Arc<TenantStats>,
+    /// This connection, counted against the account's connections and buffered bytes.
+    pub slot: Held,
 }
 
 /// MULTI/WATCH state. While either is active the session's commands use its dedicated
@@ -83,7 +92,7 @@ impl Txn {
 /// A Pub/Sub subscription: the upstream sink, the messages, and the names subscribed to.
 pub struct Subscriber {
     pub sink: Box<dyn SubscriptionSink>,
-    pub messages: mpsc::Receiver<Message>,
+    pub messages: Messages,
     pub channels: std::collections::BTreeSet<Bytes>,
     pub patterns: std::collections::BTreeSet<Bytes>,
 }
@@ -157,6 +166,8 @@ pub struct Session {
     pub(super) dedicated: Option<Box<dyn Dedicated>>,
     pub(super) pubsub: Option<Subscriber>,
     batch: Batch,
+    /// Commands the next batch may hold (see [`BATCH_SHARE_OF_OUTPUT`]).
+    batch_cap: usize,
     /// Set by QUIT: close after the replies are written.
     pub closing: bool,
     /// Costs not yet added to the account's meter.
@@ -182,6 +193,7 @@ impl Session {
             dedicated: None,
             pubsub: None,
             batch: Batch::default(),
+            batch_cap: 1,
             closing: false,
             charges: Charges::default(),
             commands: 0,
@@ -199,6 +211,46 @@ impl Session {
                 max_bytes: self.shared.settings.max_request_bytes,
             },
         }
+    }
+
+    /// True once the connection has authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        self.auth.is_some()
+    }
+
+    /// Records the bytes of the unfinished request this connection buffers, against the
+    /// account's limit; an error when the account's connections together pass it.
+    /// Connections not yet authenticated are bounded by their smaller request limits.
+    pub fn hold_unfinished(&mut self, bytes: usize) -> Result<(), LimitError> {
+        match &mut self.auth {
+            Some(auth) => auth.slot.set_buffered(bytes),
+            None => Ok(()),
+        }
+    }
+
+    /// Records the reply bytes this connection holds while its client does not read,
+    /// against the account's limit; an error when the account's connections together
+    /// pass it.
+    pub fn hold_output(&mut self, bytes: usize) -> Result<(), LimitError> {
+        match &mut self.auth {
+            Some(auth) => auth.slot.set_output(bytes),
+            None => Ok(()),
+        }
+    }
+
+    /// Pays for the bytes of a request that never completed (the connection ends with it
+    /// partly received): they count as received (bytes_in), as SPEC 10 says.
+    pub fn pay_unfinished(&mut self, bytes: usize) {
+        if bytes == 0 || self.auth.is_none() || !self.shared.meter.enabled() {
+            return;
+        }
+        let usage = Usage {
+            bytes_in: bytes as u64,
+            ..Usage::default()
+        };
+        self.shared
+            .meter
+            .charge(&mut self.charges, Admitted::default(), &usage);
     }
 
     /// True while subscribed: Pub/Sub messages may arrive at any time.
@@ -543,7 +595,7 @@ impl Session {
             self.batch.count += 1;
         }
         self.batch.slots.push(Slot::Upstream(pending));
-        if self.batch.count >= MAX_BATCH {
+        if self.batch.count >= self.batch_cap {
             self.flush(out).await;
         }
     }
@@ -593,6 +645,8 @@ impl Session {
             .filter(|s| matches!(s, Slot::Upstream(_)))
             .count() as u64;
         let mut shares = TimeShares::new(started.elapsed().as_micros() as u64, commands);
+        // The largest reply of this batch sizes the next one.
+        let mut largest = 0;
         let mut replies = match replies {
             Ok(values) => Ok(values.into_iter()),
             Err(err) => {
@@ -652,11 +706,16 @@ impl Session {
             let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
             let ran = !meter::did_not_run(&reply);
             self.write_upstream(out, pending.rewrite, reply);
+            largest = largest.max(out.len() - start);
             match pending.bill {
                 Some(bill) if ran => self.pay(bill, stored, out.len() - start, time_us),
                 bill => self.cancel(bill),
             }
         }
+        let budget = self.shared.settings.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
+        self.batch_cap = (self.batch_cap * 2)
+            .min(MAX_BATCH)
+            .min((budget / largest.max(1)).max(1));
     }
 
     /// Step 6: rewrites an upstream reply and writes it.
@@ -683,10 +742,25 @@ impl Session {
         }
     }
 
-    /// The session's own upstream connection, opened on first need.
+    /// The session's own upstream connection, opened on first need; counted against the
+    /// account's dedicated connections (`PKV_MAX_DEDICATED_PER_ACCOUNT`) while it is open.
     pub(super) async fn dedicated(&mut self) -> Result<&mut Box<dyn Dedicated>, BackendError> {
         if self.dedicated.is_none() {
-            self.dedicated = Some(self.shared.backend.dedicated(self.proto).await?);
+            let account = self.auth.as_ref().map(|a| a.account.clone());
+            let held = match account {
+                Some(account) => Some(
+                    self.shared
+                        .limits
+                        .dedicated(&account)
+                        .map_err(|e| BackendError::Limit(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let conn = self.shared.backend.dedicated(self.proto).await?;
+            self.dedicated = Some(match held {
+                Some(held) => Box::new(CountedDedicated { conn, _held: held }),
+                None => conn,
+            });
         }
         Ok(self.dedicated.as_mut().expect("set above"))
     }
@@ -804,6 +878,25 @@ impl Session {
         match &mut self.pubsub {
             Some(sub) => sub.messages.recv().await,
             None => std::future::pending().await,
+        }
+    }
+
+    /// True when the subscription was cut off because its messages waited past
+    /// `PKV_MAX_SUBSCRIBER_BYTES`.
+    pub fn subscriber_cut_off(&self) -> bool {
+        self.pubsub
+            .as_ref()
+            .is_some_and(|sub| sub.messages.is_cut_off())
+    }
+
+    /// Resolves when the subscription is cut off; never while not subscribed.
+    pub fn until_cut_off(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let signal = self.pubsub.as_ref().map(|s| s.messages.cut_off_signal());
+        async move {
+            match signal {
+                Some(signal) => signal.wait().await,
+                None => std::future::pending().await,
+            }
         }
     }
 

@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Pipeline, ProtocolVersion, RedisError, Value};
-use tokio::sync::mpsc;
 
 use crate::backend::{self, Backend, BackendError, BoxFuture, Message, Subscription};
 use crate::protocol::Proto;
@@ -24,9 +23,6 @@ use pool::Pool;
 
 /// How long a new upstream connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Messages a subscriber may have waiting before pkv stops reading its upstream connection.
-const MESSAGE_BACKLOG: usize = 1024;
 
 fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
@@ -120,13 +116,20 @@ impl Upstream {
 
     /// A fresh Pub/Sub connection; its messages are relayed by a task that ends with the
     /// subscription.
-    pub async fn pubsub(&self) -> Result<Subscription, BackendError> {
+    ///
+    /// The redis crate reads a Pub/Sub connection into a queue of its own, without bound,
+    /// whether or not anyone takes the messages. So the relay takes every message as it
+    /// arrives and puts it in the subscriber's queue, which is bounded in bytes
+    /// (`max_queued`): when the subscriber does not read and its queue passes the bound,
+    /// the relay stops and drops the connection, Redis sees it close and stops sending,
+    /// and the subscriber is disconnected.
+    pub async fn pubsub(&self, max_queued: usize) -> Result<Subscription, BackendError> {
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.resp2.get_async_pubsub())
             .await
             .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
             .map_err(|e| unavailable(&e))?;
         let (sink, mut stream) = pubsub.split();
-        let (tx, messages) = mpsc::channel(MESSAGE_BACKLOG);
+        let (tx, messages) = backend::message_queue(max_queued);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -137,7 +140,7 @@ impl Upstream {
                                 pattern: msg.get_pattern::<Option<Vec<u8>>>().ok().flatten().map(Into::into),
                                 payload: bytes::Bytes::copy_from_slice(msg.get_payload_bytes()),
                             };
-                            if tx.send(message).await.is_err() {
+                            if !tx.send(message) {
                                 break;
                             }
                         }
@@ -146,6 +149,9 @@ impl Upstream {
                     _ = tx.closed() => break,
                 }
             }
+            // Dropping the stream stops the connection's reader task, which closes the
+            // upstream connection.
+            drop(stream);
         });
         Ok(Subscription {
             sink: Box::new(Sink(sink)),
@@ -174,8 +180,8 @@ impl Backend for Upstream {
         })
     }
 
-    fn subscription(&self) -> BoxFuture<'_, Result<Subscription, BackendError>> {
-        Box::pin(self.pubsub())
+    fn subscription(&self, max_queued: usize) -> BoxFuture<'_, Result<Subscription, BackendError>> {
+        Box::pin(self.pubsub(max_queued))
     }
 }
 

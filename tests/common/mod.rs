@@ -1129,3 +1129,36 @@ impl RespConn {
         }
     }
 }
+
+// === A redis-server with extra options ===
+
+impl Redis {
+    /// A private redis-server started with `extra` options as well (e.g. `--maxclients 30`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(extra)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        wait_for_port(port, &mut child);
+        Redis {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+}
