@@ -371,7 +371,11 @@ fn pkv_balance_reads_the_ledger_at_most_once_per_interval_per_connection() {
 fn an_oversized_token_is_refused_as_too_long_before_and_after_auth() {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let pkv = PkvConfig::new(&redis, &issuer).start();
+    // Requests as large as the token below are allowed, so that AUTH itself must refuse it.
+    let pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_MAX_REQUEST_BYTES", "67108864")
+        .set("PKV_MAX_BUFFERED_PER_ACCOUNT", "134217728")
+        .start();
 
     // Before AUTH the request limits refuse a 53 MB AUTH at its header.
     let mut stranger = pkv.resp();
