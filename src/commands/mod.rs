@@ -211,10 +211,28 @@ pub fn parse_redis_int(raw: &[u8]) -> Option<i64> {
     }
 }
 
+/// Where a request's keys are, and whether it waits for data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// `(index, role)` of every argument that names a key, key pattern or channel.
+    pub keys: Vec<(usize, ArgRole)>,
+    /// The request may wait for data (a `BLOCKING` command, or a `BLOCK` option its
+    /// grammar found): it must run on a connection of its own, never a shared one.
+    pub blocks: bool,
+}
+
 /// Lists `(index, role)` for every argument of `args` that names a key, key pattern or
 /// channel, according to the command's key rules.
 pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRole)>, KeyError> {
+    locate(spec, args).map(|located| located.keys)
+}
+
+/// Locates a request's keys, and says whether it blocks, with one walk of its arguments
+/// the way Redis parses them (SPEC 6: an option name used as a group or consumer name is
+/// not an option).
+pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
     let mut out = Vec::new();
+    let mut blocks = spec.has(flags::BLOCKING);
     let argc = args.len();
     for rule in spec.keys {
         match *rule {
@@ -248,7 +266,7 @@ pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRol
                 out.extend((at + 1..=at + n as usize).map(|i| (i, ArgRole::Key)));
             }
             KeyRule::Options { start, grammar } => {
-                options(args, usize::from(start), grammar, &mut out)?
+                blocks |= options(args, usize::from(start), grammar, &mut out)?
             }
             KeyRule::Channels { first } => {
                 out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::Channel)))
@@ -268,18 +286,19 @@ pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRol
             }
         }
     }
-    Ok(out)
+    Ok(Located { keys: out, blocks })
 }
 
 /// Walks an option list the way Redis's own option loops do: a keyword, then what it takes.
 /// An unknown word is a syntax error, as it is for Redis, so nothing unrecognised is ever
-/// forwarded.
+/// forwarded. Returns true when a [`Takes::Block`] option was given.
 fn options(
     args: &[Bytes],
     start: usize,
     grammar: &[Opt],
     out: &mut Vec<(usize, ArgRole)>,
-) -> Result<(), KeyError> {
+) -> Result<bool, KeyError> {
+    let mut blocks = false;
     let mut i = start;
     while i < args.len() {
         let opt = grammar
@@ -293,6 +312,13 @@ fn options(
                     return Err(KeyError::Syntax);
                 }
                 i += 1 + usize::from(n);
+            }
+            Takes::Block => {
+                if rest < 1 {
+                    return Err(KeyError::Syntax);
+                }
+                blocks = true;
+                i += 2;
             }
             Takes::Key | Takes::KeyPattern => {
                 if rest < 1 {
@@ -311,11 +337,11 @@ fn options(
                     return Err(KeyError::UnbalancedStreams);
                 }
                 out.extend((i + 1..i + 1 + rest / 2).map(|k| (k, ArgRole::Key)));
-                return Ok(());
+                return Ok(blocks);
             }
         }
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// Every name the table serves, for `COMMAND COUNT` and the README.
@@ -400,5 +426,35 @@ mod tests {
         );
         assert_eq!(find("sort k bogus"), Err(KeyError::Syntax));
         assert_eq!(find("blmpop 0 2 a b left"), Ok(vec![3, 4]));
+    }
+
+    #[test]
+    fn blocking_is_read_with_the_grammar_that_finds_the_keys() {
+        let blocks = |line: &str| {
+            let a = args(line);
+            locate(lookup(&a).unwrap(), &a).map(|l| l.blocks)
+        };
+        assert_eq!(blocks("xread block 0 streams s $"), Ok(true));
+        assert_eq!(blocks("xread count 1 streams block 0"), Ok(false));
+        assert_eq!(
+            blocks("xreadgroup group streams c block 0 streams s >"),
+            Ok(true)
+        );
+        assert_eq!(
+            blocks("xreadgroup group g streams block 0 streams s >"),
+            Ok(true)
+        );
+        assert_eq!(blocks("xreadgroup group block c streams s >"), Ok(false));
+        assert_eq!(blocks("xreadgroup group g c streams block >"), Ok(false));
+        assert_eq!(blocks("blpop q 0"), Ok(true));
+        assert_eq!(blocks("lpop q"), Ok(false));
+        // Every row with a BLOCK option says so with its flag (the flag mirrors Redis's).
+        for spec in table::TABLE {
+            let has_block_opt = spec.keys.iter().any(|rule| {
+                matches!(rule, KeyRule::Options { grammar, .. }
+                    if grammar.iter().any(|o| matches!(o.takes, Takes::Block)))
+            });
+            assert_eq!(has_block_opt, spec.has(flags::MAY_BLOCK), "{}", spec.name);
+        }
     }
 }

@@ -42,7 +42,8 @@ pub mod flags {
     pub const NO_AUTH: u16 = 1 << 6;
     /// Has subcommands; the row for `NAME|SUB` says the rest.
     pub const CONTAINER: u16 = 1 << 7;
-    /// Blocks only when an option asks for it (`XREAD BLOCK`, `XREADGROUP BLOCK`).
+    /// Blocks only when an option asks for it (`XREAD BLOCK`, `XREADGROUP BLOCK`); the
+    /// option's [`Takes::Block`] in the key grammar says whether a request does.
     pub const MAY_BLOCK: u16 = 1 << 8;
     /// Allowed while a RESP2 client is subscribed.
     pub const SUBSCRIBED_OK: u16 = 1 << 9;
@@ -86,6 +87,10 @@ pub struct Opt {
 pub enum Takes {
     /// `n` plain arguments that are not keys.
     Plain(u8),
+    /// One timeout (`BLOCK ms`): the request waits for data, so it needs a connection of
+    /// its own. Whether a request blocks is read here, by the same walk that finds its
+    /// keys, so a group or consumer named `BLOCK` or `STREAMS` is never taken for an option.
+    Block,
     /// One key (`STORE dest`).
     Key,
     /// One pattern that names keys, such as `SORT ... BY weight_*`; `#` and patterns that do

@@ -195,10 +195,15 @@ const GEORADIUSBYMEMBER_RO_KEYS: &[KeyRule] = &[
     },
 ];
 
+/// `BLOCK ms`: the request waits for data.
+const BLOCK_OPT: Opt = Opt {
+    word: "BLOCK",
+    takes: Takes::Block,
+};
 /// `XREAD [COUNT n] [BLOCK ms] STREAMS key... id...`.
 const XREAD_OPTS: &[Opt] = &[
     plain("COUNT", 1),
-    plain("BLOCK", 1),
+    BLOCK_OPT,
     Opt {
         word: "STREAMS",
         takes: Takes::StreamsRest,
@@ -208,7 +213,7 @@ const XREAD_OPTS: &[Opt] = &[
 const XREADGROUP_OPTS: &[Opt] = &[
     plain("GROUP", 2),
     plain("COUNT", 1),
-    plain("BLOCK", 1),
+    BLOCK_OPT,
     plain("NOACK", 0),
     Opt {
         word: "STREAMS",

@@ -322,13 +322,14 @@ impl Session {
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
-        let (Some(ns), Ok(keys)) = (self.ns(), commands::key_args(spec, args)) else {
-            let msg = commands::key_args(spec, args).err().map_or_else(
-                || "NOAUTH Authentication required.".to_string(),
-                |e| e.to_string(),
-            );
-            return self.reject(&msg, out);
+        let located = match commands::locate(spec, args) {
+            Ok(located) => located,
+            Err(e) => return self.reject(&e.to_string(), out),
         };
+        let Some(ns) = self.ns() else {
+            return self.reject("NOAUTH Authentication required.", out);
+        };
+        let (keys, blocks) = (located.keys, located.blocks);
         let plan = if self.shared.meter.enabled() {
             match storage::plan(spec, args, &keys, ns, &self.ttl_policy()) {
                 Ok(plan) => plan,
@@ -358,8 +359,6 @@ impl Session {
         let mut cmds = plan.before;
         cmds.push(cmd);
         cmds.extend(plan.after);
-        let blocks =
-            spec.has(flags::BLOCKING) || (spec.has(flags::MAY_BLOCK) && has_block_option(args));
         if blocks && self.txn.multi.is_none() {
             return self.run_blocking(cmds, pending, out, io).await;
         }
@@ -809,14 +808,6 @@ impl TimeShares {
     fn next(&mut self) -> u64 {
         self.each + std::mem::take(&mut self.remainder)
     }
-}
-
-/// True when an `XREAD`/`XREADGROUP` asks to block (a `BLOCK` option before `STREAMS`).
-fn has_block_option(args: &[Bytes]) -> bool {
-    args.iter()
-        .skip(1)
-        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
 }
 
 /// The Redis-style error for a request the table does not serve.

@@ -1,0 +1,127 @@
+//! Nothing one tenant sends stalls the others, and upstream time is paid: a blocking read
+//! whose group or consumer is named like an option never reaches a shared connection, a
+//! long command on the embedded store leaves the threads that serve other tenants free, a
+//! command whose reply never came is still paid for what it is known to have cost, and a
+//! client blocked at shutdown is answered, billed and let go at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{encode, Issuer, PkvConfig, Redis, RespConn};
+
+/// Well under the 30 s an upstream response may take, well over a healthy round trip.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until `check` holds, for up to 10 s.
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Clients the upstream Redis holds blocked right now.
+fn upstream_blocked(redis: &Redis) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query(&mut redis.direct())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// Sends `args` and reads the reply as text within `timeout`, panicking with what is known
+/// when it does not come.
+fn within(conn: &mut RespConn, args: &[&str], timeout: Duration) -> String {
+    let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    conn.send(&encode(&bytes));
+    let started = Instant::now();
+    match conn.try_frame(timeout) {
+        Ok(frame) => String::from_utf8_lossy(&frame).into_owned(),
+        Err(e) => panic!("{args:?} not answered after {:?}: {e}", started.elapsed()),
+    }
+}
+
+// === item 2: a blocking read is recognised by Redis's own grammar ===
+
+/// Tenant A blocks with `xreadgroup` (a group or consumer literally named like an option);
+/// tenant B's GET and PKV.BALANCE must still be answered at once, and A's read must still
+/// get the entry a later XADD brings.
+fn blocking_read_leaves_the_pool_free(create: &[&str], read: &[&str]) {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    // One pooled connection: whatever lands on it is shared by every tenant.
+    let pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_UPSTREAM_POOL_SIZE", "1")
+        .start();
+    let (token_a, token_b) = (issuer.token(100), issuer.token(100));
+    let mut a = pkv.resp_authed(&token_a);
+    let reply = within(&mut a, create, ANSWER_WITHIN);
+    assert_eq!(reply, "+OK\r\n", "{create:?}");
+    let mut b = pkv.resp_authed(&token_b);
+    assert_eq!(within(&mut b, &["SET", "k", "v"], ANSWER_WITHIN), "+OK\r\n");
+
+    let bytes: Vec<&[u8]> = read.iter().map(|s| s.as_bytes()).collect();
+    a.send(&encode(&bytes));
+    wait_until("the read blocks upstream", || upstream_blocked(&redis) == 1);
+
+    let started = Instant::now();
+    assert_eq!(within(&mut b, &["GET", "k"], ANSWER_WITHIN), "$1\r\nv\r\n");
+    let balance = within(&mut b, &["PKV.BALANCE"], ANSWER_WITHIN);
+    assert!(balance.contains("balance"), "{balance}");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "other tenant waited {took:?}"
+    );
+
+    // The blocked read is served as Redis would serve it, with its own key name.
+    let mut a2 = pkv.resp_authed(&token_a);
+    let id = within(&mut a2, &["XADD", "s", "*", "f", "v"], ANSWER_WITHIN);
+    assert!(id.starts_with('$'), "{id}");
+    let got = String::from_utf8_lossy(&a.reply_within(ANSWER_WITHIN)).into_owned();
+    assert!(
+        got.contains("\r\ns\r\n") && got.contains("\r\nf\r\n"),
+        "{got}"
+    );
+}
+
+#[test]
+fn a_group_named_streams_does_not_stall_other_tenants() {
+    blocking_read_leaves_the_pool_free(
+        &["XGROUP", "CREATE", "s", "STREAMS", "$", "MKSTREAM"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "STREAMS",
+            "c",
+            "BLOCK",
+            "0",
+            "STREAMS",
+            "s",
+            ">",
+        ],
+    );
+}
+
+#[test]
+fn a_consumer_named_streams_does_not_stall_other_tenants() {
+    blocking_read_leaves_the_pool_free(
+        &["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "STREAMS",
+            "BLOCK",
+            "0",
+            "STREAMS",
+            "s",
+            ">",
+        ],
+    );
+}
