@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 pub use spec::{
     flags, CommandSpec, Dest, Element, Exec, KeyRule, Local, Opt, ReplyRewrite, Storage, Takes,
-    TtlUnit,
+    Timeout, TtlUnit,
 };
 
 /// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,
@@ -219,6 +219,28 @@ pub struct Located {
     /// The request may wait for data (a `BLOCKING` command, or a `BLOCK` option its
     /// grammar found): it must run on a connection of its own, never a shared one.
     pub blocks: bool,
+    /// Where a blocking request says how long it waits: `(index, in milliseconds)`.
+    pub timeout: Option<(usize, bool)>,
+}
+
+impl Located {
+    /// How long a blocking request may wait, as it asked; `None` for ever (a timeout of 0)
+    /// or when it cannot be read (Redis will refuse the request then).
+    pub fn wait_limit(&self, args: &[Bytes]) -> Option<std::time::Duration> {
+        let (at, millis) = self.timeout?;
+        let raw = std::str::from_utf8(args.get(at)?).ok()?;
+        let ms = if millis {
+            raw.parse::<u64>().ok()?
+        } else {
+            // Redis reads seconds as a double; this is only when the wait ends, not money.
+            let secs: f64 = raw.parse().ok()?;
+            if !(0.0..1e12).contains(&secs) {
+                return None;
+            }
+            (secs * 1000.0).ceil() as u64
+        };
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
 }
 
 /// Lists `(index, role)` for every argument of `args` that names a key, key pattern or
@@ -234,6 +256,11 @@ pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
     let mut out = Vec::new();
     let mut blocks = spec.has(flags::BLOCKING);
     let argc = args.len();
+    let mut timeout = match spec.timeout {
+        Some(Timeout::Last) => argc.checked_sub(1).map(|at| (at, false)),
+        Some(Timeout::At(at)) => Some((usize::from(at), false)),
+        None => None,
+    };
     for rule in spec.keys {
         match *rule {
             KeyRule::Range { first, last, step } => {
@@ -266,7 +293,10 @@ pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
                 out.extend((at + 1..=at + n as usize).map(|i| (i, ArgRole::Key)));
             }
             KeyRule::Options { start, grammar } => {
-                blocks |= options(args, usize::from(start), grammar, &mut out)?
+                if let Some(at) = options(args, usize::from(start), grammar, &mut out)? {
+                    blocks = true;
+                    timeout = Some((at, true));
+                }
             }
             KeyRule::Channels { first } => {
                 out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::Channel)))
@@ -286,19 +316,24 @@ pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
             }
         }
     }
-    Ok(Located { keys: out, blocks })
+    Ok(Located {
+        keys: out,
+        blocks,
+        timeout,
+    })
 }
 
 /// Walks an option list the way Redis's own option loops do: a keyword, then what it takes.
 /// An unknown word is a syntax error, as it is for Redis, so nothing unrecognised is ever
-/// forwarded. Returns true when a [`Takes::Block`] option was given.
+/// forwarded. Returns where the timeout of a [`Takes::Block`] option is, when one was given
+/// (the last one, as Redis reads it).
 fn options(
     args: &[Bytes],
     start: usize,
     grammar: &[Opt],
     out: &mut Vec<(usize, ArgRole)>,
-) -> Result<bool, KeyError> {
-    let mut blocks = false;
+) -> Result<Option<usize>, KeyError> {
+    let mut blocks = None;
     let mut i = start;
     while i < args.len() {
         let opt = grammar
@@ -317,7 +352,7 @@ fn options(
                 if rest < 1 {
                     return Err(KeyError::Syntax);
                 }
-                blocks = true;
+                blocks = Some(i + 1);
                 i += 2;
             }
             Takes::Key | Takes::KeyPattern => {
@@ -448,6 +483,26 @@ mod tests {
         assert_eq!(blocks("xreadgroup group g c streams block >"), Ok(false));
         assert_eq!(blocks("blpop q 0"), Ok(true));
         assert_eq!(blocks("lpop q"), Ok(false));
+        let limit = |line: &str| {
+            let a = args(line);
+            locate(lookup(&a).unwrap(), &a).unwrap().wait_limit(&a)
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(limit("blpop a b 1.5"), Some(ms(1500)));
+        assert_eq!(limit("blpop a 0"), None);
+        assert_eq!(limit("blmpop 0.001 2 a b left"), Some(ms(1)));
+        assert_eq!(limit("xread block 250 streams s $"), Some(ms(250)));
+        assert_eq!(limit("xread block 0 streams s $"), None);
+        assert_eq!(limit("xread streams s $"), None);
+        // Every blocking row says where its timeout is.
+        for spec in table::TABLE {
+            assert_eq!(
+                spec.has(flags::BLOCKING),
+                spec.timeout.is_some(),
+                "{}",
+                spec.name
+            );
+        }
         // Every row with a BLOCK option says so with its flag (the flag mirrors Redis's).
         for spec in table::TABLE {
             let has_block_opt = spec.keys.iter().any(|rule| {

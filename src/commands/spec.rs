@@ -22,6 +22,19 @@ pub struct CommandSpec {
     pub exec: Exec,
     /// What storage a write buys; see `docs/metering.md`.
     pub storage: Storage,
+    /// Where a `BLOCKING` command says how long it may wait (a `BLOCK` option of the key
+    /// grammar says it for `MAY_BLOCK` commands).
+    pub timeout: Option<Timeout>,
+}
+
+/// Where a blocking command's timeout is: in seconds (a float, as Redis reads it; 0 waits
+/// for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// The last argument (`BLPOP key... timeout`, `BLMOVE ... timeout`).
+    Last,
+    /// The argument at this index (`BLMPOP timeout numkeys ...`).
+    At(u8),
 }
 
 /// Command properties. A command may carry several.
@@ -272,6 +285,7 @@ impl CommandSpec {
             reply: ReplyRewrite::Plain,
             exec: Exec::Forward,
             storage: Storage::None,
+            timeout: None,
         }
     }
 
@@ -285,6 +299,7 @@ impl CommandSpec {
             reply: ReplyRewrite::Plain,
             exec: Exec::Local(local),
             storage: Storage::None,
+            timeout: None,
         }
     }
 
@@ -303,6 +318,12 @@ impl CommandSpec {
     /// The same row with a storage rule.
     pub const fn storage(mut self, storage: Storage) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// The same row with the position of its timeout (blocking commands).
+    pub const fn timeout(mut self, timeout: Timeout) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 

@@ -12,7 +12,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 use super::session::Session;
 use super::Shared;
@@ -59,12 +58,7 @@ impl ClientIo {
 }
 
 /// Serves one client until it leaves, breaks the protocol, or pkv shuts down.
-pub async fn serve(
-    shared: Arc<Shared>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    mut stop: broadcast::Receiver<()>,
-) {
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     Metrics::inc(&shared.metrics.connections);
     Metrics::inc(&shared.metrics.connections_total);
     let idle = shared.settings.idle_timeout;
@@ -124,7 +118,7 @@ pub async fn serve(
             }
         };
         tokio::select! {
-            _ = stop.recv() => break,
+            _ = shared.stopping() => break,
             read = io.fill() => match read {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}

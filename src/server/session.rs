@@ -127,6 +127,20 @@ impl Pending {
     }
 }
 
+/// The reply to a client blocked in a command when pkv shuts down. Redis answers a wait it
+/// must end for a reason other than data or the timeout (its instance changing role, a
+/// slot moving) with an `UNBLOCKED` error; a null reply would tell the client its timeout
+/// passed, which never happens for a timeout of 0.
+pub const SHUTDOWN_UNBLOCKED: &str = "UNBLOCKED server shutting down; reconnect and retry";
+
+/// How a blocking command's wait ended.
+enum Waited {
+    Answered(Vec<Value>),
+    Failed(BackendError),
+    ClientGone,
+    ShuttingDown,
+}
+
 /// A reply waiting for its turn.
 enum Slot {
     /// The next replies of the batch's upstream pipeline.
@@ -329,7 +343,8 @@ impl Session {
         let Some(ns) = self.ns() else {
             return self.reject("NOAUTH Authentication required.", out);
         };
-        let (keys, blocks) = (located.keys, located.blocks);
+        let (blocks, wait_limit) = (located.blocks, located.wait_limit(args));
+        let keys = located.keys;
         let plan = if self.shared.meter.enabled() {
             match storage::plan(spec, args, &keys, ns, &self.ttl_policy()) {
                 Ok(plan) => plan,
@@ -360,7 +375,7 @@ impl Session {
         cmds.push(cmd);
         cmds.extend(plan.after);
         if blocks && self.txn.multi.is_none() {
-            return self.run_blocking(cmds, pending, out, io).await;
+            return self.run_blocking(cmds, pending, wait_limit, out, io).await;
         }
         self.enqueue(cmds, pending, out).await;
     }
@@ -673,11 +688,16 @@ impl Session {
 
     /// A blocking command waits on the dedicated connection. If the client leaves while it
     /// waits, the connection is closed so that Redis unblocks it and hands no data to a
-    /// client that is gone. It pays for the time it waited.
+    /// client that is gone. If pkv shuts down while it waits, a wait that ends by itself
+    /// within the grace (`wait_limit`, as the client asked) is let finish like any command
+    /// in flight; a longer one is answered [`SHUTDOWN_UNBLOCKED`] at once and the session
+    /// ends, so shutdown does not wait its grace for a wait that may never end. Either way
+    /// it pays for the time it waited.
     async fn run_blocking(
         &mut self,
         cmds: Vec<redis::Cmd>,
         pending: Pending,
+        wait_limit: Option<std::time::Duration>,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
@@ -688,24 +708,56 @@ impl Session {
             pipe.add_command(c);
         }
         let cap = self.shared.settings.max_request_bytes;
+        let grace = self.shared.settings.shutdown_grace;
+        let stopping = self.shared.stopping();
+        tokio::pin!(stopping);
         let started = std::time::Instant::now();
+        let ends_by = wait_limit.and_then(|limit| started.checked_add(limit));
+        let mut let_finish = false;
         let outcome = match self.dedicated().await {
-            Err(e) => Some(Err(e)),
-            Ok(conn) => tokio::select! {
-                result = conn.pipeline(&pipe, count) => Some(result),
-                _ = io.closed(cap) => None,
-            },
+            Err(e) => Waited::Failed(e),
+            Ok(conn) => {
+                let wait = conn.pipeline(&pipe, count);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        result = &mut wait => break match result {
+                            Ok(values) => Waited::Answered(values),
+                            Err(e) => Waited::Failed(e),
+                        },
+                        _ = io.closed(cap) => break Waited::ClientGone,
+                        _ = &mut stopping, if !let_finish => {
+                            let now = std::time::Instant::now();
+                            if ends_by.is_some_and(|at| at <= now + grace) {
+                                let_finish = true;
+                            } else {
+                                break Waited::ShuttingDown;
+                            }
+                        }
+                    }
+                }
+            }
         };
         let waited = started.elapsed().as_micros() as u64;
         match outcome {
-            None => {
+            Waited::ClientGone => {
                 self.dedicated = None;
                 self.closing = true;
                 if let Some(bill) = pending.bill {
                     self.pay(bill, 0, 0, waited);
                 }
             }
-            Some(Ok(values)) => {
+            Waited::ShuttingDown => {
+                // Closing the connection ends the wait upstream.
+                self.dedicated = None;
+                self.closing = true;
+                let start = out.len();
+                ReplyWriter::new(out, self.proto).error(SHUTDOWN_UNBLOCKED);
+                if let Some(bill) = pending.bill {
+                    self.pay(bill, 0, out.len() - start, waited);
+                }
+            }
+            Waited::Answered(values) => {
                 let mut values = values.into_iter();
                 let (before, reply, after) = pending.take_replies(&mut values);
                 let start = out.len();
@@ -715,7 +767,7 @@ impl Session {
                     self.pay(bill, stored, out.len() - start, waited);
                 }
             }
-            Some(Err(err)) => {
+            Waited::Failed(err) => {
                 self.dedicated = None;
                 self.txn = Txn::default();
                 Metrics::inc(&self.shared.metrics.upstream_errors_total);
