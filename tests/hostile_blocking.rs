@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{encode, Issuer, Pkv, PkvConfig, Redis, RespConn};
@@ -211,4 +212,97 @@ fn shutdown_answers_a_client_blocked_on_the_embedded_store() {
     let reply = String::from_utf8_lossy(&reply).into_owned();
     assert!(reply.starts_with("-UNBLOCKED"), "{reply}");
     exits_within(&mut pkv, Duration::from_secs(3));
+}
+
+// === item 9 (upstream): a command whose reply never came is paid ===
+
+/// The redis-server's process id.
+fn redis_pid(redis: &Redis) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut redis.direct())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
+fn signal(pid: &str, signal: &str) {
+    let status = Command::new("kill").args([signal, pid]).status().unwrap();
+    assert!(status.success());
+}
+
+/// Resumes a stopped process when dropped, even if the test fails while it is stopped.
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+/// A field of a `PKV.BALANCE` reply, as a number.
+fn balance_field(balance: &BTreeMap<String, String>, field: &str) -> u64 {
+    balance
+        .get(field)
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {balance:?}"))
+}
+
+#[test]
+fn a_write_whose_reply_timed_out_still_pays_its_storage() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_UPSTREAM_TIMEOUT_MS", "300")
+        .set("PKV_UPSTREAM_POOL_SIZE", "1")
+        .start();
+    let token = issuer.token(100);
+    let mut conn = pkv.resp_authed(&token);
+    // The account has a lease before the upstream stalls.
+    assert_eq!(
+        within(&mut conn, &["SET", "warm", "1"], ANSWER_WITHIN),
+        "+OK\r\n"
+    );
+
+    // A one-year 1 KiB write, sent while Redis is stopped: pkv gives up waiting, and Redis
+    // runs it once it resumes.
+    let value = "x".repeat(1024);
+    const YEAR: u64 = 31_536_000;
+    let pid = redis_pid(&redis);
+    signal(&pid, "-STOP");
+    let resume = Resume(pid);
+    let started = Instant::now();
+    let reply = within(
+        &mut conn,
+        &["SET", "big", &value, "EX", &YEAR.to_string()],
+        ANSWER_WITHIN,
+    );
+    let waited = started.elapsed();
+    drop(resume);
+    assert!(reply.starts_with("-ERR upstream unavailable"), "{reply}");
+    let mut direct = redis.direct();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*big").query(&mut direct).unwrap();
+    assert_eq!(keys.len(), 1, "the write ran upstream after all: {keys:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut direct).unwrap();
+    assert!(ttl > YEAR as i64 - 60, "for a year: {ttl}");
+
+    let balance = common::pkv_balance(&mut pkv.client(&token));
+    let byte_seconds = balance_field(&balance, "byte_seconds");
+    let bought = (3 + 1024) * YEAR;
+    assert!(
+        byte_seconds >= bought,
+        "the timed-out write's storage ({bought} byte-seconds) is paid: {balance:?}"
+    );
+    let ops = balance_field(&balance, "ops");
+    assert!(ops >= 2, "the timed-out write's op is paid: {balance:?}");
+    let time_ms = balance_field(&balance, "time_ms");
+    assert!(
+        time_ms >= 250,
+        "the {waited:?} waited for the reply is paid: {balance:?}"
+    );
 }

@@ -101,6 +101,9 @@ pub struct Bill {
     pub usage: Usage,
     /// How to read the storage it bought from its bookkeeping replies.
     pub rule: After,
+    /// The most byte-seconds it can buy, as reserved at admission: what it pays for
+    /// storage when its reply never comes.
+    pub storage_bound: u64,
 }
 
 /// A command in an upstream pipeline: the client's reply, plus `before` and `after`
@@ -415,6 +418,7 @@ impl Session {
                 admitted,
                 usage,
                 rule,
+                storage_bound,
             }));
         }
         // The lease ran short: what this session owes back first, then the ledger.
@@ -424,6 +428,7 @@ impl Session {
                 admitted,
                 usage,
                 rule,
+                storage_bound,
             })),
             Err(Refusal::NoQuota { balance }) => Err(format!(
                 "NOQUOTA balance exhausted: {} left; top up with PKV.TOPUP <token>",
@@ -462,6 +467,7 @@ impl Session {
                 ..Usage::default()
             },
             rule: After::None,
+            storage_bound: 0,
         })
     }
 
@@ -474,6 +480,19 @@ impl Session {
         self.shared
             .meter
             .charge(&mut self.charges, bill.admitted, &usage);
+    }
+
+    /// Settles a bill whose reply never came because of `err`: a command that may have run
+    /// pays what it is known to cost (its op, request bytes, the storage bound it reserved,
+    /// and the time waited); one that certainly did not run gets its reservation back.
+    pub(super) fn pay_lost(&mut self, bill: Option<Bill>, err: &BackendError, time_us: u64) {
+        match bill {
+            Some(bill) if err.may_have_run() => {
+                let bound = bill.storage_bound;
+                self.pay(bill, bound, 0, time_us);
+            }
+            bill => self.cancel(bill),
+        }
     }
 
     /// Gives back a bill's reservation for a command that never ran.
@@ -572,6 +591,9 @@ impl Session {
             .filter(|s| matches!(s, Slot::Upstream(_)))
             .count() as u64;
         let mut shares = TimeShares::new(started.elapsed().as_micros() as u64, commands);
+        // Commands only queued inside MULTI never run when the transaction's connection
+        // fails (Redis discards the transaction with the connection).
+        let queuing = self.txn.multi.is_some();
         let mut replies = match replies {
             Ok(values) => Ok(values.into_iter()),
             Err(err) => {
@@ -581,7 +603,7 @@ impl Session {
                     self.txn = Txn::default();
                     self.dedicated = None;
                 }
-                Err(err.to_string())
+                Err(err)
             }
         };
         for slot in batch.slots {
@@ -594,9 +616,14 @@ impl Session {
             };
             let values = match &mut replies {
                 Ok(values) => values,
-                Err(msg) => {
-                    ReplyWriter::new(out, self.proto).error(msg);
-                    self.cancel(pending.bill);
+                Err(err) => {
+                    let err = err.clone();
+                    ReplyWriter::new(out, self.proto).error(&err.to_string());
+                    if queuing {
+                        self.cancel(pending.bill);
+                    } else {
+                        self.pay_lost(pending.bill, &err, shares.next());
+                    }
                     continue;
                 }
             };
@@ -772,7 +799,7 @@ impl Session {
                 self.txn = Txn::default();
                 Metrics::inc(&self.shared.metrics.upstream_errors_total);
                 ReplyWriter::new(out, self.proto).error(&err.to_string());
-                self.cancel(pending.bill);
+                self.pay_lost(pending.bill, &err, waited);
             }
         }
     }
