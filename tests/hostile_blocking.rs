@@ -306,3 +306,72 @@ fn a_write_whose_reply_timed_out_still_pays_its_storage() {
         "the {waited:?} waited for the reply is paid: {balance:?}"
     );
 }
+
+// === item 9 (embedded): a long command never holds the threads that serve others ===
+
+/// Members in each of the two big sets: enough that their union takes the debug build
+/// well over a second, few enough to build in a few seconds.
+const BIG_SET: usize = 150_000;
+
+/// Fills set `key` with `BIG_SET` members `{tag}{i}`, in pipelined SADDs of 10 000.
+fn fill_set(conn: &mut RespConn, key: &str, tag: &str) {
+    const CHUNK: usize = 10_000;
+    let mut wire = Vec::new();
+    for start in (0..BIG_SET).step_by(CHUNK) {
+        let members: Vec<String> = (start..start + CHUNK)
+            .map(|i| format!("{tag}{i}"))
+            .collect();
+        let mut args: Vec<&[u8]> = vec![b"SADD", key.as_bytes()];
+        args.extend(members.iter().map(|m| m.as_bytes()));
+        wire.extend(encode(&args));
+    }
+    conn.send(&wire);
+    for _ in (0..BIG_SET).step_by(CHUNK) {
+        let reply = conn.try_frame(Duration::from_secs(30)).unwrap();
+        assert_eq!(reply, format!(":{CHUNK}\r\n").as_bytes());
+    }
+}
+
+#[test]
+fn a_long_union_on_the_embedded_store_does_not_stall_other_tenants() {
+    let issuer = Issuer::new();
+    // Two worker threads, as on a two-core machine: one runs the union, one is left.
+    let pkv = PkvConfig::embedded(&issuer).set("PKV_THREADS", "2").start();
+    let (token_a, token_b, token_c) = (issuer.token(100), issuer.token(100), issuer.token(100));
+    let mut a = pkv.resp_authed(&token_a);
+    fill_set(&mut a, "s1", "a");
+    fill_set(&mut a, "s2", "b");
+    let mut b = pkv.resp_authed(&token_b);
+    assert_eq!(within(&mut b, &["SET", "k", "v"], ANSWER_WITHIN), "+OK\r\n");
+    let mut c = pkv.resp_authed(&token_c);
+
+    let started = Instant::now();
+    a.send(&encode(&[b"SUNIONSTORE", b"u", b"s1", b"s2"]));
+    std::thread::sleep(Duration::from_millis(100));
+    // Another tenant's GET needs the store: it waits for the union (as it must), and
+    // must not take a worker thread with it while it waits.
+    b.send(&encode(&[b"GET", b"k"]));
+    std::thread::sleep(Duration::from_millis(100));
+    let ping_sent = Instant::now();
+    let pong = within(&mut c, &["PING"], Duration::from_secs(60));
+    let ping = ping_sent.elapsed();
+    let union = a.try_frame(Duration::from_secs(60)).unwrap();
+    let union_took = started.elapsed();
+    let get = b.try_frame(Duration::from_secs(60)).unwrap();
+    let get_took = started.elapsed();
+    eprintln!(
+        "PING answered in {ping:?}; SUNIONSTORE took {union_took:?}; \
+         the other tenant's GET answered {get_took:?} after the union began"
+    );
+    assert_eq!(pong, "+PONG\r\n");
+    assert_eq!(union, format!(":{}\r\n", 2 * BIG_SET).as_bytes());
+    assert_eq!(get, b"$1\r\nv\r\n");
+    assert!(
+        union_took > Duration::from_millis(500),
+        "the union is long enough to show a stall ({union_took:?})"
+    );
+    assert!(
+        ping < Duration::from_millis(200),
+        "PING of another tenant waited {ping:?} for a {union_took:?} union"
+    );
+}

@@ -3,9 +3,10 @@
 //! exclusively, so each step is atomic and snapshots keep the ledger with the data.
 
 use std::collections::HashMap;
+use std::sync::TryLockError;
 
 use super::data::{Data, Entry};
-use super::{now_ms, Store};
+use super::{now_ms, off_thread, Store};
 use crate::backend::BoxFuture;
 use crate::ledger::{
     account_key, token_key, AccountRecord, Book, LedgerError, Redemption, Settlement,
@@ -14,10 +15,27 @@ use crate::ledger::{
 use crate::meter::price::Usage;
 
 impl Store {
-    /// Runs `f` with no other command running.
-    fn alone<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        f()
+    /// Runs `f` with no other command running. A ledger step is short, so it runs in place
+    /// when the gate is free; when a command holds it, the step waits on the blocking pool,
+    /// never on a runtime worker thread.
+    async fn alone<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, LedgerError> + Send + 'static,
+    ) -> Result<R, LedgerError> {
+        match self.gate.try_write() {
+            Ok(_alone) => return f(self),
+            Err(TryLockError::Poisoned(p)) => {
+                let _alone = p.into_inner();
+                return f(self);
+            }
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let store = self.clone();
+        off_thread(move || {
+            let _alone = store.gate.write().unwrap_or_else(|p| p.into_inner());
+            f(&store)
+        })
+        .await?
     }
 
     /// The integer fields of an account record.
@@ -69,9 +87,10 @@ impl Book for Store {
         nanos: i64,
         expire_at: i64,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
-        let outcome = self.alone(|| {
-            let token = token_key(jti);
-            let owner = self.keys.read(token.as_bytes(), now_ms(), |e| match e {
+        let (jti, account) = (jti.to_owned(), account.to_owned());
+        Box::pin(self.alone(move |store| {
+            let token = token_key(&jti);
+            let owner = store.keys.read(token.as_bytes(), now_ms(), |e| match e {
                 Some(Entry {
                     data: Data::Str(owner),
                     ..
@@ -84,15 +103,14 @@ impl Book for Store {
                 });
             }
             // Credit first: if it fails, the token stays unredeemed.
-            self.add(&account_key(account), &[("credited", nanos)])?;
+            store.add(&account_key(&account), &[("credited", nanos)])?;
             let mut record = Entry::new(Data::Str(account.as_bytes().to_vec()));
             record.expires_at = Some(expire_at.saturating_mul(1000));
-            self.keys.insert(token.as_bytes(), record);
+            store.keys.insert(token.as_bytes(), record);
             Ok(Redemption::Credited {
-                account: account.into(),
+                account: account.as_str().into(),
             })
-        });
-        Box::pin(std::future::ready(outcome))
+        }))
     }
 
     fn account<'a>(
@@ -120,18 +138,17 @@ impl Book for Store {
     }
 
     fn lease<'a>(&'a self, account: &'a str, want: i64) -> BoxFuture<'a, Result<i64, LedgerError>> {
-        let granted = self.alone(|| {
-            let key = account_key(account);
-            let f = self.fields(&key)?;
+        let key = account_key(account);
+        Box::pin(self.alone(move |store| {
+            let f = store.fields(&key)?;
             let available =
                 f.get("credited").copied().unwrap_or(0) - f.get("debited").copied().unwrap_or(0);
             let grant = want.min(available.max(0));
             if grant > 0 {
-                self.add(&key, &[("debited", grant)])?;
+                store.add(&key, &[("debited", grant)])?;
             }
             Ok(grant)
-        });
-        Box::pin(std::future::ready(granted))
+        }))
     }
 
     fn settle<'a>(
@@ -139,8 +156,8 @@ impl Book for Store {
         account: &'a str,
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let deltas: Vec<(&str, i64)> = s.deltas().collect();
-        let result = self.alone(|| self.add(&account_key(account), &deltas));
-        Box::pin(std::future::ready(result))
+        let deltas: Vec<(&'static str, i64)> = s.deltas().collect();
+        let key = account_key(account);
+        Box::pin(self.alone(move |store| store.add(&key, &deltas)))
     }
 }
