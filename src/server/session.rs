@@ -39,6 +39,10 @@ use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
 
+/// How many times pkv asks what a store whose reply was lost stored, one upstream timeout
+/// apart, before it gives up.
+const LATE_MEASURE_ATTEMPTS: usize = 3;
+
 /// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a
 /// batch are held in memory together, so this also bounds what one connection holds:
 /// about this many replies.
@@ -495,6 +499,51 @@ impl Session {
         }
     }
 
+    /// A store (`SUNIONSTORE`, `COPY`, ...) whose reply was lost: its size is known only
+    /// upstream, so its bookkeeping commands (`after`: PEXPIRE NX, PTTL, MEMORY USAGE of
+    /// the destination) are sent again once the upstream has had time to run it, and the
+    /// account pays the storage they show. Runs in the background; the session may be gone
+    /// by then, so it attaches to the account for the while.
+    fn measure_store_later(&self, after: Vec<redis::Cmd>) {
+        let Some(auth) = &self.auth else { return };
+        let (shared, account, proto) = (self.shared.clone(), auth.account.clone(), self.proto);
+        tokio::spawn(async move {
+            let meter = shared.meter.attach(&account);
+            let mut pipe = redis::pipe();
+            for cmd in after {
+                pipe.add_command(cmd);
+            }
+            let count = pipe.cmd_iter().count();
+            for _attempt in 0..LATE_MEASURE_ATTEMPTS {
+                // Let the upstream run what it was sent before asking what it stored.
+                tokio::time::sleep(shared.settings.upstream_timeout).await;
+                let Ok(values) = shared.backend.pipeline(proto, &pipe, count).await else {
+                    continue;
+                };
+                let stored = storage::byte_seconds(
+                    After::Store,
+                    &Value::Okay,
+                    &[],
+                    &values,
+                    shared.settings.default_ttl,
+                );
+                if stored > 0 {
+                    let usage = Usage {
+                        byte_seconds: stored,
+                        ..Usage::default()
+                    };
+                    let mut charges = Charges::default();
+                    shared
+                        .meter
+                        .charge(&mut charges, Admitted::default(), &usage);
+                    shared.meter.apply(&meter, &mut charges);
+                }
+                break;
+            }
+            shared.meter.detach(&meter).await;
+        });
+    }
+
     /// Gives back a bill's reservation for a command that never ran.
     pub(super) fn cancel(&mut self, bill: Option<Bill>) {
         if let Some(bill) = bill {
@@ -606,6 +655,9 @@ impl Session {
                 Err(err)
             }
         };
+        // What was sent, in order: read only when the replies were lost (then every
+        // command of the batch goes through that path).
+        let mut sent = batch.pipe.cmd_iter();
         for slot in batch.slots {
             let pending = match slot {
                 Slot::Ready(bytes) => {
@@ -618,12 +670,25 @@ impl Session {
                 Ok(values) => values,
                 Err(err) => {
                     let err = err.clone();
+                    let mine: Vec<&redis::Cmd> = sent
+                        .by_ref()
+                        .take(pending.before + 1 + pending.after)
+                        .collect();
                     ReplyWriter::new(out, self.proto).error(&err.to_string());
                     if queuing {
                         self.cancel(pending.bill);
-                    } else {
-                        self.pay_lost(pending.bill, &err, shares.next());
+                        continue;
                     }
+                    if err.may_have_run()
+                        && pending
+                            .bill
+                            .as_ref()
+                            .is_some_and(|b| b.rule == After::Store)
+                    {
+                        let after = mine.iter().skip(pending.before + 1);
+                        self.measure_store_later(after.map(|c| (*c).clone()).collect());
+                    }
+                    self.pay_lost(pending.bill, &err, shares.next());
                     continue;
                 }
             };
