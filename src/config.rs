@@ -180,7 +180,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_SHUTDOWN_GRACE",
         default: "10",
-        help: "seconds in-flight commands get to finish on SIGTERM or ctrl-c",
+        help: "seconds in-flight commands get to finish on SIGTERM or ctrl-c; a blocking command that would wait longer is answered -UNBLOCKED at once",
     },
     SettingDoc {
         name: "PKV_METERING",

@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 pub use spec::{
     flags, CommandSpec, Dest, Element, Exec, KeyRule, Local, Opt, ReplyRewrite, Storage, Takes,
-    TtlUnit,
+    Timeout, TtlUnit,
 };
 
 /// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,
@@ -211,11 +211,56 @@ pub fn parse_redis_int(raw: &[u8]) -> Option<i64> {
     }
 }
 
+/// Where a request's keys are, and whether it waits for data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    /// `(index, role)` of every argument that names a key, key pattern or channel.
+    pub keys: Vec<(usize, ArgRole)>,
+    /// The request may wait for data (a `BLOCKING` command, or a `BLOCK` option its
+    /// grammar found): it must run on a connection of its own, never a shared one.
+    pub blocks: bool,
+    /// Where a blocking request says how long it waits: `(index, in milliseconds)`.
+    pub timeout: Option<(usize, bool)>,
+}
+
+impl Located {
+    /// How long a blocking request may wait, as it asked; `None` for ever (a timeout of 0)
+    /// or when it cannot be read (Redis will refuse the request then).
+    pub fn wait_limit(&self, args: &[Bytes]) -> Option<std::time::Duration> {
+        let (at, millis) = self.timeout?;
+        let raw = std::str::from_utf8(args.get(at)?).ok()?;
+        let ms = if millis {
+            raw.parse::<u64>().ok()?
+        } else {
+            // Redis reads seconds as a double; this is only when the wait ends, not money.
+            let secs: f64 = raw.parse().ok()?;
+            if !(0.0..1e12).contains(&secs) {
+                return None;
+            }
+            (secs * 1000.0).ceil() as u64
+        };
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+}
+
 /// Lists `(index, role)` for every argument of `args` that names a key, key pattern or
 /// channel, according to the command's key rules.
 pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRole)>, KeyError> {
+    locate(spec, args).map(|located| located.keys)
+}
+
+/// Locates a request's keys, and says whether it blocks, with one walk of its arguments
+/// the way Redis parses them (SPEC 6: an option name used as a group or consumer name is
+/// not an option).
+pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
     let mut out = Vec::new();
+    let mut blocks = spec.has(flags::BLOCKING);
     let argc = args.len();
+    let mut timeout = match spec.timeout {
+        Some(Timeout::Last) => argc.checked_sub(1).map(|at| (at, false)),
+        Some(Timeout::At(at)) => Some((usize::from(at), false)),
+        None => None,
+    };
     for rule in spec.keys {
         match *rule {
             KeyRule::Range { first, last, step } => {
@@ -248,7 +293,10 @@ pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRol
                 out.extend((at + 1..=at + n as usize).map(|i| (i, ArgRole::Key)));
             }
             KeyRule::Options { start, grammar } => {
-                options(args, usize::from(start), grammar, &mut out)?
+                if let Some(at) = options(args, usize::from(start), grammar, &mut out)? {
+                    blocks = true;
+                    timeout = Some((at, true));
+                }
             }
             KeyRule::Channels { first } => {
                 out.extend((usize::from(first)..argc).map(|i| (i, ArgRole::Channel)))
@@ -268,18 +316,24 @@ pub fn key_args(spec: &CommandSpec, args: &[Bytes]) -> Result<Vec<(usize, ArgRol
             }
         }
     }
-    Ok(out)
+    Ok(Located {
+        keys: out,
+        blocks,
+        timeout,
+    })
 }
 
 /// Walks an option list the way Redis's own option loops do: a keyword, then what it takes.
 /// An unknown word is a syntax error, as it is for Redis, so nothing unrecognised is ever
-/// forwarded.
+/// forwarded. Returns where the timeout of a [`Takes::Block`] option is, when one was given
+/// (the last one, as Redis reads it).
 fn options(
     args: &[Bytes],
     start: usize,
     grammar: &[Opt],
     out: &mut Vec<(usize, ArgRole)>,
-) -> Result<(), KeyError> {
+) -> Result<Option<usize>, KeyError> {
+    let mut blocks = None;
     let mut i = start;
     while i < args.len() {
         let opt = grammar
@@ -293,6 +347,13 @@ fn options(
                     return Err(KeyError::Syntax);
                 }
                 i += 1 + usize::from(n);
+            }
+            Takes::Block => {
+                if rest < 1 {
+                    return Err(KeyError::Syntax);
+                }
+                blocks = Some(i + 1);
+                i += 2;
             }
             Takes::Key | Takes::KeyPattern => {
                 if rest < 1 {
@@ -311,11 +372,11 @@ fn options(
                     return Err(KeyError::UnbalancedStreams);
                 }
                 out.extend((i + 1..i + 1 + rest / 2).map(|k| (k, ArgRole::Key)));
-                return Ok(());
+                return Ok(blocks);
             }
         }
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// Every name the table serves, for `COMMAND COUNT` and the README.
@@ -400,5 +461,55 @@ mod tests {
         );
         assert_eq!(find("sort k bogus"), Err(KeyError::Syntax));
         assert_eq!(find("blmpop 0 2 a b left"), Ok(vec![3, 4]));
+    }
+
+    #[test]
+    fn blocking_is_read_with_the_grammar_that_finds_the_keys() {
+        let blocks = |line: &str| {
+            let a = args(line);
+            locate(lookup(&a).unwrap(), &a).map(|l| l.blocks)
+        };
+        assert_eq!(blocks("xread block 0 streams s $"), Ok(true));
+        assert_eq!(blocks("xread count 1 streams block 0"), Ok(false));
+        assert_eq!(
+            blocks("xreadgroup group streams c block 0 streams s >"),
+            Ok(true)
+        );
+        assert_eq!(
+            blocks("xreadgroup group g streams block 0 streams s >"),
+            Ok(true)
+        );
+        assert_eq!(blocks("xreadgroup group block c streams s >"), Ok(false));
+        assert_eq!(blocks("xreadgroup group g c streams block >"), Ok(false));
+        assert_eq!(blocks("blpop q 0"), Ok(true));
+        assert_eq!(blocks("lpop q"), Ok(false));
+        let limit = |line: &str| {
+            let a = args(line);
+            locate(lookup(&a).unwrap(), &a).unwrap().wait_limit(&a)
+        };
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(limit("blpop a b 1.5"), Some(ms(1500)));
+        assert_eq!(limit("blpop a 0"), None);
+        assert_eq!(limit("blmpop 0.001 2 a b left"), Some(ms(1)));
+        assert_eq!(limit("xread block 250 streams s $"), Some(ms(250)));
+        assert_eq!(limit("xread block 0 streams s $"), None);
+        assert_eq!(limit("xread streams s $"), None);
+        // Every blocking row says where its timeout is.
+        for spec in table::TABLE {
+            assert_eq!(
+                spec.has(flags::BLOCKING),
+                spec.timeout.is_some(),
+                "{}",
+                spec.name
+            );
+        }
+        // Every row with a BLOCK option says so with its flag (the flag mirrors Redis's).
+        for spec in table::TABLE {
+            let has_block_opt = spec.keys.iter().any(|rule| {
+                matches!(rule, KeyRule::Options { grammar, .. }
+                    if grammar.iter().any(|o| matches!(o.takes, Takes::Block)))
+            });
+            assert_eq!(has_block_opt, spec.has(flags::MAY_BLOCK), "{}", spec.name);
+        }
     }
 }

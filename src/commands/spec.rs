@@ -22,6 +22,19 @@ pub struct CommandSpec {
     pub exec: Exec,
     /// What storage a write buys; see `docs/metering.md`.
     pub storage: Storage,
+    /// Where a `BLOCKING` command says how long it may wait (a `BLOCK` option of the key
+    /// grammar says it for `MAY_BLOCK` commands).
+    pub timeout: Option<Timeout>,
+}
+
+/// Where a blocking command's timeout is: in seconds (a float, as Redis reads it; 0 waits
+/// for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// The last argument (`BLPOP key... timeout`, `BLMOVE ... timeout`).
+    Last,
+    /// The argument at this index (`BLMPOP timeout numkeys ...`).
+    At(u8),
 }
 
 /// Command properties. A command may carry several.
@@ -44,7 +57,8 @@ pub mod flags {
     pub const NO_AUTH: u16 = 1 << 6;
     /// Has subcommands; the row for `NAME|SUB` says the rest.
     pub const CONTAINER: u16 = 1 << 7;
-    /// Blocks only when an option asks for it (`XREAD BLOCK`, `XREADGROUP BLOCK`).
+    /// Blocks only when an option asks for it (`XREAD BLOCK`, `XREADGROUP BLOCK`); the
+    /// option's [`Takes::Block`] in the key grammar says whether a request does.
     pub const MAY_BLOCK: u16 = 1 << 8;
     /// Allowed while a RESP2 client is subscribed.
     pub const SUBSCRIBED_OK: u16 = 1 << 9;
@@ -91,6 +105,10 @@ pub struct Opt {
 pub enum Takes {
     /// `n` plain arguments that are not keys.
     Plain(u8),
+    /// One timeout (`BLOCK ms`): the request waits for data, so it needs a connection of
+    /// its own. Whether a request blocks is read here, by the same walk that finds its
+    /// keys, so a group or consumer named `BLOCK` or `STREAMS` is never taken for an option.
+    Block,
     /// One key (`STORE dest`).
     Key,
     /// One pattern that names keys, such as `SORT ... BY weight_*`; `#` and patterns that do
@@ -272,6 +290,7 @@ impl CommandSpec {
             reply: ReplyRewrite::Plain,
             exec: Exec::Forward,
             storage: Storage::None,
+            timeout: None,
         }
     }
 
@@ -285,6 +304,7 @@ impl CommandSpec {
             reply: ReplyRewrite::Plain,
             exec: Exec::Local(local),
             storage: Storage::None,
+            timeout: None,
         }
     }
 
@@ -303,6 +323,12 @@ impl CommandSpec {
     /// The same row with a storage rule.
     pub const fn storage(mut self, storage: Storage) -> Self {
         self.storage = storage;
+        self
+    }
+
+    /// The same row with the position of its timeout (blocking commands).
+    pub const fn timeout(mut self, timeout: Timeout) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 

@@ -10,7 +10,7 @@
 use super::spec::flags::*;
 use super::spec::{
     CommandSpec as C, Dest as D, Element as E, KeyRule, Local as L, Opt, ReplyRewrite as R,
-    Storage as S, Takes, TtlUnit as U,
+    Storage as S, Takes, Timeout as T, TtlUnit as U,
 };
 
 // === key rules ===
@@ -195,10 +195,15 @@ const GEORADIUSBYMEMBER_RO_KEYS: &[KeyRule] = &[
     },
 ];
 
+/// `BLOCK ms`: the request waits for data.
+const BLOCK_OPT: Opt = Opt {
+    word: "BLOCK",
+    takes: Takes::Block,
+};
 /// `XREAD [COUNT n] [BLOCK ms] STREAMS key... id...`.
 const XREAD_OPTS: &[Opt] = &[
     plain("COUNT", 1),
-    plain("BLOCK", 1),
+    BLOCK_OPT,
     Opt {
         word: "STREAMS",
         takes: Takes::StreamsRest,
@@ -208,7 +213,7 @@ const XREAD_OPTS: &[Opt] = &[
 const XREADGROUP_OPTS: &[Opt] = &[
     plain("GROUP", 2),
     plain("COUNT", 1),
-    plain("BLOCK", 1),
+    BLOCK_OPT,
     plain("NOACK", 0),
     Opt {
         word: "STREAMS",
@@ -402,11 +407,21 @@ pub static TABLE: &[C] = &[
     C::fwd("LMOVE", 5, WRITE, K12).storage(S::Move { element: E::Reply }),
     C::fwd("RPOPLPUSH", 3, WRITE, K12).storage(S::Move { element: E::Reply }),
     C::fwd("LMPOP", -4, WRITE, NUMKEYS1).reply(R::FirstKey),
-    C::fwd("BLPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
-    C::fwd("BRPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
-    C::fwd("BLMOVE", 6, WRITE | BLOCKING, K12).storage(S::Move { element: E::Reply }),
-    C::fwd("BRPOPLPUSH", 4, WRITE | BLOCKING, K12).storage(S::Move { element: E::Reply }),
-    C::fwd("BLMPOP", -5, WRITE | BLOCKING, NUMKEYS2).reply(R::FirstKey),
+    C::fwd("BLPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST)
+        .reply(R::FirstKey)
+        .timeout(T::Last),
+    C::fwd("BRPOP", -3, WRITE | BLOCKING, ALL_BUT_LAST)
+        .reply(R::FirstKey)
+        .timeout(T::Last),
+    C::fwd("BLMOVE", 6, WRITE | BLOCKING, K12)
+        .storage(S::Move { element: E::Reply })
+        .timeout(T::Last),
+    C::fwd("BRPOPLPUSH", 4, WRITE | BLOCKING, K12)
+        .storage(S::Move { element: E::Reply })
+        .timeout(T::Last),
+    C::fwd("BLMPOP", -5, WRITE | BLOCKING, NUMKEYS2)
+        .reply(R::FirstKey)
+        .timeout(T::At(1)),
     // === sets ===
     C::fwd("SADD", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
     C::fwd("SREM", -3, WRITE, K1),
@@ -448,10 +463,16 @@ pub static TABLE: &[C] = &[
     C::fwd("ZREMRANGEBYLEX", 4, WRITE, K1),
     C::fwd("ZPOPMIN", -2, WRITE, K1),
     C::fwd("ZPOPMAX", -2, WRITE, K1),
-    C::fwd("BZPOPMIN", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
-    C::fwd("BZPOPMAX", -3, WRITE | BLOCKING, ALL_BUT_LAST).reply(R::FirstKey),
+    C::fwd("BZPOPMIN", -3, WRITE | BLOCKING, ALL_BUT_LAST)
+        .reply(R::FirstKey)
+        .timeout(T::Last),
+    C::fwd("BZPOPMAX", -3, WRITE | BLOCKING, ALL_BUT_LAST)
+        .reply(R::FirstKey)
+        .timeout(T::Last),
     C::fwd("ZMPOP", -4, WRITE, NUMKEYS1).reply(R::FirstKey),
-    C::fwd("BZMPOP", -5, WRITE | BLOCKING, NUMKEYS2).reply(R::FirstKey),
+    C::fwd("BZMPOP", -5, WRITE | BLOCKING, NUMKEYS2)
+        .reply(R::FirstKey)
+        .timeout(T::At(1)),
     C::fwd("ZUNION", -3, READONLY, NUMKEYS1),
     C::fwd("ZINTER", -3, READONLY, NUMKEYS1),
     C::fwd("ZDIFF", -3, READONLY, NUMKEYS1),

@@ -7,9 +7,10 @@
 //! settlements in Redis exactly-once have nothing to guard against here and are not kept.
 
 use std::collections::HashMap;
+use std::sync::TryLockError;
 
 use super::data::{Data, Entry};
-use super::{now_ms, Store};
+use super::{now_ms, off_thread, Store};
 use crate::backend::BoxFuture;
 use crate::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
@@ -18,10 +19,27 @@ use crate::ledger::{
 use crate::meter::price::Usage;
 
 impl Store {
-    /// Runs `f` with no other command running.
-    fn alone<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        f()
+    /// Runs `f` with no other command running. A ledger step is short, so it runs in place
+    /// when the gate is free; when a command holds it, the step waits on the blocking pool,
+    /// never on a runtime worker thread.
+    async fn alone<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, LedgerError> + Send + 'static,
+    ) -> Result<R, LedgerError> {
+        match self.gate.try_write() {
+            Ok(_alone) => return f(self),
+            Err(TryLockError::Poisoned(p)) => {
+                let _alone = p.into_inner();
+                return f(self);
+            }
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let store = self.clone();
+        off_thread(move || {
+            let _alone = store.gate.write().unwrap_or_else(|p| p.into_inner());
+            f(&store)
+        })
+        .await?
     }
 
     /// The integer fields of an account record.
@@ -74,9 +92,10 @@ impl Book for Store {
         expire_at: i64,
         by: RedeemedBy,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
-        let outcome = self.alone(|| {
-            let token = token_key(jti);
-            let first = self.keys.read(token.as_bytes(), now_ms(), |e| match e {
+        let (jti, account) = (jti.to_owned(), account.to_owned());
+        Box::pin(self.alone(move |store| {
+            let token = token_key(&jti);
+            let first = store.keys.read(token.as_bytes(), now_ms(), |e| match e {
                 Some(Entry {
                     data: Data::Str(record),
                     ..
@@ -87,13 +106,12 @@ impl Book for Store {
                 return Ok(Redemption::AlreadyRedeemed { by: first });
             }
             // Credit first: if it fails, the token stays unredeemed.
-            self.add(&account_key(account), &[("credited", nanos)])?;
-            let mut record = Entry::new(Data::Str(by.record(account).into_bytes()));
+            store.add(&account_key(&account), &[("credited", nanos)])?;
+            let mut record = Entry::new(Data::Str(by.record(&account).into_bytes()));
             record.expires_at = Some(expire_at.saturating_mul(1000));
-            self.keys.insert(token.as_bytes(), record);
+            store.keys.insert(token.as_bytes(), record);
             Ok(Redemption::Credited)
-        });
-        Box::pin(std::future::ready(outcome))
+        }))
     }
 
     fn account<'a>(
@@ -125,24 +143,24 @@ impl Book for Store {
         account: &'a str,
         req: &'a LeaseRequest,
     ) -> BoxFuture<'a, Result<Grant, LedgerError>> {
-        let granted = self.alone(|| {
-            let key = account_key(account);
-            let f = self.fields(&key)?;
+        let key = account_key(account);
+        let want = req.want;
+        Box::pin(self.alone(move |store| {
+            let f = store.fields(&key)?;
             let available = f
                 .get("credited")
                 .copied()
                 .unwrap_or(0)
                 .saturating_sub(f.get("debited").copied().unwrap_or(0));
-            let grant = req.want.clamp(0, available.max(0));
+            let grant = want.clamp(0, available.max(0));
             if grant > 0 {
-                self.add(&key, &[("debited", grant)])?;
+                store.add(&key, &[("debited", grant)])?;
             }
             Ok(Grant {
                 granted: grant,
                 available: Some(available - grant),
             })
-        });
-        Box::pin(std::future::ready(granted))
+        }))
     }
 
     fn settle<'a>(
@@ -150,8 +168,8 @@ impl Book for Store {
         account: &'a str,
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let deltas: Vec<(&str, i64)> = s.deltas().collect();
-        let result = self.alone(|| self.add(&account_key(account), &deltas));
-        Box::pin(std::future::ready(result))
+        let deltas: Vec<(&'static str, i64)> = s.deltas().collect();
+        let key = account_key(account);
+        Box::pin(self.alone(move |store| store.add(&key, &deltas)))
     }
 }

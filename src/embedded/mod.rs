@@ -10,6 +10,14 @@
 //! shard, reads only for reading. Commands that touch several keys (MSET, RENAME,
 //! SINTERSTORE, a transaction's EXEC, ...) take the store's gate exclusively, so they are
 //! atomic: no other command runs while they do. Single-key commands hold the gate shared.
+//!
+//! No runtime worker thread ever waits for the gate (SPEC 10: a long command never blocks
+//! the threads that serve other tenants' connections). Exclusive commands, which may be
+//! long (SUNIONSTORE over sets of millions), always run on the runtime's blocking pool
+//! ([`off_thread`]); shared ones run in place when the gate is free for readers and move to
+//! the blocking pool when it is not. Commands that do not touch the store (PING, ECHO, the
+//! handshake) never reach it, so they are answered while an exclusive command runs;
+//! commands that do touch it wait for it there, as they must.
 
 pub mod cmd;
 pub mod data;
@@ -21,7 +29,7 @@ pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -109,9 +117,72 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs one command (keys already in the namespace) with the right lock, now.
+    /// Runs one command (keys already in the namespace) with the right lock, now. It may
+    /// wait for the gate: for tests and the blocking pool, never a runtime worker thread.
     pub fn run(&self, proto: Proto, args: &[&[u8]]) -> Reply {
         self.run_at(proto, args, now_ms())
+    }
+
+    /// Runs one command now without making the calling worker thread wait for the gate: in
+    /// place when it can ([`Store::try_shared`]), else on the blocking pool.
+    async fn run_async(&self, proto: Proto, args: &[&[u8]]) -> Reply {
+        let now = now_ms();
+        if let Some(mut replies) = self.try_shared(proto, std::slice::from_ref(&args), now) {
+            if let Some(reply) = replies.pop() {
+                return reply;
+            }
+        }
+        let owned: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        let store = self.clone();
+        off_thread(move || {
+            let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            store.run_at(proto, &args, now)
+        })
+        .await
+        .unwrap_or_else(|e| Err(Error::Msg(e.to_string())))
+    }
+
+    /// Runs a batch in place, in order, when none of its commands takes the gate
+    /// exclusively and the gate is free for readers right now (no exclusive command runs
+    /// or waits); `None` otherwise, and nothing ran. The batch holds the gate shared once.
+    fn try_shared<'a>(
+        &self,
+        proto: Proto,
+        batch: &[impl AsRef<[&'a [u8]]>],
+        now: i64,
+    ) -> Option<Vec<Reply>> {
+        let exclusive = batch.iter().any(|args| {
+            args.as_ref()
+                .first()
+                .and_then(|name| cmd::find(name))
+                .is_some_and(|c| c.kind == Kind::Multi)
+        });
+        if exclusive {
+            return None;
+        }
+        let _shared = match self.gate.try_read() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(
+            batch
+                .iter()
+                .map(|args| self.run_held(proto, args.as_ref(), now))
+                .collect(),
+        )
+    }
+
+    /// Runs a command whose lock the caller holds.
+    fn run_held(&self, proto: Proto, args: &[&[u8]], now: i64) -> Reply {
+        let Some(command) = args.first().and_then(|name| cmd::find(name)) else {
+            return Err(not_here(args.first().copied().unwrap_or_default()));
+        };
+        let reply = self.execute(command, proto, args, now);
+        if reply.is_ok() {
+            self.written(command, args);
+        }
+        reply
     }
 
     /// Runs one command as of `now` (ms since the epoch): the commands of one batch share
@@ -144,7 +215,7 @@ impl Store {
     }
 
     /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
-    /// blocking commands do not block.
+    /// blocking commands do not block. Waits for the gate: call it off the worker threads.
     fn run_all(&self, proto: Proto, queued: &[Vec<Vec<u8>>]) -> Vec<Value> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
@@ -215,7 +286,7 @@ impl Store {
             woken.iter_mut().for_each(|w| {
                 w.as_mut().enable();
             });
-            let timeout_ms = match self.run(proto, args) {
+            let timeout_ms = match self.run_async(proto, args).await {
                 Err(Error::Block { timeout_ms }) => timeout_ms,
                 other => {
                     drop(woken);
@@ -243,6 +314,16 @@ impl Store {
             }
         }
     }
+}
+
+/// Runs `f` on the runtime's blocking pool, so that neither a wait for the gate nor a long
+/// command holds a worker thread that serves connections.
+async fn off_thread<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, BackendError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BackendError::Lost(format!("embedded store: {e}")))
 }
 
 /// The keys of a command: `args[1]` for single-key commands, the command table's key
@@ -295,10 +376,25 @@ impl Backend for Store {
         _count: usize,
     ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
         let now = now_ms();
-        let replies = commands_of(pipe)
-            .map(|args| into_value(self.run_at(proto, &args, now)))
+        let batch: Vec<Vec<&[u8]>> = commands_of(pipe).collect();
+        if let Some(replies) = self.try_shared(proto, &batch, now) {
+            let replies = replies.into_iter().map(into_value).collect();
+            return Box::pin(std::future::ready(Ok(replies)));
+        }
+        let owned: Vec<Vec<Vec<u8>>> = batch
+            .iter()
+            .map(|args| args.iter().map(|a| a.to_vec()).collect())
             .collect();
-        Box::pin(std::future::ready(Ok(replies)))
+        let store = self.clone();
+        Box::pin(off_thread(move || {
+            owned
+                .iter()
+                .map(|owned| {
+                    let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+                    into_value(store.run_at(proto, &args, now))
+                })
+                .collect()
+        }))
     }
 
     fn dedicated(&self, proto: Proto) -> BoxFuture<'_, Result<Box<dyn Dedicated>, BackendError>> {
@@ -368,7 +464,11 @@ impl Connection {
                     let reply = if dirty {
                         Value::Nil
                     } else {
-                        Value::Array(self.store.run_all(self.proto, &queued))
+                        let (store, proto) = (self.store.clone(), self.proto);
+                        match off_thread(move || store.run_all(proto, &queued)).await {
+                            Ok(results) => Value::Array(results),
+                            Err(e) => error_value(&e.to_string()),
+                        }
                     };
                     self.unwatch();
                     reply

@@ -21,7 +21,6 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 use super::session::Session;
 use super::Shared;
@@ -97,12 +96,7 @@ async fn until(deadline: Option<Instant>) {
 
 /// Serves one client until it leaves, breaks the protocol, hits one of its bounds, or pkv
 /// shuts down.
-pub async fn serve(
-    shared: Arc<Shared>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    mut stop: broadcast::Receiver<()>,
-) {
+pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     Metrics::inc(&shared.metrics.connections);
     Metrics::inc(&shared.metrics.connections_total);
     let settings = &shared.settings;
@@ -222,7 +216,7 @@ pub async fn serve(
             .zip(settings.request_timeout)
             .map(|(t, d)| t + d);
         tokio::select! {
-            _ = stop.recv() => {
+            _ = shared.stopping() => {
                 session.pay_unfinished(io.inbuf.len());
                 break;
             }

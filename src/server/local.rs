@@ -393,6 +393,14 @@ impl Session {
                     }
                 }
             }
+            Err(e) if e.may_have_run() => {
+                // EXEC was sent and its reply lost: the transaction may have run, so each
+                // queued command pays its known cost, storage bound included.
+                for pending in multi.queued {
+                    self.pay_lost(pending.bill, &e, 0);
+                }
+                ReplyWriter::new(out, self.proto).error(&e.to_string());
+            }
             other => {
                 self.pay_unexecuted(multi);
                 match other {

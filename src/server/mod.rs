@@ -1,8 +1,10 @@
 //! The listener, shared state, and graceful shutdown.
 //!
 //! [`serve`] accepts clients until the shutdown future resolves, then stops accepting,
-//! tells every connection to finish what it is doing, and waits up to the grace period for
-//! them to close. Each connection runs [`connection::serve`].
+//! tells every connection to finish what it is doing ([`Shared::stopping`]), and waits up
+//! to the grace period for them to close. Each connection runs [`connection::serve`]; a
+//! client waiting in a blocking command is answered and let go at once rather than held
+//! until the grace ends.
 
 mod connection;
 mod limits;
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::backend::Backend;
@@ -44,6 +46,8 @@ pub struct Shared {
     /// strangers cannot hold every connection slot.
     pub strangers: Arc<limits::Strangers>,
     next_client_id: AtomicU64,
+    /// Set once when shutdown begins; every connection watches it.
+    stop: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -88,12 +92,22 @@ impl Shared {
             limits: limits::AccountLimits::new(&settings),
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             next_client_id: AtomicU64::new(1),
+            stop: watch::Sender::new(false),
             settings,
         })
     }
 
     fn client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Resolves once shutdown has begun (at once if it already has).
+    pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            // The sender lives as long as `Shared`; an error means it is gone, so stop too.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
     }
 }
 
@@ -104,7 +118,6 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
-    let (stop_tx, _) = broadcast::channel::<()>(1);
     // Every connection holds a clone of `done_tx`; `done_rx` yields `None` once all are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
@@ -133,10 +146,9 @@ pub async fn serve(
         };
         let _ = socket.set_nodelay(true);
         let shared = shared.clone();
-        let stop = stop_tx.subscribe();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            connection::serve(shared, socket, peer, stop).await;
+            connection::serve(shared, socket, peer).await;
             drop(permit);
             drop(done);
         });
@@ -147,7 +159,7 @@ pub async fn serve(
         open,
         "shutting down: no longer accepting; letting connections finish"
     );
-    let _ = stop_tx.send(());
+    shared.stop.send_replace(true);
     drop(done_tx);
     if tokio::time::timeout(shared.settings.shutdown_grace, done_rx.recv())
         .await

@@ -39,6 +39,10 @@ use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
 
+/// How many times pkv asks what a store whose reply was lost stored, one upstream timeout
+/// apart, before it gives up.
+const LATE_MEASURE_ATTEMPTS: usize = 3;
+
 /// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a
 /// batch are held in memory together (the redis crate reads a pipeline's replies whole), so
 /// this also bounds what one connection holds: about this many replies.
@@ -112,6 +116,9 @@ pub struct Bill {
     pub usage: Usage,
     /// How to read the storage it bought from its bookkeeping replies.
     pub rule: After,
+    /// The most byte-seconds it can buy, as reserved at admission: what it pays for
+    /// storage when its reply never comes.
+    pub storage_bound: u64,
 }
 
 /// A command in an upstream pipeline: the client's reply, plus `before` and `after`
@@ -136,6 +143,20 @@ impl Pending {
         let after = values.by_ref().take(self.after).collect();
         (before, reply, after)
     }
+}
+
+/// The reply to a client blocked in a command when pkv shuts down. Redis answers a wait it
+/// must end for a reason other than data or the timeout (its instance changing role, a
+/// slot moving) with an `UNBLOCKED` error; a null reply would tell the client its timeout
+/// passed, which never happens for a timeout of 0.
+pub const SHUTDOWN_UNBLOCKED: &str = "UNBLOCKED server shutting down; reconnect and retry";
+
+/// How a blocking command's wait ended.
+enum Waited {
+    Answered(Vec<Value>),
+    Failed(BackendError),
+    ClientGone,
+    ShuttingDown,
 }
 
 /// A reply waiting for its turn.
@@ -379,13 +400,15 @@ impl Session {
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
-        let (Some(ns), Ok(keys)) = (self.ns(), commands::key_args(spec, args)) else {
-            let msg = commands::key_args(spec, args).err().map_or_else(
-                || "NOAUTH Authentication required.".to_string(),
-                |e| e.to_string(),
-            );
-            return self.reject(&msg, out);
+        let located = match commands::locate(spec, args) {
+            Ok(located) => located,
+            Err(e) => return self.reject(&e.to_string(), out),
         };
+        let Some(ns) = self.ns() else {
+            return self.reject("NOAUTH Authentication required.", out);
+        };
+        let (blocks, wait_limit) = (located.blocks, located.wait_limit(args));
+        let keys = located.keys;
         let plan = if self.shared.meter.enabled() {
             match storage::plan(spec, args, &keys, ns, &self.ttl_policy()) {
                 Ok(plan) => plan,
@@ -401,9 +424,7 @@ impl Session {
         if plan.append_default_ttl {
             cmd.arg("EX").arg(self.shared.default_ttl_arg.as_ref());
         }
-        let blocks = (spec.has(flags::BLOCKING)
-            || (spec.has(flags::MAY_BLOCK) && has_block_option(args)))
-            && self.txn.multi.is_none();
+        let blocks = blocks && self.txn.multi.is_none();
         let bill = match self
             .admit(wire_len, plan.bound, plan.rule, blocks, out)
             .await
@@ -422,7 +443,7 @@ impl Session {
         cmds.push(cmd);
         cmds.extend(plan.after);
         if blocks {
-            return self.run_blocking(cmds, pending, out, io).await;
+            return self.run_blocking(cmds, pending, wait_limit, out, io).await;
         }
         self.enqueue(cmds, pending, out).await;
     }
@@ -475,6 +496,7 @@ impl Session {
                 admitted,
                 usage,
                 rule,
+                storage_bound,
             }));
         }
         // The lease ran short or the balance is low: this session's own commands are paid
@@ -491,6 +513,7 @@ impl Session {
                     admitted,
                     usage,
                     rule,
+                    storage_bound,
                 }))
             }
             Err(Refusal::NoQuota { balance }) => Err(format!(
@@ -530,6 +553,7 @@ impl Session {
                 ..Usage::default()
             },
             rule: After::None,
+            storage_bound: 0,
         })
     }
 
@@ -542,6 +566,64 @@ impl Session {
         self.shared
             .meter
             .charge(&mut self.charges, bill.admitted, &usage);
+    }
+
+    /// Settles a bill whose reply never came because of `err`: a command that may have run
+    /// pays what it is known to cost (its op, request bytes, the storage bound it reserved,
+    /// and the time waited); one that certainly did not run gets its reservation back.
+    pub(super) fn pay_lost(&mut self, bill: Option<Bill>, err: &BackendError, time_us: u64) {
+        match bill {
+            Some(bill) if err.may_have_run() => {
+                let bound = bill.storage_bound;
+                self.pay(bill, bound, 0, time_us);
+            }
+            bill => self.cancel(bill),
+        }
+    }
+
+    /// A store (`SUNIONSTORE`, `COPY`, ...) whose reply was lost: its size is known only
+    /// upstream, so its bookkeeping commands (`after`: PEXPIRE NX, PTTL, MEMORY USAGE of
+    /// the destination) are sent again once the upstream has had time to run it, and the
+    /// account pays the storage they show. Runs in the background; the session may be gone
+    /// by then, so it attaches to the account for the while.
+    fn measure_store_later(&self, after: Vec<redis::Cmd>) {
+        let Some(auth) = &self.auth else { return };
+        let (shared, account, proto) = (self.shared.clone(), auth.account.clone(), self.proto);
+        tokio::spawn(async move {
+            let meter = shared.meter.attach(&account);
+            let mut pipe = redis::pipe();
+            for cmd in after {
+                pipe.add_command(cmd);
+            }
+            let count = pipe.cmd_iter().count();
+            for _attempt in 0..LATE_MEASURE_ATTEMPTS {
+                // Let the upstream run what it was sent before asking what it stored.
+                tokio::time::sleep(shared.settings.upstream_timeout).await;
+                let Ok(values) = shared.backend.pipeline(proto, &pipe, count).await else {
+                    continue;
+                };
+                let stored = storage::byte_seconds(
+                    After::Store,
+                    &Value::Okay,
+                    &[],
+                    &values,
+                    shared.settings.default_ttl,
+                );
+                if stored > 0 {
+                    let usage = Usage {
+                        byte_seconds: stored,
+                        ..Usage::default()
+                    };
+                    let mut charges = Charges::default();
+                    shared
+                        .meter
+                        .charge(&mut charges, Admitted::default(), &usage);
+                    shared.meter.apply(&meter, &mut charges);
+                }
+                break;
+            }
+            shared.meter.detach(&meter).await;
+        });
     }
 
     /// Gives back a bill's reservation for a command that never ran.
@@ -647,6 +729,9 @@ impl Session {
         let mut shares = TimeShares::new(started.elapsed().as_micros() as u64, commands);
         // The largest reply of this batch sizes the next one.
         let mut largest = 0;
+        // Commands only queued inside MULTI never run when the transaction's connection
+        // fails (Redis discards the transaction with the connection).
+        let queuing = self.txn.multi.is_some();
         let mut replies = match replies {
             Ok(values) => Ok(values.into_iter()),
             Err(err) => {
@@ -656,9 +741,12 @@ impl Session {
                     self.txn = Txn::default();
                     self.dedicated = None;
                 }
-                Err(err.to_string())
+                Err(err)
             }
         };
+        // What was sent, in order: read only when the replies were lost (then every
+        // command of the batch goes through that path).
+        let mut sent = batch.pipe.cmd_iter();
         for slot in batch.slots {
             let pending = match slot {
                 Slot::Ready(bytes) => {
@@ -669,9 +757,27 @@ impl Session {
             };
             let values = match &mut replies {
                 Ok(values) => values,
-                Err(msg) => {
-                    ReplyWriter::new(out, self.proto).error(msg);
-                    self.cancel(pending.bill);
+                Err(err) => {
+                    let err = err.clone();
+                    let mine: Vec<&redis::Cmd> = sent
+                        .by_ref()
+                        .take(pending.before + 1 + pending.after)
+                        .collect();
+                    ReplyWriter::new(out, self.proto).error(&err.to_string());
+                    if queuing {
+                        self.cancel(pending.bill);
+                        continue;
+                    }
+                    if err.may_have_run()
+                        && pending
+                            .bill
+                            .as_ref()
+                            .is_some_and(|b| b.rule == After::Store)
+                    {
+                        let after = mine.iter().skip(pending.before + 1);
+                        self.measure_store_later(after.map(|c| (*c).clone()).collect());
+                    }
+                    self.pay_lost(pending.bill, &err, shares.next());
                     continue;
                 }
             };
@@ -785,11 +891,16 @@ impl Session {
 
     /// A blocking command waits on the dedicated connection. If the client leaves while it
     /// waits, the connection is closed so that Redis unblocks it and hands no data to a
-    /// client that is gone. It pays for the time it waited.
+    /// client that is gone. If pkv shuts down while it waits, a wait that ends by itself
+    /// within the grace (`wait_limit`, as the client asked) is let finish like any command
+    /// in flight; a longer one is answered [`SHUTDOWN_UNBLOCKED`] at once and the session
+    /// ends, so shutdown does not wait its grace for a wait that may never end. Either way
+    /// it pays for the time it waited.
     async fn run_blocking(
         &mut self,
         cmds: Vec<redis::Cmd>,
         pending: Pending,
+        wait_limit: Option<std::time::Duration>,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
@@ -800,24 +911,56 @@ impl Session {
             pipe.add_command(c);
         }
         let cap = self.shared.settings.max_request_bytes;
+        let grace = self.shared.settings.shutdown_grace;
+        let stopping = self.shared.stopping();
+        tokio::pin!(stopping);
         let started = std::time::Instant::now();
+        let ends_by = wait_limit.and_then(|limit| started.checked_add(limit));
+        let mut let_finish = false;
         let outcome = match self.dedicated().await {
-            Err(e) => Some(Err(e)),
-            Ok(conn) => tokio::select! {
-                result = conn.pipeline(&pipe, count) => Some(result),
-                _ = io.closed(cap) => None,
-            },
+            Err(e) => Waited::Failed(e),
+            Ok(conn) => {
+                let wait = conn.pipeline(&pipe, count);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        result = &mut wait => break match result {
+                            Ok(values) => Waited::Answered(values),
+                            Err(e) => Waited::Failed(e),
+                        },
+                        _ = io.closed(cap) => break Waited::ClientGone,
+                        _ = &mut stopping, if !let_finish => {
+                            let now = std::time::Instant::now();
+                            if ends_by.is_some_and(|at| at <= now + grace) {
+                                let_finish = true;
+                            } else {
+                                break Waited::ShuttingDown;
+                            }
+                        }
+                    }
+                }
+            }
         };
         let waited = started.elapsed().as_micros() as u64;
         match outcome {
-            None => {
+            Waited::ClientGone => {
                 self.dedicated = None;
                 self.closing = true;
                 if let Some(bill) = pending.bill {
                     self.pay(bill, 0, 0, waited);
                 }
             }
-            Some(Ok(values)) => {
+            Waited::ShuttingDown => {
+                // Closing the connection ends the wait upstream.
+                self.dedicated = None;
+                self.closing = true;
+                let start = out.len();
+                ReplyWriter::new(out, self.proto).error(SHUTDOWN_UNBLOCKED);
+                if let Some(bill) = pending.bill {
+                    self.pay(bill, 0, out.len() - start, waited);
+                }
+            }
+            Waited::Answered(values) => {
                 let mut values = values.into_iter();
                 let (before, reply, after) = pending.take_replies(&mut values);
                 let start = out.len();
@@ -829,12 +972,12 @@ impl Session {
                     bill => self.cancel(bill),
                 }
             }
-            Some(Err(err)) => {
+            Waited::Failed(err) => {
                 self.dedicated = None;
                 self.txn = Txn::default();
                 Metrics::inc(&self.shared.metrics.upstream_errors_total);
                 ReplyWriter::new(out, self.proto).error(&err.to_string());
-                self.cancel(pending.bill);
+                self.pay_lost(pending.bill, &err, waited);
             }
         }
     }
@@ -962,14 +1105,6 @@ impl TimeShares {
     fn next(&mut self) -> u64 {
         self.each + std::mem::take(&mut self.remainder)
     }
-}
-
-/// True when an `XREAD`/`XREADGROUP` asks to block (a `BLOCK` option before `STREAMS`).
-fn has_block_option(args: &[Bytes]) -> bool {
-    args.iter()
-        .skip(1)
-        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
 }
 
 /// The Redis-style error for a request the table does not serve.

@@ -28,6 +28,11 @@ fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }
 
+/// An error after commands were handed to a connection: they may have run.
+fn lost(err: &RedisError) -> BackendError {
+    BackendError::Lost(err.to_string().replace(['\r', '\n'], " "))
+}
+
 /// Connections to one upstream Redis.
 pub struct Upstream {
     resp2: Client,
@@ -95,9 +100,11 @@ impl Upstream {
             Err(err) => {
                 if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error()
                 {
+                    // A timeout too: every later reply on this connection would queue
+                    // behind the one that never came.
                     pool.invalidate(slot);
                 }
-                Err(unavailable(&err))
+                Err(lost(&err))
             }
         }
     }
@@ -235,7 +242,7 @@ impl backend::Dedicated for Dedicated {
             self.conn
                 .send_packed_commands(pipe, 0, count)
                 .await
-                .map_err(|e| unavailable(&e))
+                .map_err(|e| lost(&e))
         })
     }
 }
