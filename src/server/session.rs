@@ -429,7 +429,7 @@ impl Session {
     ) -> u64 {
         bill.map_or(0, |b| {
             storage::byte_seconds(
-                b.rule,
+                &b.rule,
                 reply,
                 before,
                 after,
