@@ -616,17 +616,15 @@ pub fn byte_seconds(
             }
         }
         After::Move { key_len, element } => {
-            let element = match (element, reply) {
-                (Some(e), Value::Int(1)) => e,
-                (Some(_), _) => 0,
-                (None, Value::BulkString(b)) => b.len() as u64,
-                (None, _) => 0,
+            // An empty element moved still makes the destination, whose name is paid.
+            let moved = match (element, reply) {
+                (Some(e), Value::Int(1)) => Some(e),
+                (None, Value::BulkString(b)) => Some(b.len() as u64),
+                _ => None,
             };
-            if element == 0 {
-                0
-            } else {
-                grown(created, key_len, element, after.get(1), default_secs)
-            }
+            moved.map_or(0, |e| {
+                grown(created, key_len, e, after.get(1), default_secs)
+            })
         }
         After::Replace { element } => {
             let old = match before.first() {
