@@ -296,7 +296,16 @@ fn command(r: &mut Rng, family: Family, upstream: bool, focus: &[&str]) -> Vec<S
                     r.text(),
                     r.text(),
                 ],
-                6 => vec!["LREM".into(), key, "0".into(), r.text()],
+                6 if r.chance(50) => vec!["LREM".into(), key, "0".into(), r.text()],
+                6 => vec![
+                    "LMPOP".into(),
+                    "2".into(),
+                    key,
+                    k(r, LISTS),
+                    end(r),
+                    "COUNT".into(),
+                    r.int(1, 3),
+                ],
                 7 => vec!["LTRIM".into(), key, "0".into(), r.int(0, 5)],
                 8 => vec!["LMOVE".into(), key, k(r, LISTS), end(r), end(r)],
                 9 => vec!["RPOPLPUSH".into(), key, k(r, LISTS)],
@@ -309,13 +318,12 @@ fn command(r: &mut Rng, family: Family, upstream: bool, focus: &[&str]) -> Vec<S
                     "0.01".into(),
                 ],
                 _ if upstream => {
-                    vec![
-                        "SORT".into(),
-                        key,
-                        "ALPHA".into(),
-                        "STORE".into(),
-                        k(r, LISTS),
-                    ]
+                    let mut c = vec!["SORT".into(), key];
+                    if r.chance(40) {
+                        c.extend(s(&["BY", "nosort", "GET", "#", "GET", "#"]));
+                    }
+                    c.extend(["ALPHA".into(), "STORE".into(), k(r, LISTS)]);
+                    c
                 }
                 _ => vec!["RPUSH".into(), key, r.text()],
             }
@@ -376,7 +384,19 @@ fn command(r: &mut Rng, family: Family, upstream: bool, focus: &[&str]) -> Vec<S
                     }
                     c
                 }
-                3 => vec!["ZINCRBY".into(), key, score(r), member(r)],
+                3 if r.chance(60) => vec!["ZINCRBY".into(), key, score(r), member(r)],
+                3 if r.chance(50) => vec![
+                    "ZMPOP".into(),
+                    "1".into(),
+                    key,
+                    r.pick(&["MIN", "MAX"]).into(),
+                ],
+                3 => vec![
+                    "ZREMRANGEBYSCORE".into(),
+                    key,
+                    "-inf".into(),
+                    r.pick(&["0", "2"]).into(),
+                ],
                 4 if r.chance(50) => vec!["ZREM".into(), key, member(r)],
                 4 => vec!["ZPOPMIN".into(), key, r.int(1, 3)],
                 5 => vec![
@@ -404,7 +424,20 @@ fn command(r: &mut Rng, family: Family, upstream: bool, focus: &[&str]) -> Vec<S
             // Mostly one group, so that consumer commands find it.
             let group = if r.chance(75) { GROUPS[0] } else { GROUPS[1] }.to_owned();
             let consumer = r.pick(CONSUMERS).to_owned();
-            match r.below(10) {
+            match r.below(14) {
+                10 => vec!["XDEL".into(), key, "0-1".into()],
+                11 => vec!["XACK".into(), key, group, "0-1".into()],
+                12 => vec![
+                    "XGROUP".into(),
+                    r.pick(&["DESTROY", "SETID"]).into(),
+                    key,
+                    group,
+                    "$".into(),
+                ]
+                .into_iter()
+                .take(if r.chance(50) { 4 } else { 5 })
+                .collect(),
+                13 => vec!["XSETID".into(), key, "999999999999-0".into()],
                 0..=2 => {
                     let mut c = vec!["XADD".into(), key];
                     if r.chance(20) {
@@ -489,7 +522,16 @@ fn command(r: &mut Rng, family: Family, upstream: bool, focus: &[&str]) -> Vec<S
         }
         Family::Geo => {
             let key = k(r, GEOS);
-            match r.below(4) {
+            match r.below(5) {
+                4 => vec![
+                    "GEORADIUSBYMEMBER".into(),
+                    k(r, GEOS),
+                    r.pick(&["Palermo", "Catania"]).into(),
+                    "500".into(),
+                    "km".into(),
+                    r.pick(&["STORE", "STOREDIST"]).into(),
+                    key,
+                ],
                 0 | 1 => {
                     let mut c = vec!["GEOADD".into(), key];
                     if r.chance(20) {
@@ -738,36 +780,50 @@ fn storage_never_outgrows_what_was_paid(pkv: &Pkv, issuer: &Issuer, upstream: bo
         }
         warmup.reverse();
         for _ in 0..20 + warmup.len() {
-            let family = mix[r.below(mix.len() as u64) as usize];
-            let args = warmup
-                .pop()
-                .unwrap_or_else(|| command(&mut r, family, upstream, &focus));
-            let mut cmd = redis::cmd(&args[0]);
-            for a in &args[1..] {
-                cmd.arg(a.as_str());
-            }
-            let outcome = cmd.query::<Value>(&mut c);
-            commands += 1;
-            let name = match args[0].as_str() {
-                "XGROUP" => format!("XGROUP {}", args[1]),
-                name => name.to_owned(),
-            };
-            let tally = ran.entry(name).or_default();
-            tally.0 += 1;
-            tally.1 += u32::from(outcome.is_err());
-            if let Err(e) = &outcome {
-                assert!(
-                    !e.to_string().contains("NOQUOTA"),
-                    "seed {seed}: {args:?} refused: {e}"
-                );
-                errors += 1;
-                if std::env::var("PKV_PROPERTY_DEBUG").is_ok() {
-                    eprintln!("{args:?}: {e}");
+            // One command, or now and then a transaction of a few: the bookkeeping pkv adds
+            // around each write is queued with it and read back from EXEC's reply.
+            let step: Vec<Vec<String>> = if let Some(args) = warmup.pop() {
+                vec![args]
+            } else if r.chance(10) {
+                let mut block = vec![vec!["MULTI".to_owned()]];
+                for _ in 0..2 + r.below(2) {
+                    let family = mix[r.below(mix.len() as u64) as usize];
+                    block.push(command(&mut r, family, upstream, &focus));
                 }
+                block.push(vec!["EXEC".to_owned()]);
+                block
+            } else {
+                let family = mix[r.below(mix.len() as u64) as usize];
+                vec![command(&mut r, family, upstream, &focus)]
+            };
+            for args in &step {
+                let mut cmd = redis::cmd(&args[0]);
+                for a in &args[1..] {
+                    cmd.arg(a.as_str());
+                }
+                let outcome = cmd.query::<Value>(&mut c);
+                commands += 1;
+                let name = match args[0].as_str() {
+                    "XGROUP" => format!("XGROUP {}", args[1]),
+                    name => name.to_owned(),
+                };
+                let tally = ran.entry(name).or_default();
+                tally.0 += 1;
+                tally.1 += u32::from(outcome.is_err());
+                if let Err(e) = &outcome {
+                    assert!(
+                        !e.to_string().contains("NOQUOTA"),
+                        "seed {seed}: {args:?} refused: {e}"
+                    );
+                    errors += 1;
+                    if std::env::var("PKV_PROPERTY_DEBUG").is_ok() {
+                        eprintln!("{args:?}: {e}");
+                    }
+                }
+                history.push(format!("{} -> {:?}", args.join(" "), outcome));
             }
             let paid_after = paid(&mut c);
             let held_after = held_all(&mut c, &keys);
-            history.push(format!("{} -> {:?}", args.join(" "), outcome));
             let (grew, charged) = (held_after - held_before, paid_after - paid_before);
             assert!(
                 grew <= charged,
