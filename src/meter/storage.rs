@@ -162,8 +162,8 @@ fn len(arg: Option<&Bytes>) -> u64 {
 
 /// A non-negative integer argument, `None` when it is not one (Redis then refuses the
 /// command, so nothing is written).
-fn offset(arg: Option<&Bytes>) -> Option<u64> {
-    arg.and_then(|a| parse_redis_int(a))
+fn offset(arg: Option<&[u8]>) -> Option<u64> {
+    arg.and_then(parse_redis_int)
         .and_then(|n| u64::try_from(n).ok())
 }
 
@@ -173,12 +173,12 @@ fn most_growth(most: Most, args: &[Bytes]) -> u64 {
         Most::Arg(at) => len(args.get(usize::from(at))),
         Most::Integer => INTEGER_DIGITS,
         Most::Float => FLOAT_DIGITS,
-        Most::Range => match (offset(args.get(2)), len(args.get(3))) {
+        Most::Range => match (offset(args.get(2).map(|a| a.as_ref())), len(args.get(3))) {
             (_, 0) => 0,
             (Some(at), value) => at.saturating_add(value),
             (None, _) => 0,
         },
-        Most::Bit => offset(args.get(2)).map_or(0, |bit| bit / 8 + 1),
+        Most::Bit => offset(args.get(2).map(|a| a.as_ref())).map_or(0, |bit| bit / 8 + 1),
         Most::Bitfield => bitfield_end(args),
         Most::Hll => HLL_DENSE,
     };
@@ -205,9 +205,7 @@ fn bitfield_end(args: &[Bytes]) -> u64 {
                 .and_then(|w| std::str::from_utf8(w).ok())
                 .and_then(|w| w.parse::<u64>().ok());
             let at = args.get(i + 2).and_then(|o| match o.strip_prefix(b"#") {
-                Some(n) => offset(Some(&Bytes::copy_from_slice(n)))
-                    .zip(width)
-                    .map(|(n, w)| n.saturating_mul(w)),
+                Some(n) => offset(Some(n)).zip(width).map(|(n, w)| n.saturating_mul(w)),
                 None => offset(Some(o)),
             });
             match (width, at) {
