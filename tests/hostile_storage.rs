@@ -378,6 +378,12 @@ fn stored_names_and_numbers_are_paid(s: &mut Setup) {
     assert_eq!(charged, (1 + 8) * secs_left(c, "hf"), "HINCRBY a new field");
     let charged = paid(c, &["INCRBY", "i", "-1234567"]);
     assert_eq!(charged, (1 + 8) * DAY, "INCRBY i -1234567");
+    ok(c, &["SET", "n", "99", "EX", "1000"]);
+    let charged = paid(c, &["INCR", "n"]);
+    assert_eq!(charged, secs_left(c, "n"), "INCR 99 to 100");
+    assert_eq!(paid(c, &["DECR", "n"]), 0, "DECR 100 to 99");
+    let charged = paid(c, &["DECRBY", "n", "200"]);
+    assert_eq!(charged, 2 * secs_left(c, "n"), "DECRBY 99 to -101");
 }
 
 #[test]

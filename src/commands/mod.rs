@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 pub use spec::{
     flags, CommandSpec, DataArgs, Dest, Element, Exec, KeyRule, Local, Most, Opt, ReplyRewrite,
-    Storage, Takes, TtlUnit, Written,
+    Step, Storage, Takes, TtlUnit, Written,
 };
 
 /// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,

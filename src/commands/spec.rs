@@ -125,6 +125,11 @@ pub enum Storage {
     /// existing key pays what it grew by for its remaining TTL. `most` bounds the growth
     /// for admission.
     Strlen { most: Most },
+    /// An integer counter (`INCR`, `DECRBY`, ...): the reply is the new value, and the old
+    /// one is the reply less the step, so both lengths are known without bookkeeping
+    /// reads. A new key pays name + digits for the default TTL, an existing key what the
+    /// digits grew by for its remaining TTL.
+    Counter { step: Step },
     /// Adds the data arguments to the command's first key, creating it if absent: a new key
     /// pays name + data for the default TTL, an existing key pays the data for its
     /// remaining TTL; `written` reads from the reply how much of the data was written.
@@ -155,6 +160,19 @@ pub enum Storage {
     /// stream key the command names when it is new: pays the name for each key's
     /// remaining TTL.
     Consumer { group_option: bool },
+}
+
+/// How a counter command moves its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// By one (`INCR`).
+    Up,
+    /// By minus one (`DECR`).
+    Down,
+    /// By argument 2 (`INCRBY key n`).
+    UpByArg,
+    /// By minus argument 2 (`DECRBY key n`).
+    DownByArg,
 }
 
 /// The most a string write can grow its key by, in bytes, for admission.

@@ -10,7 +10,7 @@
 use super::spec::flags::*;
 use super::spec::{
     CommandSpec as C, DataArgs, Dest as D, Element as E, KeyRule, Local as L, Most, Opt,
-    ReplyRewrite as R, Storage as S, Takes, TtlUnit as U, Written,
+    ReplyRewrite as R, Step, Storage as S, Takes, TtlUnit as U, Written,
 };
 
 // === key rules ===
@@ -404,17 +404,13 @@ pub static TABLE: &[C] = &[
     C::fwd("MSETNX", -3, WRITE, PAIRS).storage(S::Pairs),
     C::fwd("APPEND", 3, WRITE, K1).storage(S::Strlen { most: Most::Arg(2) }),
     C::fwd("STRLEN", 2, READONLY, K1),
-    C::fwd("INCR", 2, WRITE, K1).storage(S::Strlen {
-        most: Most::Integer,
+    C::fwd("INCR", 2, WRITE, K1).storage(S::Counter { step: Step::Up }),
+    C::fwd("DECR", 2, WRITE, K1).storage(S::Counter { step: Step::Down }),
+    C::fwd("INCRBY", 3, WRITE, K1).storage(S::Counter {
+        step: Step::UpByArg,
     }),
-    C::fwd("DECR", 2, WRITE, K1).storage(S::Strlen {
-        most: Most::Integer,
-    }),
-    C::fwd("INCRBY", 3, WRITE, K1).storage(S::Strlen {
-        most: Most::Integer,
-    }),
-    C::fwd("DECRBY", 3, WRITE, K1).storage(S::Strlen {
-        most: Most::Integer,
+    C::fwd("DECRBY", 3, WRITE, K1).storage(S::Counter {
+        step: Step::DownByArg,
     }),
     C::fwd("INCRBYFLOAT", 3, WRITE, K1).storage(S::Strlen { most: Most::Float }),
     C::fwd("GETRANGE", 4, READONLY, K1),

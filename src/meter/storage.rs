@@ -15,7 +15,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use crate::commands::{
-    parse_redis_int, threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt,
+    parse_redis_int, threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step,
     Storage, Takes, TtlUnit, Written,
 };
 use crate::namespace::Namespace;
@@ -81,6 +81,9 @@ pub enum After {
     /// name + length for the default TTL, an existing one what it grew by for what is left
     /// of its TTL.
     Strlen { key_len: u64 },
+    /// Replies after: `[PEXPIRE NX, PTTL]`; the reply is the counter's new value, `step`
+    /// what it moved by (`None` when the argument is not a number: Redis refuses it).
+    Counter { key_len: u64, step: Option<i64> },
     /// Replies after: `[PEXPIRE NX, PTTL]`. A new key pays name + data for the default TTL,
     /// an existing one pays data for what is left of its TTL. `units` are the sizes of the
     /// data's elements, largest first, for replies that count what was added.
@@ -350,6 +353,25 @@ pub fn plan(
                 policy,
             );
         }
+        Storage::Counter { step } => {
+            let Some(&key) = key_indices.first() else {
+                return Ok(plan);
+            };
+            let by = || args.get(2).and_then(|a| parse_redis_int(a));
+            let step = match step {
+                Step::Up => Some(1),
+                Step::Down => Some(-1),
+                Step::UpByArg => by(),
+                Step::DownByArg => by().and_then(i64::checked_neg),
+            };
+            let key_len = len(args.get(key));
+            plan.after = vec![
+                pexpire_nx(&upstream(key), policy),
+                cmd("PTTL", &upstream(key)),
+            ];
+            plan.bound = (key_len + INTEGER_DIGITS).saturating_mul(policy.max_secs);
+            plan.rule = After::Counter { key_len, step };
+        }
         Storage::Grow { data, written } => {
             let Some(&key) = key_indices.first() else {
                 return Ok(plan);
@@ -592,6 +614,20 @@ pub fn byte_seconds(
                 ((new - old).max(0) as u64).saturating_mul(secs_left(after.get(1)))
             }
         }
+        After::Counter { key_len, step } => {
+            let Value::Int(new) = *reply else { return 0 };
+            let digits = |n: i64| n.to_string().len() as u64;
+            if created {
+                (key_len + digits(new)).saturating_mul(default_secs)
+            } else {
+                // Redis keeps a counter as canonical decimal, so the old value's length is
+                // the length of the reply less the step.
+                let old = step.and_then(|s| new.checked_sub(s)).map_or(0, digits);
+                digits(new)
+                    .saturating_sub(old)
+                    .saturating_mul(secs_left(after.get(1)))
+            }
+        }
         After::Grow {
             key_len,
             ref units,
@@ -706,6 +742,7 @@ pub fn describe(storage: Storage) -> &'static str {
             Most::Range | Most::Bit | Most::Bitfield => "string write at an offset (STRLEN before and after): pays the bytes the key grows by, up to the offset written (key + length for the default TTL when new, growth for the remaining TTL otherwise); admission reserves offset + width for the maximum TTL",
             Most::Hll => "string write (STRLEN before and after): pays what the HyperLogLog grows by (up to its 12,304-byte dense form)",
         },
+        Storage::Counter { .. } => "a new key pays key + the digits of the reply for the default TTL; an existing key pays what the digits grew by (reply less the step) for its remaining TTL",
         Storage::Grow { written, .. } => match written {
             Written::All => "grow: a new key pays key + data for the default TTL; an existing key pays the data for its remaining TTL",
             Written::IfPositive => "grow, when the reply is positive (nothing otherwise): a new key pays key + data for the default TTL; an existing key pays the data for its remaining TTL",
@@ -855,6 +892,24 @@ mod tests {
         assert_eq!(after_options(&args, 2, &opts), 7);
         assert_eq!(units(&args[7..], 1), vec![1, 1, 1]);
         assert_eq!(units(&args[5..], 2), vec![6, 2, 1]);
+    }
+
+    #[test]
+    fn counters_pay_the_digits_they_grow_by() {
+        let rule = After::Counter {
+            key_len: 1,
+            step: Some(1),
+        };
+        let existing = [Value::Int(0), Value::Int(10_000)];
+        assert_eq!(byte_seconds(&rule, &Value::Int(100), &[], &existing, 7), 10);
+        assert_eq!(byte_seconds(&rule, &Value::Int(99), &[], &existing, 7), 0);
+        let created = [Value::Int(1), Value::Int(7_000)];
+        assert_eq!(byte_seconds(&rule, &Value::Int(1), &[], &created, 7), 14);
+        let down = After::Counter {
+            key_len: 1,
+            step: Some(-5),
+        };
+        assert_eq!(byte_seconds(&down, &Value::Int(-1), &[], &existing, 7), 10);
     }
 
     #[test]
