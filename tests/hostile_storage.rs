@@ -424,6 +424,28 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
         12 * secs_left(c, "x"),
         "XREADGROUP by a new consumer"
     );
+    // The same on the blocking path (a dedicated connection), options in another order.
+    let charged = paid(
+        c,
+        &[
+            "XREADGROUP",
+            "COUNT",
+            "1",
+            "BLOCK",
+            "10",
+            "GROUP",
+            "grp",
+            "consumer-3",
+            "STREAMS",
+            "x",
+            ">",
+        ],
+    );
+    assert_eq!(
+        charged,
+        10 * secs_left(c, "x"),
+        "XREADGROUP BLOCK by a new consumer"
+    );
     let charged = paid(c, &["XADD", "x", "MAXLEN", "~", "1000", "*", "f", "v"]);
     assert_eq!(
         charged,
