@@ -424,6 +424,24 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
         12 * secs_left(c, "x"),
         "XREADGROUP by a new consumer"
     );
+    // A consumer that polls pays its name once.
+    let charged = paid(
+        c,
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "grp",
+            "consumer-two",
+            "STREAMS",
+            "x",
+            ">",
+        ],
+    );
+    assert_eq!(charged, 0, "XREADGROUP by an existing consumer");
+    let charged = paid(c, &["XCLAIM", "x", "grp", "consumer-4", "0", "0-1"]);
+    assert_eq!(charged, 10 * secs_left(c, "x"), "XCLAIM by a new consumer");
+    let charged = paid(c, &["XAUTOCLAIM", "x", "grp", "consumer-4", "0", "0-0"]);
+    assert_eq!(charged, 0, "XAUTOCLAIM by an existing consumer");
     // The same on the blocking path (a dedicated connection), options in another order.
     let charged = paid(
         c,

@@ -157,8 +157,8 @@ pub enum Storage {
     Rename,
     /// A stream consumer (`XCLAIM key group consumer`; with `group_option`, the one of
     /// `XREADGROUP ... GROUP group consumer`), which Redis creates in the group of every
-    /// stream key the command names when it is new: pays the name for each key's
-    /// remaining TTL.
+    /// stream key the command names when it is new: a new one pays its name for each
+    /// key's remaining TTL. The group comes right before the consumer.
     Consumer { group_option: bool },
 }
 

@@ -104,7 +104,7 @@ pub enum After {
     Expire,
     /// Replies after: `[PTTL]` of the new name.
     Rename { growth: u64 },
-    /// Replies after: `[PTTL]` of every stream key.
+    /// Replies before: `[XGROUP CREATECONSUMER]`, after: `[PTTL]`, for every stream key.
     Consumer { name_len: u64 },
 }
 
@@ -492,9 +492,26 @@ pub fn plan(
             } else {
                 Some(3)
             };
-            let Some(name_len) = at.map(|at| len(args.get(at))) else {
+            let (Some(group), Some(consumer)) = (
+                at.and_then(|at| args.get(at.checked_sub(1)?)),
+                at.and_then(|at| args.get(at)),
+            ) else {
                 return Ok(plan);
             };
+            let name_len = consumer.len() as u64;
+            // `XGROUP CREATECONSUMER` answers 1 only when the consumer is new: it is made
+            // right before the command, which then finds it, and only a new one is paid
+            // (a consumer polling with XREADGROUP pays its name once).
+            plan.before = key_indices
+                .iter()
+                .map(|&k| {
+                    let mut c = cmd("XGROUP", b"CREATECONSUMER");
+                    c.arg(upstream(k).as_ref())
+                        .arg(group.as_ref())
+                        .arg(consumer.as_ref());
+                    c
+                })
+                .collect();
             plan.after = key_indices
                 .iter()
                 .map(|&k| cmd("PTTL", &upstream(k)))
@@ -581,6 +598,15 @@ pub fn byte_seconds(
     after: &[Value],
     default_secs: u64,
 ) -> u64 {
+    if let After::Consumer { name_len } = *rule {
+        // Made by the bookkeeping before the command, so paid even when the command fails.
+        return before
+            .iter()
+            .zip(after)
+            .filter(|(created, _)| matches!(created, Value::Int(1)))
+            .map(|(_, pttl)| name_len.saturating_mul(secs_left(Some(pttl))))
+            .fold(0, u64::saturating_add);
+    }
     if matches!(reply, Value::ServerError(_)) {
         return 0;
     }
@@ -708,10 +734,7 @@ pub fn byte_seconds(
             }
             growth.saturating_mul(secs_left(after.first()))
         }
-        After::Consumer { name_len } => after
-            .iter()
-            .map(|pttl| name_len.saturating_mul(secs_left(Some(pttl))))
-            .fold(0, u64::saturating_add),
+        After::Consumer { .. } => 0,
     }
 }
 
@@ -755,7 +778,7 @@ pub fn describe(storage: Storage) -> &'static str {
         Storage::Expire { .. } => "the key's size (MEMORY USAGE ... SAMPLES 0) for the seconds added; refused above the maximum TTL",
         Storage::GetEx => "with an expiry option, as EXPIRE; PERSIST refused",
         Storage::Rename => "what the new name is longer than the old one, for the key's remaining TTL",
-        Storage::Consumer { .. } => "the consumer's name, for the remaining TTL of each stream key (Redis creates the consumer when it is new)",
+        Storage::Consumer { .. } => "a new consumer's name (XGROUP CREATECONSUMER before it says whether it is new), for the remaining TTL of each stream key",
     }
 }
 
