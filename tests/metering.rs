@@ -495,7 +495,8 @@ fn exact_costs(config: PkvConfig, issuer: &Issuer, redis: Option<&Redis>) {
                 step(&["MULTI"], "+OK\r\n", 0),
                 step(&["SET", "k3", "x"], "+QUEUED\r\n", (2 + 1) * 100),
                 // INCR on a new key stores its name for the default TTL.
-                step(&["INCR", "n"], "+QUEUED\r\n", 100),
+                // The key and the number it now holds ("1").
+                step(&["INCR", "n"], "+QUEUED\r\n", (1 + 1) * 100),
                 step(&["EXEC"], "*2\r\n+OK\r\n:1\r\n", 0),
             ],
             false,

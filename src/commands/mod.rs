@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 
 pub use spec::{
-    flags, CommandSpec, Dest, Element, Exec, KeyRule, Local, Opt, ReplyRewrite, Storage, Takes,
-    Timeout, TtlUnit,
+    flags, CommandSpec, DataArgs, Dest, Element, Exec, KeyRule, Local, Most, Opt, ReplyRewrite,
+    Step, Storage, Takes, Timeout, TtlUnit, Written,
 };
 
 /// Commands refused with `-ERR command 'X' is not allowed through pkv`: administration,
@@ -185,6 +185,8 @@ pub enum KeyError {
     Syntax,
     #[error("ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.")]
     UnbalancedStreams,
+    #[error("ERR DB is refused: through pkv an account has one database, DB 0")]
+    OtherDatabase,
 }
 
 /// Parses an integer the way Redis's `string2ll` does: optional `-`, digits, no leading
@@ -355,6 +357,16 @@ fn options(
                 blocks = Some(i + 1);
                 i += 2;
             }
+            Takes::Threshold => {
+                i += threshold_len(args, i + 1).ok_or(KeyError::Syntax)?;
+            }
+            Takes::Database => {
+                let db = args.get(i + 1).ok_or(KeyError::Syntax)?;
+                if parse_redis_int(db).ok_or(KeyError::NotInteger)? != 0 {
+                    return Err(KeyError::OtherDatabase);
+                }
+                i += 2;
+            }
             Takes::Key | Takes::KeyPattern => {
                 if rest < 1 {
                     return Err(KeyError::Syntax);
@@ -377,6 +389,16 @@ fn options(
         }
     }
     Ok(blocks)
+}
+
+/// How many arguments a `Takes::Threshold` option spans, its keyword included, when its
+/// value starts at `at` (an optional `=` or `~` first); `None` when the value is missing.
+pub fn threshold_len(args: &[Bytes], at: usize) -> Option<usize> {
+    let approx = args
+        .get(at)
+        .is_some_and(|a| a.as_ref() == b"=" || a.as_ref() == b"~");
+    let value = at + usize::from(approx);
+    (value < args.len()).then_some(value + 1 - (at - 1))
 }
 
 /// Every name the table serves, for `COMMAND COUNT` and the README.

@@ -92,7 +92,7 @@ pub enum KeyRule {
 }
 
 /// One keyword of an option grammar, and what follows it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opt {
     /// The keyword, upper-case; matched case-insensitively.
     pub word: &'static str,
@@ -101,7 +101,7 @@ pub struct Opt {
 }
 
 /// The arguments that follow an option keyword.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Takes {
     /// `n` plain arguments that are not keys.
     Plain(u8),
@@ -109,6 +109,11 @@ pub enum Takes {
     /// its own. Whether a request blocks is read here, by the same walk that finds its
     /// keys, so a group or consumer named `BLOCK` or `STREAMS` is never taken for an option.
     Block,
+    /// A trim threshold: an optional `=` or `~`, then one argument (`XADD ... MAXLEN ~ 1000`).
+    Threshold,
+    /// A logical database number (`COPY ... DB n`), which must be 0: nothing a tenant does
+    /// reaches another database (SPEC 5). Any other number refuses the command before it runs.
+    Database,
     /// One key (`STORE dest`).
     Key,
     /// One pattern that names keys, such as `SORT ... BY weight_*`; `#` and patterns that do
@@ -119,29 +124,49 @@ pub enum Takes {
     StreamsRest,
 }
 
-/// What storage a write command buys (SPEC 7: storage is prepaid for the key's TTL).
+/// What storage a write command buys (SPEC 7: storage is prepaid for the key's TTL, and
+/// charged on what the write really holds).
 ///
 /// "Data" means the client-visible bytes a write stores: the key's name when the write
-/// creates the key, plus the data arguments it writes.
+/// creates the key, plus the data arguments it writes. Option words (`ZADD NX CH`, `XADD
+/// MAXLEN ~ 1000`) are not data. A write that writes nothing (its reply says so) pays
+/// nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
-    /// Stores nothing new: reads, deletions, pops, trims, renames (a renamed key keeps the
-    /// TTL it was bought with).
+    /// Stores nothing new: reads, deletions, pops, trims.
     None,
     /// `SET key value [options]`: pays key + value for the TTL its expiry option gives, or
-    /// the default TTL, which pkv adds as `EX`. With `KEEPTTL` it is charged like `Grow`.
+    /// the default TTL, which pkv adds as `EX`; not when `NX`/`XX` kept it from setting.
+    /// With `KEEPTTL` it is charged like `Strlen`.
     Set,
     /// `SETEX key ttl value`: TTL in seconds (or milliseconds) at arg 2, value at arg 3.
     SetEx { millis: bool },
     /// `MSET k v [k v ...]`: every pair at the default TTL.
     Pairs,
-    /// Adds the arguments from `data_from` on to the command's first key, creating it if
-    /// absent: a new key pays name + data for the default TTL, an existing key pays the
-    /// data for its remaining TTL.
-    Grow { data_from: u8 },
+    /// A string write (`APPEND`, `SETRANGE`, `SETBIT`, `INCR`, `PFADD`, ...) measured with
+    /// `STRLEN` before and after it: a new key pays name + length for the default TTL, an
+    /// existing key pays what it grew by for its remaining TTL. `most` bounds the growth
+    /// for admission.
+    Strlen { most: Most },
+    /// An integer counter (`INCR`, `DECRBY`, ...): the reply is the new value, and the old
+    /// one is the reply less the step, so both lengths are known without bookkeeping
+    /// reads. A new key pays name + digits for the default TTL, an existing key what the
+    /// digits grew by for its remaining TTL.
+    Counter { step: Step },
+    /// Adds the data arguments to the command's first key, creating it if absent: a new key
+    /// pays name + data for the default TTL, an existing key pays the data for its
+    /// remaining TTL; `written` reads from the reply how much of the data was written.
+    Grow { data: DataArgs, written: Written },
+    /// `LSET key index element`: pays what the element is longer than the one it replaces
+    /// (read with `LINDEX` before), for the key's remaining TTL.
+    Replace,
+    /// `HINCRBY`/`HINCRBYFLOAT key field n`: pays the field and the number the reply
+    /// carries, less what the field held before (`HSTRLEN`); `most` bounds the number.
+    HashIncr { most: Most },
     /// Writes a value computed upstream into a destination key: pays the stored size
-    /// (`MEMORY USAGE`) for the default TTL when the key is left without one (most such
-    /// commands replace the key and drop its TTL), else for the TTL it kept.
+    /// (`MEMORY USAGE ... SAMPLES 0`, every element counted) for the default TTL when the
+    /// key is left without one (most such commands replace the key and drop its TTL), else
+    /// for the TTL it kept. A reply of 0 stored nothing.
     Store { dest: Dest },
     /// Moves one element into the second key (`LMOVE`, `SMOVE`): grows that key by the
     /// element.
@@ -150,6 +175,72 @@ pub enum Storage {
     Expire { unit: TtlUnit },
     /// `GETEX key [EX|PX|EXAT|PXAT t]`: like `Expire` when an option is given.
     GetEx,
+    /// `RENAME key newkey`: the key keeps its TTL, and pays what the new name is longer
+    /// than the old one, for that TTL.
+    Rename,
+    /// A stream consumer (`XCLAIM key group consumer`; with `group_option`, the one of
+    /// `XREADGROUP ... GROUP group consumer`), which Redis creates in the group of every
+    /// stream key the command names when it is new: a new one pays its name for each
+    /// key's remaining TTL. The group comes right before the consumer.
+    Consumer { group_option: bool },
+}
+
+/// How a counter command moves its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// By one (`INCR`).
+    Up,
+    /// By minus one (`DECR`).
+    Down,
+    /// By argument 2 (`INCRBY key n`).
+    UpByArg,
+    /// By minus argument 2 (`DECRBY key n`).
+    DownByArg,
+}
+
+/// The most a string write can grow its key by, in bytes, for admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Most {
+    /// The length of the argument at this index (`APPEND key value`).
+    Arg(u8),
+    /// A 64-bit integer in decimal: 20 bytes.
+    Integer,
+    /// A long double in decimal: Redis formats it into at most 5 KiB.
+    Float,
+    /// `SETRANGE key offset value`: offset + length of the value.
+    Range,
+    /// `SETBIT key offset bit`: the byte holding the bit.
+    Bit,
+    /// `BITFIELD key [SET|INCRBY type offset value]...`: the byte after the last bit set.
+    Bitfield,
+    /// A HyperLogLog in its dense form (12,304 bytes).
+    Hll,
+}
+
+/// Which arguments of a `Storage::Grow` write are its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataArgs {
+    /// Every argument from this index on.
+    From(u8),
+    /// Every argument from `at` on, after the option words of `options` that lead them
+    /// (`ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member ...`).
+    AfterOptions { at: u8, options: &'static [Opt] },
+    /// The argument at this index alone (`XGROUP CREATE key group id`).
+    Only(u8),
+}
+
+/// How a `Storage::Grow` write's reply says what it wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// All the data, unless the reply is nil (`XADD NOMKSTREAM` on a missing key).
+    All,
+    /// All the data when the reply is a positive integer, nothing otherwise (`HSETNX` on
+    /// an existing field, `LINSERT` with a missing pivot, `LPUSHX` on a missing key).
+    IfPositive,
+    /// The reply counts the new elements, each `per` data arguments (`SADD`: 1, `ZADD`:
+    /// score and member, `GEOADD`: longitude, latitude and member): pays for the largest
+    /// that many, since the reply does not say which.
+    Counted { per: u8 },
 }
 
 /// Which key a `Storage::Store` command writes.

@@ -9,8 +9,8 @@
 
 use super::spec::flags::*;
 use super::spec::{
-    CommandSpec as C, Dest as D, Element as E, KeyRule, Local as L, Opt, ReplyRewrite as R,
-    Storage as S, Takes, Timeout as T, TtlUnit as U,
+    CommandSpec as C, DataArgs, Dest as D, Element as E, KeyRule, Local as L, Most, Opt,
+    ReplyRewrite as R, Step, Storage as S, Takes, Timeout as T, TtlUnit as U, Written,
 };
 
 // === key rules ===
@@ -139,6 +139,65 @@ const SORT_RO_KEYS: &[KeyRule] = &[
         grammar: SORT_RO_OPTS,
     },
 ];
+
+/// `COPY source destination [DB n] [REPLACE]`: the database must be 0 (SPEC 5), so a
+/// tenant's copy never lands in a database that FLUSHDB and DBSIZE do not see.
+const COPY_OPTS: &[Opt] = &[
+    Opt {
+        word: "DB",
+        takes: Takes::Database,
+    },
+    plain("REPLACE", 0),
+];
+const COPY_KEYS: &[KeyRule] = &[
+    KeyRule::Range {
+        first: 1,
+        last: 2,
+        step: 1,
+    },
+    KeyRule::Options {
+        start: 3,
+        grammar: COPY_OPTS,
+    },
+];
+
+// === storage: which arguments are data ===
+
+/// The option words that may lead `ZADD`'s score/member pairs; they are not data.
+const ZADD_OPTS: &[Opt] = &[
+    plain("NX", 0),
+    plain("XX", 0),
+    plain("GT", 0),
+    plain("LT", 0),
+    plain("CH", 0),
+    plain("INCR", 0),
+];
+/// The option words that may lead `GEOADD`'s longitude/latitude/member triples.
+const GEOADD_OPTS: &[Opt] = &[plain("NX", 0), plain("XX", 0), plain("CH", 0)];
+/// The options that may lead `XADD`'s ID and field/value pairs, as
+/// `streamParseAddOrTrimArgsOrReply` reads them.
+const XADD_OPTS: &[Opt] = &[
+    plain("NOMKSTREAM", 0),
+    Opt {
+        word: "MAXLEN",
+        takes: Takes::Threshold,
+    },
+    Opt {
+        word: "MINID",
+        takes: Takes::Threshold,
+    },
+    plain("LIMIT", 1),
+];
+/// Every argument from 2 on is data, all of it written.
+const ADDS: S = S::Grow {
+    data: DataArgs::From(2),
+    written: Written::All,
+};
+/// Every argument from 2 on is data, written when the reply is positive.
+const ADDS_IF_POSITIVE: S = S::Grow {
+    data: DataArgs::From(2),
+    written: Written::IfPositive,
+};
 
 /// The options of `GEORADIUS` and `GEORADIUSBYMEMBER`, as `georadiusGeneric` reads them.
 /// When both `STORE` and `STOREDIST` are given Redis writes only the last one, but both name
@@ -320,11 +379,9 @@ pub static TABLE: &[C] = &[
     }),
     C::fwd("EXPIRETIME", 2, READONLY, K1),
     C::fwd("PEXPIRETIME", 2, READONLY, K1),
-    C::fwd("RENAME", 3, WRITE, K12),
-    C::fwd("RENAMENX", 3, WRITE, K12),
-    // `COPY src dst DB n` copies into another database; what that means for a tenant is
-    // left to Redis and to how SELECT is mapped.
-    C::fwd("COPY", -3, WRITE, K12).storage(S::Store { dest: D::Second }),
+    C::fwd("RENAME", 3, WRITE, K12).storage(S::Rename),
+    C::fwd("RENAMENX", 3, WRITE, K12).storage(S::Rename),
+    C::fwd("COPY", -3, WRITE, COPY_KEYS).storage(S::Store { dest: D::Second }),
     C::fwd("KEYS", 2, READONLY, KEY_PATTERN1).reply(R::Keys),
     C::local("SCAN", -2, READONLY | UPSTREAM_TIME, L::Scan),
     C::local("RANDOMKEY", 1, READONLY | UPSTREAM_TIME, L::RandomKey),
@@ -344,38 +401,44 @@ pub static TABLE: &[C] = &[
     // === strings and counters ===
     C::fwd("GET", 2, READONLY, K1),
     C::fwd("SET", -3, WRITE, K1).storage(S::Set),
-    C::fwd("SETNX", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("SETNX", 3, WRITE, K1).storage(S::Strlen { most: Most::Arg(2) }),
     C::fwd("SETEX", 4, WRITE, K1).storage(S::SetEx { millis: false }),
     C::fwd("PSETEX", 4, WRITE, K1).storage(S::SetEx { millis: true }),
-    C::fwd("GETSET", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("GETSET", 3, WRITE, K1).storage(S::Strlen { most: Most::Arg(2) }),
     C::fwd("GETDEL", 2, WRITE, K1),
     C::fwd("GETEX", -2, WRITE, K1).storage(S::GetEx),
     C::fwd("MGET", -2, READONLY, ALL),
     C::fwd("MSET", -3, WRITE, PAIRS).storage(S::Pairs),
     C::fwd("MSETNX", -3, WRITE, PAIRS).storage(S::Pairs),
-    C::fwd("APPEND", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("APPEND", 3, WRITE, K1).storage(S::Strlen { most: Most::Arg(2) }),
     C::fwd("STRLEN", 2, READONLY, K1),
-    C::fwd("INCR", 2, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("DECR", 2, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("INCRBY", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("DECRBY", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("INCRBYFLOAT", 3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("INCR", 2, WRITE, K1).storage(S::Counter { step: Step::Up }),
+    C::fwd("DECR", 2, WRITE, K1).storage(S::Counter { step: Step::Down }),
+    C::fwd("INCRBY", 3, WRITE, K1).storage(S::Counter {
+        step: Step::UpByArg,
+    }),
+    C::fwd("DECRBY", 3, WRITE, K1).storage(S::Counter {
+        step: Step::DownByArg,
+    }),
+    C::fwd("INCRBYFLOAT", 3, WRITE, K1).storage(S::Strlen { most: Most::Float }),
     C::fwd("GETRANGE", 4, READONLY, K1),
-    C::fwd("SETRANGE", 4, WRITE, K1).storage(S::Grow { data_from: 3 }),
+    C::fwd("SETRANGE", 4, WRITE, K1).storage(S::Strlen { most: Most::Range }),
     C::fwd("SUBSTR", 4, READONLY, K1),
     C::fwd("LCS", -3, READONLY, K12),
     // === bits ===
-    C::fwd("SETBIT", 4, WRITE, K1).storage(S::Grow { data_from: 3 }),
+    C::fwd("SETBIT", 4, WRITE, K1).storage(S::Strlen { most: Most::Bit }),
     C::fwd("GETBIT", 3, READONLY, K1),
     C::fwd("BITCOUNT", -2, READONLY, K1),
     C::fwd("BITPOS", -3, READONLY, K1),
     C::fwd("BITOP", -4, WRITE, FROM2).storage(S::Store { dest: D::First }),
-    C::fwd("BITFIELD", -2, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("BITFIELD", -2, WRITE, K1).storage(S::Strlen {
+        most: Most::Bitfield,
+    }),
     C::fwd("BITFIELD_RO", -2, READONLY, K1),
     // === hashes ===
-    C::fwd("HSET", -4, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("HSETNX", 4, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("HMSET", -4, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("HSET", -4, WRITE, K1).storage(ADDS),
+    C::fwd("HSETNX", 4, WRITE, K1).storage(ADDS_IF_POSITIVE),
+    C::fwd("HMSET", -4, WRITE, K1).storage(ADDS),
     C::fwd("HGET", 3, READONLY, K1),
     C::fwd("HMGET", -3, READONLY, K1),
     C::fwd("HDEL", -3, WRITE, K1),
@@ -384,23 +447,28 @@ pub static TABLE: &[C] = &[
     C::fwd("HKEYS", 2, READONLY, K1),
     C::fwd("HVALS", 2, READONLY, K1),
     C::fwd("HLEN", 2, READONLY, K1),
-    C::fwd("HINCRBY", 4, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("HINCRBYFLOAT", 4, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("HINCRBY", 4, WRITE, K1).storage(S::HashIncr {
+        most: Most::Integer,
+    }),
+    C::fwd("HINCRBYFLOAT", 4, WRITE, K1).storage(S::HashIncr { most: Most::Float }),
     C::fwd("HSTRLEN", 3, READONLY, K1),
     C::fwd("HSCAN", -3, READONLY, K1),
     C::fwd("HRANDFIELD", -2, READONLY, K1),
     // === lists ===
-    C::fwd("LPUSH", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("RPUSH", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("LPUSHX", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
-    C::fwd("RPUSHX", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("LPUSH", -3, WRITE, K1).storage(ADDS),
+    C::fwd("RPUSH", -3, WRITE, K1).storage(ADDS),
+    C::fwd("LPUSHX", -3, WRITE, K1).storage(ADDS_IF_POSITIVE),
+    C::fwd("RPUSHX", -3, WRITE, K1).storage(ADDS_IF_POSITIVE),
     C::fwd("LPOP", -2, WRITE, K1),
     C::fwd("RPOP", -2, WRITE, K1),
     C::fwd("LLEN", 2, READONLY, K1),
     C::fwd("LRANGE", 4, READONLY, K1),
     C::fwd("LINDEX", 3, READONLY, K1),
-    C::fwd("LSET", 4, WRITE, K1).storage(S::Grow { data_from: 3 }),
-    C::fwd("LINSERT", 5, WRITE, K1).storage(S::Grow { data_from: 4 }),
+    C::fwd("LSET", 4, WRITE, K1).storage(S::Replace),
+    C::fwd("LINSERT", 5, WRITE, K1).storage(S::Grow {
+        data: DataArgs::Only(4),
+        written: Written::IfPositive,
+    }),
     C::fwd("LREM", 4, WRITE, K1),
     C::fwd("LTRIM", 4, WRITE, K1),
     C::fwd("LPOS", -3, READONLY, K1),
@@ -423,7 +491,10 @@ pub static TABLE: &[C] = &[
         .reply(R::FirstKey)
         .timeout(T::At(1)),
     // === sets ===
-    C::fwd("SADD", -3, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("SADD", -3, WRITE, K1).storage(S::Grow {
+        data: DataArgs::From(2),
+        written: Written::Counted { per: 1 },
+    }),
     C::fwd("SREM", -3, WRITE, K1),
     C::fwd("SMEMBERS", 2, READONLY, K1),
     C::fwd("SISMEMBER", 3, READONLY, K1),
@@ -441,11 +512,17 @@ pub static TABLE: &[C] = &[
     C::fwd("SDIFFSTORE", -3, WRITE, ALL).storage(S::Store { dest: D::First }),
     C::fwd("SSCAN", -3, READONLY, K1),
     // === sorted sets ===
-    C::fwd("ZADD", -4, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("ZADD", -4, WRITE, K1).storage(S::Grow {
+        data: DataArgs::AfterOptions {
+            at: 2,
+            options: ZADD_OPTS,
+        },
+        written: Written::Counted { per: 2 },
+    }),
     C::fwd("ZREM", -3, WRITE, K1),
     C::fwd("ZSCORE", 3, READONLY, K1),
     C::fwd("ZMSCORE", -3, READONLY, K1),
-    C::fwd("ZINCRBY", 4, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("ZINCRBY", 4, WRITE, K1).storage(ADDS),
     C::fwd("ZCARD", 2, READONLY, K1),
     C::fwd("ZCOUNT", 4, READONLY, K1),
     C::fwd("ZLEXCOUNT", 4, READONLY, K1),
@@ -483,7 +560,13 @@ pub static TABLE: &[C] = &[
     C::fwd("ZRANDMEMBER", -2, READONLY, K1),
     C::fwd("ZSCAN", -3, READONLY, K1),
     // === streams ===
-    C::fwd("XADD", -5, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("XADD", -5, WRITE, K1).storage(S::Grow {
+        data: DataArgs::AfterOptions {
+            at: 2,
+            options: XADD_OPTS,
+        },
+        written: Written::All,
+    }),
     C::fwd("XRANGE", -4, READONLY, K1),
     C::fwd("XREVRANGE", -4, READONLY, K1),
     C::fwd("XLEN", 2, READONLY, K1),
@@ -492,13 +575,25 @@ pub static TABLE: &[C] = &[
     C::fwd("XSETID", -3, WRITE, K1),
     C::fwd("XACK", -4, WRITE, K1),
     C::fwd("XPENDING", -3, READONLY, K1),
-    C::fwd("XCLAIM", -6, WRITE, K1),
-    C::fwd("XAUTOCLAIM", -6, WRITE, K1),
+    C::fwd("XCLAIM", -6, WRITE, K1).storage(S::Consumer {
+        group_option: false,
+    }),
+    C::fwd("XAUTOCLAIM", -6, WRITE, K1).storage(S::Consumer {
+        group_option: false,
+    }),
     C::fwd("XREAD", -4, READONLY | MAY_BLOCK, XREAD_KEYS).reply(R::Streams),
-    C::fwd("XREADGROUP", -7, WRITE | MAY_BLOCK, XREADGROUP_KEYS).reply(R::Streams),
+    C::fwd("XREADGROUP", -7, WRITE | MAY_BLOCK, XREADGROUP_KEYS)
+        .reply(R::Streams)
+        .storage(S::Consumer { group_option: true }),
     C::fwd("XGROUP", -2, CONTAINER, NONE),
-    C::fwd("XGROUP|CREATE", -5, WRITE, K2).storage(S::Grow { data_from: 3 }),
-    C::fwd("XGROUP|CREATECONSUMER", 5, WRITE, K2),
+    C::fwd("XGROUP|CREATE", -5, WRITE, K2).storage(S::Grow {
+        data: DataArgs::Only(3),
+        written: Written::All,
+    }),
+    C::fwd("XGROUP|CREATECONSUMER", 5, WRITE, K2).storage(S::Grow {
+        data: DataArgs::Only(4),
+        written: Written::IfPositive,
+    }),
     C::fwd("XGROUP|DELCONSUMER", 5, WRITE, K2),
     C::fwd("XGROUP|DESTROY", 4, WRITE, K2),
     C::fwd("XGROUP|SETID", -5, WRITE, K2),
@@ -507,11 +602,17 @@ pub static TABLE: &[C] = &[
     C::fwd("XINFO|GROUPS", 3, READONLY, K2),
     C::fwd("XINFO|CONSUMERS", 4, READONLY, K2),
     // === hyperloglog ===
-    C::fwd("PFADD", -2, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("PFADD", -2, WRITE, K1).storage(S::Strlen { most: Most::Hll }),
     C::fwd("PFCOUNT", -2, READONLY, ALL),
     C::fwd("PFMERGE", -2, WRITE, ALL).storage(S::Store { dest: D::First }),
     // === geo ===
-    C::fwd("GEOADD", -5, WRITE, K1).storage(S::Grow { data_from: 2 }),
+    C::fwd("GEOADD", -5, WRITE, K1).storage(S::Grow {
+        data: DataArgs::AfterOptions {
+            at: 2,
+            options: GEOADD_OPTS,
+        },
+        written: Written::Counted { per: 3 },
+    }),
     C::fwd("GEODIST", -4, READONLY, K1),
     C::fwd("GEOHASH", -2, READONLY, K1),
     C::fwd("GEOPOS", -2, READONLY, K1),

@@ -534,7 +534,7 @@ impl Session {
     ) -> u64 {
         bill.map_or(0, |b| {
             storage::byte_seconds(
-                b.rule,
+                &b.rule,
                 reply,
                 before,
                 after,
@@ -603,7 +603,7 @@ impl Session {
                     continue;
                 };
                 let stored = storage::byte_seconds(
-                    After::Store,
+                    &After::Store,
                     &Value::Okay,
                     &[],
                     &values,
