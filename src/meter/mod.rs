@@ -626,6 +626,11 @@ impl Meter {
         if let Some(left) = grant.available {
             acct.ledger_left.store(left, Ordering::Release);
         }
+        // What is left is known now: commands held back while it was not (an account's
+        // first commands in this process) look again instead of waiting for one to finish.
+        if acct.waiting.load(Ordering::Acquire) > 0 {
+            acct.paid.notify_waiters();
+        }
         Ok(grant)
     }
 
