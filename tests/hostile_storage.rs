@@ -76,6 +76,17 @@ fn secs_left(c: &mut redis::Connection, key: &str) -> i64 {
     (ms + 999) / 1000
 }
 
+/// Asserts that `charged` is `size` bytes for the key's remaining TTL, `secs` as the test
+/// read it after the command: pkv read it earlier, so it may count a second or two more
+/// on a loaded machine (the balance is read in between).
+fn assert_pays_ttl(charged: i64, size: i64, secs: i64, what: &str) {
+    assert!(
+        (secs..=secs + 2).any(|s| charged == size * s),
+        "{what}: charged {charged}, expected {size} bytes × {secs} s (or up to 2 s more) = {}",
+        size * secs
+    );
+}
+
 /// The account's byte-seconds, once two readings a moment apart agree.
 fn byte_seconds(c: &mut redis::Connection) -> i64 {
     let read = |c: &mut redis::Connection| -> i64 {
@@ -131,21 +142,21 @@ fn offset_writes_pay_for_the_growth(s: &mut Setup) {
     // Into an existing key: the growth, for the key's remaining TTL.
     ok(c, &["SET", "e", "abc", "EX", "1000"]);
     let charged = paid(c, &["SETRANGE", "e", "1000", "x"]);
-    assert_eq!(charged, (1001 - 3) * secs_left(c, "e"), "SETRANGE e 1000 x");
+    assert_pays_ttl(charged, 1001 - 3, secs_left(c, "e"), "SETRANGE e 1000 x");
     assert_eq!(
         paid(c, &["SETRANGE", "e", "0", "zz"]),
         0,
         "overwrite in place"
     );
     let charged = paid(c, &["APPEND", "e", "yyy"]);
-    assert_eq!(charged, 3 * secs_left(c, "e"), "APPEND e yyy");
+    assert_pays_ttl(charged, 3, secs_left(c, "e"), "APPEND e yyy");
     let charged = paid(c, &["SETBIT", "e", "8", "1"]);
     assert_eq!(charged, 0, "SETBIT inside the string");
 
     ok(c, &["RPUSH", "l", "a", "b"]);
     ok(c, &["EXPIRE", "l", "1000"]);
     let charged = paid(c, &["LSET", "l", "0", "abcdef"]);
-    assert_eq!(charged, 5 * secs_left(c, "l"), "LSET l 0 abcdef over a");
+    assert_pays_ttl(charged, 5, secs_left(c, "l"), "LSET l 0 abcdef over a");
     assert_eq!(paid(c, &["LSET", "l", "-1", "c"]), 0, "LSET same length");
 }
 
@@ -212,22 +223,14 @@ fn stores_pay_the_real_size(s: &mut Setup) {
     // a moment later, so it may have lost a second since).
     let charged = paid(c, &["COPY", "z", "cz"]);
     let (copied, secs) = (size(c, "cz"), secs_left(c, "cz"));
-    assert!(
-        charged == copied * secs || charged == copied * (secs + 1),
-        "COPY z cz: charged {charged}, real size {copied} × {secs} s = {}",
-        copied * secs
-    );
+    assert_pays_ttl(charged, copied, secs, "COPY z cz");
 
     // A one-year EXPIRE pays the real size for the seconds it adds: the TTL it had is read
     // just before (so the seconds added may round up to one more).
     let before_ms = int(c, &["PTTL", "zu"]);
     let charged = paid(c, &["EXPIRE", "zu", &YEAR.to_string()]);
     let added = (YEAR * 1000 - before_ms) / 1000;
-    assert!(
-        charged == real * added || charged == real * (added + 1),
-        "EXPIRE zu {YEAR}: charged {charged}, real size {real} × {added} s = {}",
-        real * added
-    );
+    assert_pays_ttl(charged, real, added, &format!("EXPIRE zu {YEAR}"));
 }
 
 #[test]
@@ -309,7 +312,7 @@ fn writes_that_write_nothing_pay_nothing(s: &mut Setup) {
         "SADD existing members"
     );
     let charged = paid(c, &["SADD", "st", "a", "ccc"]);
-    assert_eq!(charged, 3 * secs_left(c, "st"), "SADD one new member");
+    assert_pays_ttl(charged, 3, secs_left(c, "st"), "SADD one new member");
     ok(c, &["RPUSH", "l", "a"]);
     let charged = paid(c, &["LINSERT", "l", "BEFORE", "nosuch", &hundred]);
     assert_eq!(charged, 0, "LINSERT with a missing pivot");
@@ -358,13 +361,14 @@ fn stored_names_and_numbers_are_paid(s: &mut Setup) {
     ok(c, &["SET", "r", "v", "EX", "1000"]);
     let charged = paid(c, &["RENAME", "r", "a-much-longer-name"]);
     let secs = secs_left(c, "a-much-longer-name");
-    assert_eq!(charged, 17 * secs, "RENAME r a-much-longer-name");
+    assert_pays_ttl(charged, 17, secs, "RENAME r a-much-longer-name");
     ok(c, &["SET", "r2", "v", "EX", "1000"]);
     let charged = paid(c, &["RENAMENX", "r2", "r2-longer"]);
-    assert_eq!(
+    assert_pays_ttl(
         charged,
-        7 * secs_left(c, "r2-longer"),
-        "RENAMENX r2 r2-longer"
+        7,
+        secs_left(c, "r2-longer"),
+        "RENAMENX r2 r2-longer",
     );
 
     let charged = paid(c, &["INCRBYFLOAT", "fl", "1e4000"]);
@@ -375,15 +379,15 @@ fn stored_names_and_numbers_are_paid(s: &mut Setup) {
     let stored = int(c, &["HSTRLEN", "hf", "f"]);
     assert_eq!(charged, (2 + 1 + stored) * DAY, "HINCRBYFLOAT hf f 1e4000");
     let charged = paid(c, &["HINCRBY", "hf", "n", "-1234567"]);
-    assert_eq!(charged, (1 + 8) * secs_left(c, "hf"), "HINCRBY a new field");
+    assert_pays_ttl(charged, 1 + 8, secs_left(c, "hf"), "HINCRBY a new field");
     let charged = paid(c, &["INCRBY", "i", "-1234567"]);
     assert_eq!(charged, (1 + 8) * DAY, "INCRBY i -1234567");
     ok(c, &["SET", "n", "99", "EX", "1000"]);
     let charged = paid(c, &["INCR", "n"]);
-    assert_eq!(charged, secs_left(c, "n"), "INCR 99 to 100");
+    assert_pays_ttl(charged, 1, secs_left(c, "n"), "INCR 99 to 100");
     assert_eq!(paid(c, &["DECR", "n"]), 0, "DECR 100 to 99");
     let charged = paid(c, &["DECRBY", "n", "200"]);
-    assert_eq!(charged, 2 * secs_left(c, "n"), "DECRBY 99 to -101");
+    assert_pays_ttl(charged, 2, secs_left(c, "n"), "DECRBY 99 to -101");
 }
 
 #[test]
@@ -404,7 +408,7 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
     let charged = paid(c, &["XGROUP", "CREATE", "x", "grp", "$", "MKSTREAM"]);
     assert_eq!(charged, (1 + 3) * DAY, "XGROUP CREATE x grp $ MKSTREAM");
     let charged = paid(c, &["XGROUP", "CREATECONSUMER", "x", "grp", "consumer-one"]);
-    assert_eq!(charged, 12 * secs_left(c, "x"), "XGROUP CREATECONSUMER");
+    assert_pays_ttl(charged, 12, secs_left(c, "x"), "XGROUP CREATECONSUMER");
     let charged = paid(c, &["XGROUP", "CREATECONSUMER", "x", "grp", "consumer-one"]);
     assert_eq!(charged, 0, "XGROUP CREATECONSUMER of an existing consumer");
     let charged = paid(
@@ -419,10 +423,11 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
             ">",
         ],
     );
-    assert_eq!(
+    assert_pays_ttl(
         charged,
-        12 * secs_left(c, "x"),
-        "XREADGROUP by a new consumer"
+        12,
+        secs_left(c, "x"),
+        "XREADGROUP by a new consumer",
     );
     // A consumer that polls pays its name once.
     let charged = paid(
@@ -439,7 +444,7 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
     );
     assert_eq!(charged, 0, "XREADGROUP by an existing consumer");
     let charged = paid(c, &["XCLAIM", "x", "grp", "consumer-4", "0", "0-1"]);
-    assert_eq!(charged, 10 * secs_left(c, "x"), "XCLAIM by a new consumer");
+    assert_pays_ttl(charged, 10, secs_left(c, "x"), "XCLAIM by a new consumer");
     let charged = paid(c, &["XAUTOCLAIM", "x", "grp", "consumer-4", "0", "0-0"]);
     assert_eq!(charged, 0, "XAUTOCLAIM by an existing consumer");
     // The same on the blocking path (a dedicated connection), options in another order.
@@ -459,16 +464,18 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
             ">",
         ],
     );
-    assert_eq!(
+    assert_pays_ttl(
         charged,
-        10 * secs_left(c, "x"),
-        "XREADGROUP BLOCK by a new consumer"
+        10,
+        secs_left(c, "x"),
+        "XREADGROUP BLOCK by a new consumer",
     );
     let charged = paid(c, &["XADD", "x", "MAXLEN", "~", "1000", "*", "f", "v"]);
-    assert_eq!(
+    assert_pays_ttl(
         charged,
-        (1 + 1 + 1) * secs_left(c, "x"),
-        "XADD options are not data"
+        1 + 1 + 1,
+        secs_left(c, "x"),
+        "XADD options are not data",
     );
     drop(s.pkv);
 }
