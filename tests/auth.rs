@@ -865,13 +865,6 @@ fn bad_settings_stop_start_up_with_one_clear_line() {
         (
             &[
                 ("PKV_UPSTREAM_URL", "redis://127.0.0.1:1"),
-                ("PKV_BOGUS", "1"),
-            ],
-            "pkv: PKV_BOGUS:",
-        ),
-        (
-            &[
-                ("PKV_UPSTREAM_URL", "redis://127.0.0.1:1"),
                 ("PKV_LISTEN", "nowhere"),
             ],
             "pkv: PKV_LISTEN:",
