@@ -28,7 +28,10 @@ struct Setup {
 fn upstream() -> Setup {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let pkv = PkvConfig::new(&redis, &issuer).start();
+    let pkv = PkvConfig::new(&redis, &issuer)
+        // Every step reads PKV.BALANCE: no pacing of ledger reads here.
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
     let c = pkv.client(&issuer.token(10));
     Setup {
         pkv,
@@ -39,7 +42,10 @@ fn upstream() -> Setup {
 
 fn embedded() -> Setup {
     let issuer = Issuer::new();
-    let pkv = PkvConfig::embedded(&issuer).start();
+    let pkv = PkvConfig::embedded(&issuer)
+        // Every step reads PKV.BALANCE: no pacing of ledger reads here.
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
     let c = pkv.client(&issuer.token(10));
     Setup {
         pkv,

@@ -846,13 +846,19 @@ fn storage_never_outgrows_what_was_paid(pkv: &Pkv, issuer: &Issuer, upstream: bo
 fn storage_never_outgrows_what_was_paid_upstream() {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let pkv = PkvConfig::new(&redis, &issuer).start();
+    let pkv = PkvConfig::new(&redis, &issuer)
+        // Every step reads PKV.BALANCE: no pacing of ledger reads here.
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
     storage_never_outgrows_what_was_paid(&pkv, &issuer, true);
 }
 
 #[test]
 fn storage_never_outgrows_what_was_paid_embedded() {
     let issuer = Issuer::new();
-    let pkv = PkvConfig::embedded(&issuer).start();
+    let pkv = PkvConfig::embedded(&issuer)
+        // Every step reads PKV.BALANCE: no pacing of ledger reads here.
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
     storage_never_outgrows_what_was_paid(&pkv, &issuer, false);
 }
