@@ -52,6 +52,15 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_with_on(port, &[])
+    }
+
+    /// A private redis-server started with `extra` options as well (e.g. `--maxclients 30`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_with_on(free_port(), extra)
+    }
+
+    fn start_with_on(port: u16, extra: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("redis-server")
             .args([
@@ -64,6 +73,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1126,39 +1136,6 @@ impl RespConn {
             Ok(frame) => Err(frame),
             Err(_) if self.pending.is_empty() => Ok(()),
             Err(_) => Err(std::mem::take(&mut self.pending)),
-        }
-    }
-}
-
-// === A redis-server with extra options ===
-
-impl Redis {
-    /// A private redis-server started with `extra` options as well (e.g. `--maxclients 30`).
-    pub fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(extra)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (apt-get install redis-server)");
-        wait_for_port(port, &mut child);
-        Redis {
-            port,
-            child,
-            _dir: dir,
         }
     }
 }
