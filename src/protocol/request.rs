@@ -28,7 +28,7 @@ impl Limits {
     };
 }
 
-/// Longest inline command line, as in Redis.
+/// Longest inline command line, its line ending included, as in Redis.
 const MAX_INLINE: usize = 64 * 1024;
 
 /// One complete request.
@@ -231,10 +231,11 @@ fn parse_inline(
     limits: Limits,
     p: &mut Progress,
 ) -> Result<Option<Request>, ProtocolError> {
+    // The whole line, its `\n` included, counts against the limit.
     let max_line = MAX_INLINE.min(limits.max_bytes);
     // Only the bytes not searched by an earlier call are searched for the line's end.
     let from = p.pos.min(buf.len());
-    let upto = buf.len().min(max_line + 1);
+    let upto = buf.len().min(max_line);
     let found = buf[from..upto.max(from)]
         .iter()
         .position(|&b| b == b'\n')
@@ -242,7 +243,7 @@ fn parse_inline(
     p.examined += upto.saturating_sub(from);
     let Some(nl) = found else {
         p.pos = upto.max(from);
-        return if buf.len() > max_line {
+        return if buf.len() >= max_line {
             Err(ProtocolError::InlineTooBig)
         } else {
             Ok(None)
@@ -489,5 +490,40 @@ mod tests {
         assert_eq!(words(&req), vec![&b"PING"[..]]);
         let mut buf = BytesMut::from(&b"get \"k\r\n"[..]);
         assert_eq!(parse(&mut buf, BIG), Err(ProtocolError::UnbalancedQuotes));
+    }
+
+    /// Found by the `request` fuzz target: an inline line of `max_bytes + 1` bytes, its
+    /// `\n` included, was accepted, one byte over the limit.
+    #[test]
+    fn an_inline_line_counts_its_line_ending_against_the_limit() {
+        let line = |len: usize| {
+            let mut line = vec![b'x'; len - 2];
+            line.extend_from_slice(b"\r\n");
+            BytesMut::from(&line[..])
+        };
+        let tiny = Limits {
+            max_args: 3,
+            max_bytes: 40,
+        };
+        for limits in [tiny, Limits::UNAUTHENTICATED] {
+            let most = limits.max_bytes;
+            let req = parse(&mut line(most), limits).unwrap().unwrap();
+            assert_eq!(req.wire_len, most);
+            assert_eq!(
+                parse(&mut line(most + 1), limits),
+                Err(ProtocolError::InlineTooBig),
+                "a {}-byte line under a {most}-byte limit",
+                most + 1
+            );
+            // Without its line ending yet, a line at the limit can no longer become a
+            // request either.
+            let mut waiting = BytesMut::from(&vec![b'x'; most][..]);
+            assert_eq!(
+                parse(&mut waiting, limits),
+                Err(ProtocolError::InlineTooBig)
+            );
+            let mut waiting = BytesMut::from(&vec![b'x'; most - 1][..]);
+            assert_eq!(parse(&mut waiting, limits), Ok(None));
+        }
     }
 }
