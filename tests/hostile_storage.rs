@@ -95,21 +95,7 @@ fn assert_pays_ttl(charged: i64, size: i64, secs: i64, what: &str) {
 
 /// The account's byte-seconds, once two readings a moment apart agree.
 fn byte_seconds(c: &mut redis::Connection) -> i64 {
-    let read = |c: &mut redis::Connection| -> i64 {
-        pkv_balance(c)["byte_seconds"]
-            .parse()
-            .expect("byte_seconds is an integer")
-    };
-    let mut last = read(c);
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(10));
-        let now = read(c);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("byte_seconds never settled");
+    common::settled_byte_seconds(c, Duration::from_millis(10))
 }
 
 /// The byte-seconds one command was charged.

@@ -717,21 +717,7 @@ fn held_all(c: &mut redis::Connection, keys: &[&str]) -> i64 {
 
 /// The account's byte-seconds, once two readings agree.
 fn paid(c: &mut redis::Connection) -> i64 {
-    let read = |c: &mut redis::Connection| -> i64 {
-        pkv_balance(c)["byte_seconds"]
-            .parse()
-            .expect("byte_seconds is an integer")
-    };
-    let mut last = read(c);
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(2));
-        let now = read(c);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    panic!("byte_seconds never settled");
+    common::settled_byte_seconds(c, Duration::from_millis(2))
 }
 
 fn seed() -> u64 {

@@ -1139,3 +1139,23 @@ impl RespConn {
         }
     }
 }
+
+/// The account's byte-seconds from `PKV.BALANCE`, once two readings `pause` apart agree
+/// (charges reach the balance a moment after the reply).
+pub fn settled_byte_seconds(c: &mut redis::Connection, pause: Duration) -> i64 {
+    let read = |c: &mut redis::Connection| -> i64 {
+        pkv_balance(c)["byte_seconds"]
+            .parse()
+            .expect("byte_seconds is an integer")
+    };
+    let mut last = read(c);
+    for _ in 0..50 {
+        std::thread::sleep(pause);
+        let now = read(c);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("byte_seconds never settled");
+}
