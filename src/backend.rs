@@ -1,10 +1,11 @@
 //! Where commands run: the seam between the request path and the data.
 //!
 //! The request path (authentication, metering, namespacing) builds each command as a
-//! [`redis::Cmd`] with its keys already in the account's namespace, and hands batches of
-//! them to a [`Backend`]. There are two: the upstream Redis ([`crate::upstream`]) and the
-//! embedded in-process store ([`crate::embedded`]). Both answer with [`redis::Value`]s, so
-//! everything above this seam is the same code for both.
+//! [`Call`] (its table row and its arguments, keys already in the account's namespace), and
+//! hands batches of them to a [`Backend`]. There are two: the upstream Redis
+//! ([`crate::upstream`]) and the embedded in-process store ([`crate::embedded`]). Both answer
+//! with [`Frame`]s, pkv's own RESP values, so everything above this seam is the same code for
+//! both, and no type of the `redis` crate appears above it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,9 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use redis::{Pipeline, Value};
 use tokio::sync::{mpsc, Notify};
 
+use crate::commands::Call;
+use crate::protocol::frame::Frame;
 use crate::protocol::Proto;
 
 /// A boxed future, so that backends can be used as trait objects.
@@ -47,13 +49,12 @@ impl BackendError {
 /// Runs commands.
 pub trait Backend: Send + Sync {
     /// Runs a batch of commands, in order, on a shared connection; one reply per command.
-    /// Redis error replies are [`Value::ServerError`]s, not `Err`.
+    /// Redis error replies are [`Frame::Error`]s, not `Err`.
     fn pipeline<'a>(
         &'a self,
         proto: Proto,
-        pipe: &'a Pipeline,
-        count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>>;
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>>;
 
     /// A connection for one client alone: it keeps MULTI/WATCH state, and blocking
     /// commands wait on it. Dropping it ends any wait still in progress.
@@ -80,9 +81,8 @@ pub trait Dedicated: Send {
     /// Like [`Backend::pipeline`], on this connection.
     fn pipeline<'a>(
         &'a mut self,
-        pipe: &'a Pipeline,
-        count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>>;
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>>;
 }
 
 /// A Pub/Sub message as it was published: channel names as the backend knows them (inside
@@ -245,23 +245,6 @@ pub struct Subscription {
     pub messages: Messages,
 }
 
-/// A Redis error reply (`-CODE details`) as a value, as a backend returns it.
-pub fn error_value(message: &str) -> Value {
-    let line: String = message
-        .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect();
-    let mut raw = Vec::with_capacity(line.len() + 3);
-    raw.push(b'-');
-    raw.extend_from_slice(line.as_bytes());
-    raw.extend_from_slice(b"\r\n");
-    match redis::parse_redis_value(&raw) {
-        Ok(value) => value,
-        // An error line always parses; keep a visible error if that ever changes.
-        Err(_) => Value::SimpleString(format!("ERR {line}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,18 +271,5 @@ mod tests {
         assert!(rx.recv().await.is_none());
         assert!(!tx.send(message(1)));
         tx.closed().await;
-    }
-
-    #[test]
-    fn error_values_keep_code_and_text() {
-        let Value::ServerError(err) = error_value("WRONGTYPE Operation against a key") else {
-            panic!("not an error value");
-        };
-        assert_eq!(err.code(), "WRONGTYPE");
-        assert_eq!(err.details(), Some("Operation against a key"));
-        let Value::ServerError(err) = error_value("ERR two\r\nlines") else {
-            panic!("not an error value");
-        };
-        assert_eq!(err.details(), Some("two  lines"));
     }
 }

@@ -415,12 +415,7 @@ impl Settings {
         );
         let upstream_url = non_empty(get("PKV_UPSTREAM_URL"));
         if let Some(url) = &upstream_url {
-            check(
-                "PKV_UPSTREAM_URL",
-                redis::Client::open(url.as_str())
-                    .map(|_| ())
-                    .map_err(|e| format!("not a Redis URL ({e})")),
-            );
+            check("PKV_UPSTREAM_URL", crate::upstream::check_url(url));
         }
         let ledger_url = non_empty(get("PKV_LEDGER_URL"));
         if let Some(url) = &ledger_url {
@@ -433,12 +428,7 @@ impl Settings {
                     ),
                 );
             } else {
-                check(
-                    "PKV_LEDGER_URL",
-                    redis::Client::open(url.as_str())
-                        .map(|_| ())
-                        .map_err(|e| format!("not a Redis URL ({e})")),
-                );
+                check("PKV_LEDGER_URL", crate::upstream::check_url(url));
             }
         }
         let service_id = get("PKV_SERVICE_ID");

@@ -23,8 +23,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::commands::Call;
+use crate::protocol::frame::Frame;
 use dashmap::DashMap;
-use redis::Value;
 
 use crate::backend::{BackendError, BoxFuture};
 use crate::namespace::escape_account;
@@ -391,16 +392,12 @@ impl RedisBook {
         format!("pkv:ledger:upd:{}:{}", self.writer, escape_account(account))
     }
 
-    async fn one(&self, cmd: redis::Cmd) -> Result<Value, LedgerError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
-        let mut values = self.upstream.send(Proto::Resp2, &pipe, 1).await?;
+    async fn one(&self, cmd: Call) -> Result<Frame, LedgerError> {
+        let mut values = self.upstream.send(Proto::Resp2, &[cmd]).await?;
         match values.pop() {
-            Some(Value::ServerError(e)) => Err(LedgerError::Bad(format!(
-                "{} {}",
-                e.code(),
-                e.details().unwrap_or("")
-            ))),
+            Some(Frame::Error(line)) => Err(LedgerError::Bad(
+                String::from_utf8_lossy(&line).into_owned(),
+            )),
             Some(v) => Ok(v),
             None => Err(LedgerError::Bad("no reply".into())),
         }
@@ -414,15 +411,17 @@ impl RedisBook {
         expire_at: i64,
         by: RedeemedBy,
     ) -> Result<Redemption, LedgerError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(REDEEM_SCRIPT)
-            .arg(2)
+        let cmd = Call::named("EVAL")
+            .arg(REDEEM_SCRIPT)
+            .arg("2")
             .arg(token_key(jti))
-            .arg(account_key(account));
-        cmd.arg(by.record(account)).arg(nanos).arg(expire_at);
+            .arg(account_key(account))
+            .arg(by.record(account))
+            .arg(nanos.to_string())
+            .arg(expire_at.to_string());
         match self.one(cmd).await? {
-            Value::Int(1) => Ok(Redemption::Credited),
-            Value::BulkString(record) => Ok(Redemption::AlreadyRedeemed {
+            Frame::Integer(1) => Ok(Redemption::Credited),
+            Frame::Bulk(record) => Ok(Redemption::AlreadyRedeemed {
                 by: RedeemedBy::of_record(&record),
             }),
             other => Err(LedgerError::Bad(format!(
@@ -432,11 +431,13 @@ impl RedisBook {
     }
 
     async fn read_account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
-        let mut cmd = redis::cmd("HMGET");
-        cmd.arg(account_key(account)).arg(&ACCOUNT_FIELDS[..]);
-        let field = |v: Option<&Value>| -> i64 {
+        let mut cmd = Call::named("HMGET").arg(account_key(account));
+        for field in ACCOUNT_FIELDS {
+            cmd = cmd.arg(field);
+        }
+        let field = |v: Option<&Frame>| -> i64 {
             match v {
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                Some(Frame::Bulk(b)) => std::str::from_utf8(b)
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(0),
@@ -444,7 +445,7 @@ impl RedisBook {
             }
         };
         match self.one(cmd).await? {
-            Value::Array(items) => {
+            Frame::Array(items) => {
                 let f = |i: usize| field(items.get(i));
                 let u = |i: usize| f(i).max(0) as u64;
                 Ok(AccountRecord {
@@ -467,18 +468,18 @@ impl RedisBook {
     }
 
     async fn lease_script(&self, account: &str, req: &LeaseRequest) -> Result<Grant, LedgerError> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LEASE_SCRIPT)
-            .arg(2)
+        let cmd = Call::named("EVAL")
+            .arg(LEASE_SCRIPT)
+            .arg("2")
             .arg(account_key(account))
             .arg(self.updates_key(account))
-            .arg(req.seq)
-            .arg(req.want.clamp(0, MAX_LEASE))
-            .arg(UPDATES_KEPT_SECS);
+            .arg(req.seq.to_string())
+            .arg(req.want.clamp(0, MAX_LEASE).to_string())
+            .arg(UPDATES_KEPT_SECS.to_string());
         match self.one(cmd).await? {
-            Value::Array(items) => {
+            Frame::Array(items) => {
                 let available = match items.get(1) {
-                    Some(Value::BulkString(b)) => {
+                    Some(Frame::Bulk(b)) => {
                         std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
                     }
                     _ => None,
@@ -498,19 +499,19 @@ impl RedisBook {
         if s.is_empty() {
             return Ok(());
         }
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SETTLE_SCRIPT)
-            .arg(2)
+        let mut cmd = Call::named("EVAL")
+            .arg(SETTLE_SCRIPT)
+            .arg("2")
             .arg(account_key(account))
             .arg(self.updates_key(account))
-            .arg(s.seq)
-            .arg(UPDATES_KEPT_SECS);
+            .arg(s.seq.to_string())
+            .arg(UPDATES_KEPT_SECS.to_string());
         for (field, delta) in s.deltas() {
-            cmd.arg(field).arg(delta);
+            cmd = cmd.arg(field).arg(delta.to_string());
         }
         // 1: applied now; 0: applied by an earlier attempt whose answer was lost.
         match self.one(cmd).await? {
-            Value::Int(0 | 1) => Ok(()),
+            Frame::Integer(0 | 1) => Ok(()),
             other => Err(LedgerError::Bad(format!(
                 "unexpected settlement reply {other:?}"
             ))),
@@ -555,10 +556,10 @@ impl Book for RedisBook {
 }
 
 /// An integer reply (or a bulk string holding one); 0 for nil.
-fn int_of(value: Option<&Value>) -> i64 {
+fn int_of(value: Option<&Frame>) -> i64 {
     match value {
-        Some(Value::Int(n)) => *n,
-        Some(Value::BulkString(b)) => std::str::from_utf8(b)
+        Some(Frame::Integer(n)) => *n,
+        Some(Frame::Bulk(b)) => std::str::from_utf8(b)
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),

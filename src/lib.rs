@@ -10,18 +10,23 @@
 //! - [`server`]: the listener, graceful shutdown, each connection, and the session that
 //!   runs the request path (read → authenticate → look up → rewrite keys → reserve the
 //!   cost → forward → rewrite reply → write → pay).
-//! - [`protocol`]: parsing client requests and writing RESP2/RESP3 replies.
-//! - [`commands`]: the command table (every served command's facts, stated once) and the
-//!   key locator derived from it.
+//! - [`protocol`]: parsing client requests, pkv's own RESP value ([`protocol::frame::Frame`])
+//!   and the decoder of upstream replies, and writing RESP2/RESP3 replies.
+//! - [`commands`]: the command table (every served command's facts, stated once), the key
+//!   locator derived from it, and [`commands::Call`], a command with its row resolved once,
+//!   as the request path hands it to a backend.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
 //!   ledger so that metering needs no round trip per command.
 //! - [`ledger`]: redeemed token ids, account credit, spending and usage, kept in the
 //!   backend.
-//! - [`backend`]: the seam where commands run, with two implementations:
-//!   - [`upstream`]: pooled and dedicated connections to an upstream Redis;
-//!   - [`embedded`]: the in-process store pkv serves from when no upstream is set.
+//! - [`backend`]: the seam where commands run: calls in, frames out, no type of the `redis`
+//!   crate above it. Two implementations:
+//!   - [`upstream`]: pkv's own pooled and dedicated connections to an upstream Redis (the
+//!     `redis` crate parses URLs, and still carries Pub/Sub and the start-up checks);
+//!   - [`embedded`]: the in-process store pkv serves from when no upstream is set; each
+//!     command's handler is found from its table row.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
 
 #![forbid(unsafe_code)]

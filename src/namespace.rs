@@ -8,7 +8,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use crate::commands::{ArgRole, ReplyRewrite};
 
@@ -92,66 +92,66 @@ impl Namespace {
 impl Namespace {
     /// Takes the prefix off a name in a reply; a name from outside the namespace (which a
     /// correct rewrite never lets through) becomes nil rather than leak.
-    fn strip_value(&self, value: Value) -> Value {
+    fn strip_value(&self, value: Frame) -> Frame {
         match value {
-            Value::BulkString(name) => match self.strip(&name) {
-                Some(inner) => Value::BulkString(inner.to_vec()),
-                None => Value::Nil,
-            },
+            Frame::Bulk(name) if name.starts_with(&self.prefix) => {
+                Frame::Bulk(name.slice(self.prefix.len()..))
+            }
+            Frame::Bulk(_) => Frame::Null,
             other => other,
         }
     }
 
     /// Strips every name of a list, dropping names from outside the namespace.
-    fn strip_list(&self, items: Vec<Value>) -> Vec<Value> {
+    fn strip_list(&self, items: Vec<Frame>) -> Vec<Frame> {
         items
             .into_iter()
             .map(|v| self.strip_value(v))
-            .filter(|v| !matches!(v, Value::Nil))
+            .filter(|v| !matches!(v, Frame::Null))
             .collect()
     }
 
     /// Rewrites an upstream reply so that it names keys and channels as the client does.
-    pub fn rewrite_reply(&self, kind: ReplyRewrite, value: Value) -> Value {
+    pub fn rewrite_reply(&self, kind: ReplyRewrite, value: Frame) -> Frame {
         match (kind, value) {
             (ReplyRewrite::Plain, value) => value,
-            (_, Value::ServerError(e)) => Value::ServerError(e),
-            (ReplyRewrite::Keys | ReplyRewrite::Channels, Value::Array(items)) => {
-                Value::Array(self.strip_list(items))
+            (_, Frame::Error(e)) => Frame::Error(e),
+            (ReplyRewrite::Keys | ReplyRewrite::Channels, Frame::Array(items)) => {
+                Frame::Array(self.strip_list(items))
             }
-            (ReplyRewrite::Keys | ReplyRewrite::Channels, Value::Set(items)) => {
-                Value::Set(self.strip_list(items))
+            (ReplyRewrite::Keys | ReplyRewrite::Channels, Frame::Set(items)) => {
+                Frame::Set(self.strip_list(items))
             }
-            (ReplyRewrite::FirstKey, Value::Array(mut items)) => {
+            (ReplyRewrite::FirstKey, Frame::Array(mut items)) => {
                 if let Some(first) = items.first_mut() {
                     *first = self.strip_value(std::mem::take(first));
                 }
-                Value::Array(items)
+                Frame::Array(items)
             }
-            (ReplyRewrite::Streams, Value::Array(items)) => Value::Array(
+            (ReplyRewrite::Streams, Frame::Array(items)) => Frame::Array(
                 items
                     .into_iter()
                     .map(|pair| self.rewrite_reply(ReplyRewrite::FirstKey, pair))
                     .collect(),
             ),
-            (ReplyRewrite::Streams | ReplyRewrite::ChannelCounts, Value::Map(pairs)) => Value::Map(
+            (ReplyRewrite::Streams | ReplyRewrite::ChannelCounts, Frame::Map(pairs)) => Frame::Map(
                 pairs
                     .into_iter()
                     .map(|(k, v)| (self.strip_value(k), v))
                     .collect(),
             ),
-            (ReplyRewrite::ChannelCounts, Value::Array(items)) => Value::Array(
+            (ReplyRewrite::ChannelCounts, Frame::Array(items)) => Frame::Array(
                 items
                     .into_iter()
                     .enumerate()
                     .map(|(i, v)| if i % 2 == 0 { self.strip_value(v) } else { v })
                     .collect(),
             ),
-            (ReplyRewrite::Scan, Value::Array(mut items)) => {
-                if let Some(Value::Array(keys)) = items.get_mut(1) {
+            (ReplyRewrite::Scan, Frame::Array(mut items)) => {
+                if let Some(Frame::Array(keys)) = items.get_mut(1) {
                     *keys = self.strip_list(std::mem::take(keys));
                 }
-                Value::Array(items)
+                Frame::Array(items)
             }
             (_, other) => other,
         }

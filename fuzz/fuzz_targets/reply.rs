@@ -1,12 +1,14 @@
 //! Fuzz target `reply`: the reply path, from upstream bytes to what the client reads.
 //!
-//! The input is what an upstream Redis answers. It is parsed with the `redis` crate's
-//! parser (the one pkv's upstream connections use), rewritten by
-//! [`Namespace::rewrite_reply`] with every [`ReplyRewrite`], and written by
-//! [`ReplyWriter`] in RESP2 and RESP3. Checked on every input:
+//! The input is what an upstream Redis answers. It is read by pkv's upstream [`Decoder`]
+//! (once whole, and once in two parts split at a point the input chooses, as it would
+//! arrive over two reads), rewritten by [`Namespace::rewrite_reply`] with every
+//! [`ReplyRewrite`], and written by [`ReplyWriter`] in RESP2 and RESP3. Checked on every
+//! input:
 //!
 //! - nothing panics;
-//! - the output parses back as one RESP value, and writing that value again gives the same
+//! - the decoder reads the same frames however the bytes arrive;
+//! - the output decodes back as one frame, and writing that frame again gives the same
 //!   bytes (the output is well formed and means what it says);
 //! - a RESP2 client never receives a RESP3-only type;
 //! - the rewrite leaks no name: every bulk string it outputs was in the upstream reply, or
@@ -21,9 +23,9 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use pkv::commands::ReplyRewrite;
 use pkv::namespace::Namespace;
+use pkv::protocol::frame::{DecodeError, Decoder, Frame};
 use pkv::protocol::reply::ReplyWriter;
 use pkv::protocol::Proto;
-use redis::Value;
 
 const REWRITES: [ReplyRewrite; 7] = [
     ReplyRewrite::Plain,
@@ -38,56 +40,65 @@ const REWRITES: [ReplyRewrite; 7] = [
 /// The account whose namespace the replies are rewritten for: its prefix is `pkv:t:a:`.
 static NS: LazyLock<Namespace> = LazyLock::new(|| Namespace::new("a"));
 
-fn write(value: &Value, proto: Proto) -> BytesMut {
+fn write(frame: &Frame, proto: Proto) -> BytesMut {
     let mut out = BytesMut::new();
-    ReplyWriter::new(&mut out, proto).value(value);
+    ReplyWriter::new(&mut out, proto).frame(frame);
     out
 }
 
-/// Every bulk string in `value`, at any depth.
-fn bulk_strings<'a>(value: &'a Value, out: &mut Vec<&'a [u8]>) {
-    match value {
-        Value::BulkString(b) => out.push(b),
-        Value::Array(items) | Value::Set(items) => {
-            items.iter().for_each(|v| bulk_strings(v, out));
+/// Every bulk string in `frame`, at any depth.
+fn bulk_strings<'a>(frame: &'a Frame, out: &mut Vec<&'a [u8]>) {
+    match frame {
+        Frame::Bulk(b) => out.push(b),
+        Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
+            items.iter().for_each(|f| bulk_strings(f, out));
         }
-        Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+        Frame::Map(pairs) => pairs.iter().for_each(|(k, v)| {
             bulk_strings(k, out);
             bulk_strings(v, out);
         }),
-        Value::Attribute { data, attributes } => {
-            bulk_strings(data, out);
-            attributes.iter().for_each(|(k, v)| {
-                bulk_strings(k, out);
-                bulk_strings(v, out);
-            });
-        }
-        Value::Push { data, .. } => data.iter().for_each(|v| bulk_strings(v, out)),
         _ => {}
     }
 }
 
-/// True when `value` holds a type RESP2 cannot carry.
-fn has_resp3_type(value: &Value) -> bool {
-    match value {
-        Value::Map(_)
-        | Value::Set(_)
-        | Value::Double(_)
-        | Value::Boolean(_)
-        | Value::BigNumber(_)
-        | Value::VerbatimString { .. }
-        | Value::Push { .. }
-        | Value::Attribute { .. } => true,
-        Value::Array(items) => items.iter().any(has_resp3_type),
+/// True when `frame` holds a type RESP2 cannot carry.
+fn has_resp3_type(frame: &Frame) -> bool {
+    match frame {
+        Frame::Map(_)
+        | Frame::Set(_)
+        | Frame::Double(_)
+        | Frame::Boolean(_)
+        | Frame::BigNumber(_)
+        | Frame::Verbatim(_)
+        | Frame::Push(_) => true,
+        Frame::Array(items) => items.iter().any(has_resp3_type),
         _ => false,
     }
 }
 
+/// Every frame in `wire`, read in one go or in two reads split at `split`.
+fn decode(wire: &[u8], split: Option<usize>) -> Result<Vec<Frame>, DecodeError> {
+    let mut decoder = Decoder::default();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let parts = match split {
+        Some(at) => vec![&wire[..at], &wire[at..]],
+        None => vec![wire],
+    };
+    for part in parts {
+        buf.extend_from_slice(part);
+        while let Some(frame) = decoder.decode(&mut buf)? {
+            frames.push(frame);
+        }
+    }
+    Ok(frames)
+}
+
 fn check_output(out: &[u8], proto: Proto) {
-    let back = match redis::parse_redis_value(out) {
-        Ok(v) => v,
-        Err(e) => panic!(
-            "{proto:?} output does not parse back ({e}): {:?}",
+    let back = match decode(out, None) {
+        Ok(frames) if frames.len() == 1 => frames.into_iter().next().unwrap(),
+        other => panic!(
+            "{proto:?} output does not decode back as one frame ({other:?}): {:?}",
             String::from_utf8_lossy(out)
         ),
     };
@@ -102,12 +113,27 @@ fn check_output(out: &[u8], proto: Proto) {
     assert_eq!(
         String::from_utf8_lossy(&again),
         String::from_utf8_lossy(out),
-        "{proto:?} output is not what it parses back to"
+        "{proto:?} output is not what it decodes back to"
     );
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(upstream) = redis::parse_redis_value(data) else {
+    let Some((&split, wire)) = data.split_first() else {
+        return;
+    };
+    let whole = decode(wire, None);
+    let split_at = usize::from(split).min(wire.len());
+    let parts = decode(wire, Some(split_at));
+    match (&whole, &parts) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "frames differ when read in two parts"),
+        // An error may be found in the first part before the frames after it are read.
+        (Err(_), Err(_)) => {}
+        (Ok(a), Err(e)) | (Err(e), Ok(a)) if a.is_empty() => {
+            panic!("one read fails ({e}) where the other reads nothing")
+        }
+        _ => {}
+    }
+    let Some(upstream) = whole.ok().and_then(|frames| frames.into_iter().next()) else {
         return;
     };
     let mut seen = Vec::new();
@@ -128,16 +154,16 @@ fuzz_target!(|data: &[u8]| {
         let listing = match (kind, &rewritten) {
             (
                 ReplyRewrite::Keys | ReplyRewrite::Channels,
-                Value::Array(items) | Value::Set(items),
+                Frame::Array(items) | Frame::Set(items),
             ) => Some(items),
-            (ReplyRewrite::Scan, Value::Array(items)) => match items.get(1) {
-                Some(Value::Array(keys)) => Some(keys),
+            (ReplyRewrite::Scan, Frame::Array(items)) => match items.get(1) {
+                Some(Frame::Array(keys)) => Some(keys),
                 _ => None,
             },
             _ => None,
         };
         for item in listing.into_iter().flatten() {
-            if let Value::BulkString(name) = item {
+            if let Frame::Bulk(name) = item {
                 assert!(
                     seen.contains(NS.wrap(name).as_ref()),
                     "{kind:?} listed a name from outside the namespace: {:?}",

@@ -5,6 +5,7 @@
 //! options exactly the way Redis parses them so that pkv and Redis always agree on which
 //! argument is a key.
 
+mod call;
 pub mod spec;
 pub mod table;
 
@@ -13,6 +14,7 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
+pub use call::Call;
 pub use spec::{
     flags, CommandSpec, DataArgs, Dest, Element, Exec, KeyRule, Local, Most, Opt, ReplyRewrite,
     Step, Storage, Takes, Timeout, TtlUnit, Written,
@@ -94,6 +96,25 @@ pub enum LookupError {
     UnknownSubcommand,
     /// Served, but with the wrong number of arguments.
     Arity,
+}
+
+/// The row named `name` exactly (upper case, `CONTAINER|SUB` for a subcommand).
+pub fn row(name: &str) -> Option<&'static CommandSpec> {
+    index().get(name).copied()
+}
+
+/// The position of `spec` in [`table::TABLE`], for tables kept beside it (such as the
+/// embedded store's handlers), found from the row's address without a search.
+pub fn position(spec: &CommandSpec) -> Option<usize> {
+    let size = std::mem::size_of::<CommandSpec>();
+    let offset =
+        (spec as *const CommandSpec as usize).checked_sub(table::TABLE.as_ptr() as usize)?;
+    let at = offset / size;
+    (offset % size == 0
+        && table::TABLE
+            .get(at)
+            .is_some_and(|row| std::ptr::eq(row, spec)))
+    .then_some(at)
 }
 
 fn index() -> &'static HashMap<&'static str, &'static CommandSpec> {

@@ -32,12 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
 use std::time::Duration;
 
+use crate::protocol::frame::Frame;
 use bytes::Bytes;
-use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
-use crate::backend::{error_value, Backend, BackendError, BoxFuture, Dedicated, Subscription};
-use crate::commands::CommandSpec;
+use crate::backend::{Backend, BackendError, BoxFuture, Dedicated, Subscription};
+use crate::commands::{Call, CommandSpec};
 use crate::config::Settings;
 use crate::protocol::Proto;
 use cmd::{Cx, Error, Kind, Reply, Runnable};
@@ -120,43 +120,34 @@ impl Store {
     /// Runs one command (keys already in the namespace) with the right lock, now. It may
     /// wait for the gate: for tests and the blocking pool, never a runtime worker thread.
     pub fn run(&self, proto: Proto, args: &[&[u8]]) -> Reply {
-        self.run_at(proto, args, now_ms())
+        let command = args.first().and_then(|name| cmd::find(name));
+        self.run_at(proto, command, args, now_ms())
     }
 
-    /// Runs one command now without making the calling worker thread wait for the gate: in
+    /// Runs one call now without making the calling worker thread wait for the gate: in
     /// place when it can ([`Store::try_shared`]), else on the blocking pool.
-    async fn run_async(&self, proto: Proto, args: &[&[u8]]) -> Reply {
+    async fn run_async(&self, proto: Proto, call: &Call) -> Reply {
         let now = now_ms();
-        if let Some(mut replies) = self.try_shared(proto, std::slice::from_ref(&args), now) {
+        let args = arg_slices(call);
+        let job = [(handler(call), &args[..])];
+        if let Some(mut replies) = self.try_shared(proto, &job, now) {
             if let Some(reply) = replies.pop() {
                 return reply;
             }
         }
-        let owned: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
-        let store = self.clone();
-        off_thread(move || {
-            let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-            store.run_at(proto, &args, now)
-        })
-        .await
-        .unwrap_or_else(|e| Err(Error::Msg(e.to_string())))
+        let (store, call) = (self.clone(), call.clone());
+        off_thread(move || store.run_at(proto, handler(&call), &arg_slices(&call), now))
+            .await
+            .unwrap_or_else(|e| Err(Error::Msg(e.to_string())))
     }
 
     /// Runs a batch in place, in order, when none of its commands takes the gate
     /// exclusively and the gate is free for readers right now (no exclusive command runs
     /// or waits); `None` otherwise, and nothing ran. The batch holds the gate shared once.
-    fn try_shared<'a>(
-        &self,
-        proto: Proto,
-        batch: &[impl AsRef<[&'a [u8]]>],
-        now: i64,
-    ) -> Option<Vec<Reply>> {
-        let exclusive = batch.iter().any(|args| {
-            args.as_ref()
-                .first()
-                .and_then(|name| cmd::find(name))
-                .is_some_and(|c| c.kind == Kind::Multi)
-        });
+    fn try_shared(&self, proto: Proto, batch: &[Job<'_>], now: i64) -> Option<Vec<Reply>> {
+        let exclusive = batch
+            .iter()
+            .any(|(command, _)| command.is_some_and(|c| c.kind == Kind::Multi));
         if exclusive {
             return None;
         }
@@ -168,14 +159,20 @@ impl Store {
         Some(
             batch
                 .iter()
-                .map(|args| self.run_held(proto, args.as_ref(), now))
+                .map(|(command, args)| self.run_held(proto, *command, args, now))
                 .collect(),
         )
     }
 
     /// Runs a command whose lock the caller holds.
-    fn run_held(&self, proto: Proto, args: &[&[u8]], now: i64) -> Reply {
-        let Some(command) = args.first().and_then(|name| cmd::find(name)) else {
+    fn run_held(
+        &self,
+        proto: Proto,
+        command: Option<&'static Runnable>,
+        args: &[&[u8]],
+        now: i64,
+    ) -> Reply {
+        let Some(command) = command else {
             return Err(not_here(args.first().copied().unwrap_or_default()));
         };
         let reply = self.execute(command, proto, args, now);
@@ -187,8 +184,14 @@ impl Store {
 
     /// Runs one command as of `now` (ms since the epoch): the commands of one batch share
     /// one clock reading.
-    fn run_at(&self, proto: Proto, args: &[&[u8]], now: i64) -> Reply {
-        let Some(command) = args.first().and_then(|name| cmd::find(name)) else {
+    fn run_at(
+        &self,
+        proto: Proto,
+        command: Option<&'static Runnable>,
+        args: &[&[u8]],
+        now: i64,
+    ) -> Reply {
+        let Some(command) = command else {
             return Err(not_here(args.first().copied().unwrap_or_default()));
         };
         let reply = if command.kind == Kind::Multi {
@@ -216,25 +219,12 @@ impl Store {
 
     /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
     /// blocking commands do not block. Waits for the gate: call it off the worker threads.
-    fn run_all(&self, proto: Proto, queued: &[Vec<Vec<u8>>]) -> Vec<Value> {
+    fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
         queued
             .iter()
-            .map(|owned| {
-                let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-                let reply = match cmd::find(args[0]) {
-                    Some(command) => {
-                        let reply = self.execute(command, proto, &args, now);
-                        if reply.is_ok() {
-                            self.written(command, &args);
-                        }
-                        reply
-                    }
-                    None => Err(not_here(args[0])),
-                };
-                into_value(reply)
-            })
+            .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
             .collect()
     }
 
@@ -274,11 +264,12 @@ impl Store {
 
     /// Runs a blocking command: when it finds nothing, waits for a write to its keys and
     /// tries again, until its timeout.
-    async fn run_blocking(&self, proto: Proto, args: &[&[u8]]) -> Value {
-        let Some(command) = cmd::find(args[0]) else {
-            return into_value(Err(not_here(args[0])));
+    async fn run_blocking(&self, proto: Proto, call: &Call) -> Frame {
+        let args = arg_slices(call);
+        let Some(command) = handler(call) else {
+            return into_frame(Err(not_here(args.first().copied().unwrap_or_default())));
         };
-        let keys = keys_of(command, args);
+        let keys = keys_of(command, &args);
         let mut deadline = None;
         loop {
             let notifies = self.waiters.register(&keys);
@@ -286,12 +277,12 @@ impl Store {
             woken.iter_mut().for_each(|w| {
                 w.as_mut().enable();
             });
-            let timeout_ms = match self.run_async(proto, args).await {
+            let timeout_ms = match self.run_async(proto, call).await {
                 Err(Error::Block { timeout_ms }) => timeout_ms,
                 other => {
                     drop(woken);
                     self.waiters.release(&keys, notifies);
-                    return into_value(other);
+                    return into_frame(other);
                 }
             };
             let deadline = *deadline.get_or_insert_with(|| {
@@ -310,7 +301,9 @@ impl Store {
             };
             self.waiters.release(&keys, notifies);
             if timed_out {
-                return Value::Nil;
+                // Redis 7 answers every blocking command that timed out with the null
+                // array (`*-1` in RESP2).
+                return Frame::NullArray;
             }
         }
     }
@@ -346,53 +339,52 @@ fn table_keys(args: &[&[u8]]) -> Option<(&'static CommandSpec, Vec<Vec<u8>>)> {
     ))
 }
 
-/// A handler's outcome as the value the request path relays. A blocking command that
-/// cannot block answers with its null reply.
-fn into_value(reply: Reply) -> Value {
-    match reply {
-        Ok(value) => value,
-        Err(Error::Msg(message)) => error_value(&message),
-        Err(Error::Block { .. }) => Value::Nil,
-    }
+/// A command resolved to its handler (`None`: the store does not run it), and its
+/// arguments.
+type Job<'a> = (Option<&'static Runnable>, &'a [&'a [u8]]);
+
+/// The handler of a call, from its row of the command table.
+fn handler(call: &Call) -> Option<&'static Runnable> {
+    call.spec().and_then(cmd::for_spec)
 }
 
-/// The arguments of each command of a pipeline.
-fn commands_of(pipe: &Pipeline) -> impl Iterator<Item = Vec<&[u8]>> + '_ {
-    pipe.cmd_iter().map(|cmd| {
-        cmd.args_iter()
-            .filter_map(|arg| match arg {
-                redis::Arg::Simple(bytes) => Some(bytes),
-                _ => None,
-            })
-            .collect()
-    })
+/// A call's arguments as the handlers take them.
+fn arg_slices(call: &Call) -> Vec<&[u8]> {
+    call.args().iter().map(|a| a.as_ref()).collect()
+}
+
+/// A handler's outcome as the frame the request path relays. A blocking command that
+/// cannot block answers with its null reply.
+fn into_frame(reply: Reply) -> Frame {
+    match reply {
+        Ok(frame) => frame,
+        Err(Error::Msg(message)) => Frame::error(message),
+        Err(Error::Block { .. }) => Frame::Null,
+    }
 }
 
 impl Backend for Store {
     fn pipeline<'a>(
         &'a self,
         proto: Proto,
-        pipe: &'a Pipeline,
-        _count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
         let now = now_ms();
-        let batch: Vec<Vec<&[u8]>> = commands_of(pipe).collect();
+        let args: Vec<Vec<&[u8]>> = calls.iter().map(arg_slices).collect();
+        let batch: Vec<Job<'_>> = calls
+            .iter()
+            .zip(&args)
+            .map(|(call, args)| (handler(call), &args[..]))
+            .collect();
         if let Some(replies) = self.try_shared(proto, &batch, now) {
-            let replies = replies.into_iter().map(into_value).collect();
+            let replies = replies.into_iter().map(into_frame).collect();
             return Box::pin(std::future::ready(Ok(replies)));
         }
-        let owned: Vec<Vec<Vec<u8>>> = batch
-            .iter()
-            .map(|args| args.iter().map(|a| a.to_vec()).collect())
-            .collect();
-        let store = self.clone();
+        let (store, calls) = (self.clone(), calls.to_vec());
         Box::pin(off_thread(move || {
-            owned
+            calls
                 .iter()
-                .map(|owned| {
-                    let args: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
-                    into_value(store.run_at(proto, &args, now))
-                })
+                .map(|call| into_frame(store.run_at(proto, handler(call), &arg_slices(call), now)))
                 .collect()
         }))
     }
@@ -438,36 +430,36 @@ struct Connection {
     store: Store,
     proto: Proto,
     /// Commands queued since MULTI.
-    queued: Option<Vec<Vec<Vec<u8>>>>,
+    queued: Option<Vec<Call>>,
     watched: Vec<Vec<u8>>,
     /// Set when a watched key is written.
     dirty: Arc<AtomicBool>,
 }
 
 impl Connection {
-    async fn one(&mut self, args: &[&[u8]]) -> Value {
+    async fn one(&mut self, call: &Call) -> Frame {
+        let args = call.args();
         let name = args
             .first()
-            .copied()
-            .unwrap_or_default()
-            .to_ascii_uppercase();
+            .map(|n| n.to_ascii_uppercase())
+            .unwrap_or_default();
         match name.as_slice() {
-            b"MULTI" if self.queued.is_some() => error_value("ERR MULTI calls can not be nested"),
+            b"MULTI" if self.queued.is_some() => Frame::error("ERR MULTI calls can not be nested"),
             b"MULTI" => {
                 self.queued = Some(Vec::new());
-                Value::Okay
+                Frame::OK
             }
             b"EXEC" => match self.queued.take() {
-                None => error_value("ERR EXEC without MULTI"),
+                None => Frame::error("ERR EXEC without MULTI"),
                 Some(queued) => {
                     let dirty = self.dirty.load(Ordering::Acquire);
                     let reply = if dirty {
-                        Value::Nil
+                        Frame::NullArray
                     } else {
                         let (store, proto) = (self.store.clone(), self.proto);
                         match off_thread(move || store.run_all(proto, &queued)).await {
-                            Ok(results) => Value::Array(results),
-                            Err(e) => error_value(&e.to_string()),
+                            Ok(results) => Frame::Array(results),
+                            Err(e) => Frame::error(e.to_string()),
                         }
                     };
                     self.unwatch();
@@ -475,35 +467,35 @@ impl Connection {
                 }
             },
             b"DISCARD" => match self.queued.take() {
-                None => error_value("ERR DISCARD without MULTI"),
+                None => Frame::error("ERR DISCARD without MULTI"),
                 Some(_) => {
                     self.unwatch();
-                    Value::Okay
+                    Frame::OK
                 }
             },
             b"WATCH" if self.queued.is_some() => {
-                error_value("ERR WATCH inside MULTI is not allowed")
+                Frame::error("ERR WATCH inside MULTI is not allowed")
             }
             b"WATCH" => {
                 for key in &args[1..] {
                     self.store.watches.add(key, &self.dirty);
                     self.watched.push(key.to_vec());
                 }
-                Value::Okay
+                Frame::OK
             }
             b"UNWATCH" => {
                 self.unwatch();
-                Value::Okay
+                Frame::OK
             }
             _ => match &mut self.queued {
                 Some(queued) => {
-                    if cmd::find(&name).is_none() {
-                        return into_value(Err(not_here(&name)));
+                    if handler(call).is_none() {
+                        return into_frame(Err(not_here(&name)));
                     }
-                    queued.push(args.iter().map(|a| a.to_vec()).collect());
-                    Value::SimpleString("QUEUED".into())
+                    queued.push(call.clone());
+                    Frame::QUEUED
                 }
-                None => self.store.run_blocking(self.proto, args).await,
+                None => self.store.run_blocking(self.proto, call).await,
             },
         }
     }
@@ -519,13 +511,12 @@ impl Connection {
 impl Dedicated for Connection {
     fn pipeline<'a>(
         &'a mut self,
-        pipe: &'a Pipeline,
-        _count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
         Box::pin(async move {
-            let mut replies = Vec::new();
-            for args in commands_of(pipe) {
-                replies.push(self.one(&args).await);
+            let mut replies = Vec::with_capacity(calls.len());
+            for call in calls {
+                replies.push(self.one(call).await);
             }
             Ok(replies)
         })

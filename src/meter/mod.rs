@@ -365,9 +365,11 @@ pub enum Flight {
 /// Error replies by which the upstream says it ran nothing: it is loading its dataset,
 /// busy with a script, without its master, or the keys are moving. Such a command is not
 /// charged.
-pub fn did_not_run(reply: &redis::Value) -> bool {
-    matches!(reply, redis::Value::ServerError(e)
-        if matches!(e.code(), "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN"))
+pub fn did_not_run(reply: &crate::protocol::frame::Frame) -> bool {
+    matches!(
+        reply.error_code(),
+        Some(b"LOADING" | b"BUSY" | b"MASTERDOWN" | b"TRYAGAIN")
+    )
 }
 
 /// The process's meter.
@@ -811,8 +813,13 @@ impl Meter {
 mod tests {
     use super::*;
 
-    fn reply(wire: &[u8]) -> redis::Value {
-        redis::parse_redis_value(wire).unwrap_or(redis::Value::Nil)
+    fn reply(wire: &[u8]) -> crate::protocol::frame::Frame {
+        let mut buf = bytes::BytesMut::from(wire);
+        crate::protocol::frame::Decoder::default()
+            .decode(&mut buf)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //! the pipeline returns: a write pays for what the key really holds afterwards, never for
 //! the length of its arguments alone.
 
+use crate::commands::Call;
+use crate::protocol::frame::Frame;
 use bytes::Bytes;
-use redis::Value;
 
 use crate::commands::{
     parse_redis_int, threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step,
@@ -45,9 +46,9 @@ pub struct Plan {
     /// `EX <default TTL>` is appended to the command (`SET` without an expiry).
     pub append_default_ttl: bool,
     /// Bookkeeping commands sent right before the command.
-    pub before: Vec<redis::Cmd>,
+    pub before: Vec<Call>,
     /// Bookkeeping commands sent right after the command.
-    pub after: Vec<redis::Cmd>,
+    pub after: Vec<Call>,
     /// The most byte-seconds the write can be charged, for admission; 0 when only the
     /// upstream knows the size (stores, expiry changes).
     pub bound: u64,
@@ -113,25 +114,24 @@ pub fn ttl_too_long(max: u64) -> String {
     format!("ERR expiry above the maximum TTL of {max} seconds that storage can be bought for")
 }
 
-fn cmd(name: &str, key: &[u8]) -> redis::Cmd {
-    let mut c = redis::cmd(name);
-    c.arg(key);
-    c
+fn cmd(name: &'static str, key: &[u8]) -> Call {
+    Call::named(name).arg_copy(key)
 }
 
-fn pexpire_nx(key: &[u8], policy: &TtlPolicy) -> redis::Cmd {
-    let mut c = cmd("PEXPIRE", key);
-    c.arg(policy.default_secs.saturating_mul(1000)).arg("NX");
-    c
+fn pexpire_nx(key: &[u8], policy: &TtlPolicy) -> Call {
+    cmd("PEXPIRE", key)
+        .arg(policy.default_secs.saturating_mul(1000).to_string())
+        .arg("NX")
 }
 
 /// `MEMORY USAGE key SAMPLES 0`: every element counted. Redis's default samples 5
 /// elements of an aggregate and extrapolates, which a tenant can steer (5 tiny members
 /// priced for 20 huge ones); counting all is O(n) upstream time, which the tenant pays.
-fn memory_usage(key: &[u8]) -> redis::Cmd {
-    let mut c = cmd("MEMORY", b"USAGE");
-    c.arg(key).arg("SAMPLES").arg(0);
-    c
+fn memory_usage(key: &[u8]) -> Call {
+    cmd("MEMORY", b"USAGE")
+        .arg_copy(key)
+        .arg("SAMPLES")
+        .arg("0")
 }
 
 /// Seconds until an expiry given as `value` in `unit`, rounded up; `Err` when unparsable.
@@ -408,8 +408,7 @@ pub fn plan(
             let Some(&key) = key_indices.first() else {
                 return Ok(plan);
             };
-            let mut lindex = cmd("LINDEX", &upstream(key));
-            lindex.arg(args[2].as_ref());
+            let lindex = cmd("LINDEX", &upstream(key)).arg(args[2].clone());
             plan.before = vec![lindex];
             plan.after = vec![cmd("PTTL", &upstream(key))];
             let element = len(args.get(3));
@@ -420,8 +419,7 @@ pub fn plan(
             let Some(&key) = key_indices.first() else {
                 return Ok(plan);
             };
-            let mut hstrlen = cmd("HSTRLEN", &upstream(key));
-            hstrlen.arg(args[2].as_ref());
+            let hstrlen = cmd("HSTRLEN", &upstream(key)).arg(args[2].clone());
             plan.before = vec![hstrlen];
             plan.after = vec![
                 pexpire_nx(&upstream(key), policy),
@@ -505,11 +503,10 @@ pub fn plan(
             plan.before = key_indices
                 .iter()
                 .map(|&k| {
-                    let mut c = cmd("XGROUP", b"CREATECONSUMER");
-                    c.arg(upstream(k).as_ref())
-                        .arg(group.as_ref())
-                        .arg(consumer.as_ref());
-                    c
+                    cmd("XGROUP", b"CREATECONSUMER")
+                        .arg(upstream(k))
+                        .arg(group.clone())
+                        .arg(consumer.clone())
                 })
                 .collect();
             plan.after = key_indices
@@ -563,15 +560,15 @@ fn expire_plan(plan: &mut Plan, key: &[u8]) {
     plan.rule = After::Expire;
 }
 
-fn int(value: Option<&Value>) -> i64 {
+fn int(value: Option<&Frame>) -> i64 {
     match value {
-        Some(Value::Int(n)) => *n,
+        Some(Frame::Integer(n)) => *n,
         _ => 0,
     }
 }
 
 /// Whole seconds left of a `PTTL` reply, rounded up; 0 for no key or no TTL.
-fn secs_left(pttl: Option<&Value>) -> u64 {
+fn secs_left(pttl: Option<&Frame>) -> u64 {
     let ms = int(pttl);
     if ms <= 0 {
         0
@@ -581,11 +578,11 @@ fn secs_left(pttl: Option<&Value>) -> u64 {
 }
 
 /// The length of a reply that carries a value: a bulk string's bytes, an integer's digits.
-fn reply_len(reply: &Value) -> u64 {
+fn reply_len(reply: &Frame) -> u64 {
     match reply {
-        Value::BulkString(b) => b.len() as u64,
-        Value::Int(n) => n.to_string().len() as u64,
-        Value::SimpleString(s) => s.len() as u64,
+        Frame::Bulk(b) => b.len() as u64,
+        Frame::Integer(n) => n.to_string().len() as u64,
+        Frame::Simple(s) => s.len() as u64,
         _ => 0,
     }
 }
@@ -593,9 +590,9 @@ fn reply_len(reply: &Value) -> u64 {
 /// The byte-seconds a write bought, from its reply and its bookkeeping replies.
 pub fn byte_seconds(
     rule: &After,
-    reply: &Value,
-    before: &[Value],
-    after: &[Value],
+    reply: &Frame,
+    before: &[Frame],
+    after: &[Frame],
     default_secs: u64,
 ) -> u64 {
     if let After::Consumer { name_len } = *rule {
@@ -603,11 +600,11 @@ pub fn byte_seconds(
         return before
             .iter()
             .zip(after)
-            .filter(|(created, _)| matches!(created, Value::Int(1)))
+            .filter(|(created, _)| matches!(created, Frame::Integer(1)))
             .map(|(_, pttl)| name_len.saturating_mul(secs_left(Some(pttl))))
             .fold(0, u64::saturating_add);
     }
-    if matches!(reply, Value::ServerError(_)) {
+    if matches!(reply, Frame::Error(_)) {
         return 0;
     }
     // `PEXPIRE NX` answers 1 when it gave the key its first TTL: the write created it.
@@ -619,11 +616,11 @@ pub fn byte_seconds(
             reply: when,
         } => {
             let written = match (when, reply) {
-                (SetReply::Status, Value::Nil | Value::Int(0)) => false,
+                (SetReply::Status, Frame::Null | Frame::Integer(0)) => false,
                 (SetReply::Status | SetReply::Get, _) => true,
-                (SetReply::NxGet, Value::Nil) => true,
+                (SetReply::NxGet, Frame::Null) => true,
                 (SetReply::NxGet, _) => false,
-                (SetReply::XxGet, Value::Nil) => false,
+                (SetReply::XxGet, Frame::Null) => false,
                 (SetReply::XxGet, _) => true,
             };
             if written {
@@ -641,7 +638,9 @@ pub fn byte_seconds(
             }
         }
         After::Counter { key_len, step } => {
-            let Value::Int(new) = *reply else { return 0 };
+            let Frame::Integer(new) = *reply else {
+                return 0;
+            };
             let digits = |n: i64| n.to_string().len() as u64;
             if created {
                 (key_len + digits(new)).saturating_mul(default_secs)
@@ -660,11 +659,11 @@ pub fn byte_seconds(
             written,
         } => {
             let count = match (written, reply) {
-                (_, Value::Nil) => 0,
+                (_, Frame::Null) => 0,
                 (Written::All, _) => units.len(),
-                (Written::IfPositive, Value::Int(n)) if *n > 0 => units.len(),
+                (Written::IfPositive, Frame::Integer(n)) if *n > 0 => units.len(),
                 (Written::IfPositive, _) => 0,
-                (Written::Counted { .. }, Value::Int(n)) => (*n).max(0) as usize,
+                (Written::Counted { .. }, Frame::Integer(n)) => (*n).max(0) as usize,
                 // `ZADD ... INCR` answers the new score: its one element was written.
                 (Written::Counted { .. }, _) => units.len(),
             };
@@ -678,8 +677,8 @@ pub fn byte_seconds(
         After::Move { key_len, element } => {
             // An empty element moved still makes the destination, whose name is paid.
             let moved = match (element, reply) {
-                (Some(e), Value::Int(1)) => Some(e),
-                (None, Value::BulkString(b)) => Some(b.len() as u64),
+                (Some(e), Frame::Integer(1)) => Some(e),
+                (None, Frame::Bulk(b)) => Some(b.len() as u64),
                 _ => None,
             };
             moved.map_or(0, |e| {
@@ -688,7 +687,7 @@ pub fn byte_seconds(
         }
         After::Replace { element } => {
             let old = match before.first() {
-                Some(Value::BulkString(b)) => b.len() as u64,
+                Some(Frame::Bulk(b)) => b.len() as u64,
                 _ => 0,
             };
             element
@@ -708,7 +707,7 @@ pub fn byte_seconds(
             }
         }
         After::Store => {
-            if matches!(reply, Value::Int(0)) {
+            if matches!(reply, Frame::Integer(0)) {
                 // Nothing copied or stored (`COPY` onto an existing key, an empty result,
                 // which deletes the destination).
                 return 0;
@@ -729,7 +728,7 @@ pub fn byte_seconds(
             size.saturating_mul(added.div_ceil(1000))
         }
         After::Rename { growth } => {
-            if matches!(reply, Value::Int(0)) {
+            if matches!(reply, Frame::Integer(0)) {
                 return 0;
             }
             growth.saturating_mul(secs_left(after.first()))
@@ -742,7 +741,7 @@ fn grown(
     created: bool,
     key_len: u64,
     data_len: u64,
-    pttl: Option<&Value>,
+    pttl: Option<&Frame>,
     default_secs: u64,
 ) -> u64 {
     if created {
@@ -803,23 +802,35 @@ mod tests {
             units: vec![10],
             written: Written::All,
         };
-        let ok = Value::Int(1);
+        let ok = Frame::Integer(1);
         assert_eq!(
             byte_seconds(
                 &rule,
                 &ok,
                 &[],
-                &[Value::Int(1), Value::Int(86_400_000)],
+                &[Frame::Integer(1), Frame::Integer(86_400_000)],
                 86_400
             ),
             13 * 86_400
         );
         assert_eq!(
-            byte_seconds(&rule, &ok, &[], &[Value::Int(0), Value::Int(1_500)], 86_400),
+            byte_seconds(
+                &rule,
+                &ok,
+                &[],
+                &[Frame::Integer(0), Frame::Integer(1_500)],
+                86_400
+            ),
             10 * 2
         );
         assert_eq!(
-            byte_seconds(&rule, &ok, &[], &[Value::Int(0), Value::Int(-2)], 86_400),
+            byte_seconds(
+                &rule,
+                &ok,
+                &[],
+                &[Frame::Integer(0), Frame::Integer(-2)],
+                86_400
+            ),
             0
         );
     }
@@ -830,39 +841,39 @@ mod tests {
             byte_seconds: 100,
             reply: SetReply::Status,
         };
-        assert_eq!(byte_seconds(&rule, &Value::Nil, &[], &[], 1), 0);
-        assert_eq!(byte_seconds(&rule, &Value::Okay, &[], &[], 1), 100);
+        assert_eq!(byte_seconds(&rule, &Frame::Null, &[], &[], 1), 0);
+        assert_eq!(byte_seconds(&rule, &Frame::OK, &[], &[], 1), 100);
         let with_get = After::Fixed {
             byte_seconds: 100,
             reply: SetReply::Get,
         };
-        assert_eq!(byte_seconds(&with_get, &Value::Nil, &[], &[], 1), 100);
+        assert_eq!(byte_seconds(&with_get, &Frame::Null, &[], &[], 1), 100);
         let nx_get = After::Fixed {
             byte_seconds: 100,
             reply: SetReply::NxGet,
         };
-        let old = Value::BulkString(b"old".to_vec());
+        let old = Frame::bulk(&b"old"[..]);
         assert_eq!(byte_seconds(&nx_get, &old, &[], &[], 1), 0);
-        assert_eq!(byte_seconds(&nx_get, &Value::Nil, &[], &[], 1), 100);
+        assert_eq!(byte_seconds(&nx_get, &Frame::Null, &[], &[], 1), 100);
         let xx_get = After::Fixed {
             byte_seconds: 100,
             reply: SetReply::XxGet,
         };
-        assert_eq!(byte_seconds(&xx_get, &Value::Nil, &[], &[], 1), 0);
+        assert_eq!(byte_seconds(&xx_get, &Frame::Null, &[], &[], 1), 0);
         assert_eq!(byte_seconds(&xx_get, &old, &[], &[], 1), 100);
     }
 
     #[test]
     fn extending_a_ttl_pays_the_added_seconds() {
-        let before = [Value::Int(10_000)];
-        let after = [Value::Int(70_000), Value::Int(50)];
+        let before = [Frame::Integer(10_000)];
+        let after = [Frame::Integer(70_000), Frame::Integer(50)];
         assert_eq!(
-            byte_seconds(&After::Expire, &Value::Int(1), &before, &after, 1),
+            byte_seconds(&After::Expire, &Frame::Integer(1), &before, &after, 1),
             50 * 60
         );
-        let shorter = [Value::Int(5_000), Value::Int(50)];
+        let shorter = [Frame::Integer(5_000), Frame::Integer(50)];
         assert_eq!(
-            byte_seconds(&After::Expire, &Value::Int(1), &before, &shorter, 1),
+            byte_seconds(&After::Expire, &Frame::Integer(1), &before, &shorter, 1),
             0
         );
     }
@@ -923,16 +934,28 @@ mod tests {
             key_len: 1,
             step: Some(1),
         };
-        let existing = [Value::Int(0), Value::Int(10_000)];
-        assert_eq!(byte_seconds(&rule, &Value::Int(100), &[], &existing, 7), 10);
-        assert_eq!(byte_seconds(&rule, &Value::Int(99), &[], &existing, 7), 0);
-        let created = [Value::Int(1), Value::Int(7_000)];
-        assert_eq!(byte_seconds(&rule, &Value::Int(1), &[], &created, 7), 14);
+        let existing = [Frame::Integer(0), Frame::Integer(10_000)];
+        assert_eq!(
+            byte_seconds(&rule, &Frame::Integer(100), &[], &existing, 7),
+            10
+        );
+        assert_eq!(
+            byte_seconds(&rule, &Frame::Integer(99), &[], &existing, 7),
+            0
+        );
+        let created = [Frame::Integer(1), Frame::Integer(7_000)];
+        assert_eq!(
+            byte_seconds(&rule, &Frame::Integer(1), &[], &created, 7),
+            14
+        );
         let down = After::Counter {
             key_len: 1,
             step: Some(-5),
         };
-        assert_eq!(byte_seconds(&down, &Value::Int(-1), &[], &existing, 7), 10);
+        assert_eq!(
+            byte_seconds(&down, &Frame::Integer(-1), &[], &existing, 7),
+            10
+        );
     }
 
     #[test]
@@ -942,8 +965,8 @@ mod tests {
             units: vec![5, 3, 1],
             written: Written::Counted { per: 1 },
         };
-        let after = [Value::Int(0), Value::Int(10_000)];
-        assert_eq!(byte_seconds(&rule, &Value::Int(0), &[], &after, 1), 0);
-        assert_eq!(byte_seconds(&rule, &Value::Int(2), &[], &after, 1), 80);
+        let after = [Frame::Integer(0), Frame::Integer(10_000)];
+        assert_eq!(byte_seconds(&rule, &Frame::Integer(0), &[], &after, 1), 0);
+        assert_eq!(byte_seconds(&rule, &Frame::Integer(2), &[], &after, 1), 80);
     }
 }

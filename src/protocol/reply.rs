@@ -1,15 +1,14 @@
 //! Writing replies in the client's protocol version.
 //!
-//! Upstream replies arrive as [`redis::Value`]s and are written back as they are, in RESP2
+//! Backend replies arrive as [`Frame`]s and are written back as they are, in RESP2
 //! or RESP3 depending on what the client asked for with `HELLO`. pkv's own replies use the
 //! same writers, so both kinds look alike on the wire.
 
 use std::io::Write as _;
 
-use bytes::{BufMut, BytesMut};
-use redis::Value;
-
+use super::frame::Frame;
 use super::Proto;
+use bytes::{BufMut, BytesMut};
 
 /// Writes RESP replies into an output buffer.
 pub struct ReplyWriter<'a> {
@@ -107,87 +106,60 @@ impl<'a> ReplyWriter<'a> {
         }
     }
 
-    /// Writes an upstream value.
-    pub fn value(&mut self, value: &Value) {
-        match value {
-            Value::Nil => self.null(),
-            Value::Int(n) => self.int(*n),
-            Value::BulkString(bytes) => self.bulk(bytes),
-            Value::Array(items) => {
+    /// Writes a frame in the client's protocol version: RESP3-only types become their
+    /// RESP2 equivalents for a RESP2 client.
+    pub fn frame(&mut self, frame: &Frame) {
+        match frame {
+            Frame::Simple(text) => self.line(b'+', text),
+            Frame::Error(line) => self.line(b'-', line),
+            Frame::Integer(n) => self.int(*n),
+            Frame::Bulk(bytes) => self.bulk(bytes),
+            Frame::Null => self.null(),
+            Frame::NullArray => self.null_array(),
+            Frame::Array(items) => {
                 self.array(items.len());
-                items.iter().for_each(|v| self.value(v));
+                items.iter().for_each(|f| self.frame(f));
             }
-            Value::SimpleString(s) => self.simple(s),
-            Value::Okay => self.ok(),
-            Value::Map(pairs) => {
+            Frame::Map(pairs) => {
                 self.map(pairs.len());
                 for (k, v) in pairs {
-                    self.value(k);
-                    self.value(v);
+                    self.frame(k);
+                    self.frame(v);
                 }
             }
-            Value::Attribute { data, .. } => self.value(data),
-            Value::Set(items) => {
+            Frame::Set(items) => {
                 match self.proto {
                     Proto::Resp2 => self.array(items.len()),
                     Proto::Resp3 => self.header(b'~', items.len() as i64),
                 }
-                items.iter().for_each(|v| self.value(v));
+                items.iter().for_each(|f| self.frame(f));
             }
-            Value::Double(d) => match self.proto {
-                Proto::Resp2 => self.bulk(format_double(*d).as_bytes()),
-                Proto::Resp3 => self.line(b',', format_double(*d).as_bytes()),
+            Frame::Double(text) => match self.proto {
+                Proto::Resp2 => self.bulk(text),
+                Proto::Resp3 => self.line(b',', text),
             },
-            Value::Boolean(b) => match self.proto {
+            Frame::Boolean(b) => match self.proto {
                 Proto::Resp2 => self.int(i64::from(*b)),
                 Proto::Resp3 => self.out.put_slice(if *b { b"#t\r\n" } else { b"#f\r\n" }),
             },
-            Value::VerbatimString { format, text } => match self.proto {
-                Proto::Resp2 => self.bulk(text.as_bytes()),
-                Proto::Resp3 => {
-                    let body = format!("{format}:{text}");
-                    self.header(b'=', body.len() as i64);
-                    self.out.extend_from_slice(body.as_bytes());
-                    self.out.put_slice(b"\r\n");
-                }
-            },
-            Value::BigNumber(digits) => match self.proto {
+            Frame::BigNumber(digits) => match self.proto {
                 Proto::Resp2 => self.bulk(digits),
                 Proto::Resp3 => self.line(b'(', digits),
             },
-            Value::Push { kind, data } => {
-                self.push(data.len() + 1);
-                self.bulk(kind.to_string().as_bytes());
-                data.iter().for_each(|v| self.value(v));
-            }
-            Value::ServerError(err) => {
-                let mut text = err.code().to_owned();
-                if let Some(details) = err.details() {
-                    text.push(' ');
-                    text.push_str(details);
+            Frame::Verbatim(body) => match self.proto {
+                Proto::Resp2 => self.bulk(body.get(4..).unwrap_or_default()),
+                Proto::Resp3 => {
+                    self.header(b'=', body.len() as i64);
+                    self.out.extend_from_slice(body);
+                    self.out.put_slice(b"\r\n");
                 }
-                self.error(&text);
+            },
+            Frame::Push(items) => {
+                self.push(items.len());
+                items.iter().for_each(|f| self.frame(f));
             }
-            // `Value` is non-exhaustive; anything newer is written as an error, never dropped.
-            #[allow(unreachable_patterns)]
-            _ => self.error("ERR pkv cannot relay this reply type"),
         }
     }
-}
-
-/// Formats a double the way Redis does for whole numbers and otherwise in the shortest
-/// form that reads back to the same value.
-fn format_double(d: f64) -> String {
-    if d.is_infinite() {
-        return if d > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if d.is_nan() {
-        return "nan".into();
-    }
-    if d.fract() == 0.0 && d.abs() < 1e17 {
-        return format!("{}", d as i64);
-    }
-    format!("{d:?}")
 }
 
 /// Decimal text of `n` in a small stack buffer.
@@ -234,22 +206,38 @@ impl std::io::Write for InlineNum {
 mod tests {
     use super::*;
 
-    fn encode(proto: Proto, value: &Value) -> Vec<u8> {
+    fn encode(proto: Proto, frame: &Frame) -> Vec<u8> {
         let mut out = BytesMut::new();
-        ReplyWriter::new(&mut out, proto).value(value);
+        ReplyWriter::new(&mut out, proto).frame(frame);
         out.to_vec()
     }
 
     #[test]
     fn resp2_flattens_resp3_types() {
-        let map = Value::Map(vec![(Value::BulkString(b"a".to_vec()), Value::Int(1))]);
+        let map = Frame::Map(vec![(Frame::bulk("a"), Frame::Integer(1))]);
         assert_eq!(encode(Proto::Resp2, &map), b"*2\r\n$1\r\na\r\n:1\r\n");
         assert_eq!(encode(Proto::Resp3, &map), b"%1\r\n$1\r\na\r\n:1\r\n");
-        assert_eq!(encode(Proto::Resp2, &Value::Nil), b"$-1\r\n");
-        assert_eq!(encode(Proto::Resp3, &Value::Nil), b"_\r\n");
-        assert_eq!(encode(Proto::Resp3, &Value::Double(2.5)), b",2.5\r\n");
-        assert_eq!(encode(Proto::Resp2, &Value::Double(3.0)), b"$1\r\n3\r\n");
-        assert_eq!(encode(Proto::Resp3, &Value::Boolean(true)), b"#t\r\n");
+        assert_eq!(encode(Proto::Resp2, &Frame::Null), b"$-1\r\n");
+        assert_eq!(encode(Proto::Resp3, &Frame::Null), b"_\r\n");
+        assert_eq!(encode(Proto::Resp2, &Frame::NullArray), b"*-1\r\n");
+        let double = Frame::Double("2.5".into());
+        assert_eq!(encode(Proto::Resp3, &double), b",2.5\r\n");
+        assert_eq!(encode(Proto::Resp2, &double), b"$3\r\n2.5\r\n");
+        assert_eq!(encode(Proto::Resp3, &Frame::Boolean(true)), b"#t\r\n");
+        let verbatim = Frame::Verbatim("txt:hi".into());
+        assert_eq!(encode(Proto::Resp3, &verbatim), b"=6\r\ntxt:hi\r\n");
+        assert_eq!(encode(Proto::Resp2, &verbatim), b"$2\r\nhi\r\n");
+    }
+
+    #[test]
+    fn decoded_frames_write_back_as_they_came() {
+        let wire = b"*4\r\n$1\r\na\r\n:-3\r\n*-1\r\n-ERR x\r\n";
+        let mut buf = BytesMut::from(&wire[..]);
+        let frame = super::super::frame::Decoder::default()
+            .decode(&mut buf)
+            .unwrap()
+            .unwrap();
+        assert_eq!(encode(Proto::Resp2, &frame), wire);
     }
 
     #[test]

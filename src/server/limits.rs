@@ -14,11 +14,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
-use redis::{Pipeline, Value};
 use tokio::sync::Notify;
 
 use crate::backend::{BackendError, BoxFuture, Dedicated, SubscriptionSink};
+use crate::commands::Call;
 use crate::config::Settings;
+use crate::protocol::frame::Frame;
 
 /// What one account holds in this process.
 #[derive(Default)]
@@ -259,10 +260,9 @@ pub struct CountedDedicated {
 impl Dedicated for CountedDedicated {
     fn pipeline<'a>(
         &'a mut self,
-        pipe: &'a Pipeline,
-        count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
-        self.conn.pipeline(pipe, count)
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
+        self.conn.pipeline(calls)
     }
 }
 

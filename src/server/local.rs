@@ -4,17 +4,17 @@
 use std::collections::BTreeSet;
 
 use bytes::{Bytes, BytesMut};
-use redis::Value;
 
 use super::connection::ClientIo;
 use super::limits::CountedSink;
 use super::session::{Authed, Multi, Session, Subscriber, Txn};
 use crate::auth::{now_secs, TokenKind};
-use crate::commands::{self, flags, CommandSpec, Local, ReplyRewrite};
+use crate::commands::{self, flags, Call, CommandSpec, Local, ReplyRewrite};
 use crate::ledger::{format_nanos, RedeemedBy, Redemption};
 use crate::meter::storage;
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
+use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::Proto;
 
@@ -216,8 +216,8 @@ impl Session {
             }
             Local::Multi => {
                 self.flush(out).await;
-                match self.run_dedicated(redis::cmd("MULTI")).await {
-                    Ok(Value::Okay) => {
+                match self.run_dedicated(Call::named("MULTI")).await {
+                    Ok(Frame::Simple(ref ok)) if &ok[..] == b"OK" => {
                         self.txn.multi = Some(Multi::default());
                         self.reply(out, |w| w.ok());
                     }
@@ -235,7 +235,7 @@ impl Session {
                 };
                 match self.run_dedicated(cmd).await {
                     Ok(value) => {
-                        self.txn.watching = !matches!(value, Value::ServerError(_));
+                        self.txn.watching = !value.is_error();
                         self.write_upstream(out, ReplyRewrite::Plain, value);
                     }
                     Err(e) => self.reply(out, |w| w.error(&e.to_string())),
@@ -244,7 +244,7 @@ impl Session {
             Local::Unwatch => {
                 self.flush(out).await;
                 if self.txn.watching {
-                    let result = self.run_dedicated(redis::cmd("UNWATCH")).await;
+                    let result = self.run_dedicated(Call::named("UNWATCH")).await;
                     self.txn.watching = false;
                     if let Err(e) = result {
                         return self.reply(out, |w| w.error(&e.to_string()));
@@ -330,7 +330,7 @@ impl Session {
             Local::Exec => self.exec(out).await,
             Local::Discard => {
                 self.flush(out).await;
-                let result = self.run_dedicated(redis::cmd("DISCARD")).await;
+                let result = self.run_dedicated(Call::named("DISCARD")).await;
                 if let Some(multi) = self.txn.multi.take() {
                     self.pay_unexecuted(multi);
                 }
@@ -343,11 +343,8 @@ impl Session {
             Local::Multi => self.reject("ERR MULTI calls can not be nested", out),
             Local::Watch => self.reject("ERR WATCH inside MULTI is not allowed", out),
             Local::Ping | Local::Echo | Local::Time => {
-                let mut cmd = redis::Cmd::new();
-                args.iter().for_each(|a| {
-                    cmd.arg(a.as_ref());
-                });
-                self.enqueue_plain(cmd, ReplyRewrite::Plain, out).await;
+                let call = Call::new(spec, args.to_vec());
+                self.enqueue_plain(call, ReplyRewrite::Plain, out).await;
             }
             Local::Quit => {
                 self.reply(out, |w| w.ok());
@@ -369,17 +366,17 @@ impl Session {
             return;
         };
         if multi.aborted {
-            let _ = self.run_dedicated(redis::cmd("DISCARD")).await;
+            let _ = self.run_dedicated(Call::named("DISCARD")).await;
             self.txn = Txn::default();
             self.pay_unexecuted(multi);
             return self.reply(out, |w| {
                 w.error("EXECABORT Transaction discarded because of previous errors.")
             });
         }
-        let result = self.run_dedicated(redis::cmd("EXEC")).await;
+        let result = self.run_dedicated(Call::named("EXEC")).await;
         self.txn = Txn::default();
         match result {
-            Ok(Value::Array(results)) => {
+            Ok(Frame::Array(results)) => {
                 // One result per client command; bookkeeping results are read, not shown.
                 // The reply's bytes are EXEC's own; each queued command pays its storage.
                 ReplyWriter::new(out, self.proto).array(multi.queued.len());
@@ -404,7 +401,9 @@ impl Session {
             other => {
                 self.pay_unexecuted(multi);
                 match other {
-                    Ok(Value::Nil) => ReplyWriter::new(out, self.proto).null_array(),
+                    Ok(Frame::Null | Frame::NullArray) => {
+                        ReplyWriter::new(out, self.proto).null_array()
+                    }
                     Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
                     Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
                 }
@@ -756,14 +755,14 @@ impl Session {
             }
             i += 2;
         }
-        let mut cmd = redis::cmd("SCAN");
-        cmd.arg(args[1].as_ref())
+        let mut call = Call::named("SCAN")
+            .arg(args[1].clone())
             .arg("MATCH")
-            .arg(ns.wrap_glob(pattern).as_ref());
-        rest.iter().for_each(|a| {
-            cmd.arg(a.as_ref());
-        });
-        self.enqueue_plain(cmd, ReplyRewrite::Scan, out).await;
+            .arg(ns.wrap_glob(pattern));
+        for arg in rest {
+            call = call.arg(arg);
+        }
+        self.enqueue_plain(call, ReplyRewrite::Scan, out).await;
     }
 
     /// RANDOMKEY, DBSIZE and FLUSHDB/FLUSHALL, emulated by walking the namespace with SCAN:
@@ -771,30 +770,29 @@ impl Session {
     async fn walk_namespace(&mut self, local: Local, out: &mut BytesMut) {
         let Some(ns) = self.ns().cloned() else { return };
         let glob = ns.wrap_glob(b"*");
-        let mut cursor = b"0".to_vec();
+        let mut cursor = Bytes::from_static(b"0");
         let mut count: i64 = 0;
         loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCAN")
-                .arg(&cursor)
+            let scan = [Call::named("SCAN")
+                .arg(cursor.clone())
                 .arg("MATCH")
-                .arg(glob.as_ref())
+                .arg(glob.clone())
                 .arg("COUNT")
-                .arg(SCAN_STEP);
-            let page = match self.shared.backend.pipeline(self.proto, &pipe, 1).await {
+                .arg(SCAN_STEP.to_string())];
+            let page = match self.shared.backend.pipeline(self.proto, &scan).await {
                 Ok(mut v) => v.pop(),
                 Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
             };
-            let Some(Value::Array(mut parts)) = page else {
+            let Some(Frame::Array(mut parts)) = page else {
                 return self.reply(out, |w| w.error("ERR unexpected SCAN reply from upstream"));
             };
             let keys = match parts.pop() {
-                Some(Value::Array(keys)) => keys,
+                Some(Frame::Array(keys)) => keys,
                 _ => Vec::new(),
             };
             cursor = match parts.pop() {
-                Some(Value::BulkString(c)) => c,
-                _ => b"0".to_vec(),
+                Some(Frame::Bulk(c)) => c,
+                _ => Bytes::from_static(b"0"),
             };
             match local {
                 Local::RandomKey if !keys.is_empty() => {
@@ -802,29 +800,28 @@ impl Session {
                     let _ = getrandom::fill(&mut pick);
                     let key = &keys[(u64::from_le_bytes(pick) % keys.len() as u64) as usize];
                     let value =
-                        ns.rewrite_reply(ReplyRewrite::Keys, Value::Array(vec![key.clone()]));
+                        ns.rewrite_reply(ReplyRewrite::Keys, Frame::Array(vec![key.clone()]));
                     let name = match value {
-                        Value::Array(mut v) => v.pop().unwrap_or(Value::Nil),
-                        _ => Value::Nil,
+                        Frame::Array(mut v) => v.pop().unwrap_or_default(),
+                        _ => Frame::Null,
                     };
                     return self.write_upstream(out, ReplyRewrite::Plain, name);
                 }
                 Local::FlushDb if !keys.is_empty() => {
-                    let mut pipe = redis::pipe();
-                    let unlink = pipe.cmd("UNLINK");
+                    let mut unlink = Call::named("UNLINK");
                     for key in &keys {
-                        if let Value::BulkString(k) = key {
-                            unlink.arg(k);
+                        if let Frame::Bulk(k) = key {
+                            unlink = unlink.arg(k.clone());
                         }
                     }
-                    if let Err(e) = self.shared.backend.pipeline(self.proto, &pipe, 1).await {
+                    if let Err(e) = self.shared.backend.pipeline(self.proto, &[unlink]).await {
                         return self.reply(out, |w| w.error(&e.to_string()));
                     }
                 }
                 _ => {}
             }
             count += keys.len() as i64;
-            if cursor == b"0" {
+            if cursor[..] == b"0"[..] {
                 break;
             }
         }

@@ -21,20 +21,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use redis::Value;
 
 use super::connection::ClientIo;
 use super::limits::{CountedDedicated, Held, LimitError};
 use super::Shared;
 use crate::backend::{BackendError, Dedicated, Message, Messages, SubscriptionSink};
 use crate::commands::{
-    self, flags, ArgRole, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite,
+    self, flags, ArgRole, Call, CommandSpec, Exec, KeyRule, LookupError, ReplyRewrite,
 };
 use crate::ledger::format_nanos;
 use crate::meter::storage::{self, After, Plan, TtlPolicy};
 use crate::meter::{self, AccountHandle, Admitted, Charges, Flight, Refusal, Usage};
 use crate::metrics::{Metrics, TenantStats};
 use crate::namespace::Namespace;
+use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::request::{Limits, Request};
 use crate::protocol::Proto;
@@ -136,10 +136,10 @@ impl Pending {
     /// its own, and the bookkeeping after it.
     pub fn take_replies(
         &self,
-        values: &mut impl Iterator<Item = Value>,
-    ) -> (Vec<Value>, Value, Vec<Value>) {
+        values: &mut impl Iterator<Item = Frame>,
+    ) -> (Vec<Frame>, Frame, Vec<Frame>) {
         let before = values.by_ref().take(self.before).collect();
-        let reply = values.next().unwrap_or(Value::Nil);
+        let reply = values.next().unwrap_or_default();
         let after = values.by_ref().take(self.after).collect();
         (before, reply, after)
     }
@@ -153,7 +153,7 @@ pub const SHUTDOWN_UNBLOCKED: &str = "UNBLOCKED server shutting down; reconnect 
 
 /// How a blocking command's wait ended.
 enum Waited {
-    Answered(Vec<Value>),
+    Answered(Vec<Frame>),
     Failed(BackendError),
     ClientGone,
     ShuttingDown,
@@ -170,8 +170,7 @@ enum Slot {
 /// Commands waiting to be sent upstream together, and the replies around them.
 #[derive(Default)]
 struct Batch {
-    pipe: redis::Pipeline,
-    count: usize,
+    calls: Vec<Call>,
     slots: Vec<Slot>,
 }
 
@@ -350,7 +349,11 @@ impl Session {
 
     /// Builds the upstream command: every key, pattern and channel rewritten into the
     /// namespace, every other argument as the client sent it.
-    pub(super) fn rewrite(&self, spec: &CommandSpec, args: &[Bytes]) -> Result<redis::Cmd, String> {
+    pub(super) fn rewrite(
+        &self,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+    ) -> Result<Call, String> {
         let keys = commands::key_args(spec, args).map_err(|e| e.to_string())?;
         self.rewrite_with(spec, args, keys)
     }
@@ -358,14 +361,14 @@ impl Session {
     /// [`Session::rewrite`] with the keys already located.
     fn rewrite_with(
         &self,
-        spec: &CommandSpec,
+        spec: &'static CommandSpec,
         args: &[Bytes],
         mut keys: Vec<(usize, ArgRole)>,
-    ) -> Result<redis::Cmd, String> {
+    ) -> Result<Call, String> {
         let ns = self.ns().ok_or("NOAUTH Authentication required.")?;
         keys.sort_unstable_by_key(|(i, _)| *i);
         let mut keys = keys.into_iter().peekable();
-        let mut cmd = redis::Cmd::new();
+        let mut out = Vec::with_capacity(args.len() + 2);
         for (i, arg) in args.iter().enumerate() {
             let mut role = None;
             while let Some(&(k, r)) = keys.peek() {
@@ -377,19 +380,19 @@ impl Session {
                 }
                 keys.next();
             }
-            match role {
-                Some(role) => cmd.arg(ns.rewrite(arg, role).as_ref()),
-                None => cmd.arg(arg.as_ref()),
-            };
+            out.push(match role {
+                Some(role) => ns.rewrite(arg, role),
+                None => arg.clone(),
+            });
         }
         for rule in spec.keys {
             if let KeyRule::OptionalChannelPattern { at } = rule {
                 if args.len() <= usize::from(*at) {
-                    cmd.arg(ns.wrap_glob(b"*").as_ref());
+                    out.push(ns.wrap_glob(b"*"));
                 }
             }
         }
-        Ok(cmd)
+        Ok(Call::new(spec, out))
     }
 
     async fn forward(
@@ -422,7 +425,7 @@ impl Session {
             Err(msg) => return self.reject(&msg, out),
         };
         if plan.append_default_ttl {
-            cmd.arg("EX").arg(self.shared.default_ttl_arg.as_ref());
+            cmd = cmd.arg("EX").arg(self.shared.default_ttl_arg.clone());
         }
         let blocks = blocks && self.txn.multi.is_none();
         let bill = match self
@@ -528,9 +531,9 @@ impl Session {
     pub(super) fn stored(
         &self,
         bill: Option<&Bill>,
-        reply: &Value,
-        before: &[Value],
-        after: &[Value],
+        reply: &Frame,
+        before: &[Frame],
+        after: &[Frame],
     ) -> u64 {
         bill.map_or(0, |b| {
             storage::byte_seconds(
@@ -586,25 +589,20 @@ impl Session {
     /// the destination) are sent again once the upstream has had time to run it, and the
     /// account pays the storage they show. Runs in the background; the session may be gone
     /// by then, so it attaches to the account for the while.
-    fn measure_store_later(&self, after: Vec<redis::Cmd>) {
+    fn measure_store_later(&self, after: Vec<Call>) {
         let Some(auth) = &self.auth else { return };
         let (shared, account, proto) = (self.shared.clone(), auth.account.clone(), self.proto);
         tokio::spawn(async move {
             let meter = shared.meter.attach(&account);
-            let mut pipe = redis::pipe();
-            for cmd in after {
-                pipe.add_command(cmd);
-            }
-            let count = pipe.cmd_iter().count();
             for _attempt in 0..LATE_MEASURE_ATTEMPTS {
                 // Let the upstream run what it was sent before asking what it stored.
                 tokio::time::sleep(shared.settings.upstream_timeout).await;
-                let Ok(values) = shared.backend.pipeline(proto, &pipe, count).await else {
+                let Ok(values) = shared.backend.pipeline(proto, &after).await else {
                     continue;
                 };
                 let stored = storage::byte_seconds(
                     &After::Store,
-                    &Value::Okay,
+                    &Frame::OK,
                     &[],
                     &values,
                     shared.settings.default_ttl,
@@ -666,18 +664,10 @@ impl Session {
     /// Adds a command, with its bookkeeping commands around it (`cmds`, in pipeline order,
     /// as `pending` counts them), to the batch. Inside MULTI
     /// the client's reply is `QUEUED`; the command waits in the transaction for EXEC.
-    pub(super) async fn enqueue(
-        &mut self,
-        cmds: Vec<redis::Cmd>,
-        pending: Pending,
-        out: &mut BytesMut,
-    ) {
-        for c in cmds {
-            self.batch.pipe.add_command(c);
-            self.batch.count += 1;
-        }
+    pub(super) async fn enqueue(&mut self, cmds: Vec<Call>, pending: Pending, out: &mut BytesMut) {
+        self.batch.calls.extend(cmds);
         self.batch.slots.push(Slot::Upstream(pending));
-        if self.batch.count >= self.batch_cap {
+        if self.batch.calls.len() >= self.batch_cap {
             self.flush(out).await;
         }
     }
@@ -685,7 +675,7 @@ impl Session {
     /// A command with no bookkeeping and no bill of its own.
     pub(super) async fn enqueue_plain(
         &mut self,
-        cmd: redis::Cmd,
+        cmd: Call,
         rewrite: ReplyRewrite,
         out: &mut BytesMut,
     ) {
@@ -705,20 +695,17 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.batch);
         let started = std::time::Instant::now();
-        let replies = if batch.count == 0 {
+        let replies = if batch.calls.is_empty() {
             Ok(Vec::new())
         } else if self.txn.active() {
             match self.dedicated.as_mut() {
-                Some(conn) => conn.pipeline(&batch.pipe, batch.count).await,
+                Some(conn) => conn.pipeline(&batch.calls).await,
                 None => Err(BackendError::Unavailable(
                     "transaction connection lost".into(),
                 )),
             }
         } else {
-            self.shared
-                .backend
-                .pipeline(self.proto, &batch.pipe, batch.count)
-                .await
+            self.shared.backend.pipeline(self.proto, &batch.calls).await
         };
         // Each command of the batch held the upstream for an equal share of the round trip.
         let commands = batch
@@ -746,7 +733,7 @@ impl Session {
         };
         // What was sent, in order: read only when the replies were lost (then every
         // command of the batch goes through that path).
-        let mut sent = batch.pipe.cmd_iter();
+        let mut sent = batch.calls.iter();
         for slot in batch.slots {
             let pending = match slot {
                 Slot::Ready(bytes) => {
@@ -759,7 +746,7 @@ impl Session {
                 Ok(values) => values,
                 Err(err) => {
                     let err = err.clone();
-                    let mine: Vec<&redis::Cmd> = sent
+                    let mine: Vec<&Call> = sent
                         .by_ref()
                         .take(pending.before + 1 + pending.after)
                         .collect();
@@ -786,11 +773,8 @@ impl Session {
             let start = out.len();
             if self.txn.multi.is_some() {
                 // Queued: the client sees QUEUED now; the bill waits for EXEC.
-                let queued = matches!(&reply, Value::SimpleString(s) if s == "QUEUED")
-                    && before
-                        .iter()
-                        .chain(&after)
-                        .all(|v| !matches!(v, Value::ServerError(_)));
+                let queued =
+                    reply == Frame::QUEUED && before.iter().chain(&after).all(|v| !v.is_error());
                 let mut pending = pending;
                 self.write_upstream(out, ReplyRewrite::Plain, reply);
                 if queued {
@@ -825,25 +809,20 @@ impl Session {
     }
 
     /// Step 6: rewrites an upstream reply and writes it.
-    pub(super) fn write_upstream(&self, out: &mut BytesMut, rewrite: ReplyRewrite, value: Value) {
+    pub(super) fn write_upstream(&self, out: &mut BytesMut, rewrite: ReplyRewrite, value: Frame) {
         let mut w = ReplyWriter::new(out, self.proto);
         match (&value, rewrite) {
-            (Value::Nil, ReplyRewrite::FirstKey | ReplyRewrite::Streams) => w.null_array(),
+            (Frame::Null, ReplyRewrite::FirstKey | ReplyRewrite::Streams) => w.null_array(),
             // Some Redis errors quote the key ("No such key '...'"): show the client's name.
-            (Value::ServerError(err), _) => {
-                let mut text = err.code().to_owned();
-                if let Some(details) = err.details() {
-                    text.push(' ');
-                    text.push_str(details);
+            (Frame::Error(line), _) => match self.ns() {
+                Some(ns) if line.windows(ns.prefix().len()).any(|w| w == ns.prefix()) => {
+                    w.error(&ns.strip_all(&String::from_utf8_lossy(line)))
                 }
-                match self.ns() {
-                    Some(ns) => w.error(&ns.strip_all(&text)),
-                    None => w.error(&text),
-                }
-            }
+                _ => w.frame(&value),
+            },
             _ => match self.ns() {
-                Some(ns) => w.value(&ns.rewrite_reply(rewrite, value)),
-                None => w.value(&value),
+                Some(ns) => w.frame(&ns.rewrite_reply(rewrite, value)),
+                None => w.frame(&value),
             },
         }
     }
@@ -872,15 +851,13 @@ impl Session {
     }
 
     /// Runs one command on the dedicated connection, answering at once.
-    pub(super) async fn run_dedicated(&mut self, cmd: redis::Cmd) -> Result<Value, BackendError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
+    pub(super) async fn run_dedicated(&mut self, cmd: Call) -> Result<Frame, BackendError> {
         let result = match self.dedicated().await {
-            Ok(conn) => conn.pipeline(&pipe, 1).await,
+            Ok(conn) => conn.pipeline(std::slice::from_ref(&cmd)).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok(mut values) => Ok(values.pop().unwrap_or(Value::Nil)),
+            Ok(mut values) => Ok(values.pop().unwrap_or_default()),
             Err(e) => {
                 self.dedicated = None;
                 self.txn = Txn::default();
@@ -898,18 +875,13 @@ impl Session {
     /// it pays for the time it waited.
     async fn run_blocking(
         &mut self,
-        cmds: Vec<redis::Cmd>,
+        cmds: Vec<Call>,
         pending: Pending,
         wait_limit: Option<std::time::Duration>,
         out: &mut BytesMut,
         io: &mut ClientIo,
     ) {
         self.flush(out).await;
-        let mut pipe = redis::pipe();
-        let count = cmds.len();
-        for c in cmds {
-            pipe.add_command(c);
-        }
         let cap = self.shared.settings.max_request_bytes;
         let grace = self.shared.settings.shutdown_grace;
         let stopping = self.shared.stopping();
@@ -920,7 +892,7 @@ impl Session {
         let outcome = match self.dedicated().await {
             Err(e) => Waited::Failed(e),
             Ok(conn) => {
-                let wait = conn.pipeline(&pipe, count);
+                let wait = conn.pipeline(&cmds);
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {

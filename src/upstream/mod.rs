@@ -8,17 +8,20 @@
 //!
 //! [`eviction`] checks, at start-up, that the Redis holding the ledger cannot evict it.
 
+mod conn;
 pub mod eviction;
 mod pool;
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Pipeline, ProtocolVersion, RedisError, Value};
+use redis::{Client, ConnectionInfo, RedisError};
 
 use crate::backend::{self, Backend, BackendError, BoxFuture, Message, Subscription};
+use crate::commands::Call;
+use crate::protocol::frame::Frame;
 use crate::protocol::Proto;
+use conn::Conn;
 use pool::Pool;
 
 /// How long a new upstream connection may take.
@@ -28,15 +31,21 @@ fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }
 
-/// An error after commands were handed to a connection: they may have run.
-fn lost(err: &RedisError) -> BackendError {
-    BackendError::Lost(err.to_string().replace(['\r', '\n'], " "))
+/// Checks that `url` names an upstream pkv can connect to (`redis://` or a Unix socket).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let client = Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::TcpTls { .. } => Err("TLS upstreams are not supported yet".into()),
+        _ => Ok(()),
+    }
 }
 
 /// Connections to one upstream Redis.
 pub struct Upstream {
-    resp2: Client,
-    resp3: Client,
+    /// Where the upstream is, and the handshake its URL asks for.
+    info: ConnectionInfo,
+    /// For Pub/Sub connections, which the `redis` crate still makes.
+    client: Client,
     pools: [Pool; 2],
     response_timeout: Duration,
 }
@@ -49,75 +58,37 @@ impl Upstream {
         pool_size: usize,
         response_timeout: Duration,
     ) -> Result<Self, RedisError> {
-        let resp2 = Client::open(url)?;
-        let info = resp2.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let resp3 = Client::open(info.set_redis_settings(settings))?;
+        let client = Client::open(url)?;
+        let info = client.get_connection_info().clone();
         Ok(Upstream {
-            resp2,
-            resp3,
+            info,
+            client,
             pools: [Pool::new(pool_size), Pool::new(pool_size)],
             response_timeout,
         })
     }
 
-    fn client(&self, proto: Proto) -> &Client {
-        match proto {
-            Proto::Resp2 => &self.resp2,
-            Proto::Resp3 => &self.resp3,
-        }
-    }
-
-    fn config(timeout: Option<Duration>) -> AsyncConnectionConfig {
-        AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(timeout)
-    }
-
     /// Sends a batch of commands on a pooled connection in one write; one reply per
-    /// command, in order. Redis error replies come back as [`Value::ServerError`].
-    pub async fn send(
-        &self,
-        proto: Proto,
-        pipe: &Pipeline,
-        count: usize,
-    ) -> Result<Vec<Value>, BackendError> {
+    /// command, in order. Redis error replies come back as [`Frame::Error`].
+    pub async fn send(&self, proto: Proto, calls: &[Call]) -> Result<Vec<Frame>, BackendError> {
         let pool = &self.pools[proto as usize];
-        let (slot, mut conn) = pool
-            .get(|| async {
-                self.client(proto)
-                    .get_multiplexed_async_connection_with_config(&Self::config(Some(
-                        self.response_timeout,
-                    )))
-                    .await
-            })
+        let (slot, conn) = pool
+            .get(|| Conn::connect(&self.info, proto, CONNECT_TIMEOUT))
             .await?;
-        match conn.send_packed_commands(pipe, 0, count).await {
-            Ok(values) => Ok(values),
-            Err(err) => {
-                if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error()
-                {
-                    // A timeout too: every later reply on this connection would queue
-                    // behind the one that never came.
-                    pool.invalidate(slot);
-                }
-                Err(lost(&err))
-            }
+        let result = conn.send(calls, Some(self.response_timeout)).await;
+        if conn.is_broken() {
+            // Timed out or lost: every later reply on this connection would queue behind
+            // the one that never came.
+            pool.invalidate(slot);
         }
+        result
     }
 
     /// A connection for one client alone, without a response timeout (blocking commands
     /// may wait as long as they asked to). Dropping it closes it, which also ends any
     /// blocking command still waiting upstream.
     pub async fn connect_dedicated(&self, proto: Proto) -> Result<Dedicated, BackendError> {
-        let conn = self
-            .client(proto)
-            .get_multiplexed_async_connection_with_config(&Self::config(None))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let conn = Conn::connect(&self.info, proto, CONNECT_TIMEOUT).await?;
         Ok(Dedicated { conn })
     }
 
@@ -131,7 +102,7 @@ impl Upstream {
     /// the relay stops and drops the connection, Redis sees it close and stops sending,
     /// and the subscriber is disconnected.
     pub async fn pubsub(&self, max_queued: usize) -> Result<Subscription, BackendError> {
-        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.resp2.get_async_pubsub())
+        let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
             .await
             .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
             .map_err(|e| unavailable(&e))?;
@@ -171,10 +142,9 @@ impl Backend for Upstream {
     fn pipeline<'a>(
         &'a self,
         proto: Proto,
-        pipe: &'a Pipeline,
-        count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
-        Box::pin(self.send(proto, pipe, count))
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
+        Box::pin(self.send(proto, calls))
     }
 
     fn dedicated(
@@ -229,20 +199,14 @@ impl backend::SubscriptionSink for Sink {
 
 /// An upstream connection owned by one client.
 pub struct Dedicated {
-    conn: MultiplexedConnection,
+    conn: Conn,
 }
 
 impl backend::Dedicated for Dedicated {
     fn pipeline<'a>(
         &'a mut self,
-        pipe: &'a Pipeline,
-        count: usize,
-    ) -> BoxFuture<'a, Result<Vec<Value>, BackendError>> {
-        Box::pin(async move {
-            self.conn
-                .send_packed_commands(pipe, 0, count)
-                .await
-                .map_err(|e| lost(&e))
-        })
+        calls: &'a [Call],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
+        Box::pin(self.conn.send(calls, None))
     }
 }

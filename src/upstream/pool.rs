@@ -1,21 +1,18 @@
-//! A fixed set of multiplexed connections, each reconnected on demand after it fails.
+//! A fixed set of shared connections, each reconnected on demand after it fails.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::RedisResult;
-
-use super::unavailable;
+use super::conn::Conn;
 use crate::backend::BackendError;
 
 /// After a failed connect, requests fail fast for this long instead of each trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
 struct Slot {
-    conn: Mutex<Option<MultiplexedConnection>>,
+    conn: Mutex<Option<Conn>>,
     connecting: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -39,7 +36,7 @@ impl Pool {
         }
     }
 
-    fn cached(&self, index: usize) -> Option<MultiplexedConnection> {
+    fn cached(&self, index: usize) -> Option<Conn> {
         self.slots[index]
             .conn
             .lock()
@@ -48,21 +45,18 @@ impl Pool {
     }
 
     /// A connection from the next slot, connecting it first if it has none.
-    pub async fn get<F, Fut>(
-        &self,
-        connect: F,
-    ) -> Result<(usize, MultiplexedConnection), BackendError>
+    pub async fn get<F, Fut>(&self, connect: F) -> Result<(usize, Conn), BackendError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = RedisResult<MultiplexedConnection>>,
+        Fut: Future<Output = Result<Conn, BackendError>>,
     {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        if let Some(conn) = self.cached(index) {
+        if let Some(conn) = self.cached(index).filter(|c| !c.is_broken()) {
             return Ok((index, conn));
         }
         let slot = &self.slots[index];
         let mut last_failure = slot.connecting.lock().await;
-        if let Some(conn) = self.cached(index) {
+        if let Some(conn) = self.cached(index).filter(|c| !c.is_broken()) {
             return Ok((index, conn));
         }
         if last_failure.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
@@ -78,7 +72,7 @@ impl Pool {
             Err(err) => {
                 *last_failure = Some(Instant::now());
                 tracing::warn!(slot = index, error = %err, "upstream connect failed");
-                Err(unavailable(&err))
+                Err(err)
             }
         }
     }

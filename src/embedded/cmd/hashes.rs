@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::sets::{pick, rand_count, random_below, scan_cursor, scan_options};
 use super::{arity_error, bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply};
@@ -138,7 +138,7 @@ fn hget(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
         match hash.and_then(|h| h.get(args[2])) {
             Some(value) => bulk(value.clone()),
-            None => Value::Nil,
+            None => Frame::Null,
         }
     })
 }
@@ -149,9 +149,9 @@ fn hmget(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             .iter()
             .map(|field| match hash.and_then(|h| h.get(*field)) {
                 Some(value) => bulk(value.clone()),
-                None => Value::Nil,
+                None => Frame::Null,
             });
-        Value::Array(values.collect())
+        Frame::Array(values.collect())
     })
 }
 
@@ -172,13 +172,13 @@ fn hdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn hlen(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
-        Value::Int(hash.map_or(0, |h| h.len() as i64))
+        Frame::Integer(hash.map_or(0, |h| h.len() as i64))
     })
 }
 
 fn hstrlen(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
-        Value::Int(
+        Frame::Integer(
             hash.and_then(|h| h.get(args[2]))
                 .map_or(0, |v| v.len() as i64),
         )
@@ -187,13 +187,13 @@ fn hstrlen(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn hexists(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
-        Value::Int(i64::from(hash.is_some_and(|h| h.contains_key(args[2]))))
+        Frame::Integer(i64::from(hash.is_some_and(|h| h.contains_key(args[2]))))
     })
 }
 
 fn hkeys(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
-        Value::Array(
+        Frame::Array(
             hash.into_iter()
                 .flatten()
                 .map(|(f, _)| bulk(f.clone()))
@@ -204,7 +204,7 @@ fn hkeys(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn hvals(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
-        Value::Array(
+        Frame::Array(
             hash.into_iter()
                 .flatten()
                 .map(|(_, v)| bulk(v.clone()))
@@ -217,7 +217,7 @@ fn hvals(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn hgetall(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_hash(cx, args[1], |hash| {
         let pairs = hash.into_iter().flatten();
-        Value::Map(
+        Frame::Map(
             pairs
                 .map(|(f, v)| (bulk(f.clone()), bulk(v.clone())))
                 .collect(),
@@ -276,11 +276,11 @@ fn hincrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn hrandfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let Some(raw_count) = args.get(2) else {
         return read_hash(cx, args[1], |hash| match hash.filter(|h| !h.is_empty()) {
-            None => Value::Nil,
+            None => Frame::Null,
             Some(h) => h
                 .keys()
                 .nth(random_below(h.len()))
-                .map_or(Value::Nil, |f| bulk(f.clone())),
+                .map_or(Frame::Null, |f| bulk(f.clone())),
         });
     };
     let count = rand_count(raw_count)?;
@@ -295,7 +295,7 @@ fn hrandfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let resp3 = cx.resp3();
     read_hash(cx, args[1], |hash| {
         let Some(hash) = hash.filter(|_| count != 0) else {
-            return Ok(Value::Array(Vec::new()));
+            return Ok(Frame::Array(Vec::new()));
         };
         let pairs: Vec<(&Vec<u8>, &Vec<u8>)> = hash.iter().collect();
         let picked = pick(&pairs, count)?;
@@ -304,7 +304,7 @@ fn hrandfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             match (with_values, resp3) {
                 (false, _) => reply.push(bulk(field.clone())),
                 (true, true) => {
-                    reply.push(Value::Array(vec![bulk(field.clone()), bulk(value.clone())]))
+                    reply.push(Frame::Array(vec![bulk(field.clone()), bulk(value.clone())]))
                 }
                 (true, false) => {
                     reply.push(bulk(field.clone()));
@@ -312,7 +312,7 @@ fn hrandfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
                 }
             }
         }
-        Ok(Value::Array(reply))
+        Ok(Frame::Array(reply))
     })?
 }
 
@@ -336,7 +336,7 @@ fn hscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         }
         Ok(items)
     })??;
-    Ok(Value::Array(vec![bulk("0"), Value::Array(items)]))
+    Ok(Frame::Array(vec![bulk("0"), Frame::Array(items)]))
 }
 
 #[cfg(test)]
@@ -355,12 +355,12 @@ mod tests {
         let store = Store::default();
         assert_eq!(
             run(&store, Proto::Resp2, "HSET h a 1 b 2 a 3"),
-            Ok(Value::Int(2))
+            Ok(Frame::Integer(2))
         );
         assert_eq!(run(&store, Proto::Resp2, "HGET h a"), Ok(bulk("3")));
         assert!(run(&store, Proto::Resp2, "HSET h a 1 b").is_err());
-        assert_eq!(run(&store, Proto::Resp2, "HMSET h c 1"), Ok(Value::Okay));
-        assert_eq!(run(&store, Proto::Resp2, "HLEN h"), Ok(Value::Int(3)));
+        assert_eq!(run(&store, Proto::Resp2, "HMSET h c 1"), Ok(Frame::OK));
+        assert_eq!(run(&store, Proto::Resp2, "HLEN h"), Ok(Frame::Integer(3)));
     }
 
     #[test]
@@ -368,30 +368,30 @@ mod tests {
         let store = Store::default();
         run(&store, Proto::Resp3, "HSET h a 1 b 2").unwrap();
         assert!(
-            matches!(run(&store, Proto::Resp3, "HGETALL h"), Ok(Value::Map(m)) if m.len() == 2)
+            matches!(run(&store, Proto::Resp3, "HGETALL h"), Ok(Frame::Map(m)) if m.len() == 2)
         );
         assert!(
-            matches!(run(&store, Proto::Resp3, "HKEYS h"), Ok(Value::Array(m)) if m.len() == 2)
+            matches!(run(&store, Proto::Resp3, "HKEYS h"), Ok(Frame::Array(m)) if m.len() == 2)
         );
-        let Ok(Value::Array(pairs)) = run(&store, Proto::Resp3, "HRANDFIELD h -3 WITHVALUES")
+        let Ok(Frame::Array(pairs)) = run(&store, Proto::Resp3, "HRANDFIELD h -3 WITHVALUES")
         else {
             panic!("not an array");
         };
         assert_eq!(pairs.len(), 3);
         assert!(pairs
             .iter()
-            .all(|p| matches!(p, Value::Array(pair) if pair.len() == 2)));
+            .all(|p| matches!(p, Frame::Array(pair) if pair.len() == 2)));
         assert!(matches!(
             run(&store, Proto::Resp2, "HRANDFIELD h -3 WITHVALUES"),
-            Ok(Value::Array(flat)) if flat.len() == 6
+            Ok(Frame::Array(flat)) if flat.len() == 6
         ));
         assert_eq!(
             run(&store, Proto::Resp3, "HRANDFIELD nokey"),
-            Ok(Value::Nil)
+            Ok(Frame::Null)
         );
         assert_eq!(
             run(&store, Proto::Resp3, "HRANDFIELD nokey 2"),
-            Ok(Value::Array(vec![]))
+            Ok(Frame::Array(vec![]))
         );
     }
 
@@ -400,7 +400,7 @@ mod tests {
         let store = Store::default();
         assert_eq!(
             run(&store, Proto::Resp2, "HINCRBY h n 9223372036854775807"),
-            Ok(Value::Int(i64::MAX))
+            Ok(Frame::Integer(i64::MAX))
         );
         assert!(run(&store, Proto::Resp2, "HINCRBY h n 1").is_err());
         assert_eq!(

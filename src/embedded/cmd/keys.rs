@@ -1,7 +1,7 @@
 //! Commands on keys whatever their type: deletion, existence, expiry, renaming, copying,
 //! walking the keyspace (KEYS, SCAN) and looking inside (TYPE, OBJECT, MEMORY USAGE).
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::strings::invalid_expire;
 use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Reply, SYNTAX};
@@ -151,7 +151,7 @@ fn pexpiretime(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `TYPE key`: the type's name, "none" without the key.
 fn type_of(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let name = cx.read(args[1], |e| e.map_or("none", |e| e.data.type_name()));
-    Ok(Value::SimpleString(name.into()))
+    Ok(Frame::simple(name))
 }
 
 // === EXPIRE and friends ===
@@ -253,8 +253,8 @@ fn memory(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         }
     }
     cx.read(key, |e| {
-        Ok(e.map_or(Value::Nil, |e| {
-            Value::Int((key.len() + e.data.size() + ENTRY_OVERHEAD) as i64)
+        Ok(e.map_or(Frame::Null, |e| {
+            Frame::Integer((key.len() + e.data.size() + ENTRY_OVERHEAD) as i64)
         }))
     })
 }
@@ -332,7 +332,7 @@ fn collect_shard(
     shard: usize,
     pattern: &[u8],
     type_name: Option<&[u8]>,
-    out: &mut Vec<Value>,
+    out: &mut Vec<Frame>,
 ) -> usize {
     let prefix = glob::literal_prefix(pattern);
     let everything = pattern == b"*";
@@ -357,7 +357,7 @@ fn keys(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     for shard in 0..SHARDS {
         collect_shard(cx, shard, args[1], None, &mut found);
     }
-    Ok(Value::Array(found))
+    Ok(Frame::Array(found))
 }
 
 /// A SCAN cursor as Redis reads one (`strtoul`: an optional sign, decimal digits, nothing
@@ -412,9 +412,9 @@ fn scan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         shard += 1;
     }
     let next = if shard >= SHARDS { 0 } else { shard };
-    Ok(Value::Array(vec![
+    Ok(Frame::Array(vec![
         bulk(next.to_string()),
-        Value::Array(found),
+        Frame::Array(found),
     ]))
 }
 
@@ -490,16 +490,16 @@ fn object(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     };
     cx.read(key, |e| {
         let Some(e) = e else {
-            return Ok(Value::Nil);
+            return Ok(Frame::Null);
         };
         Ok(if is(sub, "ENCODING") {
             bulk(encoding(&e.data))
         } else if is(sub, "IDLETIME") {
-            Value::Int(0)
+            Frame::Integer(0)
         } else {
             let shared = matches!(&e.data, Data::Str(s)
                 if as_integer(s).is_some_and(|n| (0..SHARED_INTEGERS).contains(&n)));
-            Value::Int(if shared { i64::from(i32::MAX) } else { 1 })
+            Frame::Integer(if shared { i64::from(i32::MAX) } else { 1 })
         })
     })
 }
@@ -511,21 +511,21 @@ mod tests {
     use crate::embedded::Store;
     use crate::protocol::Proto;
 
-    fn keys_of(reply: &Value) -> (Vec<u8>, Vec<Vec<u8>>) {
-        let Value::Array(parts) = reply else {
+    fn keys_of(reply: &Frame) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let Frame::Array(parts) = reply else {
             panic!("not an array: {reply:?}");
         };
-        let (Value::BulkString(cursor), Value::Array(keys)) = (&parts[0], &parts[1]) else {
+        let (Frame::Bulk(cursor), Frame::Array(keys)) = (&parts[0], &parts[1]) else {
             panic!("not a SCAN reply: {reply:?}");
         };
         let keys = keys
             .iter()
             .map(|k| match k {
-                Value::BulkString(k) => k.clone(),
+                Frame::Bulk(k) => k.to_vec(),
                 other => panic!("not a key: {other:?}"),
             })
             .collect();
-        (cursor.clone(), keys)
+        (cursor.to_vec(), keys)
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::{arity_error, bulk, bulks, int, int_arg, is, ok, wrongtype, Command, Cx, Error};
 use super::{parse_float, Reply, NOT_INTEGER, SYNTAX};
@@ -227,7 +227,7 @@ fn rpushx(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 // === pops ===
 
 /// `LPOP key [count]` and `RPOP key [count]`: one element (or nil), or with a count an
-/// array of up to `count` elements (nil when there is no key).
+/// array of up to `count` elements (the null array when there is no key).
 fn pop_generic(cx: &mut Cx, args: &[&[u8]], end: End) -> Reply {
     if args.len() > 3 {
         return Err(arity_error(if end == End::Left { "lpop" } else { "rpop" }));
@@ -242,10 +242,15 @@ fn pop_generic(cx: &mut Cx, args: &[&[u8]], end: End) -> Reply {
     };
     cx.write(args[1], |entry| {
         let Some(list) = list_mut(entry)? else {
-            return Ok(Value::Nil);
+            // Redis answers a count with an array, so its "no key" is the null array.
+            return Ok(if count.is_some() {
+                Frame::NullArray
+            } else {
+                Frame::Null
+            });
         };
         match count {
-            None => Ok(pop(list, end).map_or(Value::Nil, bulk)),
+            None => Ok(pop(list, end).map_or(Frame::Null, bulk)),
             Some(count) => {
                 let n = usize::try_from(count).unwrap_or(usize::MAX).min(list.len());
                 Ok(bulks((0..n).filter_map(|_| pop(list, end))))
@@ -290,11 +295,11 @@ fn lrange(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let stop = int_arg(args[3])?;
     cx.read(args[1], |e| {
         let Some(list) = list_of(e)? else {
-            return Ok(Value::Array(Vec::new()));
+            return Ok(Frame::Array(Vec::new()));
         };
         Ok(match range(start, stop, list.len()) {
             Some((first, last)) => bulks(list.range(first..=last).cloned()),
-            None => Value::Array(Vec::new()),
+            None => Frame::Array(Vec::new()),
         })
     })
 }
@@ -309,12 +314,12 @@ fn position(index: i64, len: usize) -> Option<usize> {
 fn lindex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.read(args[1], |e| {
         let Some(list) = list_of(e)? else {
-            return Ok(Value::Nil);
+            return Ok(Frame::Null);
         };
         let index = int_arg(args[2])?;
         Ok(position(index, list.len())
             .and_then(|i| list.get(i))
-            .map_or(Value::Nil, |el| bulk(el.clone())))
+            .map_or(Frame::Null, |el| bulk(el.clone())))
     })
 }
 
@@ -351,8 +356,8 @@ fn lpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.read(args[1], |e| {
         let Some(list) = list_of(e)? else {
             return Ok(match count {
-                Some(_) => Value::Array(Vec::new()),
-                None => Value::Nil,
+                Some(_) => Frame::Array(Vec::new()),
+                None => Frame::Null,
             });
         };
         // Matches to skip before the first reported one; i64::MIN reads as -1, as in Redis.
@@ -372,15 +377,15 @@ fn lpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         } else {
             Box::new((list.len() - limit..list.len()).rev())
         };
-        let found: Vec<Value> = indexes
+        let found: Vec<Frame> = indexes
             .filter(|&i| list[i] == element)
             .skip(usize::try_from(skip).unwrap_or(usize::MAX))
             .take(wanted)
-            .map(|i| Value::Int(i as i64))
+            .map(|i| Frame::Integer(i as i64))
             .collect();
         Ok(match count {
-            Some(_) => Value::Array(found),
-            None => found.into_iter().next().unwrap_or(Value::Nil),
+            Some(_) => Frame::Array(found),
+            None => found.into_iter().next().unwrap_or(Frame::Null),
         })
     })
 }
@@ -485,7 +490,7 @@ fn ltrim(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// Moves one element from `from`'s `take` end to `to`'s `put` end. `None` when there is
 /// no source list; errors when either key holds another type. Runs alone (Kind::Multi).
-fn move_one(cx: &Cx, from: &[u8], to: &[u8], take: End, put: End) -> Result<Option<Value>, Error> {
+fn move_one(cx: &Cx, from: &[u8], to: &[u8], take: End, put: End) -> Result<Option<Frame>, Error> {
     if cx.read(from, |e| list_of(e).map(|l| l.is_none()))? {
         return Ok(None);
     }
@@ -522,11 +527,11 @@ fn move_one(cx: &Cx, from: &[u8], to: &[u8], take: End, put: End) -> Result<Opti
 fn lmove(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let take = end_arg(args[3])?;
     let put = end_arg(args[4])?;
-    Ok(move_one(cx, args[1], args[2], take, put)?.unwrap_or(Value::Nil))
+    Ok(move_one(cx, args[1], args[2], take, put)?.unwrap_or(Frame::Null))
 }
 
 fn rpoplpush(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    Ok(move_one(cx, args[1], args[2], End::Right, End::Left)?.unwrap_or(Value::Nil))
+    Ok(move_one(cx, args[1], args[2], End::Right, End::Left)?.unwrap_or(Frame::Null))
 }
 
 /// `BLMOVE source destination LEFT|RIGHT LEFT|RIGHT timeout`.
@@ -553,7 +558,7 @@ fn pop_first(
     keys: &[&[u8]],
     end: End,
     count: Option<i64>,
-) -> Result<Option<Value>, Error> {
+) -> Result<Option<Frame>, Error> {
     for key in keys {
         let popped = cx.write(key, |entry| -> Result<_, Error> {
             let Some(list) = list_mut(entry)? else {
@@ -573,7 +578,7 @@ fn pop_first(
             Some(_) => bulks(elements),
             None => bulk(elements.pop().unwrap_or_default()),
         };
-        return Ok(Some(Value::Array(vec![bulk(*key), value])));
+        return Ok(Some(Frame::Array(vec![bulk(*key), value])));
     }
     Ok(None)
 }
@@ -624,7 +629,7 @@ fn mpop_args<'a>(args: &[&'a [u8]], numkeys_at: usize) -> Result<(Vec<&'a [u8]>,
 /// `LMPOP numkeys key [key ...] LEFT|RIGHT [COUNT count]`.
 fn lmpop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let (keys, end, count) = mpop_args(args, 1)?;
-    Ok(pop_first(cx, &keys, end, Some(count))?.unwrap_or(Value::Nil))
+    Ok(pop_first(cx, &keys, end, Some(count))?.unwrap_or(Frame::NullArray))
 }
 
 /// `BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count]`.

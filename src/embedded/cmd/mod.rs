@@ -20,7 +20,7 @@ mod zsets;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::data::Entry;
 use super::Store;
@@ -63,7 +63,7 @@ impl Kind {
 }
 
 /// The outcome of a handler.
-pub type Reply = Result<Value, Error>;
+pub type Reply = Result<Frame, Error>;
 
 /// Why a handler did not answer with a value.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +171,22 @@ pub fn find(name: &[u8]) -> Option<&'static Runnable> {
     registry.get(std::str::from_utf8(upper).ok()?)
 }
 
+/// The handler for a row of the command table, found from the row's position: one
+/// lookup per request, no search by name. A subcommand's row (`MEMORY|USAGE`) has its
+/// container's handler.
+pub fn for_spec(spec: &crate::commands::CommandSpec) -> Option<&'static Runnable> {
+    static BY_ROW: OnceLock<Vec<Option<&'static Runnable>>> = OnceLock::new();
+    let rows = BY_ROW.get_or_init(|| {
+        crate::commands::table::TABLE
+            .iter()
+            .map(|row| find(row.name.split('|').next().unwrap_or(row.name).as_bytes()))
+            .collect()
+    });
+    rows.get(crate::commands::position(spec)?)
+        .copied()
+        .flatten()
+}
+
 /// Every command the store runs, for the README's list and its tests.
 pub fn names() -> impl Iterator<Item = &'static str> {
     families().into_iter().flatten().map(|c| c.name)
@@ -179,30 +195,30 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 // Reply helpers.
 
 pub fn ok() -> Reply {
-    Ok(Value::Okay)
+    Ok(Frame::OK)
 }
 
 pub fn int(n: i64) -> Reply {
-    Ok(Value::Int(n))
+    Ok(Frame::Integer(n))
 }
 
-pub fn bulk(bytes: impl Into<Vec<u8>>) -> Value {
-    Value::BulkString(bytes.into())
+pub fn bulk(bytes: impl Into<Vec<u8>>) -> Frame {
+    Frame::Bulk(bytes::Bytes::from(bytes.into()))
 }
 
 /// A list of bulk strings.
-pub fn bulks<I, B>(items: I) -> Value
+pub fn bulks<I, B>(items: I) -> Frame
 where
     I: IntoIterator<Item = B>,
     B: Into<Vec<u8>>,
 {
-    Value::Array(items.into_iter().map(bulk).collect())
+    Frame::Array(items.into_iter().map(bulk).collect())
 }
 
 /// A score: a RESP3 double, or its text in RESP2.
-pub fn score(cx: &Cx, d: f64) -> Value {
+pub fn score(cx: &Cx, d: f64) -> Frame {
     if cx.resp3() {
-        Value::Double(d)
+        Frame::Double(format_double(d).into())
     } else {
         bulk(format_double(d))
     }
@@ -213,6 +229,9 @@ pub fn score(cx: &Cx, d: f64) -> Value {
 pub fn format_double(d: f64) -> String {
     if d.is_infinite() {
         return if d > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if d == 0.0 && d.is_sign_negative() {
+        return "-0".into();
     }
     if d.fract() == 0.0 && d.abs() < 1e17 {
         return format!("{}", d as i64);

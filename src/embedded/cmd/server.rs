@@ -1,7 +1,7 @@
 //! Commands that touch no key: PING, ECHO and TIME (queued inside MULTI), PUBLISH and
 //! PUBSUB.
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::{bulk, bulks, int, is, Command, Cx, Reply, SYNTAX};
 
@@ -31,7 +31,7 @@ pub const COMMANDS: &[Command] = &[
 fn ping(_: &mut Cx, args: &[&[u8]]) -> Reply {
     match args.get(1) {
         Some(message) => Ok(bulk(*message)),
-        None => Ok(Value::SimpleString("PONG".into())),
+        None => Ok(Frame::simple("PONG")),
     }
 }
 
@@ -62,9 +62,9 @@ fn pubsub(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let mut reply = Vec::new();
         for channel in &args[2..] {
             reply.push(bulk(*channel));
-            reply.push(Value::Int(cx.store.channels.numsub(channel)));
+            reply.push(Frame::Integer(cx.store.channels.numsub(channel)));
         }
-        Ok(Value::Array(reply))
+        Ok(Frame::Array(reply))
     } else {
         Err(SYNTAX.into())
     }

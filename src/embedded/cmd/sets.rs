@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, SYNTAX};
 use crate::commands::parse_redis_int;
@@ -102,8 +102,8 @@ fn read_set<R>(cx: &Cx, key: &[u8], f: impl FnOnce(Option<&Set>) -> R) -> Result
 }
 
 /// Members as a RESP3 set (an array in RESP2).
-fn members<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Value {
-    Value::Set(items.into_iter().map(|m| bulk(m.clone())).collect())
+fn members<'a>(items: impl IntoIterator<Item = &'a Vec<u8>>) -> Frame {
+    Frame::Set(items.into_iter().map(|m| bulk(m.clone())).collect())
 }
 
 /// `SADD key member [member ...]`: how many were new.
@@ -136,7 +136,7 @@ fn smembers(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn sismember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_set(cx, args[1], |set| {
-        Value::Int(i64::from(set.is_some_and(|s| s.contains(args[2]))))
+        Frame::Integer(i64::from(set.is_some_and(|s| s.contains(args[2]))))
     })
 }
 
@@ -144,14 +144,14 @@ fn smismember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_set(cx, args[1], |set| {
         let flags = args[2..]
             .iter()
-            .map(|m| Value::Int(i64::from(set.is_some_and(|s| s.contains(*m)))));
-        Value::Array(flags.collect())
+            .map(|m| Frame::Integer(i64::from(set.is_some_and(|s| s.contains(*m)))));
+        Frame::Array(flags.collect())
     })
 }
 
 fn scard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     read_set(cx, args[1], |set| {
-        Value::Int(set.map_or(0, |s| s.len() as i64))
+        Frame::Integer(set.map_or(0, |s| s.len() as i64))
     })
 }
 
@@ -175,27 +175,27 @@ fn spop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         };
         let Some(count) = count else {
             let Some(set) = set.filter(|s| !s.is_empty()) else {
-                return Ok(Value::Nil);
+                return Ok(Frame::Null);
             };
             let Some(member) = set.iter().nth(random_below(set.len())).cloned() else {
-                return Ok(Value::Nil);
+                return Ok(Frame::Null);
             };
             set.remove(&member);
             return Ok(bulk(member));
         };
         let Some(set) = set.filter(|_| count > 0) else {
-            return Ok(Value::Set(Vec::new()));
+            return Ok(Frame::Set(Vec::new()));
         };
         if count >= set.len() as u64 {
             let all = std::mem::take(set);
-            return Ok(Value::Set(all.into_iter().map(bulk).collect()));
+            return Ok(Frame::Set(all.into_iter().map(bulk).collect()));
         }
         let all: Vec<&Vec<u8>> = set.iter().collect();
         let chosen: Vec<Vec<u8>> = pick(&all, count as i64)?.into_iter().cloned().collect();
         for member in &chosen {
             set.remove(member);
         }
-        Ok(Value::Set(chosen.into_iter().map(bulk).collect()))
+        Ok(Frame::Set(chosen.into_iter().map(bulk).collect()))
     })
 }
 
@@ -204,11 +204,11 @@ fn spop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn srandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let Some(raw_count) = args.get(2) else {
         return read_set(cx, args[1], |set| match set.filter(|s| !s.is_empty()) {
-            None => Value::Nil,
+            None => Frame::Null,
             Some(s) => s
                 .iter()
                 .nth(random_below(s.len()))
-                .map_or(Value::Nil, |m| bulk(m.clone())),
+                .map_or(Frame::Null, |m| bulk(m.clone())),
         });
     };
     if args.len() > 3 {
@@ -217,11 +217,11 @@ fn srandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let count = rand_count(raw_count)?;
     read_set(cx, args[1], |set| {
         let Some(set) = set.filter(|_| count != 0) else {
-            return Ok(Value::Array(Vec::new()));
+            return Ok(Frame::Array(Vec::new()));
         };
         let all: Vec<&Vec<u8>> = set.iter().collect();
         let picked = pick(&all, count)?;
-        Ok(Value::Array(
+        Ok(Frame::Array(
             picked.into_iter().map(|m| bulk(m.clone())).collect(),
         ))
     })?
@@ -402,7 +402,7 @@ fn sscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             .map(|m| bulk(m.clone()))
             .collect())
     })??;
-    Ok(Value::Array(vec![bulk("0"), Value::Array(items)]))
+    Ok(Frame::Array(vec![bulk("0"), Frame::Array(items)]))
 }
 
 // === shared with the hash commands ===
@@ -568,12 +568,12 @@ mod tests {
         assert_eq!(expiry(&store, "d"), Some(Some(later)));
         for command in ["SINTERSTORE d s", "SUNIONSTORE d s", "SDIFFSTORE d s"] {
             set_expiry(&store, "d", later);
-            assert!(matches!(run(&store, Proto::Resp2, command), Ok(Value::Int(n)) if n > 0));
+            assert!(matches!(run(&store, Proto::Resp2, command), Ok(Frame::Integer(n)) if n > 0));
             assert_eq!(expiry(&store, "d"), Some(None), "{command}");
         }
         assert_eq!(
             run(&store, Proto::Resp2, "SINTERSTORE d s nokey"),
-            Ok(Value::Int(0))
+            Ok(Frame::Integer(0))
         );
         assert_eq!(expiry(&store, "d"), None);
     }
@@ -583,25 +583,25 @@ mod tests {
         let store = Store::default();
         run(&store, Proto::Resp3, "SADD s a b c").unwrap();
         assert!(
-            matches!(run(&store, Proto::Resp3, "SMEMBERS s"), Ok(Value::Set(m)) if m.len() == 3)
+            matches!(run(&store, Proto::Resp3, "SMEMBERS s"), Ok(Frame::Set(m)) if m.len() == 3)
         );
         assert!(matches!(
             run(&store, Proto::Resp3, "SINTER s"),
-            Ok(Value::Set(_))
+            Ok(Frame::Set(_))
         ));
         assert!(
-            matches!(run(&store, Proto::Resp3, "SRANDMEMBER s 5"), Ok(Value::Array(m)) if m.len() == 3)
+            matches!(run(&store, Proto::Resp3, "SRANDMEMBER s 5"), Ok(Frame::Array(m)) if m.len() == 3)
         );
         assert!(
-            matches!(run(&store, Proto::Resp3, "SRANDMEMBER s -5"), Ok(Value::Array(m)) if m.len() == 5)
+            matches!(run(&store, Proto::Resp3, "SRANDMEMBER s -5"), Ok(Frame::Array(m)) if m.len() == 5)
         );
-        assert!(matches!(run(&store, Proto::Resp3, "SPOP s 2"), Ok(Value::Set(m)) if m.len() == 2));
-        assert!(matches!(run(&store, Proto::Resp3, "SPOP s 5"), Ok(Value::Set(m)) if m.len() == 1));
-        assert_eq!(run(&store, Proto::Resp3, "SCARD s"), Ok(Value::Int(0)));
-        assert_eq!(run(&store, Proto::Resp3, "SPOP s"), Ok(Value::Nil));
+        assert!(matches!(run(&store, Proto::Resp3, "SPOP s 2"), Ok(Frame::Set(m)) if m.len() == 2));
+        assert!(matches!(run(&store, Proto::Resp3, "SPOP s 5"), Ok(Frame::Set(m)) if m.len() == 1));
+        assert_eq!(run(&store, Proto::Resp3, "SCARD s"), Ok(Frame::Integer(0)));
+        assert_eq!(run(&store, Proto::Resp3, "SPOP s"), Ok(Frame::Null));
         assert_eq!(
             run(&store, Proto::Resp3, "SSCAN s 0"),
-            Ok(Value::Array(vec![bulk("0"), Value::Array(Vec::new())]))
+            Ok(Frame::Array(vec![bulk("0"), Frame::Array(Vec::new())]))
         );
     }
 
@@ -612,13 +612,19 @@ mod tests {
         run(&store, Proto::Resp2, "SET str v").unwrap();
         assert_eq!(
             run(&store, Proto::Resp2, "SMOVE nokey str a"),
-            Ok(Value::Int(0))
+            Ok(Frame::Integer(0))
         );
         assert!(run(&store, Proto::Resp2, "SMOVE s str zz").is_err());
         assert!(run(&store, Proto::Resp2, "SMOVE str s a").is_err());
-        assert_eq!(run(&store, Proto::Resp2, "SMOVE s s a"), Ok(Value::Int(1)));
-        assert_eq!(run(&store, Proto::Resp2, "SMOVE s t a"), Ok(Value::Int(1)));
-        assert_eq!(run(&store, Proto::Resp2, "SCARD s"), Ok(Value::Int(0)));
+        assert_eq!(
+            run(&store, Proto::Resp2, "SMOVE s s a"),
+            Ok(Frame::Integer(1))
+        );
+        assert_eq!(
+            run(&store, Proto::Resp2, "SMOVE s t a"),
+            Ok(Frame::Integer(1))
+        );
+        assert_eq!(run(&store, Proto::Resp2, "SCARD s"), Ok(Frame::Integer(0)));
         assert_eq!(expiry(&store, "s"), None);
     }
 

@@ -1,6 +1,6 @@
 //! String commands: GET and SET with their variants, counters, ranges and bits.
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
 use crate::commands::TtlUnit;
@@ -165,7 +165,7 @@ fn string_of(entry: Option<&Entry>) -> Result<Option<&Vec<u8>>, Error> {
 
 fn get(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.read(args[1], |e| {
-        Ok(string_of(e)?.map_or(Value::Nil, |s| bulk(s.clone())))
+        Ok(string_of(e)?.map_or(Frame::Null, |s| bulk(s.clone())))
     })
 }
 
@@ -212,7 +212,7 @@ fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         };
         let exists = slot.is_some();
         if (nx && exists) || (xx && !exists) {
-            return Ok(old.unwrap_or(Value::Nil));
+            return Ok(old.unwrap_or(Frame::Null));
         }
         let expires_at = if keepttl {
             slot.as_ref().and_then(|e| e.expires_at)
@@ -224,7 +224,7 @@ fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             expires_at,
         });
         if get {
-            Ok(old.unwrap_or(Value::Nil))
+            Ok(old.unwrap_or(Frame::Null))
         } else {
             ok()
         }
@@ -266,7 +266,7 @@ fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &str) -> Re
 /// `GETSET key value`: the old value; the new one has no deadline.
 fn getset(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |slot| {
-        let old = string_of(slot.as_ref())?.map_or(Value::Nil, |s| bulk(s.clone()));
+        let old = string_of(slot.as_ref())?.map_or(Frame::Null, |s| bulk(s.clone()));
         *slot = Some(Entry::new(Data::Str(args[2].to_vec())));
         Ok(old)
     })
@@ -276,7 +276,7 @@ fn getset(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn getdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |slot| {
         let Some(value) = string_of(slot.as_ref())?.cloned() else {
-            return Ok(Value::Nil);
+            return Ok(Frame::Null);
         };
         *slot = None;
         Ok(bulk(value))
@@ -309,7 +309,7 @@ fn getex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let at = expiry.map(|(unit, raw)| deadline(cx, unit, raw, "getex"));
     cx.write(args[1], |slot| {
         let Some(value) = string_of(slot.as_ref())?.cloned() else {
-            return Ok(Value::Nil);
+            return Ok(Frame::Null);
         };
         match at {
             Some(Err(e)) => return Err(e),
@@ -339,11 +339,11 @@ fn mget(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         .map(|k| {
             cx.read(k, |e| match e.map(|e| &e.data) {
                 Some(Data::Str(s)) => bulk(s.clone()),
-                _ => Value::Nil,
+                _ => Frame::Null,
             })
         })
         .collect();
-    Ok(Value::Array(values))
+    Ok(Frame::Array(values))
 }
 
 /// The pairs of `MSET`/`MSETNX`, or the arity error for an odd count.
@@ -655,18 +655,19 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         .into_iter()
         .filter(|((a0, a1), _)| (a1 - a0 + 1) as u64 >= min_len)
         .map(|((a0, a1), (b0, b1))| {
-            let pos =
-                |x: usize, y: usize| Value::Array(vec![Value::Int(x as i64), Value::Int(y as i64)]);
+            let pos = |x: usize, y: usize| {
+                Frame::Array(vec![Frame::Integer(x as i64), Frame::Integer(y as i64)])
+            };
             let mut item = vec![pos(a0, a1), pos(b0, b1)];
             if with_len {
-                item.push(Value::Int((a1 - a0 + 1) as i64));
+                item.push(Frame::Integer((a1 - a0 + 1) as i64));
             }
-            Value::Array(item)
+            Frame::Array(item)
         })
         .collect();
-    Ok(Value::Map(vec![
-        (bulk("matches"), Value::Array(matches)),
-        (bulk("len"), Value::Int(i64::from(total))),
+    Ok(Frame::Map(vec![
+        (bulk("matches"), Frame::Array(matches)),
+        (bulk("len"), Frame::Integer(i64::from(total))),
     ]))
 }
 
@@ -954,7 +955,7 @@ impl Field {
     }
 
     /// Runs a write operation on `s`; the reply.
-    fn apply(&self, s: &mut [u8]) -> Value {
+    fn apply(&self, s: &mut [u8]) -> Frame {
         let old = self.get(s);
         let old_wide = if self.signed {
             i128::from(old)
@@ -962,7 +963,7 @@ impl Field {
             i128::from(old as u64)
         };
         let (fitted, reply_old) = match self.op {
-            FieldOp::Get => return Value::Int(old),
+            FieldOp::Get => return Frame::Integer(old),
             // A value to set is read as the field's type: unsigned fields see a negative
             // number as its 64-bit two's complement.
             FieldOp::Set(v) if self.signed => (self.fit(i128::from(v), 0), true),
@@ -970,10 +971,10 @@ impl Field {
             FieldOp::IncrBy(by) => (self.fit(old_wide, i128::from(by)), false),
         };
         match fitted {
-            None => Value::Nil,
+            None => Frame::Null,
             Some(new) => {
                 self.put(s, new);
-                Value::Int(if reply_old { old } else { new })
+                Frame::Integer(if reply_old { old } else { new })
             }
         }
     }
@@ -1084,7 +1085,7 @@ fn bitfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         if s.len() < len {
             s.resize(len, 0);
         }
-        Ok(Value::Array(fields.iter().map(|f| f.apply(s)).collect()))
+        Ok(Frame::Array(fields.iter().map(|f| f.apply(s)).collect()))
     })
 }
 
@@ -1101,8 +1102,8 @@ fn bitfield_ro(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn read_fields(cx: &Cx, key: &[u8], fields: &[Field]) -> Reply {
     cx.read(key, |e| {
         let s = string_of(e)?.map_or(&[][..], |s| s.as_slice());
-        Ok(Value::Array(
-            fields.iter().map(|f| Value::Int(f.get(s))).collect(),
+        Ok(Frame::Array(
+            fields.iter().map(|f| Frame::Integer(f.get(s))).collect(),
         ))
     })
 }

@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::ops::Bound;
 
-use redis::Value;
+use crate::protocol::frame::Frame;
 
 use super::{
     bulk, int, int_arg, is, score, wrongtype, Command, Cx, Error, Reply, NOT_FLOAT, SYNTAX,
@@ -676,7 +676,7 @@ fn write_zset<R>(
 }
 
 /// A score as a reply. Redis writes a negative zero as "-0".
-fn zscore_value(cx: &Cx, d: f64) -> Value {
+fn zscore_value(cx: &Cx, d: f64) -> Frame {
     if d == 0.0 && d.is_sign_negative() && !cx.resp3() {
         bulk("-0")
     } else {
@@ -690,20 +690,20 @@ fn scored<M: AsRef<[u8]>>(
     cx: &Cx,
     items: impl IntoIterator<Item = (M, f64)>,
     withscores: bool,
-) -> Value {
+) -> Frame {
     let mut out = Vec::new();
     for (member, d) in items {
         let member = bulk(member.as_ref());
         if !withscores {
             out.push(member);
         } else if cx.resp3() {
-            out.push(Value::Array(vec![member, zscore_value(cx, d)]));
+            out.push(Frame::Array(vec![member, zscore_value(cx, d)]));
         } else {
             out.push(member);
             out.push(zscore_value(cx, d));
         }
     }
-    Value::Array(out)
+    Frame::Array(out)
 }
 
 /// Replaces `dest` with a sorted set of `items`, or deletes it when there are none;
@@ -829,7 +829,7 @@ fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     })?;
     let (added, updated, last) = outcome.unwrap_or(Ok((0, 0, None)))?;
     if incr {
-        Ok(last.map_or(Value::Nil, |d| zscore_value(cx, d)))
+        Ok(last.map_or(Frame::Null, |d| zscore_value(cx, d)))
     } else {
         int(if ch { added + updated } else { added })
     }
@@ -867,7 +867,7 @@ fn zcard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `ZSCORE key member`
 fn zscore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let found = read_zset(cx, args[1], |z| z.and_then(|z| z.score(args[2])))?;
-    Ok(found.map_or(Value::Nil, |d| zscore_value(cx, d)))
+    Ok(found.map_or(Frame::Null, |d| zscore_value(cx, d)))
 }
 
 /// `ZMSCORE key member [member ...]`
@@ -878,10 +878,10 @@ fn zmscore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             .map(|m| z.and_then(|z| z.score(m)))
             .collect::<Vec<_>>()
     })?;
-    Ok(Value::Array(
+    Ok(Frame::Array(
         found
             .into_iter()
-            .map(|d| d.map_or(Value::Nil, |d| zscore_value(cx, d)))
+            .map(|d| d.map_or(Frame::Null, |d| zscore_value(cx, d)))
             .collect(),
     ))
 }
@@ -894,7 +894,7 @@ fn rank(cx: &Cx, args: &[&[u8]], rev: bool) -> Reply {
                 .map(|r| if rev { z.len() - 1 - r } else { r })
         })
     })?;
-    Ok(found.map_or(Value::Nil, |r| Value::Int(r as i64)))
+    Ok(found.map_or(Frame::Null, |r| Frame::Integer(r as i64)))
 }
 
 /// `ZRANK key member`
@@ -999,7 +999,7 @@ fn range_command(
             store(cx, dest, items.unwrap_or_default())
         }
         None => read_zset(cx, src, |z| match z {
-            None => Value::Array(Vec::new()),
+            None => Frame::Array(Vec::new()),
             Some(z) => scored(cx, select(z, &spec, rev, offset, limit), withscores),
         }),
     }
@@ -1060,7 +1060,7 @@ fn zpop(cx: &Cx, args: &[&[u8]], max: bool) -> Reply {
             out.push(bulk(member));
             out.push(zscore_value(cx, d));
         }
-        Ok(Value::Array(out))
+        Ok(Frame::Array(out))
     }
 }
 
@@ -1105,15 +1105,15 @@ fn mpop_args<'a>(args: &[&'a [u8]], at: usize) -> Result<(Vec<&'a [u8]>, bool, u
 }
 
 /// The reply of ZMPOP and BZMPOP: the key, then `[member, score]` pairs.
-fn mpop_reply(cx: &Cx, popped: Popped) -> Value {
+fn mpop_reply(cx: &Cx, popped: Popped) -> Frame {
     match popped {
-        None => Value::Nil,
+        None => Frame::Null,
         Some((key, items)) => {
             let pairs = items
                 .into_iter()
-                .map(|(m, d)| Value::Array(vec![bulk(m), zscore_value(cx, d)]))
+                .map(|(m, d)| Frame::Array(vec![bulk(m), zscore_value(cx, d)]))
                 .collect();
-            Value::Array(vec![bulk(key), Value::Array(pairs)])
+            Frame::Array(vec![bulk(key), Frame::Array(pairs)])
         }
     }
 }
@@ -1139,7 +1139,7 @@ fn bzpop(cx: &Cx, args: &[&[u8]], max: bool) -> Reply {
                 out.push(bulk(member));
                 out.push(zscore_value(cx, d));
             }
-            Ok(Value::Array(out))
+            Ok(Frame::Array(out))
         }
         None => Err(Error::Block { timeout_ms }),
     }
@@ -1198,7 +1198,7 @@ fn zrandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
                 .and_then(|z| z.iter().nth(rng.below(z.len())))
                 .map(|(m, _)| m.to_vec())
         })?;
-        return Ok(picked.map_or(Value::Nil, bulk));
+        return Ok(picked.map_or(Frame::Null, bulk));
     };
     let count = int_arg(raw)?;
     if count == i64::MIN {
@@ -1221,7 +1221,7 @@ fn zrandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     }
     read_zset(cx, args[1], |z| {
         let Some(z) = z.filter(|_| n > 0) else {
-            return Value::Array(Vec::new());
+            return Frame::Array(Vec::new());
         };
         let all: Vec<(&[u8], f64)> = z.iter().collect();
         if !unique || n == 1 {
@@ -1551,7 +1551,7 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         z.map(|z| z.iter().map(|(m, d)| (m.to_vec(), d)).collect::<Vec<_>>())
     })?;
     let Some(page) = page else {
-        return Ok(Value::Array(vec![bulk("0"), Value::Array(Vec::new())]));
+        return Ok(Frame::Array(vec![bulk("0"), Frame::Array(Vec::new())]));
     };
     let mut pattern: Option<&[u8]> = None;
     let mut j = 3;
@@ -1575,7 +1575,7 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             out.push(bulk(super::format_double(d)));
         }
     }
-    Ok(Value::Array(vec![bulk("0"), Value::Array(out)]))
+    Ok(Frame::Array(vec![bulk("0"), Frame::Array(out)]))
 }
 
 #[cfg(test)]

@@ -1,0 +1,104 @@
+//! A command ready for a backend: its row of the command table, resolved once, and its
+//! arguments (the name first), keys already in the account's namespace.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::CommandSpec;
+
+/// One command as the request path hands it to a backend.
+#[derive(Debug, Clone)]
+pub struct Call {
+    spec: Option<&'static CommandSpec>,
+    args: Vec<Bytes>,
+}
+
+impl Call {
+    /// A client's command, with its row as the request path looked it up.
+    pub fn new(spec: &'static CommandSpec, args: Vec<Bytes>) -> Call {
+        Call {
+            spec: Some(spec),
+            args,
+        }
+    }
+
+    /// One of pkv's own commands (metering bookkeeping, transactions, the ledger's
+    /// scripts), by its upper-case name; arguments follow with [`Call::arg`]. A name
+    /// without a row (the ledger's `EVAL`) runs only upstream.
+    pub fn named(name: &'static str) -> Call {
+        Call {
+            spec: super::row(name),
+            args: vec![Bytes::from_static(name.as_bytes())],
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<Bytes>) -> Call {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds an argument copied from `bytes`.
+    pub fn arg_copy(self, bytes: &[u8]) -> Call {
+        self.arg(Bytes::copy_from_slice(bytes))
+    }
+
+    /// The command's row, when it has one.
+    pub fn spec(&self) -> Option<&'static CommandSpec> {
+        self.spec
+    }
+
+    /// The arguments, the command name first.
+    pub fn args(&self) -> &[Bytes] {
+        &self.args
+    }
+
+    /// Appends the command as Redis reads it: an array of bulk strings.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let size: usize = self.args.iter().map(|a| a.len() + 16).sum();
+        out.reserve(size + 16);
+        header(out, b'*', self.args.len());
+        for arg in &self.args {
+            header(out, b'$', arg.len());
+            out.put_slice(arg);
+            out.put_slice(b"\r\n");
+        }
+    }
+}
+
+fn header(out: &mut BytesMut, marker: u8, n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_u8(marker);
+    out.put_slice(&digits[at..]);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_encode_as_arrays_of_bulk_strings() {
+        let call = Call::named("PEXPIRE")
+            .arg_copy(b"k")
+            .arg("86400000")
+            .arg("NX");
+        let mut out = BytesMut::new();
+        call.encode(&mut out);
+        assert_eq!(
+            &out[..],
+            b"*4\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$8\r\n86400000\r\n$2\r\nNX\r\n"
+        );
+        assert_eq!(call.spec().map(|s| s.name), Some("PEXPIRE"));
+        assert!(Call::named("EVAL").spec().is_none());
+    }
+}

@@ -1,0 +1,313 @@
+//! One connection to the upstream Redis, owned by pkv.
+//!
+//! Commands are written to the socket by the task that sends them, under a lock that keeps
+//! each batch whole and in order; nothing else stands between a session and the socket. One
+//! reader task per connection decodes replies into [`Frame`]s and hands each batch its
+//! replies, in the order the batches were written (Redis answers in order). A connection
+//! may be shared by many sessions (the pool) or owned by one (a dedicated connection).
+//!
+//! A connection that fails in any way (the socket closes, a reply does not parse, a batch
+//! is only partly written, a reply does not come in time) is broken for good: every batch
+//! waiting on it fails with [`BackendError::Lost`], since it may have run, and later sends
+//! fail with [`BackendError::Unavailable`], since nothing is sent. The pool then makes a new
+//! one. When the last handle is dropped the socket is closed, which also ends any blocking
+//! command still waiting upstream.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{oneshot, Notify};
+
+use crate::backend::BackendError;
+use crate::commands::Call;
+use crate::protocol::frame::{Decoder, Frame};
+use crate::protocol::Proto;
+
+/// How much a read asks for at least; the buffer grows for larger replies.
+const READ_CHUNK: usize = 16 * 1024;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A handle to one upstream connection; clones share it.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    out: tokio::sync::Mutex<Out>,
+    queue: Arc<Queue>,
+}
+
+struct Out {
+    writer: Writer,
+    buf: BytesMut,
+}
+
+/// Batches written and not yet answered, in order.
+#[derive(Default)]
+struct Queue {
+    waiting: Mutex<VecDeque<Waiter>>,
+    broken: AtomicBool,
+    /// Wakes the reader to stop.
+    stop: Notify,
+}
+
+struct Waiter {
+    count: usize,
+    frames: Vec<Frame>,
+    reply: oneshot::Sender<Result<Vec<Frame>, String>>,
+}
+
+impl Queue {
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Breaks the connection: every waiting batch fails with `why`, the reader stops.
+    fn break_with(&self, why: &str) {
+        self.broken.store(true, Ordering::Release);
+        self.stop.notify_one();
+        let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
+        for waiter in waiting {
+            let _ = waiter.reply.send(Err(why.to_owned()));
+        }
+    }
+
+    /// Gives a reply to the oldest batch; false when no batch waits for one.
+    fn answer(&self, frame: Frame) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(front) = waiting.front_mut() else {
+            return false;
+        };
+        front.frames.push(frame);
+        if front.frames.len() == front.count {
+            if let Some(done) = waiting.pop_front() {
+                drop(waiting);
+                let _ = done.reply.send(Ok(done.frames));
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: the reader drops its half and the socket closes.
+        self.queue.break_with("connection closed");
+    }
+}
+
+/// Breaks the connection when a write is abandoned half done (its future dropped or
+/// failed): the rest of the stream would no longer line up with the replies.
+struct WriteGuard<'a>(Option<&'a Queue>);
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(queue) = self.0 {
+            queue.break_with("write interrupted");
+        }
+    }
+}
+
+impl Conn {
+    /// Connects to the upstream in `info`, speaking `proto`, and runs the handshake its URL
+    /// asks for (`HELLO 3`, `AUTH`, `SELECT`).
+    pub async fn connect(
+        info: &ConnectionInfo,
+        proto: Proto,
+        timeout: Duration,
+    ) -> Result<Conn, BackendError> {
+        let (reader, writer) = tokio::time::timeout(timeout, open(info.addr()))
+            .await
+            .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let queue = Arc::new(Queue::default());
+        tokio::spawn(read_replies(reader, queue.clone()));
+        let conn = Conn {
+            inner: Arc::new(Inner {
+                out: tokio::sync::Mutex::new(Out {
+                    writer,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                }),
+                queue,
+            }),
+        };
+        let handshake = handshake(info, proto);
+        if !handshake.is_empty() {
+            let replies = conn.send(&handshake, Some(timeout)).await?;
+            if let Some(Frame::Error(line)) = replies.iter().find(|f| f.is_error()) {
+                return Err(BackendError::Unavailable(format!(
+                    "handshake refused: {}",
+                    String::from_utf8_lossy(line)
+                )));
+            }
+        }
+        Ok(conn)
+    }
+
+    /// True once the connection has failed; it never works again.
+    pub fn is_broken(&self) -> bool {
+        self.inner.queue.is_broken()
+    }
+
+    /// Sends a batch in one write and waits for its replies, one per call, in order; at
+    /// most `timeout` for the whole, after which the connection is broken (every later
+    /// reply would queue behind the one that did not come).
+    pub async fn send(
+        &self,
+        calls: &[Call],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Frame>, BackendError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let exchange = self.exchange(calls);
+        let result = match timeout {
+            Some(limit) => match tokio::time::timeout(limit, exchange).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.inner.queue.break_with("timed out");
+                    return Err(BackendError::Lost("timed out".into()));
+                }
+            },
+            None => exchange.await,
+        };
+        result
+    }
+
+    async fn exchange(&self, calls: &[Call]) -> Result<Vec<Frame>, BackendError> {
+        let queue = &self.inner.queue;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut out = self.inner.out.lock().await;
+            if queue.is_broken() {
+                return Err(BackendError::Unavailable("connection lost".into()));
+            }
+            let out = &mut *out;
+            out.buf.clear();
+            for call in calls {
+                call.encode(&mut out.buf);
+            }
+            queue
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(Waiter {
+                    count: calls.len(),
+                    frames: Vec::with_capacity(calls.len()),
+                    reply: tx,
+                });
+            let mut guard = WriteGuard(Some(queue));
+            if let Err(e) = out.writer.write_all(&out.buf).await {
+                drop(guard);
+                return Err(BackendError::Lost(e.to_string()));
+            }
+            guard.0 = None;
+            // Large batches leave a large buffer behind; keep an ordinary one.
+            if out.buf.capacity() > 4 * READ_CHUNK {
+                out.buf = BytesMut::with_capacity(READ_CHUNK);
+            }
+        }
+        match rx.await {
+            Ok(Ok(frames)) => Ok(frames),
+            Ok(Err(why)) => Err(BackendError::Lost(why)),
+            Err(_) => Err(BackendError::Lost("connection closed".into())),
+        }
+    }
+}
+
+/// The commands that set a new connection up as the URL and protocol ask.
+fn handshake(info: &ConnectionInfo, proto: Proto) -> Vec<Call> {
+    let settings = info.redis_settings();
+    let mut calls = Vec::new();
+    let password = settings.password().map(|p| p.to_owned());
+    let username = settings.username().unwrap_or("default").to_owned();
+    match proto {
+        Proto::Resp3 => {
+            let mut hello = Call::named("HELLO").arg("3");
+            if let Some(password) = password {
+                hello = hello.arg("AUTH").arg(username).arg(password);
+            }
+            calls.push(hello);
+        }
+        Proto::Resp2 => {
+            if let Some(password) = password {
+                calls.push(Call::named("AUTH").arg(username).arg(password));
+            }
+        }
+    }
+    if settings.db() != 0 {
+        calls.push(Call::named("SELECT").arg(settings.db().to_string()));
+    }
+    calls
+}
+
+async fn open(addr: &ConnectionAddr) -> std::io::Result<(Reader, Writer)> {
+    match addr {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            stream.set_nodelay(true)?;
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            let (r, w) = stream.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("upstream address not supported: {other}"),
+        )),
+    }
+}
+
+/// The connection's reader: decodes replies and hands them to the waiting batches until
+/// the connection breaks or its last handle is dropped.
+async fn read_replies(mut reader: Reader, queue: Arc<Queue>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut decoder = Decoder::default();
+    let why = loop {
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            read = reader.read_buf(&mut buf) => read,
+            _ = queue.stop.notified() => break "connection closed".to_owned(),
+        };
+        match read {
+            Ok(0) => break "connection closed by the upstream".to_owned(),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+        let failed = loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(Frame::Push(_))) => {
+                    // Out-of-band data (RESP3) answers no command.
+                }
+                Ok(Some(frame)) => {
+                    if !queue.answer(frame) {
+                        break Some("a reply no command asked for".to_owned());
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(format!("unreadable reply: {e}")),
+            }
+        };
+        if let Some(why) = failed {
+            break why;
+        }
+        if queue.is_broken() {
+            break "connection closed".to_owned();
+        }
+    };
+    queue.break_with(&why);
+}
