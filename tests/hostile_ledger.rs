@@ -179,7 +179,8 @@ fn a_stalled_settlement_is_applied_exactly_once() {
         .set("PKV_UPSTREAM_TIMEOUT_MS", "300")
         .set("PKV_LEASE", "1")
         .start();
-    let token = issuer.token(10);
+    // Enough for 1.3 s of INCRs however fast pkv runs them (about 1,000 units' worth).
+    let token = issuer.token(1000);
     warm_up(&pkv, &issuer);
     let mut used = Used::default();
     let mut c = pkv.resp_authed(&token);
@@ -204,7 +205,7 @@ fn a_stalled_settlement_is_applied_exactly_once() {
     let record = ledger_hash(&redis, &account);
     let get = |f: &str| record.get(f).copied().unwrap_or(0);
     let truth = BTreeMap::from([
-        ("credited", 10 * NANOS),
+        ("credited", 1000 * NANOS),
         ("debited", used.cost()),
         ("spent", used.cost()),
         ("ops", used.ops),

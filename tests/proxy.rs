@@ -255,6 +255,53 @@ fn pubsub_delivers_messages_with_the_clients_channel_names() {
     assert_eq!(sub.read_until(b"\r\n"), b"+PONG\r\n");
 }
 
+/// Replies whose keys need no rewriting reach the client byte for byte as Redis wrote them,
+/// in both protocol versions: RESP2's null array stays `*-1` (not the null bulk string),
+/// a negative zero stays `-0`, RESP3's doubles keep Redis's digits.
+#[test]
+fn replies_are_relayed_byte_for_byte() {
+    let (redis, issuer, pkv) = setup();
+    let token = issuer.token(10);
+    let mut direct = common::RespConn::connect(redis.port);
+    let mut proxied = pkv.resp_authed(&token);
+    let script: &[&[&str]] = &[
+        &["RPUSH", "l", "a"],
+        &["LPOP", "nokey", "2"],
+        &["RPOP", "l", "5"],
+        &["RPOP", "l", "5"],
+        &["BLMOVE", "nokey", "dst", "LEFT", "RIGHT", "0.01"],
+        &["ZADD", "z", "-0", "m", "0.1", "n", "1e300", "o"],
+        &["ZSCORE", "z", "m"],
+        &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+        &["ZINCRBY", "z", "0.2", "n"],
+        &["HELLO", "3"],
+        &["ZSCORE", "z", "m"],
+        &["ZRANGE", "z", "0", "-1", "WITHSCORES"],
+        &["ZINCRBY", "z", "0.2", "n"],
+        &["LPOP", "nokey", "2"],
+        &["HGETALL", "nokey"],
+        &["SMEMBERS", "nokey"],
+        &["GET", "nokey"],
+    ];
+    for args in script {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        if args[0] == b"HELLO" {
+            // The handshake's reply names the server; only the switch matters here.
+            direct.call(&args);
+            proxied.call(&args);
+            continue;
+        }
+        let expected = direct.call(&args);
+        let got = proxied.call(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected),
+            "{:?}",
+            String::from_utf8_lossy(&args.join(&b' '))
+        );
+    }
+}
+
 #[test]
 fn resp3_clients_get_resp3_replies() {
     let (_redis, issuer, pkv) = setup();
