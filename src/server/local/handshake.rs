@@ -1,0 +1,345 @@
+//! The handshake and connection housekeeping: AUTH, HELLO, RESET, SELECT, CLIENT, PING,
+//! TIME. Free (not metered), and the only commands served before authentication.
+
+use bytes::{Bytes, BytesMut};
+
+use super::introspect::REDIS_VERSION;
+use crate::auth::{now_secs, TokenKind};
+use crate::commands::Local;
+use crate::ledger::{RedeemedBy, Redemption};
+use crate::metrics::Metrics;
+use crate::namespace::Namespace;
+use crate::protocol::Proto;
+use crate::server::session::{Authed, Session, Txn};
+
+/// Redis's answer to a client name it will not take.
+const BAD_CLIENT_NAME: &str =
+    "ERR Client names cannot contain spaces, newlines or special characters.";
+
+/// Longest client name (`CLIENT SETNAME`, `HELLO ... SETNAME`) or library name or version
+/// (`CLIENT SETINFO`) pkv takes. Redis sets no limit; pkv answers these commands for free
+/// and keeps the name for the life of the connection, so a free command must not carry
+/// (or let `CLIENT GETNAME` and `CLIENT INFO` answer) an unbounded string.
+const MAX_CLIENT_NAME: usize = 128;
+
+/// Redis's rule for client names (`CLIENT SETNAME`, `HELLO ... SETNAME`): printable ASCII
+/// without spaces, so that `CLIENT LIST` and logs stay one line per client.
+fn valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
+/// Checks a client name: Redis's characters, and at most [`MAX_CLIENT_NAME`] bytes.
+fn check_client_name(name: &[u8]) -> Result<(), String> {
+    if name.len() > MAX_CLIENT_NAME {
+        return Err(format!(
+            "ERR client name longer than {MAX_CLIENT_NAME} bytes"
+        ));
+    }
+    if !valid_client_name(name) {
+        return Err(BAD_CLIENT_NAME.to_owned());
+    }
+    Ok(())
+}
+
+/// Checks `CLIENT SETINFO <attr> <value>` as Redis 7.2 does (only `LIB-NAME` and
+/// `LIB-VER`, printable ASCII without spaces), and bounds the value like a client name.
+fn check_client_info(attr: &[u8], value: &[u8]) -> Result<(), String> {
+    let what = if attr.eq_ignore_ascii_case(b"LIB-NAME") {
+        "lib-name"
+    } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
+        "lib-ver"
+    } else {
+        return Err(format!(
+            "ERR Unrecognized option '{}'",
+            String::from_utf8_lossy(attr)
+        ));
+    };
+    if value.len() > MAX_CLIENT_NAME {
+        return Err(format!("ERR {what} longer than {MAX_CLIENT_NAME} bytes"));
+    }
+    if !valid_client_name(value) {
+        return Err(format!(
+            "ERR {what} cannot contain spaces, newlines or special characters."
+        ));
+    }
+    Ok(())
+}
+
+impl Session {
+    /// `AUTH [username] token`
+    pub(super) async fn auth(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        let token = match args.len() {
+            2 => &args[1],
+            3 => &args[2],
+            _ => return self.reject("ERR syntax error", out),
+        };
+        self.flush(out).await;
+        match self.authenticate(token).await {
+            Ok(()) => self.reply(out, |w| w.ok()),
+            Err(msg) => self.reject(&msg, out),
+        }
+    }
+
+    /// Verifies a token and attaches the session to its account, redeeming a quota token
+    /// the first time it is seen. Returns the error line on refusal.
+    async fn authenticate(&mut self, token: &[u8]) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let refuse = |reason: String| {
+            Metrics::inc(&shared.metrics.auth_failures_total);
+            format!("WRONGPASS {reason}")
+        };
+        let token = crate::auth::token_text(token).map_err(|e| refuse(e.to_string()))?;
+        let now = now_secs();
+        let verified = shared
+            .auth
+            .verify(token, now)
+            .map_err(|e| refuse(e.to_string()))?;
+        // The session attaches to the account the token itself names, never to whoever
+        // redeemed it first; a token spent on a top-up opens nothing.
+        if let TokenKind::Quota { jti, quantity, exp } = &verified.kind {
+            let keep_until = exp
+                .saturating_add(shared.settings.token_leeway as i64)
+                .saturating_add(60);
+            match shared
+                .ledger
+                .redeem(
+                    jti,
+                    &verified.account,
+                    *quantity,
+                    keep_until,
+                    RedeemedBy::Auth,
+                )
+                .await
+            {
+                Ok(Redemption::Credited) => {
+                    tracing::info!(account = %verified.account, quantity, "quota token redeemed");
+                }
+                Ok(Redemption::AlreadyRedeemed {
+                    by: RedeemedBy::Auth,
+                }) => {}
+                Ok(Redemption::AlreadyRedeemed {
+                    by: RedeemedBy::Topup,
+                }) => return Err(refuse("token already spent on a top-up".into())),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let account = verified.account.clone();
+        // What this session ran so far is paid by the account it ran as, before the session
+        // may move to another.
+        self.apply_charges();
+        let (meter, tenant, slot) = match self.auth.take() {
+            Some(old) if old.account == account => (old.meter, old.tenant, old.slot),
+            old => {
+                // A new account for this connection: it must have a connection to spare.
+                let slot = match self.shared.limits.connect(&account) {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        self.auth = old;
+                        return Err(e.to_string());
+                    }
+                };
+                if let Some(old) = old {
+                    // A different account: nothing of the old one carries over.
+                    self.shared.meter.forget(&old.meter, &mut self.charges);
+                    self.shared.tenants.detach(&old.account, &old.tenant);
+                    self.txn = Txn::default();
+                    self.dedicated = None;
+                    self.pubsub = None;
+                    self.shared.meter.detach(&old.meter).await;
+                }
+                (
+                    self.shared.meter.attach(&account),
+                    self.shared.tenants.attach(&account),
+                    slot,
+                )
+            }
+        };
+        self.auth = Some(Authed {
+            ns: Namespace::new(&account),
+            account,
+            valid_until: verified.valid_until,
+            meter,
+            tenant,
+            slot,
+        });
+        Ok(())
+    }
+
+    /// `HELLO [protover [AUTH username password] [SETNAME name]]`
+    pub(super) async fn hello(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        let mut proto = self.proto;
+        let mut i = 1;
+        if let Some(ver) = args.get(1) {
+            proto = match &ver[..] {
+                b"2" => Proto::Resp2,
+                b"3" => Proto::Resp3,
+                _ => return self.reject("NOPROTO unsupported protocol version", out),
+            };
+            i = 2;
+        }
+        let mut token = None;
+        let mut name = None;
+        while i < args.len() {
+            if args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+                token = Some(args[i + 2].clone());
+                i += 3;
+            } else if args[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            } else {
+                let opt = String::from_utf8_lossy(&args[i]).into_owned();
+                return self.reject(&format!("ERR Syntax error in HELLO option '{opt}'"), out);
+            }
+        }
+        // Checked before anything changes: a refused HELLO leaves the session as it was.
+        if let Some(Err(msg)) = name.as_deref().map(check_client_name) {
+            return self.reject(&msg, out);
+        }
+        self.flush(out).await;
+        if let Some(token) = token {
+            if let Err(msg) = self.authenticate(&token).await {
+                return self.reject(&msg, out);
+            }
+        }
+        if self.auth.is_none() {
+            return self.reject("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time", out);
+        }
+        if let Some(name) = name {
+            self.name = (!name.is_empty()).then_some(name);
+        }
+        self.proto = proto;
+        let id = self.id as i64;
+        let ver: i64 = if proto == Proto::Resp3 { 3 } else { 2 };
+        self.reply(out, |w| {
+            w.map(7);
+            w.bulk(b"server");
+            w.bulk(b"redis");
+            w.bulk(b"version");
+            w.bulk(REDIS_VERSION.as_bytes());
+            w.bulk(b"proto");
+            w.int(ver);
+            w.bulk(b"id");
+            w.int(id);
+            w.bulk(b"mode");
+            w.bulk(b"standalone");
+            w.bulk(b"role");
+            w.bulk(b"master");
+            w.bulk(b"modules");
+            w.array(0);
+        });
+    }
+
+    /// `PING [message]`; a subscribed RESP2 client gets Redis's `pong` array.
+    pub(super) fn ping(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        if self.proto == Proto::Resp2 && self.is_waiting_for_messages() {
+            let msg = args.get(1).cloned().unwrap_or_default();
+            self.reply(out, |w| {
+                w.array(2);
+                w.bulk(b"pong");
+                w.bulk(&msg);
+            });
+        } else {
+            match args.get(1) {
+                Some(msg) => self.reply(out, |w| w.bulk(msg)),
+                None => self.reply(out, |w| w.simple("PONG")),
+            }
+        }
+    }
+
+    /// `RESET`: the connection as it was when it opened.
+    pub(super) async fn reset(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        self.end().await;
+        self.txn = Txn::default();
+        self.dedicated = None;
+        self.pubsub = None;
+        self.auth = None;
+        self.name = None;
+        self.proto = Proto::Resp2;
+        self.reply(out, |w| w.simple("RESET"));
+    }
+
+    /// `SELECT 0`: pkv serves database 0 only.
+    pub(super) fn select(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        if &args[1][..] == b"0" {
+            self.reply(out, |w| w.ok());
+        } else {
+            self.reject("ERR pkv serves database 0 only", out);
+        }
+    }
+
+    /// `TIME`
+    pub(super) fn time(&mut self, out: &mut BytesMut) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.reply(out, |w| {
+            w.array(2);
+            w.bulk(now.as_secs().to_string().as_bytes());
+            w.bulk(now.subsec_micros().to_string().as_bytes());
+        });
+    }
+
+    /// `CLIENT SETNAME|GETNAME|SETINFO|NO-TOUCH|NO-EVICT|REPLY|ID|INFO`, and `READONLY`/`READWRITE`.
+    pub(super) fn client(&mut self, local: Local, args: &[Bytes], out: &mut BytesMut) {
+        match local {
+            Local::ClientSetName => {
+                if let Err(msg) = check_client_name(&args[2]) {
+                    return self.reject(&msg, out);
+                }
+                self.name = (!args[2].is_empty()).then(|| args[2].clone());
+                self.reply(out, |w| w.ok());
+            }
+            Local::ClientGetName => {
+                let name = self.name.clone();
+                self.reply(out, |w| match name {
+                    Some(n) => w.bulk(&n),
+                    None => w.null(),
+                });
+            }
+            Local::ClientSetInfo => match check_client_info(&args[2], &args[3]) {
+                Ok(()) => self.reply(out, |w| w.ok()),
+                Err(msg) => self.reject(&msg, out),
+            },
+            Local::ClientNoTouch | Local::ClientNoEvict | Local::ReadOnly | Local::ReadWrite => {
+                self.reply(out, |w| w.ok())
+            }
+            Local::ClientReply => {
+                if args[2].eq_ignore_ascii_case(b"ON") {
+                    self.reply(out, |w| w.ok());
+                } else {
+                    self.reject("ERR pkv supports CLIENT REPLY ON only", out);
+                }
+            }
+            Local::ClientId => {
+                let id = self.id as i64;
+                self.reply(out, |w| w.int(id));
+            }
+            Local::ClientInfo => {
+                let line = self.client_info_line();
+                self.reply(out, |w| w.bulk(line.as_bytes()));
+            }
+            _ => {}
+        }
+    }
+
+    fn client_info_line(&self) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let resp = if self.proto == Proto::Resp3 { 3 } else { 2 };
+        let (sub, psub) = self
+            .pubsub
+            .as_ref()
+            .map_or((0, 0), |s| (s.channels.len(), s.patterns.len()));
+        format!(
+            "id={} addr={} laddr={} fd=0 name={name} db=0 sub={sub} psub={psub} multi={} resp={resp}\n",
+            self.id,
+            self.peer,
+            self.shared.settings.listen,
+            self.txn.multi.as_ref().map_or(-1, |m| m.queued.len() as i64),
+        )
+    }
+}

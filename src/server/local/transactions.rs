@@ -1,0 +1,163 @@
+//! Transactions: MULTI, EXEC, DISCARD, WATCH, UNWATCH. While one is open the session's
+//! commands use its dedicated connection, where Redis keeps the transaction; each queued
+//! command is paid when EXEC's results show what it did.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::commands::{Call, CommandSpec, Local, ReplyRewrite};
+use crate::protocol::frame::Frame;
+use crate::protocol::reply::ReplyWriter;
+use crate::server::session::{Multi, Session, Txn};
+
+impl Session {
+    /// `MULTI`: opens the transaction on the dedicated connection.
+    pub(super) async fn multi(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        match self.run_dedicated(Call::named("MULTI")).await {
+            Ok(Frame::Simple(ref ok)) if &ok[..] == b"OK" => {
+                self.txn.multi = Some(Multi::default());
+                self.reply(out, |w| w.ok());
+            }
+            Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
+            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+        }
+    }
+
+    /// `WATCH key...`, on the dedicated connection.
+    pub(super) async fn watch(
+        &mut self,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        out: &mut BytesMut,
+    ) {
+        self.flush(out).await;
+        let cmd = match self.rewrite(spec, args) {
+            Ok(cmd) => cmd,
+            Err(msg) => return self.reject(&msg, out),
+        };
+        match self.run_dedicated(cmd).await {
+            Ok(value) => {
+                self.txn.watching = !value.is_error();
+                self.write_upstream(out, ReplyRewrite::Plain, value);
+            }
+            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+        }
+    }
+
+    /// `UNWATCH`
+    pub(super) async fn unwatch(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        if self.txn.watching {
+            let result = self.run_dedicated(Call::named("UNWATCH")).await;
+            self.txn.watching = false;
+            if let Err(e) = result {
+                return self.reply(out, |w| w.error(&e.to_string()));
+            }
+        }
+        self.reply(out, |w| w.ok());
+    }
+
+    /// Inside MULTI, keyless commands Redis can queue are forwarded to be queued; commands
+    /// pkv emulates or that change the connection cannot be, and abort the transaction.
+    pub(super) async fn local_in_multi(
+        &mut self,
+        local: Local,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        out: &mut BytesMut,
+    ) {
+        match local {
+            Local::Exec => self.exec(out).await,
+            Local::Discard => {
+                self.flush(out).await;
+                let result = self.run_dedicated(Call::named("DISCARD")).await;
+                if let Some(multi) = self.txn.multi.take() {
+                    self.pay_unexecuted(multi);
+                }
+                self.txn = Txn::default();
+                match result {
+                    Ok(value) => self.write_upstream(out, ReplyRewrite::Plain, value),
+                    Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+                }
+            }
+            Local::Multi => self.reject("ERR MULTI calls can not be nested", out),
+            Local::Watch => self.reject("ERR WATCH inside MULTI is not allowed", out),
+            Local::Ping | Local::Echo | Local::Time => {
+                let call = Call::new(spec, args.to_vec());
+                self.enqueue_plain(call, ReplyRewrite::Plain, out).await;
+            }
+            Local::Quit => {
+                self.reply(out, |w| w.ok());
+                self.closing = true;
+            }
+            _ => {
+                let name = spec.name.to_ascii_lowercase();
+                self.reject(
+                    &format!("ERR '{name}' cannot be used inside MULTI through pkv"),
+                    out,
+                );
+            }
+        }
+    }
+
+    async fn exec(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        let Some(multi) = self.txn.multi.take() else {
+            return;
+        };
+        if multi.aborted {
+            let _ = self.run_dedicated(Call::named("DISCARD")).await;
+            self.txn = Txn::default();
+            self.pay_unexecuted(multi);
+            return self.reply(out, |w| {
+                w.error("EXECABORT Transaction discarded because of previous errors.")
+            });
+        }
+        let result = self.run_dedicated(Call::named("EXEC")).await;
+        self.txn = Txn::default();
+        match result {
+            Ok(Frame::Array(results)) => {
+                // One result per client command; bookkeeping results are read, not shown.
+                // The reply's bytes are EXEC's own; each queued command pays its storage.
+                ReplyWriter::new(out, self.proto).array(multi.queued.len());
+                let mut results = results.into_iter();
+                for pending in multi.queued {
+                    let (before, reply, after) = pending.take_replies(&mut results);
+                    let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+                    self.write_upstream(out, pending.rewrite, reply);
+                    if let Some(bill) = pending.bill {
+                        self.pay(bill, stored, 0, 0);
+                    }
+                }
+            }
+            Err(e) if e.may_have_run() => {
+                // EXEC was sent and its reply lost: the transaction may have run, so each
+                // queued command pays its known cost, storage bound included.
+                for pending in multi.queued {
+                    self.pay_lost(pending.bill, &e, 0);
+                }
+                ReplyWriter::new(out, self.proto).error(&e.to_string());
+            }
+            other => {
+                self.pay_unexecuted(multi);
+                match other {
+                    Ok(Frame::Null | Frame::NullArray) => {
+                        ReplyWriter::new(out, self.proto).null_array()
+                    }
+                    Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
+                    Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Queued commands that never ran pay what they used (their op, request and QUEUED
+    /// reply), and no storage.
+    pub(in crate::server) fn pay_unexecuted(&mut self, multi: Multi) {
+        for pending in multi.queued {
+            if let Some(bill) = pending.bill {
+                self.pay(bill, 0, 0, 0);
+            }
+        }
+    }
+}
