@@ -132,17 +132,40 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// How many calls it sent: its bookkeeping and itself.
+    pub fn calls(&self) -> usize {
+        self.before + 1 + self.after
+    }
+
     /// Takes this command's replies off a pipeline's replies: the bookkeeping before it,
     /// its own, and the bookkeeping after it.
-    pub fn take_replies(
-        &self,
-        values: &mut impl Iterator<Item = Frame>,
-    ) -> (Vec<Frame>, Frame, Vec<Frame>) {
+    pub fn take_replies(&self, values: &mut impl Iterator<Item = Frame>) -> Replies {
         let before = values.by_ref().take(self.before).collect();
         let reply = values.next().unwrap_or_default();
         let after = values.by_ref().take(self.after).collect();
-        (before, reply, after)
+        Replies {
+            before,
+            reply,
+            after,
+        }
     }
+}
+
+/// A command's replies: the client's, and the bookkeeping around it that only the meter
+/// reads.
+pub struct Replies {
+    pub before: Vec<Frame>,
+    pub reply: Frame,
+    pub after: Vec<Frame>,
+}
+
+/// What a completed command pays for its reply bytes and upstream time.
+#[derive(Debug, Clone, Copy)]
+pub enum Share {
+    /// Its own reply bytes, and this share of the upstream's time.
+    Own { time_us: u64 },
+    /// Nothing more: it ran in a transaction, and EXEC's bill holds the bytes and time.
+    InExec,
 }
 
 /// The reply to a client blocked in a command when pkv shuts down. Redis answers a wait it
@@ -742,70 +765,124 @@ impl Session {
                 }
                 Slot::Upstream(pending) => pending,
             };
-            let values = match &mut replies {
-                Ok(values) => values,
+            let time_us = shares.next();
+            match &mut replies {
+                Ok(values) => {
+                    let replies = pending.take_replies(values);
+                    if self.txn.multi.is_some() {
+                        self.queue_in_multi(pending, replies, time_us, out);
+                    } else {
+                        let written = self.complete(pending, replies, Share::Own { time_us }, out);
+                        largest = largest.max(written);
+                    }
+                }
                 Err(err) => {
                     let err = err.clone();
-                    let mine: Vec<&Call> = sent
-                        .by_ref()
-                        .take(pending.before + 1 + pending.after)
-                        .collect();
-                    ReplyWriter::new(out, self.proto).error(&err.to_string());
-                    if queuing {
-                        self.cancel(pending.bill);
-                        continue;
-                    }
-                    if err.may_have_run()
-                        && pending
-                            .bill
-                            .as_ref()
-                            .is_some_and(|b| b.rule == After::Store)
-                    {
-                        let after = mine.iter().skip(pending.before + 1);
-                        self.measure_store_later(after.map(|c| (*c).clone()).collect());
-                    }
-                    self.pay_lost(pending.bill, &err, shares.next());
-                    continue;
+                    let mine: Vec<&Call> = sent.by_ref().take(pending.calls()).collect();
+                    self.fail(pending, &mine, &err, time_us, queuing, out);
                 }
-            };
-            let (before, reply, after) = pending.take_replies(values);
-            let time_us = shares.next();
-            let start = out.len();
-            if self.txn.multi.is_some() {
-                // Queued: the client sees QUEUED now; the bill waits for EXEC.
-                let queued =
-                    reply == Frame::QUEUED && before.iter().chain(&after).all(|v| !v.is_error());
-                let mut pending = pending;
-                self.write_upstream(out, ReplyRewrite::Plain, reply);
-                if queued {
-                    if let Some(bill) = pending.bill.as_mut() {
-                        bill.usage.bytes_out += (out.len() - start) as u64;
-                        bill.usage.time_us += time_us;
-                    }
-                } else {
-                    self.cancel(pending.bill.take());
-                }
-                if let Some(multi) = self.txn.multi.as_mut() {
-                    multi.aborted |= !queued;
-                    if queued {
-                        multi.queued.push(pending);
-                    }
-                }
-                continue;
-            }
-            let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
-            let ran = !meter::did_not_run(&reply);
-            self.write_upstream(out, pending.rewrite, reply);
-            largest = largest.max(out.len() - start);
-            match pending.bill {
-                Some(bill) if ran => self.pay(bill, stored, out.len() - start, time_us),
-                bill => self.cancel(bill),
             }
         }
         let budget = self.shared.settings.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
         self.batch_cap = (self.batch_cap * 2)
             .min(MAX_BATCH)
             .min((budget / largest.max(1)).max(1));
+    }
+
+    /// Completes a command whose replies came back, whichever way it ran (in a batch, on
+    /// the dedicated connection, in a transaction): writes its reply as the client names
+    /// things, and settles its bill with the storage its bookkeeping replies show and what
+    /// `share` says of its reply bytes and upstream time. A command the upstream says it
+    /// did not run ([`meter::did_not_run`]) gets its reservation back. Returns the bytes
+    /// written.
+    pub(super) fn complete(
+        &mut self,
+        pending: Pending,
+        replies: Replies,
+        share: Share,
+        out: &mut BytesMut,
+    ) -> usize {
+        let Replies {
+            before,
+            reply,
+            after,
+        } = replies;
+        let start = out.len();
+        let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
+        let ran = !meter::did_not_run(&reply);
+        self.write_upstream(out, pending.rewrite, reply);
+        let written = out.len() - start;
+        let (bytes_out, time_us) = match share {
+            Share::Own { time_us } => (written, time_us),
+            Share::InExec => (0, 0),
+        };
+        match pending.bill {
+            Some(bill) if ran => self.pay(bill, stored, bytes_out, time_us),
+            bill => self.cancel(bill),
+        }
+        written
+    }
+
+    /// Settles a command whose replies never came (`err`); the client gets the error. A
+    /// command only being queued in a transaction never runs (Redis drops the transaction
+    /// with its connection) and gets its reservation back; one that may have run pays its
+    /// known cost, and a store's size (`sent` are its calls) is measured later.
+    fn fail(
+        &mut self,
+        pending: Pending,
+        sent: &[&Call],
+        err: &BackendError,
+        time_us: u64,
+        queuing: bool,
+        out: &mut BytesMut,
+    ) {
+        ReplyWriter::new(out, self.proto).error(&err.to_string());
+        if queuing {
+            return self.cancel(pending.bill);
+        }
+        if err.may_have_run()
+            && pending
+                .bill
+                .as_ref()
+                .is_some_and(|b| b.rule == After::Store)
+        {
+            let after = sent.iter().skip(pending.before + 1);
+            self.measure_store_later(after.map(|c| (*c).clone()).collect());
+        }
+        self.pay_lost(pending.bill, err, time_us);
+    }
+
+    /// A command sent inside MULTI: the client sees its `QUEUED` (or the error that aborts
+    /// the transaction) now; its bill, with these bytes and time, waits for EXEC.
+    fn queue_in_multi(
+        &mut self,
+        mut pending: Pending,
+        replies: Replies,
+        time_us: u64,
+        out: &mut BytesMut,
+    ) {
+        let Replies {
+            before,
+            reply,
+            after,
+        } = replies;
+        let queued = reply == Frame::QUEUED && before.iter().chain(&after).all(|v| !v.is_error());
+        let start = out.len();
+        self.write_upstream(out, ReplyRewrite::Plain, reply);
+        if queued {
+            if let Some(bill) = pending.bill.as_mut() {
+                bill.usage.bytes_out += (out.len() - start) as u64;
+                bill.usage.time_us += time_us;
+            }
+        } else {
+            self.cancel(pending.bill.take());
+        }
+        if let Some(multi) = self.txn.multi.as_mut() {
+            multi.aborted |= !queued;
+            if queued {
+                multi.queued.push(pending);
+            }
+        }
     }
 
     /// Step 6: rewrites an upstream reply and writes it.
@@ -933,23 +1010,15 @@ impl Session {
                 }
             }
             Waited::Answered(values) => {
-                let mut values = values.into_iter();
-                let (before, reply, after) = pending.take_replies(&mut values);
-                let start = out.len();
-                let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
-                let ran = !meter::did_not_run(&reply);
-                self.write_upstream(out, pending.rewrite, reply);
-                match pending.bill {
-                    Some(bill) if ran => self.pay(bill, stored, out.len() - start, waited),
-                    bill => self.cancel(bill),
-                }
+                let replies = pending.take_replies(&mut values.into_iter());
+                self.complete(pending, replies, Share::Own { time_us: waited }, out);
             }
             Waited::Failed(err) => {
                 self.dedicated = None;
                 self.txn = Txn::default();
                 Metrics::inc(&self.shared.metrics.upstream_errors_total);
-                ReplyWriter::new(out, self.proto).error(&err.to_string());
-                self.pay_lost(pending.bill, &err, waited);
+                let sent: Vec<&Call> = cmds.iter().collect();
+                self.fail(pending, &sent, &err, waited, false, out);
             }
         }
     }

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use crate::commands::{Call, CommandSpec, Local, ReplyRewrite};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
-use crate::server::session::{Multi, Session, Txn};
+use crate::server::session::{Multi, Session, Share, Txn};
 
 impl Session {
     /// `MULTI`: opens the transaction on the dedicated connection.
@@ -122,12 +122,8 @@ impl Session {
                 ReplyWriter::new(out, self.proto).array(multi.queued.len());
                 let mut results = results.into_iter();
                 for pending in multi.queued {
-                    let (before, reply, after) = pending.take_replies(&mut results);
-                    let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
-                    self.write_upstream(out, pending.rewrite, reply);
-                    if let Some(bill) = pending.bill {
-                        self.pay(bill, stored, 0, 0);
-                    }
+                    let replies = pending.take_replies(&mut results);
+                    self.complete(pending, replies, Share::InExec, out);
                 }
             }
             Err(e) if e.may_have_run() => {
