@@ -1,7 +1,7 @@
 //! A command ready for a backend: its row of the command table, resolved once, and its
 //! arguments (the name first), keys already in the account's namespace.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::CommandSpec;
 
@@ -56,30 +56,44 @@ impl Call {
     pub fn encode(&self, out: &mut BytesMut) {
         let size: usize = self.args.iter().map(|a| a.len() + 16).sum();
         out.reserve(size + 16);
-        header(out, b'*', self.args.len());
+        out.extend_from_slice(header(b'*', self.args.len()).as_slice());
         for arg in &self.args {
-            header(out, b'$', arg.len());
-            out.put_slice(arg);
-            out.put_slice(b"\r\n");
+            out.extend_from_slice(header(b'$', arg.len()).as_slice());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
 
-fn header(out: &mut BytesMut, marker: u8, n: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
+/// A header line (`*3\r\n`, `$5\r\n`), made on the stack.
+struct Header {
+    bytes: [u8; 24],
+    start: usize,
+}
+
+impl Header {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+fn header(marker: u8, n: usize) -> Header {
+    let mut bytes = [0u8; 24];
+    bytes[22] = b'\r';
+    bytes[23] = b'\n';
+    let mut at = 22;
     let mut n = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
+        bytes[at] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.put_u8(marker);
-    out.put_slice(&digits[at..]);
-    out.put_slice(b"\r\n");
+    at -= 1;
+    bytes[at] = marker;
+    Header { bytes, start: at }
 }
 
 #[cfg(test)]

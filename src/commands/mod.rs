@@ -117,8 +117,33 @@ pub fn position(spec: &CommandSpec) -> Option<usize> {
     .then_some(at)
 }
 
-fn index() -> &'static HashMap<&'static str, &'static CommandSpec> {
-    static INDEX: OnceLock<HashMap<&'static str, &'static CommandSpec>> = OnceLock::new();
+/// FNV-1a, for the table's index. The index is built once from the table and never grows,
+/// so a name a client picks cannot make it slower; what matters is that hashing a short
+/// name is cheap on every request.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type Index = HashMap<&'static str, &'static CommandSpec, std::hash::BuildHasherDefault<Fnv>>;
+
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| table::TABLE.iter().map(|spec| (spec.name, spec)).collect())
 }
 

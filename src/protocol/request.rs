@@ -92,6 +92,10 @@ pub fn parse(buf: &mut BytesMut, limits: Limits) -> Result<Option<Request>, Prot
     parse_resuming(buf, limits, &mut Progress::default())
 }
 
+/// Spans a connection keeps room for between requests (a request with more arguments
+/// allocates its own).
+const SPANS_KEPT: usize = 64;
+
 /// [`parse`] that resumes where the last call on the same buffer stopped.
 pub fn parse_resuming(
     buf: &mut BytesMut,
@@ -104,7 +108,16 @@ pub fn parse_resuming(
         Some(_) => parse_inline(buf, limits, progress),
     };
     if !matches!(result, Ok(None)) {
-        *progress = Progress::default();
+        // Starts over for the next request, keeping a small list of spans for it.
+        let mut spans = std::mem::take(&mut progress.spans);
+        spans.clear();
+        if spans.capacity() > SPANS_KEPT {
+            spans = Vec::new();
+        }
+        *progress = Progress {
+            spans,
+            ..Progress::default()
+        };
     }
     result
 }
@@ -168,7 +181,8 @@ fn parse_multibulk(
                 }));
             }
             p.pos = end + 2;
-            p.spans = Vec::with_capacity((count as usize).min(64));
+            p.spans.clear();
+            p.spans.reserve((count as usize).min(SPANS_KEPT));
             p.count = Some(count as usize);
             count as usize
         }
@@ -217,9 +231,8 @@ fn parse_multibulk(
         p.pos = stop + 2;
     }
     let pos = p.pos;
-    let spans = std::mem::take(&mut p.spans);
     let frame = buf.split_to(pos).freeze();
-    let args = spans.into_iter().map(|(a, b)| frame.slice(a..b)).collect();
+    let args = p.spans.iter().map(|&(a, b)| frame.slice(a..b)).collect();
     Ok(Some(Request {
         args,
         wire_len: pos,

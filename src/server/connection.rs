@@ -35,6 +35,9 @@ const READ_CHUNK: usize = 4096;
 /// What a subscriber is told when its token expires, before it is closed.
 const TOKEN_EXPIRED: &str = "NOAUTH token expired; AUTH again";
 
+/// A timer that never fires in practice, for a connection without an idle timeout.
+const IDLE_NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+
 /// Replies are written to the client as soon as this many bytes are ready.
 const OUT_HIGH_WATER: usize = 1 << 20;
 
@@ -115,6 +118,15 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     // the front of `inbuf` has been arriving.
     let mut unauthenticated_since = Some(Instant::now());
     let mut request_since: Option<Instant> = None;
+    // Made once for the connection: a timer or a watch made on every pass of the loop
+    // would cost more than serving a small request.
+    let stopping = shared.stopping();
+    tokio::pin!(stopping);
+    // The idle timer is re-armed only when it fires, from the last time the client was
+    // active.
+    let mut active_at = Instant::now();
+    let idle_timer = tokio::time::sleep(idle.unwrap_or(IDLE_NEVER));
+    tokio::pin!(idle_timer);
     'conn: loop {
         session.tick();
         loop {
@@ -191,12 +203,6 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             break;
         }
         let subscribed = session.is_waiting_for_messages();
-        let idle_wait = async {
-            match idle {
-                Some(d) if !subscribed => tokio::time::sleep(d).await,
-                _ => std::future::pending().await,
-            }
-        };
         let expires_in = session.subscription_expires_in();
         let token_expiry = async {
             match expires_in {
@@ -216,7 +222,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             .zip(settings.request_timeout)
             .map(|(t, d)| t + d);
         tokio::select! {
-            _ = shared.stopping() => {
+            biased;
+            _ = &mut stopping => {
                 session.pay_unfinished(io.inbuf.len());
                 break;
             }
@@ -225,7 +232,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     session.pay_unfinished(io.inbuf.len());
                     break;
                 }
-                Ok(_) => {}
+                Ok(_) => active_at = Instant::now(),
             },
             // A subscriber whose token expired is told and closed, as Redis closes clients
             // whose permissions are revoked: nothing more reaches it, and its client library
@@ -239,7 +246,10 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
                     break;
                 }
-                Some(message) => session.deliver(message, &mut out),
+                Some(message) => {
+                    active_at = Instant::now();
+                    session.deliver(message, &mut out);
+                }
                 None if session.subscriber_cut_off() => {
                     tracing::info!(%peer, "subscriber not reading past PKV_MAX_SUBSCRIBER_BYTES; disconnected");
                     break;
@@ -249,9 +259,13 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     break;
                 }
             },
-            _ = idle_wait => {
-                session.pay_unfinished(io.inbuf.len());
-                break;
+            _ = &mut idle_timer, if idle.is_some() && !subscribed => {
+                let limit = idle.unwrap_or(IDLE_NEVER);
+                if active_at.elapsed() >= limit {
+                    session.pay_unfinished(io.inbuf.len());
+                    break;
+                }
+                idle_timer.as_mut().reset((active_at + limit).into());
             }
             _ = evicted => {
                 goodbye(&wr, session.proto, &mut out, "ERR max number of unauthenticated clients reached; the oldest is closed to make room");

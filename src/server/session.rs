@@ -464,14 +464,15 @@ impl Session {
             after: plan.after.len(),
             bill,
         };
-        // In pipeline order: bookkeeping before, the command, bookkeeping after.
-        let mut cmds = plan.before;
-        cmds.push(cmd);
-        cmds.extend(plan.after);
         if blocks {
+            // In pipeline order: bookkeeping before, the command, bookkeeping after.
+            let mut cmds = plan.before;
+            cmds.push(cmd);
+            cmds.extend(plan.after);
             return self.run_blocking(cmds, pending, wait_limit, out, io).await;
         }
-        self.enqueue(cmds, pending, out).await;
+        self.enqueue(plan.before, cmd, plan.after, pending, out)
+            .await;
     }
 
     /// The TTL policy now.
@@ -684,11 +685,20 @@ impl Session {
             .map_or(0, |d| d.as_millis() as i64);
     }
 
-    /// Adds a command, with its bookkeeping commands around it (`cmds`, in pipeline order,
-    /// as `pending` counts them), to the batch. Inside MULTI
-    /// the client's reply is `QUEUED`; the command waits in the transaction for EXEC.
-    pub(super) async fn enqueue(&mut self, cmds: Vec<Call>, pending: Pending, out: &mut BytesMut) {
-        self.batch.calls.extend(cmds);
+    /// Adds a command, with its bookkeeping commands around it (as `pending` counts them),
+    /// to the batch. Inside MULTI the client's reply is `QUEUED`; the command waits in the
+    /// transaction for EXEC.
+    pub(super) async fn enqueue(
+        &mut self,
+        before: Vec<Call>,
+        cmd: Call,
+        after: Vec<Call>,
+        pending: Pending,
+        out: &mut BytesMut,
+    ) {
+        self.batch.calls.extend(before);
+        self.batch.calls.push(cmd);
+        self.batch.calls.extend(after);
         self.batch.slots.push(Slot::Upstream(pending));
         if self.batch.calls.len() >= self.batch_cap {
             self.flush(out).await;
@@ -708,7 +718,8 @@ impl Session {
             after: 0,
             bill: None,
         };
-        self.enqueue(vec![cmd], pending, out).await;
+        self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
+            .await;
     }
 
     /// Sends the batch upstream and writes every owed reply, in order.
@@ -716,7 +727,9 @@ impl Session {
         if self.batch.slots.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        // The batch's vectors are kept for the next one, so that a connection's steady
+        // traffic allocates none.
+        let mut batch = std::mem::take(&mut self.batch);
         let started = std::time::Instant::now();
         let replies = if batch.calls.is_empty() {
             Ok(Vec::new())
@@ -757,7 +770,7 @@ impl Session {
         // What was sent, in order: read only when the replies were lost (then every
         // command of the batch goes through that path).
         let mut sent = batch.calls.iter();
-        for slot in batch.slots {
+        for slot in batch.slots.drain(..) {
             let pending = match slot {
                 Slot::Ready(bytes) => {
                     out.extend_from_slice(&bytes);
@@ -782,6 +795,10 @@ impl Session {
                     self.fail(pending, &mine, &err, time_us, queuing, out);
                 }
             }
+        }
+        batch.calls.clear();
+        if self.batch.slots.is_empty() {
+            self.batch = batch;
         }
         let budget = self.shared.settings.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
         self.batch_cap = (self.batch_cap * 2)

@@ -12,15 +12,19 @@
 //! fail with [`BackendError::Unavailable`], since nothing is sent. The pool then makes a new
 //! one. When the last handle is dropped the socket is closed, which also ends any blocking
 //! command still waiting upstream.
+//!
+//! The response timeout of a shared connection is kept by its reader, not by each request:
+//! one timer, re-armed only when it fires, checks how long the oldest batch has waited. A
+//! timer per request would cost more than the rest of a request's work on the proxy side.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, Notify};
 
 use crate::backend::BackendError;
@@ -32,7 +36,32 @@ use crate::protocol::Proto;
 const READ_CHUNK: usize = 16 * 1024;
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The write half of the socket. Concrete, so that a write can be tried without waiting.
+enum Writer {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    #[cfg(unix)]
+    Unix(tokio::net::unix::OwnedWriteHalf),
+}
+
+impl Writer {
+    /// Writes what the socket takes now, without waiting.
+    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Writer::Tcp(w) => w.try_write(bytes),
+            #[cfg(unix)]
+            Writer::Unix(w) => w.try_write(bytes),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(bytes).await,
+            #[cfg(unix)]
+            Writer::Unix(w) => w.write_all(bytes).await,
+        }
+    }
+}
 
 /// A handle to one upstream connection; clones share it.
 #[derive(Clone)]
@@ -57,12 +86,16 @@ struct Queue {
     broken: AtomicBool,
     /// Wakes the reader to stop.
     stop: Notify,
+    /// Wakes a writer waiting for the socket, when the connection breaks.
+    broke: Notify,
 }
 
 struct Waiter {
     count: usize,
     frames: Vec<Frame>,
     reply: oneshot::Sender<Result<Vec<Frame>, String>>,
+    /// When the batch was queued, for the response timeout.
+    since: Instant,
 }
 
 impl Queue {
@@ -74,6 +107,7 @@ impl Queue {
     fn break_with(&self, why: &str) {
         self.broken.store(true, Ordering::Release);
         self.stop.notify_one();
+        self.broke.notify_waiters();
         let waiting = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()));
         for waiter in waiting {
             let _ = waiter.reply.send(Err(why.to_owned()));
@@ -94,6 +128,12 @@ impl Queue {
             }
         }
         true
+    }
+
+    /// When the oldest batch waiting started waiting.
+    fn oldest(&self) -> Option<Instant> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.front().map(|w| w.since)
     }
 }
 
@@ -118,18 +158,20 @@ impl Drop for WriteGuard<'_> {
 
 impl Conn {
     /// Connects to the upstream in `info`, speaking `proto`, and runs the handshake its URL
-    /// asks for (`HELLO 3`, `AUTH`, `SELECT`).
+    /// asks for (`HELLO 3`, `AUTH`, `SELECT`), all within `connect_timeout`. With a
+    /// `response_timeout`, a batch whose replies take longer breaks the connection.
     pub async fn connect(
         info: &ConnectionInfo,
         proto: Proto,
-        timeout: Duration,
+        connect_timeout: Duration,
+        response_timeout: Option<Duration>,
     ) -> Result<Conn, BackendError> {
-        let (reader, writer) = tokio::time::timeout(timeout, open(info.addr()))
+        let (reader, writer) = tokio::time::timeout(connect_timeout, open(info.addr()))
             .await
             .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
         let queue = Arc::new(Queue::default());
-        tokio::spawn(read_replies(reader, queue.clone()));
+        tokio::spawn(read_replies(reader, queue.clone(), response_timeout));
         let conn = Conn {
             inner: Arc::new(Inner {
                 out: tokio::sync::Mutex::new(Out {
@@ -141,7 +183,9 @@ impl Conn {
         };
         let handshake = handshake(info, proto);
         if !handshake.is_empty() {
-            let replies = conn.send(&handshake, Some(timeout)).await?;
+            let replies = tokio::time::timeout(connect_timeout, conn.send(&handshake))
+                .await
+                .map_err(|_| BackendError::Unavailable("handshake timed out".into()))??;
             if let Some(Frame::Error(line)) = replies.iter().find(|f| f.is_error()) {
                 return Err(BackendError::Unavailable(format!(
                     "handshake refused: {}",
@@ -157,29 +201,12 @@ impl Conn {
         self.inner.queue.is_broken()
     }
 
-    /// Sends a batch in one write and waits for its replies, one per call, in order; at
-    /// most `timeout` for the whole, after which the connection is broken (every later
-    /// reply would queue behind the one that did not come).
-    pub async fn send(
-        &self,
-        calls: &[Call],
-        timeout: Option<Duration>,
-    ) -> Result<Vec<Frame>, BackendError> {
+    /// Sends a batch in one write and waits for its replies, one per call, in order.
+    pub async fn send(&self, calls: &[Call]) -> Result<Vec<Frame>, BackendError> {
         if calls.is_empty() {
             return Ok(Vec::new());
         }
-        let exchange = self.exchange(calls);
-        let result = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, exchange).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.inner.queue.break_with("timed out");
-                    return Err(BackendError::Lost("timed out".into()));
-                }
-            },
-            None => exchange.await,
-        };
-        result
+        self.exchange(calls).await
     }
 
     async fn exchange(&self, calls: &[Call]) -> Result<Vec<Frame>, BackendError> {
@@ -203,11 +230,39 @@ impl Conn {
                     count: calls.len(),
                     frames: Vec::with_capacity(calls.len()),
                     reply: tx,
+                    since: Instant::now(),
                 });
             let mut guard = WriteGuard(Some(queue));
-            if let Err(e) = out.writer.write_all(&out.buf).await {
-                drop(guard);
-                return Err(BackendError::Lost(e.to_string()));
+            let written = match out.writer.try_write(&out.buf) {
+                Ok(n) => Ok(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+                Err(e) => Err(e),
+            };
+            let rest = match written {
+                Ok(n) => &out.buf[n..],
+                Err(e) => {
+                    drop(guard);
+                    return Err(BackendError::Lost(e.to_string()));
+                }
+            };
+            if !rest.is_empty() {
+                // The upstream is not reading: wait for it, unless the connection breaks
+                // meanwhile (the reader's timeout).
+                let broke = queue.broke.notified();
+                tokio::pin!(broke);
+                broke.as_mut().enable();
+                if queue.is_broken() {
+                    drop(guard);
+                    return Err(BackendError::Lost("connection lost".into()));
+                }
+                let result = tokio::select! {
+                    written = out.writer.write_all(rest) => written.map_err(|e| e.to_string()),
+                    _ = broke => Err("timed out".to_owned()),
+                };
+                if let Err(why) = result {
+                    drop(guard);
+                    return Err(BackendError::Lost(why));
+                }
             }
             guard.0 = None;
             // Large batches leave a large buffer behind; keep an ordinary one.
@@ -255,13 +310,13 @@ async fn open(addr: &ConnectionAddr) -> std::io::Result<(Reader, Writer)> {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
             let (r, w) = stream.into_split();
-            Ok((Box::new(r), Box::new(w)))
+            Ok((Box::new(r), Writer::Tcp(w)))
         }
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await?;
             let (r, w) = stream.into_split();
-            Ok((Box::new(r), Box::new(w)))
+            Ok((Box::new(r), Writer::Unix(w)))
         }
         other => Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
@@ -271,17 +326,33 @@ async fn open(addr: &ConnectionAddr) -> std::io::Result<(Reader, Writer)> {
 }
 
 /// The connection's reader: decodes replies and hands them to the waiting batches until
-/// the connection breaks or its last handle is dropped.
-async fn read_replies(mut reader: Reader, queue: Arc<Queue>) {
+/// the connection breaks or its last handle is dropped. With a `timeout`, it breaks the
+/// connection when the oldest batch has waited longer.
+async fn read_replies(mut reader: Reader, queue: Arc<Queue>, timeout: Option<Duration>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut decoder = Decoder::default();
+    // Armed for a timeout from now; when it fires it looks at the oldest batch, and is
+    // re-armed for when that one would time out.
+    let watchdog = tokio::time::sleep(timeout.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(watchdog);
     let why = loop {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
+            biased;
             read = reader.read_buf(&mut buf) => read,
             _ = queue.stop.notified() => break "connection closed".to_owned(),
+            _ = &mut watchdog, if timeout.is_some() => {
+                let limit = timeout.unwrap_or_default();
+                let now = Instant::now();
+                match queue.oldest() {
+                    Some(since) if now.duration_since(since) >= limit => break "timed out".to_owned(),
+                    Some(since) => watchdog.as_mut().reset((since + limit).into()),
+                    None => watchdog.as_mut().reset((now + limit).into()),
+                }
+                continue;
+            }
         };
         match read {
             Ok(0) => break "connection closed by the upstream".to_owned(),

@@ -73,9 +73,16 @@ impl Upstream {
     pub async fn send(&self, proto: Proto, calls: &[Call]) -> Result<Vec<Frame>, BackendError> {
         let pool = &self.pools[proto as usize];
         let (slot, conn) = pool
-            .get(|| Conn::connect(&self.info, proto, CONNECT_TIMEOUT))
+            .get(|| {
+                Conn::connect(
+                    &self.info,
+                    proto,
+                    CONNECT_TIMEOUT,
+                    Some(self.response_timeout),
+                )
+            })
             .await?;
-        let result = conn.send(calls, Some(self.response_timeout)).await;
+        let result = conn.send(calls).await;
         if conn.is_broken() {
             // Timed out or lost: every later reply on this connection would queue behind
             // the one that never came.
@@ -88,7 +95,7 @@ impl Upstream {
     /// may wait as long as they asked to). Dropping it closes it, which also ends any
     /// blocking command still waiting upstream.
     pub async fn connect_dedicated(&self, proto: Proto) -> Result<Dedicated, BackendError> {
-        let conn = Conn::connect(&self.info, proto, CONNECT_TIMEOUT).await?;
+        let conn = Conn::connect(&self.info, proto, CONNECT_TIMEOUT, None).await?;
         Ok(Dedicated { conn })
     }
 
@@ -207,6 +214,6 @@ impl backend::Dedicated for Dedicated {
         &'a mut self,
         calls: &'a [Call],
     ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
-        Box::pin(self.conn.send(calls, None))
+        Box::pin(self.conn.send(calls))
     }
 }
