@@ -298,8 +298,10 @@ fn clients_that_send_half_a_command_and_vanish_leave_nothing_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let rss_after = pkv.rss_kib();
+    // Measured growth: 232 to 396 KiB over twelve runs. 4 MiB is ten times that, and a
+    // sixth of the 25 MiB sent: a leak of 32 KiB a connection (6.5 MiB) fails it.
     assert!(
-        rss_after < rss_before + 64 * 1024,
+        rss_after < rss_before + 4 * 1024,
         "pkv grew from {} to {}",
         kib(rss_before),
         kib(rss_after)
