@@ -15,6 +15,7 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 struct Setup {
     pkv: Server,
+    issuer: Issuer,
     token: String,
 }
 
@@ -23,7 +24,7 @@ impl Setup {
         let issuer = Issuer::new();
         let pkv = PkvConfig::embedded(&issuer).start();
         let token = issuer.token(1000);
-        Setup { pkv, token }
+        Setup { pkv, issuer, token }
     }
 
     fn client(&self) -> redis::Connection {
@@ -76,6 +77,24 @@ fn command(args: &[&str]) -> redis::Cmd {
 fn wait<T>(rx: &mpsc::Receiver<(T, Duration)>) -> (T, Duration) {
     rx.recv_timeout(Duration::from_secs(10))
         .expect("the blocked client answered within 10 s")
+}
+
+/// INFO's `blocked_clients` is the account's own: it counts a connection while it waits,
+/// not once it is answered, and another account sees none of it.
+#[test]
+fn info_counts_the_accounts_own_blocked_clients() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["BLPOP", "q", "10"]);
+    s.blocked(1);
+    s.pkv.wait_blocked(&s.issuer.token(10), 0);
+    s.run(&["RPUSH", "q", "x"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![bulk("q"), bulk("x")]),
+        "the waiter got the element"
+    );
+    s.blocked(0);
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
+use common::{ClosedPort, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
 
 /// A redis-server started with extra arguments (an eviction policy, a renamed command),
 /// so the setting is in force before anyone can connect.
@@ -210,13 +210,16 @@ fn a_ledger_url_needs_an_upstream() {
 /// answers, and an evicting one stops pkv with the same line.
 #[test]
 fn an_upstream_down_at_start_up_is_checked_when_it_comes_up() {
-    let port = free_port();
+    let down = ClosedPort::new();
+    let port = down.port;
     let issuer = Issuer::new();
     let config = config_for(&format!("redis://127.0.0.1:{port}"), &issuer);
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = config.command(dir.path());
     cmd.stderr(Stdio::piped());
-    let Pkv { ref mut child, .. } = Pkv::spawn(cmd, dir);
+    let mut pkv = Pkv::spawn(cmd, dir);
+    let child = &mut pkv.child;
+    drop(down);
     let _redis = ConfiguredRedis::start_on(port, &["--maxmemory-policy", "allkeys-random"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -346,7 +349,8 @@ fn an_unknown_variable_in_the_environment_is_a_warning_but_not_in_dot_env() {
         .set("PKV_PORT", "tcp://10.0.0.7:6380")
         .command(dir.path());
     cmd.stderr(Stdio::piped());
-    let Pkv { ref mut child, .. } = Pkv::spawn(cmd, dir);
+    let mut pkv = Pkv::spawn(cmd, dir);
+    let child = &mut pkv.child;
     let _ = child.kill();
     let _ = child.wait();
     let mut stderr = String::new();

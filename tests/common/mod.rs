@@ -33,6 +33,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port held closed: bound but not listening, so a connection to it is refused as by a
+/// server that is down, and no other process can take it until this drops. For a server
+/// that a test starts on the port later, after telling pkv where it will be.
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        ClosedPort {
+            port,
+            _socket: socket,
+        }
+    }
+}
+
 /// Polls `ready` every 10 ms until it holds, for up to 10 s; panics with `what` if it
 /// never does. For tests that wait for a state pkv reaches a moment after a reply (a
 /// connection counted, a charge settled, a client blocked).
