@@ -178,15 +178,6 @@ fn serve() -> i32 {
         }
     };
     runtime.block_on(async move {
-        // The ledger must be out of reach of eviction before a client is served.
-        let timeout = settings.upstream_timeout;
-        let unchecked = match eviction::check(eviction::targets(&settings), timeout).await {
-            Ok(unchecked) => unchecked,
-            Err(line) => {
-                eprintln!("pkv: {line}");
-                return 2;
-            }
-        };
         let listener = match tokio::net::TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -194,66 +185,102 @@ fn serve() -> i32 {
                 return 1;
             }
         };
-        let listen = listener.local_addr().unwrap_or(settings.listen);
-        let shared = match Shared::new(settings) {
-            Ok(s) => Arc::new(s),
-            Err(e) => {
-                eprintln!("pkv: {e}");
-                return 2;
-            }
-        };
-        if shared.settings.dev_mode {
-            print_dev_banner(&shared.settings, listen);
-        }
-        if let Some(addr) = shared.settings.metrics_listen {
-            let metrics = shared.clone();
-            tokio::spawn(async move {
-                if let Err(e) =
-                    crate::metrics::serve_http(addr, Arc::new(move || metrics.metrics.render()))
-                        .await
-                {
-                    tracing::error!(error = %e, "metrics endpoint stopped");
-                }
-            });
-        }
-        match shared.settings.upstream_url.as_deref() {
-            Some(url) => tracing::info!(%listen, upstream = %redact(url), "pkv listening"),
-            None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
-        }
-        println!("pkv listening on {listen}");
-        // A Redis that was down at start-up is checked when it answers; a policy that
-        // would evict the ledger then stops pkv like it would have stopped start-up.
-        let refused = std::sync::OnceLock::new();
-        let late_check = async {
-            if unchecked.is_empty() {
-                return std::future::pending().await;
-            }
-            let line = eviction::watch(unchecked, timeout).await;
-            tracing::error!("{line}; stopping");
-            let _ = refused.set(line);
-        };
-        let stop = async {
-            tokio::select! {
-                _ = shutdown_signal() => {},
-                _ = late_check => {},
-            }
-        };
-        let served = server::serve(shared, listener, stop).await;
-        if let Some(line) = refused.get() {
+        run(settings, listener, shutdown_signal()).await
+    })
+}
+
+/// Serves clients from `listener`, which the caller has already bound, until `shutdown`
+/// resolves; returns the process exit code. `settings` are taken as given (the binary
+/// loads them from files and the environment; tests build them from a map), so several
+/// servers can run in one process, each on a port it could not lose between choosing and
+/// binding it. The address actually bound (`PKV_LISTEN` may name port 0) is printed as
+/// `pkv listening on ADDR`, and the metrics endpoint's as `pkv metrics listening on ADDR`.
+pub async fn run(
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> i32 {
+    // The ledger must be out of reach of eviction before a client is served.
+    let timeout = settings.upstream_timeout;
+    let unchecked = match eviction::check(eviction::targets(&settings), timeout).await {
+        Ok(unchecked) => unchecked,
+        Err(line) => {
             eprintln!("pkv: {line}");
             return 2;
         }
-        match served {
-            Ok(()) => {
-                tracing::info!("pkv stopped");
-                0
-            }
-            Err(e) => {
-                eprintln!("pkv: stopped, but {e}");
-                1
-            }
+    };
+    let listen = listener.local_addr().unwrap_or(settings.listen);
+    let shared = match Shared::new(settings) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("pkv: {e}");
+            return 2;
         }
-    })
+    };
+    if shared.settings.dev_mode {
+        print_dev_banner(&shared.settings, listen);
+    }
+    if let Some(addr) = shared.settings.metrics_listen {
+        let metrics_listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("pkv: PKV_METRICS_LISTEN: cannot listen on {addr}: {e}");
+                return 1;
+            }
+        };
+        println!(
+            "pkv metrics listening on {}",
+            metrics_listener.local_addr().unwrap_or(addr)
+        );
+        let metrics = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve_http(
+                metrics_listener,
+                Arc::new(move || metrics.metrics.render()),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    match shared.settings.upstream_url.as_deref() {
+        Some(url) => tracing::info!(%listen, upstream = %redact(url), "pkv listening"),
+        None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
+    }
+    println!("pkv listening on {listen}");
+    // A Redis that was down at start-up is checked when it answers; a policy that
+    // would evict the ledger then stops pkv like it would have stopped start-up.
+    let refused = std::sync::OnceLock::new();
+    let late_check = async {
+        if unchecked.is_empty() {
+            return std::future::pending().await;
+        }
+        let line = eviction::watch(unchecked, timeout).await;
+        tracing::error!("{line}; stopping");
+        let _ = refused.set(line);
+    };
+    let stop = async {
+        tokio::select! {
+            () = shutdown => {},
+            () = late_check => {},
+        }
+    };
+    let served = server::serve(shared, listener, stop).await;
+    if let Some(line) = refused.get() {
+        eprintln!("pkv: {line}");
+        return 2;
+    }
+    match served {
+        Ok(()) => {
+            tracing::info!("pkv stopped");
+            0
+        }
+        Err(e) => {
+            eprintln!("pkv: stopped, but {e}");
+            1
+        }
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -1,7 +1,6 @@
 //! Counters, and the optional HTTP endpoint that serves them (`/metrics`, `/healthz`).
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,6 +62,42 @@ pub struct TenantStats {
     pub connections_total: AtomicU64,
     /// Commands its connections ran.
     pub commands_total: AtomicU64,
+    /// Its connections waiting in a blocking command now (`blocked_clients` in its INFO),
+    /// which clients and tests watch to know that a push will find the waiter.
+    pub blocked: AtomicU64,
+}
+
+/// Runs `wait`, a blocking command handed to the backend, counting the connection in
+/// `tenant`'s [`TenantStats::blocked`] from the first time it is left waiting until it
+/// ends or is dropped (the client left, shutdown). The backend has taken the command by
+/// then: the embedded store has registered the waiter, so a write that follows wakes it.
+pub async fn while_blocked<F: std::future::Future>(
+    tenant: Option<Arc<TenantStats>>,
+    wait: F,
+) -> F::Output {
+    /// Takes the connection off the count however the wait ends.
+    struct Blocked(Arc<TenantStats>);
+    impl Drop for Blocked {
+        fn drop(&mut self) {
+            self.0.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let mut tenant = tenant;
+    let mut counted: Option<Blocked> = None;
+    let mut wait = std::pin::pin!(wait);
+    let output = std::future::poll_fn(|cx| {
+        let polled = wait.as_mut().poll(cx);
+        if polled.is_pending() && counted.is_none() {
+            counted = tenant.take().map(|t| {
+                t.blocked.fetch_add(1, Ordering::Relaxed);
+                Blocked(t)
+            });
+        }
+        polled
+    })
+    .await;
+    drop(counted);
+    output
 }
 
 /// Every account's [`TenantStats`], kept while the account has connections in this
@@ -94,11 +129,12 @@ impl Tenants {
 
 /// Serves `/metrics` and `/healthz` over plain HTTP/1.1 until the task is dropped.
 pub async fn serve_http(
-    addr: SocketAddr,
+    listener: TcpListener,
     metrics: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
     loop {
         let (mut socket, _) = listener.accept().await?;
         let metrics = metrics.clone();

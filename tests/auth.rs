@@ -820,7 +820,7 @@ fn start_with_env(vars: &[(&str, &str)]) -> (std::process::ExitStatus, String, D
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PKV_LISTEN", format!("127.0.0.1:{}", common::free_port()))
+        .env("PKV_LISTEN", "127.0.0.1:0")
         .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())

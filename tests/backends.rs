@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{encode, quoted, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
+use common::{encode, quoted, Issuer, PkvConfig, Redis, Resp, RespConn, Server};
 
 /// How long one reply may take (blocking commands in cases use short timeouts).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -402,8 +402,8 @@ impl std::fmt::Display for Proto {
 struct Backends {
     issuer: Issuer,
     _redis: Redis,
-    upstream: Pkv,
-    embedded: Pkv,
+    upstream: Server,
+    embedded: Server,
 }
 
 impl Backends {
@@ -423,7 +423,7 @@ impl Backends {
 
 /// A connection for one group: authenticated with a fresh token (a fresh account), in
 /// `proto`.
-fn open(pkv: &Pkv, token: &str, proto: Proto) -> Result<RespConn, String> {
+fn open(pkv: &Server, token: &str, proto: Proto) -> Result<RespConn, String> {
     let mut conn = pkv.resp();
     conn.send(&encode(&[b"AUTH", token.as_bytes()]));
     match conn.try_value(REPLY_TIMEOUT)? {

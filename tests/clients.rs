@@ -94,10 +94,10 @@ fn the_redis_crate_async_multiplexed_client_works_over_resp2_and_resp3() {
 fn metrics_and_health_are_served_over_http() {
     let redis = Redis::start();
     let issuer = Issuer::new();
-    let metrics_port = common::free_port();
     let pkv = PkvConfig::new(&redis, &issuer)
-        .set("PKV_METRICS_LISTEN", &format!("127.0.0.1:{metrics_port}"))
-        .start();
+        .set("PKV_METRICS_LISTEN", "127.0.0.1:0")
+        .start_process();
+    let metrics_port = pkv.metrics_port.expect("pkv printed its metrics address");
     let mut conn = pkv.client(&issuer.token(1));
     let _: () = redis::cmd("SET")
         .arg("a")
@@ -106,17 +106,9 @@ fn metrics_and_health_are_served_over_http() {
         .unwrap();
     let get = |path: &str| -> String {
         use std::io::{Read, Write};
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut stream = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
-                Ok(s) => break s,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => panic!("metrics endpoint not reachable: {e}"),
-            }
-        };
+        // Bound before pkv printed its address.
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port))
+            .unwrap_or_else(|e| panic!("metrics endpoint not reachable: {e}"));
         stream
             .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
             .unwrap();

@@ -2,21 +2,19 @@
 //! `COMMAND INFO`, key positions against `COMMAND GETKEYS`, and the shared example list
 //! against Redis itself.
 
-#[path = "common/examples.rs"]
-mod examples;
+mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pkv::commands::{flags, key_args, lookup, table::TABLE, ArgRole, CommandSpec, DENIED};
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use examples::EXAMPLES;
+use common::examples::EXAMPLES;
 
 /// Served rows that Redis 7.0 does not have (both arrived in 7.2). pkv answers them itself
 /// because client libraries send them on connect.
@@ -28,44 +26,19 @@ const KNOWN_MISMATCHES: &[(&str, &str)] = &[];
 
 // === a redis-server of our own ===
 
-/// A redis-server child on a free port, killed when dropped.
+/// A redis-server child (the harness's), killed when dropped.
 struct RedisServer {
-    child: Child,
+    /// Kept for its lifetime: the server stops when it drops.
+    _redis: common::Redis,
     port: u16,
 }
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("find a free port");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (is it installed?)");
-        let mut server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("redis-server on port {port} exited early: {status}");
-            }
-            if let Ok(reply) = server.raw(&["PING"]) {
-                if reply.starts_with("+PONG") {
-                    return server;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let redis = common::Redis::start();
+        RedisServer {
+            port: redis.port,
+            _redis: redis,
         }
     }
 
@@ -94,13 +67,6 @@ impl RedisServer {
         let mut line = String::new();
         BufReader::new(stream).read_line(&mut line)?;
         Ok(line.trim_end().to_owned())
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

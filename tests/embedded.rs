@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{credited, encode, pkv_balance, Issuer, Pkv, PkvConfig, Resp, RespConn};
+use common::{credited, encode, pkv_balance, Issuer, PkvConfig, Resp, RespConn, Server};
 
 /// pkv's default listen address (`PKV_LISTEN` in `src/config.rs`).
 const DEFAULT_LISTEN: &str = "127.0.0.1:6380";
@@ -162,7 +162,7 @@ fn empty_environment_runs_and_prints_a_working_line() {
 }
 
 /// A connection authenticated with `token`, in RESP3 when `resp3`.
-fn connect(pkv: &Pkv, token: &str, resp3: bool) -> RespConn {
+fn connect(pkv: &Server, token: &str, resp3: bool) -> RespConn {
     let mut conn = pkv.resp_authed(token);
     if resp3 {
         let hello = conn.value(&[b"HELLO", b"3"]);

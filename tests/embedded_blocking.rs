@@ -8,13 +8,14 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Issuer, Pkv, PkvConfig};
+use common::{Issuer, PkvConfig, Server};
 
-/// How long a blocked client waits before another one pushes.
+/// How long a check that something does not happen waits for it.
 const SETTLE: Duration = Duration::from_millis(300);
 
 struct Setup {
-    pkv: Pkv,
+    pkv: Server,
+    issuer: Issuer,
     token: String,
 }
 
@@ -23,11 +24,17 @@ impl Setup {
         let issuer = Issuer::new();
         let pkv = PkvConfig::embedded(&issuer).start();
         let token = issuer.token(1000);
-        Setup { pkv, token }
+        Setup { pkv, issuer, token }
     }
 
     fn client(&self) -> redis::Connection {
         self.pkv.client(&self.token)
+    }
+
+    /// Waits until `n` of the account's connections are blocked (its INFO's
+    /// `blocked_clients`): a write after this wakes them.
+    fn blocked(&self, n: i64) {
+        self.pkv.wait_blocked(&self.token, n);
     }
 
     /// Runs `f` on a new connection in a thread; the receiver gets its result and how long
@@ -72,6 +79,24 @@ fn wait<T>(rx: &mpsc::Receiver<(T, Duration)>) -> (T, Duration) {
         .expect("the blocked client answered within 10 s")
 }
 
+/// INFO's `blocked_clients` is the account's own: it counts a connection while it waits,
+/// not once it is answered, and another account sees none of it.
+#[test]
+fn info_counts_the_accounts_own_blocked_clients() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["BLPOP", "q", "10"]);
+    s.blocked(1);
+    s.pkv.wait_blocked(&s.issuer.token(10), 0);
+    s.run(&["RPUSH", "q", "x"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(
+        reply,
+        redis::Value::Array(vec![bulk("q"), bulk("x")]),
+        "the waiter got the element"
+    );
+    s.blocked(0);
+}
+
 #[test]
 fn a_push_wakes_a_blocked_blpop_with_the_element() {
     let s = Setup::start();
@@ -81,7 +106,7 @@ fn a_push_wakes_a_blocked_blpop_with_the_element() {
             .arg(10)
             .query::<Option<(String, String)>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let pushed = Instant::now();
     let len: i64 = redis::cmd("RPUSH")
         .arg("q")
@@ -110,7 +135,7 @@ fn brpop_on_several_keys_wakes_on_any_of_them() {
             .arg(10)
             .query::<Option<(String, String)>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let _: i64 = redis::cmd("RPUSH")
         .arg("b")
         .arg("1")
@@ -154,14 +179,15 @@ fn a_client_that_leaves_while_blocked_takes_nothing() {
     let s = Setup::start();
     let mut leaving = s.pkv.resp_authed(&s.token);
     leaving.send(&common::encode(&[b"BLPOP", b"q", b"0"]));
-    thread::sleep(SETTLE);
+    s.blocked(1);
     leaving.stream.shutdown(std::net::Shutdown::Both).unwrap();
     drop(leaving);
-    thread::sleep(SETTLE);
+    s.blocked(0);
 
     let mut c = s.client();
     let len: i64 = redis::cmd("RPUSH").arg("q").arg("x").query(&mut c).unwrap();
     assert_eq!(len, 1);
+    // Time for a waiter that should be gone to take the element, were it still there.
     thread::sleep(SETTLE);
     let kept: Vec<String> = redis::cmd("LRANGE")
         .arg("q")
@@ -179,7 +205,7 @@ fn a_client_that_leaves_while_blocked_takes_nothing() {
             .arg(10)
             .query::<Option<(String, String)>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let _: i64 = redis::cmd("RPUSH").arg("q").arg("y").query(&mut c).unwrap();
     let (reply, _) = wait(&blocked);
     assert_eq!(reply.unwrap(), Some(("q".into(), "y".into())));
@@ -196,7 +222,7 @@ fn two_blocked_clients_get_one_element_each() {
     };
     let first = s.in_background(pop);
     let second = s.in_background(pop);
-    thread::sleep(SETTLE);
+    s.blocked(2);
     let _: i64 = redis::cmd("RPUSH")
         .arg("q")
         .arg("x")
@@ -227,7 +253,7 @@ fn blmpop_wakes_up_with_the_popped_elements() {
             .arg(2)
             .query::<Option<(String, Vec<String>)>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let _: i64 = redis::cmd("RPUSH")
         .arg("b")
         .arg("1")
@@ -253,7 +279,7 @@ fn brpoplpush_and_blmove_wake_up_and_move_the_element() {
             .arg(10)
             .query::<Option<String>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let mut c = s.client();
     let _: i64 = redis::cmd("LPUSH")
         .arg("src")
@@ -273,7 +299,7 @@ fn brpoplpush_and_blmove_wake_up_and_move_the_element() {
             .arg(10)
             .query::<Option<String>>(c)
     });
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let _: i64 = redis::cmd("RPUSH")
         .arg("src")
         .arg("y")
@@ -316,7 +342,7 @@ fn bulk(text: &str) -> redis::Value {
 fn zadd_wakes_a_blocked_bzpopmin_with_the_lowest_member() {
     let s = Setup::start();
     let blocked = s.command_in_background(&["BZPOPMIN", "a", "b", "10"]);
-    thread::sleep(SETTLE);
+    s.blocked(1);
     let added = Instant::now();
     assert_eq!(
         s.run(&["ZADD", "b", "2", "y", "1", "x"]),
@@ -343,7 +369,7 @@ fn a_store_wakes_a_blocked_bzpopmax() {
     let s = Setup::start();
     s.run(&["ZADD", "src", "1", "a", "5", "b"]);
     let blocked = s.command_in_background(&["BZPOPMAX", "dst", "10"]);
-    thread::sleep(SETTLE);
+    s.blocked(1);
     assert_eq!(
         s.run(&["ZUNIONSTORE", "dst", "1", "src"]),
         redis::Value::Int(2)
@@ -360,7 +386,7 @@ fn a_store_wakes_a_blocked_bzpopmax() {
 fn bzmpop_wakes_up_with_the_popped_members() {
     let s = Setup::start();
     let blocked = s.command_in_background(&["BZMPOP", "10", "2", "a", "b", "MAX", "COUNT", "2"]);
-    thread::sleep(SETTLE);
+    s.blocked(1);
     s.run(&["ZADD", "a", "1", "x", "2", "y", "3", "z"]);
     let (reply, _) = wait(&blocked);
     let pair = |m: &str, d: &str| redis::Value::Array(vec![bulk(m), bulk(d)]);
@@ -378,7 +404,7 @@ fn two_blocked_clients_get_one_member_each() {
     let s = Setup::start();
     let first = s.command_in_background(&["BZPOPMIN", "z", "10"]);
     let second = s.command_in_background(&["BZPOPMIN", "z", "10"]);
-    thread::sleep(SETTLE);
+    s.blocked(2);
     s.run(&["ZADD", "z", "1", "x", "2", "y"]);
     let mut got: Vec<redis::Value> = [wait(&first).0, wait(&second).0]
         .into_iter()

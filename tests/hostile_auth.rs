@@ -13,7 +13,7 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use pkv::auth::token::{Audience, Claims, USAGE_CREATE_SESSION};
 
-use common::{encode, now, pkv_balance, value_text, Issuer, Monitor, Pkv, PkvConfig, Redis};
+use common::{encode, now, pkv_balance, value_text, Issuer, Monitor, PkvConfig, Redis, Server};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -99,7 +99,7 @@ fn raw_balance(conn: &mut common::RespConn) -> BTreeMap<String, String> {
 }
 
 /// Runs `test` once against pkv on a real Redis and once on the embedded store.
-fn on_both_backends(test: impl Fn(&Pkv, &Issuer, &str)) {
+fn on_both_backends(test: impl Fn(&Server, &Issuer, &str)) {
     let redis = Redis::start();
     let issuer = Issuer::new();
     test(
@@ -515,7 +515,7 @@ fn hello_setname_checks_the_name_like_client_setname() {
 
 /// Subscribes with a token that lives about 3 s (no leeway), sees a message delivered, then
 /// sees the connection told and closed at expiry, with no message after it.
-fn subscriber_stops_at_expiry(pkv: &Pkv, issuer: &Issuer) {
+fn subscriber_stops_at_expiry(pkv: &Server, issuer: &Issuer) {
     while std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -163,11 +163,12 @@ fn shutdown_answers_a_blocked_client_and_settles_its_bill() {
     let issuer = Issuer::new();
     let mut pkv = PkvConfig::new(&redis, &issuer)
         .set("PKV_SHUTDOWN_GRACE", "10")
-        .start();
+        .start_process();
     let token = issuer.token(100);
     let mut blocked = pkv.resp_authed(&token);
     blocked.send(&encode(&[b"BLPOP", b"q", b"0"]));
     wait_until("BLPOP blocks upstream", || upstream_blocked(&redis) == 1);
+    // Blocked a while on purpose: the bill must show at least this wait.
     std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
@@ -199,12 +200,11 @@ fn shutdown_answers_a_client_blocked_on_the_embedded_store() {
     let issuer = Issuer::new();
     let mut pkv = PkvConfig::embedded(&issuer)
         .set("PKV_SHUTDOWN_GRACE", "10")
-        .start();
+        .start_process();
     let token = issuer.token(100);
     let mut blocked = pkv.resp_authed(&token);
     blocked.send(&encode(&[b"BLPOP", b"q", b"0"]));
-    // The embedded store shows no blocked count from outside; give the wait time to begin.
-    std::thread::sleep(Duration::from_millis(200));
+    pkv.wait_blocked(&token, 1);
     pkv.terminate();
     let reply = blocked
         .try_frame(Duration::from_secs(2))
@@ -347,10 +347,12 @@ fn a_long_union_on_the_embedded_store_does_not_stall_other_tenants() {
 
     let started = Instant::now();
     a.send(&encode(&[b"SUNIONSTORE", b"u", b"s1", b"s2"]));
+    // Nothing outside shows a command running in the store: a short head start instead.
     std::thread::sleep(Duration::from_millis(50));
     // Another tenant's GET needs the store: it waits for the union (as it must), and
     // must not take a worker thread with it while it waits.
     b.send(&encode(&[b"GET", b"k"]));
+    // Likewise for the GET to be waiting on the store.
     std::thread::sleep(Duration::from_millis(50));
     let ping_sent = Instant::now();
     let pong = within(&mut c, &["PING"], Duration::from_secs(60));

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::{encode, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
+use common::{encode, Issuer, PkvConfig, Redis, Resp, RespConn, Server};
 use pkv::namespace::escape_account;
 
 const NANOS: i64 = 1_000_000_000;
@@ -104,7 +104,7 @@ fn account_of(c: &mut RespConn) -> String {
 
 /// Connects every pooled upstream connection of `pkv` (they connect on first use, and a
 /// connect to a frozen upstream never sends anything), using an account of its own.
-fn warm_up(pkv: &Pkv, issuer: &Issuer) {
+fn warm_up(pkv: &Server, issuer: &Issuer) {
     let mut c = pkv.resp_authed(&issuer.token(1));
     for _ in 0..16 {
         let reply = c.call(&[b"GET", b"warm"]);
@@ -195,10 +195,12 @@ fn a_stalled_settlement_is_applied_exactly_once() {
         let _frozen = Frozen::new(&redis);
         // The last connection leaves: its lease goes back, and times out.
         drop(c);
-        // Periodic settlements time out too.
+        // Periodic settlements time out too (the freeze lasting is the test).
         std::thread::sleep(Duration::from_millis(2500));
     }
-    // Redis resumes and applies what it had queued; pkv retries what it saw fail.
+    // Redis resumes and applies what it had queued; pkv retries what it saw fail. A wait
+    // of fixed length, not until the ledger matches: a second application would come
+    // after the first match.
     std::thread::sleep(Duration::from_millis(2500));
     let mut c = pkv.resp_authed(&token);
     let account = account_of(&mut c);
@@ -239,6 +241,7 @@ fn a_stalled_lease_is_neither_lost_nor_granted_twice() {
         // The first command needs a lease; its request times out.
         let reply = c.call(&[b"INCR", b"n"]);
         assert!(reply.starts_with(b"-"), "{}", text(&reply));
+        // Frozen past the timeout a while longer (pacing, not a wait for pkv).
         std::thread::sleep(Duration::from_millis(400));
     }
     // Redis resumes and grants the lease nobody waits for any more.
@@ -324,7 +327,7 @@ fn a_crash_loses_at_most_one_lease() {
         .set("PKV_PRICE_BYTE_SECOND", "0")
         .set("PKV_PRICE_TIME_MS", "0")
         .set("PKV_LEASE", "1")
-        .start();
+        .start_process();
     let lease = NANOS;
     let token = issuer.token(10);
     let mut c = pkv.resp_authed(&token);
@@ -336,7 +339,12 @@ fn a_crash_loses_at_most_one_lease() {
         assert!(reply.starts_with(b":"), "{}", text(&reply));
         truth -= NANOS / 10;
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the top-up is in the ledger (more than the first lease debited).
+    wait_until(Duration::from_secs(3), || {
+        ledger_hash(&redis, &account)
+            .get("debited")
+            .is_some_and(|d| *d > lease)
+    });
     pkv.child.kill().unwrap();
     pkv.child.wait().unwrap();
     let record = ledger_hash(&redis, &account);
@@ -365,7 +373,7 @@ fn a_reservation_above_the_lease_is_not_kept() {
     let mut pkv = PkvConfig::new(&redis, &issuer)
         .set("PKV_PRICE_BYTE_SECOND", "0.000000000001")
         .set("PKV_LEASE", "0.001")
-        .start();
+        .start_process();
     let lease = NANOS / 1000;
     let token = issuer.token(10);
     let mut c = pkv.resp_authed(&token);
@@ -630,58 +638,11 @@ fn concurrent_blocking_waits_overdraw_by_one_wait_at_most_on_the_embedded_store(
 
 // === 4. commands the upstream refused to run are not charged (item 21) ===
 
-/// A redis-server of this test's own, with DEBUG enabled (to reload its dataset slowly).
-struct DebugRedis {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl DebugRedis {
-    fn start() -> DebugRedis {
-        let port = common::free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--enable-debug-command", "yes"])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        common::wait_for_port(port, &mut child);
-        DebugRedis {
-            port,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn direct(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-}
-
-impl Drop for DebugRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// While Redis loads its dataset, it answers `-LOADING` and runs nothing: such commands
 /// cost nothing.
 #[test]
 fn commands_refused_while_loading_are_not_charged() {
-    let redis = DebugRedis::start();
+    let redis = Redis::start_with(&["--enable-debug-command", "yes"]);
     let issuer = Issuer::new();
     let mut config = exact_prices(PkvConfig::embedded(&issuer)).set("PKV_LEASE", "1");
     config.upstream = Some(redis.url());

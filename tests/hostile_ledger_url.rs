@@ -12,45 +12,27 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_for_port, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
+use common::{ClosedPort, Issuer, Pkv, PkvConfig, Redis, Resp, RespConn};
 
 /// A redis-server started with extra arguments (an eviction policy, a renamed command),
 /// so the setting is in force before anyone can connect.
-struct ConfiguredRedis {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
+struct ConfiguredRedis(Redis);
 
 impl ConfiguredRedis {
     fn start(args: &[&str]) -> ConfiguredRedis {
-        ConfiguredRedis::start_on(free_port(), args)
+        ConfiguredRedis(Redis::start_with(args))
     }
 
+    /// On `port`, which pkv was already told to reach.
     fn start_on(port: u16, args: &[&str]) -> ConfiguredRedis {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        wait_for_port(port, &mut child);
-        ConfiguredRedis {
-            port,
-            child,
-            _dir: dir,
-        }
+        ConfiguredRedis(Redis::start_with_on(port, args))
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     fn keys(&self, pattern: &str) -> Vec<String> {
@@ -61,13 +43,6 @@ impl ConfiguredRedis {
         let mut keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
         keys.sort();
         keys
-    }
-}
-
-impl Drop for ConfiguredRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -83,7 +58,8 @@ fn config_for(upstream: &str, issuer: &Issuer) -> PkvConfig {
 fn run_until_exit(config: &PkvConfig, within: Duration) -> Option<(Option<i32>, String)> {
     let dir = tempfile::tempdir().unwrap();
     let mut child = config
-        .command(free_port(), dir.path())
+        .command(dir.path())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -234,17 +210,16 @@ fn a_ledger_url_needs_an_upstream() {
 /// answers, and an evicting one stops pkv with the same line.
 #[test]
 fn an_upstream_down_at_start_up_is_checked_when_it_comes_up() {
-    let port = free_port();
+    let down = ClosedPort::new();
+    let port = down.port;
     let issuer = Issuer::new();
     let config = config_for(&format!("redis://127.0.0.1:{port}"), &issuer);
     let dir = tempfile::tempdir().unwrap();
-    let pkv_port = free_port();
-    let mut child = config
-        .command(pkv_port, dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(pkv_port, &mut child);
+    let mut cmd = config.command(dir.path());
+    cmd.stderr(Stdio::piped());
+    let mut pkv = Pkv::spawn(cmd, dir);
+    let child = &mut pkv.child;
+    drop(down);
     let _redis = ConfiguredRedis::start_on(port, &["--maxmemory-policy", "allkeys-random"]);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -278,14 +253,9 @@ fn an_upstream_that_hides_its_config_is_a_warning() {
     let redis = ConfiguredRedis::start(&["--rename-command", "CONFIG", ""]);
     let issuer = Issuer::new();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = config_for(&redis.url(), &issuer)
-        .command(port, dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut child);
-    let mut pkv = Pkv { port, child, dir };
+    let mut cmd = config_for(&redis.url(), &issuer).command(dir.path());
+    cmd.stderr(Stdio::piped());
+    let mut pkv = Pkv::spawn(cmd, dir);
     let mut c = pkv.resp_authed(&issuer.token(5));
     assert_eq!(c.call_text(&["SET", "k", "v"]), "+OK\r\n");
     let _ = pkv.child.kill();
@@ -375,14 +345,12 @@ fn client_names_and_library_info_are_bounded() {
 fn an_unknown_variable_in_the_environment_is_a_warning_but_not_in_dot_env() {
     let issuer = Issuer::new();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = PkvConfig::embedded(&issuer)
+    let mut cmd = PkvConfig::embedded(&issuer)
         .set("PKV_PORT", "tcp://10.0.0.7:6380")
-        .command(port, dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut child);
+        .command(dir.path());
+    cmd.stderr(Stdio::piped());
+    let mut pkv = Pkv::spawn(cmd, dir);
+    let child = &mut pkv.child;
     let _ = child.kill();
     let _ = child.wait();
     let mut stderr = String::new();

@@ -20,7 +20,7 @@ const YEAR: i64 = 31_536_000;
 
 /// A pkv on one backend, an account on it, and a connection of that account.
 struct Setup {
-    pkv: Pkv,
+    pkv: Server,
     redis: Option<Redis>,
     c: redis::Connection,
 }

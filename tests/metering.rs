@@ -884,7 +884,7 @@ fn kill_9_loses_at_most_the_lease() {
         .apply(PkvConfig::new(&redis, &issuer))
         .set("PKV_LEASE", "0.5")
         .set("PKV_DEFAULT_TTL", "1000");
-    let mut pkv = config.start();
+    let mut pkv = config.start_process();
     let token = issuer.token(10);
     let mut c = pkv.resp_authed(&token);
 

@@ -14,14 +14,14 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::examples::EXAMPLES;
-use common::{monitor_args, Issuer, Monitor, Pkv, PkvConfig, Redis};
+use common::{monitor_args, Issuer, Monitor, PkvConfig, Redis, Server};
 use redis::Value;
 
 // === processes ===
 
 struct Env {
     // Field order is drop order: pkv goes before the redis-server it talks to.
-    pkv: Pkv,
+    pkv: Server,
     issuer: Issuer,
     redis: Redis,
 }
@@ -327,7 +327,7 @@ struct RespConn {
 
 impl RespConn {
     /// Connects and authenticates; `resp3` switches with `HELLO 3 AUTH`.
-    fn open(pkv: &Pkv, token: &str, resp3: bool) -> RespConn {
+    fn open(pkv: &Server, token: &str, resp3: bool) -> RespConn {
         let stream = TcpStream::connect(("127.0.0.1", pkv.port)).unwrap();
         let mut conn = RespConn {
             stream,

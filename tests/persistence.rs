@@ -96,7 +96,7 @@ fn data_deadlines_and_the_ledger_survive_a_restart() {
     let config = embedded(&issuer, &data);
     let token = issuer.token(100);
 
-    let pkv = config.start();
+    let pkv = config.start_process();
     let mut conn = pkv.client(&token);
     let binary: Vec<u8> = vec![0, b'\r', b'\n', 255, 0];
     let _: () = redis::cmd("SET")
@@ -146,7 +146,7 @@ fn data_deadlines_and_the_ledger_survive_a_restart() {
     let downtime = Duration::from_millis(2000).saturating_sub(short_set.elapsed());
     std::thread::sleep(downtime);
 
-    let pkv = config.start();
+    let pkv = config.start_process();
     let balance_after = pkv.resp_authed(&token).call(&[b"PKV.BALANCE"]);
     assert_eq!(
         String::from_utf8_lossy(&balance_after),
@@ -185,7 +185,7 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
     let config = embedded(&issuer, &data).set("PKV_SNAPSHOT_SECONDS", "1");
     let token = issuer.token(100);
 
-    let pkv = config.start();
+    let pkv = config.start_process();
     let mut conn = pkv.client(&token);
     set_all(&mut conn, "first:", 0..500);
     // Wait for a snapshot that has the whole first batch.
@@ -197,7 +197,7 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
     set_all(&mut conn, "second:", 0..500);
     crash(pkv);
 
-    let pkv = config.start();
+    let pkv = config.start_process();
     let mut conn = pkv.client(&token);
     check_all(&mut conn, "first:", 0..500);
     drop(conn);
@@ -246,7 +246,7 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
         let bytes = std::fs::read(&data).unwrap();
         let saved = snapshot::decode(&bytes, 0)
             .unwrap_or_else(|e| panic!("round {round}: the file does not load: {e}"));
-        pkv = config.start();
+        pkv = config.start_process();
         let mut conn = pkv.client(&token);
         check_all(&mut conn, "first:", 0..500);
         let mut compared = 0;
@@ -275,8 +275,8 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
 /// Starts pkv expecting it to refuse to start; returns its exit status and stderr.
 fn start_failing(config: &PkvConfig) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = config.command(common::free_port(), dir.path());
-    cmd.stderr(Stdio::piped());
+    let mut cmd = config.command(dir.path());
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(20));
     let mut stderr = String::new();
@@ -301,7 +301,7 @@ fn a_damaged_file_stops_start_up_and_is_left_as_it_is() {
     let data = dir.path().join("pkv.data");
     let config = embedded(&issuer, &data);
     let token = issuer.token(100);
-    let pkv = config.start();
+    let pkv = config.start_process();
     let mut conn = pkv.client(&token);
     set_all(&mut conn, "k", 0..20);
     drop(conn);
@@ -351,7 +351,7 @@ fn a_damaged_file_stops_start_up_and_is_left_as_it_is() {
     std::fs::write(&data, &good).unwrap();
     let tmp = dir.path().join("pkv.data.tmp");
     std::fs::write(&tmp, &good[..good.len() / 2]).unwrap();
-    let pkv = config.start();
+    let pkv = config.start_process();
     assert!(!tmp.exists(), "the leftover is cleared");
     let mut conn = pkv.client(&token);
     check_all(&mut conn, "k", 0..20);

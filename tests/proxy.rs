@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::{Issuer, PkvConfig, Redis};
 use redis::Value;
 
-fn setup() -> (Redis, Issuer, common::Pkv) {
+fn setup() -> (Redis, Issuer, common::Server) {
     let redis = Redis::start();
     let issuer = Issuer::new();
     let pkv = PkvConfig::new(&redis, &issuer).start();
@@ -161,7 +161,7 @@ fn discard_drops_the_queue() {
 
 #[test]
 fn blpop_is_woken_by_another_client() {
-    let (_redis, issuer, pkv) = setup();
+    let (redis, issuer, pkv) = setup();
     let token = issuer.token(10);
     let mut waiter = pkv.client(&token);
     let mut pusher = pkv.client(&token);
@@ -173,7 +173,9 @@ fn blpop_is_woken_by_another_client() {
             .query(&mut waiter)
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_until("BLPOP blocks upstream", || {
+        redis.info_field("blocked_clients") == 1
+    });
     // Plain commands keep flowing while another connection blocks.
     let _: () = redis::cmd("SET")
         .arg("unrelated")
@@ -342,20 +344,22 @@ fn resp3_clients_get_resp3_replies() {
 
 #[test]
 fn sigterm_lets_in_flight_commands_finish_then_exits() {
-    let (_redis, issuer, mut pkv) = setup();
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let mut pkv = PkvConfig::new(&redis, &issuer).start_process();
     let token = issuer.token(10);
     let mut busy = pkv.raw();
     busy.command(&[b"AUTH", token.as_bytes()]);
     busy.read_until(b"+OK\r\n");
     // A command that takes a second upstream.
     busy.command(&[b"BLPOP", b"never", b"1"]);
-    std::thread::sleep(Duration::from_millis(200));
+    common::wait_until("BLPOP blocks upstream", || {
+        redis.info_field("blocked_clients") == 1
+    });
     pkv.terminate();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", pkv.port)).is_err(),
-        "no new connections once shutting down"
-    );
+    common::wait_until("no new connections once shutting down", || {
+        std::net::TcpStream::connect(("127.0.0.1", pkv.port)).is_err()
+    });
     assert_eq!(
         busy.read_until(b"\r\n"),
         b"*-1\r\n",

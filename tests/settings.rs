@@ -45,7 +45,7 @@ fn each_layer_overrides_the_one_below() {
     let toml = "max_ttl = 1000\ndefault_ttl = 500\n";
     let pkv = PkvConfig::new(&redis, &issuer)
         .file("pkv.toml", toml)
-        .start();
+        .start_process();
     let mut conn = pkv.client(&issuer.token(100));
     assert!((490..=500).contains(&default_ttl(&mut conn)));
     assert!(set_ex(&mut conn, 1000).starts_with("OK"));
@@ -56,7 +56,7 @@ fn each_layer_overrides_the_one_below() {
     let pkv = PkvConfig::new(&redis, &issuer)
         .file("pkv.toml", toml)
         .file(".env", "PKV_MAX_TTL=2000\n")
-        .start();
+        .start_process();
     let mut conn = pkv.client(&issuer.token(100));
     assert!(
         (490..=500).contains(&default_ttl(&mut conn)),
@@ -71,7 +71,7 @@ fn each_layer_overrides_the_one_below() {
         .file("pkv.toml", toml)
         .file(".env", "PKV_MAX_TTL=2000\n")
         .set("PKV_MAX_TTL", "3000")
-        .start();
+        .start_process();
     let mut conn = pkv.client(&issuer.token(100));
     assert!(set_ex(&mut conn, 3000).starts_with("OK"));
     assert!(set_ex(&mut conn, 3001).contains("maximum TTL"));

@@ -735,7 +735,7 @@ fn sequences() -> usize {
 }
 
 /// Runs the sequences on `pkv`, one fresh account each.
-fn storage_never_outgrows_what_was_paid(pkv: &Pkv, issuer: &Issuer, upstream: bool) {
+fn storage_never_outgrows_what_was_paid(pkv: &Server, issuer: &Issuer, upstream: bool) {
     let seed = seed();
     let mut r = Rng(seed | 1);
     let families: Vec<Family> = if upstream {

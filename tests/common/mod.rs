@@ -1,21 +1,30 @@
-//! Test support: real redis-server and pkv processes on free ports, real tokens.
+//! Test support: pkv served in-process or as a process, real redis-server processes, real
+//! tokens.
 //!
-//! Every test starts its own processes; they are killed when the handles drop.
+//! Nothing here chooses a port and hopes it stays free. An in-process pkv ([`Server`])
+//! serves on a listener this process bound to port 0; a pkv process ([`Pkv`]) binds port 0
+//! itself and the test reads the address it prints; a redis-server, which cannot be given
+//! port 0, is started again on another port when the one it was given was taken. Servers
+//! and processes stop when their handles drop.
 #![allow(dead_code)]
 
 pub mod examples;
 
-use std::io::{Read, Write};
+use std::collections::BTreeMap;
+use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use pkv::auth::keys::IssuerKey;
 use pkv::auth::token::{mint_quota, MintRequest};
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now. Only for servers that cannot bind port 0
+/// themselves (redis-server) or for a port that must stay closed; whoever binds it must
+/// cope with losing it to another process first (see [`Redis::start`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -24,66 +33,129 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts connections on `port`.
-pub fn wait_for_port(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// A port held closed: bound but not listening, so a connection to it is refused as by a
+/// server that is down, and no other process can take it until this drops. For a server
+/// that a test starts on the port later, after telling pkv where it will be.
+pub struct ClosedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        ClosedPort {
+            port,
+            _socket: socket,
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("process exited before listening on {port}: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("nothing listening on {port} after 20 s");
+}
+
+/// Polls `ready` every 10 ms until it holds, for up to 10 s; panics with `what` if it
+/// never does. For tests that wait for a state pkv reaches a moment after a reply (a
+/// connection counted, a charge settled, a client blocked).
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready() {
+        assert!(Instant::now() < deadline, "waited 10 s: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// A private redis-server.
 pub struct Redis {
     pub port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// Why a redis-server did not come up.
+enum RedisStart {
+    /// Another process holds the port: try another.
+    PortTaken,
+    Failed(String),
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        Redis::start_on(free_port())
+        Redis::start_with(&[])
     }
 
+    /// A private redis-server started with `extra` options as well (e.g. `--maxclients 30`).
+    /// Its port is picked free and, when another process takes it first, picked again.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        for _ in 0..20 {
+            match Redis::try_start(free_port(), extra) {
+                Ok(redis) => return redis,
+                Err(RedisStart::PortTaken) => continue,
+                Err(RedisStart::Failed(why)) => panic!("{why}"),
+            }
+        }
+        panic!("redis-server found its port taken 20 times");
+    }
+
+    /// A redis-server on `port`, which a client is already configured to reach (an
+    /// upstream started again after it died). Nothing else binds ports that were never
+    /// handed out, so a port held briefly by someone else is waited out.
     pub fn start_on(port: u16) -> Redis {
         Redis::start_with_on(port, &[])
     }
 
-    /// A private redis-server started with `extra` options as well (e.g. `--maxclients 30`).
-    pub fn start_with(extra: &[&str]) -> Redis {
-        Redis::start_with_on(free_port(), extra)
+    pub fn start_with_on(port: u16, extra: &[&str]) -> Redis {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Redis::try_start(port, extra) {
+                Ok(redis) => return redis,
+                Err(RedisStart::PortTaken) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(RedisStart::PortTaken) => panic!("port {port} stayed taken for 10 s"),
+                Err(RedisStart::Failed(why)) => panic!("{why}"),
+            }
+        }
     }
 
-    fn start_with_on(port: u16, extra: &[&str]) -> Redis {
+    /// Starts redis-server on `port` and waits until its log says it accepts connections
+    /// (connecting would not tell it apart from another process on the same port).
+    fn try_start(port: u16, extra: &[&str]) -> Result<Redis, RedisStart> {
         let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("redis.log");
         let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--logfile")
+            .arg(&log)
             .args(extra)
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
-        wait_for_port(port, &mut child);
-        Redis {
-            port,
-            child,
-            _dir: dir,
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Ready to accept connections") {
+                return Ok(Redis { port, child, dir });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("Address already in use") {
+                    return Err(RedisStart::PortTaken);
+                }
+                return Err(RedisStart::Failed(format!(
+                    "redis-server on {port} exited ({status}):\n{text}"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(RedisStart::Failed(format!(
+                    "redis-server on {port} not ready after 20 s:\n{text}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -99,6 +171,12 @@ impl Redis {
             .unwrap()
     }
 
+    /// A field of the server's own `INFO` (e.g. `blocked_clients`), as a number.
+    pub fn info_field(&self, field: &str) -> i64 {
+        let info: String = redis::cmd("INFO").query(&mut self.direct()).unwrap();
+        info_field(&info, field)
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -109,6 +187,14 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The number after `field:` in an `INFO` text.
+pub fn info_field(info: &str, field: &str) -> i64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {info:?}"))
 }
 
 /// A Prex-style issuer, signing real EdDSA quota tokens.
@@ -156,7 +242,7 @@ pub fn secret_seed() -> String {
     base64::engine::general_purpose::STANDARD.encode(seed)
 }
 
-/// Settings for a pkv process.
+/// Settings for a pkv, in-process or as a process.
 pub struct PkvConfig {
     /// The upstream Redis URL; `None` runs pkv on its embedded store.
     pub upstream: Option<String>,
@@ -190,7 +276,8 @@ impl PkvConfig {
         }
     }
 
-    /// Writes `contents` to `name` in pkv's working directory before it starts.
+    /// Writes `contents` to `name` in pkv's working directory before it starts (a pkv
+    /// process only: an in-process server reads no files).
     pub fn file(mut self, name: &str, contents: &str) -> PkvConfig {
         self.files.push((name.into(), contents.into()));
         self
@@ -201,80 +288,229 @@ impl PkvConfig {
         self
     }
 
-    pub fn start(&self) -> Pkv {
+    /// pkv served in this process, on a listener bound to port 0.
+    pub fn start(&self) -> Server {
+        Server::start(self)
+    }
+
+    /// pkv as a process of its own, for what needs one: signals, kill -9, a restart
+    /// over a data file, its memory or CPU, its output, settings files.
+    pub fn start_process(&self) -> Pkv {
         Pkv::start(self)
     }
-}
 
-/// A running pkv binary.
-pub struct Pkv {
-    pub port: u16,
-    pub child: Child,
-    pub dir: tempfile::TempDir,
-}
+    /// These settings as `PKV_*` names and values, listening on port 0.
+    pub fn settings(&self) -> BTreeMap<String, String> {
+        let mut raw = BTreeMap::new();
+        raw.insert("PKV_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
+        raw.insert("PKV_QUOTA_ISSUERS".to_owned(), self.issuers.join(","));
+        raw.insert("PKV_SECRET_SEED".to_owned(), self.secret_seed.clone());
+        raw.insert("PKV_LOG".to_owned(), "warn".to_owned());
+        if let Some(upstream) = &self.upstream {
+            raw.insert("PKV_UPSTREAM_URL".to_owned(), upstream.clone());
+        }
+        for (k, v) in &self.extra {
+            raw.insert(k.clone(), v.clone());
+        }
+        raw
+    }
 
-impl PkvConfig {
-    /// The pkv command for these settings, listening on `port`, run in `dir` (with the
-    /// configured files written there); stdout is discarded, stderr inherited.
-    pub fn command(&self, port: u16, dir: &std::path::Path) -> Command {
+    /// The pkv command for these settings, listening on port 0, run in `dir` (with the
+    /// configured files written there); stdout is piped (see [`Pkv::spawn`]), stderr
+    /// inherited.
+    pub fn command(&self, dir: &std::path::Path) -> Command {
         for (name, contents) in &self.files {
             std::fs::write(dir.join(name), contents).unwrap();
         }
-        let config = self;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pkv"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("PKV_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PKV_QUOTA_ISSUERS", config.issuers.join(","))
-            .env("PKV_SECRET_SEED", &config.secret_seed)
-            .env("PKV_LOG", "warn")
+            .envs(self.settings())
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if let Some(upstream) = &config.upstream {
-            cmd.env("PKV_UPSTREAM_URL", upstream);
-        }
-        for (k, v) in &config.extra {
-            cmd.env(k, v);
-        }
         cmd
     }
 }
 
+/// What a client of pkv needs: its port, and connections of every kind to it.
+macro_rules! client_side {
+    () => {
+        pub fn url(&self, token: &str) -> String {
+            format!("redis://:{token}@127.0.0.1:{}", self.port)
+        }
+
+        pub fn url_resp3(&self, token: &str) -> String {
+            format!("redis://:{token}@127.0.0.1:{}/?protocol=resp3", self.port)
+        }
+
+        /// A `redis` crate connection authenticated with `token`.
+        pub fn client(&self, token: &str) -> redis::Connection {
+            redis::Client::open(self.url(token))
+                .unwrap()
+                .get_connection()
+                .unwrap()
+        }
+
+        /// A raw TCP connection for speaking RESP by hand.
+        pub fn raw(&self) -> Raw {
+            let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            Raw { stream }
+        }
+
+        /// A [`RespConn`] to this pkv, not authenticated.
+        pub fn resp(&self) -> RespConn {
+            RespConn::connect(self.port)
+        }
+
+        /// A [`RespConn`] to this pkv after `AUTH token` succeeded.
+        pub fn resp_authed(&self, token: &str) -> RespConn {
+            let mut conn = self.resp();
+            let reply = conn.call(&[b"AUTH", token.as_bytes()]);
+            assert_eq!(reply, b"+OK\r\n", "{}", String::from_utf8_lossy(&reply));
+            conn
+        }
+
+        /// Waits until `n` connections of `token`'s account are blocked in a blocking
+        /// command (its INFO's `blocked_clients`), so that a write now wakes them.
+        pub fn wait_blocked(&self, token: &str, n: i64) {
+            let mut probe = self.resp_authed(token);
+            let mut now = -1;
+            wait_until(&format!("{n} blocked clients"), || {
+                let info = probe.call(&[b"INFO"]);
+                now = info_field(&String::from_utf8_lossy(&info), "blocked_clients");
+                now == n
+            });
+        }
+    };
+}
+
+/// pkv served in this process on a tokio runtime of its own, in a thread, from a listener
+/// bound to port 0 before it starts: no other process can take the port in between.
+/// Dropping it shuts pkv down as SIGTERM would and waits for it to finish.
+pub struct Server {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<i32>>,
+}
+
+impl Server {
+    pub fn start(config: &PkvConfig) -> Server {
+        assert!(
+            config.files.is_empty(),
+            "settings files are read by a pkv process: use start_process"
+        );
+        let settings = pkv::config::Settings::from_map(&config.settings())
+            .unwrap_or_else(|e| panic!("pkv settings: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("pkv-{port}"))
+            .spawn(move || {
+                let runtime = match settings.threads {
+                    1 => tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build(),
+                    0 => tokio::runtime::Runtime::new(),
+                    n => tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(n)
+                        .enable_all()
+                        .build(),
+                }
+                .unwrap();
+                let code = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                    pkv::cli::run(settings, listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                code
+            })
+            .unwrap();
+        Server {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    client_side!();
+
+    /// True while pkv is still serving (it has not stopped on its own).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Shuts pkv down and returns its exit code.
+    pub fn stop(mut self) -> i32 {
+        self.shut_down().unwrap_or(-1)
+    }
+
+    fn shut_down(&mut self) -> Option<i32> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let thread = self.thread.take()?;
+        // The grace period bounds how long connections hold shutdown up.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !thread.is_finished() {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "pkv on {} still stopping after 30 s; left behind",
+                    self.port
+                );
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        thread.join().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// A running pkv process.
+pub struct Pkv {
+    pub port: u16,
+    /// The metrics endpoint's port, when `PKV_METRICS_LISTEN` is set.
+    pub metrics_port: Option<u16>,
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
 impl Pkv {
     pub fn start(config: &PkvConfig) -> Pkv {
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let mut child = config.command(port, dir.path()).spawn().unwrap();
-        wait_for_port(port, &mut child);
-        Pkv { port, child, dir }
+        let cmd = config.command(dir.path());
+        Pkv::spawn(cmd, dir)
     }
 
-    pub fn url(&self, token: &str) -> String {
-        format!("redis://:{token}@127.0.0.1:{}", self.port)
+    /// Runs `cmd` (a [`PkvConfig::command`], perhaps changed) and waits until pkv prints
+    /// the address it bound. Its stdout is read to the end in the background.
+    pub fn spawn(mut cmd: Command, dir: tempfile::TempDir) -> Pkv {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+        let (port, metrics_port) = listening(&mut child);
+        Pkv {
+            port,
+            metrics_port,
+            child,
+            dir,
+        }
     }
 
-    pub fn url_resp3(&self, token: &str) -> String {
-        format!("redis://:{token}@127.0.0.1:{}/?protocol=resp3", self.port)
-    }
-
-    /// A `redis` crate connection authenticated with `token`.
-    pub fn client(&self, token: &str) -> redis::Connection {
-        redis::Client::open(self.url(token))
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// A raw TCP connection for speaking RESP by hand.
-    pub fn raw(&self) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        Raw { stream }
-    }
+    client_side!();
 
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -299,6 +535,58 @@ impl Pkv {
 
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
+    }
+
+    /// True while the pkv process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Reads a starting pkv's stdout until `pkv listening on ADDR`; returns that port and the
+/// metrics endpoint's, if it printed one. Panics if pkv exits first or says nothing for
+/// 20 s.
+fn listening(child: &mut Child) -> (u16, Option<u16>) {
+    let stdout = child.stdout.take().expect("pkv's stdout is piped");
+    let (lines, heard) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // The test stops listening once pkv is up; the rest is read and dropped.
+            let _ = lines.send(line);
+        }
+    });
+    let port_of = |line: &str, prefix: &str| -> Option<u16> {
+        let addr: std::net::SocketAddr = line.strip_prefix(prefix)?.trim().parse().ok()?;
+        Some(addr.port())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut metrics = None;
+    let mut said = Vec::new();
+    loop {
+        match heard.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if let Some(port) = port_of(&line, "pkv listening on ") {
+                    return (port, metrics);
+                }
+                if let Some(port) = port_of(&line, "pkv metrics listening on ") {
+                    metrics = Some(port);
+                }
+                said.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("pkv exited before listening ({status}); stdout: {said:?}");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().unwrap();
+                panic!("pkv exited before listening ({status}); stdout: {said:?}");
+            }
+        }
+        if Instant::now() > deadline {
+            panic!("pkv not listening after 20 s; stdout: {said:?}");
+        }
     }
 }
 
@@ -650,26 +938,6 @@ impl RespConn {
                 Err(_) => {}
             }
         }
-    }
-}
-
-impl Pkv {
-    /// A [`RespConn`] to this pkv, not authenticated.
-    pub fn resp(&self) -> RespConn {
-        RespConn::connect(self.port)
-    }
-
-    /// A [`RespConn`] to this pkv after `AUTH token` succeeded.
-    pub fn resp_authed(&self, token: &str) -> RespConn {
-        let mut conn = self.resp();
-        let reply = conn.call(&[b"AUTH", token.as_bytes()]);
-        assert_eq!(reply, b"+OK\r\n", "{}", String::from_utf8_lossy(&reply));
-        conn
-    }
-
-    /// True while the pkv process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
     }
 }
 

@@ -46,9 +46,10 @@ impl Session {
     /// commands), never the process's, which would show other tenants' traffic.
     pub(super) fn info_text(&self) -> String {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let (clients, received, commands) = self.auth.as_ref().map_or((0, 0, 0), |a| {
+        let (clients, blocked, received, commands) = self.auth.as_ref().map_or((0, 0, 0, 0), |a| {
             (
                 load(&a.tenant.connections),
+                load(&a.tenant.blocked),
                 load(&a.tenant.connections_total),
                 // Those run before this INFO in the same read count too. This INFO is
                 // counted once, in one of the two (an admission that had to wait for the
@@ -58,7 +59,7 @@ impl Session {
             )
         });
         format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{clients}\r\n\r\n# Stats\r\ntotal_connections_received:{received}\r\ntotal_commands_processed:{commands}\r\n",
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{clients}\r\nblocked_clients:{blocked}\r\n\r\n# Stats\r\ntotal_connections_received:{received}\r\ntotal_commands_processed:{commands}\r\n",
             env!("CARGO_PKG_VERSION"),
         )
     }

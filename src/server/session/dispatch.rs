@@ -384,10 +384,11 @@ impl Session {
         let started = std::time::Instant::now();
         let ends_by = wait_limit.and_then(|limit| started.checked_add(limit));
         let mut let_finish = false;
+        let tenant = self.auth.as_ref().map(|a| a.tenant.clone());
         let outcome = match self.dedicated().await {
             Err(e) => Waited::Failed(e),
             Ok(conn) => {
-                let wait = conn.pipeline(&cmds);
+                let wait = crate::metrics::while_blocked(tenant, conn.pipeline(&cmds));
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
