@@ -13,6 +13,8 @@
 //! - [`protocol`]: parsing client requests and writing RESP2/RESP3 replies.
 //! - [`commands`]: the command table (every served command's facts, stated once) and the
 //!   key locator derived from it.
+//! - [`redis_num`]: Redis's numbers (integers, doubles, long doubles, blocking timeouts) and
+//!   the text of a double in a reply, shared by the request path and the embedded store.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
@@ -37,5 +39,6 @@ pub mod meter;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod redis_num;
 pub mod server;
 pub mod upstream;

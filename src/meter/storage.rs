@@ -15,10 +15,11 @@ use bytes::Bytes;
 use redis::Value;
 
 use crate::commands::{
-    parse_redis_int, threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step,
-    Storage, Takes, TtlUnit, Written,
+    threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step, Storage, Takes,
+    TtlUnit, Written,
 };
 use crate::namespace::Namespace;
+use crate::redis_num::parse_int;
 
 /// The longest string Redis stores (`proto-max-bulk-len`, 512 MiB): no offset write grows a
 /// key beyond it, so it caps what admission reserves for one.
@@ -136,7 +137,7 @@ fn memory_usage(key: &[u8]) -> redis::Cmd {
 
 /// Seconds until an expiry given as `value` in `unit`, rounded up; `Err` when unparsable.
 fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
-    let n = parse_redis_int(raw).ok_or("ERR value is not an integer or out of range")?;
+    let n = parse_int(raw).ok_or("ERR value is not an integer or out of range")?;
     let ms = match unit {
         TtlUnit::Seconds => n.saturating_mul(1000),
         TtlUnit::Millis => n,
@@ -166,8 +167,7 @@ fn len(arg: Option<&Bytes>) -> u64 {
 /// A non-negative integer argument, `None` when it is not one (Redis then refuses the
 /// command, so nothing is written).
 fn offset(arg: Option<&[u8]>) -> Option<u64> {
-    arg.and_then(parse_redis_int)
-        .and_then(|n| u64::try_from(n).ok())
+    arg.and_then(parse_int).and_then(|n| u64::try_from(n).ok())
 }
 
 /// The most bytes a string write can grow its key by.
@@ -357,7 +357,7 @@ pub fn plan(
             let Some(&key) = key_indices.first() else {
                 return Ok(plan);
             };
-            let by = || args.get(2).and_then(|a| parse_redis_int(a));
+            let by = || args.get(2).and_then(|a| parse_int(a));
             let step = match step {
                 Step::Up => Some(1),
                 Step::Down => Some(-1),

@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use redis::Value;
 
 use super::Proto;
+use crate::redis_num::format_double;
 
 /// Writes RESP replies into an output buffer.
 pub struct ReplyWriter<'a> {
@@ -173,21 +174,6 @@ impl<'a> ReplyWriter<'a> {
             _ => self.error("ERR pkv cannot relay this reply type"),
         }
     }
-}
-
-/// Formats a double the way Redis does for whole numbers and otherwise in the shortest
-/// form that reads back to the same value.
-fn format_double(d: f64) -> String {
-    if d.is_infinite() {
-        return if d > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if d.is_nan() {
-        return "nan".into();
-    }
-    if d.fract() == 0.0 && d.abs() < 1e17 {
-        return format!("{}", d as i64);
-    }
-    format!("{d:?}")
 }
 
 /// Decimal text of `n` in a small stack buffer.

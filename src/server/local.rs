@@ -269,7 +269,7 @@ impl Session {
                 let max = self.shared.settings.max_ttl as i64;
                 let lifetime = match args.get(1) {
                     None => max,
-                    Some(raw) => match commands::parse_redis_int(raw) {
+                    Some(raw) => match crate::redis_num::parse_int(raw) {
                         Some(n) if n > 0 && n <= max => n,
                         _ => {
                             return self

@@ -433,7 +433,7 @@ const EMBSTR_MAX: usize = 44;
 /// A string holding an integer Redis would store as one.
 fn as_integer(s: &[u8]) -> Option<i64> {
     (s.len() <= 20)
-        .then(|| crate::commands::parse_redis_int(s))
+        .then(|| crate::redis_num::parse_int(s))
         .flatten()
 }
 

@@ -14,9 +14,9 @@ use std::collections::HashSet;
 use redis::Value;
 
 use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, SYNTAX};
-use crate::commands::parse_redis_int;
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
+use crate::redis_num::parse_int;
 
 pub const COMMANDS: &[Command] = &[
     Command {
@@ -162,7 +162,7 @@ fn spop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     }
     let count = match args.get(2) {
         None => None,
-        Some(raw) => match parse_redis_int(raw) {
+        Some(raw) => match parse_int(raw) {
             Some(n) if n >= 0 => Some(n as u64),
             _ => return Err("ERR value is out of range, must be positive".into()),
         },
@@ -358,7 +358,7 @@ fn sdiffstore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `SINTERCARD numkeys key [key ...] [LIMIT limit]`: the size of the intersection, at most
 /// `limit` (0: no limit).
 fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let numkeys = match parse_redis_int(args[1]) {
+    let numkeys = match parse_int(args[1]) {
         Some(n) if n > 0 => n as u64,
         _ => return Err("ERR numkeys should be greater than 0".into()),
     };
@@ -372,7 +372,7 @@ fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     while let Some((word, tail)) = options.split_first() {
         match tail.first() {
             Some(raw) if is(word, "LIMIT") => {
-                limit = match parse_redis_int(raw) {
+                limit = match parse_int(raw) {
                     Some(n) if n >= 0 => n as u64,
                     _ => return Err("ERR LIMIT can't be negative".into()),
                 };

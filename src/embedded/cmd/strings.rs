@@ -534,7 +534,7 @@ fn store_keeping_ttl(slot: &mut Option<Entry>, value: Vec<u8>) {
 }
 
 /// `INCRBYFLOAT key increment`: the new value as text, computed the way Redis does (see
-/// [`super::long_double`]).
+/// [`crate::redis_num::long_double`]).
 fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |slot| {
         let current = string_of(slot.as_ref())?.map(|s| s.as_slice());
@@ -546,7 +546,7 @@ fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `current + increment` as Redis's INCRBYFLOAT writes it; `HINCRBYFLOAT` does the same.
 pub(super) fn add_float(current: &[u8], increment: &[u8]) -> Result<String, Error> {
-    use super::long_double::{LongDouble, Value as Ld};
+    use crate::redis_num::long_double::{LongDouble, Value as Ld};
     let not_float = || Error::from(super::NOT_FLOAT);
     let a = LongDouble::parse(current).ok_or_else(not_float)?;
     let b = LongDouble::parse(increment).ok_or_else(not_float)?;
@@ -675,7 +675,7 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// A bit offset: a whole number from 0 to the last bit of the largest string.
 fn bit_offset(raw: &[u8]) -> Result<u64, Error> {
     let out_of_range = || Error::from("ERR bit offset is not an integer or out of range");
-    let n = crate::commands::parse_redis_int(raw).ok_or_else(out_of_range)?;
+    let n = crate::redis_num::parse_int(raw).ok_or_else(out_of_range)?;
     if n < 0 || (n as u64 >> 3) >= MAX_STRING {
         return Err(out_of_range());
     }
@@ -991,7 +991,7 @@ fn field_type(raw: &[u8]) -> Result<(bool, u32), Error> {
         Some((b'u', rest)) => (false, rest),
         _ => return Err(invalid()),
     };
-    let bits = crate::commands::parse_redis_int(digits).ok_or_else(invalid)?;
+    let bits = crate::redis_num::parse_int(digits).ok_or_else(invalid)?;
     let limit = if signed { 64 } else { 63 };
     if !(1..=limit).contains(&bits) {
         return Err(invalid());
@@ -1006,7 +1006,7 @@ fn field_offset(raw: &[u8], bits: u32) -> Result<u64, Error> {
         Some((b'#', rest)) => (true, rest),
         _ => (false, raw),
     };
-    let mut n = crate::commands::parse_redis_int(digits).ok_or_else(out_of_range)?;
+    let mut n = crate::redis_num::parse_int(digits).ok_or_else(out_of_range)?;
     if by_index {
         n = n.checked_mul(i64::from(bits)).ok_or_else(out_of_range)?;
     }
