@@ -5,6 +5,7 @@
 //! options exactly the way Redis parses them so that pkv and Redis always agree on which
 //! argument is a key.
 
+pub mod set_options;
 pub mod spec;
 pub mod table;
 

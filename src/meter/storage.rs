@@ -14,6 +14,7 @@
 use bytes::Bytes;
 use redis::Value;
 
+use crate::commands::set_options::{self, Expiry, OptionsOf};
 use crate::commands::{
     threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step, Storage, Takes,
     TtlUnit, Written,
@@ -273,22 +274,15 @@ pub fn plan(
     match spec.storage {
         Storage::None => {}
         Storage::Set => {
-            let mut ttl = None;
-            let (mut keepttl, mut get, mut nx, mut xx) = (false, false, false, false);
-            let mut i = 3;
-            while i < args.len() {
-                let word = &args[i];
-                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
-                    ttl = Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?);
-                    i += 2;
-                    continue;
+            let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+            let (get, nx, xx) = (options.get, options.nx, options.xx);
+            let keepttl = options.expiry == Some(Expiry::Keep);
+            let ttl = match options.expiry {
+                Some(Expiry::In(unit, value)) => {
+                    Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?)
                 }
-                keepttl |= word.eq_ignore_ascii_case(b"KEEPTTL");
-                get |= word.eq_ignore_ascii_case(b"GET");
-                nx |= word.eq_ignore_ascii_case(b"NX");
-                xx |= word.eq_ignore_ascii_case(b"XX");
-                i += 1;
-            }
+                _ => None,
+            };
             let (key_len, value_len) = (len(args.get(1)), len(args.get(2)));
             if keepttl {
                 strlen_plan(&mut plan, &upstream(1), key_len, value_len, policy);
@@ -463,18 +457,18 @@ pub fn plan(
             expire_plan(&mut plan, &upstream(1));
         }
         Storage::GetEx => {
-            let mut i = 2;
-            while i < args.len() {
-                let word = &args[i];
-                if word.eq_ignore_ascii_case(b"PERSIST") {
+            match set_options::parse(args, OptionsOf::GetEx)
+                .map_err(|e| e.to_string())?
+                .expiry
+            {
+                Some(Expiry::Persist) => {
                     return Err("ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end".into());
                 }
-                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
+                Some(Expiry::In(unit, value)) => {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;
                     expire_plan(&mut plan, &upstream(1));
-                    i += 1;
                 }
-                i += 1;
+                Some(Expiry::Keep) | None => {}
             }
         }
         Storage::Rename => {

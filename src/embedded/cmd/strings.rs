@@ -3,6 +3,7 @@
 use redis::Value;
 
 use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
+use crate::commands::set_options::{self, Expiry, OptionsOf};
 use crate::commands::TtlUnit;
 use crate::embedded::data::{Data, Entry};
 
@@ -171,35 +172,12 @@ fn get(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`
 fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
-    let mut expiry: Option<(TtlUnit, &[u8])> = None;
-    let mut i = 3;
-    while i < args.len() {
-        let word = args[i];
-        let unit = TtlUnit::option(word);
-        if is(word, "NX") && !xx {
-            nx = true;
-        } else if is(word, "XX") && !nx {
-            xx = true;
-        } else if is(word, "GET") {
-            get = true;
-        } else if is(word, "KEEPTTL") && expiry.is_none() {
-            keepttl = true;
-        } else if let (Some(unit), Some(value)) = (unit, args.get(i + 1)) {
-            // The same option twice is allowed (the last wins); two different ones are not.
-            if keepttl || expiry.is_some_and(|(u, _)| u != unit) {
-                return Err(SYNTAX.into());
-            }
-            expiry = Some((unit, value));
-            i += 1;
-        } else {
-            return Err(SYNTAX.into());
-        }
-        i += 1;
-    }
-    let expires_at = match expiry {
-        Some((unit, raw)) => Some(deadline(cx, unit, raw, "set")?),
-        None => None,
+    let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+    let (nx, xx, get) = (options.nx, options.xx, options.get);
+    let keepttl = options.expiry == Some(Expiry::Keep);
+    let expires_at = match options.expiry {
+        Some(Expiry::In(unit, raw)) => Some(deadline(cx, unit, raw, "set")?),
+        _ => None,
     };
     let value = args[2];
     cx.write(args[1], |slot| {
@@ -286,24 +264,12 @@ fn getdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `GETEX key [EX s | PX ms | EXAT ts | PXAT ms-ts | PERSIST]`: the value, and a new
 /// deadline (or none).
 fn getex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let mut expiry: Option<(TtlUnit, &[u8])> = None;
-    let mut persist = false;
-    let mut i = 2;
-    while i < args.len() {
-        let word = args[i];
-        if is(word, "PERSIST") && expiry.is_none() {
-            persist = true;
-        } else if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
-            if persist || expiry.is_some_and(|(u, _)| u != unit) {
-                return Err(SYNTAX.into());
-            }
-            expiry = Some((unit, value));
-            i += 1;
-        } else {
-            return Err(SYNTAX.into());
-        }
-        i += 1;
-    }
+    let options = set_options::parse(args, OptionsOf::GetEx).map_err(|e| e.to_string())?;
+    let persist = options.expiry == Some(Expiry::Persist);
+    let expiry = match options.expiry {
+        Some(Expiry::In(unit, raw)) => Some((unit, raw)),
+        _ => None,
+    };
     let now = cx.now;
     // Checked once the key is known to hold a string, as Redis does.
     let at = expiry.map(|(unit, raw)| deadline(cx, unit, raw, "getex"));
