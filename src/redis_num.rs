@@ -37,6 +37,29 @@ pub fn parse_int(raw: &[u8]) -> Option<i64> {
     }
 }
 
+/// Parses a SCAN cursor the way Redis's `parseScanCursorOrReply` does (`strtoul` over the
+/// argument up to a NUL byte): an optional sign, decimal digits, no overflow; an empty text
+/// reads as 0 and a negative number wraps around.
+pub fn parse_cursor(raw: &[u8]) -> Option<u64> {
+    let text = c_str(raw);
+    if text.is_empty() {
+        return Some(0);
+    }
+    let (neg, digits) = match text[0] {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for d in digits {
+        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(if neg { value.wrapping_neg() } else { value })
+}
+
 // === doubles ===
 
 /// C's `isspace` (in the C locale).
@@ -363,6 +386,36 @@ mod tests {
         }
         assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
         assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+    }
+
+    #[test]
+    fn cursors_read_like_strtoul() {
+        // Accepted and refused ("ERR invalid cursor") by redis-server 7.0.15's SCAN.
+        assert_eq!(parse_cursor(b"0"), Some(0));
+        assert_eq!(parse_cursor(b""), Some(0));
+        assert_eq!(parse_cursor(b"00"), Some(0));
+        assert_eq!(parse_cursor(b"+5"), Some(5));
+        assert_eq!(parse_cursor(b"5\0x"), Some(5));
+        assert_eq!(parse_cursor(b"-1"), Some(u64::MAX));
+        assert_eq!(parse_cursor(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b"-"[..],
+            b"+",
+            b" 1",
+            b"1 ",
+            b"1.5",
+            b"x",
+            b"1x",
+            b"0x10",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                parse_cursor(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

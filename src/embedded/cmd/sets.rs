@@ -407,31 +407,9 @@ fn sscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 // === shared with the hash commands ===
 
-/// Checks a scan cursor as Redis reads it (`strtoull`: an optional sign, decimal digits,
-/// no overflow; an empty text reads as 0).
+/// A scan cursor as Redis reads it (see [`crate::redis_num::parse_cursor`]).
 pub(super) fn scan_cursor(raw: &[u8]) -> Result<u64, Error> {
-    const INVALID: &str = "ERR invalid cursor";
-    // Redis passes the bytes to C: a NUL ends them.
-    let text = raw.split(|&b| b == 0).next().unwrap_or_default();
-    if text.is_empty() {
-        return Ok(0);
-    }
-    let (neg, digits) = match text[0] {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(INVALID.into());
-    }
-    let mut value: u64 = 0;
-    for d in digits {
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| Error::from(INVALID))?;
-    }
-    Ok(if neg { value.wrapping_neg() } else { value })
+    crate::redis_num::parse_cursor(raw).ok_or_else(|| "ERR invalid cursor".into())
 }
 
 /// Reads a scan's options (`MATCH pattern`, `COUNT count`, the last of each wins); returns
@@ -620,26 +598,6 @@ mod tests {
         assert_eq!(run(&store, Proto::Resp2, "SMOVE s t a"), Ok(Value::Int(1)));
         assert_eq!(run(&store, Proto::Resp2, "SCARD s"), Ok(Value::Int(0)));
         assert_eq!(expiry(&store, "s"), None);
-    }
-
-    #[test]
-    fn cursors_read_like_strtoull() {
-        assert_eq!(scan_cursor(b"0"), Ok(0));
-        assert_eq!(scan_cursor(b""), Ok(0));
-        assert_eq!(scan_cursor(b"+5"), Ok(5));
-        assert_eq!(scan_cursor(b"00"), Ok(0));
-        assert_eq!(scan_cursor(b"-1"), Ok(u64::MAX));
-        assert_eq!(scan_cursor(b"18446744073709551615"), Ok(u64::MAX));
-        for bad in [
-            &b"18446744073709551616"[..],
-            b" 0",
-            b"x",
-            b"-",
-            b"1x",
-            b"0x10",
-        ] {
-            assert!(scan_cursor(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
