@@ -359,6 +359,19 @@ pub fn format_double(d: f64) -> String {
     }
 }
 
+/// The text Redis 7.0 keeps a double as (`d2string`), where it differs from a reply's: a
+/// whole number within ±2^62 is written as an integer (`100000000000000000`, where a reply
+/// has `1e+17`), and negative zero as `0`. A small sorted set keeps its scores as this text,
+/// so ZSCAN shows it.
+pub fn d2string(d: f64) -> String {
+    // ±(LLONG_MAX / 2) as a double: the range Redis's `double2ll` converts.
+    const LIMIT: f64 = 4_611_686_018_427_387_904.0;
+    if (-LIMIT..=LIMIT).contains(&d) && d.fract() == 0.0 {
+        return (d as i64).to_string();
+    }
+    format_double(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,6 +559,25 @@ mod tests {
             assert_eq!(format_double(d), text, "{d:e}");
             // 17 digits always read back as the same double.
             assert_eq!(parse_double(text.as_bytes()), Some(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn stored_doubles_are_written_like_redis_7_0() {
+        // What redis-server 7.0.15's ZSCAN shows for a small sorted set with these scores.
+        let cases = [
+            (-0.0, "0"),
+            (0.5, "0.5"),
+            (1e17, "100000000000000000"),
+            (123_456_789_012_345_680.0, "123456789012345680"),
+            (4_611_686_018_427_387_904.0, "4611686018427387904"),
+            (-4_611_686_018_427_387_904.0, "-4611686018427387904"),
+            (9e18, "9e+18"),
+            (0.1, "0.10000000000000001"),
+            (f64::NEG_INFINITY, "-inf"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(d2string(d), text, "{d:e}");
         }
     }
 }

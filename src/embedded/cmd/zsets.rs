@@ -1363,7 +1363,7 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     for (member, d) in page {
         if pattern.is_none_or(|p| p == b"*" || glob::matches(p, &member)) {
             out.push(bulk(member));
-            out.push(bulk(crate::redis_num::format_double(d)));
+            out.push(bulk(crate::redis_num::d2string(d)));
         }
     }
     Ok(Value::Array(vec![bulk("0"), Value::Array(out)]))
