@@ -461,6 +461,10 @@ mod tests {
         assert_eq!(limit("blpop a b 1.5"), Some(ms(1500)));
         assert_eq!(limit("blpop a 0"), None);
         assert_eq!(limit("blmpop 0.001 2 a b left"), Some(ms(1)));
+        // Seconds are a long double, as Redis reads them: 1e-400 is not 0 (for ever).
+        assert_eq!(limit("blpop a 1e-400"), Some(ms(1)));
+        assert_eq!(limit("blpop a 0x10"), Some(ms(16_000)));
+        assert_eq!(limit("blpop a -1"), None);
         assert_eq!(limit("xread block 250 streams s $"), Some(ms(250)));
         assert_eq!(limit("xread block 0 streams s $"), None);
         assert_eq!(limit("xread streams s $"), None);
