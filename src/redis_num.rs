@@ -504,6 +504,9 @@ mod tests {
         // -0.001 is a little above -1 ms in long double arithmetic: it too waits for ever.
         assert_eq!(secs("-0.001"), ms(0));
         assert_eq!(secs("9.2e15"), ms(9_200_000_000_000_000_000));
+        // The largest: 2^63 - 1 ms is a wait, 2^63 ms overflows (negative in Redis).
+        assert_eq!(secs("9223372036854775.807"), ms(i64::MAX as u64));
+        assert_eq!(secs("9223372036854775.808"), Err(TimeoutError::Negative));
         for negative in [
             "-1", "-0.002", "-0.0015", "inf", "-inf", "1e300", "9.3e15", "1e16",
         ] {
