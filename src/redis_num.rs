@@ -1,5 +1,5 @@
 //! Redis's numbers, read and written the way Redis 7.0 does it: integers (`string2ll`),
-//! doubles (`strtod` over the whole argument), long doubles ([`long_double`]), blocking
+//! doubles (`strtod` over the whole argument), long doubles (the `long_double` module), blocking
 //! timeouts, and the text of a double in a reply. The request path and the embedded store
 //! both use these, so a number means the same thing to pkv's key locator, its meter, its
 //! store and the Redis behind it.

@@ -3,7 +3,8 @@
 //! [`table`] states every served command once; [`lookup`] finds a request's row and checks
 //! its arity; [`key_args`] lists which arguments are keys, channels or key patterns, parsing
 //! options exactly the way Redis parses them so that pkv and Redis always agree on which
-//! argument is a key.
+//! argument is a key; [`set_options`] reads the options of SET and GETEX once, for the meter
+//! and the embedded store.
 
 pub mod set_options;
 pub mod spec;
