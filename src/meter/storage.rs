@@ -206,8 +206,8 @@ fn bitfield_end(args: &[Bytes]) -> u64 {
                 .get(i + 1)
                 .filter(|t| matches!(t.first(), Some(b'i' | b'I' | b'u' | b'U')))
                 .and_then(|t| t.get(1..))
-                .and_then(|w| std::str::from_utf8(w).ok())
-                .and_then(|w| w.parse::<u64>().ok());
+                .and_then(parse_int)
+                .and_then(|w| u64::try_from(w).ok());
             let at = args.get(i + 2).and_then(|o| match o.strip_prefix(b"#") {
                 Some(n) => offset(Some(n)).zip(width).map(|(n, w)| n.saturating_mul(w)),
                 None => offset(Some(o)),
