@@ -481,9 +481,13 @@ fn write_zset<R>(
     })
 }
 
-/// A score as a reply (a negative zero reads "-0", as Redis writes it).
+/// A score as a reply. Redis writes a negative zero as "-0".
 fn zscore_value(cx: &Cx, d: f64) -> Value {
-    score(cx, d)
+    if d == 0.0 && d.is_sign_negative() && !cx.resp3() {
+        bulk("-0")
+    } else {
+        score(cx, d)
+    }
 }
 
 /// Members, with their scores when asked: `[member, score]` pairs in RESP3, one flat
