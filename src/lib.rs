@@ -15,6 +15,8 @@
 //! - [`commands`]: the command table (every served command's facts, stated once), the key
 //!   locator derived from it, and [`commands::Call`], a command with its row resolved once,
 //!   as the request path hands it to a backend.
+//! - [`redis_num`]: Redis's numbers (integers, doubles, long doubles, blocking timeouts) and
+//!   the text of a double in a reply, shared by the request path and the embedded store.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
@@ -42,5 +44,6 @@ pub mod meter;
 pub mod metrics;
 pub mod namespace;
 pub mod protocol;
+pub mod redis_num;
 pub mod server;
 pub mod upstream;

@@ -154,6 +154,24 @@ fn brpop_on_several_keys_wakes_on_any_of_them() {
     assert_eq!(rest, ["1"]);
 }
 
+/// The longest timeout Redis 7.0 takes, 2^63 - 1 ms (`9223372036854775.807` seconds, read as
+/// a long double), is a wait like any other: woken by a push, no error, no overflow.
+#[test]
+fn the_longest_timeout_waits_like_any_other() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["BLPOP", "q", "9223372036854775.807"]);
+    thread::sleep(SETTLE);
+    s.run(&["RPUSH", "q", "x"]);
+    let (reply, _) = wait(&blocked);
+    let pair = |a: &str, b: &str| {
+        redis::Value::Array(vec![
+            redis::Value::BulkString(a.into()),
+            redis::Value::BulkString(b.into()),
+        ])
+    };
+    assert_eq!(reply, pair("q", "x"));
+}
+
 #[test]
 fn blpop_times_out_with_nil() {
     let s = Setup::start();

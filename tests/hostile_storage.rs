@@ -346,6 +346,50 @@ fn writes_that_write_nothing_pay_nothing_embedded() {
     writes_that_write_nothing_pay_nothing(&mut embedded());
 }
 
+// === SET's options, read the way Redis reads them ===
+
+/// The meter and the store read SET's options with one parser that follows Redis: an
+/// option word ends at a NUL byte, so `ex\0junk` is `EX`. The meter once missed it and
+/// appended the default TTL, which Redis took over the client's 100 s (the key lived, and
+/// was paid for, a day); it appended `EX <default>` to `keepttl\0` too, which Redis refuses
+/// beside KEEPTTL. Options Redis refuses are refused with its syntax error before anything
+/// is priced (`PX 1 EX <above the maximum>` used to get pkv's TTL error instead).
+fn set_options_are_read_as_redis_reads_them(s: &mut Setup) {
+    let c = &mut s.c;
+    let charged = paid(c, &["SET", "k", "v", "ex\0junk", "100"]);
+    let secs = secs_left(c, "k");
+    assert!(secs <= 100, "SET k v ex\\0junk 100 left {secs} s");
+    assert_pays_ttl(charged, 2, secs, "SET k v ex\\0junk 100");
+    assert_eq!(ok(c, &["SET", "k", "w", "keepttl\0"]), Value::Okay);
+    assert!(secs_left(c, "k") <= 100, "SET KEEPTTL kept the TTL");
+    let above_max = (YEAR + 1).to_string();
+    let refused = ["SET", "k", "v", "PX", "1", "EX", above_max.as_str()];
+    let pkv_says = call(c, &refused).expect_err("Redis refuses two expiries");
+    assert!(pkv_says.contains("syntax error"), "{pkv_says}");
+    if let Some(redis) = &s.redis {
+        let mut direct = redis.direct();
+        let redis_says = call(&mut direct, &refused).expect_err("Redis refuses two expiries");
+        assert_eq!(pkv_says, redis_says);
+        // Redis itself reads the options as pkv does.
+        assert_eq!(
+            call(&mut direct, &["SET", "d", "v", "ex\0junk", "100"]),
+            Ok(Value::Okay)
+        );
+        let ttl = int(&mut direct, &["TTL", "d"]);
+        assert!((1..=100).contains(&ttl), "direct TTL {ttl}");
+    }
+}
+
+#[test]
+fn set_options_are_read_as_redis_reads_them_upstream() {
+    set_options_are_read_as_redis_reads_them(&mut upstream());
+}
+
+#[test]
+fn set_options_are_read_as_redis_reads_them_embedded() {
+    set_options_are_read_as_redis_reads_them(&mut embedded());
+}
+
 // === item 15: names and numbers Redis stores ===
 
 fn stored_names_and_numbers_are_paid(s: &mut Setup) {

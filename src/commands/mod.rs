@@ -3,9 +3,11 @@
 //! [`table`] states every served command once; [`lookup`] finds a request's row and checks
 //! its arity; [`key_args`] lists which arguments are keys, channels or key patterns, parsing
 //! options exactly the way Redis parses them so that pkv and Redis always agree on which
-//! argument is a key.
+//! argument is a key; [`set_options`] reads the options of SET and GETEX once, for the meter
+//! and the embedded store.
 
 mod call;
+pub mod set_options;
 pub mod spec;
 pub mod table;
 
@@ -14,7 +16,9 @@ use std::sync::OnceLock;
 
 use bytes::Bytes;
 
+use crate::redis_num::{parse_int, parse_timeout, TimeoutUnit};
 pub use call::Call;
+
 pub use spec::{
     flags, CommandSpec, DataArgs, Dest, Element, Exec, KeyRule, Local, Most, Opt, ReplyRewrite,
     Step, Storage, Takes, Timeout, TtlUnit, Written,
@@ -235,30 +239,6 @@ pub enum KeyError {
     OtherDatabase,
 }
 
-/// Parses an integer the way Redis's `string2ll` does: optional `-`, digits, no leading
-/// zeros, no spaces or `+`. Agreeing with Redis here is what keeps `numkeys` honest.
-pub fn parse_redis_int(raw: &[u8]) -> Option<i64> {
-    let (neg, digits) = match raw.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, raw),
-    };
-    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (digits.len() > 1 || neg)) {
-        return None;
-    }
-    let mut value: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
-    }
-    if neg {
-        Some(value)
-    } else {
-        value.checked_neg()
-    }
-}
-
 /// Where a request's keys are, and whether it waits for data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Located {
@@ -276,18 +256,12 @@ impl Located {
     /// or when it cannot be read (Redis will refuse the request then).
     pub fn wait_limit(&self, args: &[Bytes]) -> Option<std::time::Duration> {
         let (at, millis) = self.timeout?;
-        let raw = std::str::from_utf8(args.get(at)?).ok()?;
-        let ms = if millis {
-            raw.parse::<u64>().ok()?
+        let unit = if millis {
+            TimeoutUnit::Millis
         } else {
-            // Redis reads seconds as a double; this is only when the wait ends, not money.
-            let secs: f64 = raw.parse().ok()?;
-            if !(0.0..1e12).contains(&secs) {
-                return None;
-            }
-            (secs * 1000.0).ceil() as u64
+            TimeoutUnit::Seconds
         };
-        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+        parse_timeout(args.get(at)?, unit).ok()?.limit()
     }
 }
 
@@ -330,7 +304,7 @@ pub fn locate(spec: &CommandSpec, args: &[Bytes]) -> Result<Located, KeyError> {
             KeyRule::NumKeys { at } => {
                 let at = usize::from(at);
                 let raw = args.get(at).ok_or(KeyError::Syntax)?;
-                let n = parse_redis_int(raw).ok_or(KeyError::NotInteger)?;
+                let n = parse_int(raw).ok_or(KeyError::NotInteger)?;
                 if n <= 0 {
                     return Err(KeyError::NumKeysNotPositive);
                 }
@@ -408,7 +382,7 @@ fn options(
             }
             Takes::Database => {
                 let db = args.get(i + 1).ok_or(KeyError::Syntax)?;
-                if parse_redis_int(db).ok_or(KeyError::NotInteger)? != 0 {
+                if parse_int(db).ok_or(KeyError::NotInteger)? != 0 {
                     return Err(KeyError::OtherDatabase);
                 }
                 i += 2;
@@ -460,31 +434,6 @@ mod tests {
         line.split_whitespace()
             .map(|a| Bytes::copy_from_slice(a.as_bytes()))
             .collect()
-    }
-
-    #[test]
-    fn redis_int_parsing_matches_string2ll() {
-        assert_eq!(parse_redis_int(b"12"), Some(12));
-        assert_eq!(parse_redis_int(b"-3"), Some(-3));
-        assert_eq!(parse_redis_int(b"0"), Some(0));
-        for bad in [
-            &b"01"[..],
-            b"+1",
-            b" 1",
-            b"",
-            b"-",
-            b"-0",
-            b"1a",
-            b"99999999999999999999",
-        ] {
-            assert_eq!(
-                parse_redis_int(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        assert_eq!(parse_redis_int(b"-9223372036854775808"), Some(i64::MIN));
     }
 
     #[test]
@@ -559,6 +508,10 @@ mod tests {
         assert_eq!(limit("blpop a b 1.5"), Some(ms(1500)));
         assert_eq!(limit("blpop a 0"), None);
         assert_eq!(limit("blmpop 0.001 2 a b left"), Some(ms(1)));
+        // Seconds are a long double, as Redis reads them: 1e-400 is not 0 (for ever).
+        assert_eq!(limit("blpop a 1e-400"), Some(ms(1)));
+        assert_eq!(limit("blpop a 0x10"), Some(ms(16_000)));
+        assert_eq!(limit("blpop a -1"), None);
         assert_eq!(limit("xread block 250 streams s $"), Some(ms(250)));
         assert_eq!(limit("xread block 0 streams s $"), None);
         assert_eq!(limit("xread streams s $"), None);

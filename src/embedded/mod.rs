@@ -286,8 +286,12 @@ impl Store {
                 }
             };
             let deadline = *deadline.get_or_insert_with(|| {
+                // A deadline past what the clock can hold is no deadline: it waits for ever.
                 (timeout_ms > 0)
-                    .then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms))
+                    .then(|| {
+                        tokio::time::Instant::now().checked_add(Duration::from_millis(timeout_ms))
+                    })
+                    .flatten()
             });
             let expired = async {
                 match deadline {

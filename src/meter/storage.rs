@@ -15,11 +15,13 @@ use crate::commands::Call;
 use crate::protocol::frame::Frame;
 use bytes::Bytes;
 
+use crate::commands::set_options::{self, Expiry, OptionsOf};
 use crate::commands::{
-    parse_redis_int, threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step,
-    Storage, Takes, TtlUnit, Written,
+    threshold_len, ArgRole, CommandSpec, DataArgs, Dest, Element, Most, Opt, Step, Storage, Takes,
+    TtlUnit, Written,
 };
 use crate::namespace::Namespace;
+use crate::redis_num::parse_int;
 
 /// The longest string Redis stores (`proto-max-bulk-len`, 512 MiB): no offset write grows a
 /// key beyond it, so it caps what admission reserves for one.
@@ -136,7 +138,7 @@ fn memory_usage(key: &[u8]) -> Call {
 
 /// Seconds until an expiry given as `value` in `unit`, rounded up; `Err` when unparsable.
 fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
-    let n = parse_redis_int(raw).ok_or("ERR value is not an integer or out of range")?;
+    let n = parse_int(raw).ok_or("ERR value is not an integer or out of range")?;
     let ms = match unit {
         TtlUnit::Seconds => n.saturating_mul(1000),
         TtlUnit::Millis => n,
@@ -166,8 +168,7 @@ fn len(arg: Option<&Bytes>) -> u64 {
 /// A non-negative integer argument, `None` when it is not one (Redis then refuses the
 /// command, so nothing is written).
 fn offset(arg: Option<&[u8]>) -> Option<u64> {
-    arg.and_then(parse_redis_int)
-        .and_then(|n| u64::try_from(n).ok())
+    arg.and_then(parse_int).and_then(|n| u64::try_from(n).ok())
 }
 
 /// The most bytes a string write can grow its key by.
@@ -205,8 +206,8 @@ fn bitfield_end(args: &[Bytes]) -> u64 {
                 .get(i + 1)
                 .filter(|t| matches!(t.first(), Some(b'i' | b'I' | b'u' | b'U')))
                 .and_then(|t| t.get(1..))
-                .and_then(|w| std::str::from_utf8(w).ok())
-                .and_then(|w| w.parse::<u64>().ok());
+                .and_then(parse_int)
+                .and_then(|w| u64::try_from(w).ok());
             let at = args.get(i + 2).and_then(|o| match o.strip_prefix(b"#") {
                 Some(n) => offset(Some(n)).zip(width).map(|(n, w)| n.saturating_mul(w)),
                 None => offset(Some(o)),
@@ -273,22 +274,15 @@ pub fn plan(
     match spec.storage {
         Storage::None => {}
         Storage::Set => {
-            let mut ttl = None;
-            let (mut keepttl, mut get, mut nx, mut xx) = (false, false, false, false);
-            let mut i = 3;
-            while i < args.len() {
-                let word = &args[i];
-                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
-                    ttl = Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?);
-                    i += 2;
-                    continue;
+            let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+            let (get, nx, xx) = (options.get, options.nx, options.xx);
+            let keepttl = options.expiry == Some(Expiry::Keep);
+            let ttl = match options.expiry {
+                Some(Expiry::In(unit, value)) => {
+                    Some(check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?)
                 }
-                keepttl |= word.eq_ignore_ascii_case(b"KEEPTTL");
-                get |= word.eq_ignore_ascii_case(b"GET");
-                nx |= word.eq_ignore_ascii_case(b"NX");
-                xx |= word.eq_ignore_ascii_case(b"XX");
-                i += 1;
-            }
+                _ => None,
+            };
             let (key_len, value_len) = (len(args.get(1)), len(args.get(2)));
             if keepttl {
                 strlen_plan(&mut plan, &upstream(1), key_len, value_len, policy);
@@ -357,7 +351,7 @@ pub fn plan(
             let Some(&key) = key_indices.first() else {
                 return Ok(plan);
             };
-            let by = || args.get(2).and_then(|a| parse_redis_int(a));
+            let by = || args.get(2).and_then(|a| parse_int(a));
             let step = match step {
                 Step::Up => Some(1),
                 Step::Down => Some(-1),
@@ -461,18 +455,18 @@ pub fn plan(
             expire_plan(&mut plan, &upstream(1));
         }
         Storage::GetEx => {
-            let mut i = 2;
-            while i < args.len() {
-                let word = &args[i];
-                if word.eq_ignore_ascii_case(b"PERSIST") {
+            match set_options::parse(args, OptionsOf::GetEx)
+                .map_err(|e| e.to_string())?
+                .expiry
+            {
+                Some(Expiry::Persist) => {
                     return Err("ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end".into());
                 }
-                if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
+                Some(Expiry::In(unit, value)) => {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;
                     expire_plan(&mut plan, &upstream(1));
-                    i += 1;
                 }
-                i += 1;
+                Some(Expiry::Keep) | None => {}
             }
         }
         Storage::Rename => {

@@ -232,7 +232,7 @@ fn hincrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let hash = hash_or_new(entry)?;
         let current = match hash.get(args[2]) {
             None => 0,
-            Some(raw) => crate::commands::parse_redis_int(raw)
+            Some(raw) => crate::redis_num::parse_int(raw)
                 .ok_or_else(|| Error::from("ERR hash value is not an integer"))?,
         };
         let value = current
@@ -244,9 +244,9 @@ fn hincrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 }
 
 /// `HINCRBYFLOAT key field increment`: the sum computed and written as `INCRBYFLOAT`
-/// does (see [`super::long_double`]).
+/// does (see [`crate::redis_num::long_double`]).
 fn hincrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    use super::long_double::{LongDouble, Value as Ld};
+    use crate::redis_num::long_double::{LongDouble, Value as Ld};
     let increment = match LongDouble::parse(args[3]) {
         None => return Err(super::NOT_FLOAT.into()),
         Some(Ld::Infinite) => return Err("ERR value is NaN or Infinity".into()),

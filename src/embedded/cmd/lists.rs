@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::protocol::frame::Frame;
 
 use super::{arity_error, bulk, bulks, int, int_arg, is, ok, wrongtype, Command, Cx, Error};
-use super::{parse_float, Reply, NOT_INTEGER, SYNTAX};
+use super::{timeout_arg, Reply, NOT_INTEGER, SYNTAX};
 use crate::embedded::data::{Data, Entry};
 
 type List = VecDeque<Vec<u8>>;
@@ -163,28 +163,10 @@ fn check_list(cx: &Cx, key: &[u8]) -> Result<(), Error> {
 
 /// A whole number in `min..`, or the error `message` (Redis words these per option).
 fn at_least(raw: &[u8], min: i64, message: &str) -> Result<i64, Error> {
-    match crate::commands::parse_redis_int(raw) {
+    match crate::redis_num::parse_int(raw) {
         Some(n) if n >= min => Ok(n),
         _ => Err(message.into()),
     }
-}
-
-/// A blocking command's timeout, in seconds (a float; 0 waits for ever), as milliseconds
-/// rounded up. Redis converts it the same way: a value too large for its millisecond clock
-/// reads as negative.
-fn timeout_arg(cx: &Cx, raw: &[u8]) -> Result<u64, Error> {
-    let secs = parse_float(raw).ok_or("ERR timeout is not a float or out of range")?;
-    let ms = (secs * 1000.0).ceil();
-    // 2^63: the first value an i64 cannot hold.
-    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-    if !(-LIMIT..LIMIT).contains(&ms) || ms < 0.0 {
-        return Err("ERR timeout is negative".into());
-    }
-    let ms = ms as i64;
-    if ms > 0 && ms > i64::MAX - cx.now {
-        return Err("ERR timeout is out of range".into());
-    }
-    Ok(ms as u64)
 }
 
 // === pushes ===
@@ -333,7 +315,7 @@ fn lpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let (option, value) = (args[i], args.get(i + 1).copied());
         match value {
             Some(raw) if is(option, "RANK") => {
-                rank = crate::commands::parse_redis_int(raw).ok_or(NOT_INTEGER)?;
+                rank = crate::redis_num::parse_int(raw).ok_or(NOT_INTEGER)?;
                 if rank == 0 {
                     return Err(
                         "ERR RANK can't be zero: use 1 to start from the first match, \
@@ -538,13 +520,13 @@ fn rpoplpush(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn blmove(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let take = end_arg(args[3])?;
     let put = end_arg(args[4])?;
-    let timeout_ms = timeout_arg(cx, args[5])?;
+    let timeout_ms = timeout_arg(args[5])?;
     move_one(cx, args[1], args[2], take, put)?.ok_or(Error::Block { timeout_ms })
 }
 
 /// `BRPOPLPUSH source destination timeout`.
 fn brpoplpush(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let timeout_ms = timeout_arg(cx, args[3])?;
+    let timeout_ms = timeout_arg(args[3])?;
     move_one(cx, args[1], args[2], End::Right, End::Left)?.ok_or(Error::Block { timeout_ms })
 }
 
@@ -588,7 +570,7 @@ fn blocking_pop(cx: &mut Cx, args: &[&[u8]], end: End) -> Reply {
     let Some((timeout, keys)) = args[1..].split_last() else {
         return Err(SYNTAX.into());
     };
-    let timeout_ms = timeout_arg(cx, timeout)?;
+    let timeout_ms = timeout_arg(timeout)?;
     pop_first(cx, keys, end, None)?.ok_or(Error::Block { timeout_ms })
 }
 
@@ -635,7 +617,7 @@ fn lmpop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `BLMPOP timeout numkeys key [key ...] LEFT|RIGHT [COUNT count]`.
 fn blmpop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let (keys, end, count) = mpop_args(args, 2)?;
-    let timeout_ms = timeout_arg(cx, args[1])?;
+    let timeout_ms = timeout_arg(args[1])?;
     pop_first(cx, &keys, end, Some(count))?.ok_or(Error::Block { timeout_ms })
 }
 
@@ -653,33 +635,6 @@ mod tests {
         assert_eq!(range(0, -4, 3), None);
         assert_eq!(range(i64::MIN, i64::MAX, 3), Some((0, 2)));
         assert_eq!(range(0, 0, 0), None);
-    }
-
-    #[test]
-    fn timeouts_read_like_redis() {
-        let store = crate::embedded::Store::default();
-        let cx = Cx {
-            store: &store,
-            proto: crate::protocol::Proto::Resp2,
-            now: 1_700_000_000_000,
-        };
-        let ms = |raw: &str| timeout_arg(&cx, raw.as_bytes());
-        assert_eq!(ms("0"), Ok(0));
-        assert_eq!(ms("0.1"), Ok(100));
-        assert_eq!(ms("2"), Ok(2000));
-        // Rounded up to whole milliseconds: a tiny timeout still times out.
-        assert_eq!(ms("0.00001"), Ok(1));
-        // Rounded up to zero: waits for ever.
-        assert_eq!(ms("-0.0001"), Ok(0));
-        let negative = Err(Error::from("ERR timeout is negative"));
-        assert_eq!(ms("-1"), negative);
-        assert_eq!(ms("inf"), negative);
-        assert_eq!(ms("1e300"), negative);
-        assert_eq!(
-            ms("abc"),
-            Err(Error::from("ERR timeout is not a float or out of range"))
-        );
-        assert!(ms("").is_err() && ms(" 1").is_err() && ms("nan").is_err());
     }
 
     #[test]

@@ -11,7 +11,6 @@
 mod hashes;
 mod keys;
 mod lists;
-mod long_double;
 mod server;
 mod sets;
 mod strings;
@@ -218,35 +217,9 @@ where
 /// A score: a RESP3 double, or its text in RESP2.
 pub fn score(cx: &Cx, d: f64) -> Frame {
     if cx.resp3() {
-        Frame::Double(format_double(d).into())
+        Frame::Double(crate::redis_num::format_double(d).into())
     } else {
-        bulk(format_double(d))
-    }
-}
-
-/// A double as Redis writes it: the shortest text that reads back as the same value,
-/// `inf`/`-inf` for infinities.
-pub fn format_double(d: f64) -> String {
-    if d.is_infinite() {
-        return if d > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    if d == 0.0 && d.is_sign_negative() {
-        return "-0".into();
-    }
-    if d.fract() == 0.0 && d.abs() < 1e17 {
-        return format!("{}", d as i64);
-    }
-    let text = format!("{d}");
-    // Rust writes very large and very small numbers in full; Redis switches to exponents.
-    if text.len() > 24 {
-        let e = format!("{d:e}");
-        match e.split_once('e') {
-            Some((mantissa, exp)) if !exp.starts_with('-') => format!("{mantissa}e+{exp}"),
-            Some((mantissa, exp)) => format!("{mantissa}e{exp}"),
-            None => e,
-        }
-    } else {
-        text
+        bulk(crate::redis_num::format_double(d))
     }
 }
 
@@ -262,29 +235,14 @@ pub fn wrongtype<T>() -> Result<T, Error> {
 
 /// A whole number argument, as Redis parses them (no spaces, no `+`, no leading zeros).
 pub fn int_arg(raw: &[u8]) -> Result<i64, Error> {
-    crate::commands::parse_redis_int(raw).ok_or_else(|| NOT_INTEGER.into())
+    crate::redis_num::parse_int(raw).ok_or_else(|| NOT_INTEGER.into())
 }
 
-/// A float argument: decimal or exponent notation, `inf`, `+inf`, `-inf`; not NaN.
-pub fn float_arg(raw: &[u8]) -> Result<f64, Error> {
-    parse_float(raw).ok_or_else(|| NOT_FLOAT.into())
-}
-
-/// Parses a float the way Redis accepts them; `None` for anything else (including NaN).
-pub fn parse_float(raw: &[u8]) -> Option<f64> {
-    let text = std::str::from_utf8(raw).ok()?;
-    if text.is_empty()
-        || text.starts_with(char::is_whitespace)
-        || text.ends_with(char::is_whitespace)
-    {
-        return None;
-    }
-    let value = match text.to_ascii_lowercase().as_str() {
-        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
-        "-inf" | "-infinity" => f64::NEG_INFINITY,
-        other => other.parse::<f64>().ok()?,
-    };
-    (!value.is_nan()).then_some(value)
+/// A blocking command's timeout in seconds, as milliseconds to wait (0: for ever).
+pub fn timeout_arg(raw: &[u8]) -> Result<u64, Error> {
+    crate::redis_num::parse_timeout(raw, crate::redis_num::TimeoutUnit::Seconds)
+        .map(crate::redis_num::BlockTimeout::millis)
+        .map_err(|e| e.to_string().into())
 }
 
 /// True when `raw` equals `word`, ignoring ASCII case.
@@ -304,27 +262,6 @@ pub fn arity_error(name: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn doubles_read_like_redis() {
-        assert_eq!(format_double(3.0), "3");
-        assert_eq!(format_double(1.5), "1.5");
-        assert_eq!(format_double(-0.25), "-0.25");
-        assert_eq!(format_double(f64::INFINITY), "inf");
-        assert_eq!(format_double(1e300), "1e+300");
-        assert_eq!(format_double(0.1), "0.1");
-    }
-
-    #[test]
-    fn floats_parse_like_redis() {
-        assert_eq!(parse_float(b"1.5"), Some(1.5));
-        assert_eq!(parse_float(b"-inf"), Some(f64::NEG_INFINITY));
-        assert_eq!(parse_float(b"1e3"), Some(1000.0));
-        assert_eq!(parse_float(b"nan"), None);
-        assert_eq!(parse_float(b" 1"), None);
-        assert_eq!(parse_float(b""), None);
-        assert_eq!(parse_float(b"abc"), None);
-    }
 
     #[test]
     fn kinds_come_from_the_table() {

@@ -14,9 +14,9 @@ use std::collections::HashSet;
 use crate::protocol::frame::Frame;
 
 use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, SYNTAX};
-use crate::commands::parse_redis_int;
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
+use crate::redis_num::parse_int;
 
 pub const COMMANDS: &[Command] = &[
     Command {
@@ -162,7 +162,7 @@ fn spop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     }
     let count = match args.get(2) {
         None => None,
-        Some(raw) => match parse_redis_int(raw) {
+        Some(raw) => match parse_int(raw) {
             Some(n) if n >= 0 => Some(n as u64),
             _ => return Err("ERR value is out of range, must be positive".into()),
         },
@@ -358,7 +358,7 @@ fn sdiffstore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `SINTERCARD numkeys key [key ...] [LIMIT limit]`: the size of the intersection, at most
 /// `limit` (0: no limit).
 fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let numkeys = match parse_redis_int(args[1]) {
+    let numkeys = match parse_int(args[1]) {
         Some(n) if n > 0 => n as u64,
         _ => return Err("ERR numkeys should be greater than 0".into()),
     };
@@ -372,7 +372,7 @@ fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     while let Some((word, tail)) = options.split_first() {
         match tail.first() {
             Some(raw) if is(word, "LIMIT") => {
-                limit = match parse_redis_int(raw) {
+                limit = match parse_int(raw) {
                     Some(n) if n >= 0 => n as u64,
                     _ => return Err("ERR LIMIT can't be negative".into()),
                 };
@@ -407,31 +407,9 @@ fn sscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 // === shared with the hash commands ===
 
-/// Checks a scan cursor as Redis reads it (`strtoull`: an optional sign, decimal digits,
-/// no overflow; an empty text reads as 0).
+/// A scan cursor as Redis reads it (see [`crate::redis_num::parse_cursor`]).
 pub(super) fn scan_cursor(raw: &[u8]) -> Result<u64, Error> {
-    const INVALID: &str = "ERR invalid cursor";
-    // Redis passes the bytes to C: a NUL ends them.
-    let text = raw.split(|&b| b == 0).next().unwrap_or_default();
-    if text.is_empty() {
-        return Ok(0);
-    }
-    let (neg, digits) = match text[0] {
-        b'-' => (true, &text[1..]),
-        b'+' => (false, &text[1..]),
-        _ => (false, text),
-    };
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(INVALID.into());
-    }
-    let mut value: u64 = 0;
-    for d in digits {
-        value = value
-            .checked_mul(10)
-            .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| Error::from(INVALID))?;
-    }
-    Ok(if neg { value.wrapping_neg() } else { value })
+    crate::redis_num::parse_cursor(raw).ok_or_else(|| "ERR invalid cursor".into())
 }
 
 /// Reads a scan's options (`MATCH pattern`, `COUNT count`, the last of each wins); returns
@@ -626,26 +604,6 @@ mod tests {
         );
         assert_eq!(run(&store, Proto::Resp2, "SCARD s"), Ok(Frame::Integer(0)));
         assert_eq!(expiry(&store, "s"), None);
-    }
-
-    #[test]
-    fn cursors_read_like_strtoull() {
-        assert_eq!(scan_cursor(b"0"), Ok(0));
-        assert_eq!(scan_cursor(b""), Ok(0));
-        assert_eq!(scan_cursor(b"+5"), Ok(5));
-        assert_eq!(scan_cursor(b"00"), Ok(0));
-        assert_eq!(scan_cursor(b"-1"), Ok(u64::MAX));
-        assert_eq!(scan_cursor(b"18446744073709551615"), Ok(u64::MAX));
-        for bad in [
-            &b"18446744073709551616"[..],
-            b" 0",
-            b"x",
-            b"-",
-            b"1x",
-            b"0x10",
-        ] {
-            assert!(scan_cursor(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

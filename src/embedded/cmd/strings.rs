@@ -3,6 +3,7 @@
 use crate::protocol::frame::Frame;
 
 use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
+use crate::commands::set_options::{self, Expiry, OptionsOf};
 use crate::commands::TtlUnit;
 use crate::embedded::data::{Data, Entry};
 
@@ -171,35 +172,12 @@ fn get(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`
 fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let (mut nx, mut xx, mut get, mut keepttl) = (false, false, false, false);
-    let mut expiry: Option<(TtlUnit, &[u8])> = None;
-    let mut i = 3;
-    while i < args.len() {
-        let word = args[i];
-        let unit = TtlUnit::option(word);
-        if is(word, "NX") && !xx {
-            nx = true;
-        } else if is(word, "XX") && !nx {
-            xx = true;
-        } else if is(word, "GET") {
-            get = true;
-        } else if is(word, "KEEPTTL") && expiry.is_none() {
-            keepttl = true;
-        } else if let (Some(unit), Some(value)) = (unit, args.get(i + 1)) {
-            // The same option twice is allowed (the last wins); two different ones are not.
-            if keepttl || expiry.is_some_and(|(u, _)| u != unit) {
-                return Err(SYNTAX.into());
-            }
-            expiry = Some((unit, value));
-            i += 1;
-        } else {
-            return Err(SYNTAX.into());
-        }
-        i += 1;
-    }
-    let expires_at = match expiry {
-        Some((unit, raw)) => Some(deadline(cx, unit, raw, "set")?),
-        None => None,
+    let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+    let (nx, xx, get) = (options.nx, options.xx, options.get);
+    let keepttl = options.expiry == Some(Expiry::Keep);
+    let expires_at = match options.expiry {
+        Some(Expiry::In(unit, raw)) => Some(deadline(cx, unit, raw, "set")?),
+        _ => None,
     };
     let value = args[2];
     cx.write(args[1], |slot| {
@@ -286,24 +264,12 @@ fn getdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `GETEX key [EX s | PX ms | EXAT ts | PXAT ms-ts | PERSIST]`: the value, and a new
 /// deadline (or none).
 fn getex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let mut expiry: Option<(TtlUnit, &[u8])> = None;
-    let mut persist = false;
-    let mut i = 2;
-    while i < args.len() {
-        let word = args[i];
-        if is(word, "PERSIST") && expiry.is_none() {
-            persist = true;
-        } else if let (Some(unit), Some(value)) = (TtlUnit::option(word), args.get(i + 1)) {
-            if persist || expiry.is_some_and(|(u, _)| u != unit) {
-                return Err(SYNTAX.into());
-            }
-            expiry = Some((unit, value));
-            i += 1;
-        } else {
-            return Err(SYNTAX.into());
-        }
-        i += 1;
-    }
+    let options = set_options::parse(args, OptionsOf::GetEx).map_err(|e| e.to_string())?;
+    let persist = options.expiry == Some(Expiry::Persist);
+    let expiry = match options.expiry {
+        Some(Expiry::In(unit, raw)) => Some((unit, raw)),
+        _ => None,
+    };
     let now = cx.now;
     // Checked once the key is known to hold a string, as Redis does.
     let at = expiry.map(|(unit, raw)| deadline(cx, unit, raw, "getex"));
@@ -534,7 +500,7 @@ fn store_keeping_ttl(slot: &mut Option<Entry>, value: Vec<u8>) {
 }
 
 /// `INCRBYFLOAT key increment`: the new value as text, computed the way Redis does (see
-/// [`super::long_double`]).
+/// [`crate::redis_num::long_double`]).
 fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |slot| {
         let current = string_of(slot.as_ref())?.map(|s| s.as_slice());
@@ -546,7 +512,7 @@ fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `current + increment` as Redis's INCRBYFLOAT writes it; `HINCRBYFLOAT` does the same.
 pub(super) fn add_float(current: &[u8], increment: &[u8]) -> Result<String, Error> {
-    use super::long_double::{LongDouble, Value as Ld};
+    use crate::redis_num::long_double::{LongDouble, Value as Ld};
     let not_float = || Error::from(super::NOT_FLOAT);
     let a = LongDouble::parse(current).ok_or_else(not_float)?;
     let b = LongDouble::parse(increment).ok_or_else(not_float)?;
@@ -676,7 +642,7 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// A bit offset: a whole number from 0 to the last bit of the largest string.
 fn bit_offset(raw: &[u8]) -> Result<u64, Error> {
     let out_of_range = || Error::from("ERR bit offset is not an integer or out of range");
-    let n = crate::commands::parse_redis_int(raw).ok_or_else(out_of_range)?;
+    let n = crate::redis_num::parse_int(raw).ok_or_else(out_of_range)?;
     if n < 0 || (n as u64 >> 3) >= MAX_STRING {
         return Err(out_of_range());
     }
@@ -992,7 +958,7 @@ fn field_type(raw: &[u8]) -> Result<(bool, u32), Error> {
         Some((b'u', rest)) => (false, rest),
         _ => return Err(invalid()),
     };
-    let bits = crate::commands::parse_redis_int(digits).ok_or_else(invalid)?;
+    let bits = crate::redis_num::parse_int(digits).ok_or_else(invalid)?;
     let limit = if signed { 64 } else { 63 };
     if !(1..=limit).contains(&bits) {
         return Err(invalid());
@@ -1007,7 +973,7 @@ fn field_offset(raw: &[u8], bits: u32) -> Result<u64, Error> {
         Some((b'#', rest)) => (true, rest),
         _ => (false, raw),
     };
-    let mut n = crate::commands::parse_redis_int(digits).ok_or_else(out_of_range)?;
+    let mut n = crate::redis_num::parse_int(digits).ok_or_else(out_of_range)?;
     if by_index {
         n = n.checked_mul(i64::from(bits)).ok_or_else(out_of_range)?;
     }

@@ -14,10 +14,12 @@ use std::ops::Bound;
 use crate::protocol::frame::Frame;
 
 use super::{
-    bulk, int, int_arg, is, score, wrongtype, Command, Cx, Error, Reply, NOT_FLOAT, SYNTAX,
+    bulk, int, int_arg, is, score, timeout_arg, wrongtype, Command, Cx, Error, Reply, NOT_FLOAT,
+    SYNTAX,
 };
 use crate::embedded::data::{Data, Entry, ZSet};
 use crate::embedded::glob;
+use crate::redis_num::{c_str, parse_double, strtod};
 
 pub const COMMANDS: &[Command] = &[
     Command {
@@ -166,8 +168,6 @@ const NAN_SCORE: &str = "ERR resulting score is not a number (NaN)";
 const NOT_FLOAT_RANGE: &str = "ERR min or max is not a float";
 const NOT_LEX_RANGE: &str = "ERR min or max not valid string range item";
 const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
-const BAD_TIMEOUT: &str = "ERR timeout is not a float or out of range";
-const NEGATIVE_TIMEOUT: &str = "ERR timeout is negative";
 const BAD_NUMKEYS: &str = "ERR numkeys should be greater than 0";
 const BAD_COUNT: &str = "ERR count should be greater than 0";
 
@@ -177,185 +177,10 @@ const MAX_RANDOM_REPEATS: u64 = 1 << 24;
 
 // === number parsing ===
 
-/// C's `isspace`.
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-/// The argument as C code sees it: up to its first NUL byte.
-fn c_str(raw: &[u8]) -> &[u8] {
-    raw.iter()
-        .position(|&b| b == 0)
-        .map_or(raw, |end| &raw[..end])
-}
-
-/// What C's `strtod` reads at the start of `s`: the value, how many bytes it used (0 when
-/// it reads no number), and whether the value is out of range (a finite number too large,
-/// or a non-zero one too small, for a double).
-fn strtod(s: &[u8]) -> (f64, usize, bool) {
-    let mut i = s.iter().take_while(|&&b| is_c_space(b)).count();
-    let negative = match s.get(i) {
-        Some(b'-') => {
-            i += 1;
-            true
-        }
-        Some(b'+') => {
-            i += 1;
-            false
-        }
-        _ => false,
-    };
-    let sign = |v: f64| if negative { -v } else { v };
-    let rest = &s[i..];
-    let starts =
-        |word: &[u8]| rest.len() >= word.len() && rest[..word.len()].eq_ignore_ascii_case(word);
-    if starts(b"infinity") {
-        return (sign(f64::INFINITY), i + 8, false);
-    }
-    if starts(b"inf") {
-        return (sign(f64::INFINITY), i + 3, false);
-    }
-    if starts(b"nan") {
-        let mut used = 3;
-        if rest.get(3) == Some(&b'(') {
-            let inner = rest[4..]
-                .iter()
-                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
-                .count();
-            if rest.get(4 + inner) == Some(&b')') {
-                used = 5 + inner;
-            }
-        }
-        return (f64::NAN, i + used, false);
-    }
-    if rest.len() >= 2 && rest[0] == b'0' && (rest[1] | 0x20) == b'x' {
-        return match hex_float(&rest[2..]) {
-            Some((v, used, erange)) => (sign(v), i + 2 + used, erange),
-            // "0x" without hex digits: the number is the "0".
-            None => (sign(0.0), i + 1, false),
-        };
-    }
-    let digits = |from: usize| {
-        rest[from..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count()
-    };
-    let whole = digits(0);
-    let mut end = whole;
-    let mut fraction = 0;
-    if rest.get(end) == Some(&b'.') {
-        fraction = digits(end + 1);
-        end += 1 + fraction;
-    }
-    if whole + fraction == 0 {
-        return (0.0, 0, false);
-    }
-    let nonzero = rest[..end].iter().any(|b| (b'1'..=b'9').contains(b));
-    if matches!(rest.get(end), Some(b'e' | b'E')) {
-        let mut e = end + 1;
-        if matches!(rest.get(e), Some(b'+' | b'-')) {
-            e += 1;
-        }
-        let exp = digits(e);
-        if exp > 0 {
-            end = e + exp;
-        }
-    }
-    let value = std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(|text| text.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let erange = value.is_infinite() || (value == 0.0 && nonzero);
-    (sign(value), i + end, erange)
-}
-
-/// The digits of a hexadecimal float after "0x": value, bytes used, out of range.
-fn hex_float(s: &[u8]) -> Option<(f64, usize, bool)> {
-    let mut mantissa: u64 = 0;
-    let mut exp: i64 = 0;
-    let mut sticky = false;
-    let mut any = false;
-    let mut i = 0;
-    let mut seen_point = false;
-    while let Some(&b) = s.get(i) {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            b'.' if !seen_point => {
-                seen_point = true;
-                i += 1;
-                continue;
-            }
-            _ => break,
-        };
-        any = true;
-        if mantissa >> 56 == 0 {
-            mantissa = mantissa << 4 | u64::from(d);
-            if seen_point {
-                exp -= 4;
-            }
-        } else {
-            sticky |= d != 0;
-            if !seen_point {
-                exp += 4;
-            }
-        }
-        i += 1;
-    }
-    if !any {
-        return None;
-    }
-    if matches!(s.get(i), Some(b'p' | b'P')) {
-        let mut e = i + 1;
-        let negative = match s.get(e) {
-            Some(b'-') => {
-                e += 1;
-                true
-            }
-            Some(b'+') => {
-                e += 1;
-                false
-            }
-            _ => false,
-        };
-        let count = s[e..].iter().take_while(|b| b.is_ascii_digit()).count();
-        if count > 0 {
-            let mut value: i64 = 0;
-            for b in &s[e..e + count] {
-                value = (value * 10 + i64::from(b - b'0')).min(1 << 20);
-            }
-            exp += if negative { -value } else { value };
-            i = e + count;
-        }
-    }
-    let mut value = (mantissa | u64::from(sticky)) as f64;
-    let mut left = exp;
-    while left > 0 && value.is_finite() {
-        let step = left.min(1000);
-        value *= 2f64.powi(step as i32);
-        left -= step;
-    }
-    while left < 0 && value != 0.0 {
-        let step = (-left).min(1000);
-        value /= 2f64.powi(step as i32);
-        left += step;
-    }
-    let erange = value.is_infinite() || (value == 0.0 && mantissa != 0);
-    Some((value, i, erange))
-}
-
 /// A score, increment or weight argument: the whole argument must be a number that fits
 /// a double, without leading spaces; NaN is refused. `error` is the reply otherwise.
 fn double_arg(raw: &[u8], error: &str) -> Result<f64, Error> {
-    if raw.first().is_none_or(|&b| is_c_space(b)) {
-        return Err(error.into());
-    }
-    match strtod(raw) {
-        (v, used, false) if used == raw.len() && !v.is_nan() => Ok(v),
-        _ => Err(error.into()),
-    }
+    parse_double(raw).ok_or_else(|| error.into())
 }
 
 /// One end of a score range, as ZRANGEBYSCORE reads it (no check for range errors).
@@ -370,28 +195,9 @@ fn range_end(raw: &[u8]) -> Option<(f64, bool)> {
         .then_some((if value == 0.0 { 0.0 } else { value }, exclusive))
 }
 
-/// A blocking command's timeout in seconds, as milliseconds (0: wait for ever).
-fn timeout_arg(raw: &[u8]) -> Result<u64, Error> {
-    if raw.is_empty() || raw.len() >= 5 * 1024 || is_c_space(raw[0]) {
-        return Err(BAD_TIMEOUT.into());
-    }
-    // Redis reads a long double, whose range is wider than a double's: overflow here
-    // is a huge timeout, underflow a zero one.
-    let (seconds, used, _) = strtod(raw);
-    if used != raw.len() || seconds.is_nan() {
-        return Err(BAD_TIMEOUT.into());
-    }
-    let ms = seconds * 1000.0;
-    // Redis converts to a 64-bit integer, where anything out of range turns negative.
-    if !(ms > -9.223_372_036_854_776e18 && ms < 9.223_372_036_854_776e18) || ms <= -1.0 {
-        return Err(NEGATIVE_TIMEOUT.into());
-    }
-    Ok(ms.max(0.0) as u64)
-}
-
 /// A count that must not be negative (ZPOPMIN's).
 fn positive_arg(raw: &[u8]) -> Result<i64, Error> {
-    match crate::commands::parse_redis_int(raw) {
+    match crate::redis_num::parse_int(raw) {
         Some(n) if n >= 0 => Ok(n),
         _ => Err(NOT_POSITIVE.into()),
     }
@@ -399,7 +205,7 @@ fn positive_arg(raw: &[u8]) -> Result<i64, Error> {
 
 /// A whole number that must be at least 1, with Redis's message for anything else.
 fn at_least_one(raw: &[u8], error: &str) -> Result<i64, Error> {
-    match crate::commands::parse_redis_int(raw) {
+    match crate::redis_num::parse_int(raw) {
         Some(n) if n >= 1 => Ok(n),
         _ => Err(error.into()),
     }
@@ -1405,7 +1211,7 @@ fn set_command(
             withscores = true;
             j += 1;
         } else if card && left >= 2 && is(arg, "LIMIT") {
-            limit = match crate::commands::parse_redis_int(args[j + 1]) {
+            limit = match crate::redis_num::parse_int(args[j + 1]) {
                 Some(l) if l >= 0 => l,
                 _ => return Err("ERR LIMIT can't be negative".into()),
             };
@@ -1527,24 +1333,9 @@ fn zintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     set_command(cx, args, 1, SetOp::Inter, None, true)
 }
 
-/// A SCAN cursor as Redis reads it (`strtoul`: an optional sign, decimal digits).
-fn cursor_ok(raw: &[u8]) -> bool {
-    let s = c_str(raw);
-    if s.is_empty() {
-        return true;
-    }
-    let digits = s
-        .strip_prefix(b"-")
-        .or_else(|| s.strip_prefix(b"+"))
-        .unwrap_or(s);
-    !digits.is_empty()
-        && digits.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(digits).is_ok_and(|d| d.parse::<u64>().is_ok())
-}
-
 /// `ZSCAN key cursor [MATCH pattern] [COUNT count]`: the whole set in one page.
 fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    if !cursor_ok(args[2]) {
+    if crate::redis_num::parse_cursor(args[2]).is_none() {
         return Err("ERR invalid cursor".into());
     }
     let page = read_zset(cx, args[1], |z| {
@@ -1572,7 +1363,7 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     for (member, d) in page {
         if pattern.is_none_or(|p| p == b"*" || glob::matches(p, &member)) {
             out.push(bulk(member));
-            out.push(bulk(super::format_double(d)));
+            out.push(bulk(crate::redis_num::d2string(d)));
         }
     }
     Ok(Frame::Array(vec![bulk("0"), Frame::Array(out)]))
@@ -1581,27 +1372,6 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strtod_reads_like_c() {
-        assert_eq!(strtod(b"1.5"), (1.5, 3, false));
-        assert_eq!(strtod(b" -2x"), (-2.0, 3, false));
-        assert_eq!(strtod(b"5."), (5.0, 2, false));
-        assert_eq!(strtod(b".25"), (0.25, 3, false));
-        assert_eq!(strtod(b"1e3"), (1000.0, 3, false));
-        assert_eq!(strtod(b"1e"), (1.0, 1, false));
-        assert_eq!(strtod(b"-inf"), (f64::NEG_INFINITY, 4, false));
-        assert_eq!(strtod(b"Infinity"), (f64::INFINITY, 8, false));
-        assert_eq!(strtod(b"0x10"), (16.0, 4, false));
-        assert_eq!(strtod(b"0x1p-2"), (0.25, 6, false));
-        assert_eq!(strtod(b"0x"), (0.0, 1, false));
-        assert_eq!(strtod(b""), (0.0, 0, false));
-        assert_eq!(strtod(b"abc"), (0.0, 0, false));
-        assert_eq!(strtod(b"1e400"), (f64::INFINITY, 5, true));
-        assert_eq!(strtod(b"1e-400"), (0.0, 6, true));
-        assert_eq!(strtod(b"0e-400"), (0.0, 6, false));
-        assert!(strtod(b"nan").0.is_nan());
-    }
 
     #[test]
     fn arguments_parse_like_redis() {
@@ -1615,12 +1385,6 @@ mod tests {
         assert_eq!(range_end(b"5\0junk"), Some((5.0, false)));
         assert_eq!(range_end(b"1e400"), Some((f64::INFINITY, false)));
         assert_eq!(range_end(b"5 "), None);
-        assert_eq!(timeout_arg(b"0.1"), Ok(100));
-        assert_eq!(timeout_arg(b"-0.0001"), Ok(0));
-        assert!(timeout_arg(b"inf").is_err());
-        assert!(timeout_arg(b"-1").is_err());
-        assert!(cursor_ok(b"-1") && cursor_ok(b"") && !cursor_ok(b"x") && !cursor_ok(b" 0"));
-        assert!(!cursor_ok(b"18446744073709551616"));
     }
 
     fn zset(items: &[(&str, f64)]) -> ZSet {

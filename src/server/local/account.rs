@@ -3,8 +3,8 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{now_secs, TokenKind};
-use crate::commands;
 use crate::ledger::{format_nanos, RedeemedBy, Redemption};
+use crate::redis_num::parse_int;
 use crate::server::session::Session;
 
 impl Session {
@@ -13,7 +13,7 @@ impl Session {
         let max = self.shared.settings.max_ttl as i64;
         let lifetime = match args.get(1) {
             None => max,
-            Some(raw) => match commands::parse_redis_int(raw) {
+            Some(raw) => match parse_int(raw) {
                 Some(n) if n > 0 && n <= max => n,
                 _ => return self.reject(&format!("ERR lifetime must be 1 to {max} seconds"), out),
             },

@@ -1,9 +1,10 @@
-//! The arithmetic of `INCRBYFLOAT` (and `HINCRBYFLOAT`): Redis reads both numbers as C
-//! `long double`s (x87 extended precision: a 64-bit mantissa), adds them, and writes the sum
-//! with 17 digits after the point, trailing zeros removed. The digits a client sees depend
-//! on that precision (`1000` + `0.1` is `1000.09999999999999998`), so this module does the
-//! same computation exactly, in software: decimal and hexadecimal text to the nearest
-//! 64-bit-mantissa value, correctly rounded sums, and exact decimal output.
+//! Long doubles, as Redis reads `INCRBYFLOAT` and `HINCRBYFLOAT` arguments and blocking
+//! timeouts: C `long double`s (x87 extended precision: a 64-bit mantissa). INCRBYFLOAT adds
+//! two and writes the sum with 17 digits after the point, trailing zeros removed. The digits
+//! a client sees depend on that precision (`1000` + `0.1` is `1000.09999999999999998`), so
+//! this module does the same computation exactly, in software: decimal and hexadecimal text
+//! to the nearest 64-bit-mantissa value, correctly rounded sums and products, and exact
+//! decimal output.
 
 use std::cmp::Ordering;
 
@@ -145,6 +146,44 @@ impl LongDouble {
         } else {
             digits
         }
+    }
+}
+
+impl LongDouble {
+    /// `(long long) ceill(self * 1000)`: how Redis turns a timeout in seconds into
+    /// milliseconds, the product rounded to a long double first. `None` when the result
+    /// does not fit a 64-bit integer (C's conversion then gives `LLONG_MIN` on x86-64,
+    /// which Redis reports as a negative timeout).
+    pub fn millis_ceil(self) -> Option<i64> {
+        let mut n = Big::from_u64(self.mant);
+        n.mul_small(1000, 0);
+        match round(&n, self.exp, false, self.neg) {
+            Value::Finite(ms) => ms.ceil_i64(),
+            Value::Infinite => None,
+        }
+    }
+
+    /// The smallest whole number not below the value, if it fits an `i64`.
+    fn ceil_i64(self) -> Option<i64> {
+        if self.mant == 0 {
+            return Some(0);
+        }
+        if self.top() > 64 {
+            return None;
+        }
+        let magnitude: u128 = if self.exp >= 0 {
+            u128::from(self.mant) << self.exp
+        } else if self.exp <= -64 {
+            // Below one: the ceiling is 1 for a positive value, 0 for a negative one.
+            u128::from(!self.neg)
+        } else {
+            let drop = (-self.exp) as u32;
+            let whole = u128::from(self.mant >> drop);
+            let fraction = self.mant & ((1u64 << drop) - 1) != 0;
+            whole + u128::from(fraction && !self.neg)
+        };
+        let signed = i128::try_from(magnitude).ok()?;
+        i64::try_from(if self.neg { -signed } else { signed }).ok()
     }
 }
 
