@@ -221,12 +221,15 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         let request_deadline = request_since
             .zip(settings.request_timeout)
             .map(|(t, d)| t + d);
+        // Biased, in this order: what a busy connection waits for most is polled first,
+        // and the rest only while it is not ready; so shutdown is also checked here, for a
+        // client that never stops sending.
+        if shared.is_stopping() {
+            session.pay_unfinished(io.inbuf.len());
+            break;
+        }
         tokio::select! {
             biased;
-            _ = &mut stopping => {
-                session.pay_unfinished(io.inbuf.len());
-                break;
-            }
             read = io.fill() => match read {
                 Ok(0) | Err(_) => {
                     session.pay_unfinished(io.inbuf.len());
@@ -234,6 +237,10 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 }
                 Ok(_) => active_at = Instant::now(),
             },
+            _ = &mut stopping => {
+                session.pay_unfinished(io.inbuf.len());
+                break;
+            }
             // A subscriber whose token expired is told and closed, as Redis closes clients
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.

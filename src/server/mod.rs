@@ -101,6 +101,11 @@ impl Shared {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// True once shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
     /// Resolves once shutdown has begun (at once if it already has).
     pub fn stopping(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut stop = self.stop.subscribe();
