@@ -20,13 +20,14 @@
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
-//!   ledger so that metering needs no round trip per command.
-//! - [`ledger`]: redeemed token ids, account credit, spending and usage, kept in the
-//!   backend.
+//!   ledger so that metering needs no round trip per command; [`meter::ledger`] keeps
+//!   redeemed token ids, account credit, spending and usage in the backend (its Redis side
+//!   is [`upstream::book`], the embedded store's is [`embedded`]'s own).
 //! - [`backend`]: the seam where commands run: calls in, frames out, no type of the `redis`
 //!   crate above it. Two implementations:
 //!   - [`upstream`]: pkv's own pooled and dedicated connections to an upstream Redis (the
-//!     `redis` crate parses URLs, and still carries Pub/Sub and the start-up checks);
+//!     `redis` crate parses URLs, and still carries Pub/Sub and the start-up checks), and
+//!     the ledger's Lua scripts;
 //!   - [`embedded`]: the in-process store pkv serves from when no upstream is set; each
 //!     command's handler is found from its table row.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
@@ -39,7 +40,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod embedded;
-pub mod ledger;
 pub mod meter;
 pub mod metrics;
 pub mod namespace;

@@ -161,7 +161,7 @@ impl Authenticator {
             .filter(|q| *q > 0)
             .ok_or(TokenError::BadQuantity)?;
         if quantity
-            .checked_mul(crate::ledger::NANOS_PER_UNIT)
+            .checked_mul(crate::meter::ledger::NANOS_PER_UNIT)
             .is_none()
         {
             return Err(TokenError::QuantityTooLarge);

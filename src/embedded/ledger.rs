@@ -12,7 +12,7 @@ use std::sync::TryLockError;
 use super::data::{Data, Entry};
 use super::{now_ms, off_thread, Store};
 use crate::backend::BoxFuture;
-use crate::ledger::{
+use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
     Redemption, Settlement, ACCOUNT_FIELDS,
 };

@@ -12,7 +12,7 @@
 //! the lease and the ledger together cannot cover it. After the command, [`Meter::charge`]
 //! replaces that reservation with the exact cost.
 //!
-//! Ledger updates are exactly-once (see [`crate::ledger`]): a lease request or settlement
+//! Ledger updates are exactly-once (see [`ledger`]): a lease request or settlement
 //! whose answer is lost (the upstream stalled past its timeout) is kept as it is, with its
 //! update number, and sent again before anything newer of its kind; it is never merged into
 //! newer amounts nor put back into the lease, since the upstream may have applied it.
@@ -32,6 +32,7 @@
 //! that, and its unsettled counters (what it spent in the last [`SETTLE_EVERY`] is then
 //! missing from the counters, though not from the balance).
 
+pub mod ledger;
 pub mod price;
 pub mod storage;
 
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
-use crate::ledger::{Grant, LeaseRequest, Ledger, LedgerError, Settlement};
+use crate::meter::ledger::{Grant, LeaseRequest, Ledger, LedgerError, Settlement};
 pub use price::{Price, Prices, Usage};
 
 /// How often usage is settled into the ledger.

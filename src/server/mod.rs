@@ -22,9 +22,10 @@ use crate::auth::Authenticator;
 use crate::backend::Backend;
 use crate::config::Settings;
 use crate::embedded::Store;
-use crate::ledger::{Book, Ledger, RedisBook};
+use crate::meter::ledger::{Book, Ledger};
 use crate::meter::{Meter, MeterConfig};
 use crate::metrics::{Metrics, Tenants};
+use crate::upstream::book::RedisBook;
 use crate::upstream::Upstream;
 
 /// State every connection shares.

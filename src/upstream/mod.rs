@@ -8,6 +8,7 @@
 //!
 //! [`eviction`] checks, at start-up, that the Redis holding the ledger cannot evict it.
 
+pub mod book;
 mod conn;
 pub mod eviction;
 mod pool;

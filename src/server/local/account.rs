@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{now_secs, TokenKind};
-use crate::ledger::{format_nanos, RedeemedBy, Redemption};
+use crate::meter::ledger::{format_nanos, RedeemedBy, Redemption};
 use crate::redis_num::parse_int;
 use crate::server::session::Session;
 

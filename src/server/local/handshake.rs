@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use super::introspect::REDIS_VERSION;
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::Local;
-use crate::ledger::{RedeemedBy, Redemption};
+use crate::meter::ledger::{RedeemedBy, Redemption};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::Proto;

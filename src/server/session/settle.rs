@@ -7,7 +7,7 @@ use bytes::BytesMut;
 use super::Session;
 use crate::backend::BackendError;
 use crate::commands::{Call, ReplyRewrite};
-use crate::ledger::format_nanos;
+use crate::meter::ledger::format_nanos;
 use crate::meter::storage::{self, After};
 use crate::meter::{self, Admitted, Charges, Flight, Refusal, Usage};
 use crate::protocol::frame::Frame;
