@@ -133,7 +133,7 @@ fn verifying(c: &mut Criterion) {
         ),
     ]
     .into();
-    let auth = Authenticator::new(&Settings::from_map(&raw).unwrap());
+    let auth = Authenticator::new(&Settings::from_map(&raw).unwrap().auth());
     let now = 1_800_000_000;
     let token = mint_quota(
         &issuer,

@@ -202,7 +202,12 @@ pub async fn run(
 ) -> i32 {
     // The ledger must be out of reach of eviction before a client is served.
     let timeout = settings.upstream_timeout;
-    let unchecked = match eviction::check(eviction::targets(&settings), timeout).await {
+    let unchecked = match eviction::check(
+        eviction::targets(settings.upstream_url.as_ref(), settings.ledger_url.as_ref()),
+        timeout,
+    )
+    .await
+    {
         Ok(unchecked) => unchecked,
         Err(line) => {
             eprintln!("pkv: {line}");

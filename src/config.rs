@@ -308,6 +308,19 @@ impl std::fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Settings {
+    /// The settings that concern tokens, for [`crate::auth::Authenticator`].
+    pub fn auth(&self) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            service_id: self.service_id.clone(),
+            quota_issuers: self.quota_issuers.clone(),
+            secret_seed: self.secret_seed,
+            dev_mode: self.dev_mode,
+            token_leeway: self.token_leeway,
+        }
+    }
+}
+
+impl Settings {
     /// Loads settings from `pkv.toml`, `.env` and the environment of this process.
     pub fn load() -> Result<Settings, ConfigErrors> {
         let mut files = BTreeMap::new();

@@ -17,7 +17,6 @@ use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use sha2::Sha256;
 
-use crate::config::Settings;
 pub use token::TokenError;
 use token::{Claims, USAGE_CREATE_SESSION, USAGE_MANAGE_SESSION};
 
@@ -73,8 +72,24 @@ pub struct Authenticator {
     cache: DashMap<Box<str>, Verified>,
 }
 
+/// What the authenticator is made from: the settings that concern tokens
+/// ([`crate::config::Settings::auth`] gives them).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// This service's id: quota tokens must name it as their audience.
+    pub service_id: String,
+    /// The exchanges whose quota tokens are accepted, as `did:key`s.
+    pub quota_issuers: Vec<String>,
+    /// The seed session tokens and account ids are derived from.
+    pub secret_seed: [u8; 32],
+    /// Development mode: the issuer derived from the seed is trusted too.
+    pub dev_mode: bool,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub token_leeway: u64,
+}
+
 impl Authenticator {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &AuthConfig) -> Self {
         let mut issuers = HashMap::new();
         for did in &settings.quota_issuers {
             if let Ok(public) = did::public_key_from_did(did) {
@@ -268,8 +283,8 @@ mod tests {
             ),
         ]
         .into();
-        let settings = Settings::from_map(&raw).unwrap();
-        (issuer, Authenticator::new(&settings))
+        let settings = crate::config::Settings::from_map(&raw).unwrap();
+        (issuer, Authenticator::new(&settings.auth()))
     }
 
     fn request() -> MintRequest {

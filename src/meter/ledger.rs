@@ -261,7 +261,9 @@ impl Ledger {
             Redemption::AlreadyRedeemed { by } => by,
         };
         if self.redeemed.len() >= REMEMBERED_TOKENS {
-            let now = crate::auth::now_secs();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
             self.redeemed.retain(|_, (_, until)| *until > now);
         }
         self.redeemed.insert(jti.to_owned(), (first, expire_at));

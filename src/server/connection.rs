@@ -18,19 +18,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
+use super::client_io::ClientIo;
 use super::session::Session;
 use super::Shared;
 use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
-use crate::protocol::request::{self, Limits, Progress, ProtocolError, Request};
 use crate::protocol::Proto;
-
-/// Bytes asked for per read.
-const READ_CHUNK: usize = 4096;
 
 /// What a subscriber is told when its token expires, before it is closed.
 const TOKEN_EXPIRED: &str = "NOAUTH token expired; AUTH again";
@@ -40,47 +37,6 @@ const IDLE_NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365
 
 /// Replies are written to the client as soon as this many bytes are ready.
 const OUT_HIGH_WATER: usize = 1 << 20;
-
-/// The read side of a client, with what has been read but not parsed yet.
-pub struct ClientIo {
-    rd: OwnedReadHalf,
-    pub inbuf: BytesMut,
-    /// What has been checked of the partial request in `inbuf`.
-    progress: Progress,
-}
-
-impl ClientIo {
-    /// Reads more bytes; `Ok(0)` means the client closed.
-    pub async fn fill(&mut self) -> std::io::Result<usize> {
-        // Small reads for idle and chatty clients; a large request grows the buffer as it
-        // arrives, at least doubling it each time, so that receiving a request costs time
-        // linear in its size (the buffer may be shared with slices of earlier requests,
-        // where growing by a fixed step would copy it all on every read).
-        if self.inbuf.capacity() - self.inbuf.len() < READ_CHUNK / 2 {
-            self.inbuf.reserve(READ_CHUNK.max(self.inbuf.len()));
-        }
-        self.rd.read_buf(&mut self.inbuf).await
-    }
-
-    /// The next complete request, resuming where the last call stopped.
-    fn parse(&mut self, limits: Limits) -> Result<Option<Request>, ProtocolError> {
-        request::parse_resuming(&mut self.inbuf, limits, &mut self.progress)
-    }
-
-    /// Resolves when the client goes away. Used while a command waits upstream (a blocking
-    /// pop): what the client sends meanwhile is kept for later, up to `cap` bytes.
-    pub async fn closed(&mut self, cap: usize) {
-        loop {
-            if self.inbuf.len() >= cap {
-                std::future::pending::<()>().await;
-            }
-            match self.fill().await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    }
-}
 
 /// Writes a last line to a client that is being closed, without waiting: a client that does
 /// not read must not hold its connection open by not reading its goodbye.
@@ -105,11 +61,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let settings = &shared.settings;
     let (idle, max_output) = (settings.idle_timeout, settings.max_output_bytes);
     let (rd, mut wr) = socket.into_split();
-    let mut io = ClientIo {
-        rd,
-        inbuf: BytesMut::new(),
-        progress: Progress::default(),
-    };
+    let mut io = ClientIo::new(rd);
     let mut session = Session::new(shared.clone(), peer);
     let mut out = BytesMut::new();
     // The connection's place among the unauthenticated ones, until it authenticates.

@@ -6,6 +6,7 @@
 //! client waiting in a blocking command is answered and let go at once rather than held
 //! until the grace ends.
 
+mod client_io;
 mod connection;
 mod limits;
 mod local;
@@ -83,7 +84,7 @@ impl Shared {
             hold_back: settings.upstream_timeout,
         };
         Ok(Shared {
-            auth: Authenticator::new(&settings),
+            auth: Authenticator::new(&settings.auth()),
             meter: Arc::new(Meter::new(meter, ledger.clone())),
             default_ttl_arg: bytes::Bytes::from(settings.default_ttl.to_string()),
             ledger,

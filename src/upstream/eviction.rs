@@ -19,7 +19,6 @@ use std::time::Duration;
 use redis::{AsyncConnectionConfig, Client, Value};
 
 use super::CONNECT_TIMEOUT;
-use crate::config::Settings;
 
 /// How often a Redis that was down at start-up is asked again.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -52,8 +51,9 @@ pub enum Verdict {
 
 /// The Redis servers whose eviction could lose ledger records: the upstream when it holds
 /// the ledger, else the ledger's own Redis. The embedded store evicts nothing.
-pub fn targets(settings: &Settings) -> Vec<Target> {
-    match (&settings.upstream_url, &settings.ledger_url) {
+/// `upstream_url` and `ledger_url` are `PKV_UPSTREAM_URL` and `PKV_LEDGER_URL`.
+pub fn targets(upstream_url: Option<&String>, ledger_url: Option<&String>) -> Vec<Target> {
+    match (upstream_url, ledger_url) {
         (Some(_), Some(ledger)) => vec![Target {
             url: ledger.clone(),
             role: Role::LedgerOnly,

@@ -19,7 +19,7 @@ mod transactions;
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::ClientIo;
+use super::client_io::ClientIo;
 use super::session::Session;
 use crate::commands::{flags, CommandSpec, Local};
 use crate::meter::storage;

@@ -13,7 +13,7 @@ use crate::meter::storage::{self, Plan, TtlPolicy};
 use crate::metrics::Metrics;
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
-use crate::server::connection::ClientIo;
+use crate::server::client_io::ClientIo;
 use crate::server::limits::CountedDedicated;
 
 /// A batch is sent upstream once it holds this many commands, even mid-read. Replies of a

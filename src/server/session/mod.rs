@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::connection::ClientIo;
+use super::client_io::ClientIo;
 use super::limits::{Held, LimitError};
 use super::Shared;
 use crate::backend::{Dedicated, Messages, SubscriptionSink};
