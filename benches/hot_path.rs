@@ -3,6 +3,7 @@
 //! without the cache.
 //!
 //!     cargo bench --bench hot_path
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 use std::collections::BTreeMap;
 use std::hint::black_box;

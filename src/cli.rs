@@ -76,9 +76,8 @@ pub fn main() -> i32 {
             sub,
             issuer_seed,
         }) => {
-            let settings = match load_settings() {
-                Some(s) => s,
-                None => return 2,
+            let Some(settings) = load_settings() else {
+                return 2;
             };
             for warning in &settings.warnings {
                 eprintln!("pkv: warning: {warning}");
@@ -234,8 +233,8 @@ fn serve() -> i32 {
         };
         let stop = async {
             tokio::select! {
-                _ = shutdown_signal() => {},
-                _ = late_check => {},
+                () = shutdown_signal() => {},
+                () = late_check => {},
             }
         };
         let served = server::serve(shared, listener, stop).await;
@@ -273,8 +272,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
 

@@ -216,7 +216,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             .zip(settings.request_timeout)
             .map(|(t, d)| t + d);
         tokio::select! {
-            _ = shared.stopping() => {
+            () = shared.stopping() => {
                 session.pay_unfinished(io.inbuf.len());
                 break;
             }
@@ -230,7 +230,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             // A subscriber whose token expired is told and closed, as Redis closes clients
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.
-            _ = token_expiry => {
+            () = token_expiry => {
                 goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
                 break;
             }
@@ -249,19 +249,19 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     break;
                 }
             },
-            _ = idle_wait => {
+            () = idle_wait => {
                 session.pay_unfinished(io.inbuf.len());
                 break;
             }
-            _ = evicted => {
+            () = evicted => {
                 goodbye(&wr, session.proto, &mut out, "ERR max number of unauthenticated clients reached; the oldest is closed to make room");
                 break;
             }
-            _ = until(auth_deadline) => {
+            () = until(auth_deadline) => {
                 goodbye(&wr, session.proto, &mut out, "ERR authentication timeout: AUTH within PKV_AUTH_TIMEOUT seconds of connecting");
                 break;
             }
-            _ = until(request_deadline) => {
+            () = until(request_deadline) => {
                 session.pay_unfinished(io.inbuf.len());
                 let secs = settings.request_timeout.map_or(0, |d| d.as_secs());
                 goodbye(&wr, session.proto, &mut out, &format!("ERR Protocol error: request not completed within {secs} seconds"));
@@ -300,7 +300,7 @@ async fn write_replies(
     let cut_off = session.until_cut_off();
     let written = tokio::select! {
         written = wr.write_all(rest) => written.is_ok(),
-        _ = cut_off => false,
+        () = cut_off => false,
     };
     let _ = session.hold_output(0);
     written

@@ -2,6 +2,7 @@
 //!
 //! Every test starts its own processes; they are killed when the handles drop.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // a helper that unwraps fails its test with the error
 
 pub mod examples;
 
