@@ -176,8 +176,8 @@ impl MessageSender {
     /// Resolves when the subscriber is gone or cut off.
     pub async fn closed(&self) {
         tokio::select! {
-            _ = self.tx.closed() => {}
-            _ = self.state.cut_off() => {}
+            () = self.tx.closed() => {}
+            () = self.state.cut_off() => {}
         }
     }
 }
@@ -194,7 +194,7 @@ impl Messages {
     pub async fn recv(&mut self) -> Option<Message> {
         let message = tokio::select! {
             biased;
-            _ = self.state.cut_off() => None,
+            () = self.state.cut_off() => None,
             message = self.rx.recv() => message,
         }?;
         self.state

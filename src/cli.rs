@@ -76,9 +76,8 @@ pub fn main() -> i32 {
             sub,
             issuer_seed,
         }) => {
-            let settings = match load_settings() {
-                Some(s) => s,
-                None => return 2,
+            let Some(settings) = load_settings() else {
+                return 2;
             };
             for warning in &settings.warnings {
                 eprintln!("pkv: warning: {warning}");
@@ -305,8 +304,8 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        () = ctrl_c => {},
+        () = term => {},
     }
 }
 

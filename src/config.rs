@@ -714,7 +714,7 @@ mod tests {
         let s = load(&[]).unwrap();
         assert!(s.dev_mode);
         assert_eq!(s.listen.to_string(), "127.0.0.1:6380");
-        assert_eq!((s.default_ttl, s.max_ttl), (86400, 31536000));
+        assert_eq!((s.default_ttl, s.max_ttl), (86_400, 31_536_000));
     }
 
     #[test]

@@ -32,8 +32,6 @@
 //!     command's handler is found from its table row.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
 
-#![forbid(unsafe_code)]
-
 pub mod auth;
 pub mod backend;
 pub mod cli;

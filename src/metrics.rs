@@ -140,14 +140,11 @@ pub async fn serve_http(
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let Ok(Ok(n)) =
+                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf))
+                    .await
+            else {
+                return;
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");

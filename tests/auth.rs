@@ -2,6 +2,7 @@
 //! the handshake before AUTH, redeeming a quota token once however many connections or
 //! processes present it, session tokens, top-ups, expiry on a live connection, and the
 //! `pkv` command line for keys and tokens.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -743,8 +744,9 @@ fn keygen_mint_and_inspect_make_tokens_pkv_accepts() {
     let seed = stdout
         .lines()
         .find_map(|l| l.strip_prefix("seed:"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|| panic!("no seed line in {stdout:?}"));
+        .unwrap_or_else(|| panic!("no seed line in {stdout:?}"))
+        .trim()
+        .to_owned();
     let did = stdout
         .split_whitespace()
         .find(|w| w.starts_with("did:key:z6Mk"))

@@ -16,6 +16,7 @@
 //! `CASES=strings,basics:MULTI cargo test --test backends` runs only the files (and, after
 //! `:`, the groups whose name contains the text) listed; `CASES_SHOW=1` prints every
 //! line's replies (with `-- --nocapture`).
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -549,7 +550,7 @@ fn run_group(backends: &Backends, group: &Group, proto: Proto, found: &mut Findi
             let args: Vec<&[u8]> = line.args.iter().map(Vec::as_slice).collect();
             encode(&args)
         };
-        for conn in conns.iter_mut() {
+        for conn in &mut conns {
             conn.resp.send(&request);
         }
         let deadline = Instant::now() + REPLY_TIMEOUT;

@@ -1,5 +1,6 @@
 //! pkv on its embedded store, through real clients: started with nothing configured at
 //! all, Pub/Sub, WATCH, tenant isolation, and the ledger kept in the store.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

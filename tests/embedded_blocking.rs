@@ -1,6 +1,7 @@
 //! Blocking commands on the embedded store, through pkv and real clients: a blocked client
 //! is woken by another connection's push (lists) or ZADD/ZUNIONSTORE (sorted sets), times out
 //! with nil, and a client that leaves while blocked takes nothing with it.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

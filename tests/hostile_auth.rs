@@ -3,6 +3,7 @@
 //! account that ran them, free commands that must not carry free work, oversized and
 //! crafted tokens, subscribers whose token expired, and `INFO` confined to the account.
 //! Real redis-server and pkv processes, real signed tokens.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -322,7 +323,7 @@ fn ping_with_a_message_is_refused_when_the_balance_cannot_pay_it() {
     let mut conn = pkv.resp_authed(&issuer.token(1));
     let message = vec![b'p'; 100_000];
     let reply = text(&conn.call(&[b"PING", &message]));
-    assert!(reply.starts_with("-NOQUOTA"), "{:.80}", reply);
+    assert!(reply.starts_with("-NOQUOTA"), "{reply:.80}");
     assert_eq!(conn.call_text(&["PING"]), "+PONG\r\n");
 }
 

@@ -3,6 +3,7 @@
 //! long command on the embedded store leaves the threads that serve other tenants free, a
 //! command whose reply never came is still paid for what it is known to have cost, and a
 //! client blocked at shutdown is answered, billed and let go at once.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

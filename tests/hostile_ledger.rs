@@ -2,6 +2,7 @@
 //! processes: ledger updates applied exactly once when the upstream answers after pkv gave
 //! up waiting, no overspend by many replies in flight, what a crash can lose, no false
 //! NOQUOTA for a funded account, and no bill for commands the upstream refused to run.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -615,7 +616,7 @@ fn concurrent_blocking_waits(config: PkvConfig, issuer: &Issuer) {
     let b = balance(&mut c);
     let left = nanos_of(&b["balance"]);
     // One wait: 3 s and what it took beyond, at 0.0004 per ms, plus its bytes.
-    let one_wait = (3_500 * 400_000) as i64;
+    let one_wait: i64 = 3_500 * 400_000;
     assert!(
         left >= -one_wait,
         "{waited} BLPOPs waited ({elapsed:?}): balance {} is more than one wait below zero",

@@ -7,6 +7,7 @@
 //! connect are free, and the names they carry are bounded. An unknown `PKV_*` variable in
 //! the environment is a warning; in `.env` it still stops start-up. Real redis-server and
 //! pkv processes, real signed tokens.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! The `measure_*` tests are ignored by default: they print the RSS and CPU figures quoted
 //! in `docs/security.md` (`cargo test --test hostile_resources measure -- --ignored
 //! --nocapture`); they assert nothing about timings.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -151,7 +152,7 @@ fn silent_strangers_cannot_take_every_slot() {
     };
     let auth = paying
         .send_and_reply(&["AUTH", &token], Duration::from_secs(5))
-        .to_vec();
+        .clone();
     assert_eq!(text(&auth), "+OK\r\n");
     assert_eq!(paying.call_text(&["PING"]), "+PONG\r\n");
     assert_eq!(regular.call_text(&["PING"]), "+PONG\r\n");

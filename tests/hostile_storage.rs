@@ -5,6 +5,7 @@
 //! on an earlier pkv: it is run through pkv on both backends where the backend serves the
 //! command, and the byte-seconds `PKV.BALANCE` reports are compared with the exact figure,
 //! worked out from what the key holds (STRLEN, MEMORY USAGE ... SAMPLES 0, PTTL).
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

@@ -7,6 +7,7 @@
 //! Costs are computed here independently of pkv: prices are parsed from the same decimal
 //! settings into atto-units, each command's cost is rounded up to a whole nano-unit, and the
 //! bytes in and out are the exact RESP bytes this test writes and reads on a raw socket.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! Each test starts its own redis-server and pkv. The upstream is checked directly: with
 //! MONITOR for what pkv sent, with `COMMAND GETKEYS` for which arguments Redis treats as keys,
 //! and with plain reads for what is stored.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

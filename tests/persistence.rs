@@ -2,6 +2,7 @@
 //! graceful shutdown and every `PKV_SNAPSHOT_SECONDS`, loaded at start-up. A crash loses at
 //! most what was written since the last snapshot and never leaves a file that does not
 //! load; a damaged file stops start-up and is left as it is.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 
@@ -204,15 +205,17 @@ fn a_crash_loses_at_most_what_came_after_the_last_snapshot() {
 
     // Crash at random moments while a client overwrites keys without pause: the file
     // always loads, and the store comes back holding exactly what the file holds.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
+    let mut seed = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos(),
+    );
     let mut pkv = pkv;
     for round in 0..5 {
         seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         let wait = Duration::from_millis(300 + (seed >> 33) % 2000);
         let url = pkv.url(&token);
         let done = Arc::new(AtomicBool::new(false));

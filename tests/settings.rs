@@ -1,6 +1,7 @@
 //! Settings come in layers: built-in defaults < `pkv.toml` < `.env` < the environment.
 //! Each layer is observed through its effect on a running pkv: the longest TTL it lets a
 //! write buy (`PKV_MAX_TTL`) and the default TTL it gives a write without one.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

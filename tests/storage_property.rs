@@ -32,6 +32,7 @@
 //! compact encodings (intset, listpack integers) in fewer bytes than their text, and a
 //! store (SINTERSTORE, COPY, ...) is paid on the real size (`MEMORY USAGE ... SAMPLES 0`),
 //! which would then be below the text length this test counts.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
 
 mod common;
 

@@ -198,7 +198,7 @@ pub fn lookup(args: &[Bytes]) -> Result<&'static CommandSpec, LookupError> {
 
 fn arity_ok(arity: i32, argc: usize) -> bool {
     let argc = argc as i64;
-    let arity = arity as i64;
+    let arity = i64::from(arity);
     if arity >= 0 {
         argc == arity
     } else {

@@ -301,7 +301,7 @@ impl Store {
             };
             let timed_out = tokio::select! {
                 _ = futures_util::future::select_all(woken) => false,
-                _ = expired => true,
+                () = expired => true,
             };
             self.waiters.release(&keys, notifies);
             if timed_out {

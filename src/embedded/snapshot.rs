@@ -649,7 +649,7 @@ mod tests {
         zset.insert(b"a".to_vec(), 1.5);
         zset.insert(b"b".to_vec(), f64::INFINITY);
         zset.insert(b"c".to_vec(), f64::NEG_INFINITY);
-        zset.insert(b"".to_vec(), -0.000001);
+        zset.insert(b"".to_vec(), -0.000_001);
         zset.insert(vec![0, 255], 1e300);
         vec![
             (b"s".to_vec(), Entry::new(Data::Str(b"value".to_vec()))),

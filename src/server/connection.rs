@@ -189,14 +189,14 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 }
                 Ok(_) => active_at = Instant::now(),
             },
-            _ = &mut stopping => {
+            () = &mut stopping => {
                 session.pay_unfinished(io.inbuf.len());
                 break;
             }
             // A subscriber whose token expired is told and closed, as Redis closes clients
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.
-            _ = token_expiry => {
+            () = token_expiry => {
                 goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
                 break;
             }
@@ -218,7 +218,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     break;
                 }
             },
-            _ = &mut idle_timer, if idle.is_some() && !subscribed => {
+            () = &mut idle_timer, if idle.is_some() && !subscribed => {
                 let limit = idle.unwrap_or(IDLE_NEVER);
                 if active_at.elapsed() >= limit {
                     session.pay_unfinished(io.inbuf.len());
@@ -226,15 +226,15 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 }
                 idle_timer.as_mut().reset((active_at + limit).into());
             }
-            _ = evicted => {
+            () = evicted => {
                 goodbye(&wr, session.proto, &mut out, "ERR max number of unauthenticated clients reached; the oldest is closed to make room");
                 break;
             }
-            _ = until(auth_deadline) => {
+            () = until(auth_deadline) => {
                 goodbye(&wr, session.proto, &mut out, "ERR authentication timeout: AUTH within PKV_AUTH_TIMEOUT seconds of connecting");
                 break;
             }
-            _ = until(request_deadline) => {
+            () = until(request_deadline) => {
                 session.pay_unfinished(io.inbuf.len());
                 let secs = settings.request_timeout.map_or(0, |d| d.as_secs());
                 goodbye(&wr, session.proto, &mut out, &format!("ERR Protocol error: request not completed within {secs} seconds"));
@@ -273,7 +273,7 @@ async fn write_replies(
     let cut_off = session.until_cut_off();
     let written = tokio::select! {
         written = wr.write_all(rest) => written.is_ok(),
-        _ = cut_off => false,
+        () = cut_off => false,
     };
     let _ = session.hold_output(0);
     written

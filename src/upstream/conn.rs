@@ -257,7 +257,7 @@ impl Conn {
                 }
                 let result = tokio::select! {
                     written = out.writer.write_all(rest) => written.map_err(|e| e.to_string()),
-                    _ = broke => Err("timed out".to_owned()),
+                    () = broke => Err("timed out".to_owned()),
                 };
                 if let Err(why) = result {
                     drop(guard);
@@ -342,8 +342,8 @@ async fn read_replies(mut reader: Reader, queue: Arc<Queue>, timeout: Option<Dur
         let read = tokio::select! {
             biased;
             read = reader.read_buf(&mut buf) => read,
-            _ = queue.stop.notified() => break "connection closed".to_owned(),
-            _ = &mut watchdog, if timeout.is_some() => {
+            () = queue.stop.notified() => break "connection closed".to_owned(),
+            () = &mut watchdog, if timeout.is_some() => {
                 let limit = timeout.unwrap_or_default();
                 let now = Instant::now();
                 match queue.oldest() {

@@ -132,7 +132,7 @@ impl Upstream {
                         }
                         None => break,
                     },
-                    _ = tx.closed() => break,
+                    () = tx.closed() => break,
                 }
             }
             // Dropping the stream stops the connection's reader task, which closes the

@@ -7,6 +7,7 @@
 //! port 0, is started again on another port when the one it was given was taken. Servers
 //! and processes stop when their handles drop.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // a helper that unwraps fails its test with the error
 
 pub mod examples;
 

@@ -396,8 +396,8 @@ impl Session {
                             Ok(values) => Waited::Answered(values),
                             Err(e) => Waited::Failed(e),
                         },
-                        _ = io.closed(cap) => break Waited::ClientGone,
-                        _ = &mut stopping, if !let_finish => {
+                        () = io.closed(cap) => break Waited::ClientGone,
+                        () = &mut stopping, if !let_finish => {
                             let now = std::time::Instant::now();
                             if ends_by.is_some_and(|at| at <= now + grace) {
                                 let_finish = true;
