@@ -13,6 +13,8 @@ PIDS=()
 track() { PIDS+=("$1"); }
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Let them exit (a process under valgrind writes its last dump) before removing their files.
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
