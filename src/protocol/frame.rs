@@ -204,8 +204,9 @@ fn line_at(buf: &[u8], pos: usize) -> Result<Option<Line<'_>>, DecodeError> {
         return Ok(None);
     };
     let window = &rest[..rest.len().min(MAX_LINE + 2)];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(at) => Ok(Some((rest[0], &rest[1..at], pos + at + 2))),
+    // The line's end is looked for after its type byte, which may be any byte.
+    match window[1..].windows(2).position(|w| w == b"\r\n") {
+        Some(at) => Ok(Some((rest[0], &rest[1..=at], pos + at + 3))),
         None if window.len() > MAX_LINE => Err(DecodeError::LineTooLong),
         None => Ok(None),
     }
@@ -410,6 +411,14 @@ mod tests {
             let mut buf = BytesMut::from(wire);
             assert!(Decoder::default().decode(&mut buf).is_err(), "{wire:?}");
         }
+        // A line end right after the type byte: the type is `\r`, the line its text.
+        let mut buf = BytesMut::from(&b"\r\n+OK\r\n"[..]);
+        assert_eq!(
+            Decoder::default().decode(&mut buf),
+            Err(DecodeError::Type(b'\r'))
+        );
+        let mut buf = BytesMut::from(&b"\r\n"[..]);
+        assert_eq!(Decoder::default().decode(&mut buf), Ok(None));
         let deep = "*1\r\n".repeat(MAX_DEPTH + 1) + ":1\r\n";
         let mut buf = BytesMut::from(deep.as_bytes());
         assert_eq!(
