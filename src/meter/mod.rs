@@ -171,6 +171,27 @@ impl AccountMeter {
         }
     }
 
+    /// Adds a grant to the lease and takes `need` from it in one step, so that no other
+    /// command sees the grant whole before this one has its share: one that did could
+    /// find the balance not low and skip waiting for a blocking command in flight.
+    fn add_and_take(&self, granted: i64, need: i64, flight: Flight) -> Option<Admitted> {
+        let mut taken = false;
+        let _ = self
+            .lease
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                let total = current.saturating_add(granted);
+                taken = total > 0 && total >= need;
+                Some(if taken { total - need } else { total })
+            });
+        taken.then(|| {
+            self.reserved.fetch_add(need, Ordering::AcqRel);
+            Admitted {
+                reserved: need,
+                flight,
+            }
+        })
+    }
+
     /// The counter of commands in flight of a kind.
     fn counter(&self, flight: Flight) -> Option<&AtomicI64> {
         match flight {
@@ -577,10 +598,13 @@ impl Meter {
                 .lease_wanted(acct)
                 .max(need.saturating_sub(have))
                 .max(1);
-            let grant = self
-                .lease_more(acct, &mut lost, want)
+            let (grant, admitted) = self
+                .lease_more(acct, &mut lost, want, Some((need, flight)))
                 .await
                 .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
+            if let Some(ok) = admitted {
+                return Ok(ok);
+            }
             if !retry && grant.granted < want {
                 // The ledger gave all it had: refuse only now, when the account's credit
                 // cannot cover the command, not because another connection used the
@@ -611,7 +635,8 @@ impl Meter {
         acct: &AccountMeter,
         lost: &mut Option<LeaseRequest>,
         want: i64,
-    ) -> Result<Grant, LedgerError> {
+        take: Option<(i64, Flight)>,
+    ) -> Result<(Grant, Option<Admitted>), LedgerError> {
         let req = match *lost {
             Some(req) => req,
             None => {
@@ -625,7 +650,14 @@ impl Meter {
         };
         let grant = self.ledger.lease(&acct.id, &req).await?;
         *lost = None;
-        acct.lease.fetch_add(grant.granted, Ordering::AcqRel);
+        // With `take`, the caller's command is admitted from the grant as it is added.
+        let admitted = match take {
+            Some((need, flight)) => acct.add_and_take(grant.granted, need, flight),
+            None => {
+                acct.lease.fetch_add(grant.granted, Ordering::AcqRel);
+                None
+            }
+        };
         if let Some(left) = grant.available {
             acct.ledger_left.store(left, Ordering::Release);
         }
@@ -634,7 +666,7 @@ impl Meter {
         if acct.waiting.load(Ordering::Acquire) > 0 {
             acct.paid.notify_waiters();
         }
-        Ok(grant)
+        Ok((grant, admitted))
     }
 
     /// Below half a lease, tops the lease up in the background (to one lease with what is
@@ -659,8 +691,8 @@ impl Meter {
             let mut lost = acct.leasing.lock().await;
             let want = meter.lease_wanted(&acct);
             if acct.lease.load(Ordering::Acquire) < meter.config.lease / 2 && want > 0 {
-                match meter.lease_more(&acct, &mut lost, want).await {
-                    Ok(Grant { granted: 0, .. }) => {
+                match meter.lease_more(&acct, &mut lost, want, None).await {
+                    Ok((Grant { granted: 0, .. }, _)) => {
                         *acct.dry_since.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(Instant::now())
                     }
@@ -756,7 +788,7 @@ impl Meter {
         let _no_top_up = if release {
             let mut lost = acct.leasing.lock().await;
             if lost.is_some() {
-                self.lease_more(acct, &mut lost, 0).await?;
+                self.lease_more(acct, &mut lost, 0, None).await?;
             }
             Some(lost)
         } else {
