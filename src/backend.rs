@@ -24,18 +24,14 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Failures that are not Redis error replies: the backend could not answer at all. The
 /// client sees the same error either way; what differs is the bill (SPEC 7).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum BackendError {
     /// Nothing was sent (no connection): the commands certainly did not run.
-    #[error("ERR upstream unavailable: {0}")]
     Unavailable(String),
-    /// The account holds as many connections of this kind as it may; the text is the
-    /// client's error line.
-    #[error("{0}")]
-    Limit(String),
+    /// The account holds as many connections of this kind as it may.
+    Limit(crate::server::LimitError),
     /// The commands were handed to a connection and their replies never came (timed out,
     /// connection lost): they may have run, and are paid for what they are known to cost.
-    #[error("ERR upstream unavailable: {0}")]
     Lost(String),
 }
 

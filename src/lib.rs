@@ -38,6 +38,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod embedded;
+pub mod error;
 pub mod meter;
 pub mod metrics;
 pub mod namespace;

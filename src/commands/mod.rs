@@ -223,19 +223,13 @@ pub enum ArgRole {
 
 /// Why pkv could not locate the keys of a request; the request is answered with the error
 /// and never forwarded.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("ERR value is not an integer or out of range")]
     NotInteger,
-    #[error("ERR numkeys should be greater than 0")]
     NumKeysNotPositive,
-    #[error("ERR Number of keys can't be greater than number of args")]
     NumKeysTooLarge,
-    #[error("ERR syntax error")]
     Syntax,
-    #[error("ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.")]
     UnbalancedStreams,
-    #[error("ERR DB is refused: through pkv an account has one database, DB 0")]
     OtherDatabase,
 }
 

@@ -136,14 +136,20 @@ pub enum Redemption {
 }
 
 /// Why the ledger could not answer.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 pub enum LedgerError {
-    #[error("{0}")]
-    Backend(#[from] BackendError),
-    #[error("ERR ledger: {0}")]
+    /// The Redis holding the ledger could not be reached or did not answer.
+    Backend(BackendError),
+    /// It answered something the ledger's scripts never return.
     Bad(String),
-    #[error("ERR quantity too large")]
+    /// A quantity whose nano-units do not fit in 64 bits.
     Overflow,
+}
+
+impl From<BackendError> for LedgerError {
+    fn from(err: BackendError) -> Self {
+        LedgerError::Backend(err)
+    }
 }
 
 /// An account's totals, as the ledger holds them.

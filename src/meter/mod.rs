@@ -352,12 +352,12 @@ impl Charges {
 pub type AccountHandle = Arc<AccountMeter>;
 
 /// Why a command was not admitted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Refusal {
     /// The balance cannot pay; carries what is left, in nano-units.
     NoQuota { balance: i64 },
     /// The ledger could not be reached to extend the lease.
-    Ledger(String),
+    Ledger(LedgerError),
 }
 
 /// A reservation made by [`Meter::admit`], replaced by the real cost in [`Meter::charge`].
@@ -601,7 +601,7 @@ impl Meter {
             let (grant, admitted) = self
                 .lease_more(acct, &mut lost, want, Some((need, flight)))
                 .await
-                .map_err(|e: LedgerError| Refusal::Ledger(e.to_string()))?;
+                .map_err(Refusal::Ledger)?;
             if let Some(ok) = admitted {
                 return Ok(ok);
             }

@@ -111,9 +111,17 @@ pub enum After {
     Consumer { name_len: u64 },
 }
 
-/// Why a write is refused before it runs.
-pub fn ttl_too_long(max: u64) -> String {
-    format!("ERR expiry above the maximum TTL of {max} seconds that storage can be bought for")
+/// Why a write is refused before it runs: the storage it would buy cannot be sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanError {
+    /// An expiry beyond `PKV_MAX_TTL` (`max` seconds).
+    TtlTooLong { max: u64 },
+    /// An expiry that is not a whole number.
+    NotInteger,
+    /// Options SET or GETEX does not take.
+    Syntax,
+    /// `GETEX PERSIST`: storage without an end cannot be bought.
+    Persist,
 }
 
 fn cmd(name: &'static str, key: &[u8]) -> Call {
@@ -137,8 +145,8 @@ fn memory_usage(key: &[u8]) -> Call {
 }
 
 /// Seconds until an expiry given as `value` in `unit`, rounded up; `Err` when unparsable.
-fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
-    let n = parse_int(raw).ok_or("ERR value is not an integer or out of range")?;
+fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, PlanError> {
+    let n = parse_int(raw).ok_or(PlanError::NotInteger)?;
     let ms = match unit {
         TtlUnit::Seconds => n.saturating_mul(1000),
         TtlUnit::Millis => n,
@@ -152,10 +160,12 @@ fn ttl_secs(unit: TtlUnit, raw: &[u8], now_ms: i64) -> Result<i64, String> {
     })
 }
 
-fn check_max(secs: i64, policy: &TtlPolicy) -> Result<u64, String> {
+fn check_max(secs: i64, policy: &TtlPolicy) -> Result<u64, PlanError> {
     let secs = secs.max(0) as u64;
     if secs > policy.max_secs {
-        Err(ttl_too_long(policy.max_secs))
+        Err(PlanError::TtlTooLong {
+            max: policy.max_secs,
+        })
     } else {
         Ok(secs)
     }
@@ -259,7 +269,7 @@ pub fn plan(
     keys: &[(usize, ArgRole)],
     ns: &Namespace,
     policy: &TtlPolicy,
-) -> Result<Plan, String> {
+) -> Result<Plan, PlanError> {
     if spec.storage == Storage::None {
         // Reads, deletions: nothing to plan, and nothing to allocate on their way.
         return Ok(Plan::default());
@@ -274,7 +284,8 @@ pub fn plan(
     match spec.storage {
         Storage::None => {}
         Storage::Set => {
-            let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+            let options =
+                set_options::parse(args, OptionsOf::Set).map_err(|_| PlanError::Syntax)?;
             let (get, nx, xx) = (options.get, options.nx, options.xx);
             let keepttl = options.expiry == Some(Expiry::Keep);
             let ttl = match options.expiry {
@@ -456,11 +467,11 @@ pub fn plan(
         }
         Storage::GetEx => {
             match set_options::parse(args, OptionsOf::GetEx)
-                .map_err(|e| e.to_string())?
+                .map_err(|_| PlanError::Syntax)?
                 .expiry
             {
                 Some(Expiry::Persist) => {
-                    return Err("ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end".into());
+                    return Err(PlanError::Persist);
                 }
                 Some(Expiry::In(unit, value)) => {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;

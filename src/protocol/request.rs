@@ -42,23 +42,15 @@ pub struct Request {
 
 /// A request that cannot be parsed. The stream is out of step after one of these, so the
 /// connection answers with the error and closes, as Redis does.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
-    #[error("ERR Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
-    #[error("ERR Protocol error: invalid bulk length")]
     InvalidBulkLength,
-    #[error("ERR Protocol error: expected '$', got '{0}'")]
     ExpectedBulk(char),
-    #[error("ERR Protocol error: too big inline request")]
     InlineTooBig,
-    #[error("ERR Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
-    #[error("ERR Protocol error: request exceeds the maximum of {0} arguments")]
     TooManyArgs(usize),
-    #[error("ERR Protocol error: request exceeds the maximum size of {0} bytes")]
     TooLarge(usize),
-    #[error("ERR Protocol error: bad line ending")]
     BadLineEnding,
 }
 

@@ -25,12 +25,10 @@ use tokio::net::TcpStream;
 use super::client_io::ClientIo;
 use super::session::Session;
 use super::Shared;
+use crate::error::ClientError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::Proto;
-
-/// What a subscriber is told when its token expires, before it is closed.
-const TOKEN_EXPIRED: &str = "NOAUTH token expired; AUTH again";
 
 /// A timer that never fires in practice, for a connection without an idle timeout.
 const IDLE_NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
@@ -40,8 +38,8 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 
 /// Writes a last line to a client that is being closed, without waiting: a client that does
 /// not read must not hold its connection open by not reading its goodbye.
-fn goodbye(wr: &OwnedWriteHalf, proto: Proto, out: &mut BytesMut, message: &str) {
-    ReplyWriter::new(out, proto).error(message);
+fn goodbye(wr: &OwnedWriteHalf, proto: Proto, out: &mut BytesMut, err: impl Into<ClientError>) {
+    ReplyWriter::new(out, proto).error(&err.into().line());
     let _ = wr.try_write(out);
 }
 
@@ -106,7 +104,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 Ok(None) => break,
                 Err(err) => {
                     session.flush(&mut out).await;
-                    ReplyWriter::new(&mut out, session.proto).error(&err.to_string());
+                    ReplyWriter::new(&mut out, session.proto)
+                        .error(&ClientError::from(err.clone()).line());
                     let _ = wr.write_all(&out).await;
                     tracing::debug!(%peer, error = %err, "protocol error; closing");
                     break 'conn;
@@ -151,7 +150,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         }
         if let Err(err) = session.hold_unfinished(io.inbuf.len()) {
             session.pay_unfinished(io.inbuf.len());
-            goodbye(&wr, session.proto, &mut out, &err.to_string());
+            goodbye(&wr, session.proto, &mut out, err);
             break;
         }
         let subscribed = session.is_waiting_for_messages();
@@ -197,12 +196,12 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.
             () = token_expiry => {
-                goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
+                goodbye(&wr, session.proto, &mut out, ClientError::TokenExpired);
                 break;
             }
             message = session.next_message() => match message {
                 Some(_) if session.subscription_expires_in().is_some_and(|d| d.is_zero()) => {
-                    goodbye(&wr, session.proto, &mut out, TOKEN_EXPIRED);
+                    goodbye(&wr, session.proto, &mut out, ClientError::TokenExpired);
                     break;
                 }
                 Some(message) => {
@@ -214,7 +213,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     break;
                 }
                 None => {
-                    goodbye(&wr, session.proto, &mut out, "ERR upstream unavailable: Pub/Sub connection lost");
+                    goodbye(&wr, session.proto, &mut out, ClientError::PubSubLost);
                     break;
                 }
             },
@@ -227,17 +226,17 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 idle_timer.as_mut().reset((active_at + limit).into());
             }
             () = evicted => {
-                goodbye(&wr, session.proto, &mut out, "ERR max number of unauthenticated clients reached; the oldest is closed to make room");
+                goodbye(&wr, session.proto, &mut out, ClientError::TooManyStrangers);
                 break;
             }
             () = until(auth_deadline) => {
-                goodbye(&wr, session.proto, &mut out, "ERR authentication timeout: AUTH within PKV_AUTH_TIMEOUT seconds of connecting");
+                goodbye(&wr, session.proto, &mut out, ClientError::AuthTimeout);
                 break;
             }
             () = until(request_deadline) => {
                 session.pay_unfinished(io.inbuf.len());
                 let secs = settings.request_timeout.map_or(0, |d| d.as_secs());
-                goodbye(&wr, session.proto, &mut out, &format!("ERR Protocol error: request not completed within {secs} seconds"));
+                goodbye(&wr, session.proto, &mut out, ClientError::RequestTimeout { secs });
                 break;
             }
         }

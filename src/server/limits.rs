@@ -41,16 +41,12 @@ impl Counts {
     }
 }
 
-/// An account reached one of its limits; the text is the client's error line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An account reached one of its limits (each carries the limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitError {
-    #[error("ERR max number of connections for this account reached (limit {0})")]
     Connections(usize),
-    #[error("ERR too many dedicated upstream connections for this account (limit {0}; MULTI/WATCH, blocking commands and subscriptions each hold one)")]
     Dedicated(usize),
-    #[error("ERR unfinished requests of this account's connections passed {0} bytes; closing")]
     Buffered(usize),
-    #[error("ERR replies waiting for this account's clients to read passed {0} bytes; closing")]
     Output(usize),
 }
 

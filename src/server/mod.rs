@@ -9,6 +9,8 @@
 mod client_io;
 mod connection;
 mod limits;
+
+pub use limits::LimitError;
 mod local;
 mod session;
 

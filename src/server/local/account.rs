@@ -3,6 +3,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{now_secs, TokenKind};
+use crate::error::ClientError;
 use crate::meter::ledger::{format_nanos, RedeemedBy, Redemption};
 use crate::redis_num::parse_int;
 use crate::server::session::Session;
@@ -15,7 +16,7 @@ impl Session {
             None => max,
             Some(raw) => match parse_int(raw) {
                 Some(n) if n > 0 && n <= max => n,
-                _ => return self.reject(&format!("ERR lifetime must be 1 to {max} seconds"), out),
+                _ => return self.reject(ClientError::Lifetime { max: max as u64 }, out),
             },
         };
         let Some(auth) = &self.auth else { return };
@@ -31,23 +32,24 @@ impl Session {
         self.flush(out).await;
         match self.topup(&args[1]).await {
             Ok(quantity) => self.reply(out, |w| w.int(quantity)),
-            Err(msg) => self.reject(&msg, out),
+            Err(err) => self.reject(err, out),
         }
     }
 
     /// Redeems a quota token into the current account; returns the units credited.
-    async fn topup(&mut self, token: &[u8]) -> Result<i64, String> {
+    async fn topup(&mut self, token: &[u8]) -> Result<i64, ClientError> {
         let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
-            return Err("NOAUTH Authentication required.".into());
+            return Err(ClientError::NoAuth);
         };
-        let token = crate::auth::token_text(token).map_err(|e| format!("WRONGPASS {e}"))?;
+        let wrong = |e: &dyn std::fmt::Display| ClientError::WrongPass(e.to_string());
+        let token = crate::auth::token_text(token).map_err(|e| wrong(&e))?;
         let verified = self
             .shared
             .auth
             .verify(token, now_secs())
-            .map_err(|e| format!("WRONGPASS {e}"))?;
+            .map_err(|e| wrong(&e))?;
         let TokenKind::Quota { jti, quantity, exp } = verified.kind else {
-            return Err("ERR PKV.TOPUP takes a quota token, not a session token".into());
+            return Err(ClientError::TopupNeedsQuota);
         };
         let keep_until = exp
             .saturating_add(self.shared.settings.token_leeway as i64)
@@ -63,8 +65,8 @@ impl Session {
                 Ok(quantity)
             }
             // The same answer however the token was used, naming no one.
-            Ok(Redemption::AlreadyRedeemed { .. }) => Err("ERR token already redeemed".into()),
-            Err(e) => Err(e.to_string()),
+            Ok(Redemption::AlreadyRedeemed { .. }) => Err(ClientError::AlreadyRedeemed),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -88,7 +90,7 @@ impl Session {
         self.balance_read_at = Some(tokio::time::Instant::now());
         self.apply_charges();
         if let Err(e) = self.shared.meter.release(&meter).await {
-            return self.reply(out, |w| w.error(&e.to_string()));
+            return self.error_reply(e, out);
         }
         match self.shared.ledger.account(&account).await {
             Ok(record) => self.reply(out, |w| {
@@ -112,7 +114,7 @@ impl Session {
                 w.bulk(b"time_ms");
                 w.bulk(format!("{}.{:03}", u.time_us / 1000, u.time_us % 1000).as_bytes());
             }),
-            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+            Err(e) => self.error_reply(e, out),
         }
     }
 

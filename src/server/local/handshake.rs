@@ -6,15 +6,12 @@ use bytes::{Bytes, BytesMut};
 use super::introspect::REDIS_VERSION;
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::Local;
+use crate::error::{ClientError, NameError};
 use crate::meter::ledger::{RedeemedBy, Redemption};
 use crate::metrics::Metrics;
 use crate::namespace::Namespace;
 use crate::protocol::Proto;
 use crate::server::session::{Authed, Session, Txn};
-
-/// Redis's answer to a client name it will not take.
-const BAD_CLIENT_NAME: &str =
-    "ERR Client names cannot contain spaces, newlines or special characters.";
 
 /// Longest client name (`CLIENT SETNAME`, `HELLO ... SETNAME`) or library name or version
 /// (`CLIENT SETINFO`) pkv takes. Redis sets no limit; pkv answers these commands for free
@@ -29,40 +26,35 @@ fn valid_client_name(name: &[u8]) -> bool {
 }
 
 /// Checks a client name: Redis's characters, and at most [`MAX_CLIENT_NAME`] bytes.
-fn check_client_name(name: &[u8]) -> Result<(), String> {
+fn check_client_name(name: &[u8]) -> Result<(), NameError> {
+    check_name("client name", name)
+}
+
+fn check_name(what: &'static str, name: &[u8]) -> Result<(), NameError> {
     if name.len() > MAX_CLIENT_NAME {
-        return Err(format!(
-            "ERR client name longer than {MAX_CLIENT_NAME} bytes"
-        ));
+        return Err(NameError::TooLong {
+            what,
+            max: MAX_CLIENT_NAME,
+        });
     }
     if !valid_client_name(name) {
-        return Err(BAD_CLIENT_NAME.to_owned());
+        return Err(NameError::Characters { what });
     }
     Ok(())
 }
 
 /// Checks `CLIENT SETINFO <attr> <value>` as Redis 7.2 does (only `LIB-NAME` and
 /// `LIB-VER`, printable ASCII without spaces), and bounds the value like a client name.
-fn check_client_info(attr: &[u8], value: &[u8]) -> Result<(), String> {
+fn check_client_info(attr: &[u8], value: &[u8]) -> Result<(), ClientError> {
     let what = if attr.eq_ignore_ascii_case(b"LIB-NAME") {
         "lib-name"
     } else if attr.eq_ignore_ascii_case(b"LIB-VER") {
         "lib-ver"
     } else {
-        return Err(format!(
-            "ERR Unrecognized option '{}'",
-            String::from_utf8_lossy(attr)
-        ));
+        let attr = String::from_utf8_lossy(attr).into_owned();
+        return Err(ClientError::UnknownClientInfo(attr));
     };
-    if value.len() > MAX_CLIENT_NAME {
-        return Err(format!("ERR {what} longer than {MAX_CLIENT_NAME} bytes"));
-    }
-    if !valid_client_name(value) {
-        return Err(format!(
-            "ERR {what} cannot contain spaces, newlines or special characters."
-        ));
-    }
-    Ok(())
+    Ok(check_name(what, value)?)
 }
 
 impl Session {
@@ -71,22 +63,22 @@ impl Session {
         let token = match args.len() {
             2 => &args[1],
             3 => &args[2],
-            _ => return self.reject("ERR syntax error", out),
+            _ => return self.reject(ClientError::Syntax, out),
         };
         self.flush(out).await;
         match self.authenticate(token).await {
             Ok(()) => self.reply(out, |w| w.ok()),
-            Err(msg) => self.reject(&msg, out),
+            Err(err) => self.reject(err, out),
         }
     }
 
     /// Verifies a token and attaches the session to its account, redeeming a quota token
     /// the first time it is seen. Returns the error line on refusal.
-    async fn authenticate(&mut self, token: &[u8]) -> Result<(), String> {
+    async fn authenticate(&mut self, token: &[u8]) -> Result<(), ClientError> {
         let shared = self.shared.clone();
         let refuse = |reason: String| {
             Metrics::inc(&shared.metrics.auth_failures_total);
-            format!("WRONGPASS {reason}")
+            ClientError::WrongPass(reason)
         };
         let token = crate::auth::token_text(token).map_err(|e| refuse(e.to_string()))?;
         let now = now_secs();
@@ -120,7 +112,7 @@ impl Session {
                 Ok(Redemption::AlreadyRedeemed {
                     by: RedeemedBy::Topup,
                 }) => return Err(refuse("token already spent on a top-up".into())),
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
         let account = verified.account.clone();
@@ -135,7 +127,7 @@ impl Session {
                     Ok(slot) => slot,
                     Err(e) => {
                         self.auth = old;
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                 };
                 if let Some(old) = old {
@@ -173,7 +165,7 @@ impl Session {
             proto = match &ver[..] {
                 b"2" => Proto::Resp2,
                 b"3" => Proto::Resp3,
-                _ => return self.reject("NOPROTO unsupported protocol version", out),
+                _ => return self.reject(ClientError::NoProto, out),
             };
             i = 2;
         }
@@ -188,21 +180,21 @@ impl Session {
                 i += 2;
             } else {
                 let opt = String::from_utf8_lossy(&args[i]).into_owned();
-                return self.reject(&format!("ERR Syntax error in HELLO option '{opt}'"), out);
+                return self.reject(ClientError::HelloOption(opt), out);
             }
         }
         // Checked before anything changes: a refused HELLO leaves the session as it was.
-        if let Some(Err(msg)) = name.as_deref().map(check_client_name) {
-            return self.reject(&msg, out);
+        if let Some(Err(err)) = name.as_deref().map(check_client_name) {
+            return self.reject(err, out);
         }
         self.flush(out).await;
         if let Some(token) = token {
-            if let Err(msg) = self.authenticate(&token).await {
-                return self.reject(&msg, out);
+            if let Err(err) = self.authenticate(&token).await {
+                return self.reject(err, out);
             }
         }
         if self.auth.is_none() {
-            return self.reject("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time", out);
+            return self.reject(ClientError::HelloNeedsAuth, out);
         }
         if let Some(name) = name {
             self.name = (!name.is_empty()).then_some(name);
@@ -264,7 +256,7 @@ impl Session {
         if &args[1][..] == b"0" {
             self.reply(out, |w| w.ok());
         } else {
-            self.reject("ERR pkv serves database 0 only", out);
+            self.reject(ClientError::OtherDatabase, out);
         }
     }
 
@@ -284,8 +276,8 @@ impl Session {
     pub(super) fn client(&mut self, local: Local, args: &[Bytes], out: &mut BytesMut) {
         match local {
             Local::ClientSetName => {
-                if let Err(msg) = check_client_name(&args[2]) {
-                    return self.reject(&msg, out);
+                if let Err(err) = check_client_name(&args[2]) {
+                    return self.reject(err, out);
                 }
                 self.name = (!args[2].is_empty()).then(|| args[2].clone());
                 self.reply(out, |w| w.ok());
@@ -299,7 +291,7 @@ impl Session {
             }
             Local::ClientSetInfo => match check_client_info(&args[2], &args[3]) {
                 Ok(()) => self.reply(out, |w| w.ok()),
-                Err(msg) => self.reject(&msg, out),
+                Err(err) => self.reject(err, out),
             },
             Local::ClientNoTouch | Local::ClientNoEvict | Local::ReadOnly | Local::ReadWrite => {
                 self.reply(out, |w| w.ok())
@@ -308,7 +300,7 @@ impl Session {
                 if args[2].eq_ignore_ascii_case(b"ON") {
                     self.reply(out, |w| w.ok());
                 } else {
-                    self.reject("ERR pkv supports CLIENT REPLY ON only", out);
+                    self.reject(ClientError::ClientReplyOnly, out);
                 }
             }
             Local::ClientId => {

@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::commands::{Call, Local, ReplyRewrite};
+use crate::error::ClientError;
 use crate::protocol::frame::Frame;
 use crate::server::session::Session;
 
@@ -20,7 +21,7 @@ impl Session {
         let mut i = 2;
         while i < args.len() {
             if i + 1 >= args.len() {
-                return self.reject("ERR syntax error", out);
+                return self.reject(ClientError::Syntax, out);
             }
             if args[i].eq_ignore_ascii_case(b"MATCH") {
                 pattern = &args[i + 1];
@@ -30,7 +31,7 @@ impl Session {
                 rest.push(args[i].clone());
                 rest.push(args[i + 1].clone());
             } else {
-                return self.reject("ERR syntax error", out);
+                return self.reject(ClientError::Syntax, out);
             }
             i += 2;
         }
@@ -60,10 +61,10 @@ impl Session {
                 .arg(SCAN_STEP.to_string())];
             let page = match self.shared.backend.pipeline(self.proto, &scan).await {
                 Ok(mut v) => v.pop(),
-                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+                Err(e) => return self.error_reply(e, out),
             };
             let Some(Frame::Array(mut parts)) = page else {
-                return self.reply(out, |w| w.error("ERR unexpected SCAN reply from upstream"));
+                return self.error_reply(ClientError::BadScanReply, out);
             };
             let keys = match parts.pop() {
                 Some(Frame::Array(keys)) => keys,
@@ -94,7 +95,7 @@ impl Session {
                         }
                     }
                     if let Err(e) = self.shared.backend.pipeline(self.proto, &[unlink]).await {
-                        return self.reply(out, |w| w.error(&e.to_string()));
+                        return self.error_reply(e, out);
                     }
                 }
                 _ => {}

@@ -22,6 +22,7 @@ use bytes::{Bytes, BytesMut};
 use super::client_io::ClientIo;
 use super::session::Session;
 use crate::commands::{flags, CommandSpec, Local};
+use crate::error::ClientError;
 use crate::meter::storage;
 
 impl Session {
@@ -70,8 +71,8 @@ impl Session {
             | Local::CommandDocs
             | Local::CommandList => self.command(local, args, out),
             Local::Multi => self.multi(out).await,
-            Local::Exec => self.reject("ERR EXEC without MULTI", out),
-            Local::Discard => self.reject("ERR DISCARD without MULTI", out),
+            Local::Exec => self.reject(ClientError::ExecWithoutMulti, out),
+            Local::Discard => self.reject(ClientError::DiscardWithoutMulti, out),
             Local::Watch => self.watch(spec, args, out).await,
             Local::Unwatch => self.unwatch(out).await,
             Local::Subscribe | Local::PSubscribe => {
@@ -125,7 +126,7 @@ impl Session {
                 .await
             {
                 Ok(bill) => bill,
-                Err(msg) => return self.reject(&msg, out),
+                Err(err) => return self.reject(err, out),
             }
         };
         let start = out.len();

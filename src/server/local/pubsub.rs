@@ -27,7 +27,7 @@ impl Session {
             // against the account's dedicated connections.
             let held = match self.shared.limits.dedicated(&account) {
                 Ok(held) => held,
-                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+                Err(e) => return self.error_reply(e, out),
             };
             let max_queued = self.shared.settings.max_subscriber_bytes;
             match self.shared.backend.subscription(max_queued).await {
@@ -42,7 +42,7 @@ impl Session {
                         patterns: BTreeSet::new(),
                     });
                 }
-                Err(e) => return self.reply(out, |w| w.error(&e.to_string())),
+                Err(e) => return self.error_reply(e, out),
             }
         }
         let _ = spec;
@@ -53,9 +53,8 @@ impl Session {
             };
             let upstream_name = ns.wrap(name);
             if let Err(e) = sub.sink.subscribe(upstream_name.as_ref(), pattern).await {
-                let msg = e.to_string();
                 self.pubsub = None;
-                return self.reply(out, |w| w.error(&msg));
+                return self.error_reply(e, out);
             }
             if pattern {
                 sub.patterns.insert(name.clone());

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::commands::{Call, CommandSpec, Local, ReplyRewrite};
+use crate::error::ClientError;
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
 use crate::server::session::{Multi, Session, Share, Txn};
@@ -19,7 +20,7 @@ impl Session {
                 self.reply(out, |w| w.ok());
             }
             Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
-            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+            Err(e) => self.error_reply(e, out),
         }
     }
 
@@ -33,14 +34,14 @@ impl Session {
         self.flush(out).await;
         let cmd = match self.rewrite(spec, args) {
             Ok(cmd) => cmd,
-            Err(msg) => return self.reject(&msg, out),
+            Err(err) => return self.reject(err, out),
         };
         match self.run_dedicated(cmd).await {
             Ok(value) => {
                 self.txn.watching = !value.is_error();
                 self.write_upstream(out, ReplyRewrite::Plain, value);
             }
-            Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+            Err(e) => self.error_reply(e, out),
         }
     }
 
@@ -51,7 +52,7 @@ impl Session {
             let result = self.run_dedicated(Call::named("UNWATCH")).await;
             self.txn.watching = false;
             if let Err(e) = result {
-                return self.reply(out, |w| w.error(&e.to_string()));
+                return self.error_reply(e, out);
             }
         }
         self.reply(out, |w| w.ok());
@@ -77,11 +78,11 @@ impl Session {
                 self.txn = Txn::default();
                 match result {
                     Ok(value) => self.write_upstream(out, ReplyRewrite::Plain, value),
-                    Err(e) => self.reply(out, |w| w.error(&e.to_string())),
+                    Err(e) => self.error_reply(e, out),
                 }
             }
-            Local::Multi => self.reject("ERR MULTI calls can not be nested", out),
-            Local::Watch => self.reject("ERR WATCH inside MULTI is not allowed", out),
+            Local::Multi => self.reject(ClientError::NestedMulti, out),
+            Local::Watch => self.reject(ClientError::WatchInMulti, out),
             Local::Ping | Local::Echo | Local::Time => {
                 let call = Call::new(spec, args.to_vec());
                 self.enqueue_plain(call, ReplyRewrite::Plain, out).await;
@@ -91,11 +92,8 @@ impl Session {
                 self.closing = true;
             }
             _ => {
-                let name = spec.name.to_ascii_lowercase();
-                self.reject(
-                    &format!("ERR '{name}' cannot be used inside MULTI through pkv"),
-                    out,
-                );
+                let command = spec.name.to_ascii_lowercase();
+                self.reject(ClientError::NotInMulti { command }, out);
             }
         }
     }
@@ -109,9 +107,7 @@ impl Session {
             let _ = self.run_dedicated(Call::named("DISCARD")).await;
             self.txn = Txn::default();
             self.pay_unexecuted(multi);
-            return self.reply(out, |w| {
-                w.error("EXECABORT Transaction discarded because of previous errors.")
-            });
+            return self.reply(out, |w| w.error(&ClientError::ExecAbort.line()));
         }
         let result = self.run_dedicated(Call::named("EXEC")).await;
         self.txn = Txn::default();
@@ -132,7 +128,7 @@ impl Session {
                 for pending in multi.queued {
                     self.pay_lost(pending.bill, &e, 0);
                 }
-                ReplyWriter::new(out, self.proto).error(&e.to_string());
+                ReplyWriter::new(out, self.proto).error(&ClientError::from(e).line());
             }
             other => {
                 self.pay_unexecuted(multi);
@@ -141,7 +137,7 @@ impl Session {
                         ReplyWriter::new(out, self.proto).null_array()
                     }
                     Ok(other) => self.write_upstream(out, ReplyRewrite::Plain, other),
-                    Err(e) => ReplyWriter::new(out, self.proto).error(&e.to_string()),
+                    Err(e) => ReplyWriter::new(out, self.proto).error(&ClientError::from(e).line()),
                 }
             }
         }

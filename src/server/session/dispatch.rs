@@ -9,6 +9,7 @@ use super::settle::TimeShares;
 use super::{Pending, Session, Share, Txn};
 use crate::backend::{BackendError, Dedicated};
 use crate::commands::{self, ArgRole, Call, CommandSpec, KeyRule, ReplyRewrite};
+use crate::error::ClientError;
 use crate::meter::storage::{self, Plan, TtlPolicy};
 use crate::metrics::Metrics;
 use crate::protocol::frame::Frame;
@@ -27,12 +28,6 @@ pub(super) const MAX_BATCH: usize = 64;
 /// `PKV_MAX_OUTPUT_BYTES`. A pipeline of big replies is then sent in small batches rather
 /// than held whole; a connection's first batch holds one reply.
 pub(super) const BATCH_SHARE_OF_OUTPUT: usize = 8;
-
-/// The reply to a client blocked in a command when pkv shuts down. Redis answers a wait it
-/// must end for a reason other than data or the timeout (its instance changing role, a
-/// slot moving) with an `UNBLOCKED` error; a null reply would tell the client its timeout
-/// passed, which never happens for a timeout of 0.
-pub const SHUTDOWN_UNBLOCKED: &str = "UNBLOCKED server shutting down; reconnect and retry";
 
 /// How a blocking command's wait ended.
 pub(super) enum Waited {
@@ -64,8 +59,8 @@ impl Session {
         &self,
         spec: &'static CommandSpec,
         args: &[Bytes],
-    ) -> Result<Call, String> {
-        let keys = commands::key_args(spec, args).map_err(|e| e.to_string())?;
+    ) -> Result<Call, ClientError> {
+        let keys = commands::key_args(spec, args)?;
         self.rewrite_with(spec, args, keys)
     }
 
@@ -75,8 +70,8 @@ impl Session {
         spec: &'static CommandSpec,
         args: &[Bytes],
         mut keys: Vec<(usize, ArgRole)>,
-    ) -> Result<Call, String> {
-        let ns = self.ns().ok_or("NOAUTH Authentication required.")?;
+    ) -> Result<Call, ClientError> {
+        let ns = self.ns().ok_or(ClientError::NoAuth)?;
         keys.sort_unstable_by_key(|(i, _)| *i);
         let mut keys = keys.into_iter().peekable();
         let mut out = Vec::with_capacity(args.len() + 2);
@@ -116,24 +111,24 @@ impl Session {
     ) {
         let located = match commands::locate(spec, args) {
             Ok(located) => located,
-            Err(e) => return self.reject(&e.to_string(), out),
+            Err(err) => return self.reject(err, out),
         };
         let Some(ns) = self.ns() else {
-            return self.reject("NOAUTH Authentication required.", out);
+            return self.reject(ClientError::NoAuth, out);
         };
         let (blocks, wait_limit) = (located.blocks, located.wait_limit(args));
         let keys = located.keys;
         let plan = if self.shared.meter.enabled() {
             match storage::plan(spec, args, &keys, ns, &self.ttl_policy()) {
                 Ok(plan) => plan,
-                Err(msg) => return self.reject(&msg, out),
+                Err(err) => return self.reject(err, out),
             }
         } else {
             Plan::default()
         };
         let mut cmd = match self.rewrite_with(spec, args, keys) {
             Ok(cmd) => cmd,
-            Err(msg) => return self.reject(&msg, out),
+            Err(err) => return self.reject(err, out),
         };
         if plan.append_default_ttl {
             cmd = cmd.arg("EX").arg(self.shared.default_ttl_arg.clone());
@@ -144,7 +139,7 @@ impl Session {
             .await
         {
             Ok(bill) => bill,
-            Err(msg) => return self.reject(&msg, out),
+            Err(err) => return self.reject(err, out),
         };
         let pending = Pending {
             rewrite: spec.reply,
@@ -329,7 +324,7 @@ impl Session {
                     self.shared
                         .limits
                         .dedicated(&account)
-                        .map_err(|e| BackendError::Limit(e.to_string()))?,
+                        .map_err(BackendError::Limit)?,
                 ),
                 None => None,
             };
@@ -365,7 +360,7 @@ impl Session {
     /// waits, the connection is closed so that Redis unblocks it and hands no data to a
     /// client that is gone. If pkv shuts down while it waits, a wait that ends by itself
     /// within the grace (`wait_limit`, as the client asked) is let finish like any command
-    /// in flight; a longer one is answered [`SHUTDOWN_UNBLOCKED`] at once and the session
+    /// in flight; a longer one is answered [`ClientError::ShuttingDown`] at once and the session
     /// ends, so shutdown does not wait its grace for a wait that may never end. Either way
     /// it pays for the time it waited.
     pub(super) async fn run_blocking(
@@ -423,7 +418,7 @@ impl Session {
                 self.dedicated = None;
                 self.closing = true;
                 let start = out.len();
-                ReplyWriter::new(out, self.proto).error(SHUTDOWN_UNBLOCKED);
+                ReplyWriter::new(out, self.proto).error(&ClientError::ShuttingDown.line());
                 if let Some(bill) = pending.bill {
                     self.pay(bill, 0, out.len() - start, waited);
                 }

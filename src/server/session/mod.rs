@@ -44,7 +44,8 @@ use super::client_io::ClientIo;
 use super::limits::{Held, LimitError};
 use super::Shared;
 use crate::backend::{Dedicated, Messages, SubscriptionSink};
-use crate::commands::{self, flags, Exec, LookupError};
+use crate::commands::{self, flags, Exec};
+use crate::error::ClientError;
 use crate::meter::{AccountHandle, Admitted, Charges, Usage};
 use crate::metrics::TenantStats;
 use crate::namespace::Namespace;
@@ -219,17 +220,18 @@ impl Session {
         // not) is answered NOAUTH, so strangers learn nothing about what is served.
         let spec = match commands::lookup(&args) {
             Ok(spec) => spec,
-            Err(_) if self.auth.is_none() => {
-                return self.reject("NOAUTH Authentication required.", out)
+            Err(_) if self.auth.is_none() => return self.reject(ClientError::NoAuth, out),
+            Err(err) => {
+                let args = args.iter().take(9).cloned().collect();
+                return self.reject(ClientError::Lookup { err, args }, out);
             }
-            Err(err) => return self.reject(&lookup_error(err, &args), out),
         };
         // Step 2: authentication.
         if !spec.has(flags::NO_AUTH) {
             match &self.auth {
-                None => return self.reject("NOAUTH Authentication required.", out),
+                None => return self.reject(ClientError::NoAuth, out),
                 Some(a) if self.now_ms / 1000 >= a.valid_until => {
-                    return self.reject("NOAUTH token expired; AUTH again", out)
+                    return self.reject(ClientError::TokenExpired, out)
                 }
                 Some(_) => {}
             }
@@ -238,9 +240,8 @@ impl Session {
             && self.is_waiting_for_messages()
             && !spec.has(flags::SUBSCRIBED_OK)
         {
-            let name = String::from_utf8_lossy(&args[0]).to_lowercase();
-            let msg = format!("ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context");
-            return self.reject(&msg, out);
+            let command = String::from_utf8_lossy(&args[0]).to_lowercase();
+            return self.reject(ClientError::Subscribed { command }, out);
         }
         match spec.exec {
             // Step 3: pkv's own commands.
@@ -255,11 +256,17 @@ impl Session {
 
     /// Answers with an error; inside MULTI the transaction is then aborted, as Redis does
     /// for commands refused while queuing.
-    pub(super) fn reject(&mut self, message: &str, out: &mut BytesMut) {
+    pub(super) fn reject(&mut self, err: impl Into<ClientError>, out: &mut BytesMut) {
         if let Some(multi) = &mut self.txn.multi {
             multi.aborted = true;
         }
-        self.reply(out, |w| w.error(message));
+        self.error_reply(err, out);
+    }
+
+    /// Answers with an error, in its turn, without touching a transaction.
+    pub(super) fn error_reply(&mut self, err: impl Into<ClientError>, out: &mut BytesMut) {
+        let line = err.into().line();
+        self.reply(out, |w| w.error(&line));
     }
 
     /// Writes a reply pkv produced itself, after every reply still owed before it.
@@ -326,41 +333,4 @@ impl Session {
     pub(super) fn commands_pending(&self) -> u64 {
         self.commands
     }
-}
-
-/// The Redis-style error for a request the table does not serve.
-fn lookup_error(err: LookupError, args: &[Bytes]) -> String {
-    let name = String::from_utf8_lossy(&args[0]);
-    match err {
-        LookupError::Unknown => {
-            let mut msg = format!(
-                "ERR unknown command '{}', with args beginning with: ",
-                truncate(&name)
-            );
-            for arg in args.iter().skip(1).take(8) {
-                msg.push_str(&format!("'{}' ", truncate(&String::from_utf8_lossy(arg))));
-            }
-            msg
-        }
-        LookupError::Denied(what) => format!("ERR command '{what}' is not allowed through pkv"),
-        LookupError::UnknownSubcommand => {
-            let sub = args
-                .get(1)
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .unwrap_or_default();
-            format!(
-                "ERR unknown subcommand '{}'. Try {} HELP.",
-                truncate(&sub),
-                name.to_uppercase()
-            )
-        }
-        LookupError::Arity => format!(
-            "ERR wrong number of arguments for '{}' command",
-            name.to_lowercase()
-        ),
-    }
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(128).collect()
 }

@@ -7,9 +7,9 @@ use bytes::BytesMut;
 use super::Session;
 use crate::backend::BackendError;
 use crate::commands::{Call, ReplyRewrite};
-use crate::meter::ledger::format_nanos;
+use crate::error::ClientError;
 use crate::meter::storage::{self, After};
-use crate::meter::{self, Admitted, Charges, Flight, Refusal, Usage};
+use crate::meter::{self, Admitted, Charges, Flight, Usage};
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
 
@@ -112,7 +112,7 @@ impl Session {
         rule: After,
         blocking: bool,
         out: &mut BytesMut,
-    ) -> Result<Option<Bill>, String> {
+    ) -> Result<Option<Bill>, ClientError> {
         let meter = self.shared.meter.clone();
         let Some(account) = self.auth.as_ref().map(|a| a.meter.clone()) else {
             return Ok(None);
@@ -159,11 +159,7 @@ impl Session {
                     storage_bound,
                 }))
             }
-            Err(Refusal::NoQuota { balance }) => Err(format!(
-                "NOQUOTA balance exhausted: {} left; top up with PKV.TOPUP <token>",
-                format_nanos(balance.max(0))
-            )),
-            Err(Refusal::Ledger(msg)) => Err(msg),
+            Err(refusal) => Err(ClientError::Refused(refusal)),
         }
     }
 
@@ -329,7 +325,7 @@ impl Session {
         queuing: bool,
         out: &mut BytesMut,
     ) {
-        ReplyWriter::new(out, self.proto).error(&err.to_string());
+        ReplyWriter::new(out, self.proto).error(&ClientError::from(err.clone()).line());
         if queuing {
             return self.cancel(pending.bill);
         }
