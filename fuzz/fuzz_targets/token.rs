@@ -47,7 +47,7 @@ static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
     ]
     .into();
     let settings = Settings::from_map(&raw).expect("valid settings");
-    let auth = Authenticator::new(&settings);
+    let auth = Authenticator::new(&settings.auth());
     for token in MINTED {
         if let Err(e) = auth.verify_uncached(token.trim(), NOW) {
             panic!("a seed token does not verify ({e}): the corpus and the keys disagree");
