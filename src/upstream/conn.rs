@@ -382,3 +382,83 @@ async fn read_replies(mut reader: Reader, queue: Arc<Queue>, timeout: Option<Dur
     };
     queue.break_with(&why);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn upstream() -> (TcpListener, ConnectionInfo) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let info = redis::Client::open(url)
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        (listener, info)
+    }
+
+    fn get(key: &'static str) -> Call {
+        Call::named("GET").arg(key)
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_breaks_the_connection_after_the_timeout() {
+        let (listener, info) = upstream().await;
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            // Answers the first batch (two commands), then reads and says nothing.
+            let _ = socket.read(&mut buf).await.unwrap();
+            socket.write_all(b"$1\r\na\r\n$-1\r\n").await.unwrap();
+            loop {
+                if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        });
+        let timeout = Duration::from_millis(200);
+        let conn = Conn::connect(&info, Proto::Resp2, timeout, Some(timeout))
+            .await
+            .unwrap();
+        let replies = conn.send(&[get("a"), get("b")]).await.unwrap();
+        assert_eq!(replies, vec![Frame::bulk("a"), Frame::Null]);
+        let started = Instant::now();
+        let lost = tokio::time::timeout(Duration::from_secs(5), conn.send(&[get("c")]))
+            .await
+            .expect("the timeout ends the wait");
+        assert!(matches!(lost, Err(BackendError::Lost(_))), "{lost:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(conn.is_broken());
+        let later = conn.send(&[get("d")]).await;
+        assert!(
+            matches!(later, Err(BackendError::Unavailable(_))),
+            "{later:?}"
+        );
+        drop(conn);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reply_no_command_asked_for_breaks_the_connection() {
+        let (listener, info) = upstream().await;
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            socket.write_all(b"+OK\r\n").await.unwrap();
+            let mut buf = vec![0u8; 64];
+            while socket.read(&mut buf).await.unwrap_or(0) > 0 {}
+        });
+        let conn = Conn::connect(&info, Proto::Resp2, Duration::from_secs(2), None)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !conn.is_broken() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            conn.is_broken(),
+            "an unasked-for reply must break the connection"
+        );
+    }
+}
