@@ -160,11 +160,12 @@ impl Decoder {
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
                     let n = length(header)?.unwrap_or(0) as u64;
                     let n = match kind {
-                        b'%' => n * 2,
+                        b'%' => n.checked_mul(2),
                         // An attribute's pairs, then the value they describe.
-                        b'|' => n * 2 + 1,
-                        _ => n,
-                    };
+                        b'|' => n.checked_mul(2).and_then(|n| n.checked_add(1)),
+                        _ => Some(n),
+                    }
+                    .ok_or(DecodeError::Header)?;
                     self.pos = next;
                     if n > 0 {
                         if self.open.len() >= MAX_DEPTH {
@@ -289,7 +290,7 @@ impl Reader {
             // Attributes describe the value that follows; pkv relays the value alone.
             b'|' => {
                 let n = length(&text)?.unwrap_or(0);
-                for _ in 0..2 * n {
+                for _ in 0..n.saturating_mul(2) {
                     self.frame(depth + 1)?;
                 }
                 self.frame(depth)?
@@ -410,6 +411,17 @@ mod tests {
         ] {
             let mut buf = BytesMut::from(wire);
             assert!(Decoder::default().decode(&mut buf).is_err(), "{wire:?}");
+        }
+        // A map or attribute whose element count does not fit.
+        for wire in [
+            &b"%9999999999999999991\r\n"[..],
+            b"|9999999999999999991\r\n",
+        ] {
+            let mut buf = BytesMut::from(wire);
+            assert_eq!(
+                Decoder::default().decode(&mut buf),
+                Err(DecodeError::Header)
+            );
         }
         // A line end right after the type byte: the type is `\r`, the line its text.
         let mut buf = BytesMut::from(&b"\r\n+OK\r\n"[..]);
