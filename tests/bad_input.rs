@@ -473,3 +473,51 @@ fn a_thousand_pipelined_commands_answer_in_order() {
         ]
     );
 }
+
+// === 6. pkv's own replies queued behind an upstream command ===
+
+/// Replies pkv writes itself (here an unknown command's error: 18 times the request's size)
+/// wait behind an upstream command still in flight, so that replies keep their order. What
+/// waits must be bounded like any output: a client that sends one upstream command and then
+/// thousands of tiny requests pkv answers itself, in one read, must not make pkv hold all
+/// their replies, one buffer each, at once.
+#[test]
+fn replies_waiting_behind_an_upstream_command_are_bounded() {
+    let (_redis, issuer, pkv) = setup_process();
+    let token = issuer.token(1_000);
+    let mut probe = pkv.resp_authed(&token);
+    let one_reply = probe.call(&[b"X"]);
+    let peak_before = pkv.peak_rss_kib();
+
+    // A large request first grows the connection's read buffer, and its reply, which the
+    // client does not read yet, holds pkv while the rest arrives: an upstream GET, then a
+    // pipeline of unknown commands. When the client reads, pkv finds all of it in one read.
+    let mut conn = pkv.resp_authed(&token);
+    // Upstream commands one after another let the connection batch more of them.
+    for _ in 0..8 {
+        assert_eq!(conn.call(&[b"GET", b"missing"]), b"$-1\r\n");
+    }
+    let big = vec![b'x'; 4 << 20];
+    let mut all = encode(&[b"ECHO", &big]);
+    all.extend(encode(&[b"GET", b"missing"]));
+    let count = 400_000;
+    for _ in 0..count {
+        all.extend_from_slice(b"X\r\n");
+    }
+    conn.send(&all);
+    assert!(conn.reply().ends_with(b"xx\r\n"));
+    assert_eq!(conn.reply(), b"$-1\r\n");
+    for _ in 0..count {
+        assert_eq!(conn.reply(), one_reply);
+    }
+
+    let peak_after = pkv.peak_rss_kib();
+    let owed = (one_reply.len() * count) as u64 / 1024;
+    assert!(
+        peak_after < peak_before + 24 * 1024,
+        "pkv's peak grew from {} to {} ({} of replies were asked for)",
+        kib(peak_before),
+        kib(peak_after),
+        kib(owed)
+    );
+}

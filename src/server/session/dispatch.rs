@@ -29,6 +29,16 @@ pub(super) const MAX_BATCH: usize = 64;
 /// than held whole; a connection's first batch holds one reply.
 pub(super) const BATCH_SHARE_OF_OUTPUT: usize = 8;
 
+/// Replies pkv wrote itself while a batch was open wait in the batch, each in a buffer of
+/// its own, so that replies keep their order. A tiny request (an unknown command, a bare
+/// PING) buys a reply and a slot many times its size, so past this many of them, or
+/// [`MAX_WAITING_BYTES`] of them, the batch is sent at once and they join the output, where
+/// the output bounds apply.
+pub(super) const MAX_WAITING_REPLIES: usize = 4 * MAX_BATCH;
+
+/// See [`MAX_WAITING_REPLIES`].
+pub(super) const MAX_WAITING_BYTES: usize = 64 * 1024;
+
 /// How a blocking command's wait ended.
 pub(super) enum Waited {
     Answered(Vec<Frame>),
@@ -50,6 +60,16 @@ pub(super) enum Slot {
 pub(super) struct Batch {
     pub(super) calls: Vec<Call>,
     pub(super) slots: Vec<Slot>,
+    /// Bytes of the `Ready` slots.
+    pub(super) waiting_bytes: usize,
+}
+
+impl Batch {
+    /// True when the replies waiting for the batch should not wait longer (see
+    /// [`MAX_WAITING_REPLIES`]).
+    pub(super) fn holds_too_much(&self) -> bool {
+        self.slots.len() >= MAX_WAITING_REPLIES || self.waiting_bytes >= MAX_WAITING_BYTES
+    }
 }
 
 impl Session {
@@ -279,6 +299,7 @@ impl Session {
             }
         }
         batch.calls.clear();
+        batch.waiting_bytes = 0;
         if self.batch.slots.is_empty() {
             self.batch = batch;
         }

@@ -211,6 +211,14 @@ impl Session {
 
     /// Runs one request: answers it, queues it, or forwards it.
     pub async fn submit(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
+        self.run(req, out, io).await;
+        if self.batch.holds_too_much() {
+            self.flush(out).await;
+        }
+    }
+
+    /// [`Session::submit`], before the replies waiting in the batch are checked.
+    async fn run(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
         let (args, wire_len) = (req.args, req.wire_len);
         if args.is_empty() {
             return;
@@ -276,6 +284,7 @@ impl Session {
         } else {
             let mut buf = BytesMut::new();
             write(&mut ReplyWriter::new(&mut buf, self.proto));
+            self.batch.waiting_bytes += buf.len();
             self.batch.slots.push(Slot::Ready(buf.freeze()));
         }
     }
