@@ -182,8 +182,8 @@ impl Store {
         reply
     }
 
-    /// Runs one command as of `now` (ms since the epoch): the commands of one batch share
-    /// one clock reading.
+    /// Runs one command as of `now` (ms since the epoch) under the lock its kind needs: the
+    /// commands of one batch share one clock reading.
     fn run_at(
         &self,
         proto: Proto,
@@ -191,20 +191,13 @@ impl Store {
         args: &[&[u8]],
         now: i64,
     ) -> Reply {
-        let Some(command) = command else {
-            return Err(not_here(args.first().copied().unwrap_or_default()));
-        };
-        let reply = if command.kind == Kind::Multi {
+        if command.is_some_and(|c| c.kind == Kind::Multi) {
             let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args, now)
+            self.run_held(proto, command, args, now)
         } else {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args, now)
-        };
-        if reply.is_ok() {
-            self.written(command, args);
+            self.run_held(proto, command, args, now)
         }
-        reply
     }
 
     /// Runs a command under whatever lock the caller holds.
