@@ -29,25 +29,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 source "$(dirname "$0")/bench-common.sh"
 
 TWEM_PORT=$(free_port)
-cat > "$WORK/nutcracker.yml" <<YAML
-pkvbench:
-  listen: 127.0.0.1:$TWEM_PORT
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  server_connections: 1
-  servers:
-   - 127.0.0.1:$REDIS_PORT:1
-YAML
+twemproxy_config
 nutcracker -c "$WORK/nutcracker.yml" -o "$WORK/nutcracker.log" &
 track $!
 wait_port "$TWEM_PORT"
 
-# A real issuer and secret: pkv runs as in production, not in development mode.
-ISSUER=$("$PKV" keygen)
-SEED=$(awk '/^seed:/ { print $2 }' <<<"$ISSUER")
-DID=$(awk '/^did:/ { print $2 }' <<<"$ISSUER")
-SECRET=$("$PKV" keygen | awk '/^seed:/ { print $2 }')
+new_issuer
 PKV_PORT=$(free_port)
 (cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
   PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_MAX_CONNECTIONS=20000 PKV_LOG=warn \
@@ -55,7 +42,7 @@ PKV_PORT=$(free_port)
 PKV_PID=$!
 track "$PKV_PID"
 wait_port "$PKV_PORT"
-TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --issuer-seed "$SEED" --quantity 1000000 --lifetime 86400)
+mint_token
 
 # One redis-benchmark run: prints "rps p50 p99".
 run() { # port test pipeline [auth]

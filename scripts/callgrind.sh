@@ -21,6 +21,11 @@
 # Needs: valgrind, redis-server, redis-benchmark (redis-tools), nutcracker, python3.
 set -euo pipefail
 
+if [ "${1:-}" = --help ] || [ "${1:-}" = -h ]; then
+  sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"
+  exit 0
+fi
+
 N1=${1:-20000}
 N16=${2:-160000}
 CLIENTS=10
@@ -38,26 +43,14 @@ source "$(dirname "$0")/bench-common.sh"
 CALLGRIND=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no)
 
 TWEM_PORT=$(free_port)
-cat > "$WORK/nutcracker.yml" <<YAML
-pkvbench:
-  listen: 127.0.0.1:$TWEM_PORT
-  hash: fnv1a_64
-  distribution: ketama
-  redis: true
-  server_connections: 1
-  servers:
-   - 127.0.0.1:$REDIS_PORT:1
-YAML
+twemproxy_config
 mkdir "$WORK/twem" "$WORK/pkv"
 (cd "$WORK/twem" && exec "${CALLGRIND[@]}" --log-file="$WORK/twem/valgrind.log" \
   nutcracker -c "$WORK/nutcracker.yml" -o "$WORK/nutcracker.log") &
 TWEM_PID=$!
 track "$TWEM_PID"
 
-ISSUER=$("$PKV" keygen)
-SEED=$(awk '/^seed:/ { print $2 }' <<<"$ISSUER")
-DID=$(awk '/^did:/ { print $2 }' <<<"$ISSUER")
-SECRET=$("$PKV" keygen | awk '/^seed:/ { print $2 }')
+new_issuer
 PKV_PORT=$(free_port)
 (cd "$WORK/pkv" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
   PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_LOG=warn \
@@ -72,7 +65,7 @@ for _ in $(seq 600); do
 done
 wait_port "$TWEM_PORT"
 wait_port "$PKV_PORT"
-TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --issuer-seed "$SEED" --quantity 1000000 --lifetime 86400)
+mint_token
 
 load() { # port test pipeline requests [auth]
   local auth=()

@@ -159,17 +159,7 @@ fn serve() -> i32 {
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match settings.threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Runtime::new(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match runtime(settings.threads) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pkv: cannot start the runtime: {e}");
@@ -186,6 +176,22 @@ fn serve() -> i32 {
         };
         run(settings, listener, shutdown_signal()).await
     })
+}
+
+/// The tokio runtime pkv serves on, with `threads` worker threads (`PKV_THREADS`): 1 runs
+/// everything on the calling thread, 0 starts one worker per core. The binary and the
+/// tests' in-process server build it here, so both run pkv the same way.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Runtime::new(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// Serves clients from `listener`, which the caller has already bound, until `shutdown`

@@ -3,14 +3,12 @@
 //! Each concern says what went wrong in its own type, with the facts and without wire text:
 //! [`ProtocolError`] (a request's bytes), [`LookupError`] and [`KeyError`] (the command
 //! table), [`BackendError`] (where commands run), [`LimitError`] (an account's bounds),
-//! [`Refusal`] (the meter), [`LedgerError`], [`PlanError`] (storage bought by a write), and
-//! the refusals of the request path itself below. They all become a [`ClientError`], and
-//! [`ClientError::line`] is where their RESP error lines (code first, then the words) are
-//! written. Replies that copy Redis's own errors keep Redis's words; those that are pkv's own
-//! say what to do.
-//!
-//! The embedded store's command errors are the store's replies (it answers as Redis would),
-//! kept beside its handlers in [`crate::embedded::cmd`].
+//! [`Refusal`] (the meter), [`LedgerError`], [`PlanError`] (storage bought by a write),
+//! [`StoreError`] (the embedded store's commands, with [`TimeoutError`] and [`SyntaxError`]
+//! from the parsers they share with the request path), and the refusals of the request path
+//! itself below. They all become a [`ClientError`], and [`ClientError::line`] is where their
+//! RESP error lines (code first, then the words) are written. Replies that copy Redis's own
+//! errors keep Redis's words; those that are pkv's own say what to do.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -18,12 +16,21 @@ use std::fmt;
 use bytes::Bytes;
 
 use crate::backend::BackendError;
+use crate::commands::set_options::SyntaxError;
 use crate::commands::{KeyError, LookupError};
+use crate::embedded::error::StoreError;
 use crate::meter::ledger::{format_nanos, LedgerError};
 use crate::meter::storage::PlanError;
 use crate::meter::Refusal;
 use crate::protocol::request::ProtocolError;
+use crate::redis_num::TimeoutError;
 use crate::server::LimitError;
+
+// Lines that more than one concern answers with.
+const SYNTAX: &str = "ERR syntax error";
+const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+const NUMKEYS_NOT_POSITIVE: &str = "ERR numkeys should be greater than 0";
+const NUMKEYS_TOO_LARGE: &str = "ERR Number of keys can't be greater than number of args";
 
 /// An error a client is answered with.
 #[derive(Debug, Clone)]
@@ -89,6 +96,8 @@ pub enum ClientError {
     Limit(LimitError),
     Ledger(LedgerError),
     Protocol(ProtocolError),
+    /// An error of the embedded store's commands.
+    Store(StoreError),
     /// A blocked client told that pkv is shutting down. Redis answers a wait it must end
     /// for a reason other than data or the timeout (its instance changing role, a slot
     /// moving) with an `UNBLOCKED` error; a null reply would tell the client its timeout
@@ -126,7 +135,7 @@ impl ClientError {
             E::NoProto => "NOPROTO unsupported protocol version",
             E::TopupNeedsQuota => "ERR PKV.TOPUP takes a quota token, not a session token",
             E::AlreadyRedeemed => "ERR token already redeemed",
-            E::Syntax => "ERR syntax error",
+            E::Syntax => SYNTAX,
             E::OtherDatabase => "ERR pkv serves database 0 only",
             E::ClientReplyOnly => "ERR pkv supports CLIENT REPLY ON only",
             E::ExecWithoutMulti => "ERR EXEC without MULTI",
@@ -176,6 +185,7 @@ impl ClientError {
             .into(),
             E::Refused(Refusal::Ledger(err)) | E::Ledger(err) => return ledger_line(err).into(),
             E::Plan(err) => return plan_line(err).into(),
+            E::Store(err) => return store_line(err),
             E::Backend(err) => return backend_line(err).into(),
             E::Limit(err) => return limit_line(*err).into(),
             E::Protocol(err) => {
@@ -216,7 +226,10 @@ shown_as_line!(
     LimitError,
     LedgerError,
     ProtocolError,
-    PlanError
+    PlanError,
+    StoreError,
+    TimeoutError,
+    SyntaxError
 );
 
 fn lookup_line(err: &LookupError, args: &[Bytes]) -> String {
@@ -241,17 +254,27 @@ fn lookup_line(err: &LookupError, args: &[Bytes]) -> String {
                 .get(1)
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .unwrap_or_default();
-            format!(
-                "ERR unknown subcommand '{}'. Try {} HELP.",
-                truncate(&sub),
-                name.to_uppercase()
-            )
+            unknown_subcommand(&sub, &name)
         }
-        LookupError::Arity => format!(
-            "ERR wrong number of arguments for '{}' command",
-            name.to_lowercase()
-        ),
+        LookupError::Arity => arity_line(&name),
     }
+}
+
+/// Redis's line for an unknown subcommand `sub` of `container`.
+fn unknown_subcommand(sub: &str, container: &str) -> String {
+    format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        truncate(sub),
+        container.to_uppercase()
+    )
+}
+
+/// Redis's line for a wrong number of arguments to `command`.
+fn arity_line(command: &str) -> String {
+    format!(
+        "ERR wrong number of arguments for '{}' command",
+        command.to_lowercase()
+    )
 }
 
 /// At most 128 characters of a name a client sent, for an error line.
@@ -261,10 +284,10 @@ fn truncate(s: &str) -> String {
 
 fn key_line(err: KeyError) -> &'static str {
     match err {
-        KeyError::NotInteger => "ERR value is not an integer or out of range",
-        KeyError::NumKeysNotPositive => "ERR numkeys should be greater than 0",
-        KeyError::NumKeysTooLarge => "ERR Number of keys can't be greater than number of args",
-        KeyError::Syntax => "ERR syntax error",
+        KeyError::NotInteger => NOT_INTEGER,
+        KeyError::NumKeysNotPositive => NUMKEYS_NOT_POSITIVE,
+        KeyError::NumKeysTooLarge => NUMKEYS_TOO_LARGE,
+        KeyError::Syntax => SYNTAX,
         KeyError::UnbalancedStreams => "ERR Unbalanced 'xread' list of streams: for each stream key an ID or '$' must be specified.",
         KeyError::OtherDatabase => {
             "ERR DB is refused: through pkv an account has one database, DB 0"
@@ -311,12 +334,120 @@ fn plan_line(err: &PlanError) -> String {
         PlanError::TtlTooLong { max } => format!(
             "ERR expiry above the maximum TTL of {max} seconds that storage can be bought for"
         ),
-        PlanError::NotInteger => "ERR value is not an integer or out of range".to_owned(),
-        PlanError::Syntax => "ERR syntax error".to_owned(),
+        PlanError::NotInteger => NOT_INTEGER.to_owned(),
+        PlanError::Syntax => SYNTAX.to_owned(),
         PlanError::Persist => {
             "ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end"
                 .to_owned()
         }
+    }
+}
+
+/// The embedded store's lines: Redis's words for the same errors, byte for byte (the
+/// embedded tests compare them with a real redis-server's).
+fn store_line(err: &StoreError) -> Cow<'static, str> {
+    use StoreError as S;
+    let fixed: &'static str = match err {
+        S::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value",
+        S::NotInteger => NOT_INTEGER,
+        S::NotFloat => "ERR value is not a valid float",
+        S::Syntax => SYNTAX,
+        S::Timeout(TimeoutError::NotFloat) => "ERR timeout is not a float or out of range",
+        S::Timeout(TimeoutError::NotInteger) => "ERR timeout is not an integer or out of range",
+        S::Timeout(TimeoutError::Negative) => "ERR timeout is negative",
+        S::InvalidCursor => "ERR invalid cursor",
+        S::NoSuchKey => "ERR no such key",
+        S::NotPositive => "ERR value is out of range, must be positive",
+        S::OutOfRange => "ERR value is out of range",
+        S::CountBelowMin => "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807",
+        S::NumKeysNotPositive => NUMKEYS_NOT_POSITIVE,
+        S::NumKeysTooLarge => NUMKEYS_TOO_LARGE,
+        S::CountNotPositive => "ERR count should be greater than 0",
+        S::NegativeLimit => "ERR LIMIT can't be negative",
+        S::IndexOutOfRange => "ERR index out of range",
+        S::RankZero => "ERR RANK can't be zero: use 1 to start from the first match, 2 from the second ... or use negative to start from the end of the list",
+        S::NegativeCount => "ERR COUNT can't be negative",
+        S::NegativeMaxlen => "ERR MAXLEN can't be negative",
+        S::IncrOverflow => "ERR increment or decrement would overflow",
+        S::DecrOverflow => "ERR decrement would overflow",
+        S::IncrNotFinite => "ERR increment would produce NaN or Infinity",
+        S::NotFinite => "ERR value is NaN or Infinity",
+        S::HashNotInteger => "ERR hash value is not an integer",
+        S::HashNotFloat => "ERR hash value is not a float",
+        S::StringTooLong => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        S::OffsetOutOfRange => "ERR offset is out of range",
+        S::LcsNotStrings => "ERR The specified keys must contain string values",
+        S::LcsLenAndIdx => "ERR If you want both the length and indexes, please just use IDX.",
+        S::LcsTooLarge => {
+            "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len"
+        }
+        S::BitOffset => "ERR bit offset is not an integer or out of range",
+        S::BitValue => "ERR bit is not an integer or out of range",
+        S::BitArgument => "ERR The bit argument must be 1 or 0.",
+        S::BitopNotOneSource => "ERR BITOP NOT must be called with a single source key.",
+        S::BitfieldType => "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.",
+        S::BitfieldOverflow => "ERR Invalid OVERFLOW type specified",
+        S::BitfieldReadOnly => "ERR BITFIELD_RO only supports the GET subcommand",
+        S::ExpireNxAndOthers => {
+            "ERR NX and XX, GT or LT options at the same time are not compatible"
+        }
+        S::ExpireGtAndLt => "ERR GT and LT options at the same time are not compatible",
+        S::CopyOtherDatabase => {
+            "ERR COPY to another database is not available: the embedded store has one database"
+        }
+        S::SameObject => "ERR source and destination objects are the same",
+        S::NanScore => "ERR resulting score is not a number (NaN)",
+        S::NotFloatRange => "ERR min or max is not a float",
+        S::NotLexRange => "ERR min or max not valid string range item",
+        S::XxAndNx => "ERR XX and NX options at the same time are not compatible",
+        S::GtLtNx => "ERR GT, LT, and/or NX options at the same time are not compatible",
+        S::IncrPair => "ERR INCR option supports a single increment-element pair",
+        S::LimitWithoutBy => {
+            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"
+        }
+        S::WithscoresByLex => {
+            "ERR syntax error, WITHSCORES not supported in combination with BYLEX"
+        }
+        S::WeightNotFloat => "ERR weight value is not a float",
+        S::InvalidExpire { command } => {
+            return format!("ERR invalid expire time in '{command}' command").into()
+        }
+        S::TooManyPicks { max } => {
+            return format!(
+                "ERR value is out of range: a negative count may ask for at most {max} elements"
+            )
+            .into()
+        }
+        // The rest carry what the client sent: one line, whatever it sent.
+        S::Arity { command } => return one_line(arity_line(command)),
+        S::NeedsUpstream { command } => return one_line(format!(
+            "ERR '{}' is not available in the embedded store; it needs an upstream Redis (set PKV_UPSTREAM_URL)",
+            command.to_ascii_uppercase()
+        )),
+        S::UnknownSubcommand { container, sub } => {
+            return one_line(unknown_subcommand(sub, container))
+        }
+        S::UnsupportedOption { option } => {
+            return one_line(format!("ERR Unsupported option {option}"))
+        }
+        S::ObjectUsage { sub } => return one_line(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try OBJECT HELP."
+        )),
+        S::NoInputKey { command } => return one_line(format!(
+            "ERR at least 1 input key is needed for '{}' command",
+            command.to_ascii_lowercase()
+        )),
+    };
+    Cow::Borrowed(fixed)
+}
+
+/// `line` with any CR or LF a client sent turned into a space, as Redis does in the error
+/// lines that quote it.
+fn one_line(line: String) -> Cow<'static, str> {
+    if line.contains(['\r', '\n']) {
+        line.replace(['\r', '\n'], " ").into()
+    } else {
+        line.into()
     }
 }
 
@@ -354,11 +485,214 @@ from! {
     LedgerError => Ledger,
     ProtocolError => Protocol,
     NameError => ClientName,
+    StoreError => Store,
+}
+
+impl From<TimeoutError> for ClientError {
+    fn from(err: TimeoutError) -> Self {
+        ClientError::Store(err.into())
+    }
+}
+
+impl From<SyntaxError> for ClientError {
+    fn from(_: SyntaxError) -> Self {
+        ClientError::Syntax
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One of each of the embedded store's errors; those that quote the client quote a CR
+    /// LF. [`store_variant`] does not compile without an arm for a new variant: give it the
+    /// next number and add the variant here.
+    fn every_store_error() -> Vec<StoreError> {
+        use StoreError as S;
+        let sent = || "a\r\nb".to_owned();
+        vec![
+            S::WrongType,
+            S::NotInteger,
+            S::NotFloat,
+            S::Syntax,
+            S::Arity { command: sent() },
+            S::NeedsUpstream { command: sent() },
+            S::Timeout(TimeoutError::NotFloat),
+            S::Timeout(TimeoutError::NotInteger),
+            S::Timeout(TimeoutError::Negative),
+            S::InvalidCursor,
+            S::NoSuchKey,
+            S::NotPositive,
+            S::OutOfRange,
+            S::CountBelowMin,
+            S::TooManyPicks { max: 1 << 20 },
+            S::NumKeysNotPositive,
+            S::NumKeysTooLarge,
+            S::CountNotPositive,
+            S::NegativeLimit,
+            S::UnknownSubcommand {
+                container: "MEMORY",
+                sub: sent(),
+            },
+            S::IndexOutOfRange,
+            S::RankZero,
+            S::NegativeCount,
+            S::NegativeMaxlen,
+            S::InvalidExpire { command: "set" },
+            S::IncrOverflow,
+            S::DecrOverflow,
+            S::IncrNotFinite,
+            S::NotFinite,
+            S::HashNotInteger,
+            S::HashNotFloat,
+            S::StringTooLong,
+            S::OffsetOutOfRange,
+            S::LcsNotStrings,
+            S::LcsLenAndIdx,
+            S::LcsTooLarge,
+            S::BitOffset,
+            S::BitValue,
+            S::BitArgument,
+            S::BitopNotOneSource,
+            S::BitfieldType,
+            S::BitfieldOverflow,
+            S::BitfieldReadOnly,
+            S::UnsupportedOption { option: sent() },
+            S::ExpireNxAndOthers,
+            S::ExpireGtAndLt,
+            S::ObjectUsage { sub: sent() },
+            S::CopyOtherDatabase,
+            S::SameObject,
+            S::NanScore,
+            S::NotFloatRange,
+            S::NotLexRange,
+            S::XxAndNx,
+            S::GtLtNx,
+            S::IncrPair,
+            S::LimitWithoutBy,
+            S::WithscoresByLex,
+            S::NoInputKey { command: sent() },
+            S::WeightNotFloat,
+        ]
+    }
+
+    /// A number per variant (the three timeouts count as one).
+    fn store_variant(err: &StoreError) -> usize {
+        use StoreError as S;
+        match err {
+            S::WrongType => 0,
+            S::NotInteger => 1,
+            S::NotFloat => 2,
+            S::Syntax => 3,
+            S::Arity { .. } => 4,
+            S::NeedsUpstream { .. } => 5,
+            S::Timeout(_) => 6,
+            S::InvalidCursor => 7,
+            S::NoSuchKey => 8,
+            S::NotPositive => 9,
+            S::OutOfRange => 10,
+            S::CountBelowMin => 11,
+            S::TooManyPicks { .. } => 12,
+            S::NumKeysNotPositive => 13,
+            S::NumKeysTooLarge => 14,
+            S::CountNotPositive => 15,
+            S::NegativeLimit => 16,
+            S::UnknownSubcommand { .. } => 17,
+            S::IndexOutOfRange => 18,
+            S::RankZero => 19,
+            S::NegativeCount => 20,
+            S::NegativeMaxlen => 21,
+            S::InvalidExpire { .. } => 22,
+            S::IncrOverflow => 23,
+            S::DecrOverflow => 24,
+            S::IncrNotFinite => 25,
+            S::NotFinite => 26,
+            S::HashNotInteger => 27,
+            S::HashNotFloat => 28,
+            S::StringTooLong => 29,
+            S::OffsetOutOfRange => 30,
+            S::LcsNotStrings => 31,
+            S::LcsLenAndIdx => 32,
+            S::LcsTooLarge => 33,
+            S::BitOffset => 34,
+            S::BitValue => 35,
+            S::BitArgument => 36,
+            S::BitopNotOneSource => 37,
+            S::BitfieldType => 38,
+            S::BitfieldOverflow => 39,
+            S::BitfieldReadOnly => 40,
+            S::UnsupportedOption { .. } => 41,
+            S::ExpireNxAndOthers => 42,
+            S::ExpireGtAndLt => 43,
+            S::ObjectUsage { .. } => 44,
+            S::CopyOtherDatabase => 45,
+            S::SameObject => 46,
+            S::NanScore => 47,
+            S::NotFloatRange => 48,
+            S::NotLexRange => 49,
+            S::XxAndNx => 50,
+            S::GtLtNx => 51,
+            S::IncrPair => 52,
+            S::LimitWithoutBy => 53,
+            S::WithscoresByLex => 54,
+            S::NoInputKey { .. } => 55,
+            S::WeightNotFloat => 56,
+        }
+    }
+
+    #[test]
+    fn every_store_error_is_one_line_with_a_redis_code() {
+        let errors = every_store_error();
+        let covered: std::collections::BTreeSet<usize> = errors.iter().map(store_variant).collect();
+        let highest = covered.last().copied().unwrap_or_default();
+        assert_eq!(
+            covered.len(),
+            highest + 1,
+            "a variant is missing from the list"
+        );
+        for err in errors {
+            let line = ClientError::from(err.clone()).line();
+            let (code, words) = line.split_once(' ').unwrap_or((&line, ""));
+            assert!(
+                code.len() >= 3 && code.chars().all(|c| c.is_ascii_uppercase()),
+                "{err:?}: {line:?}"
+            );
+            assert!(!words.trim().is_empty(), "{err:?}: {line:?}");
+            assert!(!line.contains(['\r', '\n']), "{err:?}: {line:?}");
+            assert_eq!(err.to_string(), line, "Display shows the line");
+        }
+    }
+
+    #[test]
+    fn store_lines_keep_redis_words() {
+        let line = |err: StoreError| ClientError::from(err).line().into_owned();
+        assert_eq!(
+            line(StoreError::WrongType),
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        );
+        assert_eq!(
+            line(StoreError::Arity {
+                command: "HSET".into()
+            }),
+            "ERR wrong number of arguments for 'hset' command"
+        );
+        assert_eq!(
+            line(StoreError::InvalidExpire { command: "getex" }),
+            "ERR invalid expire time in 'getex' command"
+        );
+        assert_eq!(
+            line(StoreError::UnknownSubcommand {
+                container: "memory",
+                sub: "FOO".into()
+            }),
+            "ERR unknown subcommand 'FOO'. Try MEMORY HELP."
+        );
+        assert_eq!(
+            TimeoutError::Negative.to_string(),
+            "ERR timeout is negative"
+        );
+        assert_eq!(SyntaxError.to_string(), "ERR syntax error");
+    }
 
     #[test]
     fn lines_start_with_their_code_and_are_one_line() {

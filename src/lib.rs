@@ -18,6 +18,8 @@
 //! - [`redis_num`]: Redis's numbers (integers, doubles, long doubles, blocking timeouts) and
 //!   the text of a double in a reply, shared by the request path and the embedded store.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
+//! - [`error`]: every error line a client can see, written once: each concern (the embedded
+//!   store's commands too, [`embedded::error::StoreError`]) has its own error type.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
 //! - [`meter`]: prices, the cost of each command, prepaid storage, and leases from the
 //!   ledger so that metering needs no round trip per command; [`meter::ledger`] keeps

@@ -273,14 +273,12 @@ impl BlockTimeout {
     }
 }
 
-/// Why Redis refuses a blocking command's timeout (its wording).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why Redis refuses a blocking command's timeout; its line (Redis's wording) is written in
+/// [`crate::error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeoutError {
-    #[error("ERR timeout is not a float or out of range")]
     NotFloat,
-    #[error("ERR timeout is not an integer or out of range")]
     NotInteger,
-    #[error("ERR timeout is negative")]
     Negative,
 }
 

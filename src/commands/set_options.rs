@@ -39,9 +39,8 @@ pub struct SetOptions<'a> {
     pub expiry: Option<Expiry<'a>>,
 }
 
-/// Options Redis refuses, with its reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("ERR syntax error")]
+/// Options Redis refuses; it answers them with its syntax error ([`crate::error`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyntaxError;
 
 /// Reads the options of `args` (the whole request, command name first), as Redis does: one

@@ -21,6 +21,7 @@
 
 pub mod cmd;
 pub mod data;
+pub mod error;
 pub mod glob;
 pub mod keyspace;
 mod ledger;
@@ -39,8 +40,10 @@ use tokio::sync::Notify;
 use crate::backend::{Backend, BackendError, BoxFuture, Dedicated, Subscription};
 use crate::commands::{Call, CommandSpec};
 use crate::config::Settings;
+use crate::error::ClientError;
 use crate::protocol::Proto;
 use cmd::{Cx, Error, Kind, Reply, Runnable};
+use error::StoreError;
 use keyspace::{Keyspace, SHARDS};
 
 /// How often the active expiry runs, and how many shards it cleans each time.
@@ -97,10 +100,9 @@ pub fn needs_upstream() -> Vec<&'static str> {
 
 /// The error for a served command the store does not run.
 fn not_here(name: &[u8]) -> Error {
-    format!(
-        "ERR '{}' is not available in the embedded store; it needs an upstream Redis (set PKV_UPSTREAM_URL)",
-        String::from_utf8_lossy(name).to_ascii_uppercase()
-    )
+    StoreError::NeedsUpstream {
+        command: String::from_utf8_lossy(name).into_owned(),
+    }
     .into()
 }
 
@@ -125,20 +127,19 @@ impl Store {
     }
 
     /// Runs one call now without making the calling worker thread wait for the gate: in
-    /// place when it can ([`Store::try_shared`]), else on the blocking pool.
-    async fn run_async(&self, proto: Proto, call: &Call) -> Reply {
+    /// place when it can ([`Store::try_shared`]), else on the blocking pool (which may fail
+    /// to run it).
+    async fn run_async(&self, proto: Proto, call: &Call) -> Result<Reply, BackendError> {
         let now = now_ms();
         let args = arg_slices(call);
         let job = [(handler(call), &args[..])];
         if let Some(mut replies) = self.try_shared(proto, &job, now) {
             if let Some(reply) = replies.pop() {
-                return reply;
+                return Ok(reply);
             }
         }
         let (store, call) = (self.clone(), call.clone());
-        off_thread(move || store.run_at(proto, handler(&call), &arg_slices(&call), now))
-            .await
-            .unwrap_or_else(|e| Err(Error::Msg(e.to_string())))
+        off_thread(move || store.run_at(proto, handler(&call), &arg_slices(&call), now)).await
     }
 
     /// Runs a batch in place, in order, when none of its commands takes the gate
@@ -182,8 +183,8 @@ impl Store {
         reply
     }
 
-    /// Runs one command as of `now` (ms since the epoch): the commands of one batch share
-    /// one clock reading.
+    /// Runs one command as of `now` (ms since the epoch) under the lock its kind needs: the
+    /// commands of one batch share one clock reading.
     fn run_at(
         &self,
         proto: Proto,
@@ -191,20 +192,13 @@ impl Store {
         args: &[&[u8]],
         now: i64,
     ) -> Reply {
-        let Some(command) = command else {
-            return Err(not_here(args.first().copied().unwrap_or_default()));
-        };
-        let reply = if command.kind == Kind::Multi {
+        if command.is_some_and(|c| c.kind == Kind::Multi) {
             let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args, now)
+            self.run_held(proto, command, args, now)
         } else {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            self.execute(command, proto, args, now)
-        };
-        if reply.is_ok() {
-            self.written(command, args);
+            self.run_held(proto, command, args, now)
         }
-        reply
     }
 
     /// Runs a command under whatever lock the caller holds.
@@ -278,11 +272,11 @@ impl Store {
                 w.as_mut().enable();
             });
             let timeout_ms = match self.run_async(proto, call).await {
-                Err(Error::Block { timeout_ms }) => timeout_ms,
+                Ok(Err(Error::Block { timeout_ms })) => timeout_ms,
                 other => {
                     drop(woken);
                     self.waiters.release(&keys, notifies);
-                    return into_frame(other);
+                    return other.map_or_else(|e| error_frame(e.into()), into_frame);
                 }
             };
             let deadline = *deadline.get_or_insert_with(|| {
@@ -362,9 +356,14 @@ fn arg_slices(call: &Call) -> Vec<&[u8]> {
 fn into_frame(reply: Reply) -> Frame {
     match reply {
         Ok(frame) => frame,
-        Err(Error::Msg(message)) => Frame::error(message),
+        Err(Error::Store(err)) => error_frame(err.into()),
         Err(Error::Block { .. }) => Frame::Null,
     }
+}
+
+/// The error reply for `err`.
+fn error_frame(err: ClientError) -> Frame {
+    Frame::error(err.line())
 }
 
 impl Backend for Store {
@@ -448,13 +447,13 @@ impl Connection {
             .map(|n| n.to_ascii_uppercase())
             .unwrap_or_default();
         match name.as_slice() {
-            b"MULTI" if self.queued.is_some() => Frame::error("ERR MULTI calls can not be nested"),
+            b"MULTI" if self.queued.is_some() => error_frame(ClientError::NestedMulti),
             b"MULTI" => {
                 self.queued = Some(Vec::new());
                 Frame::OK
             }
             b"EXEC" => match self.queued.take() {
-                None => Frame::error("ERR EXEC without MULTI"),
+                None => error_frame(ClientError::ExecWithoutMulti),
                 Some(queued) => {
                     let dirty = self.dirty.load(Ordering::Acquire);
                     let reply = if dirty {
@@ -463,7 +462,7 @@ impl Connection {
                         let (store, proto) = (self.store.clone(), self.proto);
                         match off_thread(move || store.run_all(proto, &queued)).await {
                             Ok(results) => Frame::Array(results),
-                            Err(e) => Frame::error(e.to_string()),
+                            Err(e) => error_frame(e.into()),
                         }
                     };
                     self.unwatch();
@@ -471,15 +470,13 @@ impl Connection {
                 }
             },
             b"DISCARD" => match self.queued.take() {
-                None => Frame::error("ERR DISCARD without MULTI"),
+                None => error_frame(ClientError::DiscardWithoutMulti),
                 Some(_) => {
                     self.unwatch();
                     Frame::OK
                 }
             },
-            b"WATCH" if self.queued.is_some() => {
-                Frame::error("ERR WATCH inside MULTI is not allowed")
-            }
+            b"WATCH" if self.queued.is_some() => error_frame(ClientError::WatchInMulti),
             b"WATCH" => {
                 for key in &args[1..] {
                     self.store.watches.add(key, &self.dirty);

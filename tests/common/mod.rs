@@ -414,17 +414,7 @@ impl Server {
         let thread = std::thread::Builder::new()
             .name(format!("pkv-{port}"))
             .spawn(move || {
-                let runtime = match settings.threads {
-                    1 => tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build(),
-                    0 => tokio::runtime::Runtime::new(),
-                    n => tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(n)
-                        .enable_all()
-                        .build(),
-                }
-                .unwrap();
+                let runtime = pkv::cli::runtime(settings.threads).unwrap();
                 let code = runtime.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                     pkv::cli::run(settings, listener, async {

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use crate::protocol::frame::Frame;
 
 use super::sets::{pick, rand_count, random_below, scan_cursor, scan_options};
-use super::{arity_error, bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply};
+use super::{
+    arity_error, bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, StoreError,
+};
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
 
@@ -233,11 +235,11 @@ fn hincrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let current = match hash.get(args[2]) {
             None => 0,
             Some(raw) => crate::redis_num::parse_int(raw)
-                .ok_or_else(|| Error::from("ERR hash value is not an integer"))?,
+                .ok_or_else(|| Error::from(StoreError::HashNotInteger))?,
         };
         let value = current
             .checked_add(increment)
-            .ok_or_else(|| Error::from("ERR increment or decrement would overflow"))?;
+            .ok_or_else(|| Error::from(StoreError::IncrOverflow))?;
         hash.insert(args[2].to_vec(), value.to_string().into_bytes());
         int(value)
     })
@@ -248,13 +250,13 @@ fn hincrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn hincrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     use crate::redis_num::long_double::{LongDouble, Value as Ld};
     let increment = match LongDouble::parse(args[3]) {
-        None => return Err(super::NOT_FLOAT.into()),
-        Some(Ld::Infinite) => return Err("ERR value is NaN or Infinity".into()),
+        None => return Err(StoreError::NotFloat.into()),
+        Some(Ld::Infinite) => return Err(StoreError::NotFinite.into()),
         Some(Ld::Finite(x)) => x,
     };
     cx.write(args[1], |entry| {
         let hash = hash_or_new(entry)?;
-        let not_float = || Error::from("ERR hash value is not a float");
+        let not_float = || Error::from(StoreError::HashNotFloat);
         let current = match hash.get(args[2]) {
             None => LongDouble::parse(b"0").ok_or_else(not_float)?,
             Some(raw) => LongDouble::parse(raw).ok_or_else(not_float)?,
@@ -264,7 +266,7 @@ fn hincrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             Ld::Infinite => Ld::Infinite,
         };
         let Ld::Finite(sum) = sum else {
-            return Err("ERR increment would produce NaN or Infinity".into());
+            return Err(StoreError::IncrNotFinite.into());
         };
         let text = sum.to_text();
         hash.insert(args[2].to_vec(), text.clone().into_bytes());
@@ -287,10 +289,10 @@ fn hrandfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let with_values = match args.get(3) {
         None => false,
         Some(word) if args.len() == 4 && is(word, "WITHVALUES") => true,
-        Some(_) => return Err(super::SYNTAX.into()),
+        Some(_) => return Err(StoreError::Syntax.into()),
     };
     if with_values && !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&count) {
-        return Err("ERR value is out of range".into());
+        return Err(StoreError::OutOfRange.into());
     }
     let resp3 = cx.resp3();
     read_hash(cx, args[1], |hash| {

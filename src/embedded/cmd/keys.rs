@@ -4,7 +4,7 @@
 use crate::protocol::frame::Frame;
 
 use super::strings::invalid_expire;
-use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, ok, Command, Cx, Error, Reply, StoreError};
 use crate::embedded::data::Data;
 use crate::embedded::glob;
 use crate::embedded::keyspace::SHARDS;
@@ -175,7 +175,7 @@ fn pexpireat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `EXPIRE key n [NX | XX | GT | LT]` and friends: `n` is in seconds or milliseconds,
 /// counted from `base` (now, or the epoch). A deadline already past deletes the key. GT and
 /// LT take a key without a deadline as one that never expires.
-fn set_expiry(cx: &mut Cx, args: &[&[u8]], seconds: bool, base: i64, name: &str) -> Reply {
+fn set_expiry(cx: &mut Cx, args: &[&[u8]], seconds: bool, base: i64, name: &'static str) -> Reply {
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for word in &args[3..] {
         if is(word, "NX") {
@@ -187,14 +187,15 @@ fn set_expiry(cx: &mut Cx, args: &[&[u8]], seconds: bool, base: i64, name: &str)
         } else if is(word, "LT") {
             lt = true;
         } else {
-            return Err(format!("ERR Unsupported option {}", String::from_utf8_lossy(word)).into());
+            let option = String::from_utf8_lossy(word).into_owned();
+            return Err(StoreError::UnsupportedOption { option }.into());
         }
     }
     if nx && (xx || gt || lt) {
-        return Err("ERR NX and XX, GT or LT options at the same time are not compatible".into());
+        return Err(StoreError::ExpireNxAndOthers.into());
     }
     if gt && lt {
-        return Err("ERR GT and LT options at the same time are not compatible".into());
+        return Err(StoreError::ExpireGtAndLt.into());
     }
     let n = int_arg(args[2])?;
     let ms = if seconds {
@@ -231,10 +232,10 @@ fn set_expiry(cx: &mut Cx, args: &[&[u8]], seconds: bool, base: i64, name: &str)
 fn memory(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let sub = args.get(1).copied().unwrap_or_default();
     if !is(sub, "USAGE") {
-        return Err(format!(
-            "ERR unknown subcommand '{}'. Try MEMORY HELP.",
-            String::from_utf8_lossy(sub)
-        )
+        return Err(StoreError::UnknownSubcommand {
+            container: "MEMORY",
+            sub: String::from_utf8_lossy(sub).into_owned(),
+        }
         .into());
     }
     let Some(key) = args.get(2) else {
@@ -245,11 +246,11 @@ fn memory(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         match args.get(i + 1) {
             Some(n) if is(args[i], "SAMPLES") => {
                 if int_arg(n)? < 0 {
-                    return Err(SYNTAX.into());
+                    return Err(StoreError::Syntax.into());
                 }
                 i += 2;
             }
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
     }
     cx.read(key, |e| {
@@ -275,7 +276,7 @@ fn move_key(cx: &Cx, args: &[&[u8]], nx: bool) -> Reply {
     let (from, to) = (args[1], args[2]);
     let done = || if nx { int(1) } else { ok() };
     if !cx.read(from, |e| e.is_some()) {
-        return Err("ERR no such key".into());
+        return Err(StoreError::NoSuchKey.into());
     }
     if from == to {
         return if nx { int(0) } else { ok() };
@@ -301,17 +302,17 @@ fn copy(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         } else if let (true, Some(db)) = (is(args[i], "DB"), args.get(i + 1)) {
             let db = int_arg(db)?;
             if db != 0 {
-                return Err("ERR COPY to another database is not available: the embedded store has one database".into());
+                return Err(StoreError::CopyOtherDatabase.into());
             }
             i += 1;
         } else {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
         i += 1;
     }
     let (from, to) = (args[1], args[2]);
     if from == to {
-        return Err("ERR source and destination objects are the same".into());
+        return Err(StoreError::SameObject.into());
     }
     let Some(entry) = cx.read(from, |e| e.cloned()) else {
         return int(0);
@@ -362,7 +363,7 @@ fn keys(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// A SCAN cursor as Redis reads one (see [`crate::redis_num::parse_cursor`]).
 fn scan_cursor(raw: &[u8]) -> Result<u64, Error> {
-    crate::redis_num::parse_cursor(raw).ok_or_else(|| "ERR invalid cursor".into())
+    crate::redis_num::parse_cursor(raw).ok_or_else(|| StoreError::InvalidCursor.into())
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`. The cursor is the next shard to
@@ -378,12 +379,12 @@ fn scan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             Some(v) if is(word, "COUNT") => {
                 count = int_arg(v)?;
                 if count < 1 {
-                    return Err(SYNTAX.into());
+                    return Err(StoreError::Syntax.into());
                 }
             }
             Some(v) if is(word, "MATCH") => pattern = v,
             Some(v) if is(word, "TYPE") => type_name = Some(v),
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
         i += 2;
     }
@@ -465,10 +466,9 @@ fn object(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         .iter()
         .any(|w| is(sub, w));
     let Some(key) = args.get(2).filter(|_| known && args.len() == 3) else {
-        return Err(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{}'. Try OBJECT HELP.",
-            String::from_utf8_lossy(sub)
-        )
+        return Err(StoreError::ObjectUsage {
+            sub: String::from_utf8_lossy(sub).into_owned(),
+        }
         .into());
     };
     cx.read(key, |e| {

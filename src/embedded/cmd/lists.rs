@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use crate::protocol::frame::Frame;
 
 use super::{arity_error, bulk, bulks, int, int_arg, is, ok, wrongtype, Command, Cx, Error};
-use super::{timeout_arg, Reply, NOT_INTEGER, SYNTAX};
+use super::{timeout_arg, Reply, StoreError};
 use crate::embedded::data::{Data, Entry};
 
 type List = VecDeque<Vec<u8>>;
@@ -120,7 +120,7 @@ fn end_arg(raw: &[u8]) -> Result<End, Error> {
     } else if is(raw, "RIGHT") {
         Ok(End::Right)
     } else {
-        Err(SYNTAX.into())
+        Err(StoreError::Syntax.into())
     }
 }
 
@@ -161,11 +161,11 @@ fn check_list(cx: &Cx, key: &[u8]) -> Result<(), Error> {
     cx.read(key, |e| list_of(e).map(|_| ()))
 }
 
-/// A whole number in `min..`, or the error `message` (Redis words these per option).
-fn at_least(raw: &[u8], min: i64, message: &str) -> Result<i64, Error> {
+/// A whole number in `min..`, or `error` (Redis words these per option).
+fn at_least(raw: &[u8], min: i64, error: StoreError) -> Result<i64, Error> {
     match crate::redis_num::parse_int(raw) {
         Some(n) if n >= min => Ok(n),
-        _ => Err(message.into()),
+        _ => Err(error.into()),
     }
 }
 
@@ -215,11 +215,7 @@ fn pop_generic(cx: &mut Cx, args: &[&[u8]], end: End) -> Reply {
         return Err(arity_error(if end == End::Left { "lpop" } else { "rpop" }));
     }
     let count = match args.get(2) {
-        Some(raw) => Some(at_least(
-            raw,
-            0,
-            "ERR value is out of range, must be positive",
-        )?),
+        Some(raw) => Some(at_least(raw, 0, StoreError::NotPositive)?),
         None => None,
     };
     cx.write(args[1], |entry| {
@@ -315,22 +311,18 @@ fn lpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let (option, value) = (args[i], args.get(i + 1).copied());
         match value {
             Some(raw) if is(option, "RANK") => {
-                rank = crate::redis_num::parse_int(raw).ok_or(NOT_INTEGER)?;
+                rank = crate::redis_num::parse_int(raw).ok_or(StoreError::NotInteger)?;
                 if rank == 0 {
-                    return Err(
-                        "ERR RANK can't be zero: use 1 to start from the first match, \
-                         2 from the second ... or use negative to start from the end of the list"
-                            .into(),
-                    );
+                    return Err(StoreError::RankZero.into());
                 }
             }
             Some(raw) if is(option, "COUNT") => {
-                count = Some(at_least(raw, 0, "ERR COUNT can't be negative")?);
+                count = Some(at_least(raw, 0, StoreError::NegativeCount)?);
             }
             Some(raw) if is(option, "MAXLEN") => {
-                maxlen = at_least(raw, 0, "ERR MAXLEN can't be negative")?;
+                maxlen = at_least(raw, 0, StoreError::NegativeMaxlen)?;
             }
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
         i += 2;
     }
@@ -377,11 +369,11 @@ fn lpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn lset(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     cx.write(args[1], |entry| {
         let Some(list) = list_mut(entry)? else {
-            return Err("ERR no such key".into());
+            return Err(StoreError::NoSuchKey.into());
         };
         let index = int_arg(args[2])?;
         let Some(slot) = position(index, list.len()).and_then(|i| list.get_mut(i)) else {
-            return Err("ERR index out of range".into());
+            return Err(StoreError::IndexOutOfRange.into());
         };
         *slot = args[3].to_vec();
         ok()
@@ -396,7 +388,7 @@ fn linsert(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     } else if is(args[2], "BEFORE") {
         false
     } else {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     };
     cx.write(args[1], |entry| {
         let Some(list) = list_mut(entry)? else {
@@ -568,7 +560,7 @@ fn pop_first(
 /// `BLPOP key [key ...] timeout` and `BRPOP`.
 fn blocking_pop(cx: &mut Cx, args: &[&[u8]], end: End) -> Reply {
     let Some((timeout, keys)) = args[1..].split_last() else {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     };
     let timeout_ms = timeout_arg(timeout)?;
     pop_first(cx, keys, end, None)?.ok_or(Error::Block { timeout_ms })
@@ -586,22 +578,22 @@ fn brpop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// (`BLMPOP` has its timeout first: `numkeys_at` is where numkeys is).
 fn mpop_args<'a>(args: &[&'a [u8]], numkeys_at: usize) -> Result<(Vec<&'a [u8]>, End, i64), Error> {
     let raw = args.get(numkeys_at).copied().unwrap_or_default();
-    let numkeys = at_least(raw, 1, "ERR numkeys should be greater than 0")?;
+    let numkeys = at_least(raw, 1, StoreError::NumKeysNotPositive)?;
     let first = numkeys_at + 1;
     let end_at = usize::try_from(numkeys)
         .ok()
         .and_then(|n| first.checked_add(n))
         .filter(|&at| at < args.len())
-        .ok_or(SYNTAX)?;
+        .ok_or(StoreError::Syntax)?;
     let end = end_arg(args[end_at])?;
     let mut count = None;
     let mut i = end_at + 1;
     while i < args.len() {
         match args.get(i + 1) {
             Some(raw) if count.is_none() && is(args[i], "COUNT") => {
-                count = Some(at_least(raw, 1, "ERR count should be greater than 0")?);
+                count = Some(at_least(raw, 1, StoreError::CountNotPositive)?);
             }
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
         i += 2;
     }

@@ -6,7 +6,8 @@
 //! [`super::Store::run`]) is not declared again here: the registry derives it once, at
 //! start-up, from the command's row in the command table (its key positions and WRITE
 //! flag). Handlers get the arguments as the request path sent them (keys already in the
-//! namespace) and return a [`Reply`]; errors read like Redis's.
+//! namespace) and return a [`Reply`]; their errors are [`StoreError`]s, which answer with
+//! Redis's words.
 
 mod hashes;
 mod keys;
@@ -22,8 +23,11 @@ use std::sync::OnceLock;
 use crate::protocol::frame::Frame;
 
 use super::data::Entry;
+pub use super::error::StoreError;
 use super::Store;
+use crate::commands::set_options::SyntaxError;
 use crate::protocol::Proto;
+use crate::redis_num::TimeoutError;
 
 /// How a command touches the keyspace, as the command table states it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +71,29 @@ pub type Reply = Result<Frame, Error>;
 /// Why a handler did not answer with a value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
-    /// A Redis error reply: `CODE message`.
-    Msg(String),
+    /// An error reply, as Redis would answer.
+    Store(StoreError),
     /// A blocking command found nothing to take: wait for a write to its keys, at most
     /// `timeout_ms` (0 = for ever), and run it again. Outside a dedicated connection, and
     /// inside MULTI, the client gets the command's null reply instead.
     Block { timeout_ms: u64 },
 }
 
-impl<T: Into<String>> From<T> for Error {
-    fn from(message: T) -> Self {
-        Error::Msg(message.into())
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        Error::Store(err)
+    }
+}
+
+impl From<TimeoutError> for Error {
+    fn from(err: TimeoutError) -> Self {
+        Error::Store(err.into())
+    }
+}
+
+impl From<SyntaxError> for Error {
+    fn from(err: SyntaxError) -> Self {
+        Error::Store(err.into())
     }
 }
 
@@ -223,26 +239,21 @@ pub fn score(cx: &Cx, d: f64) -> Frame {
     }
 }
 
-pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
-pub const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-pub const NOT_FLOAT: &str = "ERR value is not a valid float";
-pub const SYNTAX: &str = "ERR syntax error";
-
 /// The wrong-type error, as a handler result.
 pub fn wrongtype<T>() -> Result<T, Error> {
-    Err(WRONGTYPE.into())
+    Err(StoreError::WrongType.into())
 }
 
 /// A whole number argument, as Redis parses them (no spaces, no `+`, no leading zeros).
 pub fn int_arg(raw: &[u8]) -> Result<i64, Error> {
-    crate::redis_num::parse_int(raw).ok_or_else(|| NOT_INTEGER.into())
+    crate::redis_num::parse_int(raw).ok_or(Error::Store(StoreError::NotInteger))
 }
 
 /// A blocking command's timeout in seconds, as milliseconds to wait (0: for ever).
 pub fn timeout_arg(raw: &[u8]) -> Result<u64, Error> {
     crate::redis_num::parse_timeout(raw, crate::redis_num::TimeoutUnit::Seconds)
         .map(crate::redis_num::BlockTimeout::millis)
-        .map_err(|e| e.to_string().into())
+        .map_err(Error::from)
 }
 
 /// True when `raw` equals `word`, ignoring ASCII case.
@@ -250,12 +261,11 @@ pub fn is(raw: &[u8], word: &str) -> bool {
     raw.eq_ignore_ascii_case(word.as_bytes())
 }
 
-/// The error for a wrong number of arguments, as Redis words it.
+/// The error for a wrong number of arguments to `name`.
 pub fn arity_error(name: &str) -> Error {
-    format!(
-        "ERR wrong number of arguments for '{}' command",
-        name.to_ascii_lowercase()
-    )
+    StoreError::Arity {
+        command: name.to_owned(),
+    }
     .into()
 }
 

@@ -3,7 +3,7 @@
 
 use crate::protocol::frame::Frame;
 
-use super::{bulk, bulks, int, is, Command, Cx, Reply, SYNTAX};
+use super::{bulk, bulks, int, is, Command, Cx, Reply, StoreError};
 
 pub const COMMANDS: &[Command] = &[
     Command {
@@ -66,6 +66,6 @@ fn pubsub(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         }
         Ok(Frame::Array(reply))
     } else {
-        Err(SYNTAX.into())
+        Err(StoreError::Syntax.into())
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 
 use crate::protocol::frame::Frame;
 
-use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, wrongtype, Command, Cx, Error, Reply, StoreError};
 use crate::embedded::data::{Data, Entry};
 use crate::embedded::glob;
 use crate::redis_num::parse_int;
@@ -158,13 +158,13 @@ fn scard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `SPOP key [count]`: one random member (or nil), or up to `count` distinct ones as a set.
 fn spop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     if args.len() > 3 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let count = match args.get(2) {
         None => None,
         Some(raw) => match parse_int(raw) {
             Some(n) if n >= 0 => Some(n as u64),
-            _ => return Err("ERR value is out of range, must be positive".into()),
+            _ => return Err(StoreError::NotPositive.into()),
         },
     };
     cx.write(args[1], |entry| {
@@ -212,7 +212,7 @@ fn srandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         });
     };
     if args.len() > 3 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let count = rand_count(raw_count)?;
     read_set(cx, args[1], |set| {
@@ -360,11 +360,11 @@ fn sdiffstore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let numkeys = match parse_int(args[1]) {
         Some(n) if n > 0 => n as u64,
-        _ => return Err("ERR numkeys should be greater than 0".into()),
+        _ => return Err(StoreError::NumKeysNotPositive.into()),
     };
     let rest = args.len() as u64 - 2;
     if numkeys > rest {
-        return Err("ERR Number of keys can't be greater than number of args".into());
+        return Err(StoreError::NumKeysTooLarge.into());
     }
     let keys = &args[2..2 + numkeys as usize];
     let mut options = &args[2 + numkeys as usize..];
@@ -374,11 +374,11 @@ fn sintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             Some(raw) if is(word, "LIMIT") => {
                 limit = match parse_int(raw) {
                     Some(n) if n >= 0 => n as u64,
-                    _ => return Err("ERR LIMIT can't be negative".into()),
+                    _ => return Err(StoreError::NegativeLimit.into()),
                 };
                 options = &tail[1..];
             }
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
     }
     let size = intersect(cx, keys)?.len() as u64;
@@ -409,7 +409,7 @@ fn sscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// A scan cursor as Redis reads it (see [`crate::redis_num::parse_cursor`]).
 pub(super) fn scan_cursor(raw: &[u8]) -> Result<u64, Error> {
-    crate::redis_num::parse_cursor(raw).ok_or_else(|| "ERR invalid cursor".into())
+    crate::redis_num::parse_cursor(raw).ok_or_else(|| StoreError::InvalidCursor.into())
 }
 
 /// Reads a scan's options (`MATCH pattern`, `COUNT count`, the last of each wins); returns
@@ -420,11 +420,11 @@ pub(super) fn scan_options<'a>(mut options: &[&'a [u8]]) -> Result<Option<&'a [u
         match tail.first() {
             Some(value) if is(word, "COUNT") => {
                 if int_arg(value)? < 1 {
-                    return Err(SYNTAX.into());
+                    return Err(StoreError::Syntax.into());
                 }
             }
             Some(value) if is(word, "MATCH") => pattern = Some(*value),
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
         options = &tail[1..];
     }
@@ -434,10 +434,7 @@ pub(super) fn scan_options<'a>(mut options: &[&'a [u8]]) -> Result<Option<&'a [u
 /// A count for HRANDFIELD and SRANDMEMBER: any integer but `i64::MIN`.
 pub(super) fn rand_count(raw: &[u8]) -> Result<i64, Error> {
     match int_arg(raw)? {
-        i64::MIN => Err(
-            "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"
-                .into(),
-        ),
+        i64::MIN => Err(StoreError::CountBelowMin.into()),
         n => Ok(n),
     }
 }
@@ -456,9 +453,9 @@ pub(super) fn pick<T: Copy>(items: &[T], count: i64) -> Result<Vec<T>, Error> {
     if count < 0 {
         let n = count.unsigned_abs();
         if n > MAX_REPEATED_PICKS {
-            return Err(format!(
-                "ERR value is out of range: a negative count may ask for at most {MAX_REPEATED_PICKS} elements"
-            )
+            return Err(StoreError::TooManyPicks {
+                max: MAX_REPEATED_PICKS,
+            }
             .into());
         }
         return Ok((0..n).map(|_| items[random_below(items.len())]).collect());

@@ -2,7 +2,7 @@
 
 use crate::protocol::frame::Frame;
 
-use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, SYNTAX};
+use super::{bulk, int, int_arg, is, ok, wrongtype, Command, Cx, Error, Reply, StoreError};
 use crate::commands::set_options::{self, Expiry, OptionsOf};
 use crate::commands::TtlUnit;
 use crate::embedded::data::{Data, Entry};
@@ -128,14 +128,14 @@ pub const COMMANDS: &[Command] = &[
 
 // === expiry options ===
 
-/// The error for an expiry that is out of range, as Redis words it.
-pub(super) fn invalid_expire(command: &str) -> Error {
-    format!("ERR invalid expire time in '{command}' command").into()
+/// The error for an expiry of `command` that is out of range.
+pub(super) fn invalid_expire(command: &'static str) -> Error {
+    StoreError::InvalidExpire { command }.into()
 }
 
 /// The deadline (ms since the epoch) an expiry option sets: the value must be positive,
 /// and so must the deadline.
-fn deadline(cx: &Cx, unit: TtlUnit, raw: &[u8], command: &str) -> Result<i64, Error> {
+fn deadline(cx: &Cx, unit: TtlUnit, raw: &[u8], command: &'static str) -> Result<i64, Error> {
     let n = int_arg(raw)?;
     let seconds = unit.in_seconds();
     if n <= 0 || (seconds && n > i64::MAX / 1000) {
@@ -172,7 +172,7 @@ fn get(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ms-ts | KEEPTTL]`
 fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let options = set_options::parse(args, OptionsOf::Set).map_err(|e| e.to_string())?;
+    let options = set_options::parse(args, OptionsOf::Set)?;
     let (nx, xx, get) = (options.nx, options.xx, options.get);
     let keepttl = options.expiry == Some(Expiry::Keep);
     let expires_at = match options.expiry {
@@ -229,7 +229,7 @@ fn psetex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 }
 
 /// `SETEX key seconds value`, `PSETEX key ms value`.
-fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &str) -> Reply {
+fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &'static str) -> Reply {
     let expires_at = deadline(cx, unit, args[2], name)?;
     cx.insert(
         args[1],
@@ -264,7 +264,7 @@ fn getdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `GETEX key [EX s | PX ms | EXAT ts | PXAT ms-ts | PERSIST]`: the value, and a new
 /// deadline (or none).
 fn getex(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let options = set_options::parse(args, OptionsOf::GetEx).map_err(|e| e.to_string())?;
+    let options = set_options::parse(args, OptionsOf::GetEx)?;
     let persist = options.expiry == Some(Expiry::Persist);
     let expiry = match options.expiry {
         Some(Expiry::In(unit, raw)) => Some((unit, raw)),
@@ -349,7 +349,7 @@ const MAX_STRING: u64 = 512 * 1024 * 1024;
 fn check_length(offset: u64, len: u64) -> Result<(), Error> {
     match offset.checked_add(len) {
         Some(total) if total <= MAX_STRING => Ok(()),
-        _ => Err("ERR string exceeds maximum allowed size (proto-max-bulk-len)".into()),
+        _ => Err(StoreError::StringTooLong.into()),
     }
 }
 
@@ -421,7 +421,7 @@ fn getrange(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn setrange(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let offset = int_arg(args[2])?;
     if offset < 0 {
-        return Err("ERR offset is out of range".into());
+        return Err(StoreError::OffsetOutOfRange.into());
     }
     let offset = offset as u64;
     let value = args[3];
@@ -472,7 +472,7 @@ fn decrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let by = int_arg(args[2])?;
     let by = by
         .checked_neg()
-        .ok_or_else(|| Error::from("ERR decrement would overflow"))?;
+        .ok_or_else(|| Error::from(StoreError::DecrOverflow))?;
     add_integer(cx, args[1], by)
 }
 
@@ -485,7 +485,7 @@ fn add_integer(cx: &Cx, key: &[u8], by: i64) -> Reply {
         };
         let value = current
             .checked_add(by)
-            .ok_or_else(|| Error::from("ERR increment or decrement would overflow"))?;
+            .ok_or_else(|| Error::from(StoreError::IncrOverflow))?;
         store_keeping_ttl(slot, value.to_string().into_bytes());
         int(value)
     })
@@ -513,10 +513,10 @@ fn incrbyfloat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `current + increment` as Redis's INCRBYFLOAT writes it; `HINCRBYFLOAT` does the same.
 pub(super) fn add_float(current: &[u8], increment: &[u8]) -> Result<String, Error> {
     use crate::redis_num::long_double::{LongDouble, Value as Ld};
-    let not_float = || Error::from(super::NOT_FLOAT);
+    let not_float = || Error::from(StoreError::NotFloat);
     let a = LongDouble::parse(current).ok_or_else(not_float)?;
     let b = LongDouble::parse(increment).ok_or_else(not_float)?;
-    let infinite = || Error::from("ERR increment would produce NaN or Infinity");
+    let infinite = || Error::from(StoreError::IncrNotFinite);
     match (a, b) {
         (Ld::Finite(a), Ld::Finite(b)) => match a.add(b) {
             Ld::Finite(sum) => Ok(sum.to_text()),
@@ -536,9 +536,7 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         let value = cx.read(key, |e| match e.map(|e| &e.data) {
             None => Ok(Vec::new()),
             Some(Data::Str(s)) => Ok(s.clone()),
-            Some(_) => Err(Error::from(
-                "ERR The specified keys must contain string values",
-            )),
+            Some(_) => Err(Error::from(StoreError::LcsNotStrings)),
         })?;
         strings.push(value);
     }
@@ -556,19 +554,17 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             min_len = int_arg(n)?.max(0) as u64;
             i += 1;
         } else {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
         i += 1;
     }
     if len_only && idx {
-        return Err("ERR If you want both the length and indexes, please just use IDX.".into());
+        return Err(StoreError::LcsLenAndIdx.into());
     }
     let (a, b) = (&strings[0], &strings[1]);
     let cells = (a.len() as u64 + 1).saturating_mul(b.len() as u64 + 1);
     if cells.saturating_mul(4) > MAX_STRING {
-        return Err(
-            "ERR Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len".into(),
-        );
+        return Err(StoreError::LcsTooLarge.into());
     }
     // table[i][j]: the LCS length of a[..i] and b[..j].
     let width = b.len() + 1;
@@ -641,7 +637,7 @@ fn lcs(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// A bit offset: a whole number from 0 to the last bit of the largest string.
 fn bit_offset(raw: &[u8]) -> Result<u64, Error> {
-    let out_of_range = || Error::from("ERR bit offset is not an integer or out of range");
+    let out_of_range = || Error::from(StoreError::BitOffset);
     let n = crate::redis_num::parse_int(raw).ok_or_else(out_of_range)?;
     if n < 0 || (n as u64 >> 3) >= MAX_STRING {
         return Err(out_of_range());
@@ -661,7 +657,7 @@ fn setbit(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let on = match args[3] {
         b"0" => false,
         b"1" => true,
-        _ => return Err("ERR bit is not an integer or out of range".into()),
+        _ => return Err(StoreError::BitValue.into()),
     };
     modify_string(cx, args[1], |s| {
         let byte = (offset >> 3) as usize;
@@ -693,7 +689,7 @@ fn bit_unit(raw: Option<&&[u8]>) -> Result<bool, Error> {
         None => Ok(false),
         Some(w) if is(w, "BYTE") => Ok(false),
         Some(w) if is(w, "BIT") => Ok(true),
-        Some(_) => Err(SYNTAX.into()),
+        Some(_) => Err(StoreError::Syntax.into()),
     }
 }
 
@@ -743,7 +739,7 @@ fn bitcount(cx: &mut Cx, args: &[&[u8]]) -> Reply {
             let bits = bit_unit(args.get(4))?;
             bit_range(start, end, s.len(), bits)
         }
-        _ => return Err(SYNTAX.into()),
+        _ => return Err(StoreError::Syntax.into()),
     };
     int(range.map_or(0, |(lo, hi)| count_bits(&s, lo, hi)) as i64)
 }
@@ -753,14 +749,14 @@ fn bitcount(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn bitpos(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let bit = int_arg(args[2])?;
     if bit != 0 && bit != 1 {
-        return Err("ERR The bit argument must be 1 or 0.".into());
+        return Err(StoreError::BitArgument.into());
     }
     let bit = bit as u8;
     let Some(s) = cx.read(args[1], |e| string_of(e).map(|s| s.cloned()))? else {
         return int(if bit == 1 { -1 } else { 0 });
     };
     if args.len() > 6 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let start = match args.get(3) {
         Some(raw) => int_arg(raw)?,
@@ -805,11 +801,11 @@ fn bitop(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let op = args[1];
     let known = ["AND", "OR", "XOR", "NOT"].iter().any(|w| is(op, w));
     if !known {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let sources = &args[3..];
     if is(op, "NOT") && sources.len() != 1 {
-        return Err("ERR BITOP NOT must be called with a single source key.".into());
+        return Err(StoreError::BitopNotOneSource.into());
     }
     let mut values = Vec::with_capacity(sources.len());
     for key in sources {
@@ -948,11 +944,7 @@ impl Field {
 
 /// A BITFIELD type: `i1`..`i64` or `u1`..`u63`.
 fn field_type(raw: &[u8]) -> Result<(bool, u32), Error> {
-    let invalid = || {
-        Error::from(
-            "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.",
-        )
-    };
+    let invalid = || Error::from(StoreError::BitfieldType);
     let (signed, digits) = match raw.split_first() {
         Some((b'i', rest)) => (true, rest),
         Some((b'u', rest)) => (false, rest),
@@ -968,7 +960,7 @@ fn field_type(raw: &[u8]) -> Result<(bool, u32), Error> {
 
 /// A BITFIELD offset: bits, or `#n` for the n-th field of this width.
 fn field_offset(raw: &[u8], bits: u32) -> Result<u64, Error> {
-    let out_of_range = || Error::from("ERR bit offset is not an integer or out of range");
+    let out_of_range = || Error::from(StoreError::BitOffset);
     let (by_index, digits) = match raw.split_first() {
         Some((b'#', rest)) => (true, rest),
         _ => (false, raw),
@@ -1001,13 +993,13 @@ fn bitfield_ops(args: &[&[u8]]) -> Result<Vec<Field>, Error> {
             } else if is(policy, "FAIL") {
                 Overflow::Fail
             } else {
-                return Err("ERR Invalid OVERFLOW type specified".into());
+                return Err(StoreError::BitfieldOverflow.into());
             };
             i += 2;
             continue;
         }
         if !((is(word, "GET") && left >= 2) || (takes_value && left >= 3)) {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
         let (signed, bits) = field_type(args[i + 1])?;
         let offset = field_offset(args[i + 2], bits)?;
@@ -1059,7 +1051,7 @@ fn bitfield(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 fn bitfield_ro(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let fields = bitfield_ops(args)?;
     if fields.iter().any(|f| f.op != FieldOp::Get) {
-        return Err("ERR BITFIELD_RO only supports the GET subcommand".into());
+        return Err(StoreError::BitfieldReadOnly.into());
     }
     read_fields(cx, args[1], &fields)
 }

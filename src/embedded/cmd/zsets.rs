@@ -14,8 +14,7 @@ use std::ops::Bound;
 use crate::protocol::frame::Frame;
 
 use super::{
-    bulk, int, int_arg, is, score, timeout_arg, wrongtype, Command, Cx, Error, Reply, NOT_FLOAT,
-    SYNTAX,
+    bulk, int, int_arg, is, score, timeout_arg, wrongtype, Command, Cx, Error, Reply, StoreError,
 };
 use crate::embedded::data::{Data, Entry, ZSet};
 use crate::embedded::glob;
@@ -164,13 +163,6 @@ pub const COMMANDS: &[Command] = &[
     },
 ];
 
-const NAN_SCORE: &str = "ERR resulting score is not a number (NaN)";
-const NOT_FLOAT_RANGE: &str = "ERR min or max is not a float";
-const NOT_LEX_RANGE: &str = "ERR min or max not valid string range item";
-const NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
-const BAD_NUMKEYS: &str = "ERR numkeys should be greater than 0";
-const BAD_COUNT: &str = "ERR count should be greater than 0";
-
 /// The most elements a ZRANDMEMBER with a negative count may ask for. Redis has no such
 /// bound; without one a single request could make the process run out of memory.
 const MAX_RANDOM_REPEATS: u64 = 1 << 24;
@@ -179,8 +171,8 @@ const MAX_RANDOM_REPEATS: u64 = 1 << 24;
 
 /// A score, increment or weight argument: the whole argument must be a number that fits
 /// a double, without leading spaces; NaN is refused. `error` is the reply otherwise.
-fn double_arg(raw: &[u8], error: &str) -> Result<f64, Error> {
-    parse_double(raw).ok_or_else(|| error.into())
+fn double_arg(raw: &[u8], error: StoreError) -> Result<f64, Error> {
+    parse_double(raw).ok_or(Error::Store(error))
 }
 
 /// One end of a score range, as ZRANGEBYSCORE reads it (no check for range errors).
@@ -199,12 +191,12 @@ fn range_end(raw: &[u8]) -> Option<(f64, bool)> {
 fn positive_arg(raw: &[u8]) -> Result<i64, Error> {
     match crate::redis_num::parse_int(raw) {
         Some(n) if n >= 0 => Ok(n),
-        _ => Err(NOT_POSITIVE.into()),
+        _ => Err(StoreError::NotPositive.into()),
     }
 }
 
 /// A whole number that must be at least 1, with Redis's message for anything else.
-fn at_least_one(raw: &[u8], error: &str) -> Result<i64, Error> {
+fn at_least_one(raw: &[u8], error: StoreError) -> Result<i64, Error> {
     match crate::redis_num::parse_int(raw) {
         Some(n) if n >= 1 => Ok(n),
         _ => Err(error.into()),
@@ -231,7 +223,7 @@ impl ScoreRange {
                 minex,
                 maxex,
             }),
-            _ => Err(NOT_FLOAT_RANGE.into()),
+            _ => Err(StoreError::NotFloatRange.into()),
         }
     }
 
@@ -322,7 +314,7 @@ impl LexRange {
     fn parse(min: &[u8], max: &[u8]) -> Result<Self, Error> {
         match (LexEnd::parse(min), LexEnd::parse(max)) {
             (Some(min), Some(max)) => Ok(LexRange { min, max }),
-            _ => Err(NOT_LEX_RANGE.into()),
+            _ => Err(StoreError::NotLexRange.into()),
         }
     }
 
@@ -586,20 +578,20 @@ fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     }
     let pairs = args.get(i..).unwrap_or_default();
     if pairs.is_empty() || pairs.len() % 2 != 0 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     if nx && xx {
-        return Err("ERR XX and NX options at the same time are not compatible".into());
+        return Err(StoreError::XxAndNx.into());
     }
     if (nx && (gt || lt)) || (gt && lt) {
-        return Err("ERR GT, LT, and/or NX options at the same time are not compatible".into());
+        return Err(StoreError::GtLtNx.into());
     }
     if incr && pairs.len() > 2 {
-        return Err("ERR INCR option supports a single increment-element pair".into());
+        return Err(StoreError::IncrPair.into());
     }
     let scores = pairs
         .chunks(2)
-        .map(|pair| double_arg(pair[0], NOT_FLOAT))
+        .map(|pair| double_arg(pair[0], StoreError::NotFloat))
         .collect::<Result<Vec<f64>, Error>>()?;
     let outcome = write_zset(cx, args[1], true, |z| {
         let (mut added, mut updated, mut last) = (0, 0, None);
@@ -612,7 +604,7 @@ fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
                     }
                     let new = if incr { current + given } else { given };
                     if new.is_nan() {
-                        return Err(Error::from(NAN_SCORE));
+                        return Err(Error::from(StoreError::NanScore));
                     }
                     if (lt && new >= current) || (gt && new <= current) {
                         continue;
@@ -643,12 +635,12 @@ fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `ZINCRBY key increment member`
 fn zincrby(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let by = double_arg(args[2], NOT_FLOAT)?;
+    let by = double_arg(args[2], StoreError::NotFloat)?;
     let member = args[3];
     let new = write_zset(cx, args[1], true, |z| {
         let new = z.score(member).map_or(by, |current| current + by);
         if new.is_nan() {
-            return Err(Error::from(NAN_SCORE));
+            return Err(Error::from(StoreError::NanScore));
         }
         z.insert(member.to_vec(), new);
         Ok(new)
@@ -765,7 +757,7 @@ fn range_command(
         } else if by == RangeBy::Auto && is(arg, "BYSCORE") {
             by = RangeBy::Score;
         } else {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
         j += 1;
     }
@@ -774,13 +766,10 @@ fn range_command(
         by = RangeBy::Rank;
     }
     if limit != -1 && by == RangeBy::Rank {
-        return Err(
-            "ERR syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX"
-                .into(),
-        );
+        return Err(StoreError::LimitWithoutBy.into());
     }
     if withscores && by == RangeBy::Lex {
-        return Err("ERR syntax error, WITHSCORES not supported in combination with BYLEX".into());
+        return Err(StoreError::WithscoresByLex.into());
     }
     let (mut min, mut max) = (args[at + 1], args[at + 2]);
     if rev && by != RangeBy::Rank {
@@ -850,7 +839,7 @@ fn zrangestore(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// pairs in RESP3 (flat in RESP2).
 fn zpop(cx: &Cx, args: &[&[u8]], max: bool) -> Reply {
     if args.len() > 3 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let count = args.get(2).map(|raw| positive_arg(raw)).transpose()?;
     let popped = write_zset(cx, args[1], false, |z| {
@@ -883,10 +872,10 @@ fn zpopmax(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// The arguments of ZMPOP and BZMPOP from `numkeys` (at `at`) on: the keys, MAX or MIN,
 /// and the count.
 fn mpop_args<'a>(args: &[&'a [u8]], at: usize) -> Result<(Vec<&'a [u8]>, bool, usize), Error> {
-    let numkeys = at_least_one(args[at], BAD_NUMKEYS)? as u64;
+    let numkeys = at_least_one(args[at], StoreError::NumKeysNotPositive)? as u64;
     let where_at = (at as u64 + 1).saturating_add(numkeys);
     let Some(which) = usize::try_from(where_at).ok().and_then(|i| args.get(i)) else {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     };
     let where_at = where_at as usize;
     let max = if is(which, "MAX") {
@@ -894,16 +883,16 @@ fn mpop_args<'a>(args: &[&'a [u8]], at: usize) -> Result<(Vec<&'a [u8]>, bool, u
     } else if is(which, "MIN") {
         false
     } else {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     };
     let mut count = None;
     let mut j = where_at + 1;
     while let Some(arg) = args.get(j) {
         if count.is_none() && is(arg, "COUNT") && j + 1 < args.len() {
-            count = Some(at_least_one(args[j + 1], BAD_COUNT)?);
+            count = Some(at_least_one(args[j + 1], StoreError::CountNotPositive)?);
             j += 2;
         } else {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
     }
     let keys = args[at + 1..where_at].to_vec();
@@ -1008,22 +997,19 @@ fn zrandmember(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     };
     let count = int_arg(raw)?;
     if count == i64::MIN {
-        return Err(
-            "ERR value is out of range, value must between -9223372036854775807 and 9223372036854775807"
-                .into(),
-        );
+        return Err(StoreError::CountBelowMin.into());
     }
     let withscores = match args.len() {
         3 => false,
         4 if is(args[3], "WITHSCORES") => true,
-        _ => return Err(SYNTAX.into()),
+        _ => return Err(StoreError::Syntax.into()),
     };
     if withscores && !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&count) {
-        return Err("ERR value is out of range".into());
+        return Err(StoreError::OutOfRange.into());
     }
     let (n, unique) = (count.unsigned_abs(), count >= 0);
     if !unique && n > MAX_RANDOM_REPEATS {
-        return Err("ERR value is out of range".into());
+        return Err(StoreError::OutOfRange.into());
     }
     read_zset(cx, args[1], |z| {
         let Some(z) = z.filter(|_| n > 0) else {
@@ -1169,14 +1155,13 @@ fn set_command(
 ) -> Reply {
     let numkeys = int_arg(args[at])?;
     if numkeys < 1 {
-        return Err(format!(
-            "ERR at least 1 input key is needed for '{}' command",
-            String::from_utf8_lossy(args[0]).to_ascii_lowercase()
-        )
+        return Err(StoreError::NoInputKey {
+            command: String::from_utf8_lossy(args[0]).into_owned(),
+        }
         .into());
     }
     if numkeys as u64 > (args.len() - at - 1) as u64 {
-        return Err(SYNTAX.into());
+        return Err(StoreError::Syntax.into());
     }
     let n = numkeys as usize;
     let keys = &args[at + 1..at + 1 + n];
@@ -1192,7 +1177,7 @@ fn set_command(
         let left = args.len() - j;
         if op != SetOp::Diff && !card && left > n && is(arg, "WEIGHTS") {
             for (i, weight) in weights.iter_mut().enumerate() {
-                *weight = double_arg(args[j + 1 + i], "ERR weight value is not a float")?;
+                *weight = double_arg(args[j + 1 + i], StoreError::WeightNotFloat)?;
             }
             j += 1 + n;
         } else if op != SetOp::Diff && !card && left >= 2 && is(arg, "AGGREGATE") {
@@ -1204,7 +1189,7 @@ fn set_command(
             } else if is(how, "MAX") {
                 Aggregate::Max
             } else {
-                return Err(SYNTAX.into());
+                return Err(StoreError::Syntax.into());
             };
             j += 2;
         } else if dest.is_none() && !card && is(arg, "WITHSCORES") {
@@ -1213,11 +1198,11 @@ fn set_command(
         } else if card && left >= 2 && is(arg, "LIMIT") {
             limit = match crate::redis_num::parse_int(args[j + 1]) {
                 Some(l) if l >= 0 => l,
-                _ => return Err("ERR LIMIT can't be negative".into()),
+                _ => return Err(StoreError::NegativeLimit.into()),
             };
             j += 2;
         } else {
-            return Err(SYNTAX.into());
+            return Err(StoreError::Syntax.into());
         }
     }
 
@@ -1336,7 +1321,7 @@ fn zintercard(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `ZSCAN key cursor [MATCH pattern] [COUNT count]`: the whole set in one page.
 fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     if crate::redis_num::parse_cursor(args[2]).is_none() {
-        return Err("ERR invalid cursor".into());
+        return Err(StoreError::InvalidCursor.into());
     }
     let page = read_zset(cx, args[1], |z| {
         z.map(|z| z.iter().map(|(m, d)| (m.to_vec(), d)).collect::<Vec<_>>())
@@ -1351,11 +1336,11 @@ fn zscan(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         match value {
             Some(v) if is(arg, "COUNT") => {
                 if int_arg(v)? < 1 {
-                    return Err(SYNTAX.into());
+                    return Err(StoreError::Syntax.into());
                 }
             }
             Some(v) if is(arg, "MATCH") => pattern = Some(v),
-            _ => return Err(SYNTAX.into()),
+            _ => return Err(StoreError::Syntax.into()),
         }
         j += 2;
     }
@@ -1375,11 +1360,11 @@ mod tests {
 
     #[test]
     fn arguments_parse_like_redis() {
-        assert!(double_arg(b"1e400", NOT_FLOAT).is_err());
-        assert!(double_arg(b" 1", NOT_FLOAT).is_err());
-        assert!(double_arg(b"", NOT_FLOAT).is_err());
-        assert!(double_arg(b"nan", NOT_FLOAT).is_err());
-        assert_eq!(double_arg(b"-0x10", NOT_FLOAT), Ok(-16.0));
+        assert!(double_arg(b"1e400", StoreError::NotFloat).is_err());
+        assert!(double_arg(b" 1", StoreError::NotFloat).is_err());
+        assert!(double_arg(b"", StoreError::NotFloat).is_err());
+        assert!(double_arg(b"nan", StoreError::NotFloat).is_err());
+        assert_eq!(double_arg(b"-0x10", StoreError::NotFloat), Ok(-16.0));
         assert_eq!(range_end(b"("), Some((0.0, true)));
         assert_eq!(range_end(b""), Some((0.0, false)));
         assert_eq!(range_end(b"5\0junk"), Some((5.0, false)));

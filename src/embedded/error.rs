@@ -1,0 +1,152 @@
+//! Why a command of the embedded store fails, by meaning, with the facts each error needs.
+//!
+//! The store answers as Redis would, so each of these becomes Redis's own error line; pkv's
+//! own words only where Redis has no such limit or no such refusal. The lines are written
+//! in [`crate::error`] with every other line a client can see.
+
+use crate::commands::set_options::SyntaxError;
+use crate::redis_num::TimeoutError;
+
+/// An error reply of the embedded store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    // === any command ===
+    /// The key holds a value of another type.
+    WrongType,
+    /// An argument that must be a whole number (in range) is not.
+    NotInteger,
+    /// An argument that must be a double is not.
+    NotFloat,
+    /// Arguments or options Redis does not take.
+    Syntax,
+    /// The wrong number of arguments for `command` (as the client spelt it).
+    Arity { command: String },
+    /// A command the table serves but the store does not run: it needs an upstream Redis.
+    NeedsUpstream { command: String },
+    /// A blocking command's timeout that Redis refuses.
+    Timeout(TimeoutError),
+    /// A SCAN cursor that is not an unsigned number.
+    InvalidCursor,
+    /// The key does not exist (LSET, RENAME).
+    NoSuchKey,
+    /// A count that must not be negative (LPOP's, SPOP's, ZPOPMIN's).
+    NotPositive,
+    /// A number the command does not accept, said without its range.
+    OutOfRange,
+    /// A count of `i64::MIN`, which has no positive counterpart.
+    CountBelowMin,
+    /// A negative count that asks for more random picks than pkv gives (Redis has no such
+    /// limit; the answer would exhaust memory).
+    TooManyPicks { max: u64 },
+    /// `numkeys` of 0 or less.
+    NumKeysNotPositive,
+    /// `numkeys` larger than the arguments that follow.
+    NumKeysTooLarge,
+    /// A COUNT option below 1 (LMPOP, ZMPOP).
+    CountNotPositive,
+    /// A negative LIMIT (SINTERCARD, ZINTERCARD).
+    NegativeLimit,
+    /// An unknown subcommand of `container` (MEMORY).
+    UnknownSubcommand {
+        container: &'static str,
+        sub: String,
+    },
+
+    // === lists ===
+    /// LSET past the list's ends.
+    IndexOutOfRange,
+    /// LPOS with RANK 0.
+    RankZero,
+    /// LPOS with a negative COUNT.
+    NegativeCount,
+    /// LPOS with a negative MAXLEN.
+    NegativeMaxlen,
+
+    // === strings and hashes ===
+    /// The expiry of `command` is not positive, or its deadline does not fit.
+    InvalidExpire { command: &'static str },
+    /// INCR, INCRBY, HINCRBY past the 64-bit range.
+    IncrOverflow,
+    /// DECRBY with `i64::MIN`, whose negation does not fit.
+    DecrOverflow,
+    /// INCRBYFLOAT or HINCRBYFLOAT whose result is not finite.
+    IncrNotFinite,
+    /// HINCRBYFLOAT with an increment that is not finite.
+    NotFinite,
+    /// HINCRBY on a field that does not hold an integer.
+    HashNotInteger,
+    /// HINCRBYFLOAT on a field that does not hold a double.
+    HashNotFloat,
+    /// SETRANGE, APPEND or SETBIT past the largest string Redis allows.
+    StringTooLong,
+    /// SETRANGE at a negative offset.
+    OffsetOutOfRange,
+    /// LCS of a key that does not hold a string.
+    LcsNotStrings,
+    /// LCS with both LEN and IDX.
+    LcsLenAndIdx,
+    /// LCS of strings whose table would be too large.
+    LcsTooLarge,
+    /// A bit offset that is not a whole number in range.
+    BitOffset,
+    /// SETBIT's value is not 0 or 1.
+    BitValue,
+    /// BITPOS's bit is not 0 or 1.
+    BitArgument,
+    /// BITOP NOT with more than one source.
+    BitopNotOneSource,
+    /// A BITFIELD type other than `i1`..`i64`, `u1`..`u63`.
+    BitfieldType,
+    /// A BITFIELD OVERFLOW other than WRAP, SAT, FAIL.
+    BitfieldOverflow,
+    /// BITFIELD_RO with a subcommand other than GET.
+    BitfieldReadOnly,
+
+    // === keys ===
+    /// EXPIRE with an option it does not know.
+    UnsupportedOption { option: String },
+    /// EXPIRE with NX and XX, GT or LT.
+    ExpireNxAndOthers,
+    /// EXPIRE with both GT and LT.
+    ExpireGtAndLt,
+    /// OBJECT with a subcommand it does not know, or the wrong number of arguments.
+    ObjectUsage { sub: String },
+    /// COPY to another database: the store has one.
+    CopyOtherDatabase,
+    /// COPY of a key onto itself.
+    SameObject,
+
+    // === sorted sets ===
+    /// ZINCRBY (or ZADD INCR) whose result is NaN.
+    NanScore,
+    /// A score range end that is not a double.
+    NotFloatRange,
+    /// A lexicographic range end that does not start with `[`, `(`, `-` or `+`.
+    NotLexRange,
+    /// ZADD with XX and NX.
+    XxAndNx,
+    /// ZADD with two of GT, LT and NX.
+    GtLtNx,
+    /// ZADD INCR with more than one pair.
+    IncrPair,
+    /// ZRANGE with LIMIT but neither BYSCORE nor BYLEX.
+    LimitWithoutBy,
+    /// ZRANGE BYLEX with WITHSCORES.
+    WithscoresByLex,
+    /// ZUNION, ZINTER, ZDIFF and their STORE forms with `numkeys` below 1.
+    NoInputKey { command: String },
+    /// A WEIGHTS value that is not a double.
+    WeightNotFloat,
+}
+
+impl From<TimeoutError> for StoreError {
+    fn from(err: TimeoutError) -> Self {
+        StoreError::Timeout(err)
+    }
+}
+
+impl From<SyntaxError> for StoreError {
+    fn from(_: SyntaxError) -> Self {
+        StoreError::Syntax
+    }
+}
