@@ -336,10 +336,6 @@ fn plan_line(err: &PlanError) -> String {
         ),
         PlanError::NotInteger => NOT_INTEGER.to_owned(),
         PlanError::Syntax => SYNTAX.to_owned(),
-        PlanError::Persist => {
-            "ERR command 'GETEX PERSIST' is not allowed through pkv: storage must have an end"
-                .to_owned()
-        }
     }
 }
 

@@ -536,6 +536,78 @@ fn exact_costs(config: PkvConfig, issuer: &Issuer, redis: Option<&Redis>) {
 
 // === 2. refused writes ===
 
+/// PERSIST and GETEX ... PERSIST buy the key's storage up to the maximum TTL from now, paid
+/// as an extension (the key's size for the seconds added), and answer as Redis does.
+#[test]
+fn persist_buys_storage_up_to_the_maximum_ttl() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_MAX_TTL", "1000")
+        .set("PKV_DEFAULT_TTL", "100")
+        .start();
+    let mut direct = redis.direct();
+    let mut c = pkv.resp_authed(&issuer.token(100));
+    let account = balance(&mut c);
+    let size = |direct: &mut redis::Connection, key: &[u8]| -> i64 {
+        redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query(direct)
+            .unwrap()
+    };
+
+    for (key, persist) in [
+        ("p", vec!["PERSIST", "p"]),
+        ("g", vec!["GETEX", "g", "persist"]),
+    ] {
+        assert_eq!(c.call_text(&["SET", key, "value", "EX", "10"]), "+OK\r\n");
+        let upstream = account.upstream_key(key);
+        let before = balance(&mut c);
+        let ttl_before = pttl(&mut direct, &upstream);
+        let reply = c.call_text(&persist);
+        let ttl_after = pttl(&mut direct, &upstream);
+        let after = balance(&mut c);
+        let expected = if key == "p" {
+            ":1\r\n"
+        } else {
+            "$5\r\nvalue\r\n"
+        };
+        assert_eq!(reply, expected, "{persist:?}");
+        assert!(
+            (999_000..=1_000_000).contains(&ttl_after),
+            "{persist:?}: PTTL {ttl_after}"
+        );
+        let ttl: i64 = c
+            .call_text(&["TTL", key])
+            .trim_start_matches(':')
+            .trim()
+            .parse()
+            .unwrap();
+        assert!((999..=1000).contains(&ttl), "{persist:?}: TTL {ttl}");
+        // The seconds added (about 990), rounded up, at the key's size.
+        let added = (ttl_after - ttl_before + 999) / 1000;
+        let paid = usage_between(&before, &after).byte_seconds;
+        let size = size(&mut direct, &upstream);
+        assert!(
+            (added - 1..=added + 1).contains(&(paid / size)) && paid % size == 0,
+            "{persist:?}: paid {paid} byte-seconds for {size} bytes and {added} s"
+        );
+    }
+    // A key that does not exist: 0 (and a null for GETEX), nothing written or paid.
+    assert_eq!(c.call_text(&["PERSIST", "missing"]), ":0\r\n");
+    assert_eq!(c.call_text(&["GETEX", "missing", "PERSIST"]), "$-1\r\n");
+    assert!(!exists(&mut direct, &account.upstream_key("missing")));
+    // Inside a transaction too.
+    assert_eq!(c.call_text(&["SET", "t", "v", "EX", "10"]), "+OK\r\n");
+    assert_eq!(c.call_text(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.call_text(&["PERSIST", "t"]), "+QUEUED\r\n");
+    assert_eq!(c.call_text(&["EXEC"]), "*1\r\n:1\r\n");
+    assert!(pttl(&mut direct, &account.upstream_key("t")) > 999_000);
+}
+
 #[test]
 fn refused_writes_change_nothing_upstream() {
     let redis = Redis::start();
@@ -549,7 +621,7 @@ fn refused_writes_change_nothing_upstream() {
         .start();
     let mut direct = redis.direct();
 
-    // (a) expiries above the maximum, and the ones without an end.
+    // (a) expiries above the maximum.
     let rich = issuer.token(100);
     let mut c = pkv.resp_authed(&rich);
     let account = balance(&mut c);
@@ -581,10 +653,6 @@ fn refused_writes_change_nothing_upstream() {
             reply.starts_with("-ERR expiry above the maximum TTL"),
             "{args:?} answered {reply:?}"
         );
-    }
-    for args in [vec!["PERSIST", "e"], vec!["GETEX", "e", "PERSIST"]] {
-        let reply = c.call_text(&args);
-        assert!(reply.starts_with("-ERR "), "{args:?} answered {reply:?}");
     }
     assert!(
         !exists(&mut direct, &account.upstream_key("k")),

@@ -7,6 +7,7 @@
 //! and the embedded store.
 
 mod call;
+pub mod persist;
 pub mod set_options;
 pub mod spec;
 pub mod table;
@@ -49,7 +50,6 @@ pub const DENIED: &[&str] = &[
     "MONITOR",
     "MOVE",
     "OBJECT|FREQ",
-    "PERSIST",
     "PSYNC",
     "REPLCONF",
     "REPLICAOF",

@@ -173,8 +173,11 @@ pub enum Storage {
     Move { element: Element },
     /// Sets the TTL of the first key from arg 2: pays the key's size for the added seconds.
     Expire { unit: TtlUnit },
-    /// `GETEX key [EX|PX|EXAT|PXAT t]`: like `Expire` when an option is given.
+    /// `GETEX key [EX|PX|EXAT|PXAT t|PERSIST]`: like `Expire` when an option is given.
     GetEx,
+    /// `PERSIST key`: served as `PEXPIRE key` to the maximum TTL ([`super::persist`]), and
+    /// paid like it.
+    Persist,
     /// `RENAME key newkey`: the key keeps its TTL, and pays what the new name is longer
     /// than the old one, for that TTL.
     Rename,

@@ -371,6 +371,7 @@ pub static TABLE: &[C] = &[
     C::fwd("PTTL", 2, READONLY, K1),
     C::fwd("EXPIRE", -3, WRITE, K1).storage(S::Expire { unit: U::Seconds }),
     C::fwd("PEXPIRE", -3, WRITE, K1).storage(S::Expire { unit: U::Millis }),
+    C::fwd("PERSIST", 2, WRITE, K1).storage(S::Persist),
     C::fwd("EXPIREAT", -3, WRITE, K1).storage(S::Expire {
         unit: U::UnixSeconds,
     }),

@@ -120,8 +120,6 @@ pub enum PlanError {
     NotInteger,
     /// Options SET or GETEX does not take.
     Syntax,
-    /// `GETEX PERSIST`: storage without an end cannot be bought.
-    Persist,
 }
 
 fn cmd(name: &'static str, key: &[u8]) -> Call {
@@ -470,9 +468,8 @@ pub fn plan(
                 .map_err(|_| PlanError::Syntax)?
                 .expiry
             {
-                Some(Expiry::Persist) => {
-                    return Err(PlanError::Persist);
-                }
+                // Served as the longest expiry (commands::persist) before it gets here.
+                Some(Expiry::Persist) => expire_plan(&mut plan, &upstream(1)),
                 Some(Expiry::In(unit, value)) => {
                     check_max(ttl_secs(unit, value, policy.now_ms)?, policy)?;
                     expire_plan(&mut plan, &upstream(1));
@@ -480,6 +477,7 @@ pub fn plan(
                 Some(Expiry::Keep) | None => {}
             }
         }
+        Storage::Persist => expire_plan(&mut plan, &upstream(1)),
         Storage::Rename => {
             let (Some(&from), Some(&to)) = (key_indices.first(), key_indices.get(1)) else {
                 return Ok(plan);
@@ -780,7 +778,8 @@ pub fn describe(storage: Storage) -> &'static str {
         Storage::Store { .. } => "the stored size (MEMORY USAGE ... SAMPLES 0) for the default TTL, or the TTL the destination kept; nothing when the reply is 0",
         Storage::Move { .. } => "grow of the destination by the moved element",
         Storage::Expire { .. } => "the key's size (MEMORY USAGE ... SAMPLES 0) for the seconds added; refused above the maximum TTL",
-        Storage::GetEx => "with an expiry option, as EXPIRE; PERSIST refused",
+        Storage::GetEx => "with an expiry option, as EXPIRE; PERSIST as PERSIST does",
+        Storage::Persist => "as PEXPIRE to the maximum TTL: the key's size for the seconds added",
         Storage::Rename => "what the new name is longer than the old one, for the key's remaining TTL",
         Storage::Consumer { .. } => "a new consumer's name (XGROUP CREATECONSUMER before it says whether it is new), for the remaining TTL of each stream key",
     }

@@ -55,6 +55,10 @@ pub const COMMANDS: &[Command] = &[
         run: pexpire,
     },
     Command {
+        name: "PERSIST",
+        run: persist,
+    },
+    Command {
         name: "EXPIREAT",
         run: expireat,
     },
@@ -170,6 +174,16 @@ fn expireat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 fn pexpireat(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     set_expiry(cx, args, false, 0, "pexpireat")
+}
+
+/// `PERSIST key`: 1 when the key had a deadline and lost it. Metered, the request path
+/// serves PERSIST as the longest paid expiry instead (`commands::persist`); this runs only
+/// with metering off.
+fn persist(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    cx.write(args[1], |slot| {
+        let had = slot.as_mut().and_then(|entry| entry.expires_at.take());
+        int(i64::from(had.is_some()))
+    })
 }
 
 /// `EXPIRE key n [NX | XX | GT | LT]` and friends: `n` is in seconds or milliseconds,

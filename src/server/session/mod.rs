@@ -219,7 +219,7 @@ impl Session {
 
     /// [`Session::submit`], before the replies waiting in the batch are checked.
     async fn run(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
-        let (args, wire_len) = (req.args, req.wire_len);
+        let (mut args, wire_len) = (req.args, req.wire_len);
         if args.is_empty() {
             return;
         }
@@ -242,6 +242,15 @@ impl Session {
                     return self.reject(ClientError::TokenExpired, out)
                 }
                 Some(_) => {}
+            }
+        }
+        // Metered storage has an end: "no expiry" is served as the longest one.
+        let mut spec = spec;
+        if spec.has(flags::WRITE) && self.shared.meter.enabled() {
+            let max_ttl = self.shared.settings.max_ttl;
+            if let Some((row, longest)) = commands::persist::as_longest_expiry(spec, &args, max_ttl)
+            {
+                (spec, args) = (row, longest);
             }
         }
         if self.proto == Proto::Resp2
