@@ -76,6 +76,10 @@ pub enum ClientError {
     Lifetime {
         max: u64,
     },
+    /// PKV.DEFAULTTTL with a TTL out of range.
+    DefaultTtl {
+        max: u64,
+    },
     ExecWithoutMulti,
     DiscardWithoutMulti,
     NestedMulti,
@@ -175,6 +179,12 @@ impl ClientError {
             )
             .into(),
             E::Lifetime { max } => return format!("ERR lifetime must be 1 to {max} seconds").into(),
+            E::DefaultTtl { max } => {
+                return format!(
+                    "ERR default TTL must be 1 to {max} seconds, or 0 for the server's default"
+                )
+                .into()
+            }
             E::NotInMulti { command } => {
                 return format!("ERR '{command}' cannot be used inside MULTI through pkv").into()
             }

@@ -534,6 +534,101 @@ fn exact_costs(config: PkvConfig, issuer: &Issuer, redis: Option<&Redis>) {
     }
 }
 
+/// `PKV.DEFAULTTTL`: an account's own default TTL, used (and paid) for its writes that give
+/// none, on every connection of the account, kept in the ledger for other processes.
+#[test]
+fn an_accounts_own_default_ttl_applies_to_its_writes() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let config = PkvConfig::new(&redis, &issuer)
+        .set("PKV_MAX_TTL", "1000")
+        .set("PKV_DEFAULT_TTL", "100");
+    let pkv = config.start();
+    let mut direct = redis.direct();
+    let mut c = pkv.resp_authed(&issuer.mint(100, 3600, Some("alice")));
+    let account = balance(&mut c);
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL"]), ":100\r\n");
+
+    // Out of range or malformed: refused, nothing changes.
+    for bad in ["1001", "-1", "abc", "1.5", ""] {
+        let reply = c.call_text(&["PKV.DEFAULTTTL", bad]);
+        assert_eq!(
+            reply, "-ERR default TTL must be 1 to 1000 seconds, or 0 for the server's default\r\n",
+            "{bad:?}"
+        );
+    }
+    assert!(c
+        .call_text(&["PKV.DEFAULTTTL", "1", "2"])
+        .starts_with("-ERR syntax error"));
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL"]), ":100\r\n");
+
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL", "500"]), "+OK\r\n");
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL"]), ":500\r\n");
+    // A string write and a write that cannot carry an expiry both get it, and pay for it.
+    let before = balance(&mut c);
+    assert_eq!(c.call_text(&["SET", "k", "value"]), "+OK\r\n");
+    let after = balance(&mut c);
+    let ttl = pttl(&mut direct, &account.upstream_key("k"));
+    assert!((499_000..=500_000).contains(&ttl), "SET: PTTL {ttl}");
+    assert_eq!(
+        usage_between(&before, &after).byte_seconds,
+        ("k".len() + "value".len()) as i64 * 500
+    );
+    assert_eq!(c.call_text(&["HSET", "h", "f", "v"]), ":1\r\n");
+    let ttl = pttl(&mut direct, &account.upstream_key("h"));
+    assert!((499_000..=500_000).contains(&ttl), "HSET: PTTL {ttl}");
+    // An expiry given is kept.
+    assert_eq!(c.call_text(&["SET", "e", "v", "EX", "7"]), "+OK\r\n");
+    assert!(pttl(&mut direct, &account.upstream_key("e")) <= 7000);
+
+    // Another connection of the account uses it; another account does not.
+    let mut same = pkv.resp_authed(&issuer.mint(100, 3600, Some("alice")));
+    assert_eq!(same.call_text(&["PKV.DEFAULTTTL"]), ":500\r\n");
+    let mut other = pkv.resp_authed(&issuer.mint(100, 3600, Some("bob")));
+    assert_eq!(other.call_text(&["PKV.DEFAULTTTL"]), ":100\r\n");
+
+    // Kept in the ledger: another process sharing it reads it.
+    let second = config.start();
+    let mut there = second.resp_authed(&issuer.mint(100, 3600, Some("alice")));
+    assert_eq!(there.call_text(&["PKV.DEFAULTTTL"]), ":500\r\n");
+    assert_eq!(there.call_text(&["SET", "k2", "v"]), "+OK\r\n");
+    let ttl = pttl(&mut direct, &account.upstream_key("k2"));
+    assert!(
+        (499_000..=500_000).contains(&ttl),
+        "second process: PTTL {ttl}"
+    );
+
+    // 0 returns to the server's default.
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL", "0"]), "+OK\r\n");
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL"]), ":100\r\n");
+    assert_eq!(c.call_text(&["SET", "k3", "v"]), "+OK\r\n");
+    assert!(pttl(&mut direct, &account.upstream_key("k3")) <= 100_000);
+}
+
+/// The same on the embedded store, whose ledger is its own.
+#[test]
+fn an_accounts_own_default_ttl_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer)
+        .set("PKV_MAX_TTL", "1000")
+        .set("PKV_DEFAULT_TTL", "100")
+        .start();
+    let mut c = pkv.resp_authed(&issuer.mint(100, 3600, Some("alice")));
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL", "600"]), "+OK\r\n");
+    assert_eq!(c.call_text(&["SET", "k", "v"]), "+OK\r\n");
+    let ttl: i64 = c
+        .call_text(&["TTL", "k"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((599..=600).contains(&ttl), "TTL {ttl}");
+    drop(c);
+    // The account's next first connection reads it back from the store's ledger.
+    let mut c = pkv.resp_authed(&issuer.mint(100, 3600, Some("alice")));
+    assert_eq!(c.call_text(&["PKV.DEFAULTTTL"]), ":600\r\n");
+}
+
 // === 2. refused writes ===
 
 /// PERSIST and GETEX ... PERSIST buy the key's storage up to the maximum TTL from now, paid

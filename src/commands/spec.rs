@@ -371,6 +371,7 @@ pub enum Local {
     PkvTopup,
     PkvBalance,
     PkvPrices,
+    PkvDefaultTtl,
 }
 
 impl CommandSpec {

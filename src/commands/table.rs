@@ -637,4 +637,5 @@ pub static TABLE: &[C] = &[
     C::local("PKV.TOPUP", 2, FREE, L::PkvTopup),
     C::local("PKV.BALANCE", 1, FREE, L::PkvBalance),
     C::local("PKV.PRICES", 1, FREE, L::PkvPrices),
+    C::local("PKV.DEFAULTTTL", -1, FREE_BARE, L::PkvDefaultTtl),
 ];

@@ -14,7 +14,7 @@ use super::{now_ms, off_thread, Store};
 use crate::backend::BoxFuture;
 use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
-    Redemption, Settlement, ACCOUNT_FIELDS,
+    Redemption, Settlement, ACCOUNT_FIELDS, DEFAULT_TTL_FIELD,
 };
 use crate::meter::price::Usage;
 
@@ -121,7 +121,7 @@ impl Book for Store {
         let record = self.fields(&account_key(account)).map(|f| {
             let get = |name: &str| f.get(name).copied().unwrap_or(0);
             let count = |name: &str| get(name).max(0) as u64;
-            debug_assert_eq!(ACCOUNT_FIELDS.len(), 8);
+            debug_assert_eq!(ACCOUNT_FIELDS.len(), 9);
             AccountRecord {
                 credited: get("credited"),
                 debited: get("debited"),
@@ -133,6 +133,7 @@ impl Book for Store {
                     byte_seconds: count("byte_seconds"),
                     time_us: count("time_us"),
                 },
+                default_ttl: count(DEFAULT_TTL_FIELD),
             }
         });
         Box::pin(std::future::ready(record))
@@ -171,5 +172,29 @@ impl Book for Store {
         let deltas: Vec<(&'static str, i64)> = s.deltas().collect();
         let key = account_key(account);
         Box::pin(self.alone(move |store| store.add(&key, &deltas)))
+    }
+
+    fn set_default_ttl<'a>(
+        &'a self,
+        account: &'a str,
+        secs: u64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let key = account_key(account);
+        Box::pin(self.alone(move |store| {
+            // Checked like any other field: the record must be a hash.
+            store.fields(&key)?;
+            store.keys.write(key.as_bytes(), now_ms(), |entry| {
+                let entry = entry.get_or_insert_with(|| Entry::new(Data::Hash(HashMap::new())));
+                if let Data::Hash(h) = &mut entry.data {
+                    let field = DEFAULT_TTL_FIELD.as_bytes().to_vec();
+                    if secs == 0 {
+                        h.remove(&field);
+                    } else {
+                        h.insert(field, secs.to_string().into_bytes());
+                    }
+                }
+            });
+            Ok(())
+        }))
     }
 }

@@ -162,10 +162,16 @@ pub struct AccountRecord {
     /// Everything spent (settled), in nano-units.
     pub spent: i64,
     pub usage: crate::meter::price::Usage,
+    /// The account's own default TTL in seconds (`PKV.DEFAULTTTL`); 0 when it has none and
+    /// `PKV_DEFAULT_TTL` applies.
+    pub default_ttl: u64,
 }
 
+/// The record's field holding [`AccountRecord::default_ttl`].
+pub(crate) const DEFAULT_TTL_FIELD: &str = "default_ttl";
+
 /// The fields of an account record, in the order [`Ledger::account`] reads them.
-pub(crate) const ACCOUNT_FIELDS: [&str; 8] = [
+pub(crate) const ACCOUNT_FIELDS: [&str; 9] = [
     "credited",
     "debited",
     "spent",
@@ -174,6 +180,7 @@ pub(crate) const ACCOUNT_FIELDS: [&str; 8] = [
     "bytes_out",
     "byte_seconds",
     "time_us",
+    DEFAULT_TTL_FIELD,
 ];
 
 /// Where the ledger's records are kept, and the atomic steps on them.
@@ -209,6 +216,13 @@ pub trait Book: Send + Sync {
         &'a self,
         account: &'a str,
         s: &'a Settlement,
+    ) -> BoxFuture<'a, Result<(), LedgerError>>;
+
+    /// Sets the account's own default TTL (0: none).
+    fn set_default_ttl<'a>(
+        &'a self,
+        account: &'a str,
+        secs: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
 }
 
@@ -294,6 +308,11 @@ impl Ledger {
     /// See [`Book::settle`].
     pub async fn settle(&self, account: &str, s: &Settlement) -> Result<(), LedgerError> {
         self.book.settle(account, s).await
+    }
+
+    /// See [`Book::set_default_ttl`].
+    pub async fn set_default_ttl(&self, account: &str, secs: u64) -> Result<(), LedgerError> {
+        self.book.set_default_ttl(account, secs).await
     }
 }
 

@@ -117,12 +117,35 @@ pub struct AccountMeter {
     topping_up: AtomicBool,
     /// The ledger had nothing left to lease at this time; no background top-ups for a while.
     dry_since: Mutex<Option<Instant>>,
+    /// The account's own default TTL in seconds (`PKV.DEFAULTTTL`), 0 for none, or
+    /// [`DEFAULT_TTL_UNREAD`] until read from the ledger.
+    default_ttl: AtomicU64,
 }
 
+/// [`AccountMeter::default_ttl`] before the ledger was read: the account's first session in
+/// the process reads it when it authenticates.
+const DEFAULT_TTL_UNREAD: u64 = u64::MAX;
+
 impl AccountMeter {
+    /// The account's own default TTL, in seconds (0 for none); `None` until read from the
+    /// ledger.
+    pub fn default_ttl(&self) -> Option<u64> {
+        match self.default_ttl.load(Ordering::Acquire) {
+            DEFAULT_TTL_UNREAD => None,
+            secs => Some(secs),
+        }
+    }
+
+    /// Records the account's own default TTL as the ledger holds it (0 for none).
+    pub fn set_default_ttl(&self, secs: u64) {
+        self.default_ttl
+            .store(secs.min(DEFAULT_TTL_UNREAD - 1), Ordering::Release);
+    }
+
     fn new(id: Arc<str>) -> Self {
         AccountMeter {
             id,
+            default_ttl: AtomicU64::new(DEFAULT_TTL_UNREAD),
             lease: AtomicI64::new(0),
             spent: AtomicI64::new(0),
             ops: AtomicU64::new(0),
@@ -431,7 +454,12 @@ impl Meter {
     /// A session of `account` opened; returns the handle it meters through.
     pub fn attach(&self, account: &Arc<str>) -> AccountHandle {
         let handle = self.account(account);
-        handle.sessions.fetch_add(1, Ordering::AcqRel);
+        if handle.sessions.fetch_add(1, Ordering::AcqRel) == 0 {
+            // Another process may have changed it since this one last had a session.
+            handle
+                .default_ttl
+                .store(DEFAULT_TTL_UNREAD, Ordering::Release);
+        }
         handle
     }
 

@@ -8,7 +8,7 @@ use crate::backend::BoxFuture;
 use crate::commands::Call;
 use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
-    Redemption, Settlement, ACCOUNT_FIELDS, MAX_LEASE, UPDATES_KEPT_SECS,
+    Redemption, Settlement, ACCOUNT_FIELDS, DEFAULT_TTL_FIELD, MAX_LEASE, UPDATES_KEPT_SECS,
 };
 use crate::namespace::escape_account;
 use crate::protocol::frame::Frame;
@@ -180,6 +180,7 @@ impl RedisBook {
                         byte_seconds: u(6),
                         time_us: u(7),
                     },
+                    default_ttl: u(8),
                 })
             }
             other => Err(LedgerError::Bad(format!(
@@ -273,6 +274,23 @@ impl Book for RedisBook {
         s: &'a Settlement,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         Box::pin(self.settle_script(account, s))
+    }
+
+    fn set_default_ttl<'a>(
+        &'a self,
+        account: &'a str,
+        secs: u64,
+    ) -> BoxFuture<'a, Result<(), LedgerError>> {
+        let key = account_key(account);
+        let cmd = if secs == 0 {
+            Call::named("HDEL").arg(key).arg(DEFAULT_TTL_FIELD)
+        } else {
+            Call::named("HSET")
+                .arg(key)
+                .arg(DEFAULT_TTL_FIELD)
+                .arg(secs.to_string())
+        };
+        Box::pin(async move { self.one(cmd).await.map(drop) })
     }
 }
 

@@ -63,6 +63,7 @@ pub const EXAMPLES: &[&str] = &[
     "PEXPIRE str6 100000 NX",
     "EXPIREAT str7 1000000000",
     "PEXPIREAT str8 1000000000000",
+    "PERSIST str5",
     "TTL str5",
     "PTTL str6",
     "EXPIRETIME str7",

@@ -1,4 +1,4 @@
-//! pkv's own commands: PKV.SESSION, PKV.TOPUP, PKV.BALANCE, PKV.PRICES.
+//! pkv's own commands: PKV.SESSION, PKV.TOPUP, PKV.BALANCE, PKV.PRICES, PKV.DEFAULTTTL.
 
 use bytes::{Bytes, BytesMut};
 
@@ -25,6 +25,37 @@ impl Session {
             .auth
             .session_token(&auth.account, lifetime, now_secs());
         self.reply(out, |w| w.bulk(token.as_bytes()));
+    }
+
+    /// `PKV.DEFAULTTTL [seconds]`: reads the TTL the account's writes get when they give
+    /// none, or sets the account's own (1 to `PKV_MAX_TTL`; 0 returns to `PKV_DEFAULT_TTL`).
+    /// It is kept in the ledger with the account, so every process sharing the ledger uses
+    /// it from the account's next first connection there, and this one at once.
+    pub(super) async fn pkv_default_ttl(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        self.flush(out).await;
+        let Some(auth) = &self.auth else { return };
+        let secs = match args {
+            [_] => {
+                let secs = self.default_ttl();
+                return self.reply(out, |w| w.int(secs as i64));
+            }
+            [_, raw] => match parse_int(raw) {
+                Some(n) if (0..=self.shared.settings.max_ttl as i64).contains(&n) => n as u64,
+                _ => {
+                    let max = self.shared.settings.max_ttl;
+                    return self.reject(ClientError::DefaultTtl { max }, out);
+                }
+            },
+            _ => return self.reject(ClientError::Syntax, out),
+        };
+        let (account, meter) = (auth.account.clone(), auth.meter.clone());
+        match self.shared.ledger.set_default_ttl(&account, secs).await {
+            Ok(()) => {
+                meter.set_default_ttl(secs);
+                self.reply(out, |w| w.simple("OK"));
+            }
+            Err(err) => self.reject(ClientError::Ledger(err), out),
+        }
     }
 
     /// `PKV.TOPUP token`

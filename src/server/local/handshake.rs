@@ -146,6 +146,14 @@ impl Session {
                 )
             }
         };
+        if meter.default_ttl().is_none() && self.shared.meter.enabled() {
+            // The account's own default TTL, once per process while it has sessions. Until
+            // it could be read, the process's default applies.
+            match self.shared.ledger.account(&account).await {
+                Ok(record) => meter.set_default_ttl(record.default_ttl),
+                Err(err) => tracing::warn!(%account, error = %err, "default TTL not read"),
+            }
+        }
         self.auth = Some(Authed {
             ns: Namespace::new(&account),
             account,

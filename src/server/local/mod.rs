@@ -95,6 +95,7 @@ impl Session {
                 self.balance(out).await;
             }
             Local::PkvPrices => self.prices(out),
+            Local::PkvDefaultTtl => self.pkv_default_ttl(args, out).await,
         }
     }
 

@@ -151,7 +151,13 @@ impl Session {
             Err(err) => return self.reject(err, out),
         };
         if plan.append_default_ttl {
-            cmd = cmd.arg("EX").arg(self.shared.default_ttl_arg.clone());
+            let secs = self.default_ttl();
+            let arg = if secs == self.shared.settings.default_ttl {
+                self.shared.default_ttl_arg.clone()
+            } else {
+                Bytes::from(secs.to_string())
+            };
+            cmd = cmd.arg("EX").arg(arg);
         }
         let blocks = blocks && self.txn.multi.is_none();
         let bill = match self
@@ -178,10 +184,20 @@ impl Session {
             .await;
     }
 
+    /// The default TTL of this session's account, in seconds: its own (`PKV.DEFAULTTTL`),
+    /// or `PKV_DEFAULT_TTL`.
+    pub(in crate::server) fn default_ttl(&self) -> u64 {
+        self.auth
+            .as_ref()
+            .and_then(|a| a.meter.default_ttl())
+            .filter(|&secs| secs > 0)
+            .unwrap_or(self.shared.settings.default_ttl)
+    }
+
     /// The TTL policy now.
     pub(super) fn ttl_policy(&self) -> TtlPolicy {
         TtlPolicy {
-            default_secs: self.shared.settings.default_ttl,
+            default_secs: self.default_ttl(),
             max_secs: self.shared.settings.max_ttl,
             now_ms: self.now_ms,
         }

@@ -29,6 +29,8 @@ pub struct Bill {
     /// The most byte-seconds it can buy, as reserved at admission: what it pays for
     /// storage when its reply never comes.
     pub storage_bound: u64,
+    /// The default TTL its keys get when it creates them, in seconds.
+    pub default_secs: u64,
 }
 
 /// A command in an upstream pipeline: the client's reply, plus `before` and `after`
@@ -140,6 +142,7 @@ impl Session {
                 usage,
                 rule,
                 storage_bound,
+                default_secs: self.default_ttl(),
             }));
         }
         // The lease ran short or the balance is low: this session's own commands are paid
@@ -157,6 +160,7 @@ impl Session {
                     usage,
                     rule,
                     storage_bound,
+                    default_secs: self.default_ttl(),
                 }))
             }
             Err(refusal) => Err(ClientError::Refused(refusal)),
@@ -172,13 +176,7 @@ impl Session {
         after: &[Frame],
     ) -> u64 {
         bill.map_or(0, |b| {
-            storage::byte_seconds(
-                &b.rule,
-                reply,
-                before,
-                after,
-                self.shared.settings.default_ttl,
-            )
+            storage::byte_seconds(&b.rule, reply, before, after, b.default_secs)
         })
     }
 
@@ -193,6 +191,7 @@ impl Session {
             },
             rule: After::None,
             storage_bound: 0,
+            default_secs: self.default_ttl(),
         })
     }
 
@@ -236,7 +235,7 @@ impl Session {
     /// the destination) are sent again once the upstream has had time to run it, and the
     /// account pays the storage they show. Runs in the background; the session may be gone
     /// by then, so it attaches to the account for the while.
-    pub(super) fn measure_store_later(&self, after: Vec<Call>) {
+    pub(super) fn measure_store_later(&self, after: Vec<Call>, default_secs: u64) {
         let Some(auth) = &self.auth else { return };
         let (shared, account, proto) = (self.shared.clone(), auth.account.clone(), self.proto);
         tokio::spawn(async move {
@@ -247,13 +246,8 @@ impl Session {
                 let Ok(values) = shared.backend.pipeline(proto, &after).await else {
                     continue;
                 };
-                let stored = storage::byte_seconds(
-                    &After::Store,
-                    &Frame::OK,
-                    &[],
-                    &values,
-                    shared.settings.default_ttl,
-                );
+                let stored =
+                    storage::byte_seconds(&After::Store, &Frame::OK, &[], &values, default_secs);
                 if stored > 0 {
                     let usage = Usage {
                         byte_seconds: stored,
@@ -336,7 +330,8 @@ impl Session {
                 .is_some_and(|b| b.rule == After::Store)
         {
             let after = sent.iter().skip(pending.before + 1);
-            self.measure_store_later(after.map(|c| (*c).clone()).collect());
+            let default_secs = pending.bill.as_ref().map_or(0, |b| b.default_secs);
+            self.measure_store_later(after.map(|c| (*c).clone()).collect(), default_secs);
         }
         self.pay_lost(pending.bill, err, time_us);
     }
