@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Issuer, PkvConfig, Redis};
+use common::{Issuer, PkvConfig, Redis, RespConn};
 use redis::Value;
 
 fn setup() -> (Redis, Issuer, common::Server) {
@@ -373,5 +373,30 @@ fn sigterm_lets_in_flight_commands_finish_then_exits() {
         }
         assert!(Instant::now() < deadline, "pkv did not exit after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Lines where pkv once answered differently from Redis, run on redis-server directly and
+/// through pkv: the replies must be the same bytes.
+#[test]
+fn transaction_misuse_and_ping_answer_as_redis() {
+    let (redis, issuer, pkv) = setup();
+    let mut direct = RespConn::connect(redis.port);
+    let mut through = pkv.resp_authed(&issuer.token(10));
+    let lines: &[&[&str]] = &[
+        &["PING", "a", "b"],
+        // A nested MULTI and a WATCH inside MULTI are errors that leave the transaction
+        // as it was: EXEC runs it.
+        &["MULTI"],
+        &["MULTI"],
+        &["WATCH", "k"],
+        &["SET", "k", "v"],
+        &["EXEC"],
+        &["GET", "k"],
+    ];
+    for line in lines {
+        let want = direct.call_text(line);
+        let got = through.call_text(line);
+        assert_eq!(got, want, "{line:?}");
     }
 }

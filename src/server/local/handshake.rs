@@ -5,7 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::introspect::REDIS_VERSION;
 use crate::auth::{now_secs, TokenKind};
-use crate::commands::Local;
+use crate::commands::{Local, LookupError};
 use crate::error::{ClientError, NameError};
 use crate::meter::ledger::{RedeemedBy, Redemption};
 use crate::metrics::Metrics;
@@ -231,6 +231,11 @@ impl Session {
 
     /// `PING [message]`; a subscribed RESP2 client gets Redis's `pong` array.
     pub(super) fn ping(&mut self, args: &[Bytes], out: &mut BytesMut) {
+        if args.len() > 2 {
+            let args = args.iter().take(9).cloned().collect();
+            let err = LookupError::Arity;
+            return self.reject(ClientError::Lookup { err, args }, out);
+        }
         if self.proto == Proto::Resp2 && self.is_waiting_for_messages() {
             let msg = args.get(1).cloned().unwrap_or_default();
             self.reply(out, |w| {

@@ -81,8 +81,9 @@ impl Session {
                     Err(e) => self.error_reply(e, out),
                 }
             }
-            Local::Multi => self.reject(ClientError::NestedMulti, out),
-            Local::Watch => self.reject(ClientError::WatchInMulti, out),
+            // As Redis: an error, and the transaction goes on.
+            Local::Multi => self.error_reply(ClientError::NestedMulti, out),
+            Local::Watch => self.error_reply(ClientError::WatchInMulti, out),
             Local::Ping | Local::Echo | Local::Time => {
                 let call = Call::new(spec, args.to_vec());
                 self.enqueue_plain(call, ReplyRewrite::Plain, out).await;
