@@ -70,8 +70,6 @@ pub enum ClientError {
     Key(KeyError),
     /// SELECT of another database.
     OtherDatabase,
-    /// CLIENT REPLY OFF or SKIP.
-    ClientReplyOnly,
     /// PKV.SESSION with a lifetime out of range.
     Lifetime {
         max: u64,
@@ -141,7 +139,6 @@ impl ClientError {
             E::AlreadyRedeemed => "ERR token already redeemed",
             E::Syntax => SYNTAX,
             E::OtherDatabase => "ERR pkv serves database 0 only",
-            E::ClientReplyOnly => "ERR pkv supports CLIENT REPLY ON only",
             E::ExecWithoutMulti => "ERR EXEC without MULTI",
             E::DiscardWithoutMulti => "ERR DISCARD without MULTI",
             E::NestedMulti => "ERR MULTI calls can not be nested",

@@ -403,3 +403,50 @@ fn transaction_misuse_and_ping_answer_as_redis() {
         assert_eq!(got, want, "{line:?}");
     }
 }
+
+/// `CLIENT REPLY OFF`, `SKIP` and `ON`, pipelined, on redis-server directly and through pkv:
+/// the same replies are left out (the commands still run).
+#[test]
+fn client_reply_off_and_skip_answer_as_redis() {
+    let (redis, issuer, pkv) = setup();
+    let mut direct = RespConn::connect(redis.port);
+    let mut through = pkv.resp_authed(&issuer.token(10));
+    let lines: &[&[&[u8]]] = &[
+        &[b"CLIENT", b"REPLY", b"OFF"],
+        &[b"SET", b"a", b"1"],
+        &[b"GET", b"a"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"CLIENT", b"REPLY", b"ON"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"INCR", b"a"],
+        &[b"GET", b"a"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"CLIENT", b"REPLY", b"SKIP"],
+        &[b"GET", b"a"],
+        &[b"CLIENT", b"REPLY", b"MAYBE"],
+        &[b"PING"],
+    ];
+    let mut pipeline = Vec::new();
+    for line in lines {
+        pipeline.extend(common::encode(line));
+    }
+    let mut answers = Vec::new();
+    for conn in [&mut direct, &mut through] {
+        conn.send(&pipeline);
+        let mut got = Vec::new();
+        loop {
+            let reply = conn.reply();
+            got.extend_from_slice(&reply);
+            if reply == b"+PONG\r\n" {
+                break;
+            }
+        }
+        answers.push(String::from_utf8_lossy(&got).into_owned());
+    }
+    assert_eq!(answers[1], answers[0]);
+    assert!(
+        answers[0].starts_with("+OK\r\n$1\r\n2\r\n-ERR"),
+        "{:?}",
+        answers[0]
+    );
+}

@@ -260,6 +260,7 @@ impl Session {
         self.pubsub = None;
         self.auth = None;
         self.name = None;
+        (self.replies_off, self.skip_next) = (false, false);
         self.proto = Proto::Resp2;
         self.reply(out, |w| w.simple("RESET"));
     }
@@ -309,11 +310,18 @@ impl Session {
             Local::ClientNoTouch | Local::ClientNoEvict | Local::ReadOnly | Local::ReadWrite => {
                 self.reply(out, |w| w.ok())
             }
+            // As Redis: OFF and SKIP answer nothing, ON answers even when replies were off.
             Local::ClientReply => {
-                if args[2].eq_ignore_ascii_case(b"ON") {
+                let mode = &args[2];
+                if mode.eq_ignore_ascii_case(b"ON") {
+                    (self.replies_off, self.skip_next, self.skipping) = (false, false, false);
                     self.reply(out, |w| w.ok());
+                } else if mode.eq_ignore_ascii_case(b"OFF") {
+                    self.replies_off = true;
+                } else if mode.eq_ignore_ascii_case(b"SKIP") {
+                    self.skip_next = !self.replies_off;
                 } else {
-                    self.reject(ClientError::ClientReplyOnly, out);
+                    self.reject(ClientError::Syntax, out);
                 }
             }
             Local::ClientId => {

@@ -121,6 +121,12 @@ pub struct Session {
     batch_cap: usize,
     /// Set by QUIT: close after the replies are written.
     pub closing: bool,
+    /// `CLIENT REPLY OFF`: no replies until `CLIENT REPLY ON`.
+    pub(super) replies_off: bool,
+    /// `CLIENT REPLY SKIP`: no reply to the next command.
+    pub(super) skip_next: bool,
+    /// The command running now was preceded by `CLIENT REPLY SKIP`.
+    pub(super) skipping: bool,
     /// Costs not yet added to the account's meter.
     pub(super) charges: Charges,
     /// Commands not yet added to the process's counter.
@@ -146,6 +152,9 @@ impl Session {
             batch: Batch::default(),
             batch_cap: 1,
             closing: false,
+            replies_off: false,
+            skip_next: false,
+            skipping: false,
             charges: Charges::default(),
             commands: 0,
             now_ms: 0,
@@ -211,10 +220,28 @@ impl Session {
 
     /// Runs one request: answers it, queues it, or forwards it.
     pub async fn submit(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
+        if self.replies_off || self.skip_next {
+            return self.submit_quietly(req, out, io).await;
+        }
         self.run(req, out, io).await;
         if self.batch.holds_too_much() {
             self.flush(out).await;
         }
+    }
+
+    /// [`Session::submit`] after `CLIENT REPLY OFF` or `SKIP`, as Redis runs it: the
+    /// command runs (and is paid) as usual, alone, and what it answered is taken back unless
+    /// it switched replies on again.
+    async fn submit_quietly(&mut self, req: Request, out: &mut BytesMut, io: &mut ClientIo) {
+        self.skipping = std::mem::take(&mut self.skip_next);
+        self.flush(out).await;
+        let mark = out.len();
+        self.run(req, out, io).await;
+        self.flush(out).await;
+        if self.replies_off || self.skipping {
+            out.truncate(mark);
+        }
+        self.skipping = false;
     }
 
     /// [`Session::submit`], before the replies waiting in the batch are checked.
