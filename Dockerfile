@@ -37,7 +37,7 @@ COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certifica
 COPY --from=build /usr/local/bin/pkv /usr/local/bin/pkv
 # A fixed uid, so an orchestrator can require a non-root user (runAsNonRoot) and a
 # mounted volume can be given to it. /data is where PKV_DATA_FILE may point.
-RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /data pkv \
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /data --shell /usr/sbin/nologin pkv \
  && mkdir /data \
  && chown pkv:pkv /data
 USER 10001:10001

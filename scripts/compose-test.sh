@@ -188,10 +188,10 @@ PKV_TOKEN=$(docker run --rm -e PKV_ISSUER_SEED="$issuer_seed" "$PKV_IMAGE" \
 export PKV_TOKEN
 
 phase "running the example application through pkv"
-compose run --rm mailbox
+compose run --rm -T mailbox
 
 phase "checking that a token pkv does not trust gets the application nowhere"
-if PKV_TOKEN=not-a-token compose run --rm mailbox >"$work/refused.log" 2>&1; then
+if PKV_TOKEN=not-a-token compose run --rm -T mailbox >"$work/refused.log" 2>&1; then
   cat "$work/refused.log" >&2
   echo "compose-test: the example succeeded without a valid token" >&2
   exit 1
