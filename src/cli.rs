@@ -1,4 +1,7 @@
-//! The `pkv` command line: `serve` (the default), `token mint`, `token inspect`, `keygen`.
+//! The `pkv` command line: `serve` (the default), `token mint`, `token inspect`, `keygen`,
+//! `healthcheck`.
+
+mod healthcheck;
 
 use std::sync::Arc;
 
@@ -28,6 +31,16 @@ enum Command {
     Token(TokenCommand),
     /// Print a new issuer (or secret) seed and its did:key.
     Keygen,
+    /// Exit 0 if the pkv at PKV_LISTEN (or --addr) answers PING, else 1: a container's
+    /// HEALTHCHECK.
+    Healthcheck {
+        /// HOST:PORT to check instead of PKV_LISTEN (a wildcard address means loopback).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Seconds the whole check may take.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +82,9 @@ pub fn main() -> i32 {
             0
         }
         Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
+        Command::Healthcheck { addr, timeout } => {
+            healthcheck::run(addr.as_deref(), std::time::Duration::from_secs(timeout))
+        }
         Command::Token(TokenCommand::Mint {
             quantity,
             lifetime,
