@@ -409,6 +409,8 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
             "ERR syntax error, WITHSCORES not supported in combination with BYLEX"
         }
         S::WeightNotFloat => "ERR weight value is not a float",
+        S::NotHll => "WRONGTYPE Key is not a valid HyperLogLog string value.",
+        S::CorruptHll => "INVALIDOBJ Corrupted HLL object detected",
         S::InvalidExpire { command } => {
             return format!("ERR invalid expire time in '{command}' command").into()
         }
@@ -573,6 +575,8 @@ mod tests {
             S::WithscoresByLex,
             S::NoInputKey { command: sent() },
             S::WeightNotFloat,
+            S::NotHll,
+            S::CorruptHll,
         ]
     }
 
@@ -637,6 +641,8 @@ mod tests {
             S::WithscoresByLex => 54,
             S::NoInputKey { .. } => 55,
             S::WeightNotFloat => 56,
+            S::NotHll => 57,
+            S::CorruptHll => 58,
         }
     }
 

@@ -137,6 +137,12 @@ pub enum StoreError {
     NoInputKey { command: String },
     /// A WEIGHTS value that is not a double.
     WeightNotFloat,
+
+    // === HyperLogLog ===
+    /// A string that is not a HyperLogLog where one is needed.
+    NotHll,
+    /// A value that claims to be a HyperLogLog but whose registers do not add up.
+    CorruptHll,
 }
 
 impl From<TimeoutError> for StoreError {

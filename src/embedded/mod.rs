@@ -23,6 +23,7 @@ pub mod cmd;
 pub mod data;
 pub mod error;
 pub mod glob;
+pub mod hll;
 pub mod keyspace;
 mod ledger;
 pub mod pubsub;

@@ -10,6 +10,7 @@
 //! Redis's words.
 
 mod hashes;
+mod hyperloglog;
 mod keys;
 mod lists;
 mod server;
@@ -150,7 +151,7 @@ impl Cx<'_> {
 }
 
 /// Every family's commands.
-fn families() -> [&'static [Command]; 7] {
+fn families() -> [&'static [Command]; 8] {
     [
         strings::COMMANDS,
         keys::COMMANDS,
@@ -159,6 +160,7 @@ fn families() -> [&'static [Command]; 7] {
         sets::COMMANDS,
         zsets::COMMANDS,
         server::COMMANDS,
+        hyperloglog::COMMANDS,
     ]
 }
 
