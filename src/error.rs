@@ -411,6 +411,29 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
         S::WeightNotFloat => "ERR weight value is not a float",
         S::NotHll => "WRONGTYPE Key is not a valid HyperLogLog string value.",
         S::CorruptHll => "INVALIDOBJ Corrupted HLL object detected",
+        S::GeoUnit => "ERR unsupported unit provided. please use M, KM, FT, MI",
+        S::GeoRadiusNegative => "ERR radius cannot be negative",
+        S::GeoBoxNegative => "ERR height or width cannot be negative",
+        S::GeoNoMember => "ERR could not decode requested zset member",
+        S::GeoCountNotPositive => "ERR COUNT must be > 0",
+        S::GeoAnyWithoutCount => "ERR the ANY argument requires COUNT argument",
+        S::GeoStoreWith { search_store } => {
+            if *search_store {
+                "ERR GEOSEARCHSTORE is not compatible with WITHDIST, WITHHASH and WITHCOORD options"
+            } else {
+                "ERR STORE option in GEORADIUS is not compatible with WITHDIST, WITHHASH and WITHCOORD options"
+            }
+        }
+        S::GeoInvalidPair { lon, lat } => {
+            return format!("ERR invalid longitude,latitude pair {lon:.6},{lat:.6}").into()
+        }
+        S::GeoNeedNumeric { what } => return format!("ERR need numeric {what}").into(),
+        S::GeoNeedFrom { command } => return one_line(format!(
+            "ERR exactly one of FROMMEMBER or FROMLONLAT can be specified for {command}"
+        )),
+        S::GeoNeedBy { command } => return one_line(format!(
+            "ERR exactly one of BYRADIUS and BYBOX can be specified for {command}"
+        )),
         S::InvalidExpire { command } => {
             return format!("ERR invalid expire time in '{command}' command").into()
         }
@@ -577,6 +600,20 @@ mod tests {
             S::WeightNotFloat,
             S::NotHll,
             S::CorruptHll,
+            S::GeoInvalidPair {
+                lon: 200.0,
+                lat: 1.0,
+            },
+            S::GeoUnit,
+            S::GeoNeedNumeric { what: "radius" },
+            S::GeoRadiusNegative,
+            S::GeoBoxNegative,
+            S::GeoNoMember,
+            S::GeoCountNotPositive,
+            S::GeoStoreWith { search_store: true },
+            S::GeoNeedFrom { command: sent() },
+            S::GeoNeedBy { command: sent() },
+            S::GeoAnyWithoutCount,
         ]
     }
 
@@ -643,6 +680,17 @@ mod tests {
             S::WeightNotFloat => 56,
             S::NotHll => 57,
             S::CorruptHll => 58,
+            S::GeoInvalidPair { .. } => 59,
+            S::GeoUnit => 60,
+            S::GeoNeedNumeric { .. } => 61,
+            S::GeoRadiusNegative => 62,
+            S::GeoBoxNegative => 63,
+            S::GeoNoMember => 64,
+            S::GeoCountNotPositive => 65,
+            S::GeoStoreWith { .. } => 66,
+            S::GeoNeedFrom { .. } => 67,
+            S::GeoNeedBy { .. } => 68,
+            S::GeoAnyWithoutCount => 69,
         }
     }
 

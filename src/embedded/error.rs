@@ -8,7 +8,7 @@ use crate::commands::set_options::SyntaxError;
 use crate::redis_num::TimeoutError;
 
 /// An error reply of the embedded store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreError {
     // === any command ===
     /// The key holds a value of another type.
@@ -143,6 +143,30 @@ pub enum StoreError {
     NotHll,
     /// A value that claims to be a HyperLogLog but whose registers do not add up.
     CorruptHll,
+
+    // === geo ===
+    /// A longitude or latitude outside what a geohash encodes.
+    GeoInvalidPair { lon: f64, lat: f64 },
+    /// A distance unit other than m, km, ft, mi.
+    GeoUnit,
+    /// A radius, width or height (`what`) that is not a number.
+    GeoNeedNumeric { what: &'static str },
+    /// A negative radius.
+    GeoRadiusNegative,
+    /// A negative width or height.
+    GeoBoxNegative,
+    /// A search around a member the set does not hold.
+    GeoNoMember,
+    /// A COUNT below 1.
+    GeoCountNotPositive,
+    /// STORE with WITHDIST, WITHHASH or WITHCOORD (`search_store`: said by GEOSEARCHSTORE).
+    GeoStoreWith { search_store: bool },
+    /// GEOSEARCH without FROMMEMBER or FROMLONLAT.
+    GeoNeedFrom { command: String },
+    /// GEOSEARCH without BYRADIUS or BYBOX.
+    GeoNeedBy { command: String },
+    /// ANY without COUNT.
+    GeoAnyWithoutCount,
 }
 
 impl From<TimeoutError> for StoreError {

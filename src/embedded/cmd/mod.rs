@@ -9,6 +9,7 @@
 //! namespace) and return a [`Reply`]; their errors are [`StoreError`]s, which answer with
 //! Redis's words.
 
+mod geo;
 mod hashes;
 mod hyperloglog;
 mod keys;
@@ -151,7 +152,7 @@ impl Cx<'_> {
 }
 
 /// Every family's commands.
-fn families() -> [&'static [Command]; 8] {
+fn families() -> [&'static [Command]; 9] {
     [
         strings::COMMANDS,
         keys::COMMANDS,
@@ -161,6 +162,7 @@ fn families() -> [&'static [Command]; 8] {
         zsets::COMMANDS,
         server::COMMANDS,
         hyperloglog::COMMANDS,
+        geo::COMMANDS,
     ]
 }
 
