@@ -417,6 +417,7 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
         S::GeoNoMember => "ERR could not decode requested zset member",
         S::GeoCountNotPositive => "ERR COUNT must be > 0",
         S::GeoAnyWithoutCount => "ERR the ANY argument requires COUNT argument",
+        S::SortNotDouble => "ERR One or more scores can't be converted into double",
         S::GeoStoreWith { search_store } => {
             if *search_store {
                 "ERR GEOSEARCHSTORE is not compatible with WITHDIST, WITHHASH and WITHCOORD options"
@@ -614,6 +615,7 @@ mod tests {
             S::GeoNeedFrom { command: sent() },
             S::GeoNeedBy { command: sent() },
             S::GeoAnyWithoutCount,
+            S::SortNotDouble,
         ]
     }
 
@@ -691,6 +693,7 @@ mod tests {
             S::GeoNeedFrom { .. } => 67,
             S::GeoNeedBy { .. } => 68,
             S::GeoAnyWithoutCount => 69,
+            S::SortNotDouble => 70,
         }
     }
 

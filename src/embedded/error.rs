@@ -167,6 +167,10 @@ pub enum StoreError {
     GeoNeedBy { command: String },
     /// ANY without COUNT.
     GeoAnyWithoutCount,
+
+    // === SORT ===
+    /// A numeric SORT of a value that is not a number.
+    SortNotDouble,
 }
 
 impl From<TimeoutError> for StoreError {

@@ -16,6 +16,7 @@ mod keys;
 mod lists;
 mod server;
 mod sets;
+mod sort;
 mod strings;
 mod zsets;
 
@@ -152,7 +153,7 @@ impl Cx<'_> {
 }
 
 /// Every family's commands.
-fn families() -> [&'static [Command]; 9] {
+fn families() -> [&'static [Command]; 10] {
     [
         strings::COMMANDS,
         keys::COMMANDS,
@@ -163,6 +164,7 @@ fn families() -> [&'static [Command]; 9] {
         server::COMMANDS,
         hyperloglog::COMMANDS,
         geo::COMMANDS,
+        sort::COMMANDS,
     ]
 }
 
