@@ -429,6 +429,12 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
             return format!("ERR invalid longitude,latitude pair {lon:.6},{lat:.6}").into()
         }
         S::GeoNeedNumeric { what } => return format!("ERR need numeric {what}").into(),
+        S::SortGetTooLarge { values, bytes } => {
+            return format!(
+                "ERR SORT's GET patterns would fetch more than {values} values or {bytes} bytes; use LIMIT"
+            )
+            .into()
+        }
         S::GeoNeedFrom { command } => return one_line(format!(
             "ERR exactly one of FROMMEMBER or FROMLONLAT can be specified for {command}"
         )),
@@ -616,6 +622,10 @@ mod tests {
             S::GeoNeedBy { command: sent() },
             S::GeoAnyWithoutCount,
             S::SortNotDouble,
+            S::SortGetTooLarge {
+                values: 1,
+                bytes: 2,
+            },
         ]
     }
 
@@ -694,6 +704,7 @@ mod tests {
             S::GeoNeedBy { .. } => 68,
             S::GeoAnyWithoutCount => 69,
             S::SortNotDouble => 70,
+            S::SortGetTooLarge { .. } => 71,
         }
     }
 

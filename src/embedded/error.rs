@@ -171,6 +171,9 @@ pub enum StoreError {
     // === SORT ===
     /// A numeric SORT of a value that is not a number.
     SortNotDouble,
+    /// SORT whose GET patterns would fetch more than `values` values or `bytes` bytes
+    /// (Redis has no such limit; the reply would be out of all proportion to the data).
+    SortGetTooLarge { values: usize, bytes: usize },
 }
 
 impl From<TimeoutError> for StoreError {

@@ -85,10 +85,18 @@ fn pfcount(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 }
 
 /// The registers of the union of `keys`, one per byte, and whether any of them is dense.
+///
+/// A key named twice is merged once: merging is idempotent, so the answer is the same, and
+/// the work stays proportional to the bytes the keys hold (a request naming one dense key
+/// 65,536 times would otherwise read a billion registers while holding the store alone).
 fn union(cx: &Cx, keys: &[&[u8]]) -> Result<(Box<[u8; REGISTERS]>, bool), Error> {
     let mut max = Box::new([0u8; REGISTERS]);
     let mut dense = false;
+    let mut seen = std::collections::HashSet::with_capacity(keys.len());
     for key in keys {
+        if !seen.insert(*key) {
+            continue;
+        }
         cx.read(key, |e| -> Result<(), Error> {
             let Some(entry) = e else {
                 return Ok(());
@@ -115,4 +123,39 @@ fn pfmerge(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         hll::raise_all(v, &max)?;
         ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::embedded::Store;
+    use crate::protocol::frame::Frame;
+    use crate::protocol::Proto;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_key_named_many_times_is_merged_once() {
+        let store = Store::default();
+        let elements: Vec<String> = (0..5_000).map(|i| format!("e{i}")).collect();
+        let mut add: Vec<&[u8]> = vec![b"PFADD", b"dense"];
+        add.extend(elements.iter().map(|e| e.as_bytes()));
+        assert_eq!(store.run(Proto::Resp2, &add), Ok(Frame::Integer(1)));
+        let single = store.run(Proto::Resp2, &[b"PFCOUNT", b"dense"]);
+        // One dense key named 65,536 times, as a hostile tenant may: merged once, it is
+        // as fast as naming it twice; merged every time it would read 10^9 registers.
+        let mut count: Vec<&[u8]> = vec![b"PFCOUNT"];
+        count.extend(std::iter::repeat_n(&b"dense"[..], 1 << 16));
+        let started = Instant::now();
+        let many = store.run(Proto::Resp2, &count);
+        let took = started.elapsed();
+        assert_eq!(many, single);
+        let mut merge: Vec<&[u8]> = vec![b"PFMERGE", b"dest"];
+        merge.extend(std::iter::repeat_n(&b"dense"[..], 1 << 16));
+        assert_eq!(store.run(Proto::Resp2, &merge), Ok(Frame::OK));
+        let took_both = started.elapsed();
+        assert!(
+            took_both < Duration::from_secs(5),
+            "PFCOUNT of one key named 65,536 times took {took:?}, with PFMERGE {took_both:?}"
+        );
+        assert_eq!(store.run(Proto::Resp2, &[b"PFCOUNT", b"dest"]), single);
+    }
 }

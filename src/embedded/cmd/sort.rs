@@ -27,6 +27,19 @@ pub const COMMANDS: &[Command] = &[
     },
 ];
 
+/// The most values the GET patterns of one SORT may fetch (elements in range × patterns).
+const MAX_GET_VALUES: usize = 1 << 24;
+/// The most bytes the GET patterns of one SORT may fetch from other keys.
+const MAX_GET_BYTES: usize = 1 << 28;
+
+fn too_large() -> Error {
+    StoreError::SortGetTooLarge {
+        values: MAX_GET_VALUES,
+        bytes: MAX_GET_BYTES,
+    }
+    .into()
+}
+
 fn sort(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     generic(cx, args, false)
 }
@@ -201,13 +214,28 @@ fn generic(cx: &mut Cx, args: &[&[u8]], readonly: bool) -> Reply {
     } else {
         &[][..]
     };
+    // GET fetches other keys per element: a few patterns over a long list (or one pattern
+    // over a list repeating an element whose key holds a large value) would hold the store
+    // alone and build a reply far larger than anything the tenant stored. Bounded, as
+    // Redis is not, with pkv's own error.
+    if picked.len().saturating_mul(gets.len()) > MAX_GET_VALUES {
+        return Err(too_large());
+    }
     let mut out: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut fetched = 0usize;
     for element in picked {
         if gets.is_empty() {
             out.push(Some(element.clone()));
         }
         for pattern in &gets {
-            out.push(lookup(cx, pattern, element));
+            let value = lookup(cx, pattern, element);
+            if *pattern != b"#" {
+                fetched = fetched.saturating_add(value.as_ref().map_or(0, Vec::len));
+                if fetched > MAX_GET_BYTES {
+                    return Err(too_large());
+                }
+            }
+            out.push(value);
         }
     }
     match store {
@@ -226,5 +254,53 @@ fn generic(cx: &mut Cx, args: &[&[u8]], readonly: bool) -> Reply {
             }
             Ok(Frame::Integer(n as i64))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::embedded::Store;
+    use crate::protocol::frame::Frame;
+    use crate::protocol::Proto;
+
+    fn run(store: &Store, args: &[&[u8]]) -> Frame {
+        crate::embedded::into_frame(store.run(Proto::Resp2, args))
+    }
+
+    #[test]
+    fn gets_that_would_fetch_out_of_proportion_are_refused() {
+        let store = Store::default();
+        // A list repeating one element whose key holds 1 MiB: each GET fetches the MiB.
+        let big = vec![b'v'; 1 << 20];
+        assert_eq!(run(&store, &[b"SET", b"vx", &big]), Frame::OK);
+        let mut push: Vec<&[u8]> = vec![b"RPUSH", b"l"];
+        push.extend(std::iter::repeat_n(&b"x"[..], 300));
+        assert_eq!(run(&store, &push), Frame::Integer(300));
+        let refused = run(&store, &[b"SORT", b"l", b"BY", b"nosort", b"GET", b"v*"]);
+        assert!(
+            matches!(&refused, Frame::Error(e) if e.starts_with(b"ERR SORT's GET patterns")),
+            "{refused:?}"
+        );
+        // Within the bound (LIMIT), the same SORT answers.
+        let some = run(
+            &store,
+            &[
+                b"SORT", b"l", b"BY", b"nosort", b"LIMIT", b"0", b"10", b"GET", b"v*",
+            ],
+        );
+        assert!(matches!(&some, Frame::Array(items) if items.len() == 10));
+        // Many GET patterns over a long list: refused before any lookup.
+        let mut push: Vec<&[u8]> = vec![b"RPUSH", b"long"];
+        push.extend(std::iter::repeat_n(&b"y"[..], 1 << 16));
+        run(&store, &push);
+        let mut sort: Vec<&[u8]> = vec![b"SORT", b"long", b"BY", b"nosort"];
+        for _ in 0..257 {
+            sort.extend([&b"GET"[..], b"#"]);
+        }
+        let refused = run(&store, &sort);
+        assert!(matches!(&refused, Frame::Error(_)), "{refused:?}");
+        // A plain sort of the same list is not limited: it returns what the tenant stored.
+        let plain = run(&store, &[b"SORT", b"long", b"BY", b"nosort"]);
+        assert!(matches!(&plain, Frame::Array(items) if items.len() == 1 << 16));
     }
 }
