@@ -110,6 +110,9 @@ pub fn add(v: &mut Vec<u8>, element: &[u8]) -> Result<bool, Corrupt> {
 
 /// Raises register `index` to `count` if it is lower, in whichever encoding `v` has.
 fn set(v: &mut Vec<u8>, index: usize, count: u8) -> Result<bool, Corrupt> {
+    if v.len() < HDR {
+        return Err(Corrupt);
+    }
     match v.get(4) {
         Some(&DENSE) => Ok(dense_raise(&mut v[HDR..], index, count)),
         Some(&SPARSE) => sparse_set(v, index, count),
@@ -249,8 +252,9 @@ fn to_dense(v: &mut Vec<u8>) -> Result<(), Corrupt> {
     if v.get(4) == Some(&DENSE) {
         return Ok(());
     }
+    let header = v.get(..HDR).ok_or(Corrupt)?;
     let mut dense = vec![0u8; DENSE_SIZE];
-    dense[..HDR].copy_from_slice(&v[..HDR]);
+    dense[..HDR].copy_from_slice(header);
     dense[4] = DENSE;
     let regs = &mut dense[HDR..];
     let idx = walk(v, |first, op| match op {
@@ -355,7 +359,7 @@ fn sparse_set(v: &mut Vec<u8>, index: usize, count: u8) -> Result<bool, Corrupt>
 
 fn promote(v: &mut Vec<u8>, index: usize, count: u8) -> Result<bool, Corrupt> {
     to_dense(v)?;
-    dense_raise(&mut v[HDR..], index, count);
+    dense_raise(v.get_mut(HDR..).ok_or(Corrupt)?, index, count);
     Ok(true)
 }
 
@@ -364,7 +368,7 @@ fn promote(v: &mut Vec<u8>, index: usize, count: u8) -> Result<bool, Corrupt> {
 /// Raises `max[i]` to each register of `v` (`hllMerge`).
 pub fn merge_into(max: &mut [u8; REGISTERS], v: &[u8]) -> Result<(), Corrupt> {
     if v.get(4) == Some(&DENSE) {
-        let regs = &v[HDR..];
+        let regs = v.get(HDR..).ok_or(Corrupt)?;
         for (i, m) in max.iter_mut().enumerate() {
             *m = (*m).max(dense_get(regs, i));
         }
@@ -390,7 +394,7 @@ pub fn merge_into(max: &mut [u8; REGISTERS], v: &[u8]) -> Result<(), Corrupt> {
 pub fn count(v: &[u8]) -> Result<u64, Corrupt> {
     let mut histo = [0u64; 64];
     if v.get(4) == Some(&DENSE) {
-        let regs = &v[HDR..];
+        let regs = v.get(HDR..).ok_or(Corrupt)?;
         for i in 0..REGISTERS {
             histo[usize::from(dense_get(regs, i))] += 1;
         }
@@ -535,6 +539,11 @@ mod tests {
         ] {
             let mut v = bad.to_vec();
             assert_eq!(count(&v), Err(Corrupt));
+            let mut short = bad[..6].to_vec();
+            short[4] = DENSE;
+            assert_eq!(count(&short), Err(Corrupt));
+            assert_eq!(add(&mut short, b"x"), Err(Corrupt));
+            assert_eq!(make_dense(&mut bad[..6].to_vec()), Err(Corrupt));
             let _ = add(&mut v, b"x");
             let mut max = [0u8; REGISTERS];
             let _ = merge_into(&mut max, bad);
