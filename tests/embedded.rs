@@ -665,3 +665,36 @@ fn sort_patterns_read_only_the_tenants_own_keys_on_the_embedded_store() {
     let still: String = redis::cmd("GET").arg("secret").query(&mut a).unwrap();
     assert_eq!(still, "a-secret");
 }
+
+/// PFCOUNT writes the cardinality it computes into the value (Redis's cache), and Redis
+/// counts that as a change of the key: a transaction watching it does not run. A PFCOUNT
+/// answered from the cache changes nothing. Both backends must agree.
+#[test]
+fn a_pfcount_that_caches_its_count_aborts_a_watching_transaction_on_both_backends() {
+    let issuer = Issuer::new();
+    let redis = common::Redis::start();
+    let upstream = PkvConfig::new(&redis, &issuer).start();
+    let embedded = PkvConfig::embedded(&issuer).start();
+    for (name, pkv) in [("upstream", &upstream), ("embedded", &embedded)] {
+        let token = issuer.token(10);
+        let mut a = connect(pkv, &token, false);
+        let mut b = connect(pkv, &token, false);
+        assert_eq!(a.value(&[b"PFADD", b"h", b"x", b"y"]), Resp::Int(1));
+        // The count is stale after PFADD: B's PFCOUNT computes and caches it.
+        assert_eq!(a.value(&[b"WATCH", b"h"]), ok());
+        assert_eq!(b.value(&[b"PFCOUNT", b"h"]), Resp::Int(2));
+        assert_eq!(a.value(&[b"MULTI"]), ok());
+        assert_eq!(a.value(&[b"PING"]), Resp::Simple("QUEUED".into()));
+        assert_eq!(a.value(&[b"EXEC"]), Resp::NullArray, "{name}");
+        // Now cached: another PFCOUNT changes nothing, and the transaction runs.
+        assert_eq!(a.value(&[b"WATCH", b"h"]), ok());
+        assert_eq!(b.value(&[b"PFCOUNT", b"h"]), Resp::Int(2));
+        assert_eq!(a.value(&[b"MULTI"]), ok());
+        assert_eq!(a.value(&[b"PING"]), Resp::Simple("QUEUED".into()));
+        assert_eq!(
+            a.value(&[b"EXEC"]),
+            Resp::Array(vec![Resp::Simple("PONG".into())]),
+            "{name}"
+        );
+    }
+}

@@ -64,21 +64,27 @@ fn pfadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// the estimate of several keys' union. Missing keys count as empty.
 fn pfcount(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     if let [_, key] = args {
-        return cx.write(key, |slot| {
+        let (card, cached_now) = cx.write(key, |slot| -> Result<(u64, bool), Error> {
             let Some(entry) = slot else {
-                return int(0);
+                return Ok((0, false));
             };
             let v = hll_of_mut(entry)?;
-            let card = match hll::cached(v) {
-                Some(card) => card,
+            Ok(match hll::cached(v) {
+                Some(card) => (card, false),
                 None => {
                     let card = hll::count(v)?;
                     hll::cache(v, card);
-                    card
+                    (card, true)
                 }
-            };
-            int(card as i64)
-        });
+            })
+        })?;
+        // Redis counts the cache update as a change of the key (`signalModifiedKey`): a
+        // transaction watching it does not run.
+        let watches = &cx.store.watches;
+        if cached_now && watches.active.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            watches.touch(key);
+        }
+        return int(card as i64);
     }
     let max = union(cx, &args[1..])?.0;
     int(hll::count_registers(&max) as i64)
