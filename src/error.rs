@@ -412,6 +412,38 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
             "ERR syntax error, WITHSCORES not supported in combination with BYLEX"
         }
         S::WeightNotFloat => "ERR weight value is not a float",
+        S::NotHll => "WRONGTYPE Key is not a valid HyperLogLog string value.",
+        S::CorruptHll => "INVALIDOBJ Corrupted HLL object detected",
+        S::GeoUnit => "ERR unsupported unit provided. please use M, KM, FT, MI",
+        S::GeoRadiusNegative => "ERR radius cannot be negative",
+        S::GeoBoxNegative => "ERR height or width cannot be negative",
+        S::GeoNoMember => "ERR could not decode requested zset member",
+        S::GeoCountNotPositive => "ERR COUNT must be > 0",
+        S::GeoAnyWithoutCount => "ERR the ANY argument requires COUNT argument",
+        S::SortNotDouble => "ERR One or more scores can't be converted into double",
+        S::GeoStoreWith { search_store } => {
+            if *search_store {
+                "ERR GEOSEARCHSTORE is not compatible with WITHDIST, WITHHASH and WITHCOORD options"
+            } else {
+                "ERR STORE option in GEORADIUS is not compatible with WITHDIST, WITHHASH and WITHCOORD options"
+            }
+        }
+        S::GeoInvalidPair { lon, lat } => {
+            return format!("ERR invalid longitude,latitude pair {lon:.6},{lat:.6}").into()
+        }
+        S::GeoNeedNumeric { what } => return format!("ERR need numeric {what}").into(),
+        S::SortGetTooLarge { values, bytes } => {
+            return format!(
+                "ERR SORT's GET patterns would fetch more than {values} values or {bytes} bytes; use LIMIT"
+            )
+            .into()
+        }
+        S::GeoNeedFrom { command } => return one_line(format!(
+            "ERR exactly one of FROMMEMBER or FROMLONLAT can be specified for {command}"
+        )),
+        S::GeoNeedBy { command } => return one_line(format!(
+            "ERR exactly one of BYRADIUS and BYBOX can be specified for {command}"
+        )),
         S::InvalidExpire { command } => {
             return format!("ERR invalid expire time in '{command}' command").into()
         }
@@ -576,6 +608,27 @@ mod tests {
             S::WithscoresByLex,
             S::NoInputKey { command: sent() },
             S::WeightNotFloat,
+            S::NotHll,
+            S::CorruptHll,
+            S::GeoInvalidPair {
+                lon: 200.0,
+                lat: 1.0,
+            },
+            S::GeoUnit,
+            S::GeoNeedNumeric { what: "radius" },
+            S::GeoRadiusNegative,
+            S::GeoBoxNegative,
+            S::GeoNoMember,
+            S::GeoCountNotPositive,
+            S::GeoStoreWith { search_store: true },
+            S::GeoNeedFrom { command: sent() },
+            S::GeoNeedBy { command: sent() },
+            S::GeoAnyWithoutCount,
+            S::SortNotDouble,
+            S::SortGetTooLarge {
+                values: 1,
+                bytes: 2,
+            },
         ]
     }
 
@@ -640,6 +693,21 @@ mod tests {
             S::WithscoresByLex => 54,
             S::NoInputKey { .. } => 55,
             S::WeightNotFloat => 56,
+            S::NotHll => 57,
+            S::CorruptHll => 58,
+            S::GeoInvalidPair { .. } => 59,
+            S::GeoUnit => 60,
+            S::GeoNeedNumeric { .. } => 61,
+            S::GeoRadiusNegative => 62,
+            S::GeoBoxNegative => 63,
+            S::GeoNoMember => 64,
+            S::GeoCountNotPositive => 65,
+            S::GeoStoreWith { .. } => 66,
+            S::GeoNeedFrom { .. } => 67,
+            S::GeoNeedBy { .. } => 68,
+            S::GeoAnyWithoutCount => 69,
+            S::SortNotDouble => 70,
+            S::SortGetTooLarge { .. } => 71,
         }
     }
 

@@ -530,3 +530,171 @@ fn a_token_is_credited_once_by_the_ledger_in_the_store() {
     assert_eq!(credited(&both), "7.000000000", "{both:?}");
     assert_eq!(both.get("account").map(String::as_str), Some("ledger-acct"));
 }
+
+/// The account a connection is authenticated as, from `PKV.BALANCE`.
+fn account_of(conn: &mut redis::Connection) -> String {
+    let reply: redis::Value = redis::cmd("PKV.BALANCE").query(conn).unwrap();
+    let flat: Vec<redis::Value> = match reply {
+        redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        redis::Value::Array(items) => items,
+        other => panic!("PKV.BALANCE: {other:?}"),
+    };
+    let at = flat
+        .iter()
+        .position(|v| matches!(v, redis::Value::BulkString(b) if b == b"account"))
+        .expect("PKV.BALANCE names the account");
+    match &flat[at + 1] {
+        redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+        other => panic!("account id: {other:?}"),
+    }
+}
+
+#[test]
+fn sort_patterns_read_only_the_tenants_own_keys_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer).start();
+    let mut a = pkv.client(&issuer.token(10));
+    let mut b = pkv.client(&issuer.token(10));
+    let run = |conn: &mut redis::Connection, line: &str| -> redis::Value {
+        let mut words = line.split(' ');
+        let mut cmd = redis::cmd(words.next().unwrap());
+        for w in words {
+            cmd.arg(w);
+        }
+        cmd.query(conn).unwrap()
+    };
+    // A's weights, objects and hashes, under the names B's patterns will form.
+    for line in [
+        "SET w_1 30",
+        "SET w_2 20",
+        "SET w_3 10",
+        "SET o_1 a-one",
+        "SET o_2 a-two",
+        "HSET h_1 f a-field",
+        "SET secret a-secret",
+    ] {
+        run(&mut a, line);
+    }
+    // B has the list to sort and a weight of its own for one element only.
+    run(&mut b, "RPUSH nums 1 2 3");
+    run(&mut b, "SET w_2 99");
+    let sorted: Vec<Option<String>> = redis::cmd("SORT")
+        .arg("nums")
+        .arg("BY")
+        .arg("w_*")
+        .arg("GET")
+        .arg("#")
+        .arg("GET")
+        .arg("o_*")
+        .arg("GET")
+        .arg("h_*->f")
+        .arg("GET")
+        .arg("w_*")
+        .query(&mut b)
+        .unwrap();
+    // Missing weights sort as 0 (ties by element), B's w_2 = 99 last; no A value appears.
+    let none = None;
+    assert_eq!(
+        sorted,
+        [
+            Some("1".to_owned()),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            Some("3".to_owned()),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+            Some("2".to_owned()),
+            none.clone(),
+            none.clone(),
+            Some("99".to_owned()),
+        ],
+        "B's SORT read another tenant's keys"
+    );
+    // An element naming A's key in full (its prefix included) still lands in B's
+    // namespace: the prefix goes in front of the pattern, before the element.
+    let a_secret = format!(
+        "{}secret",
+        String::from_utf8(
+            pkv::namespace::Namespace::new(&account_of(&mut a))
+                .prefix()
+                .to_vec()
+        )
+        .unwrap()
+    );
+    let _: i64 = redis::cmd("RPUSH")
+        .arg("names")
+        .arg(&a_secret)
+        .arg("secret")
+        .query(&mut b)
+        .unwrap();
+    let got: Vec<Option<String>> = redis::cmd("SORT")
+        .arg("names")
+        .arg("BY")
+        .arg("nosort")
+        .arg("GET")
+        .arg("*")
+        .arg("GET")
+        .arg("*->f")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(got, [None, None, None, None], "B reached A's secret");
+    // A's own SORT of the same shape sees A's values: the patterns do resolve.
+    run(&mut a, "RPUSH nums 1 2 3");
+    let mine: Vec<Option<String>> = redis::cmd("SORT")
+        .arg("nums")
+        .arg("BY")
+        .arg("w_*")
+        .arg("GET")
+        .arg("o_*")
+        .query(&mut a)
+        .unwrap();
+    assert_eq!(
+        mine,
+        [None, Some("a-two".to_owned()), Some("a-one".to_owned())]
+    );
+    // STORE writes B's key, not A's.
+    let stored: i64 = redis::cmd("SORT")
+        .arg("nums")
+        .arg("STORE")
+        .arg("secret")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(stored, 3);
+    let still: String = redis::cmd("GET").arg("secret").query(&mut a).unwrap();
+    assert_eq!(still, "a-secret");
+}
+
+/// PFCOUNT writes the cardinality it computes into the value (Redis's cache), and Redis
+/// counts that as a change of the key: a transaction watching it does not run. A PFCOUNT
+/// answered from the cache changes nothing. Both backends must agree.
+#[test]
+fn a_pfcount_that_caches_its_count_aborts_a_watching_transaction_on_both_backends() {
+    let issuer = Issuer::new();
+    let redis = common::Redis::start();
+    let upstream = PkvConfig::new(&redis, &issuer).start();
+    let embedded = PkvConfig::embedded(&issuer).start();
+    for (name, pkv) in [("upstream", &upstream), ("embedded", &embedded)] {
+        let token = issuer.token(10);
+        let mut a = connect(pkv, &token, false);
+        let mut b = connect(pkv, &token, false);
+        assert_eq!(a.value(&[b"PFADD", b"h", b"x", b"y"]), Resp::Int(1));
+        // The count is stale after PFADD: B's PFCOUNT computes and caches it.
+        assert_eq!(a.value(&[b"WATCH", b"h"]), ok());
+        assert_eq!(b.value(&[b"PFCOUNT", b"h"]), Resp::Int(2));
+        assert_eq!(a.value(&[b"MULTI"]), ok());
+        assert_eq!(a.value(&[b"PING"]), Resp::Simple("QUEUED".into()));
+        assert_eq!(a.value(&[b"EXEC"]), Resp::NullArray, "{name}");
+        // Now cached: another PFCOUNT changes nothing, and the transaction runs.
+        assert_eq!(a.value(&[b"WATCH", b"h"]), ok());
+        assert_eq!(b.value(&[b"PFCOUNT", b"h"]), Resp::Int(2));
+        assert_eq!(a.value(&[b"MULTI"]), ok());
+        assert_eq!(a.value(&[b"PING"]), Resp::Simple("QUEUED".into()));
+        assert_eq!(
+            a.value(&[b"EXEC"]),
+            Resp::Array(vec![Resp::Simple("PONG".into())]),
+            "{name}"
+        );
+    }
+}

@@ -438,3 +438,79 @@ fn a_store_whose_reply_timed_out_pays_the_size_it_stored() {
     );
     eprintln!("a {size}-byte store whose reply timed out paid {seen} byte-seconds");
 }
+
+/// Fills geo set `key` with `BIG_SET` points spread over the globe, in pipelined GEOADDs.
+fn fill_geo(conn: &mut RespConn, key: &str) {
+    const CHUNK: usize = 10_000;
+    let mut wire = Vec::new();
+    for start in (0..BIG_SET).step_by(CHUNK) {
+        let triples: Vec<[String; 3]> = (start..start + CHUNK)
+            .map(|i| {
+                let lon = (i * 7919 % 360_000) as f64 / 1000.0 - 180.0;
+                let lat = (i * 104_729 % 170_000) as f64 / 1000.0 - 85.0;
+                [lon.to_string(), lat.to_string(), format!("p{i}")]
+            })
+            .collect();
+        let mut args: Vec<&[u8]> = vec![b"GEOADD", key.as_bytes()];
+        args.extend(triples.iter().flatten().map(|a| a.as_bytes()));
+        wire.extend(encode(&args));
+    }
+    conn.send(&wire);
+    for _ in (0..BIG_SET).step_by(CHUNK) {
+        let reply = conn.try_frame(Duration::from_secs(60)).unwrap();
+        assert_eq!(reply, format!(":{CHUNK}\r\n").as_bytes());
+    }
+}
+
+/// A search over the whole globe reads every point of a big set (as in Redis). On the
+/// embedded store it runs like ZRANGEBYSCORE -inf +inf: in place, sharing the store, so
+/// other tenants' commands, reads of the store included, are answered while it runs.
+#[test]
+fn a_long_geosearch_on_the_embedded_store_does_not_stall_other_tenants() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer).set("PKV_THREADS", "2").start();
+    let (token_a, token_b, token_c) = (issuer.token(100), issuer.token(100), issuer.token(100));
+    let mut a = pkv.resp_authed(&token_a);
+    fill_geo(&mut a, "g");
+    let mut b = pkv.resp_authed(&token_b);
+    assert_eq!(within(&mut b, &["SET", "k", "v"], ANSWER_WITHIN), "+OK\r\n");
+    let mut c = pkv.resp_authed(&token_c);
+
+    let started = Instant::now();
+    a.send(&encode(&[
+        b"GEOSEARCH",
+        b"g",
+        b"FROMLONLAT",
+        b"0",
+        b"0",
+        b"BYRADIUS",
+        b"30000",
+        b"km",
+        b"COUNT",
+        b"1",
+    ]));
+    std::thread::sleep(Duration::from_millis(50));
+    let sent = Instant::now();
+    let get = within(&mut b, &["GET", "k"], Duration::from_secs(60));
+    let get_took = sent.elapsed();
+    let sent = Instant::now();
+    let pong = within(&mut c, &["PING"], Duration::from_secs(60));
+    let ping = sent.elapsed();
+    let search = a.try_frame(Duration::from_secs(60)).unwrap();
+    let search_took = started.elapsed();
+    eprintln!(
+        "GEOSEARCH over {BIG_SET} points took {search_took:?}; another tenant's GET \
+         answered in {get_took:?}, PING in {ping:?}"
+    );
+    assert_eq!(get, "$1\r\nv\r\n");
+    assert_eq!(pong, "+PONG\r\n");
+    assert!(
+        search.starts_with(b"*1\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&search)
+    );
+    assert!(
+        get_took < Duration::from_millis(200) && ping < Duration::from_millis(200),
+        "another tenant waited {get_took:?} (GET), {ping:?} (PING) for a {search_took:?} search"
+    );
+}

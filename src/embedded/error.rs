@@ -8,7 +8,7 @@ use crate::commands::set_options::SyntaxError;
 use crate::redis_num::TimeoutError;
 
 /// An error reply of the embedded store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreError {
     // === any command ===
     /// The key holds a value of another type.
@@ -137,6 +137,43 @@ pub enum StoreError {
     NoInputKey { command: String },
     /// A WEIGHTS value that is not a double.
     WeightNotFloat,
+
+    // === HyperLogLog ===
+    /// A string that is not a HyperLogLog where one is needed.
+    NotHll,
+    /// A value that claims to be a HyperLogLog but whose registers do not add up.
+    CorruptHll,
+
+    // === geo ===
+    /// A longitude or latitude outside what a geohash encodes.
+    GeoInvalidPair { lon: f64, lat: f64 },
+    /// A distance unit other than m, km, ft, mi.
+    GeoUnit,
+    /// A radius, width or height (`what`) that is not a number.
+    GeoNeedNumeric { what: &'static str },
+    /// A negative radius.
+    GeoRadiusNegative,
+    /// A negative width or height.
+    GeoBoxNegative,
+    /// A search around a member the set does not hold.
+    GeoNoMember,
+    /// A COUNT below 1.
+    GeoCountNotPositive,
+    /// STORE with WITHDIST, WITHHASH or WITHCOORD (`search_store`: said by GEOSEARCHSTORE).
+    GeoStoreWith { search_store: bool },
+    /// GEOSEARCH without FROMMEMBER or FROMLONLAT.
+    GeoNeedFrom { command: String },
+    /// GEOSEARCH without BYRADIUS or BYBOX.
+    GeoNeedBy { command: String },
+    /// ANY without COUNT.
+    GeoAnyWithoutCount,
+
+    // === SORT ===
+    /// A numeric SORT of a value that is not a number.
+    SortNotDouble,
+    /// SORT whose GET patterns would fetch more than `values` values or `bytes` bytes
+    /// (Redis has no such limit; the reply would be out of all proportion to the data).
+    SortGetTooLarge { values: usize, bytes: usize },
 }
 
 impl From<TimeoutError> for StoreError {

@@ -1,7 +1,8 @@
 //! The embedded store: what pkv serves from when no upstream Redis is configured.
 //!
 //! An in-process key-value store with Redis semantics for the commands it runs
-//! ([`cmd`]): binary keys and values, strings, hashes, lists, sets and sorted sets, expiry
+//! ([`cmd`]): binary keys and values, strings, hashes, lists, sets and sorted sets (with
+//! HyperLogLog in Redis's own string form, [`hll`], geo and SORT on top of them), expiry
 //! (lazy on access and active in the background), blocking pops, Pub/Sub, MULTI/EXEC with
 //! WATCH, and the ledger ([`ledger`]). Served commands it does not run are answered with an
 //! error that names them and points at `PKV_UPSTREAM_URL`.
@@ -23,6 +24,7 @@ pub mod cmd;
 pub mod data;
 pub mod error;
 pub mod glob;
+pub mod hll;
 pub mod keyspace;
 mod ledger;
 pub mod pubsub;

@@ -9,11 +9,14 @@
 //! namespace) and return a [`Reply`]; their errors are [`StoreError`]s, which answer with
 //! Redis's words.
 
+mod geo;
 mod hashes;
+mod hyperloglog;
 mod keys;
 mod lists;
 mod server;
 mod sets;
+mod sort;
 mod strings;
 mod zsets;
 
@@ -150,7 +153,7 @@ impl Cx<'_> {
 }
 
 /// Every family's commands.
-fn families() -> [&'static [Command]; 7] {
+fn families() -> [&'static [Command]; 10] {
     [
         strings::COMMANDS,
         keys::COMMANDS,
@@ -159,6 +162,9 @@ fn families() -> [&'static [Command]; 7] {
         sets::COMMANDS,
         zsets::COMMANDS,
         server::COMMANDS,
+        hyperloglog::COMMANDS,
+        geo::COMMANDS,
+        sort::COMMANDS,
     ]
 }
 

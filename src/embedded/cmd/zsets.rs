@@ -171,7 +171,7 @@ const MAX_RANDOM_REPEATS: u64 = 1 << 24;
 
 /// A score, increment or weight argument: the whole argument must be a number that fits
 /// a double, without leading spaces; NaN is refused. `error` is the reply otherwise.
-fn double_arg(raw: &[u8], error: StoreError) -> Result<f64, Error> {
+pub(super) fn double_arg(raw: &[u8], error: StoreError) -> Result<f64, Error> {
     parse_double(raw).ok_or(Error::Store(error))
 }
 
@@ -445,7 +445,11 @@ fn select<'a>(
 // === access and replies ===
 
 /// Runs `f` on the sorted set under `key` (`None` when there is no key).
-fn read_zset<R>(cx: &Cx, key: &[u8], f: impl FnOnce(Option<&ZSet>) -> R) -> Result<R, Error> {
+pub(super) fn read_zset<R>(
+    cx: &Cx,
+    key: &[u8],
+    f: impl FnOnce(Option<&ZSet>) -> R,
+) -> Result<R, Error> {
     cx.read(key, |e| match e.map(|e| &e.data) {
         None => Ok(f(None)),
         Some(Data::ZSet(z)) => Ok(f(Some(z))),
@@ -553,7 +557,7 @@ fn pop_first_key(cx: &Cx, keys: &[&[u8]], max: bool, count: usize) -> Result<Pop
 // === commands ===
 
 /// `ZADD key [NX|XX] [GT|LT] [CH] [INCR] score member [score member ...]`
-fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+pub(super) fn zadd(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     let (mut nx, mut xx, mut gt, mut lt, mut ch, mut incr) =
         (false, false, false, false, false, false);
     let mut i = 2;
