@@ -432,6 +432,7 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
             return format!("ERR invalid longitude,latitude pair {lon:.6},{lat:.6}").into()
         }
         S::GeoNeedNumeric { what } => return format!("ERR need numeric {what}").into(),
+        S::Abandoned => "ERR the client left before the command ran",
         S::SortGetTooLarge { values, bytes } => {
             return format!(
                 "ERR SORT's GET patterns would fetch more than {values} values or {bytes} bytes; use LIMIT"
@@ -629,6 +630,7 @@ mod tests {
                 values: 1,
                 bytes: 2,
             },
+            S::Abandoned,
         ]
     }
 
@@ -708,6 +710,7 @@ mod tests {
             S::GeoAnyWithoutCount => 69,
             S::SortNotDouble => 70,
             S::SortGetTooLarge { .. } => 71,
+            S::Abandoned => 72,
         }
     }
 

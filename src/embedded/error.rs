@@ -174,6 +174,11 @@ pub enum StoreError {
     /// SORT whose GET patterns would fetch more than `values` values or `bytes` bytes
     /// (Redis has no such limit; the reply would be out of all proportion to the data).
     SortGetTooLarge { values: usize, bytes: usize },
+
+    // === the store itself ===
+    /// A blocking command's retry that did not run because its client left; no client
+    /// ever reads this reply.
+    Abandoned,
 }
 
 impl From<TimeoutError> for StoreError {

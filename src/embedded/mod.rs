@@ -125,13 +125,21 @@ impl Store {
     /// wait for the gate: for tests and the blocking pool, never a runtime worker thread.
     pub fn run(&self, proto: Proto, args: &[&[u8]]) -> Reply {
         let command = args.first().and_then(|name| cmd::find(name));
-        self.run_at(proto, command, args, now_ms())
+        self.run_at(proto, command, args, now_ms(), || false)
     }
 
-    /// Runs one call now without making the calling worker thread wait for the gate: in
-    /// place when it can ([`Store::try_shared`]), else on the blocking pool (which may fail
-    /// to run it).
-    async fn run_async(&self, proto: Proto, call: &Call) -> Result<Reply, BackendError> {
+    /// One attempt of a blocking command, run now without making the calling worker thread
+    /// wait for the gate: in place when it can ([`Store::try_shared`]), else on the blocking
+    /// pool (which may fail to run it). On the pool, it does not run when `abandoned` is set
+    /// before it gets the gate: the pool's task outlives the future that spawned it, so
+    /// without this a pop retried for a client that left could still take an element, for
+    /// no one.
+    async fn attempt(
+        &self,
+        proto: Proto,
+        call: &Call,
+        abandoned: Arc<AtomicBool>,
+    ) -> Result<Reply, BackendError> {
         let now = now_ms();
         let args = arg_slices(call);
         let job = [(handler(call), &args[..])];
@@ -141,7 +149,11 @@ impl Store {
             }
         }
         let (store, call) = (self.clone(), call.clone());
-        off_thread(move || store.run_at(proto, handler(&call), &arg_slices(&call), now)).await
+        off_thread(move || {
+            let is_abandoned = || abandoned.load(Ordering::Acquire);
+            store.run_at(proto, handler(&call), &arg_slices(&call), now, is_abandoned)
+        })
+        .await
     }
 
     /// Runs a batch in place, in order, when none of its commands takes the gate
@@ -187,18 +199,27 @@ impl Store {
 
     /// Runs one command as of `now` (ms since the epoch) under the lock its kind needs: the
     /// commands of one batch share one clock reading.
+    /// Nothing runs when `abandoned()` answers true once the lock is held.
     fn run_at(
         &self,
         proto: Proto,
         command: Option<&'static Runnable>,
         args: &[&[u8]],
         now: i64,
+        abandoned: impl Fn() -> bool,
     ) -> Reply {
+        let abandoned_reply = || Err(Error::from(StoreError::Abandoned));
         if command.is_some_and(|c| c.kind == Kind::Multi) {
             let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+            if abandoned() {
+                return abandoned_reply();
+            }
             self.run_held(proto, command, args, now)
         } else {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            if abandoned() {
+                return abandoned_reply();
+            }
             self.run_held(proto, command, args, now)
         }
     }
@@ -267,19 +288,21 @@ impl Store {
         };
         let keys = keys_of(command, &args);
         let mut deadline = None;
+        // Set when this future is dropped: its client left.
+        let abandoned = Abandoned::default();
         loop {
-            let notifies = self.waiters.register(&keys);
-            let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            let registration = self.waiters.register(&keys);
+            let mut woken: Vec<_> = registration
+                .notifies
+                .iter()
+                .map(|n| Box::pin(n.notified()))
+                .collect();
             woken.iter_mut().for_each(|w| {
                 w.as_mut().enable();
             });
-            let timeout_ms = match self.run_async(proto, call).await {
+            let timeout_ms = match self.attempt(proto, call, abandoned.0.clone()).await {
                 Ok(Err(Error::Block { timeout_ms })) => timeout_ms,
-                other => {
-                    drop(woken);
-                    self.waiters.release(&keys, notifies);
-                    return other.map_or_else(|e| error_frame(e.into()), into_frame);
-                }
+                other => return other.map_or_else(|e| error_frame(e.into()), into_frame),
             };
             let deadline = *deadline.get_or_insert_with(|| {
                 // A deadline past what the clock can hold is no deadline: it waits for ever.
@@ -299,7 +322,6 @@ impl Store {
                 _ = futures_util::future::select_all(woken) => false,
                 () = expired => true,
             };
-            self.waiters.release(&keys, notifies);
             if timed_out {
                 // Redis 7 answers every blocking command that timed out with the null
                 // array (`*-1` in RESP2).
@@ -389,7 +411,9 @@ impl Backend for Store {
         Box::pin(off_thread(move || {
             calls
                 .iter()
-                .map(|call| into_frame(store.run_at(proto, handler(call), &arg_slices(call), now)))
+                .map(|call| {
+                    into_frame(store.run_at(proto, handler(call), &arg_slices(call), now, || false))
+                })
                 .collect()
         }))
     }
@@ -581,24 +605,54 @@ struct Waiters {
     by_key: Mutex<HashMap<Vec<u8>, Arc<Notify>>>,
 }
 
-impl Waiters {
-    fn register(&self, keys: &[Vec<u8>]) -> Vec<Arc<Notify>> {
-        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
-        self.active.fetch_add(1, Ordering::Release);
-        keys.iter()
-            .map(|k| map.entry(k.clone()).or_default().clone())
-            .collect()
-    }
+/// A blocked client's place among the [`Waiters`], given back when dropped, however the
+/// wait ends (its client may leave at any await).
+struct Registration<'a> {
+    waiters: &'a Waiters,
+    keys: &'a [Vec<u8>],
+    notifies: Vec<Arc<Notify>>,
+}
 
-    fn release(&self, keys: &[Vec<u8>], notifies: Vec<Arc<Notify>>) {
-        drop(notifies);
-        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.notifies.clear();
+        let mut map = self
+            .waiters
+            .by_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for key in self.keys {
             if map.get(key).is_some_and(|n| Arc::strong_count(n) == 1) {
                 map.remove(key);
             }
         }
-        self.active.fetch_sub(1, Ordering::Release);
+        self.waiters.active.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Set when a blocking command's future is dropped ([`Store::attempt`]).
+#[derive(Default)]
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Waiters {
+    fn register<'a>(&'a self, keys: &'a [Vec<u8>]) -> Registration<'a> {
+        let mut map = self.by_key.lock().unwrap_or_else(|p| p.into_inner());
+        self.active.fetch_add(1, Ordering::Release);
+        let notifies = keys
+            .iter()
+            .map(|k| map.entry(k.clone()).or_default().clone())
+            .collect();
+        Registration {
+            waiters: self,
+            keys,
+            notifies,
+        }
     }
 
     fn wake(&self, key: &[u8]) {
@@ -606,5 +660,62 @@ impl Waiters {
         if let Some(notify) = map.get(key) {
             notify.notify_waiters();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn call(words: &[&'static str]) -> Call {
+        let mut call = Call::named(words[0]);
+        for word in &words[1..] {
+            call = call.arg(*word);
+        }
+        call
+    }
+
+    fn len(store: &Store, key: &'static str) -> Frame {
+        let c = call(&["LLEN", key]);
+        into_frame(store.run_at(Proto::Resp2, handler(&c), &arg_slices(&c), now_ms(), || false))
+    }
+
+    /// A client that leaves while blocked gives its place back: nothing is left among the
+    /// waiters, however many clients came and went.
+    #[tokio::test]
+    async fn a_blocked_client_that_leaves_leaves_no_waiter_behind() {
+        let store = Store::default();
+        for i in 0..100 {
+            let key: &'static str = Box::leak(format!("q{i}").into_boxed_str());
+            let blpop = call(&["BLPOP", key, "0"]);
+            let wait = store.run_blocking(Proto::Resp2, &blpop);
+            // Polled until it waits, then dropped, as when its client goes.
+            assert!(tokio::time::timeout(Duration::from_millis(20), wait).await.is_err());
+        }
+        assert_eq!(store.waiters.active.load(Ordering::Acquire), 0);
+        assert!(store.waiters.by_key.lock().unwrap().is_empty());
+    }
+
+    /// A blocking pop whose attempt waits for the gate on the blocking pool, and whose
+    /// client leaves meanwhile, takes nothing once it gets the gate.
+    #[tokio::test]
+    async fn an_attempt_for_a_client_that_left_does_not_run() {
+        let store = Store::default();
+        let held = store.clone();
+        let alone = held.gate.write().unwrap();
+        let blpop = call(&["BLPOP", "q", "0"]);
+        let wait = store.run_blocking(Proto::Resp2, &blpop);
+        // The attempt cannot run in place (the gate is taken): it waits on the pool.
+        assert!(tokio::time::timeout(Duration::from_millis(50), wait).await.is_err());
+        // An element arrives while the gate is still taken, after the client left.
+        let rpush = call(&["RPUSH", "q", "x"]);
+        let pushed = store.run_held(Proto::Resp2, handler(&rpush), &arg_slices(&rpush), now_ms());
+        assert_eq!(into_frame(pushed), Frame::Integer(1));
+        drop(alone);
+        // Let the pool's task have the gate.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(len(&store, "q"), Frame::Integer(1), "the element is still there");
     }
 }
