@@ -388,12 +388,9 @@ fn a_client_that_does_not_trust_the_ca_is_refused_and_others_are_not() {
         "{}",
         text(&refused)
     );
-    pkv.wait_log("TLS handshake failed", 1);
-    pkv.assert_one_line_per_failure();
     let err = tls_client(pkv.tls_port, &token, &stranger_ca.pem()).err();
     assert!(err.is_some(), "a client trusting another CA connected");
     pkv.wait_log("TLS handshake failed", 2);
-    let failed = pkv.lines_with("TLS handshake failed");
     let pong: String = redis::cmd("PING").query(&mut good).unwrap();
     assert_eq!(pong, "PONG");
     let ok = redis_cli(&[
@@ -410,9 +407,11 @@ fn a_client_that_does_not_trust_the_ca_is_refused_and_others_are_not() {
         "PING",
     ]);
     assert_eq!(text(&ok).trim(), "PONG");
-    assert_eq!(
-        pkv.lines_with("TLS handshake failed"),
-        failed,
+    assert!(
+        pkv.log()
+            .lines()
+            .filter(|l| l.contains("TLS handshake failed"))
+            .all(|l| l.contains("UnknownCA")),
         "{}",
         pkv.log()
     );
@@ -584,6 +583,15 @@ fn a_new_certificate_is_used_by_new_connections_and_old_ones_stay() {
     let mut after = tls_client(pkv.tls_port, &token, &new_ca.pem()).unwrap();
     let n: i64 = redis::cmd("INCR").arg("k").query(&mut after).unwrap();
     assert_eq!(n, 2);
+    // Larger than the TLS buffers, both ways.
+    let big = vec![b'y'; 8 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut after)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut after).unwrap();
+    assert!(back == big, "{} bytes back", back.len());
     assert!(tls_client(pkv.tls_port, &token, &old_ca.pem()).is_err());
     // The connection made before the change goes on with its session.
     let n: i64 = redis::cmd("INCR").arg("k").query(&mut before).unwrap();
@@ -734,6 +742,15 @@ fn a_rediss_upstream_serves_commands_the_ledger_and_pub_sub() {
         keys.lines().any(|k| !k.ends_with("tls-key")),
         "ledger records upstream: {keys}"
     );
+    // Values larger than the TLS buffers cross both ways whole.
+    let big = vec![b'x'; 8 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&big)
+        .query(&mut conn)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET").arg("big").query(&mut conn).unwrap();
+    assert!(back == big, "{} bytes back", back.len());
     let balance: redis::Value = redis::cmd("PKV.BALANCE").query(&mut conn).unwrap();
     assert!(
         !matches!(balance, redis::Value::ServerError(_)),
@@ -787,7 +804,7 @@ fn a_rediss_upstream_with_an_untrusted_certificate_is_a_clear_error() {
     let n = raw.read(&mut buf).unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(
-        reply.starts_with('-') && reply.contains("UnknownIssuer"),
+        reply.starts_with("-ERR upstream unavailable") && reply.contains("UnknownIssuer"),
         "{reply}"
     );
     pkv.assert_running();
