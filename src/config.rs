@@ -950,3 +950,72 @@ mod env_example {
         assert_eq!(listed, expected);
     }
 }
+
+#[cfg(test)]
+mod tls_settings {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn says(pairs: &[(&str, &str)], line: &str) -> bool {
+        load(pairs).is_err_and(|e| e.0.iter().any(|l| l.starts_with(line)))
+    }
+
+    #[test]
+    fn the_tls_listener_comes_with_its_certificate_and_key() {
+        let listen = ("PKV_TLS_LISTEN", "127.0.0.1:6390");
+        assert!(says(&[listen], "PKV_TLS_LISTEN: needs PKV_TLS_CERT"));
+        assert!(says(
+            &[("PKV_TLS_CERT", "c.pem")],
+            "PKV_TLS_CERT: set, but PKV_TLS_LISTEN is not"
+        ));
+        assert!(says(
+            &[("PKV_TLS_CLIENT_CA", "ca.pem")],
+            "PKV_TLS_CLIENT_CA: set, but"
+        ));
+        let s = load(&[listen, ("PKV_TLS_CERT", "c.pem"), ("PKV_TLS_KEY", "k.pem")]).unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "127.0.0.1:6390");
+        assert!(tls.client_ca.is_none());
+        assert!(s.plain_listen, "the plain listener stays beside it");
+    }
+
+    #[test]
+    fn an_empty_listen_turns_the_plain_listener_off_only_beside_tls() {
+        let s = load(&[
+            ("PKV_LISTEN", ""),
+            ("PKV_TLS_LISTEN", "127.0.0.1:6390"),
+            ("PKV_TLS_CERT", "c.pem"),
+            ("PKV_TLS_KEY", "k.pem"),
+        ])
+        .unwrap();
+        assert!(!s.plain_listen);
+        assert!(says(&[("PKV_LISTEN", "")], "PKV_LISTEN: "));
+        let s = load(&[]).unwrap();
+        assert!(s.plain_listen && s.tls.is_none());
+    }
+
+    #[test]
+    fn rediss_upstreams_are_taken_but_not_unverified_ones() {
+        let s = load(&[("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379")]).unwrap();
+        assert!(s.upstream_tls_ca.is_none());
+        assert!(says(
+            &[("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379/#insecure")],
+            "PKV_UPSTREAM_URL: rediss:// without certificate checks"
+        ));
+        assert!(says(
+            &[
+                ("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379"),
+                ("PKV_UPSTREAM_TLS_CA", "/no/such/ca.pem")
+            ],
+            "PKV_UPSTREAM_TLS_CA: /no/such/ca.pem is not a readable file"
+        ));
+    }
+}
