@@ -17,6 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::BytesMut;
+
 use super::client_io::ClientIo;
 use super::session::Session;
 use super::stream::{ClientStream, ClientWrite};
@@ -25,7 +27,6 @@ use crate::error::ClientError;
 use crate::metrics::Metrics;
 use crate::protocol::reply::ReplyWriter;
 use crate::protocol::Proto;
-use bytes::BytesMut;
 
 /// A timer that never fires in practice, for a connection without an idle timeout.
 const IDLE_NEVER: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
