@@ -356,13 +356,9 @@ async fn open(
                     "no TLS settings for a rediss:// upstream",
                 ));
             };
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            stream.set_nodelay(true)?;
-            let stream = tls.connect(name, stream).await?;
-            let (r, w) = tokio::io::split(stream);
-            Ok((Box::new(r), Writer::Tls(w)))
+            // Boxed: a TLS handshake's state is large, and the future that connects is part
+            // of every pooled send's future (boxed per request), TLS or not.
+            Box::pin(open_tls(host, *port, tls)).await
         }
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
@@ -381,6 +377,20 @@ async fn open(
             format!("upstream address not supported: {other}"),
         )),
     }
+}
+
+async fn open_tls(
+    host: &str,
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+) -> std::io::Result<(Reader, Writer)> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    let stream = tls.connect(name, stream).await?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::new(r), Writer::Tls(w)))
 }
 
 /// The connection's reader: decodes replies and hands them to the waiting batches until
