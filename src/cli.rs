@@ -183,6 +183,9 @@ fn serve() -> i32 {
         }
     };
     runtime.block_on(async move {
+        if !settings.plain_listen {
+            return run_with(settings, None, shutdown_signal()).await;
+        }
         let listener = match tokio::net::TcpListener::bind(settings.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -221,21 +224,47 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> i32 {
+    run_with(settings, Some(listener), shutdown).await
+}
+
+/// Like [`run`], with the plain listener optional (`PKV_LISTEN` empty beside
+/// `PKV_TLS_LISTEN`). The TLS listener, when set, is bound here and printed as
+/// `pkv tls listening on ADDR`.
+pub async fn run_with(
+    settings: Settings,
+    listener: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> i32 {
+    crate::tls::install_provider();
+    let tls = match &settings.tls {
+        Some(tls) => match bind_tls(tls).await {
+            Ok(l) => Some(l),
+            Err((code, line)) => {
+                eprintln!("pkv: {line}");
+                return code;
+            }
+        },
+        None => None,
+    };
     // The ledger must be out of reach of eviction before a client is served.
     let timeout = settings.upstream_timeout;
-    let unchecked = match eviction::check(
-        eviction::targets(settings.upstream_url.as_ref(), settings.ledger_url.as_ref()),
-        timeout,
-    )
-    .await
-    {
+    let mut targets =
+        eviction::targets(settings.upstream_url.as_ref(), settings.ledger_url.as_ref());
+    for target in &mut targets {
+        target.ca.clone_from(&settings.upstream_tls_ca);
+    }
+    let unchecked = match eviction::check(targets, timeout).await {
         Ok(unchecked) => unchecked,
         Err(line) => {
             eprintln!("pkv: {line}");
             return 2;
         }
     };
-    let listen = listener.local_addr().unwrap_or(settings.listen);
+    let listen = match (&listener, &tls) {
+        (Some(l), _) => l.local_addr().unwrap_or(settings.listen),
+        (None, Some(t)) => t.listener.local_addr().unwrap_or(settings.listen),
+        (None, None) => settings.listen,
+    };
     let shared = match Shared::new(settings) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -274,7 +303,15 @@ pub async fn run(
         Some(url) => tracing::info!(%listen, upstream = %redact(url), "pkv listening"),
         None => tracing::info!(%listen, backend = "embedded", "pkv listening"),
     }
-    println!("pkv listening on {listen}");
+    // The TLS line first: a reader waiting for `pkv listening on` has then seen both.
+    if let Some(t) = &tls {
+        let addr = t.listener.local_addr().unwrap_or(listen);
+        tracing::info!(%addr, "pkv listening for TLS");
+        println!("pkv tls listening on {addr}");
+    }
+    if listener.is_some() {
+        println!("pkv listening on {listen}");
+    }
     // A Redis that was down at start-up is checked when it answers; a policy that
     // would evict the ledger then stops pkv like it would have stopped start-up.
     let refused = std::sync::OnceLock::new();
@@ -292,7 +329,7 @@ pub async fn run(
             () = late_check => {},
         }
     };
-    let served = server::serve(shared, listener, stop).await;
+    let served = server::serve_with(shared, listener, tls, stop).await;
     if let Some(line) = refused.get() {
         eprintln!("pkv: {line}");
         return 2;
@@ -307,6 +344,25 @@ pub async fn run(
             1
         }
     }
+}
+
+/// Loads the TLS listener's certificate and binds it; an error is the exit code (2 for a
+/// certificate that does not load, 1 for an address that cannot be bound) and its line.
+async fn bind_tls(tls: &crate::tls::ListenerTls) -> Result<server::TlsListener, (i32, String)> {
+    let (acceptor, certs) = crate::tls::acceptor(tls).map_err(|e| (2, e))?;
+    let listener = tokio::net::TcpListener::bind(tls.listen)
+        .await
+        .map_err(|e| {
+            (
+                1,
+                format!("PKV_TLS_LISTEN: cannot listen on {}: {e}", tls.listen),
+            )
+        })?;
+    Ok(server::TlsListener {
+        listener,
+        acceptor,
+        certs,
+    })
 }
 
 /// Resolves on ctrl-c or SIGTERM.

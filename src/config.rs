@@ -32,6 +32,31 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "address clients connect to",
     },
     SettingDoc {
+        name: "PKV_TLS_LISTEN",
+        default: "",
+        help: "address of the TLS client listener; empty: none. With it set, an empty PKV_LISTEN serves TLS only",
+    },
+    SettingDoc {
+        name: "PKV_TLS_CERT",
+        default: "",
+        help: "PEM certificate chain of the TLS listener (reloaded when the file changes)",
+    },
+    SettingDoc {
+        name: "PKV_TLS_KEY",
+        default: "",
+        help: "PEM private key of the TLS listener (reloaded with the certificate)",
+    },
+    SettingDoc {
+        name: "PKV_TLS_CLIENT_CA",
+        default: "",
+        help: "PEM CA certificates; when set, TLS clients must present a certificate it signed (mutual TLS)",
+    },
+    SettingDoc {
+        name: "PKV_UPSTREAM_TLS_CA",
+        default: "",
+        help: "PEM CA certificates a rediss:// upstream (and ledger) is verified against; empty: the system's roots",
+    },
+    SettingDoc {
         name: "PKV_UPSTREAM_URL",
         default: "",
         help: "redis://[user:pass@]host:port of the upstream Redis; unset: the embedded store",
@@ -233,6 +258,12 @@ pub const SETTINGS: &[SettingDoc] = &[
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// False when `PKV_LISTEN` is empty beside `PKV_TLS_LISTEN`: TLS only.
+    pub plain_listen: bool,
+    /// The TLS client listener, when `PKV_TLS_LISTEN` is set.
+    pub tls: Option<crate::tls::ListenerTls>,
+    /// The CA a `rediss://` upstream is verified against; `None`: the system's roots.
+    pub upstream_tls_ca: Option<PathBuf>,
     pub upstream_url: Option<String>,
     /// A Redis of the ledger's own; `None` keeps the ledger in the upstream.
     pub ledger_url: Option<String>,
@@ -421,11 +452,26 @@ impl Settings {
             }
         };
 
+        let tls = tls_settings(&get, &mut check);
         let mut listen = None;
-        check(
-            "PKV_LISTEN",
-            parse_addr(&get("PKV_LISTEN")).map(|a| listen = Some(a)),
-        );
+        let plain_listen = !(get("PKV_LISTEN").is_empty() && tls.is_some());
+        if plain_listen {
+            check(
+                "PKV_LISTEN",
+                parse_addr(&get("PKV_LISTEN")).map(|a| listen = Some(a)),
+            );
+        } else {
+            listen = parse_addr("127.0.0.1:6380").ok();
+        }
+        let upstream_tls_ca = non_empty(get("PKV_UPSTREAM_TLS_CA")).map(PathBuf::from);
+        if let Some(ca) = &upstream_tls_ca {
+            if !ca.is_file() {
+                check(
+                    "PKV_UPSTREAM_TLS_CA",
+                    Err(format!("{} is not a readable file", ca.display())),
+                );
+            }
+        }
         let upstream_url = non_empty(get("PKV_UPSTREAM_URL"));
         if let Some(url) = &upstream_url {
             check("PKV_UPSTREAM_URL", crate::upstream::check_url(url));
@@ -603,6 +649,9 @@ impl Settings {
             lease_nanos,
             low_balance_nanos,
             listen: listen.expect("checked above"),
+            plain_listen,
+            tls,
+            upstream_tls_ca,
             upstream_url,
             ledger_url,
             data_file,
@@ -672,6 +721,52 @@ fn check_data_file(path: &std::path::Path) -> Result<(), String> {
         return Err(format!("{} is a directory", path.display()));
     }
     Ok(())
+}
+
+/// The TLS listener's settings: all of `PKV_TLS_LISTEN`, `PKV_TLS_CERT`, `PKV_TLS_KEY`, or
+/// none. The files are read when pkv starts, which names the one that does not load.
+fn tls_settings(
+    get: &impl Fn(&str) -> String,
+    check: &mut impl FnMut(&str, Result<(), String>),
+) -> Option<crate::tls::ListenerTls> {
+    let listen = non_empty(get("PKV_TLS_LISTEN"));
+    let (cert, key) = (
+        non_empty(get("PKV_TLS_CERT")),
+        non_empty(get("PKV_TLS_KEY")),
+    );
+    let client_ca = non_empty(get("PKV_TLS_CLIENT_CA")).map(PathBuf::from);
+    let Some(listen) = listen else {
+        for (name, set) in [
+            ("PKV_TLS_CERT", cert.is_some()),
+            ("PKV_TLS_KEY", key.is_some()),
+            ("PKV_TLS_CLIENT_CA", client_ca.is_some()),
+        ] {
+            if set {
+                check(name, Err("set, but PKV_TLS_LISTEN is not".into()));
+            }
+        }
+        return None;
+    };
+    let listen = match parse_addr(&listen) {
+        Ok(a) => a,
+        Err(e) => {
+            check("PKV_TLS_LISTEN", Err(e));
+            return None;
+        }
+    };
+    let (Some(cert), Some(key)) = (cert, key) else {
+        check(
+            "PKV_TLS_LISTEN",
+            Err("needs PKV_TLS_CERT and PKV_TLS_KEY".into()),
+        );
+        return None;
+    };
+    Some(crate::tls::ListenerTls {
+        listen,
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        client_ca,
+    })
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
@@ -853,5 +948,74 @@ mod env_example {
             .collect();
         let expected: Vec<(&str, &str)> = SETTINGS.iter().map(|s| (s.name, s.default)).collect();
         assert_eq!(listed, expected);
+    }
+}
+
+#[cfg(test)]
+mod tls_settings {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        Settings::from_map(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn says(pairs: &[(&str, &str)], line: &str) -> bool {
+        load(pairs).is_err_and(|e| e.0.iter().any(|l| l.starts_with(line)))
+    }
+
+    #[test]
+    fn the_tls_listener_comes_with_its_certificate_and_key() {
+        let listen = ("PKV_TLS_LISTEN", "127.0.0.1:6390");
+        assert!(says(&[listen], "PKV_TLS_LISTEN: needs PKV_TLS_CERT"));
+        assert!(says(
+            &[("PKV_TLS_CERT", "c.pem")],
+            "PKV_TLS_CERT: set, but PKV_TLS_LISTEN is not"
+        ));
+        assert!(says(
+            &[("PKV_TLS_CLIENT_CA", "ca.pem")],
+            "PKV_TLS_CLIENT_CA: set, but"
+        ));
+        let s = load(&[listen, ("PKV_TLS_CERT", "c.pem"), ("PKV_TLS_KEY", "k.pem")]).unwrap();
+        let tls = s.tls.unwrap();
+        assert_eq!(tls.listen.to_string(), "127.0.0.1:6390");
+        assert!(tls.client_ca.is_none());
+        assert!(s.plain_listen, "the plain listener stays beside it");
+    }
+
+    #[test]
+    fn an_empty_listen_turns_the_plain_listener_off_only_beside_tls() {
+        let s = load(&[
+            ("PKV_LISTEN", ""),
+            ("PKV_TLS_LISTEN", "127.0.0.1:6390"),
+            ("PKV_TLS_CERT", "c.pem"),
+            ("PKV_TLS_KEY", "k.pem"),
+        ])
+        .unwrap();
+        assert!(!s.plain_listen);
+        assert!(says(&[("PKV_LISTEN", "")], "PKV_LISTEN: "));
+        let s = load(&[]).unwrap();
+        assert!(s.plain_listen && s.tls.is_none());
+    }
+
+    #[test]
+    fn rediss_upstreams_are_taken_but_not_unverified_ones() {
+        let s = load(&[("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379")]).unwrap();
+        assert!(s.upstream_tls_ca.is_none());
+        assert!(says(
+            &[("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379/#insecure")],
+            "PKV_UPSTREAM_URL: rediss:// without certificate checks"
+        ));
+        assert!(says(
+            &[
+                ("PKV_UPSTREAM_URL", "rediss://127.0.0.1:6379"),
+                ("PKV_UPSTREAM_TLS_CA", "/no/such/ca.pem")
+            ],
+            "PKV_UPSTREAM_TLS_CA: /no/such/ca.pem is not a readable file"
+        ));
     }
 }

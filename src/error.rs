@@ -115,6 +115,8 @@ pub enum ClientError {
     },
     /// A subscriber whose Pub/Sub connection upstream was lost.
     PubSubLost,
+    /// Plain text sent to the TLS listener.
+    TlsRequired,
 }
 
 /// What is wrong with a client name, a library name or a library version.
@@ -153,6 +155,7 @@ impl ClientError {
                 "ERR max number of unauthenticated clients reached; the oldest is closed to make room"
             }
             E::PubSubLost => "ERR upstream unavailable: Pub/Sub connection lost",
+            E::TlsRequired => "ERR this port speaks TLS only; connect with TLS (redis-cli --tls)",
             E::Key(err) => key_line(*err),
             // Redis's own words for a client name; pkv's for the library attributes.
             E::ClientName(NameError::Characters {

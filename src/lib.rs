@@ -33,6 +33,8 @@
 //!   - [`embedded`]: the in-process store pkv serves from when no upstream is set; each
 //!     command's handler is found from its table row.
 //! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
+//! - [`tls`]: rustls settings: the TLS listener's certificate (reloaded when it changes)
+//!   and the roots a `rediss://` upstream is verified against.
 
 pub mod auth;
 pub mod backend;
@@ -47,4 +49,5 @@ pub mod namespace;
 pub mod protocol;
 pub mod redis_num;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -4,7 +4,8 @@
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+
+use super::stream::ClientRead;
 
 use crate::protocol::request::{self, Limits, Progress, ProtocolError, Request};
 
@@ -13,14 +14,14 @@ const READ_CHUNK: usize = 4096;
 
 /// The read side of a client, with what has been read but not parsed yet.
 pub struct ClientIo {
-    rd: OwnedReadHalf,
+    rd: ClientRead,
     pub inbuf: BytesMut,
     /// What has been checked of the partial request in `inbuf`.
     progress: Progress,
 }
 
 impl ClientIo {
-    pub fn new(rd: OwnedReadHalf) -> Self {
+    pub fn new(rd: ClientRead) -> Self {
         ClientIo {
             rd,
             inbuf: BytesMut::new(),

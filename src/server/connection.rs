@@ -18,12 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 
 use super::client_io::ClientIo;
 use super::session::Session;
+use super::stream::{ClientStream, ClientWrite};
 use super::Shared;
 use crate::error::ClientError;
 use crate::metrics::Metrics;
@@ -38,7 +36,7 @@ const OUT_HIGH_WATER: usize = 1 << 20;
 
 /// Writes a last line to a client that is being closed, without waiting: a client that does
 /// not read must not hold its connection open by not reading its goodbye.
-fn goodbye(wr: &OwnedWriteHalf, proto: Proto, out: &mut BytesMut, err: impl Into<ClientError>) {
+fn goodbye(wr: &mut ClientWrite, proto: Proto, out: &mut BytesMut, err: impl Into<ClientError>) {
     ReplyWriter::new(out, proto).error(&err.into().line());
     let _ = wr.try_write(out);
 }
@@ -52,13 +50,14 @@ async fn until(deadline: Option<Instant>) {
 }
 
 /// Serves one client until it leaves, breaks the protocol, hits one of its bounds, or pkv
-/// shuts down.
-pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
+/// shuts down. `arrived` is when the client connected: a TLS handshake's time counts
+/// against `PKV_AUTH_TIMEOUT`.
+pub async fn serve(shared: Arc<Shared>, socket: ClientStream, peer: SocketAddr, arrived: Instant) {
     Metrics::inc(&shared.metrics.connections);
     Metrics::inc(&shared.metrics.connections_total);
     let settings = &shared.settings;
     let (idle, max_output) = (settings.idle_timeout, settings.max_output_bytes);
-    let (rd, mut wr) = socket.into_split();
+    let (rd, mut wr) = socket.split();
     let mut io = ClientIo::new(rd);
     let mut session = Session::new(shared.clone(), peer);
     let mut out = BytesMut::new();
@@ -66,7 +65,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
     let mut stranger = Some(shared.strangers.arrive(session.id));
     // Since when the connection has been without an account, and since when the request at
     // the front of `inbuf` has been arriving.
-    let mut unauthenticated_since = Some(Instant::now());
+    let mut unauthenticated_since = Some(arrived);
     let mut request_since: Option<Instant> = None;
     // Made once for the connection: a timer or a watch made on every pass of the loop
     // would cost more than serving a small request.
@@ -150,7 +149,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
         }
         if let Err(err) = session.hold_unfinished(io.inbuf.len()) {
             session.pay_unfinished(io.inbuf.len());
-            goodbye(&wr, session.proto, &mut out, err);
+            goodbye(&mut wr, session.proto, &mut out, err);
             break;
         }
         let subscribed = session.is_waiting_for_messages();
@@ -196,12 +195,12 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
             // whose permissions are revoked: nothing more reaches it, and its client library
             // reconnects and authenticates again.
             () = token_expiry => {
-                goodbye(&wr, session.proto, &mut out, ClientError::TokenExpired);
+                goodbye(&mut wr, session.proto, &mut out, ClientError::TokenExpired);
                 break;
             }
             message = session.next_message() => match message {
                 Some(_) if session.subscription_expires_in().is_some_and(|d| d.is_zero()) => {
-                    goodbye(&wr, session.proto, &mut out, ClientError::TokenExpired);
+                    goodbye(&mut wr, session.proto, &mut out, ClientError::TokenExpired);
                     break;
                 }
                 Some(message) => {
@@ -213,7 +212,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                     break;
                 }
                 None => {
-                    goodbye(&wr, session.proto, &mut out, ClientError::PubSubLost);
+                    goodbye(&mut wr, session.proto, &mut out, ClientError::PubSubLost);
                     break;
                 }
             },
@@ -226,17 +225,17 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
                 idle_timer.as_mut().reset((active_at + limit).into());
             }
             () = evicted => {
-                goodbye(&wr, session.proto, &mut out, ClientError::TooManyStrangers);
+                goodbye(&mut wr, session.proto, &mut out, ClientError::TooManyStrangers);
                 break;
             }
             () = until(auth_deadline) => {
-                goodbye(&wr, session.proto, &mut out, ClientError::AuthTimeout);
+                goodbye(&mut wr, session.proto, &mut out, ClientError::AuthTimeout);
                 break;
             }
             () = until(request_deadline) => {
                 session.pay_unfinished(io.inbuf.len());
                 let secs = settings.request_timeout.map_or(0, |d| d.as_secs());
-                goodbye(&wr, session.proto, &mut out, ClientError::RequestTimeout { secs });
+                goodbye(&mut wr, session.proto, &mut out, ClientError::RequestTimeout { secs });
                 break;
             }
         }
@@ -251,7 +250,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpStream, peer: SocketAddr) {
 /// account's `PKV_MAX_OUTPUT_PER_ACCOUNT`, and a subscriber is cut off meanwhile if its
 /// messages pass `PKV_MAX_SUBSCRIBER_BYTES`.
 async fn write_replies(
-    wr: &mut OwnedWriteHalf,
+    wr: &mut ClientWrite,
     out: &[u8],
     session: &mut Session,
     peer: &SocketAddr,
@@ -262,7 +261,7 @@ async fn write_replies(
         Err(_) => return false,
     };
     let rest = &out[done..];
-    if rest.is_empty() {
+    if rest.is_empty() && !wr.buffers() {
         return true;
     }
     if let Err(err) = session.hold_output(rest.len()) {

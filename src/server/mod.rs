@@ -13,10 +13,15 @@ mod limits;
 pub use limits::LimitError;
 mod local;
 mod session;
+mod stream;
+mod tls_listener;
+
+pub use tls_listener::TlsListener;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -58,15 +63,25 @@ impl Shared {
     pub fn new(settings: Settings) -> Result<Self, String> {
         let (backend, book): (Arc<dyn Backend>, Arc<dyn Book>) = match &settings.upstream_url {
             Some(url) => {
-                let upstream =
-                    Upstream::new(url, settings.upstream_pool_size, settings.upstream_timeout)
-                        .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
+                let ca = settings.upstream_tls_ca.as_deref();
+                let upstream = Upstream::with_tls(
+                    url,
+                    ca,
+                    settings.upstream_pool_size,
+                    settings.upstream_timeout,
+                )
+                .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
                 let upstream = Arc::new(upstream);
                 // The ledger in a Redis of its own, out of reach of the data's eviction.
                 let ledger = match &settings.ledger_url {
                     Some(url) => Arc::new(
-                        Upstream::new(url, settings.upstream_pool_size, settings.upstream_timeout)
-                            .map_err(|e| format!("PKV_LEDGER_URL: {e}"))?,
+                        Upstream::with_tls(
+                            url,
+                            ca,
+                            settings.upstream_pool_size,
+                            settings.upstream_timeout,
+                        )
+                        .map_err(|e| format!("PKV_LEDGER_URL: {e}"))?,
                     ),
                     None => upstream.clone(),
                 };
@@ -127,16 +142,31 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    serve_with(shared, Some(listener), None, shutdown).await
+}
+
+/// Like [`serve`], from a plain listener, a TLS listener, or both; their clients share the
+/// connection limits.
+pub async fn serve_with(
+    shared: Arc<Shared>,
+    listener: Option<TcpListener>,
+    tls: Option<TlsListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     // Every connection holds a clone of `done_tx`; `done_rx` yields `None` once all are gone.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
     let settler = tokio::spawn(shared.meter.clone().settle_forever());
     let housekeeping = tokio::spawn(shared.backend.clone().housekeeping());
+    let certs = tls.as_ref().map(|t| tokio::spawn(t.certs.clone().watch()));
     tokio::pin!(shutdown);
     loop {
-        let accepted = tokio::select! {
+        let (accepted, acceptor) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = tls_listener::accept(listener.as_ref()) => (accepted, None),
+            accepted = tls_listener::accept(tls.as_ref().map(|t| &t.listener)) => {
+                (accepted, tls.as_ref().map(|t| t.acceptor.clone()))
+            }
         };
         let (socket, peer) = match accepted {
             Ok(pair) => pair,
@@ -150,19 +180,32 @@ pub async fn serve(
         // Refusals are written without waiting: a fresh socket takes a short line at once,
         // and the accept loop never waits on a client.
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ = socket.try_write(b"-ERR max number of clients reached\r\n");
+            // A TLS client could not read the line.
+            if acceptor.is_none() {
+                let _ = socket.try_write(b"-ERR max number of clients reached\r\n");
+            }
             continue;
         };
         let _ = socket.set_nodelay(true);
         let shared = shared.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            connection::serve(shared, socket, peer).await;
+            let arrived = Instant::now();
+            let stream = match acceptor {
+                None => Some(stream::ClientStream::Tcp(socket)),
+                Some(acceptor) => tls_listener::handshake(&shared, &acceptor, socket, peer).await,
+            };
+            if let Some(stream) = stream {
+                connection::serve(shared, stream, peer, arrived).await;
+            }
             drop(permit);
             drop(done);
         });
     }
-    drop(listener);
+    drop((listener, tls));
+    if let Some(certs) = certs {
+        certs.abort();
+    }
     let open = shared.metrics.connections.load(Ordering::Relaxed);
     tracing::info!(
         open,

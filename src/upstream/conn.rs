@@ -37,21 +37,41 @@ const READ_CHUNK: usize = 16 * 1024;
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 
+type TlsWriter = tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
 /// The write half of the socket. Concrete, so that a write can be tried without waiting.
 enum Writer {
     Tcp(tokio::net::tcp::OwnedWriteHalf),
     #[cfg(unix)]
     Unix(tokio::net::unix::OwnedWriteHalf),
+    /// A `rediss://` upstream.
+    Tls(TlsWriter),
 }
 
 impl Writer {
-    /// Writes what the socket takes now, without waiting.
-    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+    /// Writes what the socket takes now, without waiting. Over TLS, bytes taken may wait
+    /// in the TLS buffer until [`Writer::write_all`] flushes them.
+    fn try_write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         match self {
             Writer::Tcp(w) => w.try_write(bytes),
             #[cfg(unix)]
             Writer::Unix(w) => w.try_write(bytes),
+            Writer::Tls(w) => {
+                use std::pin::Pin;
+                use std::task::{Context, Poll, Waker};
+                use tokio::io::AsyncWrite;
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(w).poll_write(&mut cx, bytes) {
+                    Poll::Ready(written) => written,
+                    Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
         }
+    }
+
+    /// True when a write taken whole may still wait in a buffer (TLS) for `write_all`.
+    fn buffers(&self) -> bool {
+        matches!(self, Writer::Tls(_))
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -59,6 +79,10 @@ impl Writer {
             Writer::Tcp(w) => w.write_all(bytes).await,
             #[cfg(unix)]
             Writer::Unix(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => {
+                w.write_all(bytes).await?;
+                w.flush().await
+            }
         }
     }
 }
@@ -160,13 +184,25 @@ impl Conn {
     /// Connects to the upstream in `info`, speaking `proto`, and runs the handshake its URL
     /// asks for (`HELLO 3`, `AUTH`, `SELECT`), all within `connect_timeout`. With a
     /// `response_timeout`, a batch whose replies take longer breaks the connection.
+    #[cfg(test)]
     pub async fn connect(
         info: &ConnectionInfo,
         proto: Proto,
         connect_timeout: Duration,
         response_timeout: Option<Duration>,
     ) -> Result<Conn, BackendError> {
-        let (reader, writer) = tokio::time::timeout(connect_timeout, open(info.addr()))
+        Conn::connect_with(info, None, proto, connect_timeout, response_timeout).await
+    }
+
+    /// [`Conn::connect`], with the connector a `rediss://` upstream needs.
+    pub async fn connect_with(
+        info: &ConnectionInfo,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        proto: Proto,
+        connect_timeout: Duration,
+        response_timeout: Option<Duration>,
+    ) -> Result<Conn, BackendError> {
+        let (reader, writer) = tokio::time::timeout(connect_timeout, open(info.addr(), tls))
             .await
             .map_err(|_| BackendError::Unavailable("connect timed out".into()))?
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
@@ -245,7 +281,7 @@ impl Conn {
                     return Err(BackendError::Lost(e.to_string()));
                 }
             };
-            if !rest.is_empty() {
+            if !rest.is_empty() || out.writer.buffers() {
                 // The upstream is not reading: wait for it, unless the connection breaks
                 // meanwhile (the reader's timeout).
                 let broke = queue.broke.notified();
@@ -304,8 +340,26 @@ fn handshake(info: &ConnectionInfo, proto: Proto) -> Vec<Call> {
     calls
 }
 
-async fn open(addr: &ConnectionAddr) -> std::io::Result<(Reader, Writer)> {
+async fn open(
+    addr: &ConnectionAddr,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> std::io::Result<(Reader, Writer)> {
     match addr {
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            ..
+        } => {
+            let Some(tls) = tls else {
+                return Err(std::io::Error::other(
+                    "no TLS settings for a rediss:// upstream",
+                ));
+            };
+            // Boxed: a TLS handshake's state is large, and the future that connects is part
+            // of every pooled send's future (boxed per request), TLS or not.
+            Box::pin(open_tls(host, *port, tls)).await
+        }
         ConnectionAddr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
@@ -323,6 +377,20 @@ async fn open(addr: &ConnectionAddr) -> std::io::Result<(Reader, Writer)> {
             format!("upstream address not supported: {other}"),
         )),
     }
+}
+
+async fn open_tls(
+    host: &str,
+    port: u16,
+    tls: &tokio_rustls::TlsConnector,
+) -> std::io::Result<(Reader, Writer)> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let stream = tokio::net::TcpStream::connect((host, port)).await?;
+    stream.set_nodelay(true)?;
+    let stream = tls.connect(name, stream).await?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::new(r), Writer::Tls(w)))
 }
 
 /// The connection's reader: decodes replies and hands them to the waiting batches until

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Client, Value};
+use redis::{AsyncConnectionConfig, Value};
 
 use super::CONNECT_TIMEOUT;
 
@@ -37,6 +37,8 @@ pub enum Role {
 pub struct Target {
     pub url: String,
     pub role: Role,
+    /// `PKV_UPSTREAM_TLS_CA`, for a `rediss://` URL.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// What pkv makes of a policy.
@@ -57,10 +59,12 @@ pub fn targets(upstream_url: Option<&String>, ledger_url: Option<&String>) -> Ve
         (Some(_), Some(ledger)) => vec![Target {
             url: ledger.clone(),
             role: Role::LedgerOnly,
+            ca: None,
         }],
         (Some(upstream), None) => vec![Target {
             url: upstream.clone(),
             role: Role::Shared,
+            ca: None,
         }],
         (None, _) => Vec::new(),
     }
@@ -101,8 +105,8 @@ pub enum Reading {
 }
 
 /// Asks the Redis at `url` for its `maxmemory-policy`, on a connection of its own.
-pub async fn read_policy(url: &str, timeout: Duration) -> Reading {
-    let client = match Client::open(url) {
+pub async fn read_policy(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> Reading {
+    let client = match crate::tls::redis_client(url, ca) {
         Ok(c) => c,
         Err(e) => return Reading::Unreachable(e.to_string()),
     };
@@ -149,7 +153,7 @@ pub async fn read_policy(url: &str, timeout: Duration) -> Reading {
 pub async fn check(targets: Vec<Target>, timeout: Duration) -> Result<Vec<Target>, String> {
     let mut pending = Vec::new();
     for target in targets {
-        match read_policy(&target.url, timeout).await {
+        match read_policy(&target.url, target.ca.as_deref(), timeout).await {
             Reading::Unreachable(e) => {
                 tracing::warn!(
                     error = %e,
@@ -171,7 +175,7 @@ pub async fn watch(mut pending: Vec<Target>, timeout: Duration) -> String {
         tokio::time::sleep(RECHECK).await;
         let mut still = Vec::new();
         for target in pending {
-            match read_policy(&target.url, timeout).await {
+            match read_policy(&target.url, target.ca.as_deref(), timeout).await {
                 Reading::Unreachable(_) => still.push(target),
                 reading => {
                     if let Err(line) = apply(&target, reading) {

@@ -32,12 +32,32 @@ fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }
 
-/// Checks that `url` names an upstream pkv can connect to (`redis://` or a Unix socket).
+/// Checks that `url` names an upstream pkv can connect to (`redis://`, `rediss://` or a
+/// Unix socket).
 pub fn check_url(url: &str) -> Result<(), String> {
     let client = Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
     match client.get_connection_info().addr() {
-        redis::ConnectionAddr::TcpTls { .. } => Err("TLS upstreams are not supported yet".into()),
+        redis::ConnectionAddr::TcpTls { insecure: true, .. } => Err(
+            "rediss:// without certificate checks (#insecure) is refused; trust its CA with PKV_UPSTREAM_TLS_CA"
+                .into(),
+        ),
         _ => Ok(()),
+    }
+}
+
+/// Why an upstream cannot be set up.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Redis(RedisError),
+    Tls(String),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Redis(e) => e.fmt(f),
+            UpstreamError::Tls(e) => f.write_str(e),
+        }
     }
 }
 
@@ -47,6 +67,8 @@ pub struct Upstream {
     info: ConnectionInfo,
     /// For Pub/Sub connections, which the `redis` crate still makes.
     client: Client,
+    /// For a `rediss://` upstream.
+    tls: Option<tokio_rustls::TlsConnector>,
     pools: [Pool; 2],
     response_timeout: Duration,
 }
@@ -59,11 +81,32 @@ impl Upstream {
         pool_size: usize,
         response_timeout: Duration,
     ) -> Result<Self, RedisError> {
-        let client = Client::open(url)?;
+        Upstream::with_tls(url, None, pool_size, response_timeout).map_err(|e| match e {
+            UpstreamError::Redis(e) => e,
+            UpstreamError::Tls(e) => RedisError::from(std::io::Error::other(e)),
+        })
+    }
+
+    /// [`Upstream::new`]; a `rediss://` upstream is verified against `ca`, else against
+    /// the system's roots.
+    pub fn with_tls(
+        url: &str,
+        ca: Option<&std::path::Path>,
+        pool_size: usize,
+        response_timeout: Duration,
+    ) -> Result<Self, UpstreamError> {
+        let client = crate::tls::redis_client(url, ca).map_err(UpstreamError::Redis)?;
         let info = client.get_connection_info().clone();
+        let tls = match info.addr() {
+            redis::ConnectionAddr::TcpTls { .. } => {
+                Some(crate::tls::upstream_connector(ca).map_err(UpstreamError::Tls)?)
+            }
+            _ => None,
+        };
         Ok(Upstream {
             info,
             client,
+            tls,
             pools: [Pool::new(pool_size), Pool::new(pool_size)],
             response_timeout,
         })
@@ -75,8 +118,9 @@ impl Upstream {
         let pool = &self.pools[proto as usize];
         let (slot, conn) = pool
             .get(|| {
-                Conn::connect(
+                Conn::connect_with(
                     &self.info,
+                    self.tls.as_ref(),
                     proto,
                     CONNECT_TIMEOUT,
                     Some(self.response_timeout),
@@ -96,7 +140,8 @@ impl Upstream {
     /// may wait as long as they asked to). Dropping it closes it, which also ends any
     /// blocking command still waiting upstream.
     pub async fn connect_dedicated(&self, proto: Proto) -> Result<Dedicated, BackendError> {
-        let conn = Conn::connect(&self.info, proto, CONNECT_TIMEOUT, None).await?;
+        let conn =
+            Conn::connect_with(&self.info, self.tls.as_ref(), proto, CONNECT_TIMEOUT, None).await?;
         Ok(Dedicated { conn })
     }
 
