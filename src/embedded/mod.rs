@@ -679,7 +679,11 @@ mod tests {
 
     fn len(store: &Store, key: &'static str) -> Frame {
         let c = call(&["LLEN", key]);
-        into_frame(store.run_at(Proto::Resp2, handler(&c), &arg_slices(&c), now_ms(), || false))
+        into_frame(
+            store.run_at(Proto::Resp2, handler(&c), &arg_slices(&c), now_ms(), || {
+                false
+            }),
+        )
     }
 
     /// A client that leaves while blocked gives its place back: nothing is left among the
@@ -692,7 +696,9 @@ mod tests {
             let blpop = call(&["BLPOP", key, "0"]);
             let wait = store.run_blocking(Proto::Resp2, &blpop);
             // Polled until it waits, then dropped, as when its client goes.
-            assert!(tokio::time::timeout(Duration::from_millis(20), wait).await.is_err());
+            assert!(tokio::time::timeout(Duration::from_millis(20), wait)
+                .await
+                .is_err());
         }
         assert_eq!(store.waiters.active.load(Ordering::Acquire), 0);
         assert!(store.waiters.by_key.lock().unwrap().is_empty());
@@ -701,6 +707,9 @@ mod tests {
     /// A blocking pop whose attempt waits for the gate on the blocking pool, and whose
     /// client leaves meanwhile, takes nothing once it gets the gate.
     #[tokio::test]
+    // The test holds the gate across awaits on purpose: that is the situation it sets up
+    // (the pool's task waits for it on another thread).
+    #[allow(clippy::await_holding_lock, clippy::readonly_write_lock)]
     async fn an_attempt_for_a_client_that_left_does_not_run() {
         let store = Store::default();
         let held = store.clone();
@@ -708,7 +717,9 @@ mod tests {
         let blpop = call(&["BLPOP", "q", "0"]);
         let wait = store.run_blocking(Proto::Resp2, &blpop);
         // The attempt cannot run in place (the gate is taken): it waits on the pool.
-        assert!(tokio::time::timeout(Duration::from_millis(50), wait).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(50), wait)
+            .await
+            .is_err());
         // An element arrives while the gate is still taken, after the client left.
         let rpush = call(&["RPUSH", "q", "x"]);
         let pushed = store.run_held(Proto::Resp2, handler(&rpush), &arg_slices(&rpush), now_ms());
@@ -716,6 +727,10 @@ mod tests {
         drop(alone);
         // Let the pool's task have the gate.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(len(&store, "q"), Frame::Integer(1), "the element is still there");
+        assert_eq!(
+            len(&store, "q"),
+            Frame::Integer(1),
+            "the element is still there"
+        );
     }
 }
