@@ -28,6 +28,19 @@ enum Command {
     Token(TokenCommand),
     /// Print a new issuer (or secret) seed and its did:key.
     Keygen,
+    /// Read the ledger's accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// List the accounts that spent the most, biggest first: account, spent, balance.
+    Top {
+        /// How many accounts to list.
+        #[arg(long, default_value_t = crate::accounts::DEFAULT_LIMIT)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -69,6 +82,10 @@ pub fn main() -> i32 {
             0
         }
         Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
+        Command::Accounts(AccountsCommand::Top { limit }) => match load_settings() {
+            Some(settings) => crate::accounts::run_top(&settings, limit),
+            None => 2,
+        },
         Command::Token(TokenCommand::Mint {
             quantity,
             lifetime,
@@ -238,12 +255,7 @@ pub async fn run(
         );
         let metrics = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve_http(
-                metrics_listener,
-                Arc::new(move || metrics.metrics.render()),
-            )
-            .await
-            {
+            if let Err(e) = crate::metrics::http::serve(metrics_listener, metrics).await {
                 tracing::error!(error = %e, "metrics endpoint stopped");
             }
         });
