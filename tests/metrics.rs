@@ -206,9 +206,12 @@ fn readyz_follows_the_upstream_down_and_back() {
     assert!(why.contains("ledger: not writable"), "{why}");
     // Alive all the same.
     assert_eq!(get(port, "/healthz").0, 200);
+    // The gauge follows within its check interval.
+    wait_until("pkv_ready 0", || at(&scrape(port), "pkv_ready") == 0.0);
 
     let _redis = Redis::start_on(redis_port);
     wait_until("ready again", || get(port, "/readyz").0 == 200);
+    wait_until("pkv_ready 1", || at(&scrape(port), "pkv_ready") == 1.0);
     let metrics = scrape(port);
     assert!(
         at(&metrics, "pkv_upstream_connects_total") >= 2.0,
@@ -369,5 +372,65 @@ fn accounts_top_asks_a_running_pkv_for_its_embedded_ledger() {
     assert_eq!(
         accounts_top(&env, Some(1)),
         "account\tspent\tbalance\nfrank\t4.000000000\t6.000000000\n"
+    );
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_served() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let proxy = PkvConfig::new(&redis, &issuer)
+        .set("PKV_METRICS_LISTEN", "127.0.0.1:0")
+        .start_process();
+    let data = tempfile::tempdir().unwrap();
+    let embedded = PkvConfig::embedded(&issuer)
+        .set("PKV_METRICS_LISTEN", "127.0.0.1:0")
+        .set(
+            "PKV_DATA_FILE",
+            data.path().join("pkv.data").to_str().unwrap(),
+        )
+        .start_process();
+    // Both backends between them serve every figure: the pool's on one, the store's on
+    // the other.
+    let mut served = std::collections::BTreeSet::new();
+    for pkv in [&proxy, &embedded] {
+        for key in scrape(pkv.metrics_port.unwrap()).keys() {
+            let name = key.split('{').next().unwrap().to_owned();
+            for suffix in ["_bucket", "_sum", "_count"] {
+                if let Some(base) = name.strip_suffix(suffix) {
+                    served.insert(base.to_owned());
+                }
+            }
+            served.insert(name);
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/grafana/pkv-dashboard.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("pkv_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                queried.push(name);
+            }
+        }
+    }
+    assert!(queried.len() > 20, "{queried:?}");
+    let missing: Vec<_> = queried.iter().filter(|q| !served.contains(*q)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, not served"
     );
 }

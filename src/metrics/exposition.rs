@@ -4,7 +4,7 @@
 //! ([`super::process`]), the server's own counters ([`super::Metrics`]) and what can only
 //! be counted at the moment (connections by state, leases, the pool, the store).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -20,10 +20,11 @@ use crate::server::Shared;
 /// The Prometheus text format's content type.
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// A registry holding the collector of `shared`'s figures.
-pub fn registry(shared: Arc<Shared>) -> Registry {
+/// A registry holding the collector of `shared`'s figures; `ready` is the last readiness
+/// check (1 ready, 0 not, -1 not checked yet).
+pub fn registry(shared: Arc<Shared>, ready: Arc<AtomicI64>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { shared }));
+    registry.register_collector(Box::new(Scrape { shared, ready }));
     registry
 }
 
@@ -38,6 +39,7 @@ pub fn render(registry: &Registry) -> String {
 
 struct Scrape {
     shared: Arc<Shared>,
+    ready: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -231,6 +233,12 @@ impl Collector for Scrape {
         )?;
 
         // The backend.
+        gauge(
+            &mut e,
+            "pkv_ready",
+            "The last readiness check (as /readyz, every 5 s): 1 ready, 0 not, -1 not yet checked.",
+            self.ready.load(Ordering::Relaxed),
+        )?;
         let figures = shared.backend.figures();
         if let Some(pool) = figures.pool {
             labelled(

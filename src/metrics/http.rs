@@ -4,6 +4,7 @@
 //! `pkv accounts top`; per-account figures, so the endpoint is for operators only).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,28 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client of the endpoint may take to send its request.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often readiness is checked for the `pkv_ready` gauge.
+const READY_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves the endpoint on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
-    let registry = Arc::new(exposition::registry(shared.clone()));
+    let readiness = Arc::new(AtomicI64::new(-1));
+    let registry = Arc::new(exposition::registry(shared.clone(), readiness.clone()));
+    // Readiness as a gauge, for dashboards and alerts (`/readyz` checks afresh each time);
+    // the checker ends with this task.
+    let checker = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(READY_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let now = i64::from(ready(&shared).await.is_ok());
+                readiness.store(now, Ordering::Relaxed);
+            }
+        })
+    };
+    let _stop_checker = AbortOnDrop(checker);
     loop {
         let (socket, _) = listener.accept().await?;
         let (registry, shared) = (registry.clone(), shared.clone());
@@ -44,6 +64,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
                 tracing::debug!(error = %e, "metrics request failed");
             }
         });
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
