@@ -70,6 +70,16 @@ pub trait Backend: Send + Sync {
     fn shutdown(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Whether commands can run now (`/readyz`); `Err` says why not.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The backend's figures for `/metrics` (its pool, keys, snapshots), read when scraped.
+    fn figures(&self) -> crate::metrics::BackendFigures {
+        crate::metrics::BackendFigures::default()
+    }
 }
 
 /// A connection owned by one client.

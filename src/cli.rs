@@ -41,6 +41,19 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout: u64,
     },
+    /// Read the ledger's accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Subcommand)]
+enum AccountsCommand {
+    /// List the accounts that spent the most, biggest first: account, spent, balance.
+    Top {
+        /// How many accounts to list.
+        #[arg(long, default_value_t = crate::accounts::DEFAULT_LIMIT)]
+        limit: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -85,6 +98,10 @@ pub fn main() -> i32 {
         Command::Healthcheck { addr, timeout } => {
             healthcheck::run(addr.as_deref(), std::time::Duration::from_secs(timeout))
         }
+        Command::Accounts(AccountsCommand::Top { limit }) => match load_settings() {
+            Some(settings) => crate::accounts::run_top(&settings, limit),
+            None => 2,
+        },
         Command::Token(TokenCommand::Mint {
             quantity,
             lifetime,
@@ -289,12 +306,7 @@ pub async fn run_with(
         );
         let metrics = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::metrics::serve_http(
-                metrics_listener,
-                Arc::new(move || metrics.metrics.render()),
-            )
-            .await
-            {
+            if let Err(e) = crate::metrics::http::serve(metrics_listener, metrics).await {
                 tracing::error!(error = %e, "metrics endpoint stopped");
             }
         });

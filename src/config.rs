@@ -120,7 +120,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_METRICS_LISTEN",
         default: "",
-        help: "address for HTTP /metrics and /healthz; empty disables it",
+        help: "address for HTTP /metrics, /healthz, /readyz and /accounts/top; empty disables it",
     },
     SettingDoc {
         name: "PKV_MAX_REQUEST_BYTES",

@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the `pkv` command line (`serve`, `token mint|inspect`, `keygen`).
+//! - [`cli`]: the `pkv` command line (`serve`, `token mint|inspect`, `keygen`,
+//!   `accounts top`); [`accounts`] finds the biggest spenders in the ledger.
 //! - [`config`]: settings, loaded in layers and validated at start-up.
 //! - [`server`]: the listener, graceful shutdown, each connection, and the session that
 //!   runs the request path (read → authenticate → look up → rewrite keys → reserve the
@@ -32,10 +33,12 @@
 //!     the ledger's Lua scripts;
 //!   - [`embedded`]: the in-process store pkv serves from when no upstream is set; each
 //!     command's handler is found from its table row.
-//! - [`metrics`]: counters and the `/metrics`, `/healthz` endpoint.
+//! - [`metrics`]: the Prometheus metrics (prometheus-client) and the HTTP endpoint (hyper)
+//!   serving `/metrics`, `/healthz`, `/readyz` and `/accounts/top`.
 //! - [`tls`]: rustls settings: the TLS listener's certificate (reloaded when it changes)
 //!   and the roots a `rediss://` upstream is verified against.
 
+pub mod accounts;
 pub mod auth;
 pub mod backend;
 pub mod cli;

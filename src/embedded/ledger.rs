@@ -197,4 +197,13 @@ impl Book for Store {
             Ok(())
         }))
     }
+
+    fn top(&self, limit: usize) -> BoxFuture<'_, Result<Vec<crate::accounts::Spender>, String>> {
+        let store = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || crate::accounts::top_in_store(&store, limit))
+                .await
+                .map_err(|e| format!("the walk failed: {e}"))
+        })
+    }
 }

@@ -273,9 +273,13 @@ impl Store {
     /// Deletes expired keys in a few shards, starting at `first`; returns the next shard.
     fn expire_some(&self, first: usize) -> usize {
         let now = now_ms();
+        let mut expired = 0;
         for i in 0..EXPIRY_SHARDS_PER_TICK {
-            self.keys.expire_shard((first + i) % SHARDS, now);
+            expired += self.keys.expire_shard((first + i) % SHARDS, now);
         }
+        crate::metrics::figures()
+            .expired_keys
+            .fetch_add(expired as u64, std::sync::atomic::Ordering::Relaxed);
         (first + EXPIRY_SHARDS_PER_TICK) % SHARDS
     }
 
@@ -451,6 +455,23 @@ impl Backend for Store {
 
     fn shutdown(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(self.save_at_shutdown())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        let health = self.persistence.as_ref().map(|p| p.health.check(p.every));
+        Box::pin(std::future::ready(health.unwrap_or(Ok(()))))
+    }
+
+    fn figures(&self) -> crate::metrics::BackendFigures {
+        crate::metrics::BackendFigures {
+            keys: Some(
+                (0..SHARDS)
+                    .map(|i| self.keys.read_shard(i).len() as u64)
+                    .sum(),
+            ),
+            snapshot: self.persistence.as_ref().map(|p| p.health.figures()),
+            ..Default::default()
+        }
     }
 }
 

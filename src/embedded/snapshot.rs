@@ -89,6 +89,8 @@ pub struct Persistence {
     /// of the last one, so the next one's buffer is reserved at once rather than grown
     /// while the gate is held.
     writing: Mutex<usize>,
+    /// How the snapshots are going, for `/metrics` and `/readyz`.
+    pub health: crate::metrics::SnapshotHealth,
 }
 
 impl Persistence {
@@ -97,6 +99,7 @@ impl Persistence {
             path: path.clone(),
             every: settings.snapshot_interval,
             writing: Mutex::new(0),
+            health: crate::metrics::SnapshotHealth::default(),
         })
     }
 }
@@ -560,7 +563,11 @@ impl Store {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match self.save().await {
+            let saved = self.save().await;
+            if let Some(p) = &self.persistence {
+                p.health.record(&saved);
+            }
+            match saved {
                 Ok(Some(saved)) => tracing::debug!(
                     keys = saved.keys,
                     bytes = saved.bytes,

@@ -224,6 +224,15 @@ pub trait Book: Send + Sync {
         account: &'a str,
         secs: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>>;
+
+    /// Whether the book takes a write now (`/readyz`). A book in the process (the embedded
+    /// store) always does.
+    fn check(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The `limit` accounts that spent the most, biggest first (`pkv accounts top`).
+    fn top(&self, limit: usize) -> BoxFuture<'_, Result<Vec<crate::accounts::Spender>, String>>;
 }
 
 /// Token ids remembered before expired ones are swept from [`Ledger`]'s memory.
@@ -277,7 +286,10 @@ impl Ledger {
             .ok_or(LedgerError::Overflow)?;
         let outcome = self.book.redeem(jti, account, nanos, expire_at, by).await?;
         let first = match outcome {
-            Redemption::Credited => by,
+            Redemption::Credited => {
+                crate::metrics::process::credited(quantity);
+                by
+            }
             Redemption::AlreadyRedeemed { by } => by,
         };
         if self.redeemed.len() >= REMEMBERED_TOKENS {
@@ -288,6 +300,22 @@ impl Ledger {
         }
         self.redeemed.insert(jti.to_owned(), (first, expire_at));
         Ok(outcome)
+    }
+
+    /// Whether the ledger takes a write now (`/readyz`); `Err` says why not.
+    pub async fn check(&self) -> Result<(), String> {
+        self.book.check().await.map_err(|e| match e {
+            LedgerError::Backend(e) => {
+                format!("ledger: not writable: {}", crate::metrics::health::why(&e))
+            }
+            LedgerError::Bad(line) => format!("ledger: not writable: {line}"),
+            LedgerError::Overflow => "ledger: not writable".to_owned(),
+        })
+    }
+
+    /// See [`Book::top`].
+    pub async fn top(&self, limit: usize) -> Result<Vec<crate::accounts::Spender>, String> {
+        self.book.top(limit).await
     }
 
     /// An account's totals.

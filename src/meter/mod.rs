@@ -451,6 +451,25 @@ impl Meter {
             .clone()
     }
 
+    /// Accounts this process holds credit for (a lease, or reservations of commands in
+    /// flight), and that credit in nano-units, for `/metrics`.
+    pub fn leases(&self) -> (u64, i64) {
+        self.accounts
+            .iter()
+            .fold((0, 0), |(accounts, nanos), entry| {
+                let a = entry.value();
+                let held = a
+                    .lease
+                    .load(Ordering::Relaxed)
+                    .saturating_add(a.reserved.load(Ordering::Relaxed));
+                if held > 0 {
+                    (accounts + 1, nanos.saturating_add(held))
+                } else {
+                    (accounts, nanos)
+                }
+            })
+    }
+
     /// A session of `account` opened; returns the handle it meters through.
     pub fn attach(&self, account: &Arc<str>) -> AccountHandle {
         let handle = self.account(account);
@@ -771,6 +790,7 @@ impl Meter {
         }
         if c.spent != 0 {
             acct.spent.fetch_add(c.spent, Ordering::AcqRel);
+            crate::metrics::process::charged(&self.config.prices, &c.usage, c.spent);
         }
         acct.record(&c.usage);
         if c.released != 0 {

@@ -78,10 +78,12 @@ pub async fn serve(shared: Arc<Shared>, socket: ClientStream, peer: SocketAddr, 
     tokio::pin!(idle_timer);
     'conn: loop {
         session.tick();
+        let (taken_at, mut answered) = (Instant::now(), false);
         loop {
             match io.parse(session.limits()) {
                 Ok(Some(req)) => {
                     request_since = None;
+                    answered = true;
                     session.submit(req, &mut out, &mut io).await;
                     if session.closing {
                         break;
@@ -121,6 +123,7 @@ pub async fn serve(shared: Arc<Shared>, socket: ClientStream, peer: SocketAddr, 
             if !write_replies(&mut wr, &out, &mut session, &peer).await {
                 break;
             }
+            crate::metrics::served(answered, taken_at);
             out.clear();
             if out.capacity() > 1 << 20 {
                 out = BytesMut::new();

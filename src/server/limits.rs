@@ -267,6 +267,8 @@ pub struct CountedSink {
     pub sink: Box<dyn SubscriptionSink>,
     /// The account's count, given back when this is dropped.
     pub _held: Held,
+    /// Counted among the subscribed connections while it lives.
+    pub _subscribed: crate::metrics::process::Subscribed,
 }
 
 impl SubscriptionSink for CountedSink {

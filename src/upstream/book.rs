@@ -292,7 +292,26 @@ impl Book for RedisBook {
         };
         Box::pin(async move { self.one(cmd).await.map(drop) })
     }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), LedgerError>> {
+        Box::pin(async move {
+            // A key of the ledger's own, under its prefix, that expires by itself.
+            let cmd = Call::named("SET")
+                .arg(HEALTH_KEY)
+                .arg(crate::auth::now_secs().to_string())
+                .arg("EX")
+                .arg("60");
+            self.one(cmd).await.map(|_| ())
+        })
+    }
+
+    fn top(&self, limit: usize) -> BoxFuture<'_, Result<Vec<crate::accounts::Spender>, String>> {
+        Box::pin(crate::accounts::top_in(&self.upstream, limit))
+    }
 }
+
+/// The key `/readyz` writes to check that the ledger takes writes.
+pub const HEALTH_KEY: &str = "pkv:ledger:health";
 
 /// An integer reply (or a bulk string holding one); 0 for nil.
 fn int_of(value: Option<&Frame>) -> i64 {

@@ -136,6 +136,29 @@ impl Upstream {
         result
     }
 
+    /// A PING on a pooled connection (`/readyz`): `Err` says why the upstream cannot serve.
+    pub async fn ping(&self) -> Result<(), String> {
+        match self.send(Proto::Resp2, &[Call::named("PING")]).await {
+            Ok(replies) => match replies.first() {
+                Some(Frame::Error(line)) => Err(format!(
+                    "upstream: PING answered {}",
+                    String::from_utf8_lossy(line)
+                )),
+                _ => Ok(()),
+            },
+            Err(e) => Err(format!("upstream: {}", crate::metrics::health::why(&e))),
+        }
+    }
+
+    /// The pools' connection slots by state.
+    pub fn pool_figures(&self) -> crate::metrics::PoolFigures {
+        let mut figures = crate::metrics::PoolFigures::default();
+        for pool in &self.pools {
+            figures.add(pool.figures());
+        }
+        figures
+    }
+
     /// A connection for one client alone, without a response timeout (blocking commands
     /// may wait as long as they asked to). Dropping it closes it, which also ends any
     /// blocking command still waiting upstream.
@@ -212,6 +235,17 @@ impl Backend for Upstream {
 
     fn subscription(&self, max_queued: usize) -> BoxFuture<'_, Result<Subscription, BackendError>> {
         Box::pin(self.pubsub(max_queued))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(self.ping())
+    }
+
+    fn figures(&self) -> crate::metrics::BackendFigures {
+        crate::metrics::BackendFigures {
+            pool: Some(self.pool_figures()),
+            ..Default::default()
+        }
     }
 }
 

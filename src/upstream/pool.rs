@@ -64,17 +64,36 @@ impl Pool {
         }
         match connect().await {
             Ok(conn) => {
+                crate::metrics::figures()
+                    .upstream_connects
+                    .fetch_add(1, Ordering::Relaxed);
                 *last_failure = None;
                 *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
                 tracing::info!(slot = index, "upstream connected");
                 Ok((index, conn))
             }
             Err(err) => {
+                crate::metrics::figures()
+                    .upstream_connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 *last_failure = Some(Instant::now());
                 tracing::warn!(slot = index, error = %err, "upstream connect failed");
                 Err(err)
             }
         }
+    }
+
+    /// The slots by state, for `/metrics`.
+    pub fn figures(&self) -> crate::metrics::PoolFigures {
+        let mut figures = crate::metrics::PoolFigures::default();
+        for index in 0..self.slots.len() {
+            match self.cached(index) {
+                Some(conn) if conn.is_broken() => figures.broken += 1,
+                Some(_) => figures.open += 1,
+                None => figures.unconnected += 1,
+            }
+        }
+        figures
     }
 
     /// Forgets a slot's connection after it failed; the next use reconnects.

@@ -8,7 +8,8 @@ use crate::auth::{now_secs, TokenKind};
 use crate::commands::{Local, LookupError};
 use crate::error::{ClientError, NameError};
 use crate::meter::ledger::{RedeemedBy, Redemption};
-use crate::metrics::Metrics;
+use crate::metrics::process::{token_refused, AuthResult};
+use crate::metrics::{self, Metrics};
 use crate::namespace::Namespace;
 use crate::protocol::Proto;
 use crate::server::session::{Authed, Session, Txn};
@@ -80,12 +81,12 @@ impl Session {
             Metrics::inc(&shared.metrics.auth_failures_total);
             ClientError::WrongPass(reason)
         };
-        let token = crate::auth::token_text(token).map_err(|e| refuse(e.to_string()))?;
+        let token = crate::auth::token_text(token).map_err(|e| refuse(token_refused(&e)))?;
         let now = now_secs();
         let verified = shared
             .auth
             .verify(token, now)
-            .map_err(|e| refuse(e.to_string()))?;
+            .map_err(|e| refuse(token_refused(&e)))?;
         // The session attaches to the account the token itself names, never to whoever
         // redeemed it first; a token spent on a top-up opens nothing.
         if let TokenKind::Quota { jti, quantity, exp } = &verified.kind {
@@ -111,7 +112,10 @@ impl Session {
                 }) => {}
                 Ok(Redemption::AlreadyRedeemed {
                     by: RedeemedBy::Topup,
-                }) => return Err(refuse("token already spent on a top-up".into())),
+                }) => {
+                    metrics::process::auth(AuthResult::SpentOnTopup);
+                    return Err(refuse("token already spent on a top-up".into()));
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -162,6 +166,7 @@ impl Session {
             tenant,
             slot,
         });
+        metrics::process::auth(AuthResult::Ok);
         Ok(())
     }
 

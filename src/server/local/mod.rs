@@ -36,6 +36,10 @@ impl Session {
         io: &mut ClientIo,
     ) {
         let _ = io;
+        crate::metrics::process::command(
+            crate::metrics::Family::of(spec),
+            crate::metrics::Outcome::Ok,
+        );
         if self.txn.multi.is_some() {
             return self.local_in_multi(local, spec, args, out).await;
         }
@@ -127,7 +131,10 @@ impl Session {
                 .await
             {
                 Ok(bill) => bill,
-                Err(err) => return self.reject(err, out),
+                Err(err) => {
+                    crate::metrics::process::refused(spec);
+                    return self.reject(err, out);
+                }
             }
         };
         let start = out.len();

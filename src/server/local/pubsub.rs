@@ -36,6 +36,7 @@ impl Session {
                         sink: Box::new(CountedSink {
                             sink: sub.sink,
                             _held: held,
+                            _subscribed: crate::metrics::process::Subscribed::new(),
                         }),
                         messages: sub.messages,
                         channels: BTreeSet::new(),

@@ -165,13 +165,17 @@ impl Session {
             .await
         {
             Ok(bill) => bill,
-            Err(err) => return self.reject(err, out),
+            Err(err) => {
+                crate::metrics::process::refused(spec);
+                return self.reject(err, out);
+            }
         };
         let pending = Pending {
             rewrite: spec.reply,
             before: plan.before.len(),
             after: plan.after.len(),
             bill,
+            family: Some(crate::metrics::Family::of(spec)),
         };
         if blocks {
             // In pipeline order: bookkeeping before, the command, bookkeeping after.
@@ -235,6 +239,7 @@ impl Session {
             before: 0,
             after: 0,
             bill: None,
+            family: None,
         };
         self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
             .await;
@@ -261,6 +266,11 @@ impl Session {
         } else {
             self.shared.backend.pipeline(self.proto, &batch.calls).await
         };
+        if !batch.calls.is_empty() {
+            crate::metrics::figures()
+                .backend_latency
+                .observe(started.elapsed());
+        }
         // Each command of the batch held the upstream for an equal share of the round trip.
         let commands = batch
             .slots

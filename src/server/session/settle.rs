@@ -41,6 +41,9 @@ pub struct Pending {
     pub before: usize,
     pub after: usize,
     pub bill: Option<Bill>,
+    /// Counted in its family when it completes; `None` for a call a local command makes,
+    /// counted as that command.
+    pub family: Option<crate::metrics::Family>,
 }
 
 impl Pending {
@@ -291,6 +294,7 @@ impl Session {
             after,
         } = replies;
         let start = out.len();
+        crate::metrics::completed(pending.family, &reply);
         let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
         let ran = !meter::did_not_run(&reply);
         self.write_upstream(out, pending.rewrite, reply);
@@ -320,6 +324,7 @@ impl Session {
         out: &mut BytesMut,
     ) {
         ReplyWriter::new(out, self.proto).error(&ClientError::from(err.clone()).line());
+        crate::metrics::failed(pending.family);
         if queuing {
             return self.cancel(pending.bill);
         }

@@ -1,14 +1,52 @@
-//! Counters, and the optional HTTP endpoint that serves them (`/metrics`, `/healthz`).
+//! Metrics, and the optional HTTP endpoint that serves them (`/metrics`, `/healthz`,
+//! `/readyz`): the process's counters ([`process`]), what the backends report
+//! ([`health`]), their Prometheus exposition ([`exposition`], by prometheus-client) and
+//! the endpoint ([`http`], by hyper). Also each account's own figures for its `INFO`
+//! ([`TenantStats`]).
 
-use std::fmt::Write as _;
+pub mod exposition;
+pub mod health;
+pub mod http;
+pub mod process;
+
+pub use health::{BackendFigures, PoolFigures, SnapshotFigures, SnapshotHealth};
+pub use process::{process as figures, Family, Outcome};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
-/// Process-wide counters.
+/// A forwarded command of `family` got `reply`.
+pub fn completed(family: Option<Family>, reply: &crate::protocol::frame::Frame) {
+    if let Some(family) = family {
+        let outcome = if reply.is_error() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        process::command(family, outcome);
+    }
+}
+
+/// The replies to a read's requests were written (`answered`: the read held requests,
+/// rather than only Pub/Sub messages going out), taken up at `taken_at`.
+pub fn served(answered: bool, taken_at: std::time::Instant) {
+    if answered {
+        process::process()
+            .client_latency
+            .observe(taken_at.elapsed());
+    }
+}
+
+/// A forwarded command of `family` got no reply from the backend.
+pub fn failed(family: Option<Family>) {
+    if let Some(family) = family {
+        process::command(family, Outcome::Error);
+    }
+}
+
+/// The server's own counters: connections, requests, refused AUTHs, lost pipelines.
 #[derive(Default)]
 pub struct Metrics {
     /// Open client connections.
@@ -22,33 +60,6 @@ pub struct Metrics {
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The Prometheus text form.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, kind, value) in [
-            ("pkv_connections", "gauge", &self.connections),
-            ("pkv_connections_total", "counter", &self.connections_total),
-            ("pkv_commands_total", "counter", &self.commands_total),
-            (
-                "pkv_auth_failures_total",
-                "counter",
-                &self.auth_failures_total,
-            ),
-            (
-                "pkv_upstream_errors_total",
-                "counter",
-                &self.upstream_errors_total,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# TYPE {name} {kind}\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-        out
     }
 }
 
@@ -118,46 +129,22 @@ impl Tenants {
         stats.clone()
     }
 
+    /// Authenticated connections, and those of them waiting in a blocking command.
+    pub fn totals(&self) -> (u64, u64) {
+        self.map.iter().fold((0, 0), |(authed, blocked), entry| {
+            let s = entry.value();
+            (
+                authed + s.connections.load(Ordering::Relaxed),
+                blocked + s.blocked.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// A connection of `account` closed or moved to another account.
     pub fn detach(&self, account: &str, stats: &TenantStats) {
         if stats.connections.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.map
                 .remove_if(account, |_, s| s.connections.load(Ordering::Relaxed) == 0);
         }
-    }
-}
-
-/// Serves `/metrics` and `/healthz` over plain HTTP/1.1 until the task is dropped.
-pub async fn serve_http(
-    listener: TcpListener,
-    metrics: Arc<dyn Fn() -> String + Send + Sync>,
-) -> std::io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics listening");
-    }
-    loop {
-        let (mut socket, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let Ok(Ok(n)) =
-                tokio::time::timeout(std::time::Duration::from_secs(5), socket.read(&mut buf))
-                    .await
-            else {
-                return;
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match path {
-                "/metrics" => ("200 OK", metrics()),
-                "/healthz" => ("200 OK", "ok\n".to_string()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
-        });
     }
 }
