@@ -224,6 +224,8 @@ pub async fn run(
             return 2;
         }
     };
+    // SIGHUP reloads the settings from the same sources as start-up.
+    server::reload_on_hangup(shared.clone());
     if shared.settings.dev_mode {
         print_dev_banner(&shared.settings, listen);
     }

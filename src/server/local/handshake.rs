@@ -83,6 +83,7 @@ impl Session {
         let token = crate::auth::token_text(token).map_err(|e| refuse(e.to_string()))?;
         let now = now_secs();
         let verified = shared
+            .current()
             .auth
             .verify(token, now)
             .map_err(|e| refuse(e.to_string()))?;
@@ -90,7 +91,7 @@ impl Session {
         // redeemed it first; a token spent on a top-up opens nothing.
         if let TokenKind::Quota { jti, quantity, exp } = &verified.kind {
             let keep_until = exp
-                .saturating_add(shared.settings.token_leeway as i64)
+                .saturating_add(shared.current().token_leeway as i64)
                 .saturating_add(60);
             match shared
                 .ledger

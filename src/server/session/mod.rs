@@ -157,10 +157,13 @@ impl Session {
     pub fn limits(&self) -> Limits {
         match self.auth {
             None => Limits::UNAUTHENTICATED,
-            Some(_) => Limits {
-                max_args: self.shared.settings.max_args,
-                max_bytes: self.shared.settings.max_request_bytes,
-            },
+            Some(_) => {
+                let current = self.shared.current();
+                Limits {
+                    max_args: current.max_args,
+                    max_bytes: current.max_request_bytes,
+                }
+            }
         }
     }
 

@@ -177,7 +177,7 @@ impl Session {
                 reply,
                 before,
                 after,
-                self.shared.settings.default_ttl,
+                self.shared.current().default_ttl,
             )
         })
     }
@@ -252,7 +252,7 @@ impl Session {
                     &Frame::OK,
                     &[],
                     &values,
-                    shared.settings.default_ttl,
+                    shared.current().default_ttl,
                 );
                 if stored > 0 {
                     let usage = Usage {
