@@ -128,18 +128,39 @@ fn cost_of_a_get(conn: &mut redis::Connection) -> i64 {
     before - balance(conn)
 }
 
+/// `SET k v EX secs`: "OK" or the error.
+fn set_ex(conn: &mut redis::Connection, secs: u64) -> String {
+    match redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .arg("EX")
+        .arg(secs)
+        .query::<redis::Value>(conn)
+    {
+        Ok(value) => format!("{value:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[test]
 fn sighup_reprices_the_next_command_on_open_connections() {
     let issuer = Issuer::new();
-    let (pkv, log) = start_with_toml(PkvConfig::embedded(&issuer), &op_only("0.001"), &[]);
+    let ttls = |max: u64| format!("default_ttl = 500\nmax_ttl = {max}\n");
+    let toml = format!("{}{}", op_only("0.001"), ttls(1000));
+    let (pkv, log) = start_with_toml(PkvConfig::embedded(&issuer), &toml, &[]);
     let mut conn = pkv.client(&issuer.token(100));
     assert_eq!(cost_of_a_get(&mut conn), 1_000_000);
+    assert!(set_ex(&mut conn, 1500).contains("maximum TTL"));
 
-    reload(&pkv, &op_only("0.002"));
+    reload(&pkv, &format!("{}{}", op_only("0.002"), ttls(2000)));
     let line = log.wait_for("settings reloaded", 1);
     assert!(line.contains("PKV_PRICE_OP"), "{line}");
-    // The same connection, opened before the reload, pays the new price.
+    assert!(line.contains("PKV_MAX_TTL"), "{line}");
+    // The same connection, opened before the reload, pays the new price and is held to
+    // the new bounds.
     assert_eq!(cost_of_a_get(&mut conn), 2_000_000);
+    let set = set_ex(&mut conn, 1500);
+    assert!(set.eq_ignore_ascii_case("ok"), "{set}");
     let mut fresh = pkv.client(&issuer.token(100));
     assert_eq!(cost_of_a_get(&mut fresh), 2_000_000);
     let prices: redis::Value = redis::cmd("PKV.PRICES").query(&mut fresh).unwrap();

@@ -40,6 +40,8 @@ pub struct Shared {
     pub settings: Settings,
     /// The settings in force, with what is made from them; a reload replaces them whole.
     current: arc_swap::ArcSwap<Current>,
+    /// Counts reloads, so that a session takes the settings again only after one.
+    generation: AtomicU64,
     /// Where commands run: the upstream Redis, or the embedded store.
     pub backend: Arc<dyn Backend>,
     pub ledger: Arc<Ledger>,
@@ -84,6 +86,7 @@ impl Shared {
         let meter = reload::meter_config(&settings);
         Ok(Shared {
             current: arc_swap::ArcSwap::from_pointee(Current::new(settings.clone())),
+            generation: AtomicU64::new(0),
             meter: Arc::new(Meter::new(meter, ledger.clone())),
             ledger,
             backend,
@@ -106,6 +109,11 @@ impl Shared {
     /// The settings in force now, to keep for as long as a connection lasts.
     pub fn current_full(&self) -> Arc<Current> {
         self.current.load_full()
+    }
+
+    /// How many reloads have been taken up.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn client_id(&self) -> u64 {

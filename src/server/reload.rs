@@ -20,6 +20,7 @@
 //! token's credit is already in the account); new `AUTH`s with such tokens are refused.
 
 use std::ops::Deref;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -170,6 +171,7 @@ impl Shared {
         self.strangers.set_max(new.max_unauthenticated);
         self.meter.reconfigure(meter_config(&new));
         self.current.store(Arc::new(Current::new(new)));
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(reloaded)
     }
 }

@@ -131,9 +131,7 @@ impl Session {
             Err(err) => return self.reject(err, out),
         };
         if plan.append_default_ttl {
-            cmd = cmd
-                .arg("EX")
-                .arg(self.shared.current().default_ttl_arg.clone());
+            cmd = cmd.arg("EX").arg(self.current.default_ttl_arg.clone());
         }
         let blocks = blocks && self.txn.multi.is_none();
         let bill = match self
@@ -162,10 +160,9 @@ impl Session {
 
     /// The TTL policy now.
     pub(super) fn ttl_policy(&self) -> TtlPolicy {
-        let current = self.shared.current();
         TtlPolicy {
-            default_secs: current.default_ttl,
-            max_secs: current.max_ttl,
+            default_secs: self.current.default_ttl,
+            max_secs: self.current.max_ttl,
             now_ms: self.now_ms,
         }
     }
@@ -285,7 +282,7 @@ impl Session {
         if self.batch.slots.is_empty() {
             self.batch = batch;
         }
-        let budget = self.shared.current().max_output_bytes / BATCH_SHARE_OF_OUTPUT;
+        let budget = self.current.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
         self.batch_cap = (self.batch_cap * 2)
             .min(MAX_BATCH)
             .min((budget / largest.max(1)).max(1));
@@ -375,10 +372,7 @@ impl Session {
         io: &mut ClientIo,
     ) {
         self.flush(out).await;
-        let (cap, grace) = {
-            let current = self.shared.current();
-            (current.max_request_bytes, current.shutdown_grace)
-        };
+        let (cap, grace) = (self.current.max_request_bytes, self.current.shutdown_grace);
         let stopping = self.shared.stopping();
         tokio::pin!(stopping);
         let started = std::time::Instant::now();

@@ -172,13 +172,7 @@ impl Session {
         after: &[Frame],
     ) -> u64 {
         bill.map_or(0, |b| {
-            storage::byte_seconds(
-                &b.rule,
-                reply,
-                before,
-                after,
-                self.shared.current().default_ttl,
-            )
+            storage::byte_seconds(&b.rule, reply, before, after, self.current.default_ttl)
         })
     }
 
