@@ -13,9 +13,10 @@
 //! reload: every account id and session token derives from it, so every balance would
 //! seem to vanish.
 //!
-//! Who sees what: each command reads the settings in force when it runs, on every
-//! connection, so a command paid after the swap pays the new prices, open connections
-//! included. A connection's own timeouts (auth, idle, request) are those in force when it
+//! Who sees what: open connections take up a reload too. A command paid after the swap
+//! pays the new prices (the meter reads them at each payment); the requests a session
+//! reads after it are held to the new TTL bounds and request limits (a session takes the
+//! settings again at its next read, see `Session::tick`). A connection's own timeouts (auth, idle, request) are those in force when it
 //! connected. Sessions opened with a quota token of an issuer a reload removed go on (the
 //! token's credit is already in the account); new `AUTH`s with such tokens are refused.
 
