@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use crate::auth::keys::{self, IssuerKey};
 use crate::auth::token::{self, MintRequest};
 use crate::auth::{did, now_secs};
-use crate::config::Settings;
+use crate::config::{LogFormat, Settings};
 use crate::server::{self, Shared};
 use crate::upstream::eviction;
 
@@ -185,10 +185,13 @@ fn serve() -> i32 {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&settings.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match settings.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -289,6 +292,8 @@ pub async fn run_with(
             return 2;
         }
     };
+    // SIGHUP reloads the settings from the same sources as start-up.
+    server::reload_on_hangup(shared.clone());
     if shared.settings.dev_mode {
         print_dev_banner(&shared.settings, listen);
     }

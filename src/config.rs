@@ -252,6 +252,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         default: "info",
         help: "log filter (tracing EnvFilter syntax)",
     },
+    SettingDoc {
+        name: "PKV_LOG_FORMAT",
+        default: "text",
+        help: "text: log lines for people; json: one JSON object per line, for a log collector",
+    },
 ];
 
 /// The validated settings.
@@ -310,6 +315,7 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log: String,
+    pub log_format: LogFormat,
     /// False with `PKV_METERING=off`.
     pub metering: bool,
     pub prices: Prices,
@@ -319,6 +325,13 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// Below this balance (nano-units), an account's commands run one at a time.
     pub low_balance_nanos: i64,
+}
+
+/// How log lines are written (`PKV_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// The secret seed used in development mode when none is set. It is public on purpose:
@@ -620,6 +633,16 @@ impl Settings {
                 true
             }
         };
+        let log_format = match get("PKV_LOG_FORMAT").to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                errors.push(format!(
+                    "PKV_LOG_FORMAT: expected text or json, got {other:?}"
+                ));
+                LogFormat::Text
+            }
+        };
         let mut price = |name: &str| -> Price {
             Price::parse(&get(name)).unwrap_or_else(|e| {
                 errors.push(format!("{name}: {e}"));
@@ -684,6 +707,7 @@ impl Settings {
             upstream_timeout: Duration::from_millis(upstream_timeout_ms),
             shutdown_grace: Duration::from_secs(shutdown_grace),
             log: get("PKV_LOG"),
+            log_format,
             warnings,
         })
     }
@@ -923,6 +947,16 @@ mod tests {
             err.0[0].starts_with("PKV_MAX_BUFFERED_PER_ACCOUNT:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(load(&[]).unwrap().log_format, LogFormat::Text);
+        let s = load(&[("PKV_LOG_FORMAT", "JSON")]).unwrap();
+        assert_eq!(s.log_format, LogFormat::Json);
+        let err = load(&[("PKV_LOG_FORMAT", "xml")]).unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].starts_with("PKV_LOG_FORMAT:"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`cli`]: the `pkv` command line (`serve`, `token mint|inspect`, `keygen`,
 //!   `accounts top`); [`accounts`] finds the biggest spenders in the ledger.
 //! - [`config`]: settings, loaded in layers and validated at start-up.
-//! - [`server`]: the listener, graceful shutdown, each connection, and the session that
+//! - [`server`]: the listener, graceful shutdown, settings reloaded on SIGHUP
+//!   (`server/reload.rs`), each connection, and the session that
 //!   runs the request path (read → authenticate → look up → rewrite keys → reserve the
 //!   cost → forward → rewrite reply → write → pay).
 //! - [`protocol`]: parsing client requests, pkv's own RESP value ([`protocol::frame::Frame`])

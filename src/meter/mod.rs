@@ -33,6 +33,7 @@
 //! missing from the counters, though not from the balance).
 
 pub mod ledger;
+mod live;
 pub mod price;
 pub mod storage;
 
@@ -419,7 +420,10 @@ pub fn did_not_run(reply: &crate::protocol::frame::Frame) -> bool {
 
 /// The process's meter.
 pub struct Meter {
+    /// As at start-up: whether metering is on, and the hold-back wait.
     config: MeterConfig,
+    /// As after the last reload: prices, lease size, low-balance bound.
+    live: live::Live,
     ledger: Arc<Ledger>,
     accounts: DashMap<Arc<str>, AccountHandle>,
 }
@@ -427,6 +431,7 @@ pub struct Meter {
 impl Meter {
     pub fn new(config: MeterConfig, ledger: Arc<Ledger>) -> Self {
         Meter {
+            live: live::Live::new(&config),
             config,
             ledger,
             accounts: DashMap::new(),
@@ -437,8 +442,16 @@ impl Meter {
         self.config.enabled
     }
 
-    pub fn prices(&self) -> &Prices {
-        &self.config.prices
+    /// The prices in force.
+    pub fn prices(&self) -> Prices {
+        self.live.read().prices
+    }
+
+    /// Takes up new prices, lease size and low-balance bound (a settings reload); each
+    /// command is priced when it is paid, at the prices in force then. Whether metering is
+    /// on and the hold-back wait stay as they were at start-up.
+    pub fn reconfigure(&self, config: MeterConfig) {
+        self.live.store(&config);
     }
 
     fn account(&self, id: &Arc<str>) -> AccountHandle {
@@ -495,7 +508,7 @@ impl Meter {
         let mut need_usage = *known;
         need_usage.add(&REPLY_ALLOWANCE);
         need_usage.byte_seconds = need_usage.byte_seconds.saturating_add(storage_bound);
-        i64::try_from(self.config.prices.cost(&need_usage)).unwrap_or(i64::MAX)
+        i64::try_from(self.live.read().prices.cost(&need_usage)).unwrap_or(i64::MAX)
     }
 
     /// True when what is left to the account could not pay for the after-costs of its
@@ -505,7 +518,7 @@ impl Meter {
             .in_flight
             .load(Ordering::Acquire)
             .saturating_mul(acct.excess.load(Ordering::Acquire));
-        acct.room() < self.config.low_balance.max(exposure)
+        acct.room() < self.live.read().low_balance.max(exposure)
     }
 
     /// Admits from the lease in memory when it covers `need` and the balance is not low;
@@ -666,7 +679,8 @@ impl Meter {
     /// What tops the account's holding in this process (lease in hand and reservations
     /// in flight) up to one lease.
     fn lease_wanted(&self, acct: &AccountMeter) -> i64 {
-        self.config
+        self.live
+            .read()
             .lease
             .saturating_sub(acct.lease.load(Ordering::Acquire))
             .saturating_sub(acct.reserved.load(Ordering::Acquire))
@@ -720,7 +734,7 @@ impl Meter {
     /// reserved, no more: that is what a crash can lose), so that admissions do not wait
     /// for the ledger while the balance lasts.
     fn top_up_if_low(self: &Arc<Self>, acct: &AccountHandle) {
-        let low = acct.lease.load(Ordering::Relaxed) < self.config.lease / 2;
+        let low = acct.lease.load(Ordering::Relaxed) < self.live.read().lease / 2;
         if !low || acct.topping_up.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -737,7 +751,7 @@ impl Meter {
         tokio::spawn(async move {
             let mut lost = acct.leasing.lock().await;
             let want = meter.lease_wanted(&acct);
-            if acct.lease.load(Ordering::Acquire) < meter.config.lease / 2 && want > 0 {
+            if acct.lease.load(Ordering::Acquire) < meter.live.read().lease / 2 && want > 0 {
                 match meter.lease_more(&acct, &mut lost, want, None).await {
                     Ok((Grant { granted: 0, .. }, _)) => {
                         *acct.dry_since.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -758,7 +772,7 @@ impl Meter {
         if !self.config.enabled {
             return 0;
         }
-        let cost = self.config.prices.cost(usage);
+        let cost = self.live.read().prices.cost(usage);
         let cost = i64::try_from(cost).unwrap_or(i64::MAX);
         charges.lease = charges.lease.saturating_add(admitted.reserved - cost);
         charges.spent = charges.spent.saturating_add(cost);
@@ -847,7 +861,8 @@ impl Meter {
             self.ledger.settle(&acct.id, earlier).await?;
             *unsent = None;
         }
-        let settlement = acct.take_settlement(self.ledger.next_seq(), release, self.config.lease);
+        let settlement =
+            acct.take_settlement(self.ledger.next_seq(), release, self.live.read().lease);
         if settlement.is_empty() {
             return Ok(());
         }

@@ -55,7 +55,8 @@ async fn until(deadline: Option<Instant>) {
 pub async fn serve(shared: Arc<Shared>, socket: ClientStream, peer: SocketAddr, arrived: Instant) {
     Metrics::inc(&shared.metrics.connections);
     Metrics::inc(&shared.metrics.connections_total);
-    let settings = &shared.settings;
+    // This connection's timeouts are those in force when it connected.
+    let settings = shared.current_full();
     let (idle, max_output) = (settings.idle_timeout, settings.max_output_bytes);
     let (rd, mut wr) = socket.split();
     let mut io = ClientIo::new(rd);

@@ -59,24 +59,34 @@ enum Kind {
 
 type Accounts = DashMap<Arc<str>, Arc<Counts>>;
 
-/// Every account's counts, and the limits they are held to.
+/// Every account's counts, and the limits they are held to (a settings reload may change
+/// them; a connection keeps the buffered and output limits it started with).
 pub struct AccountLimits {
     accounts: Arc<Accounts>,
-    max_connections: usize,
-    max_dedicated: usize,
-    max_buffered: usize,
-    max_output: usize,
+    max_connections: AtomicUsize,
+    max_dedicated: AtomicUsize,
+    max_buffered: AtomicUsize,
+    max_output: AtomicUsize,
 }
 
 impl AccountLimits {
     pub fn new(settings: &Settings) -> Self {
         AccountLimits {
             accounts: Arc::new(DashMap::new()),
-            max_connections: settings.max_connections_per_account,
-            max_dedicated: settings.max_dedicated_per_account,
-            max_buffered: settings.max_buffered_per_account,
-            max_output: settings.max_output_per_account,
+            max_connections: AtomicUsize::new(settings.max_connections_per_account),
+            max_dedicated: AtomicUsize::new(settings.max_dedicated_per_account),
+            max_buffered: AtomicUsize::new(settings.max_buffered_per_account),
+            max_output: AtomicUsize::new(settings.max_output_per_account),
         }
+    }
+
+    /// Takes up the limits of reloaded settings; counts already held stay held.
+    pub fn set_limits(&self, settings: &Settings) {
+        let set = |limit: &AtomicUsize, value| limit.store(value, Ordering::Relaxed);
+        set(&self.max_connections, settings.max_connections_per_account);
+        set(&self.max_dedicated, settings.max_dedicated_per_account);
+        set(&self.max_buffered, settings.max_buffered_per_account);
+        set(&self.max_output, settings.max_output_per_account);
     }
 
     /// One more connection of `account`, or the limit it would pass.
@@ -96,12 +106,12 @@ impl AccountLimits {
         let (count, max, error) = match kind {
             Kind::Connection => (
                 &entry.connections,
-                self.max_connections,
+                self.max_connections.load(Ordering::Relaxed),
                 LimitError::Connections as fn(usize) -> LimitError,
             ),
             Kind::Dedicated => (
                 &entry.dedicated,
-                self.max_dedicated,
+                self.max_dedicated.load(Ordering::Relaxed),
                 LimitError::Dedicated as fn(usize) -> LimitError,
             ),
         };
@@ -116,8 +126,8 @@ impl AccountLimits {
             kind,
             buffered: 0,
             output: 0,
-            max_buffered: self.max_buffered,
-            max_output: self.max_output,
+            max_buffered: self.max_buffered.load(Ordering::Relaxed),
+            max_output: self.max_output.load(Ordering::Relaxed),
         })
     }
 }
@@ -190,16 +200,22 @@ impl Drop for Held {
 /// a bounded share of the connection slots, for a bounded time (`PKV_AUTH_TIMEOUT`), and a
 /// client that authenticates promptly gets in however many strangers keep arriving.
 pub struct Strangers {
-    max: usize,
+    max: AtomicUsize,
     queue: Mutex<VecDeque<(u64, Arc<Notify>)>>,
 }
 
 impl Strangers {
     pub fn new(max: usize) -> Self {
         Strangers {
-            max: max.max(1),
+            max: AtomicUsize::new(max.max(1)),
             queue: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Takes up a reloaded `PKV_MAX_UNAUTHENTICATED`; strangers beyond it leave as new
+    /// ones arrive.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max.max(1), Ordering::Relaxed);
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Arc<Notify>)>> {
@@ -211,7 +227,8 @@ impl Strangers {
     pub fn arrive(self: &Arc<Self>, id: u64) -> Stranger {
         let evicted = Arc::new(Notify::new());
         let mut queue = self.queue();
-        while queue.len() >= self.max {
+        let max = self.max.load(Ordering::Relaxed);
+        while queue.len() >= max {
             if let Some((_, oldest)) = queue.pop_front() {
                 oldest.notify_one();
             }

@@ -12,11 +12,14 @@ mod limits;
 
 pub use limits::LimitError;
 mod local;
+mod reload;
 mod session;
 mod stream;
 mod tls_listener;
 
 pub use tls_listener::TlsListener;
+
+pub use reload::{reload_on_hangup, Current, Reloaded};
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,26 +29,28 @@ use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::auth::Authenticator;
 use crate::backend::Backend;
 use crate::config::Settings;
 use crate::embedded::Store;
 use crate::meter::ledger::{Book, Ledger};
-use crate::meter::{Meter, MeterConfig};
+use crate::meter::Meter;
 use crate::metrics::{Metrics, Tenants};
 use crate::upstream::book::RedisBook;
 use crate::upstream::Upstream;
 
 /// State every connection shares.
 pub struct Shared {
+    /// The settings as loaded at start-up: what a reload cannot change is read here, the
+    /// rest from [`Shared::current`].
     pub settings: Settings,
-    pub auth: Authenticator,
+    /// The settings in force, with what is made from them; a reload replaces them whole.
+    current: arc_swap::ArcSwap<Current>,
+    /// Counts reloads, so that a session takes the settings again only after one.
+    generation: AtomicU64,
     /// Where commands run: the upstream Redis, or the embedded store.
     pub backend: Arc<dyn Backend>,
     pub ledger: Arc<Ledger>,
     pub meter: Arc<Meter>,
-    /// The default TTL as a command argument, for `SET ... EX <default>`.
-    pub default_ttl_arg: bytes::Bytes,
     pub metrics: Metrics,
     /// Each account's own figures, for its `INFO`.
     pub tenants: Tenants,
@@ -93,17 +98,11 @@ impl Shared {
             }
         };
         let ledger = Arc::new(Ledger::new(book));
-        let meter = MeterConfig {
-            enabled: settings.metering,
-            prices: settings.prices,
-            lease: settings.lease_nanos,
-            low_balance: settings.low_balance_nanos,
-            hold_back: settings.upstream_timeout,
-        };
+        let meter = reload::meter_config(&settings);
         Ok(Shared {
-            auth: Authenticator::new(&settings.auth()),
+            current: arc_swap::ArcSwap::from_pointee(Current::new(settings.clone())),
+            generation: AtomicU64::new(0),
             meter: Arc::new(Meter::new(meter, ledger.clone())),
-            default_ttl_arg: bytes::Bytes::from(settings.default_ttl.to_string()),
             ledger,
             backend,
             metrics: Metrics::default(),
@@ -114,6 +113,22 @@ impl Shared {
             stop: watch::Sender::new(false),
             settings,
         })
+    }
+
+    /// The settings in force now, for one command or one decision: read them once and let
+    /// go (a reload waits for no one, but the old settings live while this is held).
+    pub fn current(&self) -> arc_swap::Guard<Arc<Current>> {
+        self.current.load()
+    }
+
+    /// The settings in force now, to keep for as long as a connection lasts.
+    pub fn current_full(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    /// How many reloads have been taken up.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn client_id(&self) -> u64 {
@@ -213,10 +228,8 @@ pub async fn serve_with(
     );
     shared.stop.send_replace(true);
     drop(done_tx);
-    if tokio::time::timeout(shared.settings.shutdown_grace, done_rx.recv())
-        .await
-        .is_err()
-    {
+    let grace = shared.current().shutdown_grace;
+    if tokio::time::timeout(grace, done_rx.recv()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
     settler.abort();

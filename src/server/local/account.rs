@@ -11,7 +11,7 @@ use crate::server::session::Session;
 impl Session {
     /// `PKV.SESSION [lifetime]`: a session token for the account.
     pub(super) fn pkv_session(&mut self, args: &[Bytes], out: &mut BytesMut) {
-        let max = self.shared.settings.max_ttl as i64;
+        let max = self.shared.current().max_ttl as i64;
         let lifetime = match args.get(1) {
             None => max,
             Some(raw) => match parse_int(raw) {
@@ -22,6 +22,7 @@ impl Session {
         let Some(auth) = &self.auth else { return };
         let token = self
             .shared
+            .current()
             .auth
             .session_token(&auth.account, lifetime, now_secs());
         self.reply(out, |w| w.bulk(token.as_bytes()));
@@ -40,9 +41,9 @@ impl Session {
                 return self.reply(out, |w| w.int(secs as i64));
             }
             [_, raw] => match parse_int(raw) {
-                Some(n) if (0..=self.shared.settings.max_ttl as i64).contains(&n) => n as u64,
+                Some(n) if (0..=self.current.max_ttl as i64).contains(&n) => n as u64,
                 _ => {
-                    let max = self.shared.settings.max_ttl;
+                    let max = self.current.max_ttl;
                     return self.reject(ClientError::DefaultTtl { max }, out);
                 }
             },
@@ -76,6 +77,7 @@ impl Session {
         let token = crate::auth::token_text(token).map_err(|e| wrong(&e))?;
         let verified = self
             .shared
+            .current()
             .auth
             .verify(token, now_secs())
             .map_err(|e| wrong(&e))?;
@@ -83,7 +85,7 @@ impl Session {
             return Err(ClientError::TopupNeedsQuota);
         };
         let keep_until = exp
-            .saturating_add(self.shared.settings.token_leeway as i64)
+            .saturating_add(self.shared.current().token_leeway as i64)
             .saturating_add(60);
         match self
             .shared
@@ -116,7 +118,8 @@ impl Session {
             return;
         };
         if let Some(last) = self.balance_read_at {
-            tokio::time::sleep_until(last + self.shared.settings.balance_interval).await;
+            let interval = self.shared.current().balance_interval;
+            tokio::time::sleep_until(last + interval).await;
         }
         self.balance_read_at = Some(tokio::time::Instant::now());
         self.apply_charges();
@@ -151,7 +154,7 @@ impl Session {
 
     /// `PKV.PRICES`
     pub(super) fn prices(&mut self, out: &mut BytesMut) {
-        let p = *self.shared.meter.prices();
+        let p = self.shared.meter.prices();
         let enabled = self.shared.meter.enabled();
         self.reply(out, |w| {
             w.map(6);

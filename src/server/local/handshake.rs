@@ -84,6 +84,7 @@ impl Session {
         let token = crate::auth::token_text(token).map_err(|e| refuse(token_refused(&e)))?;
         let now = now_secs();
         let verified = shared
+            .current()
             .auth
             .verify(token, now)
             .map_err(|e| refuse(token_refused(&e)))?;
@@ -91,7 +92,7 @@ impl Session {
         // redeemed it first; a token spent on a top-up opens nothing.
         if let TokenKind::Quota { jti, quantity, exp } = &verified.kind {
             let keep_until = exp
-                .saturating_add(shared.settings.token_leeway as i64)
+                .saturating_add(shared.current().token_leeway as i64)
                 .saturating_add(60);
             match shared
                 .ledger

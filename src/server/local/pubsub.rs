@@ -29,7 +29,7 @@ impl Session {
                 Ok(held) => held,
                 Err(e) => return self.error_reply(e, out),
             };
-            let max_queued = self.shared.settings.max_subscriber_bytes;
+            let max_queued = self.shared.current().max_subscriber_bytes;
             match self.shared.backend.subscription(max_queued).await {
                 Ok(sub) => {
                     self.pubsub = Some(Subscriber {

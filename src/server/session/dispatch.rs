@@ -152,8 +152,8 @@ impl Session {
         };
         if plan.append_default_ttl {
             let secs = self.default_ttl();
-            let arg = if secs == self.shared.settings.default_ttl {
-                self.shared.default_ttl_arg.clone()
+            let arg = if secs == self.current.default_ttl {
+                self.current.default_ttl_arg.clone()
             } else {
                 Bytes::from(secs.to_string())
             };
@@ -195,14 +195,14 @@ impl Session {
             .as_ref()
             .and_then(|a| a.meter.default_ttl())
             .filter(|&secs| secs > 0)
-            .unwrap_or(self.shared.settings.default_ttl)
+            .unwrap_or(self.current.default_ttl)
     }
 
     /// The TTL policy now.
     pub(super) fn ttl_policy(&self) -> TtlPolicy {
         TtlPolicy {
             default_secs: self.default_ttl(),
-            max_secs: self.shared.settings.max_ttl,
+            max_secs: self.current.max_ttl,
             now_ms: self.now_ms,
         }
     }
@@ -329,7 +329,7 @@ impl Session {
         if self.batch.slots.is_empty() {
             self.batch = batch;
         }
-        let budget = self.shared.settings.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
+        let budget = self.current.max_output_bytes / BATCH_SHARE_OF_OUTPUT;
         self.batch_cap = (self.batch_cap * 2)
             .min(MAX_BATCH)
             .min((budget / largest.max(1)).max(1));
@@ -419,8 +419,7 @@ impl Session {
         io: &mut ClientIo,
     ) {
         self.flush(out).await;
-        let cap = self.shared.settings.max_request_bytes;
-        let grace = self.shared.settings.shutdown_grace;
+        let (cap, grace) = (self.current.max_request_bytes, self.current.shutdown_grace);
         let stopping = self.shared.stopping();
         tokio::pin!(stopping);
         let started = std::time::Instant::now();

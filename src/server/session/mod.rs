@@ -135,12 +135,18 @@ pub struct Session {
     now_ms: i64,
     /// When `PKV.BALANCE` last read the ledger on this connection (it is paced).
     pub(super) balance_read_at: Option<tokio::time::Instant>,
+    /// The settings in force at the current read, and their reload generation: taken
+    /// again by [`Session::tick`] only after a reload.
+    pub(super) current: Arc<super::Current>,
+    current_gen: u64,
 }
 
 impl Session {
     pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
         Session {
             id: shared.client_id(),
+            current_gen: shared.generation(),
+            current: shared.current_full(),
             shared,
             peer,
             proto: Proto::Resp2,
@@ -167,8 +173,8 @@ impl Session {
         match self.auth {
             None => Limits::UNAUTHENTICATED,
             Some(_) => Limits {
-                max_args: self.shared.settings.max_args,
-                max_bytes: self.shared.settings.max_request_bytes,
+                max_args: self.current.max_args,
+                max_bytes: self.current.max_request_bytes,
             },
         }
     }
@@ -274,7 +280,7 @@ impl Session {
         // Metered storage has an end: "no expiry" is served as the longest one.
         let mut spec = spec;
         if spec.has(flags::WRITE) && self.shared.meter.enabled() {
-            let max_ttl = self.shared.settings.max_ttl;
+            let max_ttl = self.current.max_ttl;
             if let Some((row, longest)) = commands::persist::as_longest_expiry(spec, &args, max_ttl)
             {
                 (spec, args) = (row, longest);
@@ -353,10 +359,16 @@ impl Session {
     }
 
     /// Reads the clock for the requests of one read: token expiry and TTLs use it.
+    /// Takes up reloaded settings too.
     pub fn tick(&mut self) {
         self.now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let generation = self.shared.generation();
+        if generation != self.current_gen {
+            self.current = self.shared.current_full();
+            self.current_gen = generation;
+        }
     }
 
     /// Ends the session: the meter learns that one session of the account is gone (the
