@@ -462,6 +462,9 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
         S::UnknownSubcommand { container, sub } => {
             return one_line(unknown_subcommand(sub, container))
         }
+        S::Misconf(why) => {
+            return one_line(format!("MISCONF Errors writing to the AOF file: {why}"))
+        }
         S::UnsupportedOption { option } => {
             return one_line(format!("ERR Unsupported option {option}"))
         }
@@ -629,6 +632,7 @@ mod tests {
                 values: 1,
                 bytes: 2,
             },
+            S::Misconf("write: No space left on device\r\nx".into()),
         ]
     }
 
@@ -708,6 +712,7 @@ mod tests {
             S::GeoAnyWithoutCount => 69,
             S::SortNotDouble => 70,
             S::SortGetTooLarge { .. } => 71,
+            S::Misconf(_) => 72,
         }
     }
 
