@@ -226,3 +226,37 @@ fn a_log_that_cannot_be_written_refuses_writes_and_loses_nothing_acknowledged() 
     );
     crash(pkv);
 }
+
+#[test]
+fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let log = dir.path().join("pkv.data.aof");
+    let config = embedded(&issuer, &data, "always").set("PKV_SNAPSHOT_SECONDS", "1");
+    let token = issuer.token(1_000_000);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let keys: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET").arg(key).arg("x".repeat(100)).ignore();
+    }
+    let () = pipe.query(&mut conn).unwrap();
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let written = size(&log);
+    assert!(written > 2000 * 100, "the log holds {written} bytes");
+    // A snapshot taken after the writes cuts them from the log.
+    common::wait_until("the log cut by a snapshot", || size(&log) < 2000 * 100);
+    let () = redis::cmd("SET").arg("after").arg("1").query(&mut conn).unwrap();
+    crash(pkv);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let mut all = keys.clone();
+    all.push("after".into());
+    let lost = missing(&mut conn, &all);
+    assert!(lost.is_empty(), "lost {lost:?}");
+    crash(pkv);
+}
