@@ -249,7 +249,11 @@ fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
     assert!(written > 2000 * 100, "the log holds {written} bytes");
     // A snapshot taken after the writes cuts them from the log.
     common::wait_until("the log cut by a snapshot", || size(&log) < 2000 * 100);
-    let () = redis::cmd("SET").arg("after").arg("1").query(&mut conn).unwrap();
+    let () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
     crash(pkv);
 
     let pkv = config.start_process();

@@ -142,6 +142,11 @@ impl Aof {
         };
         let file = open_append(&path)
             .map_err(|e| format!("the append-only log {}: {e}", path.display()))?;
+        Aof::start(path, policy, file, end)
+    }
+
+    /// Starts the writer on `file`, which holds `end` bytes of log.
+    fn start(path: PathBuf, policy: Policy, file: File, end: u64) -> Result<Arc<Aof>, String> {
         let (durable, _) = tokio::sync::watch::channel(Durable {
             synced: end,
             error: None,
@@ -586,6 +591,7 @@ fn line<'a>(bytes: &[u8], pos: &mut usize, mark: u8) -> Result<usize, Parsed<'a>
 mod tests {
     use super::*;
     use crate::embedded::data::Data;
+    use crate::embedded::error::StoreError;
     use crate::protocol::Proto;
 
     fn store() -> Store {
@@ -655,6 +661,41 @@ mod tests {
             };
             assert_eq!(at(&later), at(&source), "{key:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_be_written_refuses_writes_and_says_so_in_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pkv.data.aof");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails, as on a full disk.
+        let file = File::open(&path).unwrap();
+        let store = store();
+        let log = Aof::start(path, Policy::Always, file, 0).unwrap();
+        assert!(store.aof.set(log).is_ok());
+        assert!(store.health().is_ok());
+        assert!(store.run(Proto::Resp2, &[b"SET", b"a", b"1"]).is_ok());
+        let Some(aof) = store.aof() else {
+            panic!("no log")
+        };
+        assert!(
+            aof.wait_synced().await.is_err(),
+            "the write reached the disk"
+        );
+        let health = store.health().unwrap_err();
+        assert!(health.contains("append-only log"), "{health}");
+        let refused = store.run(Proto::Resp2, &[b"SET", b"b", b"2"]);
+        assert!(
+            matches!(
+                &refused,
+                Err(crate::embedded::cmd::Error::Store(StoreError::Misconf(_)))
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            store.run(Proto::Resp2, &[b"GET", b"a"]).is_ok(),
+            "reads are served"
+        );
     }
 
     #[test]
