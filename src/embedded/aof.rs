@@ -37,7 +37,7 @@ use super::snapshot;
 use super::Store;
 
 /// How often `everysec` and `no` hand the buffer to the OS.
-pub const WRITE_EVERY: Duration = Duration::from_millis(100);
+pub const WRITE_EVERY: Duration = Duration::from_millis(10);
 /// How long a failed write waits before it is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
