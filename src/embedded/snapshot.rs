@@ -2,7 +2,9 @@
 //!
 //! With `PKV_DATA_FILE` set, the store loads the file at start-up ([`Store::load`]), saves
 //! a snapshot every `PKV_SNAPSHOT_SECONDS` while pkv serves, and a last one at graceful
-//! shutdown, after the ledger is settled. Without it, nothing is read or written.
+//! shutdown, after the ledger is settled. Without it, nothing is read or written. The
+//! append-only log beside it ([`super::aof`]) holds the writes since the last snapshot;
+//! each snapshot cuts it.
 //!
 //! # Taking a snapshot
 //!
