@@ -265,3 +265,43 @@ fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
     assert!(lost.is_empty(), "lost {lost:?}");
     crash(pkv);
 }
+
+#[test]
+fn a_torn_last_record_is_dropped_at_start_up_and_the_log_goes_on_after_it() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let log = dir.path().join("pkv.data.aof");
+    let config = embedded(&issuer, &data, "always");
+    let token = issuer.token(1_000_000);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let () = redis::cmd("SET")
+        .arg("a")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    crash(pkv);
+    // A crash in the middle of appending the next record.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(b"*2\r\n$3\r\nPUT\r\n$900\r\nhalf");
+    std::fs::write(&log, &bytes).unwrap();
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let a: Option<String> = redis::cmd("GET").arg("a").query(&mut conn).unwrap();
+    assert_eq!(a.as_deref(), Some("1"));
+    let () = redis::cmd("SET")
+        .arg("b")
+        .arg("2")
+        .query(&mut conn)
+        .unwrap();
+    crash(pkv);
+
+    // The torn bytes were cut before new records were appended: both come back.
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    assert!(missing(&mut conn, &["a".into(), "b".into()]).is_empty());
+    crash(pkv);
+}
