@@ -77,6 +77,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "seconds between snapshots of the embedded store to PKV_DATA_FILE (one more is taken at shutdown)",
     },
     SettingDoc {
+        name: "PKV_APPENDFSYNC",
+        default: "everysec",
+        help: "when the embedded store's append-only log (PKV_DATA_FILE.aof) is fsynced: always (before each write's reply), everysec, or no (when the OS decides); ledger steps are always fsynced",
+    },
+    SettingDoc {
         name: "PKV_SERVICE_ID",
         default: "pkv",
         help: "pkv's identifier: the audience quota tokens must carry",
@@ -276,6 +281,8 @@ pub struct Settings {
     pub data_file: Option<PathBuf>,
     /// Time between snapshots of the embedded store.
     pub snapshot_interval: Duration,
+    /// When the embedded store's append-only log is fsynced.
+    pub append_fsync: crate::embedded::aof::Policy,
     pub service_id: String,
     pub quota_issuers: Vec<String>,
     pub secret_seed: [u8; 32],
@@ -584,6 +591,15 @@ impl Settings {
         let shutdown_grace = num("PKV_SHUTDOWN_GRACE", 0);
         let snapshot_seconds = num("PKV_SNAPSHOT_SECONDS", 1);
         let data_file = non_empty(get("PKV_DATA_FILE")).map(PathBuf::from);
+        let append_fsync = match non_empty(get("PKV_APPENDFSYNC")) {
+            None => crate::embedded::aof::Policy::default(),
+            Some(text) => crate::embedded::aof::Policy::parse(&text).unwrap_or_else(|| {
+                errors.push(format!(
+                    "PKV_APPENDFSYNC: expected always, everysec or no, got {text:?}"
+                ));
+                crate::embedded::aof::Policy::default()
+            }),
+        };
         if let Some(path) = &data_file {
             if upstream_url.is_some() {
                 errors.push(
@@ -679,6 +695,7 @@ impl Settings {
             ledger_url,
             data_file,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
+            append_fsync,
             service_id,
             quota_issuers,
             secret_seed: secret_seed.expect("checked above"),

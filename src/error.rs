@@ -466,6 +466,9 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
         S::UnknownSubcommand { container, sub } => {
             return one_line(unknown_subcommand(sub, container))
         }
+        S::Misconf(why) => {
+            return one_line(format!("MISCONF Errors writing to the AOF file: {why}"))
+        }
         S::UnsupportedOption { option } => {
             return one_line(format!("ERR Unsupported option {option}"))
         }
@@ -633,6 +636,7 @@ mod tests {
                 values: 1,
                 bytes: 2,
             },
+            S::Misconf("write: No space left on device\r\nx".into()),
             S::Abandoned,
         ]
     }
@@ -713,7 +717,8 @@ mod tests {
             S::GeoAnyWithoutCount => 69,
             S::SortNotDouble => 70,
             S::SortGetTooLarge { .. } => 71,
-            S::Abandoned => 72,
+            S::Misconf(_) => 72,
+            S::Abandoned => 73,
         }
     }
 

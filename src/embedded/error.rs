@@ -23,6 +23,8 @@ pub enum StoreError {
     Arity { command: String },
     /// A command the table serves but the store does not run: it needs an upstream Redis.
     NeedsUpstream { command: String },
+    /// A write refused because the append-only log cannot be written (the error).
+    Misconf(String),
     /// A blocking command's timeout that Redis refuses.
     Timeout(TimeoutError),
     /// A SCAN cursor that is not an unsigned number.

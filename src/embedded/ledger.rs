@@ -11,7 +11,7 @@ use std::sync::TryLockError;
 
 use super::data::{Data, Entry};
 use super::{now_ms, off_thread, Store};
-use crate::backend::BoxFuture;
+use crate::backend::{BackendError, BoxFuture};
 use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
     Redemption, Settlement, ACCOUNT_FIELDS, DEFAULT_TTL_FIELD,
@@ -26,20 +26,42 @@ impl Store {
         &self,
         f: impl FnOnce(&Store) -> Result<R, LedgerError> + Send + 'static,
     ) -> Result<R, LedgerError> {
-        match self.gate.try_write() {
-            Ok(_alone) => return f(self),
-            Err(TryLockError::Poisoned(p)) => {
-                let _alone = p.into_inner();
-                return f(self);
-            }
-            Err(TryLockError::WouldBlock) => {}
+        if let Some(why) = self.aof().and_then(super::aof::Aof::failure) {
+            return Err(LedgerError::Backend(BackendError::Unavailable(format!(
+                "the append-only log cannot be written: {why}"
+            ))));
         }
-        let store = self.clone();
-        off_thread(move || {
-            let _alone = store.gate.write().unwrap_or_else(|p| p.into_inner());
-            f(&store)
-        })
-        .await?
+        let done = match self.try_alone(f) {
+            Ok(done) => done,
+            Err(f) => {
+                let store = self.clone();
+                off_thread(move || {
+                    let _alone = store.gate.write().unwrap_or_else(|p| p.into_inner());
+                    f(&store)
+                })
+                .await?
+            }
+        }?;
+        // Whatever the fsync policy, a ledger step is on disk before it is answered: a
+        // redeemed token forgotten in a crash would be credited again.
+        if let Some(aof) = self.aof() {
+            aof.wait_synced().await.map_err(|why| {
+                LedgerError::Backend(BackendError::Lost(format!(
+                    "the append-only log cannot be written: {why}"
+                )))
+            })?;
+        }
+        Ok(done)
+    }
+
+    /// Runs `f` in place if the gate is free; gives `f` back if it is not.
+    fn try_alone<R, F: FnOnce(&Store) -> R>(&self, f: F) -> Result<R, F> {
+        let _alone = match self.gate.try_write() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(f),
+        };
+        Ok(f(self))
     }
 
     /// The integer fields of an account record.
@@ -79,6 +101,7 @@ impl Store {
                 h.extend(updated);
             }
         });
+        self.log_key(key.as_bytes());
         Ok(())
     }
 }
@@ -110,6 +133,7 @@ impl Book for Store {
             let mut record = Entry::new(Data::Str(by.record(&account).into_bytes()));
             record.expires_at = Some(expire_at.saturating_mul(1000));
             store.keys.insert(token.as_bytes(), record);
+            store.log_key(token.as_bytes());
             Ok(Redemption::Credited)
         }))
     }
@@ -194,6 +218,7 @@ impl Book for Store {
                     }
                 }
             });
+            store.log_key(key.as_bytes());
             Ok(())
         }))
     }

@@ -20,6 +20,7 @@
 //! handshake) never reach it, so they are answered while an exclusive command runs;
 //! commands that do touch it wait for it there, as they must.
 
+pub mod aof;
 pub mod cmd;
 pub mod data;
 pub mod error;
@@ -32,7 +33,7 @@ pub mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, TryLockError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, TryLockError, Weak};
 use std::time::Duration;
 
 use crate::protocol::frame::Frame;
@@ -69,6 +70,10 @@ pub struct Inner {
     /// The data file and how often it is saved (`PKV_DATA_FILE`); `None` keeps the store
     /// in memory only.
     persistence: Option<snapshot::Persistence>,
+    /// The append-only log beside the data file, once replayed ([`aof`]).
+    aof: OnceLock<Arc<aof::Aof>>,
+    /// Why the last snapshot failed, until one succeeds.
+    snapshot_error: Mutex<Option<String>>,
 }
 
 impl std::ops::Deref for Store {
@@ -118,7 +123,108 @@ impl Store {
             }),
         };
         store.load()?;
+        if let Some(data_file) = &settings.data_file {
+            let log = aof::Aof::open(aof::path_for(data_file), settings.append_fsync, &store)?;
+            let _ = store.aof.set(log);
+        }
         Ok(store)
+    }
+
+    /// The append-only log, when there is a data file.
+    pub fn aof(&self) -> Option<&aof::Aof> {
+        self.aof.get().map(|a| &**a)
+    }
+
+    /// Whether persistence works: `Err` says why not (the log cannot be written, so writes
+    /// are refused; or the last snapshot failed). For a readiness check.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(why) = self.aof().and_then(aof::Aof::failure) {
+            return Err(format!("the append-only log cannot be written: {why}"));
+        }
+        let snapshot = self
+            .snapshot_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*snapshot {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers how the last snapshot went, for [`Store::health`].
+    fn snapshot_outcome(&self, error: Option<&String>) {
+        *self
+            .snapshot_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = error.cloned();
+    }
+
+    /// True when `command` may change the store.
+    fn writes(command: &Runnable, args: &[&[u8]]) -> bool {
+        match command.kind {
+            Kind::Read => false,
+            Kind::Write => true,
+            Kind::Multi => {
+                table_keys(args).is_some_and(|(spec, _)| spec.has(crate::commands::flags::WRITE))
+            }
+        }
+    }
+
+    /// Appends the state of every key a write left behind to the log. Each key is read
+    /// under its shard's lock, which [`aof::Aof::record`] holds while appending.
+    fn log_effects(&self, command: &Runnable, args: &[&[u8]], now: i64) {
+        let Some(aof) = self.aof() else {
+            return;
+        };
+        match command.kind {
+            Kind::Read => {}
+            Kind::Write => {
+                if let Some(key) = args.get(1) {
+                    self.keys.read(key, now, |entry| aof.record(key, entry));
+                }
+            }
+            Kind::Multi => {
+                if let Some((spec, keys)) = table_keys(args) {
+                    if spec.has(crate::commands::flags::WRITE) {
+                        for key in keys {
+                            self.keys.read(&key, now, |entry| aof.record(&key, entry));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs `key`'s state now (a ledger step's effect).
+    fn log_key(&self, key: &[u8]) {
+        if let Some(aof) = self.aof() {
+            self.keys
+                .read(key, now_ms(), |entry| aof.record(key, entry));
+        }
+    }
+
+    /// With `PKV_APPENDFSYNC=always`, waits until every write so far is fsynced: a reply
+    /// that says a write is done goes out after this.
+    async fn commit(&self) -> Result<(), String> {
+        match self.aof() {
+            Some(aof) if aof.policy() == aof::Policy::Always => aof.wait_synced().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Store::commit`] for a batch: on failure, the replies of its writes become the
+    /// error (they are in memory, but not known to be on disk).
+    async fn commit_replies(&self, writes: &[bool], mut replies: Vec<Frame>) -> Vec<Frame> {
+        if !writes.iter().any(|w| *w) {
+            return replies;
+        }
+        if let Err(why) = self.commit().await {
+            let line = ClientError::from(StoreError::Misconf(why)).line();
+            for (reply, _) in replies.iter_mut().zip(writes).filter(|(_, w)| **w) {
+                *reply = Frame::error(line.clone());
+            }
+        }
+        replies
     }
 
     /// Runs one command (keys already in the namespace) with the right lock, now. It may
@@ -190,8 +296,14 @@ impl Store {
         let Some(command) = command else {
             return Err(not_here(args.first().copied().unwrap_or_default()));
         };
+        if let Some(why) = self.aof().and_then(aof::Aof::failure) {
+            if Store::writes(command, args) {
+                return Err(StoreError::Misconf(why).into());
+            }
+        }
         let reply = self.execute(command, proto, args, now);
         if reply.is_ok() {
+            self.log_effects(command, args, now);
             self.written(command, args);
         }
         reply
@@ -407,19 +519,39 @@ impl Backend for Store {
             .zip(&args)
             .map(|(call, args)| (handler(call), &args[..]))
             .collect();
+        let writes: Vec<bool> = batch
+            .iter()
+            .map(|(command, args)| command.is_some_and(|c| Store::writes(c, args)))
+            .collect();
         if let Some(replies) = self.try_shared(proto, &batch, now) {
-            let replies = replies.into_iter().map(into_frame).collect();
-            return Box::pin(std::future::ready(Ok(replies)));
+            let replies: Vec<Frame> = replies.into_iter().map(into_frame).collect();
+            let waits = self
+                .aof()
+                .is_some_and(|a| a.policy() == aof::Policy::Always);
+            if !waits || !writes.contains(&true) {
+                return Box::pin(std::future::ready(Ok(replies)));
+            }
+            return Box::pin(async move { Ok(self.commit_replies(&writes, replies).await) });
         }
         let (store, calls) = (self.clone(), calls.to_vec());
-        Box::pin(off_thread(move || {
-            calls
-                .iter()
-                .map(|call| {
-                    into_frame(store.run_at(proto, handler(call), &arg_slices(call), now, || false))
-                })
-                .collect()
-        }))
+        Box::pin(async move {
+            let replies = off_thread(move || {
+                calls
+                    .iter()
+                    .map(|call| {
+                        into_frame(store.run_at(
+                            proto,
+                            handler(call),
+                            &arg_slices(call),
+                            now,
+                            || false,
+                        ))
+                    })
+                    .collect()
+            })
+            .await?;
+            Ok(self.commit_replies(&writes, replies).await)
+        })
     }
 
     fn dedicated(&self, proto: Proto) -> BoxFuture<'_, Result<Box<dyn Dedicated>, BackendError>> {
@@ -454,7 +586,22 @@ impl Backend for Store {
     }
 
     fn shutdown(&self) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(self.save_at_shutdown())
+        Box::pin(async move {
+            // Everything written is on disk in the log before the last snapshot is tried:
+            // if the snapshot fails (a full disk), nothing acknowledged is lost.
+            let logged = match self.aof() {
+                Some(aof) => aof.wait_synced().await.is_ok(),
+                None => false,
+            };
+            match self.save_at_shutdown().await {
+                Err(e) if logged => {
+                    tracing::error!(error = %e,
+                        "the snapshot at shutdown failed; the append-only log holds every write");
+                    Ok(())
+                }
+                other => other,
+            }
+        })
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
@@ -564,7 +711,15 @@ impl Dedicated for Connection {
         Box::pin(async move {
             let mut replies = Vec::with_capacity(calls.len());
             for call in calls {
-                replies.push(self.one(call).await);
+                let reply = self.one(call).await;
+                let name = call.args().first().map(|n| n.to_ascii_uppercase());
+                let wrote = match handler(call) {
+                    _ if name.as_deref() == Some(b"EXEC") => true,
+                    Some(c) if self.queued.is_none() => Store::writes(c, &arg_slices(call)),
+                    _ => false,
+                };
+                let mut reply = self.store.commit_replies(&[wrote], vec![reply]).await;
+                replies.append(&mut reply);
             }
             Ok(replies)
         })

@@ -2,7 +2,9 @@
 //!
 //! With `PKV_DATA_FILE` set, the store loads the file at start-up ([`Store::load`]), saves
 //! a snapshot every `PKV_SNAPSHOT_SECONDS` while pkv serves, and a last one at graceful
-//! shutdown, after the ledger is settled. Without it, nothing is read or written.
+//! shutdown, after the ledger is settled. Without it, nothing is read or written. The
+//! append-only log beside it ([`super::aof`]) holds the writes since the last snapshot;
+//! each snapshot cuts it.
 //!
 //! # Taking a snapshot
 //!
@@ -208,6 +210,41 @@ impl Encoder {
         self.u64(sum);
         self.buf
     }
+}
+
+/// Appends one entry as a snapshot encodes it (type, deadline, key, data): the
+/// append-only log's records use it.
+pub fn encode_entry(buf: &mut Vec<u8>, key: &[u8], entry: &Entry) {
+    let mut encoder = Encoder {
+        buf: std::mem::take(buf),
+        entries: 0,
+    };
+    encoder.entry(key, entry);
+    *buf = encoder.buf;
+}
+
+/// The one entry of `bytes`, encoded by [`encode_entry`], whether or not it expired.
+pub fn decode_entry(bytes: &[u8]) -> Result<(Vec<u8>, Entry), String> {
+    let mut reader = Reader {
+        bytes,
+        pos: 0,
+        entry: 0,
+    };
+    let kind = reader.u8("type")?;
+    let expires_at = match reader.u8("deadline flag")? {
+        0 => None,
+        1 => Some(reader.u64("deadline")? as i64),
+        other => return Err(format!("bad deadline flag {other}")),
+    };
+    let key = reader.blob("key")?.to_vec();
+    let data = reader.data(kind)?;
+    if reader.left() != 0 {
+        return Err(format!(
+            "{} unexpected bytes after the entry",
+            reader.left()
+        ));
+    }
+    Ok((key, Entry { data, expires_at }))
 }
 
 /// What a snapshot held, besides its entries.
@@ -530,14 +567,22 @@ impl Store {
             .writing
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // Everything the log held before the walk is in the snapshot.
+        let logged = self.aof().map(|aof| aof.end());
         let (bytes, keys, walk) = self.snapshot(*last_size);
         *last_size = bytes.len();
-        write_atomically(&persistence.path, &bytes).map_err(|e| {
+        let saved = write_atomically(&persistence.path, &bytes).map_err(|e| {
             format!(
                 "cannot save the snapshot to {}: {e}",
                 persistence.path.display()
             )
-        })?;
+        });
+        self.snapshot_outcome(saved.as_ref().err());
+        saved?;
+        if let (Some(aof), Some(upto)) = (self.aof(), logged) {
+            aof.rotate(upto)
+                .map_err(|e| format!("snapshot saved, but the log was not cut: {e}"))?;
+        }
         Ok(Some(Saved {
             keys,
             bytes: bytes.len(),

@@ -1,0 +1,719 @@
+//! The embedded store's append-only log: `<PKV_DATA_FILE>.aof`, beside the snapshot.
+//!
+//! Every command that wrote (and every ledger step) appends, for each key it touched, the
+//! key's whole state afterwards: `PUT <entry>` (the snapshot's encoding of one entry, with
+//! its absolute deadline) or `DEL <key>` when the key is gone. Each record is a RESP array
+//! of bulk strings, so a log can be read with Redis's tools. Records hold effects, not
+//! commands: replay needs no clock, no randomness and no command semantics, and replaying a
+//! record twice, or over a snapshot taken after it, leaves the same state (each record
+//! sets its key to what it was at that moment). That is what makes a snapshot's reset of
+//! the log safe at every step (see [`Aof::rotate`]). The price: a write to a large
+//! aggregate logs the whole aggregate.
+//!
+//! A record is appended to a buffer in memory while the key's shard is still locked, so
+//! the records of one key are in the order of its changes. A writer thread does the I/O:
+//! - `always`: the request path waits ([`Aof::wait_synced`]) until the writer has written
+//!   and fsynced everything appended before its reply; one fsync covers every write that
+//!   arrived meanwhile (group commit);
+//! - `everysec`: written every [`WRITE_EVERY`], fsynced once a second;
+//! - `no`: written every [`WRITE_EVERY`], fsynced when the OS decides.
+//!
+//! Ledger steps always wait for an fsync, whatever the policy: a redeemed token that is
+//! forgotten after a crash would be credited again.
+//!
+//! A failed write or fsync is loud: the store refuses writes with `MISCONF` until the
+//! writer has written everything again ([`Aof::failure`]); the bytes not written are kept
+//! and retried, so nothing acknowledged before the failure is dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use super::data::Entry;
+use super::snapshot;
+use super::Store;
+
+/// How often `everysec` and `no` hand the buffer to the OS.
+pub const WRITE_EVERY: Duration = Duration::from_millis(10);
+/// How long a failed write waits before it is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// When the log is fsynced (`PKV_APPENDFSYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Before each write's reply.
+    Always,
+    /// Once a second, in the background.
+    #[default]
+    EverySec,
+    /// When the OS decides.
+    No,
+}
+
+impl Policy {
+    /// The policy named `text` (Redis's words); `None` for anything else.
+    pub fn parse(text: &str) -> Option<Policy> {
+        match text.to_ascii_lowercase().as_str() {
+            "always" => Some(Policy::Always),
+            "everysec" => Some(Policy::EverySec),
+            "no" => Some(Policy::No),
+            _ => None,
+        }
+    }
+}
+
+/// `<data file>.aof`.
+pub fn path_for(data_file: &Path) -> PathBuf {
+    let mut name = data_file.as_os_str().to_owned();
+    name.push(".aof");
+    PathBuf::from(name)
+}
+
+/// What the writer has made durable.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    /// Every byte before this position is fsynced.
+    synced: u64,
+    /// The last write or fsync failed, with this error.
+    error: Option<Arc<str>>,
+}
+
+/// What the request path hands to the writer.
+#[derive(Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// The log's position after `buf`: bytes appended since the log began.
+    end: u64,
+    /// An fsync was asked for (`always`, a ledger step).
+    sync: bool,
+    /// A snapshot holds everything before this position: drop it from the file.
+    rotate: Option<(u64, mpsc::Sender<Result<(), String>>)>,
+}
+
+/// The log; shared by the store and its writer thread.
+pub struct Aof {
+    path: PathBuf,
+    policy: Policy,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: tokio::sync::watch::Sender<Durable>,
+    /// Set while writes must be refused.
+    failed: AtomicBool,
+}
+
+impl Aof {
+    /// Replays the log at `path` into `store` (loaded from its snapshot already), drops a
+    /// torn last record, and starts the writer. A log that is damaged elsewhere stops
+    /// start-up and is left as it is.
+    pub fn open(path: PathBuf, policy: Policy, store: &Store) -> Result<Arc<Aof>, String> {
+        let fail = |problem: String| {
+            format!(
+                "the append-only log {}: {problem}; the file was left as it is",
+                path.display()
+            )
+        };
+        let end = match fs::read(&path) {
+            Ok(bytes) => {
+                let replayed = replay(&bytes, store).map_err(fail)?;
+                if let Some(torn) = &replayed.torn {
+                    tracing::warn!(
+                        file = %path.display(),
+                        kept = replayed.valid,
+                        dropped = bytes.len() - replayed.valid,
+                        problem = %torn,
+                        "the log's last record is incomplete (a crash mid-write); dropped it"
+                    );
+                    let file = OpenOptions::new().write(true).open(&path);
+                    file.and_then(|f| f.set_len(replayed.valid as u64).and_then(|()| f.sync_all()))
+                        .map_err(|e| fail(format!("cannot drop the torn record ({e})")))?;
+                }
+                tracing::info!(
+                    file = %path.display(),
+                    records = replayed.records,
+                    "replayed the append-only log"
+                );
+                replayed.valid as u64
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(fail(format!("cannot read it ({e})"))),
+        };
+        let file = open_append(&path)
+            .map_err(|e| format!("the append-only log {}: {e}", path.display()))?;
+        Aof::start(path, policy, file, end)
+    }
+
+    /// Starts the writer on `file`, which holds `end` bytes of log.
+    fn start(path: PathBuf, policy: Policy, file: File, end: u64) -> Result<Arc<Aof>, String> {
+        let (durable, _) = tokio::sync::watch::channel(Durable {
+            synced: end,
+            error: None,
+        });
+        let aof = Arc::new(Aof {
+            path,
+            policy,
+            pending: Mutex::new(Pending {
+                end,
+                ..Pending::default()
+            }),
+            wake: Condvar::new(),
+            durable,
+            failed: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            aof: Arc::downgrade(&aof),
+            file,
+            file_start: 0,
+            written: end,
+            unsynced: false,
+            last_sync: Instant::now(),
+            retry: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name("pkv-aof".into())
+            .spawn(move || writer.run())
+            .map_err(|e| format!("cannot start the append-only log's writer: {e}"))?;
+        Ok(aof)
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends the record of `key`'s state: `entry`, or its absence. The caller holds the
+    /// key's shard, so records of one key keep the order of its changes.
+    pub fn record(&self, key: &[u8], entry: Option<&Entry>) {
+        let mut pending = self.lock();
+        let before = pending.buf.len();
+        match entry {
+            Some(entry) => {
+                let mut encoded = Vec::new();
+                snapshot::encode_entry(&mut encoded, key, entry);
+                write_record(&mut pending.buf, b"PUT", &encoded);
+            }
+            None => write_record(&mut pending.buf, b"DEL", key),
+        }
+        let added = (pending.buf.len() - before) as u64;
+        pending.end += added;
+    }
+
+    /// The log's position after everything appended so far.
+    pub fn end(&self) -> u64 {
+        self.lock().end
+    }
+
+    /// Why writes are refused, while they are.
+    pub fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let error = self.durable.borrow().error.clone();
+        Some(error.map_or_else(|| "write failed".to_owned(), |e| e.to_string()))
+    }
+
+    /// Waits until everything appended so far is fsynced; the error when the writer could
+    /// not write or fsync it.
+    pub async fn wait_synced(&self) -> Result<(), String> {
+        let mut rx = self.durable.subscribe();
+        let target = {
+            let mut pending = self.lock();
+            pending.sync = true;
+            pending.end
+        };
+        self.wake.notify_one();
+        let outcome = rx
+            .wait_for(|d| d.synced >= target || d.error.is_some())
+            .await
+            .map(|d| d.clone());
+        match outcome {
+            Ok(d) if d.synced >= target => Ok(()),
+            Ok(d) => Err(d.error.map_or_else(String::new, |e| e.to_string())),
+            Err(_) => Err("the log's writer stopped".into()),
+        }
+    }
+
+    /// Drops from the file what a snapshot now holds: every record before `upto` (the
+    /// log's position read before the snapshot's walk). Blocks until done.
+    ///
+    /// The writer copies the records from `upto` on to `<log>.tmp`, fsyncs it, renames it
+    /// over the log and fsyncs the directory. A crash before the rename leaves the new
+    /// snapshot with the whole old log, which replays to the same state (records are
+    /// idempotent states, in order); after it, the new snapshot with the new log.
+    pub fn rotate(&self, upto: u64) -> Result<(), String> {
+        let (done, result) = mpsc::channel();
+        self.lock().rotate = Some((upto, done));
+        self.wake.notify_one();
+        result
+            .recv()
+            .unwrap_or_else(|_| Err("the log's writer stopped".into()))
+    }
+}
+
+/// Appends `*2 $<n> <verb> $<n> <body>`.
+fn write_record(buf: &mut Vec<u8>, verb: &[u8], body: &[u8]) {
+    buf.extend_from_slice(b"*2\r\n");
+    for part in [verb, body] {
+        buf.push(b'$');
+        buf.extend_from_slice(part.len().to_string().as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        buf.extend_from_slice(part);
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Writes `bytes` to `tmp`, fsyncs it, renames it over `path` and fsyncs the directory.
+fn replace_with(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let written = (|| {
+        let mut file = File::create(tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(tmp);
+    }
+    written?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// The thread that writes and fsyncs the log.
+struct Writer {
+    /// Gone when the store is: the thread ends.
+    aof: Weak<Aof>,
+    file: File,
+    /// The log position of the file's first byte.
+    file_start: u64,
+    /// The log position after the last byte written to the file.
+    written: u64,
+    unsynced: bool,
+    last_sync: Instant,
+    /// Bytes a failed write left unwritten, to go before anything newer.
+    retry: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        while let Some(aof) = self.aof.upgrade() {
+            self.turn(&aof);
+        }
+    }
+
+    /// Waits for work (at most [`WRITE_EVERY`]), writes what is pending, fsyncs when the
+    /// policy or a waiter asks, and rotates when a snapshot asks.
+    fn turn(&mut self, aof: &Aof) {
+        let (buf, end, sync, rotate) = {
+            let mut pending = aof.lock();
+            // `always` writes as soon as there is something; the others gather for
+            // [`WRITE_EVERY`] unless an fsync or a rotation is asked for.
+            let asked = pending.sync || pending.rotate.is_some();
+            let idle = !asked && (aof.policy != Policy::Always || pending.buf.is_empty());
+            if idle || !self.retry.is_empty() {
+                let wait = if self.retry.is_empty() {
+                    WRITE_EVERY
+                } else {
+                    RETRY_EVERY
+                };
+                pending = aof
+                    .wake
+                    .wait_timeout(pending, wait)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            let buf = std::mem::take(&mut pending.buf);
+            let sync = std::mem::take(&mut pending.sync);
+            (buf, pending.end, sync, pending.rotate.take())
+        };
+        let mut chunk = std::mem::take(&mut self.retry);
+        if chunk.is_empty() {
+            chunk = buf;
+        } else {
+            chunk.extend_from_slice(&buf);
+        }
+        let mut outcome = self.write(&chunk, end);
+        let due = match aof.policy {
+            Policy::Always => true,
+            Policy::EverySec => self.last_sync.elapsed() >= Duration::from_secs(1),
+            Policy::No => false,
+        };
+        if outcome.is_ok() && self.unsynced && (sync || due) {
+            outcome = self.file.sync_data().map_err(|e| format!("fsync: {e}"));
+            if outcome.is_ok() {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+            }
+        }
+        match outcome {
+            Ok(()) => {
+                let synced = if self.unsynced {
+                    aof.durable.borrow().synced
+                } else {
+                    self.written
+                };
+                aof.failed.store(false, Ordering::Release);
+                aof.durable.send_replace(Durable {
+                    synced,
+                    error: None,
+                });
+            }
+            Err(e) => {
+                if !aof.failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(file = %aof.path.display(), error = %e,
+                        "cannot write the append-only log; refusing writes until it can");
+                }
+                let synced = aof.durable.borrow().synced;
+                aof.durable.send_replace(Durable {
+                    synced,
+                    error: Some(e.into()),
+                });
+            }
+        }
+        if let Some((upto, done)) = rotate {
+            let result = if self.retry.is_empty() {
+                self.rotate(&aof.path, upto)
+            } else {
+                Err("the log has unwritten records".into())
+            };
+            let _ = done.send(result);
+        }
+    }
+
+    /// Writes `chunk`, which ends at log position `end`; what a failure leaves unwritten
+    /// is kept for the next turn.
+    fn write(&mut self, chunk: &[u8], end: u64) -> Result<(), String> {
+        let mut done = 0;
+        while done < chunk.len() {
+            match self.file.write(&chunk[done..]) {
+                Ok(0) => {
+                    self.retry = chunk[done..].to_vec();
+                    self.written = end - self.retry.len() as u64;
+                    return Err("write: no space written".into());
+                }
+                Ok(n) => {
+                    done += n;
+                    self.unsynced = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.retry = chunk[done..].to_vec();
+                    self.written = end - self.retry.len() as u64;
+                    return Err(format!("write: {e}"));
+                }
+            }
+        }
+        self.written = end;
+        Ok(())
+    }
+
+    /// Replaces the file with its records from `upto` on (see [`Aof::rotate`]).
+    fn rotate(&mut self, path: &Path, upto: u64) -> Result<(), String> {
+        if upto <= self.file_start {
+            return Ok(());
+        }
+        let skip = upto - self.file_start;
+        let mut tail = Vec::new();
+        let mut old = File::open(path).map_err(|e| format!("reopen: {e}"))?;
+        old.seek(SeekFrom::Start(skip))
+            .and_then(|_| old.read_to_end(&mut tail))
+            .map_err(|e| format!("read: {e}"))?;
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        replace_with(&tmp, path, &tail).map_err(|e| format!("rewrite: {e}"))?;
+        self.file = open_append(path).map_err(|e| format!("reopen: {e}"))?;
+        self.file_start = upto;
+        Ok(())
+    }
+}
+
+/// What a replay found.
+struct Replayed {
+    records: usize,
+    /// Bytes of whole records.
+    valid: usize,
+    /// Why the bytes after `valid` were dropped.
+    torn: Option<String>,
+}
+
+/// Applies the records of `bytes` to `store`, in order. An incomplete last record (or
+/// zeros where one should start: a crash after the file grew but before its data reached
+/// the disk) is torn; a malformed record followed by more bytes is an error.
+fn replay(bytes: &[u8], store: &Store) -> Result<Replayed, String> {
+    let now = super::now_ms();
+    let mut pos = 0;
+    let mut records = 0;
+    while pos < bytes.len() {
+        let record = match parse_record(&bytes[pos..]) {
+            Parsed::Record(verb, body, len) => (verb, body, len),
+            Parsed::Incomplete => {
+                return Ok(Replayed {
+                    records,
+                    valid: pos,
+                    torn: Some("incomplete record".into()),
+                })
+            }
+            Parsed::Bad(problem) if bytes[pos..].iter().all(|&b| b == 0) => {
+                return Ok(Replayed {
+                    records,
+                    valid: pos,
+                    torn: Some(format!("zeros instead of a record ({problem})")),
+                })
+            }
+            Parsed::Bad(problem) => {
+                return Err(format!("record {records} at byte {pos}: {problem}"))
+            }
+        };
+        let (verb, body, len) = record;
+        match verb {
+            b"PUT" => {
+                let (key, entry) = snapshot::decode_entry(body)
+                    .map_err(|e| format!("record {records} at byte {pos}: {e}"))?;
+                let mut shard = store.keys.write_shard(store.keys.shard_of(&key));
+                if entry.expired(now) {
+                    shard.remove(&key[..]);
+                } else {
+                    shard.insert(key.into(), entry);
+                }
+            }
+            b"DEL" => {
+                store
+                    .keys
+                    .write_shard(store.keys.shard_of(body))
+                    .remove(body);
+            }
+            other => {
+                return Err(format!(
+                    "record {records} at byte {pos}: unknown verb {:?}",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        }
+        pos += len;
+        records += 1;
+    }
+    Ok(Replayed {
+        records,
+        valid: pos,
+        torn: None,
+    })
+}
+
+enum Parsed<'a> {
+    /// Verb, body, and the record's length.
+    Record(&'a [u8], &'a [u8], usize),
+    Incomplete,
+    Bad(String),
+}
+
+/// One `*2 $n verb $n body` record at the start of `bytes`.
+fn parse_record(bytes: &[u8]) -> Parsed<'_> {
+    let mut pos = 0;
+    match line(bytes, &mut pos, b'*') {
+        Ok(2) => {}
+        Ok(n) => return Parsed::Bad(format!("an array of {n}, not 2")),
+        Err(p) => return p,
+    }
+    let mut parts = [&bytes[..0]; 2];
+    for part in &mut parts {
+        let n = match line(bytes, &mut pos, b'$') {
+            Ok(n) => n,
+            Err(p) => return p,
+        };
+        let Some(end) = pos.checked_add(n).filter(|e| e.checked_add(2).is_some()) else {
+            return Parsed::Bad("a length past the end of memory".into());
+        };
+        if bytes.len() < end + 2 {
+            return Parsed::Incomplete;
+        }
+        if &bytes[end..end + 2] != b"\r\n" {
+            return Parsed::Bad("a bulk string not followed by CRLF".into());
+        }
+        *part = &bytes[pos..end];
+        pos = end + 2;
+    }
+    Parsed::Record(parts[0], parts[1], pos)
+}
+
+/// `<mark><digits>\r\n` at `pos`; moves `pos` past it.
+fn line<'a>(bytes: &[u8], pos: &mut usize, mark: u8) -> Result<usize, Parsed<'a>> {
+    let rest = &bytes[*pos..];
+    let Some(&first) = rest.first() else {
+        return Err(Parsed::Incomplete);
+    };
+    if first != mark {
+        return Err(Parsed::Bad(format!(
+            "expected {:?}, found byte {first}",
+            mark as char
+        )));
+    }
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+        return if rest.len() > 21 {
+            Err(Parsed::Bad("a length line without CRLF".into()))
+        } else {
+            Err(Parsed::Incomplete)
+        };
+    };
+    if rest.len() < cr + 2 {
+        return Err(Parsed::Incomplete);
+    }
+    if rest[cr + 1] != b'\n' {
+        return Err(Parsed::Bad("a length line without CRLF".into()));
+    }
+    let n = std::str::from_utf8(&rest[1..cr])
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .ok_or_else(|| Parsed::Bad("a length that is not a number".into()))?;
+    *pos += cr + 2;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::data::Data;
+    use crate::embedded::error::StoreError;
+    use crate::protocol::Proto;
+
+    fn store() -> Store {
+        Store::default()
+    }
+
+    fn record_of(store: &Store, key: &[u8], buf: &mut Vec<u8>) {
+        store
+            .keys
+            .read(key, super::super::now_ms(), |entry| match entry {
+                Some(entry) => {
+                    let mut encoded = Vec::new();
+                    snapshot::encode_entry(&mut encoded, key, entry);
+                    write_record(buf, b"PUT", &encoded);
+                }
+                None => write_record(buf, b"DEL", key),
+            });
+    }
+
+    fn get(store: &Store, key: &[u8]) -> Option<Vec<u8>> {
+        store.keys.read(key, super::super::now_ms(), |e| match e {
+            Some(Entry {
+                data: Data::Str(s), ..
+            }) => Some(s.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_log_replays_to_the_state_it_recorded_and_again_over_a_later_snapshot() {
+        let source = store();
+        let mut log = Vec::new();
+        for args in [
+            &[&b"SET"[..], b"a", b"1"][..],
+            &[b"SET", b"b", b"2"],
+            &[b"SET", b"a", b"3"],
+            &[b"DEL", b"b"],
+            &[b"RPUSH", b"l", b"x", b"y"],
+        ] {
+            assert!(source.run(Proto::Resp2, args).is_ok());
+            record_of(&source, args[1], &mut log);
+        }
+        let replayed = store();
+        let outcome = replay(&log, &replayed).unwrap();
+        assert_eq!((outcome.records, outcome.valid), (5, log.len()));
+        assert_eq!(get(&replayed, b"a"), Some(b"3".to_vec()));
+        assert_eq!(get(&replayed, b"b"), None);
+        // The worst crash of a rotation: the new snapshot is in place, the old log not yet
+        // cut. Replaying the whole log over the later state gives that state again.
+        let later = store();
+        let (bytes, _, _) = source.snapshot(0);
+        snapshot::decode_with(&bytes, 0, |key, entry| {
+            later.keys.insert(key, entry);
+            true
+        })
+        .unwrap();
+        replay(&log, &later).unwrap();
+        for key in [&b"a"[..], b"b", b"l"] {
+            let at = |s: &Store| {
+                s.keys.read(key, 0, |e| {
+                    e.map(|e| {
+                        let mut b = Vec::new();
+                        snapshot::encode_entry(&mut b, key, e);
+                        b
+                    })
+                })
+            };
+            assert_eq!(at(&later), at(&source), "{key:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_log_that_cannot_be_written_refuses_writes_and_says_so_in_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pkv.data.aof");
+        std::fs::write(&path, b"").unwrap();
+        // Opened for reading only: every write fails, as on a full disk.
+        let file = File::open(&path).unwrap();
+        let store = store();
+        let log = Aof::start(path, Policy::Always, file, 0).unwrap();
+        assert!(store.aof.set(log).is_ok());
+        assert!(store.health().is_ok());
+        assert!(store.run(Proto::Resp2, &[b"SET", b"a", b"1"]).is_ok());
+        let Some(aof) = store.aof() else {
+            panic!("no log")
+        };
+        assert!(
+            aof.wait_synced().await.is_err(),
+            "the write reached the disk"
+        );
+        let health = store.health().unwrap_err();
+        assert!(health.contains("append-only log"), "{health}");
+        let refused = store.run(Proto::Resp2, &[b"SET", b"b", b"2"]);
+        assert!(
+            matches!(
+                &refused,
+                Err(crate::embedded::cmd::Error::Store(StoreError::Misconf(_)))
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            store.run(Proto::Resp2, &[b"GET", b"a"]).is_ok(),
+            "reads are served"
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_is_dropped_and_damage_before_the_end_is_an_error() {
+        let mut log = Vec::new();
+        write_record(&mut log, b"DEL", b"a");
+        let whole = log.len();
+        write_record(&mut log, b"DEL", b"bbbb");
+        for cut in whole..log.len() {
+            let outcome = replay(&log[..cut], &store()).unwrap();
+            assert_eq!(outcome.valid, whole, "cut at {cut}");
+            assert_eq!(outcome.torn.is_some(), cut > whole, "cut at {cut}");
+        }
+        let mut zeros = log[..whole].to_vec();
+        zeros.extend_from_slice(&[0; 64]);
+        assert_eq!(replay(&zeros, &store()).unwrap().valid, whole);
+        let mut damaged = log.clone();
+        damaged[whole] = b'x';
+        assert!(replay(&damaged, &store()).is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! The embedded store's append-only log (`<PKV_DATA_FILE>.aof`, `PKV_APPENDFSYNC`): what a
+//! client was told is done survives kill -9. With `always`, no acknowledged write is lost;
+//! whatever the policy, a redeemed token stays redeemed; a log that cannot be written
+//! turns writes into errors instead of acknowledging what would be lost.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{pkv_balance, Issuer, Pkv, PkvConfig};
+
+/// pkv on the embedded store saving to `data` with `policy`, and no snapshot during the
+/// test: only the log can bring back what was written.
+fn embedded(issuer: &Issuer, data: &Path, policy: &str) -> PkvConfig {
+    PkvConfig::embedded(issuer)
+        .set("PKV_DATA_FILE", data.to_str().unwrap())
+        .set("PKV_SNAPSHOT_SECONDS", "3600")
+        .set("PKV_APPENDFSYNC", policy)
+}
+
+/// kill -9.
+fn crash(mut pkv: Pkv) {
+    pkv.child.kill().unwrap();
+    pkv.child.wait().unwrap();
+}
+
+/// Writers SET their own keys, one at a time, until pkv dies under them after `load`;
+/// returns every key that was acknowledged with OK.
+fn acked_until_killed(pkv: Pkv, token: &str, round: usize, load: Duration) -> Vec<String> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let mut conn = pkv.client(token);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let key = format!("r{round}:w{w}:{i}");
+                    let reply: redis::RedisResult<String> =
+                        redis::cmd("SET").arg(&key).arg(i).query(&mut conn);
+                    match reply {
+                        Ok(ok) if ok == "OK" => acked.push(key),
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(load);
+    crash(pkv);
+    stop.store(true, Ordering::Relaxed);
+    writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect()
+}
+
+/// The keys of `keys` that are not in the store.
+fn missing(conn: &mut redis::Connection, keys: &[String]) -> Vec<String> {
+    let mut lost = Vec::new();
+    for chunk in keys.chunks(500) {
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query(conn).unwrap();
+        lost.extend(
+            chunk
+                .iter()
+                .zip(values)
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| k.clone()),
+        );
+    }
+    lost
+}
+
+/// `rounds` kill -9 under a write load with `policy`: (acknowledged, lost).
+fn kill_loop(policy: &str, rounds: usize) -> (usize, usize) {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let config = embedded(&issuer, &data, policy);
+    let token = issuer.token(1_000_000);
+    let (mut acked, mut lost) = (0, 0);
+    let mut all = Vec::new();
+    for round in 0..rounds {
+        let pkv = config.start_process();
+        let mut conn = pkv.client(&token);
+        // What earlier rounds were told is done is still there.
+        lost += missing(&mut conn, &all).len();
+        drop(conn);
+        let keys = acked_until_killed(pkv, &token, round, Duration::from_millis(700));
+        acked += keys.len();
+        all = keys;
+    }
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    lost += missing(&mut conn, &all).len();
+    crash(pkv);
+    (acked, lost)
+}
+
+#[test]
+fn with_appendfsync_always_kill_9_loses_no_acknowledged_write() {
+    let (acked, lost) = kill_loop("always", 3);
+    assert!(acked > 100, "only {acked} writes acknowledged");
+    assert_eq!(lost, 0, "{lost} of {acked} acknowledged writes lost");
+}
+
+/// The figures for the README: acknowledged writes lost per kill -9 under each policy.
+/// `cargo nextest run --test durability --run-ignored only kill_loop_figures --no-capture`
+#[test]
+#[ignore = "a measurement, not a check: prints the figures"]
+fn kill_loop_figures() {
+    for policy in ["always", "everysec", "no"] {
+        let (acked, lost) = kill_loop(policy, 10);
+        println!("PKV_APPENDFSYNC={policy}: 10 kill -9, {acked} acknowledged, {lost} lost");
+    }
+}
+
+#[test]
+fn a_redeemed_token_stays_redeemed_after_kill_9() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    // The default policy: the ledger does not depend on it.
+    let config = PkvConfig::embedded(&issuer)
+        .set("PKV_DATA_FILE", data.to_str().unwrap())
+        .set("PKV_SNAPSHOT_SECONDS", "3600");
+    let first = issuer.mint(100, 3600, Some("payer"));
+    let topup = issuer.mint(50, 3600, None);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.resp_authed(&first);
+    let reply = conn.call_text(&["PKV.TOPUP", &topup]);
+    // kill -9 right after the answer: nothing had time to be saved in the background.
+    crash(pkv);
+    assert!(!reply.starts_with('-'), "PKV.TOPUP answered {reply:?}");
+
+    let pkv = config.start_process();
+    let mut conn = pkv.resp_authed(&first);
+    let again = conn.call_text(&["PKV.TOPUP", &topup]);
+    assert!(
+        again.starts_with("-ERR token already redeemed"),
+        "the top-up token was credited again after kill -9: {again:?}"
+    );
+    let mut client = pkv.client(&first);
+    assert_eq!(
+        common::credited(&pkv_balance(&mut client)),
+        "150.000000000",
+        "the account holds both credits, once each"
+    );
+    crash(pkv);
+}
+
+/// pkv under a file size limit of `bytes` (as a full disk: writes past it fail with
+/// EFBIG, and the signal that would kill it is ignored).
+fn start_with_file_limit(config: &PkvConfig, bytes: u64) -> Pkv {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$0\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_pkv"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(config.settings())
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    Pkv::spawn(cmd, dir)
+}
+
+#[test]
+fn a_log_that_cannot_be_written_refuses_writes_and_loses_nothing_acknowledged() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let config = embedded(&issuer, &data, "always");
+    let token = issuer.token(1_000_000);
+
+    let pkv = start_with_file_limit(&config, 64 * 1024);
+    let mut conn = pkv.client(&token);
+    let mut acked = Vec::new();
+    let value = "v".repeat(500);
+    let refusal = loop {
+        let key = format!("k{}", acked.len());
+        let reply: redis::RedisResult<String> =
+            redis::cmd("SET").arg(&key).arg(&value).query(&mut conn);
+        match reply {
+            Ok(_) => acked.push(key),
+            Err(e) => break e.to_string(),
+        }
+        assert!(
+            acked.len() < 10_000,
+            "64 KiB of log took {} writes",
+            acked.len()
+        );
+    };
+    assert!(refusal.contains("MISCONF"), "the refusal: {refusal}");
+    // Still refused, and reads still served.
+    let again: redis::RedisResult<String> = redis::cmd("SET").arg("late").arg("x").query(&mut conn);
+    assert!(again.is_err(), "a later write answered {again:?}");
+    let first: Option<String> = redis::cmd("GET").arg("k0").query(&mut conn).unwrap();
+    assert_eq!(first.as_deref(), Some(value.as_str()));
+    // A graceful stop, whose last snapshot cannot be written either.
+    let mut pkv = pkv;
+    pkv.terminate();
+    pkv.child.wait().unwrap();
+
+    // With room again, everything acknowledged is back.
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let lost = missing(&mut conn, &acked);
+    assert!(
+        lost.is_empty(),
+        "{} of {} lost: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    crash(pkv);
+}
+
+#[test]
+fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let log = dir.path().join("pkv.data.aof");
+    let config = embedded(&issuer, &data, "always").set("PKV_SNAPSHOT_SECONDS", "1");
+    let token = issuer.token(1_000_000);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let keys: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.cmd("SET").arg(key).arg("x".repeat(100)).ignore();
+    }
+    let () = pipe.query(&mut conn).unwrap();
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let written = size(&log);
+    assert!(written > 2000 * 100, "the log holds {written} bytes");
+    // A snapshot taken after the writes cuts them from the log.
+    common::wait_until("the log cut by a snapshot", || size(&log) < 2000 * 100);
+    let () = redis::cmd("SET")
+        .arg("after")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    crash(pkv);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let mut all = keys.clone();
+    all.push("after".into());
+    let lost = missing(&mut conn, &all);
+    assert!(lost.is_empty(), "lost {lost:?}");
+    crash(pkv);
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_at_start_up_and_the_log_goes_on_after_it() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let log = dir.path().join("pkv.data.aof");
+    let config = embedded(&issuer, &data, "always");
+    let token = issuer.token(1_000_000);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let () = redis::cmd("SET")
+        .arg("a")
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    crash(pkv);
+    // A crash in the middle of appending the next record.
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(b"*2\r\n$3\r\nPUT\r\n$900\r\nhalf");
+    std::fs::write(&log, &bytes).unwrap();
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let a: Option<String> = redis::cmd("GET").arg("a").query(&mut conn).unwrap();
+    assert_eq!(a.as_deref(), Some("1"));
+    let () = redis::cmd("SET")
+        .arg("b")
+        .arg("2")
+        .query(&mut conn)
+        .unwrap();
+    crash(pkv);
+
+    // The torn bytes were cut before new records were appended: both come back.
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    assert!(missing(&mut conn, &["a".into(), "b".into()]).is_empty());
+    crash(pkv);
+}
