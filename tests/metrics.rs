@@ -14,17 +14,7 @@ use common::{wait_until, Issuer, PkvConfig, Redis, RespConn};
 
 /// An HTTP GET on the metrics endpoint: the status code and the body.
 fn get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: pkv\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    common::http_get(port, path)
 }
 
 /// A parsed text exposition: each sample (`name{label="value",...}`, labels sorted) and its

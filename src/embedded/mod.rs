@@ -605,8 +605,16 @@ impl Backend for Store {
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
-        let health = self.persistence.as_ref().map(|p| p.health.check(p.every));
-        Box::pin(std::future::ready(health.unwrap_or(Ok(()))))
+        // The log and the last snapshot's outcome, then the snapshots' age.
+        let health = self
+            .health()
+            .map_err(|why| format!("persistence: {why}"))
+            .and_then(|()| {
+                self.persistence
+                    .as_ref()
+                    .map_or(Ok(()), |p| p.health.check(p.every))
+            });
+        Box::pin(std::future::ready(health))
     }
 
     fn figures(&self) -> crate::metrics::BackendFigures {

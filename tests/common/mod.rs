@@ -1428,3 +1428,20 @@ pub fn settled_byte_seconds(c: &mut redis::Connection, pause: Duration) -> i64 {
     }
     panic!("byte_seconds never settled");
 }
+
+/// An HTTP GET to `127.0.0.1:port` (pkv's metrics endpoint): the status code and the body.
+#[allow(dead_code)] // not every test binary reads the endpoint
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: pkv\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_owned())
+}
