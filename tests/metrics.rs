@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::process::Command;
 
 use common::{wait_until, Issuer, PkvConfig, Redis, RespConn};
