@@ -605,15 +605,18 @@ impl Backend for Store {
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
-        // The log and the last snapshot's outcome, then the snapshots' age.
-        let health = self
-            .health()
-            .map_err(|why| format!("persistence: {why}"))
-            .and_then(|()| {
-                self.persistence
-                    .as_ref()
-                    .map_or(Ok(()), |p| p.health.check(p.every))
-            });
+        // The log first; then the snapshots: the last one's outcome and their age.
+        let log = match self.aof().and_then(aof::Aof::failure) {
+            Some(why) => Err(format!(
+                "persistence: the append-only log cannot be written: {why}"
+            )),
+            None => Ok(()),
+        };
+        let health = log.and_then(|()| {
+            self.persistence
+                .as_ref()
+                .map_or(Ok(()), |p| p.health.check(p.every))
+        });
         Box::pin(std::future::ready(health))
     }
 
