@@ -29,6 +29,7 @@ pub mod keyspace;
 mod ledger;
 pub mod pubsub;
 pub mod snapshot;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -266,6 +267,19 @@ impl Store {
             return into_frame(Err(not_here(args.first().copied().unwrap_or_default())));
         };
         let keys = keys_of(command, &args);
+        // XREAD's `$` means the last ID when the command came, not when it runs again.
+        let cx = Cx {
+            store: self,
+            proto,
+            now: now_ms(),
+        };
+        let pinned = cmd::streams::pin_last_ids(&cx, &args).and_then(|a| {
+            Some(Call::new(
+                call.spec()?,
+                a.into_iter().map(Bytes::from).collect(),
+            ))
+        });
+        let call = pinned.as_ref().unwrap_or(call);
         let mut deadline = None;
         loop {
             let notifies = self.waiters.register(&keys);
