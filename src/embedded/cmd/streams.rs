@@ -429,15 +429,16 @@ fn range(cx: &mut Cx, args: &[&[u8]], rev: bool) -> Reply {
             return Err(StoreError::Syntax.into());
         }
     }
-    if count == Some(0) {
-        return Ok(Frame::NullArray);
-    }
-    let count = count.unwrap_or(usize::MAX);
     cx.read(args[1], |entry| {
         let Some(entry) = entry else {
             return Ok(Frame::Array(Vec::new()));
         };
         let s = stream_of(entry)?;
+        // COUNT 0 answers the null array, once the key is known to be a stream.
+        if count == Some(0) {
+            return Ok(Frame::NullArray);
+        }
+        let count = count.unwrap_or(usize::MAX);
         if start > end {
             return Ok(Frame::Array(Vec::new()));
         }
