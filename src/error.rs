@@ -525,6 +525,7 @@ fn stream_line(err: &crate::embedded::error::StreamError) -> Cow<'static, str> {
         }
         X::NoSuchKey => "ERR no such key",
         X::CountNotPositive => "ERR COUNT must be > 0",
+        X::Unblocked => "UNBLOCKED the stream key no longer exists",
         X::InvalidNumber { what } => return format!("ERR Invalid {what}").into(),
         X::UnknownXclaimOption { option } => {
             return one_line(format!("ERR Unrecognized XCLAIM option '{option}'"))

@@ -579,3 +579,40 @@ fn xread_times_out_with_the_null_array() {
     );
     assert_eq!(reply, b"_\r\n");
 }
+
+/// A blocked XREADGROUP whose stream is deleted ends with Redis 7.0's `-UNBLOCKED` error;
+/// a blocked XREAD whose key becomes a string waits on, as Redis serves only streams.
+#[test]
+fn deleting_the_stream_unblocks_xreadgroup_with_an_error() {
+    let s = Setup::start();
+    s.run(&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"]);
+    let mut conn = s.pkv.resp_authed(&s.token);
+    conn.send(&common::encode(&[
+        b"XREADGROUP",
+        b"GROUP",
+        b"g",
+        b"c",
+        b"BLOCK",
+        b"10000",
+        b"STREAMS",
+        b"s",
+        b">",
+    ]));
+    s.blocked(1);
+    s.run(&["DEL", "s"]);
+    let reply = conn.reply_within(Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-UNBLOCKED the stream key no longer exists\r\n"
+    );
+
+    let blocked = s.command_in_background(&["XREAD", "BLOCK", "10000", "STREAMS", "t", "$"]);
+    s.blocked(1);
+    s.run(&["SET", "t", "x"]);
+    thread::sleep(SETTLE);
+    assert!(blocked.try_recv().is_err(), "XREAD answered a string key");
+    s.run(&["DEL", "t"]);
+    s.run(&["XADD", "t", "1-0", "f", "v"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply, one_stream("t", stream_entry("1-0", "f", "v")));
+}

@@ -247,6 +247,8 @@ pub enum StreamError {
     UnknownXclaimOption { option: String },
     /// XAUTOCLAIM's COUNT out of range.
     CountNotPositive,
+    /// A blocked XREADGROUP whose stream was deleted.
+    Unblocked,
 }
 
 impl From<TimeoutError> for StoreError {

@@ -281,13 +281,31 @@ impl Store {
         });
         let call = pinned.as_ref().unwrap_or(call);
         let mut deadline = None;
+        let mut again = false;
         loop {
             let notifies = self.waiters.register(&keys);
             let mut woken: Vec<_> = notifies.iter().map(|n| Box::pin(n.notified())).collect();
             woken.iter_mut().for_each(|w| {
                 w.as_mut().enable();
             });
-            let timeout_ms = match self.run_async(proto, call).await {
+            // Woken streams commands first check what Redis checks when it wakes them.
+            let wake = if again {
+                let cx = Cx {
+                    store: self,
+                    proto,
+                    now: now_ms(),
+                };
+                cmd::streams::on_wake(&cx, &args)
+            } else {
+                cmd::streams::Wake::Run
+            };
+            again = true;
+            let outcome = match wake {
+                cmd::streams::Wake::Run => self.run_async(proto, call).await,
+                cmd::streams::Wake::Wait => Ok(Err(Error::Block { timeout_ms: 0 })),
+                cmd::streams::Wake::Fail(err) => Ok(Err(err)),
+            };
+            let timeout_ms = match outcome {
                 Ok(Err(Error::Block { timeout_ms })) => timeout_ms,
                 other => {
                     drop(woken);

@@ -805,6 +805,43 @@ pub fn pin_last_ids(cx: &Cx, args: &[&[u8]]) -> Option<Vec<Vec<u8>>> {
     Some(out)
 }
 
+/// What a blocked XREAD or XREADGROUP does when a write to one of its keys wakes it.
+pub enum Wake {
+    /// Run the command again.
+    Run,
+    /// Keep waiting (XREAD whose key now holds another type: Redis serves only streams).
+    Wait,
+    /// Answer this error (XREADGROUP whose stream was deleted or replaced).
+    Fail(Error),
+}
+
+/// What Redis 7.0 does with a blocked stream read whose key was written: XREADGROUP ends
+/// with `-UNBLOCKED` once a key no longer holds a stream; XREAD waits on.
+pub fn on_wake(cx: &Cx, args: &[&[u8]]) -> Wake {
+    let Some(name) = args.first() else {
+        return Wake::Run;
+    };
+    let group = is(name, "XREADGROUP");
+    if !group && !is(name, "XREAD") {
+        return Wake::Run;
+    }
+    let Ok(a) = read_args(args, group) else {
+        return Wake::Run;
+    };
+    for key in a.keys {
+        let stream = cx.read(key, |entry| {
+            entry.map(|e| matches!(e.data, Data::Stream(_)))
+        });
+        match stream {
+            Some(true) => {}
+            _ if group => return Wake::Fail(X::Unblocked.into()),
+            None => {}
+            Some(false) => return Wake::Wait,
+        }
+    }
+    Wake::Run
+}
+
 // === groups ===
 
 /// `XGROUP CREATE|SETID|DESTROY|CREATECONSUMER|DELCONSUMER key group ...`
