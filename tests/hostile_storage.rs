@@ -516,10 +516,14 @@ fn stream_group_and_consumer_names_are_paid(s: &mut Setup) {
 
 #[test]
 fn stream_group_and_consumer_names_are_paid_upstream() {
-    stream_group_and_consumer_names_are_paid(&mut upstream());
+    let mut s = upstream();
+    stream_group_and_consumer_names_are_paid(&mut s);
+    drop(s.pkv);
 }
 
 #[test]
 fn stream_group_and_consumer_names_are_paid_embedded() {
-    stream_group_and_consumer_names_are_paid(&mut embedded());
+    let mut s = embedded();
+    stream_group_and_consumer_names_are_paid(&mut s);
+    drop(s.pkv);
 }

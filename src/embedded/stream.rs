@@ -182,15 +182,25 @@ impl Stream {
             }
         }
         let mut deleted = 0u64;
-        let starts: Vec<StreamId> = self.nodes.keys().copied().collect();
-        for (i, start) in starts.iter().enumerate() {
+        // Node by node from the first; only the nodes it works on are visited.
+        let mut next = self.nodes.keys().next().copied();
+        while let Some(start) = next {
+            let start = &start;
             let len = self.entries.len() as u64;
             if let Trim::MaxLen(max) = strategy {
                 if len <= max {
                     break;
                 }
             }
-            let end = starts.get(i + 1).copied();
+            let end = self
+                .nodes
+                .range((
+                    std::ops::Bound::Excluded(*start),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .map(|(s, _)| *s);
+            next = end;
             let ids: Vec<StreamId> = match end {
                 Some(end) => self.entries.range(*start..end).map(|(k, _)| *k).collect(),
                 None => self.entries.range(*start..).map(|(k, _)| *k).collect(),

@@ -921,12 +921,10 @@ fn xgroup(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         if create {
             let id_raw = args.get(4).copied().unwrap_or_default();
             // Parse before creating the key, so that a bad ID creates nothing.
-            let probe = slot
-                .as_ref()
-                .and_then(|e| stream_of(e).ok())
-                .cloned()
-                .unwrap_or_default();
-            let id = id_arg(&probe, id_raw)?;
+            let id = match slot.as_ref() {
+                Some(entry) => id_arg(stream_of(entry)?, id_raw)?,
+                None => id_arg(&Stream::default(), id_raw)?,
+            };
             let entry = slot.get_or_insert_with(|| Entry::new(Data::Stream(Box::default())));
             let s = stream_of_mut(entry)?;
             if s.groups.contains_key(group) {
