@@ -3,7 +3,10 @@
 //! XSETID, XRANGE and XREVRANGE (inclusive and exclusive ends, COUNT), XLEN and XINFO STREAM
 //! run on a real redis-server and on the store; every reply must be the same, so the
 //! entries, the counters XINFO reports (first ID, max deleted ID, entries added) and the
-//! nodes approximate trimming removes (`radix-tree-keys`) agree.
+//! nodes approximate trimming removes (`radix-tree-keys`) agree. Consumer-group commands
+//! whose replies hold no time (XGROUP, XREADGROUP, XACK, XPENDING's summary, XCLAIM and
+//! XAUTOCLAIM with JUSTID, XINFO GROUPS) are mixed in, so that pending entries, the groups'
+//! `entries-read` and their lag agree too.
 //!
 //! Values are short so that Redis's nodes fill by entry count (100), not by bytes. A seeded
 //! generator: a failure prints the seed, and `PKV_PROPERTY_SEED` replays it.
@@ -192,6 +195,86 @@ fn command(r: &mut Rng, ms: &mut u64) -> Vec<String> {
     }
 }
 
+/// One random consumer-group command on stream `s`: none whose reply holds a time.
+fn group_command(r: &mut Rng, ms: &mut u64) -> Vec<String> {
+    let id = |r: &mut Rng, ms: u64| format!("{}-{}", r.below(ms + 2), r.below(3));
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let group = if r.chance(80) { "g" } else { "h" };
+    let consumer = ["alice", "bob", "carol"][r.below(3) as usize];
+    match r.below(12) {
+        0 => {
+            let start = if r.chance(50) {
+                "$".to_owned()
+            } else {
+                id(r, *ms)
+            };
+            let mut c = s(&["XGROUP", "CREATE", "s", group, &start]);
+            if r.chance(50) {
+                c.push("MKSTREAM".into());
+            }
+            if r.chance(30) {
+                c.extend(s(&["ENTRIESREAD", &r.below(20).to_string()]));
+            }
+            c
+        }
+        1 => {
+            let mut c = s(&["XGROUP", "SETID", "s", group, &id(r, *ms)]);
+            if r.chance(30) {
+                c.extend(s(&["ENTRIESREAD", &r.below(20).to_string()]));
+            }
+            c
+        }
+        2 => {
+            if r.chance(30) {
+                s(&["XGROUP", "DESTROY", "s", group])
+            } else {
+                s(&["XGROUP", "DELCONSUMER", "s", group, consumer])
+            }
+        }
+        3..=5 => {
+            let mut c = s(&["XREADGROUP", "GROUP", group, consumer]);
+            if r.chance(50) {
+                c.extend(s(&["COUNT", &r.below(4).to_string()]));
+            }
+            if r.chance(20) {
+                c.push("NOACK".into());
+            }
+            let from = if r.chance(70) {
+                ">".to_owned()
+            } else {
+                id(r, *ms)
+            };
+            c.extend(s(&["STREAMS", "s", &from]));
+            c
+        }
+        6 => {
+            let mut c = s(&["XACK", "s", group]);
+            for _ in 0..1 + r.below(3) {
+                c.push(id(r, *ms));
+            }
+            c
+        }
+        7 => s(&["XPENDING", "s", group]),
+        8 => {
+            let mut c = s(&["XCLAIM", "s", group, consumer, "0"]);
+            for _ in 0..1 + r.below(3) {
+                c.push(id(r, *ms));
+            }
+            c.push("JUSTID".into());
+            if r.chance(20) {
+                c.push("FORCE".into());
+            }
+            c
+        }
+        9 => {
+            let mut c = s(&["XAUTOCLAIM", "s", group, consumer, "0", &id(r, *ms)]);
+            c.extend(s(&["COUNT", &(1 + r.below(4)).to_string(), "JUSTID"]));
+            c
+        }
+        _ => s(&["XINFO", "GROUPS", "s"]),
+    }
+}
+
 #[test]
 fn streams_match_redis() {
     let redis = Redis::start();
@@ -208,7 +291,11 @@ fn streams_match_redis() {
         let mut ms = 1;
         let mut history = Vec::new();
         for _ in 0..400 {
-            let args = command(&mut r, &mut ms);
+            let args = if r.chance(40) {
+                group_command(&mut r, &mut ms)
+            } else {
+                command(&mut r, &mut ms)
+            };
             let mut cmd = redis::cmd(&args[0]);
             for a in &args[1..] {
                 cmd.arg(a.as_str());

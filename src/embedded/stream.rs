@@ -65,9 +65,8 @@ pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stream {
     pub entries: BTreeMap<StreamId, Fields>,
-    /// Where Redis's nodes start, and how many entries were appended to each (deleted ones
-    /// included): a node takes [`NODE_ENTRIES`] appends.
-    pub nodes: BTreeMap<StreamId, u32>,
+    /// Redis's nodes by the ID they start at: a node takes [`NODE_ENTRIES`] appends.
+    pub nodes: BTreeMap<StreamId, Node>,
     pub last_id: StreamId,
     /// The first entry's ID, 0-0 when empty (as Redis records it).
     pub first_id: StreamId,
@@ -75,6 +74,15 @@ pub struct Stream {
     pub entries_added: u64,
     /// Groups by name (Redis lists them in name order).
     pub groups: BTreeMap<Vec<u8>, Group>,
+}
+
+/// One of Redis's nodes: it keeps its deleted entries (flagged) until it goes whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Node {
+    /// Entries appended to it, deleted ones included.
+    pub appended: u32,
+    /// The last appended ID, deleted or not (what MINID trimming compares).
+    pub last: StreamId,
 }
 
 /// A consumer group.
@@ -117,9 +125,18 @@ impl Stream {
     /// Appends an entry whose ID the caller checked is above `last_id`.
     pub fn append(&mut self, id: StreamId, fields: Fields) {
         match self.nodes.iter_mut().next_back() {
-            Some((_, appended)) if *appended < NODE_ENTRIES => *appended += 1,
+            Some((_, node)) if node.appended < NODE_ENTRIES => {
+                node.appended += 1;
+                node.last = id;
+            }
             _ => {
-                self.nodes.insert(id, 1);
+                self.nodes.insert(
+                    id,
+                    Node {
+                        appended: 1,
+                        last: id,
+                    },
+                );
             }
         }
         if self.entries.is_empty() {
@@ -167,9 +184,6 @@ impl Stream {
 
     fn refresh_first(&mut self) {
         self.first_id = self.entries.keys().next().copied().unwrap_or(StreamId::MIN);
-        if self.entries.is_empty() {
-            self.nodes.clear();
-        }
     }
 
     /// Trims as XADD and XTRIM do: `maxlen` keeps at most that many entries, `minid` drops
@@ -211,7 +225,7 @@ impl Stream {
             }
             let whole = match strategy {
                 Trim::MaxLen(max) => len - live >= max,
-                Trim::MinId(min) => ids.last().is_none_or(|last| *last < min),
+                Trim::MinId(min) => self.nodes.get(start).is_none_or(|n| n.last < min),
             };
             if whole {
                 for id in &ids {
@@ -283,18 +297,19 @@ impl Stream {
         None
     }
 
-    /// A group's lag, when it can be known (Redis's `streamReplyWithCGLag`).
-    pub fn lag(&self, group: &Group) -> Option<u64> {
+    /// A group's lag, when it can be known (Redis's `streamReplyWithCGLag`). Negative when
+    /// ENTRIESREAD or XSETID claim more than was added, as Redis answers then.
+    pub fn lag(&self, group: &Group) -> Option<i64> {
+        let lag = |read: u64| (self.entries_added as i64).wrapping_sub(read as i64);
         if self.entries_added == 0 {
             return Some(0);
         }
         if let Some(read) = group.entries_read {
             if !self.has_tombstones_from(group.last_id) {
-                return Some(self.entries_added.saturating_sub(read));
+                return Some(lag(read));
             }
         }
-        self.entries_up_to(group.last_id)
-            .map(|read| self.entries_added.saturating_sub(read))
+        self.entries_up_to(group.last_id).map(lag)
     }
 
     /// An estimate of the bytes the stream occupies, for `MEMORY USAGE`: grows with every
@@ -338,9 +353,10 @@ impl Stream {
         id(&mut out, self.max_deleted);
         n(&mut out, self.entries_added);
         n(&mut out, self.nodes.len() as u64);
-        for (start, appended) in &self.nodes {
+        for (start, node) in &self.nodes {
             id(&mut out, *start);
-            n(&mut out, u64::from(*appended));
+            n(&mut out, u64::from(node.appended));
+            id(&mut out, node.last);
         }
         n(&mut out, self.entries.len() as u64);
         for (eid, fields) in &self.entries {
@@ -381,10 +397,11 @@ impl Stream {
             entries_added: r.u64()?,
             ..Stream::default()
         };
-        for _ in 0..r.count(24)? {
+        for _ in 0..r.count(40)? {
             let start = r.id()?;
             let appended = u32::try_from(r.u64()?).ok()?;
-            s.nodes.insert(start, appended);
+            let last = r.id()?;
+            s.nodes.insert(start, Node { appended, last });
         }
         for _ in 0..r.count(24)? {
             let id = r.id()?;

@@ -709,14 +709,15 @@ fn group_read(
         },
     };
     let history = matches!(from, Start::After(_));
-    // The consumer exists from its first read on, served or not.
+    let start = start?;
+    // The consumer exists from its first served read on (Redis 7.0 creates it there).
     let g = s.groups.get_mut(group)?;
     let c = g
         .consumers
         .entry(consumer.to_vec())
         .or_insert_with(Consumer::default);
     c.seen_at = now;
-    let start = start?.next()?;
+    let start = start.next()?;
     if history {
         let ids: Vec<StreamId> = c.pel.range(start..).take(count).copied().collect();
         let mut out = Vec::with_capacity(ids.len().min(PREALLOC));
@@ -1395,7 +1396,7 @@ fn xinfo(cx: &mut Cx, args: &[&[u8]]) -> Reply {
                             ("pending", Frame::Integer(g.pel.len() as i64)),
                             ("last-delivered-id", id_frame(g.last_id)),
                             ("entries-read", opt_int(g.entries_read)),
-                            ("lag", opt_int(s.lag(g))),
+                            ("lag", s.lag(g).map_or(Frame::Null, Frame::Integer)),
                         ],
                     )
                 })
@@ -1502,7 +1503,7 @@ fn stream_info(cx: &Cx, s: &Stream, opts: &[&[u8]]) -> Reply {
                     ("name", bulk(name.clone())),
                     ("last-delivered-id", id_frame(g.last_id)),
                     ("entries-read", opt_int(g.entries_read)),
-                    ("lag", opt_int(s.lag(g))),
+                    ("lag", s.lag(g).map_or(Frame::Null, Frame::Integer)),
                     ("pel-count", Frame::Integer(g.pel.len() as i64)),
                     ("pending", Frame::Array(pending)),
                     ("consumers", Frame::Array(consumers)),
