@@ -3,9 +3,9 @@
 //! An in-process key-value store with Redis semantics for the commands it runs
 //! ([`cmd`]): binary keys and values, strings, hashes, lists, sets and sorted sets (with
 //! HyperLogLog in Redis's own string form, [`hll`], geo and SORT on top of them), streams
-//! with consumer groups ([`stream`]), expiry
-//! (lazy on access and active in the background), blocking pops and stream reads, Pub/Sub, MULTI/EXEC with
-//! WATCH, and the ledger ([`ledger`]). Served commands it does not run are answered with an
+//! with consumer groups ([`stream`]), expiry (lazy on access and active in the
+//! background), blocking pops and stream reads, Pub/Sub, MULTI/EXEC with WATCH, and the
+//! ledger ([`ledger`]). Served commands it does not run are answered with an
 //! error that names them and points at `PKV_UPSTREAM_URL`.
 //!
 //! Concurrency: the keyspace is sharded ([`keyspace`]); a command on one key locks one
