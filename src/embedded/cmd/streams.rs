@@ -91,10 +91,14 @@ fn parse_u64(raw: &[u8]) -> Option<u64> {
     if let Some(n) = crate::redis_num::parse_int(raw) {
         return u64::try_from(n).ok();
     }
-    if raw.is_empty() || raw.len() > 20 || !raw.iter().all(u8::is_ascii_digit) {
+    // Then as `strtoull` reads it: leading white space and a `+` are fine.
+    let start = raw.iter().position(|b| !b" \t\n\r\x0b\x0c".contains(b))?;
+    let raw = &raw[start..];
+    let digits = raw.strip_prefix(b"+").unwrap_or(raw);
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// An ID as Redis's `streamGenericParseIDOrReply` reads it. `strict` refuses `-` and `+`;
