@@ -479,6 +479,74 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
             "ERR at least 1 input key is needed for '{}' command",
             command.to_ascii_lowercase()
         )),
+        S::Stream(err) => return stream_line(err),
+    };
+    Cow::Borrowed(fixed)
+}
+
+/// Redis 7.0's words for a stream command's refusal.
+fn stream_line(err: &crate::embedded::error::StreamError) -> Cow<'static, str> {
+    use crate::embedded::error::StreamError as X;
+    let fixed = match err {
+        X::InvalidId => "ERR Invalid stream ID specified as stream command argument",
+        X::AddIdTooSmall => {
+            "ERR The ID specified in XADD is equal or smaller than the target stream top item"
+        }
+        X::AddIdZero => "ERR The ID specified in XADD must be greater than 0-0",
+        X::Exhausted => {
+            "ERR The stream has exhausted the last possible ID, unable to add more items"
+        }
+        X::MaxlenAndMinid => {
+            "ERR syntax error, MAXLEN and MINID options at the same time are not compatible"
+        }
+        X::MaxlenNegative => "ERR The MAXLEN argument must be >= 0.",
+        X::LimitNegative => "ERR The LIMIT argument must be >= 0.",
+        X::LimitWithoutStrategy => {
+            "ERR syntax error, LIMIT cannot be used without specifying a trimming strategy"
+        }
+        X::LimitWithoutApprox => "ERR syntax error, LIMIT cannot be used without the special ~ option",
+        X::TrimWithoutStrategy => "ERR syntax error, XTRIM must be called with a trimming strategy",
+        X::InvalidStart => "ERR invalid start ID for the interval",
+        X::InvalidEnd => "ERR invalid end ID for the interval",
+        X::GroupInXread => {
+            "ERR The GROUP option is only supported by XREADGROUP. You called XREAD instead."
+        }
+        X::NoackInXread => {
+            "ERR The NOACK option is only supported by XREADGROUP. You called XREAD instead."
+        }
+        X::MissingGroup => "ERR Missing GROUP option for XREADGROUP",
+        X::DollarInXreadgroup => "ERR The $ ID is meaningless in the context of XREADGROUP: you want to read the history of this consumer by specifying a proper ID, or use the > ID to get new messages. The $ ID would just return an empty result set.",
+        X::GreaterInXread => "ERR The > ID can be specified only when calling XREADGROUP using the GROUP <group> <consumer> option.",
+        X::BusyGroup => "BUSYGROUP Consumer Group name already exists",
+        X::XgroupNoKey => "ERR The XGROUP subcommand requires the key to exist. Note that for CREATE you may want to use the MKSTREAM option to create an empty stream automatically.",
+        X::EntriesReadNegative => "ERR value for ENTRIESREAD must be positive or -1",
+        X::EntriesAddedNegative => "ERR entries_added must be positive",
+        X::SetIdBelowTop => {
+            "ERR The ID specified in XSETID is smaller than the target stream top item"
+        }
+        X::SetIdBelowGivenMaxDeleted => {
+            "ERR The ID specified in XSETID is smaller than the provided max_deleted_entry_id"
+        }
+        X::EntriesAddedBelowLength => {
+            "ERR The entries_added specified in XSETID is smaller than the target stream length"
+        }
+        X::NoSuchKey => "ERR no such key",
+        X::CountNotPositive => "ERR COUNT must be > 0",
+        X::Unblocked => "UNBLOCKED the stream key no longer exists",
+        X::InvalidNumber { what } => return format!("ERR Invalid {what}").into(),
+        X::UnknownXclaimOption { option } => {
+            return one_line(format!("ERR Unrecognized XCLAIM option '{option}'"))
+        }
+        X::NoKeyOrGroup { key, group, suffix } => {
+            return one_line(format!(
+                "NOGROUP No such key '{key}' or consumer group '{group}'{suffix}"
+            ))
+        }
+        X::NoGroup { key, group } => {
+            return one_line(format!(
+                "NOGROUP No such consumer group '{group}' for key name '{key}'"
+            ))
+        }
     };
     Cow::Borrowed(fixed)
 }
@@ -638,6 +706,11 @@ mod tests {
             },
             S::Misconf("write: No space left on device\r\nx".into()),
             S::Abandoned,
+            S::Stream(crate::embedded::error::StreamError::NoKeyOrGroup {
+                key: sent(),
+                group: sent(),
+                suffix: "",
+            }),
         ]
     }
 
@@ -719,6 +792,7 @@ mod tests {
             S::SortGetTooLarge { .. } => 71,
             S::Misconf(_) => 72,
             S::Abandoned => 73,
+            S::Stream(_) => 74,
         }
     }
 

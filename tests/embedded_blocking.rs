@@ -452,3 +452,167 @@ fn a_blocked_pop_times_out_with_nil() {
         redis::Value::Nil
     );
 }
+
+/// An entry `[id, [field, value]]` of a stream reply.
+fn stream_entry(id: &str, field: &str, value: &str) -> redis::Value {
+    redis::Value::Array(vec![
+        bulk(id),
+        redis::Value::Array(vec![bulk(field), bulk(value)]),
+    ])
+}
+
+/// XREAD's reply for one stream with one entry.
+fn one_stream(key: &str, entry: redis::Value) -> redis::Value {
+    redis::Value::Array(vec![redis::Value::Array(vec![
+        bulk(key),
+        redis::Value::Array(vec![entry]),
+    ])])
+}
+
+/// `$` is the last ID when XREAD came: the client gets the entry added while it waited,
+/// not an empty wait for the one after it.
+#[test]
+fn xadd_wakes_a_blocked_xread_with_the_new_entry() {
+    let s = Setup::start();
+    s.run(&["XADD", "s", "1-0", "old", "1"]);
+    let blocked = s.command_in_background(&["XREAD", "BLOCK", "10000", "STREAMS", "s", "$"]);
+    s.blocked(1);
+    let added = Instant::now();
+    assert_eq!(s.run(&["XADD", "s", "2-0", "f", "v"]), bulk("2-0"));
+    let (reply, _) = wait(&blocked);
+    assert!(
+        added.elapsed() < Duration::from_secs(3),
+        "woken {:?} after the XADD",
+        added.elapsed()
+    );
+    assert_eq!(reply, one_stream("s", stream_entry("2-0", "f", "v")));
+}
+
+/// Another account's stream of the same name is another key: its XADD wakes nobody here,
+/// and this account's own XADD still does.
+#[test]
+fn another_accounts_xadd_does_not_wake_a_blocked_xread() {
+    let s = Setup::start();
+    let blocked = s.command_in_background(&["XREAD", "BLOCK", "10000", "STREAMS", "s", "$"]);
+    s.blocked(1);
+    let mut other = s.pkv.client(&s.issuer.token(1000));
+    let id: String = command(&["XADD", "s", "5-0", "theirs", "1"])
+        .query(&mut other)
+        .unwrap();
+    assert_eq!(id, "5-0");
+    thread::sleep(SETTLE);
+    assert!(
+        blocked.try_recv().is_err(),
+        "the other account's XADD answered the blocked XREAD"
+    );
+    s.run(&["XADD", "s", "1-0", "mine", "1"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply, one_stream("s", stream_entry("1-0", "mine", "1")));
+}
+
+/// A blocked XREADGROUP `>` gets the new entry, which is then pending for that consumer.
+#[test]
+fn xadd_wakes_a_blocked_xreadgroup_and_the_entry_is_pending() {
+    let s = Setup::start();
+    s.run(&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"]);
+    let blocked = s.command_in_background(&[
+        "XREADGROUP",
+        "GROUP",
+        "g",
+        "alice",
+        "BLOCK",
+        "10000",
+        "STREAMS",
+        "s",
+        ">",
+    ]);
+    s.blocked(1);
+    s.run(&["XADD", "s", "3-0", "f", "v"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply, one_stream("s", stream_entry("3-0", "f", "v")));
+    assert_eq!(
+        s.run(&["XPENDING", "s", "g"]),
+        redis::Value::Array(vec![
+            redis::Value::Int(1),
+            bulk("3-0"),
+            bulk("3-0"),
+            redis::Value::Array(vec![redis::Value::Array(vec![bulk("alice"), bulk("1")])]),
+        ])
+    );
+}
+
+/// A blocked XREAD that times out answers Redis 7.0's null: `*-1` in RESP2, `_` in RESP3.
+#[test]
+fn xread_times_out_with_the_null_array() {
+    let s = Setup::start();
+    let mut conn = s.pkv.resp_authed(&s.token);
+    let started = Instant::now();
+    let reply = conn.send_and_reply(
+        &["XREAD", "BLOCK", "200", "STREAMS", "s", "$"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(reply, b"*-1\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    conn.send_and_reply(&["HELLO", "3"], Duration::from_secs(5));
+    let reply = conn.send_and_reply(
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "c",
+            "BLOCK",
+            "100",
+            "STREAMS",
+            "s",
+            ">",
+        ],
+        Duration::from_secs(5),
+    );
+    assert!(
+        reply.starts_with(b"-NOGROUP"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let reply = conn.send_and_reply(
+        &["XREAD", "BLOCK", "100", "STREAMS", "s", "$"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(reply, b"_\r\n");
+}
+
+/// A blocked XREADGROUP whose stream is deleted ends with Redis 7.0's `-UNBLOCKED` error;
+/// a blocked XREAD whose key becomes a string waits on, as Redis serves only streams.
+#[test]
+fn deleting_the_stream_unblocks_xreadgroup_with_an_error() {
+    let s = Setup::start();
+    s.run(&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"]);
+    let mut conn = s.pkv.resp_authed(&s.token);
+    conn.send(&common::encode(&[
+        b"XREADGROUP",
+        b"GROUP",
+        b"g",
+        b"c",
+        b"BLOCK",
+        b"10000",
+        b"STREAMS",
+        b"s",
+        b">",
+    ]));
+    s.blocked(1);
+    s.run(&["DEL", "s"]);
+    let reply = conn.reply_within(Duration::from_secs(5));
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "-UNBLOCKED the stream key no longer exists\r\n"
+    );
+
+    let blocked = s.command_in_background(&["XREAD", "BLOCK", "10000", "STREAMS", "t", "$"]);
+    s.blocked(1);
+    s.run(&["SET", "t", "x"]);
+    thread::sleep(SETTLE);
+    assert!(blocked.try_recv().is_err(), "XREAD answered a string key");
+    s.run(&["DEL", "t"]);
+    s.run(&["XADD", "t", "1-0", "f", "v"]);
+    let (reply, _) = wait(&blocked);
+    assert_eq!(reply, one_stream("t", stream_entry("1-0", "f", "v")));
+}

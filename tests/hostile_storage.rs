@@ -437,10 +437,8 @@ fn stored_names_and_numbers_are_paid_embedded() {
     stored_names_and_numbers_are_paid(&mut embedded());
 }
 
-/// Stream group and consumer names (streams are served on the upstream only).
-#[test]
-fn stream_group_and_consumer_names_are_paid_upstream() {
-    let mut s = upstream();
+/// Stream group and consumer names.
+fn stream_group_and_consumer_names_are_paid(s: &mut Setup) {
     let c = &mut s.c;
     let charged = paid(c, &["XGROUP", "CREATE", "x", "grp", "$", "MKSTREAM"]);
     assert_eq!(charged, (1 + 3) * DAY, "XGROUP CREATE x grp $ MKSTREAM");
@@ -514,5 +512,18 @@ fn stream_group_and_consumer_names_are_paid_upstream() {
         secs_left(c, "x"),
         "XADD options are not data",
     );
+}
+
+#[test]
+fn stream_group_and_consumer_names_are_paid_upstream() {
+    let mut s = upstream();
+    stream_group_and_consumer_names_are_paid(&mut s);
+    drop(s.pkv);
+}
+
+#[test]
+fn stream_group_and_consumer_names_are_paid_embedded() {
+    let mut s = embedded();
+    stream_group_and_consumer_names_are_paid(&mut s);
     drop(s.pkv);
 }

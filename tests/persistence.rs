@@ -368,3 +368,85 @@ fn a_damaged_file_stops_start_up_and_is_left_as_it_is() {
     drop(conn);
     stop(pkv);
 }
+
+/// A stream comes back from the data file whole: its entries, the counters XINFO reports,
+/// its groups with their consumers and pending entries.
+#[test]
+fn streams_and_their_groups_survive_a_restart() {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    let config = embedded(&issuer, &data);
+    let token = issuer.token(100);
+    let run = |conn: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        let mut cmd = redis::cmd(args[0]);
+        args[1..].iter().for_each(|a| {
+            cmd.arg(*a);
+        });
+        cmd.query(conn).unwrap()
+    };
+    let script: &[&[&str]] = &[
+        &["XADD", "s", "1-0", "a", "1"],
+        &["XADD", "s", "2-0", "b", "2", "c", "3"],
+        &["XADD", "s", "3-0", "d", "4"],
+        &["XDEL", "s", "2-0"],
+        &["XGROUP", "CREATE", "s", "g", "0"],
+        &[
+            "XREADGROUP",
+            "GROUP",
+            "g",
+            "alice",
+            "COUNT",
+            "1",
+            "STREAMS",
+            "s",
+            ">",
+        ],
+        &["XGROUP", "CREATE", "empty", "g2", "$", "MKSTREAM"],
+    ];
+    let reads: &[&[&str]] = &[
+        &["XRANGE", "s", "-", "+"],
+        &["XINFO", "STREAM", "s"],
+        &["XINFO", "GROUPS", "s"],
+        &["XPENDING", "s", "g", "-", "+", "10"],
+        &["XINFO", "GROUPS", "empty"],
+        &["XLEN", "empty"],
+    ];
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    for args in script {
+        run(&mut conn, args);
+    }
+    // Idle times move; everything else must come back as it was.
+    let mut before: Vec<redis::Value> = reads.iter().map(|a| run(&mut conn, a)).collect();
+    drop(conn);
+    stop(pkv);
+
+    let pkv = config.start_process();
+    let mut conn = pkv.client(&token);
+    let mut after: Vec<redis::Value> = reads.iter().map(|a| run(&mut conn, a)).collect();
+    for pending in [&mut before[3], &mut after[3]] {
+        if let redis::Value::Array(items) = pending {
+            for item in items {
+                if let redis::Value::Array(fields) = item {
+                    fields[2] = redis::Value::Nil;
+                }
+            }
+        }
+    }
+    assert_eq!(after, before);
+    let entry = run(&mut conn, &["XRANGE", "s", "3-0", "3-0"]);
+    assert_eq!(
+        run(
+            &mut conn,
+            &["XREADGROUP", "GROUP", "g", "bob", "STREAMS", "s", ">"]
+        ),
+        redis::Value::Array(vec![redis::Value::Array(vec![
+            redis::Value::BulkString(b"s".to_vec()),
+            entry
+        ])]),
+        "the group goes on from where it was"
+    );
+    drop(conn);
+    stop(pkv);
+}

@@ -96,9 +96,9 @@ const GROUPS: &[&str] = &["g", "group-with-a-long-name"];
 const CONSUMERS: &[&str] = &["c", "consumer", "a-consumer-with-a-long-name"];
 
 fn all_keys(upstream: bool) -> Vec<&'static str> {
-    let mut keys: Vec<&str> = [STRINGS, HASHES, LISTS, SETS, ZSETS].concat();
+    let mut keys: Vec<&str> = [STRINGS, HASHES, LISTS, SETS, ZSETS, STREAMS].concat();
     if upstream {
-        keys.extend([STREAMS, HLLS, GEOS].concat());
+        keys.extend([HLLS, GEOS].concat());
     }
     keys
 }
@@ -742,7 +742,7 @@ fn storage_never_outgrows_what_was_paid(pkv: &Server, issuer: &Issuer, upstream:
     let families: Vec<Family> = if upstream {
         [EVERYWHERE, UPSTREAM_ONLY].concat()
     } else {
-        EVERYWHERE.to_vec()
+        [EVERYWHERE, &[Family::Stream]].concat()
     };
     let keys = all_keys(upstream);
     let (mut commands, mut errors) = (0, 0);

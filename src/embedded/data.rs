@@ -26,7 +26,7 @@ impl Entry {
     }
 }
 
-/// The five data types.
+/// The six data types.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Data {
     Str(Vec<u8>),
@@ -34,6 +34,7 @@ pub enum Data {
     Hash(HashMap<Vec<u8>, Vec<u8>>),
     Set(HashSet<Vec<u8>>),
     ZSet(ZSet),
+    Stream(Box<super::stream::Stream>),
 }
 
 impl Data {
@@ -45,6 +46,7 @@ impl Data {
             Data::Hash(_) => "hash",
             Data::Set(_) => "set",
             Data::ZSet(_) => "zset",
+            Data::Stream(_) => "stream",
         }
     }
 
@@ -56,6 +58,8 @@ impl Data {
             Data::Hash(h) => h.is_empty(),
             Data::Set(s) => s.is_empty(),
             Data::ZSet(z) => z.is_empty(),
+            // An empty stream is a value of its own (XADD with MAXLEN 0, XGROUP MKSTREAM).
+            Data::Stream(_) => false,
         }
     }
 
@@ -69,6 +73,7 @@ impl Data {
             Data::Hash(h) => h.iter().map(|(f, v)| f.len() + v.len() + ELEMENT).sum(),
             Data::Set(s) => s.iter().map(|e| e.len() + ELEMENT).sum(),
             Data::ZSet(z) => z.iter().map(|(m, _)| m.len() + 8 + ELEMENT).sum(),
+            Data::Stream(s) => s.size(),
         }
     }
 }

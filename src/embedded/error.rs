@@ -181,6 +181,81 @@ pub enum StoreError {
     /// A blocking command's retry that did not run because its client left; no client
     /// ever reads this reply.
     Abandoned,
+
+    // === streams ===
+    /// A stream command's own refusal.
+    Stream(StreamError),
+}
+
+/// Why a stream command fails (Redis 7.0's words, in [`crate::error`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamError {
+    /// An ID that does not parse.
+    InvalidId,
+    /// XADD with an ID at or below the stream's last.
+    AddIdTooSmall,
+    /// XADD with the ID 0-0.
+    AddIdZero,
+    /// XADD `*` after the last possible ID.
+    Exhausted,
+    /// Both MAXLEN and MINID.
+    MaxlenAndMinid,
+    /// A negative MAXLEN.
+    MaxlenNegative,
+    /// A negative LIMIT.
+    LimitNegative,
+    /// LIMIT without MAXLEN or MINID.
+    LimitWithoutStrategy,
+    /// LIMIT without `~`.
+    LimitWithoutApprox,
+    /// XTRIM without MAXLEN or MINID.
+    TrimWithoutStrategy,
+    /// An exclusive start at the last possible ID.
+    InvalidStart,
+    /// An exclusive end at 0-0.
+    InvalidEnd,
+    /// GROUP given to XREAD.
+    GroupInXread,
+    /// NOACK given to XREAD.
+    NoackInXread,
+    /// XREADGROUP without GROUP.
+    MissingGroup,
+    /// `$` given to XREADGROUP.
+    DollarInXreadgroup,
+    /// `>` given to XREAD.
+    GreaterInXread,
+    /// The key or group does not exist; `suffix` names the command when Redis does.
+    NoKeyOrGroup {
+        key: String,
+        group: String,
+        suffix: &'static str,
+    },
+    /// The group does not exist (XGROUP, XINFO CONSUMERS).
+    NoGroup { key: String, group: String },
+    /// XGROUP CREATE of an existing group.
+    BusyGroup,
+    /// XGROUP on a missing key (without CREATE ... MKSTREAM).
+    XgroupNoKey,
+    /// ENTRIESREAD below -1.
+    EntriesReadNegative,
+    /// XSETID's ENTRIESADDED below 0.
+    EntriesAddedNegative,
+    /// XSETID below the stream's last entry.
+    SetIdBelowTop,
+    /// XSETID below the MAXDELETEDID it gives.
+    SetIdBelowGivenMaxDeleted,
+    /// XSETID's ENTRIESADDED below the stream's length.
+    EntriesAddedBelowLength,
+    /// XINFO STREAM or XSETID of a missing key.
+    NoSuchKey,
+    /// A bad number for an XCLAIM or XAUTOCLAIM option (`what` as Redis names it).
+    InvalidNumber { what: &'static str },
+    /// An option XCLAIM does not know.
+    UnknownXclaimOption { option: String },
+    /// XAUTOCLAIM's COUNT out of range.
+    CountNotPositive,
+    /// A blocked XREADGROUP whose stream was deleted.
+    Unblocked,
 }
 
 impl From<TimeoutError> for StoreError {

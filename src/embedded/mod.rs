@@ -2,9 +2,10 @@
 //!
 //! An in-process key-value store with Redis semantics for the commands it runs
 //! ([`cmd`]): binary keys and values, strings, hashes, lists, sets and sorted sets (with
-//! HyperLogLog in Redis's own string form, [`hll`], geo and SORT on top of them), expiry
-//! (lazy on access and active in the background), blocking pops, Pub/Sub, MULTI/EXEC with
-//! WATCH, and the ledger ([`ledger`]). Served commands it does not run are answered with an
+//! HyperLogLog in Redis's own string form, [`hll`], geo and SORT on top of them), streams
+//! with consumer groups ([`stream`]), expiry (lazy on access and active in the
+//! background), blocking pops and stream reads, Pub/Sub, MULTI/EXEC with WATCH, and the
+//! ledger ([`ledger`]). Served commands it does not run are answered with an
 //! error that names them and points at `PKV_UPSTREAM_URL`.
 //!
 //! Concurrency: the keyspace is sharded ([`keyspace`]); a command on one key locks one
@@ -30,6 +31,7 @@ pub mod keyspace;
 mod ledger;
 pub mod pubsub;
 pub mod snapshot;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -403,9 +405,23 @@ impl Store {
             return into_frame(Err(not_here(args.first().copied().unwrap_or_default())));
         };
         let keys = keys_of(command, &args);
+        // XREAD's `$` means the last ID when the command came, not when it runs again.
+        let cx = Cx {
+            store: self,
+            proto,
+            now: now_ms(),
+        };
+        let pinned = cmd::streams::pin_last_ids(&cx, &args).and_then(|a| {
+            Some(Call::new(
+                call.spec()?,
+                a.into_iter().map(Bytes::from).collect(),
+            ))
+        });
+        let call = pinned.as_ref().unwrap_or(call);
         let mut deadline = None;
         // Set when this future is dropped: its client left.
         let abandoned = Abandoned::default();
+        let mut again = false;
         loop {
             let registration = self.waiters.register(&keys);
             let mut woken: Vec<_> = registration
@@ -416,7 +432,24 @@ impl Store {
             woken.iter_mut().for_each(|w| {
                 w.as_mut().enable();
             });
-            let timeout_ms = match self.attempt(proto, call, abandoned.0.clone()).await {
+            // Woken streams commands first check what Redis checks when it wakes them.
+            let wake = if again {
+                let cx = Cx {
+                    store: self,
+                    proto,
+                    now: now_ms(),
+                };
+                cmd::streams::on_wake(&cx, &args)
+            } else {
+                cmd::streams::Wake::Run
+            };
+            again = true;
+            let outcome = match wake {
+                cmd::streams::Wake::Run => self.attempt(proto, call, abandoned.0.clone()).await,
+                cmd::streams::Wake::Wait => Ok(Err(Error::Block { timeout_ms: 0 })),
+                cmd::streams::Wake::Fail(err) => Ok(Err(err)),
+            };
+            let timeout_ms = match outcome {
                 Ok(Err(Error::Block { timeout_ms })) => timeout_ms,
                 other => return other.map_or_else(|e| error_frame(e.into()), into_frame),
             };

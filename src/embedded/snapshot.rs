@@ -80,6 +80,7 @@ const LIST: u8 = 2;
 const HASH: u8 = 3;
 const SET: u8 = 4;
 const ZSET: u8 = 5;
+const STREAM: u8 = 6;
 /// Most elements reserved ahead of reading them; larger aggregates grow as they are read.
 const PREALLOC: usize = 1 << 16;
 
@@ -153,6 +154,7 @@ impl Encoder {
             Data::Hash(_) => HASH,
             Data::Set(_) => SET,
             Data::ZSet(_) => ZSET,
+            Data::Stream(_) => STREAM,
         };
         self.buf.push(kind);
         match entry.expires_at {
@@ -187,6 +189,7 @@ impl Encoder {
                     self.u64(score.to_bits());
                 }
             }
+            Data::Stream(stream) => self.blob(&stream.encode()),
         }
         self.entries += 1;
     }
@@ -368,6 +371,10 @@ impl<'a> Reader<'a> {
                 }
                 Data::ZSet(zset)
             }
+            STREAM => Data::Stream(Box::new(
+                crate::embedded::stream::Stream::decode(self.blob("stream")?)
+                    .ok_or_else(|| format!("entry {entry}: a corrupt stream"))?,
+            )),
             other => return Err(format!("entry {entry}: unknown type {other}")),
         };
         if data.is_empty_aggregate() {

@@ -470,6 +470,7 @@ fn encoding(data: &Data) -> &'static str {
                 "skiplist"
             }
         }
+        Data::Stream(_) => "stream",
     }
 }
 

@@ -17,6 +17,7 @@ mod lists;
 mod server;
 mod sets;
 mod sort;
+pub mod streams;
 mod strings;
 mod zsets;
 
@@ -153,7 +154,7 @@ impl Cx<'_> {
 }
 
 /// Every family's commands.
-fn families() -> [&'static [Command]; 10] {
+fn families() -> [&'static [Command]; 11] {
     [
         strings::COMMANDS,
         keys::COMMANDS,
@@ -165,6 +166,7 @@ fn families() -> [&'static [Command]; 10] {
         hyperloglog::COMMANDS,
         geo::COMMANDS,
         sort::COMMANDS,
+        streams::COMMANDS,
     ]
 }
 
