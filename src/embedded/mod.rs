@@ -17,7 +17,8 @@
 //! the threads that serve other tenants' connections). Exclusive commands, which may be
 //! long (SUNIONSTORE over sets of millions), always run on the runtime's blocking pool
 //! ([`off_thread`]); shared ones run in place when the gate is free for readers and move to
-//! the blocking pool when it is not. Commands that do not touch the store (PING, ECHO, the
+//! the blocking pool when it is not, and so do the few reads whose work grows without bound
+//! with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]). Commands that do not touch the store (PING, ECHO, the
 //! handshake) never reach it, so they are answered while an exclusive command runs;
 //! commands that do touch it wait for it there, as they must.
 
@@ -265,13 +266,14 @@ impl Store {
     }
 
     /// Runs a batch in place, in order, when none of its commands takes the gate
-    /// exclusively and the gate is free for readers right now (no exclusive command runs
-    /// or waits); `None` otherwise, and nothing ran. The batch holds the gate shared once.
+    /// exclusively or is a long read ([`cmd::Runnable::long`]) and the gate is free for
+    /// readers right now (no exclusive command runs or waits); `None` otherwise, and nothing
+    /// ran. The batch holds the gate shared once.
     fn try_shared(&self, proto: Proto, batch: &[Job<'_>], now: i64) -> Option<Vec<Reply>> {
-        let exclusive = batch
+        let exclusive_or_long = batch
             .iter()
-            .any(|(command, _)| command.is_some_and(|c| c.kind == Kind::Multi));
-        if exclusive {
+            .any(|(command, _)| command.is_some_and(|c| c.kind == Kind::Multi || c.long));
+        if exclusive_or_long {
             return None;
         }
         let _shared = match self.gate.try_read() {

@@ -114,8 +114,28 @@ pub struct Command {
 pub struct Runnable {
     pub name: &'static str,
     pub kind: Kind,
+    /// Its work can grow with one big value without bound (a search over every point of a
+    /// geo set, a stream's whole pending list): it shares the store like any read, but on
+    /// the blocking pool, never in place on a runtime worker, whose other clients would
+    /// wait for it ([`LONG_READS`]).
+    pub long: bool,
     pub run: Handler,
 }
+
+/// The commands run on the blocking pool even when they could run in place (see
+/// [`Runnable::long`]). The everyday reads (GET, LRANGE, ZRANGE, ...) stay in place: the
+/// pool's hand-off would cost more than most of them.
+const LONG_READS: &[&str] = &[
+    "GEOSEARCH",
+    "GEORADIUS",
+    "GEORADIUS_RO",
+    "GEORADIUSBYMEMBER",
+    "GEORADIUSBYMEMBER_RO",
+    "XINFO",
+    "XPENDING",
+    "XAUTOCLAIM",
+    "XCLAIM",
+];
 
 /// What a handler runs with.
 pub struct Cx<'a> {
@@ -181,6 +201,7 @@ pub fn find(name: &[u8]) -> Option<&'static Runnable> {
                 let runnable = Runnable {
                     name: c.name,
                     kind: Kind::of(c.name),
+                    long: LONG_READS.contains(&c.name),
                     run: c.run,
                 };
                 (c.name, runnable)
