@@ -288,7 +288,8 @@ fn replace_with(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 fn open_append(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    options.append(true).create(true);
+    // Read too: a rotation reads the tail through this handle (see `Writer::rotate`).
+    options.read(true).append(true).create(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -432,9 +433,12 @@ impl Writer {
         }
         let skip = upto - self.file_start;
         let mut tail = Vec::new();
-        let mut old = File::open(path).map_err(|e| format!("reopen: {e}"))?;
-        old.seek(SeekFrom::Start(skip))
-            .and_then(|_| old.read_to_end(&mut tail))
+        // Through the open handle, not the name: the name may be gone (its directory
+        // removed and made again), and the handle still reaches every record written.
+        // Writes append whatever the position a read leaves.
+        self.file
+            .seek(SeekFrom::Start(skip))
+            .and_then(|_| self.file.read_to_end(&mut tail))
             .map_err(|e| format!("read: {e}"))?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
