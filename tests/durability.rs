@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +21,26 @@ fn embedded(issuer: &Issuer, data: &Path, policy: &str) -> PkvConfig {
         .set("PKV_DATA_FILE", data.to_str().unwrap())
         .set("PKV_SNAPSHOT_SECONDS", "3600")
         .set("PKV_APPENDFSYNC", policy)
+}
+
+/// A data directory, pkv on the embedded store saving there with `policy`, and a token.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+    config: PkvConfig,
+    token: String,
+}
+
+fn fixture(policy: &str) -> Fixture {
+    let issuer = Issuer::new();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pkv.data");
+    Fixture {
+        log: dir.path().join("pkv.data.aof"),
+        config: embedded(&issuer, &data, policy),
+        token: issuer.token(1_000_000),
+        _dir: dir,
+    }
 }
 
 /// kill -9.
@@ -82,25 +102,22 @@ fn missing(conn: &mut redis::Connection, keys: &[String]) -> Vec<String> {
 
 /// `rounds` kill -9 under a write load with `policy`: (acknowledged, lost).
 fn kill_loop(policy: &str, rounds: usize) -> (usize, usize) {
-    let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("pkv.data");
-    let config = embedded(&issuer, &data, policy);
-    let token = issuer.token(1_000_000);
+    let f = fixture(policy);
+    let (config, token) = (&f.config, &f.token);
     let (mut acked, mut lost) = (0, 0);
     let mut all = Vec::new();
     for round in 0..rounds {
         let pkv = config.start_process();
-        let mut conn = pkv.client(&token);
+        let mut conn = pkv.client(token);
         // What earlier rounds were told is done is still there.
         lost += missing(&mut conn, &all).len();
         drop(conn);
-        let keys = acked_until_killed(pkv, &token, round, Duration::from_millis(700));
+        let keys = acked_until_killed(pkv, token, round, Duration::from_millis(700));
         acked += keys.len();
         all = keys;
     }
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     lost += missing(&mut conn, &all).len();
     crash(pkv);
     (acked, lost)
@@ -166,7 +183,7 @@ fn start_with_file_limit(config: &PkvConfig, bytes: u64) -> Pkv {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
-            "trap '' XFSZ; exec prlimit --fsize={bytes} -- \"$0\""
+            "trap '' XFSZ; exec prlimit --fsize={bytes}:unlimited -- \"$0\""
         ))
         .arg(env!("CARGO_BIN_EXE_pkv"))
         .env_clear()
@@ -180,14 +197,11 @@ fn start_with_file_limit(config: &PkvConfig, bytes: u64) -> Pkv {
 
 #[test]
 fn a_log_that_cannot_be_written_refuses_writes_and_loses_nothing_acknowledged() {
-    let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("pkv.data");
-    let config = embedded(&issuer, &data, "always");
-    let token = issuer.token(1_000_000);
+    let f = fixture("always");
+    let (config, token) = (&f.config, &f.token);
 
-    let pkv = start_with_file_limit(&config, 64 * 1024);
-    let mut conn = pkv.client(&token);
+    let pkv = start_with_file_limit(config, 64 * 1024);
+    let mut conn = pkv.client(token);
     let mut acked = Vec::new();
     let value = "v".repeat(500);
     let refusal = loop {
@@ -217,7 +231,7 @@ fn a_log_that_cannot_be_written_refuses_writes_and_loses_nothing_acknowledged() 
 
     // With room again, everything acknowledged is back.
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     let lost = missing(&mut conn, &acked);
     assert!(
         lost.is_empty(),
@@ -230,15 +244,12 @@ fn a_log_that_cannot_be_written_refuses_writes_and_loses_nothing_acknowledged() 
 
 #[test]
 fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
-    let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("pkv.data");
-    let log = dir.path().join("pkv.data.aof");
-    let config = embedded(&issuer, &data, "always").set("PKV_SNAPSHOT_SECONDS", "1");
-    let token = issuer.token(1_000_000);
+    let mut f = fixture("always");
+    f.config = f.config.set("PKV_SNAPSHOT_SECONDS", "1");
+    let (config, token, log) = (&f.config, &f.token, &f.log);
 
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     let keys: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
     let mut pipe = redis::pipe();
     for key in &keys {
@@ -246,10 +257,10 @@ fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
     }
     let () = pipe.query(&mut conn).unwrap();
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let written = size(&log);
+    let written = size(log);
     assert!(written > 2000 * 100, "the log holds {written} bytes");
     // A snapshot taken after the writes cuts them from the log.
-    common::wait_until("the log cut by a snapshot", || size(&log) < 2000 * 100);
+    common::wait_until("the log cut by a snapshot", || size(log) < 2000 * 100);
     let () = redis::cmd("SET")
         .arg("after")
         .arg("1")
@@ -258,7 +269,7 @@ fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
     crash(pkv);
 
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     let mut all = keys.clone();
     all.push("after".into());
     let lost = missing(&mut conn, &all);
@@ -268,15 +279,11 @@ fn a_snapshot_cuts_the_log_and_both_together_bring_everything_back() {
 
 #[test]
 fn a_torn_last_record_is_dropped_at_start_up_and_the_log_goes_on_after_it() {
-    let issuer = Issuer::new();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("pkv.data");
-    let log = dir.path().join("pkv.data.aof");
-    let config = embedded(&issuer, &data, "always");
-    let token = issuer.token(1_000_000);
+    let f = fixture("always");
+    let (config, token, log) = (&f.config, &f.token, &f.log);
 
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     let () = redis::cmd("SET")
         .arg("a")
         .arg("1")
@@ -284,12 +291,12 @@ fn a_torn_last_record_is_dropped_at_start_up_and_the_log_goes_on_after_it() {
         .unwrap();
     crash(pkv);
     // A crash in the middle of appending the next record.
-    let mut bytes = std::fs::read(&log).unwrap();
+    let mut bytes = std::fs::read(log).unwrap();
     bytes.extend_from_slice(b"*2\r\n$3\r\nPUT\r\n$900\r\nhalf");
-    std::fs::write(&log, &bytes).unwrap();
+    std::fs::write(log, &bytes).unwrap();
 
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     let a: Option<String> = redis::cmd("GET").arg("a").query(&mut conn).unwrap();
     assert_eq!(a.as_deref(), Some("1"));
     let () = redis::cmd("SET")
@@ -301,7 +308,88 @@ fn a_torn_last_record_is_dropped_at_start_up_and_the_log_goes_on_after_it() {
 
     // The torn bytes were cut before new records were appended: both come back.
     let pkv = config.start_process();
-    let mut conn = pkv.client(&token);
+    let mut conn = pkv.client(token);
     assert!(missing(&mut conn, &["a".into(), "b".into()]).is_empty());
+    crash(pkv);
+}
+
+/// Nano-units from PKV.BALANCE's decimal text (`12.000000345`).
+fn nanos(text: &str) -> i64 {
+    text.replace('.', "").parse().unwrap()
+}
+
+/// The account's balance plus what it spent: the credit, whatever was spent, once every
+/// ledger step was applied exactly once.
+fn balance_plus_spent(conn: &mut redis::Connection) -> i64 {
+    let b = common::pkv_balance(conn);
+    nanos(&b["balance"]) + nanos(&b["spent"])
+}
+
+/// A ledger step that reached the store but not the disk when the log failed: the meter
+/// must not apply it a second time once the log can be written again.
+#[test]
+fn a_ledger_step_caught_by_a_failing_log_is_applied_once() {
+    let f = fixture("always");
+    let (config, token, log) = (&f.config, &f.token, &f.log);
+    let limit: u64 = 64 * 1024;
+    let size = || std::fs::metadata(log).map_or(0, |m| m.len());
+    let settled = || loop {
+        // Every settlement is in the log once its size stays put past a settling period.
+        let before = size();
+        std::thread::sleep(Duration::from_millis(1300));
+        if size() == before {
+            return before;
+        }
+    };
+
+    let pkv = start_with_file_limit(config, limit);
+    let mut conn = pkv.client(token);
+    let credit = balance_plus_spent(&mut conn);
+    // Fill the log with writes of one record size, to within two records of the limit.
+    let value = "v".repeat(1000);
+    let mut record = 0;
+    for i in 0.. {
+        let before = size();
+        let _: () = redis::cmd("SET")
+            .arg(format!("p{i:04}"))
+            .arg(&value)
+            .query(&mut conn)
+            .unwrap();
+        record = size() - before;
+        if limit - size() < 3 * record {
+            break;
+        }
+    }
+    // One last write leaves 30 bytes: the settlement of its cost cannot fit.
+    let at = settled();
+    let last = 1000 + (limit - at - 30 - record) as usize;
+    let _: () = redis::cmd("SET")
+        .arg("p9999")
+        .arg("v".repeat(last))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(size(), limit - 30, "the last write's record");
+    // The settlement fails to reach the disk; then the disk has room again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", pkv.child.id()))
+        .arg("--fsize=unlimited")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok: redis::RedisResult<()> = redis::cmd("SET").arg("after").arg("x").query(&mut conn);
+        if ok.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes still refused: {ok:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(balance_plus_spent(&mut conn), credit);
     crash(pkv);
 }

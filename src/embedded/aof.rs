@@ -8,7 +8,8 @@
 //! record twice, or over a snapshot taken after it, leaves the same state (each record
 //! sets its key to what it was at that moment). That is what makes a snapshot's reset of
 //! the log safe at every step (see [`Aof::rotate`]). The price: a write to a large
-//! aggregate logs the whole aggregate.
+//! aggregate logs the whole aggregate. A ledger step that changes several keys logs them in
+//! one `ALL` record, replayed whole or not at all.
 //!
 //! A record is appended to a buffer in memory while the key's shard is still locked, so
 //! the records of one key are in the order of its changes. A writer thread does the I/O:
@@ -191,14 +192,19 @@ impl Aof {
     pub fn record(&self, key: &[u8], entry: Option<&Entry>) {
         let mut pending = self.lock();
         let before = pending.buf.len();
-        match entry {
-            Some(entry) => {
-                let mut encoded = Vec::new();
-                snapshot::encode_entry(&mut encoded, key, entry);
-                write_record(&mut pending.buf, b"PUT", &encoded);
-            }
-            None => write_record(&mut pending.buf, b"DEL", key),
-        }
+        encode_state(&mut pending.buf, key, entry);
+        let added = (pending.buf.len() - before) as u64;
+        pending.end += added;
+    }
+
+    /// Appends `states` (records written by [`encode_state`]) as one `ALL` record, replayed
+    /// whole or not at all: a step that changes several keys (a redemption's credit and its
+    /// token id) never comes back half done from a log a crash tore. The caller keeps the
+    /// keys from changing until this returns.
+    pub fn record_together(&self, states: &[u8]) {
+        let mut pending = self.lock();
+        let before = pending.buf.len();
+        write_record(&mut pending.buf, b"ALL", states);
         let added = (pending.buf.len() - before) as u64;
         pending.end += added;
     }
@@ -252,6 +258,18 @@ impl Aof {
         result
             .recv()
             .unwrap_or_else(|_| Err("the log's writer stopped".into()))
+    }
+}
+
+/// Writes the record of `key`'s state: `PUT <entry>`, or `DEL <key>` when it is gone.
+pub fn encode_state(buf: &mut Vec<u8>, key: &[u8], entry: Option<&Entry>) {
+    match entry {
+        Some(entry) => {
+            let mut encoded = Vec::new();
+            snapshot::encode_entry(&mut encoded, key, entry);
+            write_record(buf, b"PUT", &encoded);
+        }
+        None => write_record(buf, b"DEL", key),
     }
 }
 
@@ -488,30 +506,8 @@ fn replay(bytes: &[u8], store: &Store) -> Result<Replayed, String> {
             }
         };
         let (verb, body, len) = record;
-        match verb {
-            b"PUT" => {
-                let (key, entry) = snapshot::decode_entry(body)
-                    .map_err(|e| format!("record {records} at byte {pos}: {e}"))?;
-                let mut shard = store.keys.write_shard(store.keys.shard_of(&key));
-                if entry.expired(now) {
-                    shard.remove(&key[..]);
-                } else {
-                    shard.insert(key.into(), entry);
-                }
-            }
-            b"DEL" => {
-                store
-                    .keys
-                    .write_shard(store.keys.shard_of(body))
-                    .remove(body);
-            }
-            other => {
-                return Err(format!(
-                    "record {records} at byte {pos}: unknown verb {:?}",
-                    String::from_utf8_lossy(other)
-                ))
-            }
-        }
+        apply(verb, body, store, now)
+            .map_err(|e| format!("record {records} at byte {pos}: {e}"))?;
         pos += len;
         records += 1;
     }
@@ -520,6 +516,45 @@ fn replay(bytes: &[u8], store: &Store) -> Result<Replayed, String> {
         valid: pos,
         torn: None,
     })
+}
+
+/// Applies one record's effect.
+fn apply(verb: &[u8], body: &[u8], store: &Store, now: i64) -> Result<(), String> {
+    match verb {
+        b"PUT" => {
+            let (key, entry) = snapshot::decode_entry(body)?;
+            let mut shard = store.keys.write_shard(store.keys.shard_of(&key));
+            if entry.expired(now) {
+                shard.remove(&key[..]);
+            } else {
+                shard.insert(key.into(), entry);
+            }
+        }
+        b"DEL" => {
+            store
+                .keys
+                .write_shard(store.keys.shard_of(body))
+                .remove(body);
+        }
+        // The records inside were written together; the outer record being whole, each
+        // of them must be too.
+        b"ALL" => {
+            let mut pos = 0;
+            while pos < body.len() {
+                match parse_record(&body[pos..]) {
+                    Parsed::Record(b"ALL", _, _) => return Err("an ALL inside an ALL".into()),
+                    Parsed::Record(verb, inner, len) => {
+                        apply(verb, inner, store, now)?;
+                        pos += len;
+                    }
+                    Parsed::Incomplete => return Err("an incomplete record inside ALL".into()),
+                    Parsed::Bad(problem) => return Err(format!("inside ALL: {problem}")),
+                }
+            }
+        }
+        other => return Err(format!("unknown verb {:?}", String::from_utf8_lossy(other))),
+    }
+    Ok(())
 }
 
 enum Parsed<'a> {
@@ -700,6 +735,38 @@ mod tests {
             store.run(Proto::Resp2, &[b"GET", b"a"]).is_ok(),
             "reads are served"
         );
+    }
+
+    #[tokio::test]
+    async fn a_redemption_comes_back_from_a_torn_log_whole_or_not_at_all() {
+        use crate::meter::ledger::{account_key, token_key, Book, RedeemedBy};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pkv.data.aof");
+        let source = store();
+        let log = Aof::open(path.clone(), Policy::Always, &source).unwrap();
+        assert!(source.aof.set(log).is_ok());
+        source
+            .redeem("jti-1", "acct", 10, i64::MAX / 1000, RedeemedBy::Auth)
+            .await
+            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let (credit, token) = (account_key("acct"), token_key("jti-1"));
+        let has = |s: &Store, key: &str| s.keys.read(key.as_bytes(), 0, |e| e.is_some());
+        // Wherever a crash cuts the log, the credit never comes back without its token id
+        // (which would let the token be credited again).
+        for cut in 0..=bytes.len() {
+            let replayed = store();
+            replay(&bytes[..cut], &replayed).unwrap();
+            assert_eq!(
+                has(&replayed, &credit),
+                has(&replayed, &token),
+                "cut at {cut} of {}",
+                bytes.len()
+            );
+        }
+        let replayed = store();
+        replay(&bytes, &replayed).unwrap();
+        assert!(has(&replayed, &credit) && has(&replayed, &token));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Each step runs whole or not at all and its answer cannot be lost on the way back (there
 //! is no way back: it runs in this process), so the update numbers that make leases and
 //! settlements in Redis exactly-once have nothing to guard against here and are not kept.
+//! That holds only if a step that was applied is never answered as lost, even when the
+//! append-only log fails under it (see [`Store::alone`]).
 
 use std::collections::HashMap;
 use std::sync::TryLockError;
@@ -42,14 +44,18 @@ impl Store {
                 .await?
             }
         }?;
-        // Whatever the fsync policy, a ledger step is on disk before it is answered: a
-        // redeemed token forgotten in a crash would be credited again.
+        // Whatever the fsync policy, a ledger step is on disk before it is answered.
+        // When the log fails just now, the step is applied all the same: it is in memory
+        // and its record waits in the log's buffer, written once the disk has room. So it is
+        // answered as done: an answer of "lost" would have the meter send it again, and a
+        // second settlement would count the same spending twice. Until the log is written,
+        // a crash loses the step with everything after it, as kill -9 loses a lease.
         if let Some(aof) = self.aof() {
-            aof.wait_synced().await.map_err(|why| {
-                LedgerError::Backend(BackendError::Lost(format!(
-                    "the append-only log cannot be written: {why}"
-                )))
-            })?;
+            if let Err(why) = aof.wait_synced().await {
+                tracing::warn!(
+                    "a ledger step is applied but not yet on disk: the append-only log cannot be written: {why}"
+                );
+            }
         }
         Ok(done)
     }
@@ -101,7 +107,6 @@ impl Store {
                 h.extend(updated);
             }
         });
-        self.log_key(key.as_bytes());
         Ok(())
     }
 }
@@ -129,11 +134,14 @@ impl Book for Store {
                 return Ok(Redemption::AlreadyRedeemed { by: first });
             }
             // Credit first: if it fails, the token stays unredeemed.
-            store.add(&account_key(&account), &[("credited", nanos)])?;
+            let key = account_key(&account);
+            store.add(&key, &[("credited", nanos)])?;
             let mut record = Entry::new(Data::Str(by.record(&account).into_bytes()));
             record.expires_at = Some(expire_at.saturating_mul(1000));
             store.keys.insert(token.as_bytes(), record);
-            store.log_key(token.as_bytes());
+            // One record: a crash keeps both or neither, never a credit whose token id
+            // could be redeemed again.
+            store.log_keys_together(&[key.as_bytes(), token.as_bytes()]);
             Ok(Redemption::Credited)
         }))
     }
@@ -180,6 +188,7 @@ impl Book for Store {
             let grant = want.clamp(0, available.max(0));
             if grant > 0 {
                 store.add(&key, &[("debited", grant)])?;
+                store.log_key(key.as_bytes());
             }
             Ok(Grant {
                 granted: grant,
@@ -195,7 +204,11 @@ impl Book for Store {
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         let deltas: Vec<(&'static str, i64)> = s.deltas().collect();
         let key = account_key(account);
-        Box::pin(self.alone(move |store| store.add(&key, &deltas)))
+        Box::pin(self.alone(move |store| {
+            store.add(&key, &deltas)?;
+            store.log_key(key.as_bytes());
+            Ok(())
+        }))
     }
 
     fn set_default_ttl<'a>(

@@ -206,6 +206,20 @@ impl Store {
         }
     }
 
+    /// Logs the states of `keys` now as one record, replayed whole or not at all (a ledger
+    /// step that changes several keys; it holds the gate, so none of them changes meanwhile).
+    fn log_keys_together(&self, keys: &[&[u8]]) {
+        if let Some(aof) = self.aof() {
+            let mut states = Vec::new();
+            for key in keys {
+                self.keys.read(key, now_ms(), |entry| {
+                    aof::encode_state(&mut states, key, entry)
+                });
+            }
+            aof.record_together(&states);
+        }
+    }
+
     /// With `PKV_APPENDFSYNC=always`, waits until every write so far is fsynced: a reply
     /// that says a write is done goes out after this.
     async fn commit(&self) -> Result<(), String> {
