@@ -63,6 +63,20 @@ impl Data {
         }
     }
 
+    /// Holds enough that reading all of it takes long (over 8192 elements, or a string
+    /// over 1 MiB); O(1).
+    pub fn is_big(&self) -> bool {
+        const ELEMENTS: usize = 8192;
+        match self {
+            Data::Str(s) => s.len() > 1 << 20,
+            Data::List(l) => l.len() > ELEMENTS,
+            Data::Hash(h) => h.len() > ELEMENTS,
+            Data::Set(s) => s.len() > ELEMENTS,
+            Data::ZSet(z) => z.len() > ELEMENTS,
+            Data::Stream(s) => s.len() > ELEMENTS,
+        }
+    }
+
     /// An estimate of the bytes the value occupies, for `MEMORY USAGE`.
     pub fn size(&self) -> usize {
         // Per-element bookkeeping, roughly what a compact encoding spends.

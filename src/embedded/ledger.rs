@@ -1,6 +1,11 @@
 //! The ledger in the embedded store: the same records as in Redis (a hash per account, a
-//! string per redeemed token id, under `pkv:ledger:`), changed with the store's gate held
-//! exclusively, so each step is atomic and snapshots keep the ledger with the data.
+//! string per redeemed token id, under `pkv:ledger:`), changed under the store's ledger lock,
+//! so each step is atomic. A step holds the store's gate shared, not exclusively: no
+//! tenant command can reach `pkv:ledger:` keys, so only other steps need keeping out, and
+//! waiting for the gate exclusively would queue every tenant's reads behind a long read
+//! of any one of them. A snapshot walking the shards meanwhile may see a step half done;
+//! the step's log record comes after the position the snapshot cuts the log at, so replay
+//! completes it.
 //!
 //! Each step runs whole or not at all and its answer cannot be lost on the way back (there
 //! is no way back: it runs in this process), so the update numbers that make leases and
@@ -21,9 +26,9 @@ use crate::meter::ledger::{
 use crate::meter::price::Usage;
 
 impl Store {
-    /// Runs `f` with no other command running. A ledger step is short, so it runs in place
-    /// when the gate is free; when a command holds it, the step waits on the blocking pool,
-    /// never on a runtime worker thread.
+    /// Runs `f` with no other ledger step running. A ledger step is short, so it runs in
+    /// place when the locks are free; when they are not, the step waits on the blocking
+    /// pool, never on a runtime worker thread.
     async fn alone<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, LedgerError> + Send + 'static,
@@ -38,7 +43,8 @@ impl Store {
             Err(f) => {
                 let store = self.clone();
                 off_thread(move || {
-                    let _alone = store.gate.write().unwrap_or_else(|p| p.into_inner());
+                    let _shared = store.gate.read().unwrap_or_else(|p| p.into_inner());
+                    let _alone = store.ledger.lock().unwrap_or_else(|p| p.into_inner());
                     f(&store)
                 })
                 .await?
@@ -60,9 +66,14 @@ impl Store {
         Ok(done)
     }
 
-    /// Runs `f` in place if the gate is free; gives `f` back if it is not.
+    /// Runs `f` in place if the locks are free; gives `f` back if they are not.
     fn try_alone<R, F: FnOnce(&Store) -> R>(&self, f: F) -> Result<R, F> {
-        let _alone = match self.gate.try_write() {
+        let _shared = match self.gate.try_read() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(f),
+        };
+        let _alone = match self.ledger.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return Err(f),

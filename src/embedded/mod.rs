@@ -17,8 +17,11 @@
 //! the threads that serve other tenants' connections). Exclusive commands, which may be
 //! long (SUNIONSTORE over sets of millions), always run on the runtime's blocking pool
 //! ([`off_thread`]); shared ones run in place when the gate is free for readers and move to
-//! the blocking pool when it is not, and so do the few reads whose work grows without bound
-//! with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]). Commands that do not touch the store (PING, ECHO, the
+//! the blocking pool when it is not, and so do the reads whose work grows without bound
+//! with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]; an LRANGE or
+//! HGETALL when the value is big: [`cmd::Runnable::scans`]). Ledger steps hold the gate
+//! shared and a lock of their own: waiting for the gate exclusively, they would queue every
+//! reader behind a long read of any tenant. Commands that do not touch the store (PING, ECHO, the
 //! handshake) never reach it, so they are answered while an exclusive command runs;
 //! commands that do touch it wait for it there, as they must.
 
@@ -67,6 +70,8 @@ pub struct Inner {
     pub keys: Keyspace,
     /// Held shared by single-key commands and exclusively by multi-key ones.
     gate: RwLock<()>,
+    /// Held by each ledger step, with the gate shared ([`ledger`]).
+    ledger: Mutex<()>,
     watches: Watches,
     waiters: Waiters,
     pub channels: Arc<pubsub::Registry>,
@@ -207,7 +212,7 @@ impl Store {
     }
 
     /// Logs the states of `keys` now as one record, replayed whole or not at all (a ledger
-    /// step that changes several keys; it holds the gate, so none of them changes meanwhile).
+    /// step that changes several keys; it holds the ledger lock, so none of them changes meanwhile).
     fn log_keys_together(&self, keys: &[&[u8]]) {
         if let Some(aof) = self.aof() {
             let mut states = Vec::new();
@@ -284,9 +289,13 @@ impl Store {
     /// readers right now (no exclusive command runs or waits); `None` otherwise, and nothing
     /// ran. The batch holds the gate shared once.
     fn try_shared(&self, proto: Proto, batch: &[Job<'_>], now: i64) -> Option<Vec<Reply>> {
-        let exclusive_or_long = batch
-            .iter()
-            .any(|(command, _)| command.is_some_and(|c| c.kind == Kind::Multi || c.long));
+        let exclusive_or_long = batch.iter().any(|(command, args)| {
+            command.is_some_and(|c| {
+                c.kind == Kind::Multi
+                    || c.long
+                    || (c.scans && args.get(1).is_some_and(|key| self.holds_big(key, now)))
+            })
+        });
         if exclusive_or_long {
             return None;
         }
@@ -301,6 +310,12 @@ impl Store {
                 .map(|(command, args)| self.run_held(proto, *command, args, now))
                 .collect(),
         )
+    }
+
+    /// True when `key` holds a big value ([`data::Data::is_big`]).
+    fn holds_big(&self, key: &[u8], now: i64) -> bool {
+        self.keys
+            .read(key, now, |entry| entry.is_some_and(|e| e.data.is_big()))
     }
 
     /// Runs a command whose lock the caller holds.
@@ -942,6 +957,25 @@ mod tests {
 
     /// A blocking pop whose attempt waits for the gate on the blocking pool, and whose
     /// client leaves meanwhile, takes nothing once it gets the gate.
+    /// A ledger step (a lease, every second per active account) while a long read holds
+    /// the gate shared: it does not wait for the read, so readers do not queue behind it.
+    // The test holds the gate across the await on purpose: that is the read it stands for.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_ledger_step_does_not_wait_for_a_long_read() {
+        use crate::meter::ledger::{Book, LeaseRequest};
+        let store = Store::default();
+        let held = store.clone();
+        let reading = held.gate.read().unwrap();
+        let lease = store.lease("acct", &LeaseRequest { seq: 1, want: 5 });
+        let granted = tokio::time::timeout(Duration::from_secs(5), lease).await;
+        assert!(
+            matches!(granted, Ok(Ok(_))),
+            "the lease waited for the read: {granted:?}"
+        );
+        drop(reading);
+    }
+
     #[tokio::test]
     // The test holds the gate across awaits on purpose: that is the situation it sets up
     // (the pool's task waits for it on another thread).

@@ -9,8 +9,9 @@
 //! # Taking a snapshot
 //!
 //! The store's gate is held shared for the whole walk over the shards, so no multi-key
-//! command (they hold the gate exclusively: MSET, RENAME, EXEC, ledger updates) is ever
-//! half-seen. Each shard is encoded under its read lock, one at a time; single-key commands
+//! command (they hold the gate exclusively: MSET, RENAME, EXEC) is ever half-seen. A ledger
+//! step (which holds the gate shared) may be: its log record is kept past the snapshot and
+//! replay completes it. Each shard is encoded under its read lock, one at a time; single-key commands
 //! keep running on the other shards, so each key is saved as it was at the moment its shard
 //! was visited. Expired keys are not saved. The ledger lives in the keyspace (under
 //! `pkv:ledger:`) and is saved with the data. The encoded bytes are then written with the

@@ -119,6 +119,9 @@ pub struct Runnable {
     /// the blocking pool, never in place on a runtime worker, whose other clients would
     /// wait for it ([`LONG_READS`]).
     pub long: bool,
+    /// Its work grows with the value of its key (`LRANGE`, `HGETALL`, ...): in place while
+    /// that value is small, on the blocking pool when it is big ([`SCANS_ITS_VALUE`]).
+    pub scans: bool,
     pub run: Handler,
 }
 
@@ -135,6 +138,51 @@ const LONG_READS: &[&str] = &[
     "XPENDING",
     "XAUTOCLAIM",
     "XCLAIM",
+];
+
+/// The single-key commands whose work can grow with their key's value: when it holds many
+/// elements ([`crate::embedded::data::Data::is_big`]) they run on the blocking pool like
+/// [`LONG_READS`], so a `LRANGE` over a million elements does not hold a runtime worker and
+/// every other client it serves. Checking the size costs a lookup, so only these pay it.
+const SCANS_ITS_VALUE: &[&str] = &[
+    "GETRANGE",
+    "SUBSTR",
+    "BITCOUNT",
+    "BITPOS",
+    "HGETALL",
+    "HKEYS",
+    "HVALS",
+    "HRANDFIELD",
+    "HSCAN",
+    "LRANGE",
+    "LPOS",
+    "LREM",
+    "LINSERT",
+    "LTRIM",
+    "SMEMBERS",
+    "SRANDMEMBER",
+    "SPOP",
+    "SSCAN",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZREVRANGEBYSCORE",
+    "ZRANGEBYLEX",
+    "ZREVRANGEBYLEX",
+    "ZREVRANGE",
+    "ZCOUNT",
+    "ZLEXCOUNT",
+    "ZRANK",
+    "ZREVRANK",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYSCORE",
+    "ZREMRANGEBYLEX",
+    "ZRANDMEMBER",
+    "ZSCAN",
+    "XRANGE",
+    "XREVRANGE",
+    "XTRIM",
+    "MEMORY|USAGE",
+    "MEMORY",
 ];
 
 /// What a handler runs with.
@@ -202,6 +250,7 @@ pub fn find(name: &[u8]) -> Option<&'static Runnable> {
                     name: c.name,
                     kind: Kind::of(c.name),
                     long: LONG_READS.contains(&c.name),
+                    scans: SCANS_ITS_VALUE.contains(&c.name),
                     run: c.run,
                 };
                 (c.name, runnable)
