@@ -8,83 +8,19 @@
 
 mod common;
 
+use common::parity::{property_seed, redis_text, store_text, Rng};
 use common::Redis;
 use pkv::embedded::Store;
-use pkv::protocol::frame::Frame;
 use pkv::protocol::Proto;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// A number in `[lo, hi]` with six decimals, as a client would type it.
-    fn coord(&mut self, lo: f64, hi: f64) -> String {
-        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        format!("{:.6}", lo + (hi - lo) * unit)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
-
-fn from_redis(v: &redis::Value) -> String {
-    match v {
-        redis::Value::Nil => "nil".into(),
-        redis::Value::Int(i) => format!(":{i}"),
-        redis::Value::BulkString(b) => format!("${}", String::from_utf8_lossy(b)),
-        redis::Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(from_redis).collect();
-            format!("[{}]", inner.join(","))
-        }
-        redis::Value::Okay => "+OK".into(),
-        redis::Value::ServerError(e) => format!("-{}", e.code()),
-        other => format!("{other:?}"),
-    }
-}
-
-fn from_store(f: &Frame) -> String {
-    match f {
-        Frame::Null | Frame::NullArray => "nil".into(),
-        Frame::Integer(i) => format!(":{i}"),
-        Frame::Bulk(b) | Frame::Double(b) => format!("${}", String::from_utf8_lossy(b)),
-        Frame::Array(items) => {
-            let inner: Vec<String> = items.iter().map(from_store).collect();
-            format!("[{}]", inner.join(","))
-        }
-        Frame::Simple(s) if &s[..] == b"OK" => "+OK".into(),
-        other => format!("{other:?}"),
-    }
-}
 
 fn same(redis: &mut redis::Connection, store: &Store, args: &[String], seed: u64) {
     let mut cmd = redis::cmd(&args[0]);
     for a in &args[1..] {
         cmd.arg(a);
     }
-    let theirs = match cmd.query::<redis::Value>(redis) {
-        Ok(v) => from_redis(&v),
-        Err(e) => format!("-{}", e.code().unwrap_or("?")),
-    };
+    let theirs = redis_text(cmd.query(redis));
     let slices: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    let ours = match store.run(Proto::Resp2, &slices) {
-        Ok(f) => from_store(&f),
-        Err(pkv::embedded::cmd::Error::Store(e)) => {
-            let line = pkv::error::ClientError::from(e).line().into_owned();
-            format!("-{}", line.split(' ').next().unwrap_or("?"))
-        }
-        Err(other) => format!("{other:?}"),
-    };
+    let ours = store_text(store.run(Proto::Resp2, &slices));
     assert_eq!(theirs, ours, "seed {seed}: {}", args.join(" "));
 }
 
@@ -92,11 +28,7 @@ fn same(redis: &mut redis::Connection, store: &Store, args: &[String], seed: u64
 fn geo_replies_match_redis_byte_for_byte() {
     let redis = Redis::start();
     let mut direct = redis.direct();
-    let seed = std::env::var("PKV_PROPERTY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| pkv::embedded::now_ms() as u64 | 1);
-    eprintln!("seed {seed} (PKV_PROPERTY_SEED replays it)");
+    let seed = property_seed();
     let mut rng = Rng(seed);
     let store = Store::default();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();

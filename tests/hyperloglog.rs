@@ -10,33 +10,12 @@
 
 mod common;
 
+use common::parity::{property_seed, Rng};
 use common::Redis;
 use pkv::embedded::Store;
 use pkv::protocol::frame::Frame;
 use pkv::protocol::Proto;
 
-/// xorshift64*: small, deterministic, good enough to pick test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn element(&mut self) -> Vec<u8> {
-        let len = self.below(24) as usize;
-        (0..len).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// Both sides answer `args`; the test fails unless they answer the same.
 fn same(redis: &mut redis::Connection, store: &Store, args: &[&[u8]], seed: u64) -> Frame {
     let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
     for a in &args[1..] {
@@ -63,11 +42,7 @@ fn same(redis: &mut redis::Connection, store: &Store, args: &[&[u8]], seed: u64)
 fn hyperloglogs_match_redis_bit_for_bit() {
     let redis = Redis::start();
     let mut direct = redis.direct();
-    let seed = std::env::var("PKV_PROPERTY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| pkv::embedded::now_ms() as u64 | 1);
-    eprintln!("seed {seed} (PKV_PROPERTY_SEED replays it)");
+    let seed = property_seed();
     let mut rng = Rng(seed);
     let store = Store::default();
     // Target cardinalities from empty to 10^5, a few per order of magnitude.

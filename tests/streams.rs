@@ -14,75 +14,10 @@
 
 mod common;
 
+use common::parity::{property_seed, redis_text, store_text, Rng};
 use common::Redis;
-use pkv::embedded::cmd::Error;
 use pkv::embedded::Store;
-use pkv::protocol::frame::Frame;
 use pkv::protocol::Proto;
-
-/// xorshift64*: small, deterministic, good enough to pick test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
-
-/// A reply in a form both sides can be compared in: errors by their code.
-fn theirs(value: redis::RedisResult<redis::Value>) -> String {
-    fn one(v: &redis::Value) -> String {
-        match v {
-            redis::Value::Int(n) => format!("{n}"),
-            redis::Value::BulkString(b) => format!("{:?}", String::from_utf8_lossy(b)),
-            redis::Value::Array(items) => {
-                format!("[{}]", items.iter().map(one).collect::<Vec<_>>().join(", "))
-            }
-            redis::Value::Nil => "nil".into(),
-            redis::Value::Okay => "OK".into(),
-            redis::Value::SimpleString(s) => s.clone(),
-            other => format!("{other:?}"),
-        }
-    }
-    match value {
-        Ok(v) => one(&v),
-        Err(e) => format!("error {}", e.code().unwrap_or("?")),
-    }
-}
-
-fn ours(reply: Result<Frame, Error>) -> String {
-    fn one(f: &Frame) -> String {
-        match f {
-            Frame::Integer(n) => format!("{n}"),
-            Frame::Bulk(b) => format!("{:?}", String::from_utf8_lossy(b)),
-            Frame::Array(items) => {
-                format!("[{}]", items.iter().map(one).collect::<Vec<_>>().join(", "))
-            }
-            Frame::Null | Frame::NullArray => "nil".into(),
-            Frame::Simple(s) => String::from_utf8_lossy(s).into_owned(),
-            other => format!("{other:?}"),
-        }
-    }
-    match reply {
-        Ok(f) => one(&f),
-        Err(Error::Store(e)) => {
-            let line = e.to_string();
-            format!("error {}", line.split(' ').next().unwrap_or_default())
-        }
-        Err(other) => format!("{other:?}"),
-    }
-}
 
 /// XINFO STREAM without `radix-tree-nodes` (the count of a radix tree's inner nodes, which
 /// the store does not have).
@@ -279,11 +214,7 @@ fn group_command(r: &mut Rng, ms: &mut u64) -> Vec<String> {
 fn streams_match_redis() {
     let redis = Redis::start();
     let mut direct = redis.direct();
-    let seed = std::env::var("PKV_PROPERTY_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| pkv::embedded::now_ms() as u64 | 1);
-    eprintln!("seed {seed} (PKV_PROPERTY_SEED replays it)");
+    let seed = property_seed();
     let mut r = Rng(seed);
     for round in 0..12 {
         let _: redis::Value = redis::cmd("DEL").arg("s").query(&mut direct).unwrap();
@@ -300,9 +231,9 @@ fn streams_match_redis() {
             for a in &args[1..] {
                 cmd.arg(a.as_str());
             }
-            let want = without_tree_nodes(&args, theirs(cmd.query(&mut direct)));
+            let want = without_tree_nodes(&args, redis_text(cmd.query(&mut direct)));
             let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-            let got = without_tree_nodes(&args, ours(store.run(Proto::Resp2, &bytes)));
+            let got = without_tree_nodes(&args, store_text(store.run(Proto::Resp2, &bytes)));
             history.push(args.join(" "));
             assert_eq!(
                 got,

@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used)] // a helper that unwraps fails its test with the error
 
 pub mod examples;
+pub mod parity;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
