@@ -226,6 +226,17 @@ fn redis_cli(args: &[&str]) -> Output {
         .expect("redis-cli is installed (apt-get install redis-tools)")
 }
 
+/// redis-cli over TLS to `port`, trusting `ca_file`, authenticated with `token` when given.
+fn tls_cli(ca_file: &str, port: u16, token: Option<&str>, args: &[&str]) -> Output {
+    let port = port.to_string();
+    let mut all = vec!["--tls", "--cacert", ca_file, "-h", "127.0.0.1", "-p", &port];
+    if let Some(token) = token {
+        all.extend(["-a", token, "--no-auth-warning"]);
+    }
+    all.extend_from_slice(args);
+    redis_cli(&all)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -272,23 +283,7 @@ fn redis_cli_and_redis_py_work_over_tls_only() {
     );
     assert_eq!(pkv.plain_port, None);
     let token = issuer.token(1000);
-    let port = pkv.tls_port.to_string();
-    let cli = |args: &[&str]| {
-        let mut all = vec![
-            "--tls",
-            "--cacert",
-            &ca_file,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-a",
-            &token,
-            "--no-auth-warning",
-        ];
-        all.extend_from_slice(args);
-        redis_cli(&all)
-    };
+    let cli = |args: &[&str]| tls_cli(&ca_file, pkv.tls_port, Some(&token), args);
     let set = cli(&["SET", "greeting", "hello"]);
     assert_eq!(text(&set).trim(), "OK", "{}", text(&set));
     let get = cli(&["GET", "greeting"]);
@@ -304,7 +299,7 @@ r.set("py", "yes")
 print(r.incr("counter", 5))
 "#;
     let py = Command::new("python3")
-        .args(["-c", script, &port, &token, &ca_file])
+        .args(["-c", script, &pkv.tls_port.to_string(), &token, &ca_file])
         .output()
         .unwrap();
     assert!(
@@ -369,20 +364,7 @@ fn a_client_that_does_not_trust_the_ca_is_refused_and_others_are_not() {
     let token = issuer.token(100);
     // A client already in, trusting the right CA.
     let mut good = tls_client(pkv.tls_port, &token, &ca.pem()).unwrap();
-    let port = pkv.tls_port.to_string();
-    let refused = redis_cli(&[
-        "--tls",
-        "--cacert",
-        &other_file,
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-a",
-        &token,
-        "--no-auth-warning",
-        "PING",
-    ]);
+    let refused = tls_cli(&other_file, pkv.tls_port, Some(&token), &["PING"]);
     assert!(
         text(&refused).contains("certificate verify failed"),
         "{}",
@@ -393,19 +375,7 @@ fn a_client_that_does_not_trust_the_ca_is_refused_and_others_are_not() {
     pkv.wait_log("TLS handshake failed", 2);
     let pong: String = redis::cmd("PING").query(&mut good).unwrap();
     assert_eq!(pong, "PONG");
-    let ok = redis_cli(&[
-        "--tls",
-        "--cacert",
-        &ca_file,
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-a",
-        &token,
-        "--no-auth-warning",
-        "PING",
-    ]);
+    let ok = tls_cli(&ca_file, pkv.tls_port, Some(&token), &["PING"]);
     assert_eq!(text(&ok).trim(), "PONG");
     assert!(
         pkv.log()
@@ -428,19 +398,7 @@ fn an_expired_certificate_is_refused_by_the_client() {
     let issuer = Issuer::new();
     let mut pkv = TlsPkv::start(&issuer, &[("PKV_TLS_CERT", &cert), ("PKV_TLS_KEY", &key)]);
     let token = issuer.token(100);
-    let out = redis_cli(&[
-        "--tls",
-        "--cacert",
-        &ca_file,
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &pkv.tls_port.to_string(),
-        "-a",
-        &token,
-        "--no-auth-warning",
-        "PING",
-    ]);
+    let out = tls_cli(&ca_file, pkv.tls_port, Some(&token), &["PING"]);
     assert!(
         text(&out).contains("certificate verify failed"),
         "{}",
@@ -474,28 +432,14 @@ fn mutual_tls_wants_a_client_certificate_from_the_ca() {
         ],
     );
     let token = issuer.token(100);
-    let port = pkv.tls_port.to_string();
-    let base = [
-        "--tls",
-        "--cacert",
-        &ca_file,
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-a",
-        &token,
-        "--no-auth-warning",
-    ];
-    let without = redis_cli(&[&base[..], &["PING"]].concat());
+    let without = tls_cli(&ca_file, pkv.tls_port, Some(&token), &["PING"]);
     assert_ne!(text(&without).trim(), "PONG", "{}", text(&without));
     pkv.wait_log("TLS handshake failed", 1);
-    let with = redis_cli(
-        &[
-            &base[..],
-            &["--cert", &client_cert, "--key", &client_key, "PING"],
-        ]
-        .concat(),
+    let with = tls_cli(
+        &ca_file,
+        pkv.tls_port,
+        Some(&token),
+        &["--cert", &client_cert, "--key", &client_key, "PING"],
     );
     assert_eq!(text(&with).trim(), "PONG", "{}", text(&with));
     assert!(
@@ -683,17 +627,7 @@ impl TlsRedis {
     }
 
     fn cli(&self, args: &[&str]) -> String {
-        let port = self.port.to_string();
-        let base = [
-            "--tls",
-            "--cacert",
-            &self.ca_file,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-        ];
-        text(&redis_cli(&[&base[..], args].concat()))
+        text(&tls_cli(&self.ca_file, self.port, None, args))
     }
 }
 
