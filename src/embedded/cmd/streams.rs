@@ -990,13 +990,7 @@ fn xgroup(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 
 /// `XACK key group id [id ...]`
 fn xack(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let exists = cx.read(args[1], |entry| -> Result<bool, Error> {
-        Ok(match entry {
-            None => false,
-            Some(e) => stream_of(e)?.groups.contains_key(args[2]),
-        })
-    })?;
-    if !exists {
+    if !has_group(cx, args)? {
         return int(0);
     }
     let ids = args[3..]
@@ -1144,18 +1138,29 @@ fn forget(g: &mut Group, id: StreamId) {
     }
 }
 
-/// `XCLAIM key group consumer min-idle-time id [id ...] [IDLE ms] [TIME ms] [RETRYCOUNT
-/// count] [FORCE] [JUSTID] [LASTID id]`
-fn xclaim(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let exists = cx.read(args[1], |entry| -> Result<bool, Error> {
+/// Whether stream `args[1]` exists and has group `args[2]`.
+fn has_group(cx: &mut Cx, args: &[&[u8]]) -> Result<bool, Error> {
+    cx.read(args[1], |entry| -> Result<bool, Error> {
         Ok(match entry {
             None => false,
             Some(e) => stream_of(e)?.groups.contains_key(args[2]),
         })
-    })?;
-    if !exists {
-        return Err(no_key_or_group(args));
+    })
+}
+
+/// The `NOGROUP` error of XCLAIM and XAUTOCLAIM unless stream `args[1]` has group `args[2]`.
+fn group_must_exist(cx: &mut Cx, args: &[&[u8]]) -> Result<(), Error> {
+    if has_group(cx, args)? {
+        Ok(())
+    } else {
+        Err(no_key_or_group(args))
     }
+}
+
+/// `XCLAIM key group consumer min-idle-time id [id ...] [IDLE ms] [TIME ms] [RETRYCOUNT
+/// count] [FORCE] [JUSTID] [LASTID id]`
+fn xclaim(cx: &mut Cx, args: &[&[u8]]) -> Reply {
+    group_must_exist(cx, args)?;
     let min_idle = long_or(args[4], "min-idle-time argument for XCLAIM")?.max(0);
     let mut j = 5;
     let mut ids = Vec::new();
@@ -1256,15 +1261,7 @@ fn xclaim(cx: &mut Cx, args: &[&[u8]]) -> Reply {
 /// `XAUTOCLAIM key group consumer min-idle-time start [COUNT count] [JUSTID]`: the next
 /// cursor, the claimed entries, and the IDs dropped because their entries are gone.
 fn xautoclaim(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let exists = cx.read(args[1], |entry| -> Result<bool, Error> {
-        Ok(match entry {
-            None => false,
-            Some(e) => stream_of(e)?.groups.contains_key(args[2]),
-        })
-    })?;
-    if !exists {
-        return Err(no_key_or_group(args));
-    }
+    group_must_exist(cx, args)?;
     let min_idle = long_or(args[4], "min-idle-time argument for XAUTOCLAIM")?.max(0);
     let start = interval(args[5], 0, true)?;
     let mut count: u64 = 100;
