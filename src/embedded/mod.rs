@@ -29,6 +29,7 @@ pub mod error;
 pub mod glob;
 pub mod hll;
 pub mod keyspace;
+pub mod memory;
 mod ledger;
 pub mod pubsub;
 pub mod snapshot;
