@@ -11,7 +11,10 @@
 //! request's own bytes when it did not shrink (what a one-key write can add is in its
 //! arguments). When the adjusted figure has moved by half of the last measured one, the value
 //! is walked again; so the walks cost O(1) per byte written, amortized, and the figure of a
-//! big aggregate stays within half of its last measurement of the truth.
+//! big aggregate stays within half of its last measurement. Additions are over-counted
+//! (their whole request); a removal counts an average element, so removing a big
+//! aggregate's smallest elements under-counts it, by at most about its size at the last
+//! walk, until the next one.
 //!
 //! The limit: a command Redis flags `denyoom` is refused with Redis's `OOM` error when the
 //! memory in use plus the request's size would pass it, before it runs ([`refuses`]); every
@@ -101,9 +104,21 @@ pub fn denies_oom(args: &[&[u8]]) -> bool {
         .any(|denied| name.eq_ignore_ascii_case(denied.as_bytes()))
 }
 
-/// The request's size as the limit sees it: its arguments' bytes.
+/// The request's size as the limit sees it: its arguments' bytes, and for the writes at an
+/// offset (SETRANGE, SETBIT) the offset too, which the string may grow to.
 pub fn request_bytes(args: &[&[u8]]) -> usize {
-    args.iter().map(|a| a.len()).sum()
+    let sent: usize = args.iter().map(|a| a.len()).sum();
+    let offset = |divisor: u64| {
+        args.get(2)
+            .and_then(|o| std::str::from_utf8(o).ok()?.parse::<u64>().ok())
+            .map_or(0, |o| usize::try_from(o / divisor).unwrap_or(usize::MAX))
+    };
+    let reach = match args.first() {
+        Some(name) if name.eq_ignore_ascii_case(b"SETRANGE") => offset(1),
+        Some(name) if name.eq_ignore_ascii_case(b"SETBIT") => offset(8),
+        _ => 0,
+    };
+    sent.saturating_add(reach)
 }
 
 /// True when a command (`args`) must be refused: a limit is set (`limit` > 0), the command
@@ -397,6 +412,10 @@ mod tests {
         assert!(!refuses(80, 100, &[b"SET", b"k", b"0123456789"]));
         assert!(!refuses(1000, 0, &[b"SET", b"k", b"v"]));
         assert!(!refuses(1000, 100, &[b"DEL", b"k"]));
+        // A write at an offset counts the offset it reaches.
+        assert!(refuses(0, 1 << 20, &[b"SETRANGE", b"k", b"2000000", b"x"]));
+        assert!(refuses(0, 1 << 20, &[b"setbit", b"k", b"16000000", b"1"]));
+        assert!(!refuses(0, 1 << 20, &[b"SETBIT", b"k", b"8000", b"1"]));
         assert!(!admitted_while(|| refuses(
             1000,
             100,
