@@ -322,8 +322,8 @@ fn the_count_is_close_to_the_resident_memory_it_costs() {
     mixed(&mut client, 0..1_000);
     let (used0, _) = memory(&pkv);
     let rss0 = pkv.rss_kib() * 1024;
-    // About 1 GB: each scale unit is ~1.4 kB of mixed data.
-    mixed(&mut client, 1_000..701_000);
+    // About 1 GB: each key number is ~3.5 kB of mixed data.
+    mixed(&mut client, 1_000..301_000);
     let (used, _) = memory(&pkv);
     let rss = pkv.rss_kib() * 1024;
     let (counted, grown) = (used - used0, rss - rss0);
@@ -338,5 +338,44 @@ fn the_count_is_close_to_the_resident_memory_it_costs() {
     assert!(
         counted as f64 <= grown as f64 * 1.25,
         "{counted} counted, {grown} grown"
+    );
+}
+
+/// `spent` from a `PKV.BALANCE` reply, in units as written.
+fn spent(client: &mut RespConn) -> String {
+    let reply = client.call(&[b"PKV.BALANCE"]);
+    let text = String::from_utf8(reply).unwrap();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    let at = lines.iter().position(|l| *l == "spent").unwrap();
+    lines[at + 2].to_owned()
+}
+
+#[test]
+fn a_write_refused_for_memory_is_not_charged() {
+    let issuer = Issuer::new();
+    // One unit per command and nothing else.
+    let pkv = limited(&issuer, "1mb")
+        .set("PKV_PRICE_OP", "1")
+        .set("PKV_PRICE_BYTE_IN", "0")
+        .set("PKV_PRICE_BYTE_OUT", "0")
+        .set("PKV_PRICE_BYTE_SECOND", "0")
+        .set("PKV_PRICE_TIME_MS", "0")
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start_process();
+    let mut client = pkv.resp_authed(&issuer.token(100_000));
+    fill(&mut client, "k", &[b'v'; 10_000]);
+    fill(&mut client, "t", b"v");
+    let first = spent(&mut client);
+    let second = spent(&mut client);
+    for _ in 0..3 {
+        assert_eq!(client.call(&[b"SET", b"refused", b"value"]), OOM);
+    }
+    let third = spent(&mut client);
+    let units = |s: &str| s.split('.').next().unwrap().parse::<i64>().unwrap();
+    // The refused writes add nothing to what a PKV.BALANCE alone moves `spent` by.
+    assert_eq!(
+        units(&third) - units(&second),
+        units(&second) - units(&first),
+        "{first} {second} {third}"
     );
 }
