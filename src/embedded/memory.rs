@@ -453,6 +453,69 @@ mod tests {
         assert_eq!(charge(3, &entry), walked);
     }
 
+    /// After any sequence of writes to values too small to be adjusted, the count the
+    /// writes kept equals a count made from scratch.
+    #[test]
+    fn the_count_kept_by_writes_equals_a_recount() {
+        use crate::embedded::Store;
+        use crate::protocol::Proto;
+        let store = Store::default();
+        let run = |args: &[&str]| {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            let _ = store.run(Proto::Resp2, &args);
+        };
+        for i in 0..50 {
+            let (k, n) = (format!("k{}", i % 7), i.to_string());
+            run(&["SET", &format!("s{i}"), &"x".repeat(i * 13)]);
+            run(&["APPEND", &k, &n]);
+            run(&["SETRANGE", &format!("r{i}"), &(i * 100).to_string(), "y"]);
+            run(&["HSET", &format!("h{}", i % 5), &n, &"v".repeat(i)]);
+            run(&["RPUSH", &format!("l{}", i % 3), &n, "a", "bb"]);
+            run(&["SADD", &format!("set{}", i % 4), &n]);
+            run(&["ZADD", &format!("z{}", i % 4), &n, &n]);
+            run(&["XADD", "x", "*", "f", &n]);
+            run(&["PFADD", "hll", &n]);
+            run(&["GEOADD", "geo", "13.4", "52.5", &n]);
+            if i % 3 == 0 {
+                run(&["LPOP", &format!("l{}", i % 3)]);
+                run(&["HDEL", &format!("h{}", i % 5), &(i / 2).to_string()]);
+                run(&["DEL", &format!("s{}", i / 2)]);
+                run(&["XTRIM", "x", "MAXLEN", "5"]);
+            }
+            if i % 5 == 0 {
+                run(&["RENAME", &format!("set{}", i % 4), &format!("moved{i}")]);
+                run(&["COPY", "geo", &format!("geo{i}")]);
+                run(&["SUNIONSTORE", "union", "set1", "set2", "set3"]);
+                run(&["PEXPIRE", &format!("s{i}"), "1"]);
+            }
+        }
+        run(&["XGROUP", "CREATE", "x", "g", "0"]);
+        run(&["XREADGROUP", "GROUP", "g", "c", "STREAMS", "x", ">"]);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        for index in 0..crate::embedded::keyspace::SHARDS {
+            store.keys.expire_shard(index, crate::embedded::now_ms());
+        }
+        let kept = store.memory_used();
+        assert!(kept > 0);
+        store.keys.recount();
+        assert_eq!(kept, store.memory_used());
+        // Deleting every key gives back everything counted.
+        let keys: Vec<Vec<u8>> = (0..crate::embedded::keyspace::SHARDS)
+            .flat_map(|i| {
+                store
+                    .keys
+                    .read_shard(i)
+                    .keys()
+                    .map(|k| k.to_vec())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for key in keys {
+            let _ = store.run(Proto::Resp2, &[b"DEL", &key]);
+        }
+        assert_eq!(store.memory_used(), 0);
+    }
+
     #[test]
     fn strings_are_exact() {
         let mut entry = Entry::new(Data::Str(vec![0; 1000]));
