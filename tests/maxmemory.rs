@@ -67,6 +67,9 @@ fn writes_past_the_limit_get_oom_change_nothing_and_work_again_once_memory_is_fr
     assert!(used < 4096, "an empty store counts {used} bytes");
 
     let mut client = pkv.resp_authed(&issuer.token(1000));
+    // The ledger's records (the redeemed token, the account) are counted too.
+    let (ledger, _) = memory(&pkv);
+    assert!(ledger > used, "{ledger} counted after AUTH, {used} before");
     let value = vec![b'v'; 10_000];
     let stored = fill(&mut client, "k", &value);
     assert!(stored > 150, "only {stored} 10 kB values fit in 2 MB");
