@@ -107,11 +107,14 @@ fn writes_past_the_limit_get_oom_change_nothing_and_work_again_once_memory_is_fr
     );
     assert_eq!(memory(&pkv).0, used, "a refused write changed the count");
 
-    // A transaction with a denyoom command is refused whole at EXEC.
+    // In a transaction, a denyoom command is refused as it is queued, and EXEC then
+    // discards the transaction, as Redis 7.0 does.
     assert_eq!(client.call(&[b"MULTI"]), b"+OK\r\n");
-    assert_eq!(client.call(&[b"DEL", b"k:1"]), b"+QUEUED\r\n");
-    assert_eq!(client.call(&[b"SET", b"k:1", b"x"]), b"+QUEUED\r\n");
-    assert_eq!(client.call(&[b"EXEC"]), OOM);
+    assert_eq!(client.call(&[b"SET", b"k:1", b"x"]), OOM);
+    assert_eq!(
+        client.call(&[b"EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
     assert_eq!(client.call(&[b"EXISTS", b"k:1"]), b":1\r\n");
 
     // What frees or only reads memory runs over the limit.

@@ -166,6 +166,17 @@ impl Store {
         Ok(())
     }
 
+    /// A command queued in a transaction is refused, as Redis 7.0 refuses it, when the
+    /// memory in use is over the limit whatever the command (queuing holds memory too), or
+    /// when it would be refused alone; the session then answers EXEC with EXECABORT.
+    fn admit_queued(&self, args: &[&[u8]]) -> Result<(), Error> {
+        let limit = self.memory_limit();
+        if limit > 0 && self.memory_used() > limit {
+            return Err(StoreError::OutOfMemory.into());
+        }
+        self.admit(args)
+    }
+
     /// A transaction is refused whole at EXEC when one of its commands would be refused
     /// alone (as Redis refuses EXEC over `maxmemory` when it queued a `denyoom` command):
     /// its requests count together.
@@ -799,6 +810,9 @@ impl Connection {
                 Some(queued) => {
                     if handler(call).is_none() {
                         return into_frame(Err(not_here(&name)));
+                    }
+                    if let Err(oom) = self.store.admit_queued(&arg_slices(call)) {
+                        return into_frame(Err(oom));
                     }
                     queued.push(call.clone());
                     Frame::QUEUED
