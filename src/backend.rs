@@ -76,6 +76,10 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// Takes up reloaded settings that concern the backend (the embedded store's
+    /// `PKV_MAXMEMORY`).
+    fn reconfigure(&self, _settings: &crate::config::Settings) {}
+
     /// The backend's figures for `/metrics` (its pool, keys, snapshots), read when scraped.
     fn figures(&self) -> crate::metrics::BackendFigures {
         crate::metrics::BackendFigures::default()

@@ -82,6 +82,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "when the embedded store's append-only log (PKV_DATA_FILE.aof) is fsynced: always (before each write's reply), everysec, or no (when the OS decides); ledger steps are always fsynced",
     },
     SettingDoc {
+        name: "PKV_MAXMEMORY",
+        default: "0",
+        help: "bytes the embedded store's data may hold (100mb, 1gb as in redis.conf); past it writes that add data get -OOM, as Redis's maxmemory with noeviction; 0 no limit",
+    },
+    SettingDoc {
         name: "PKV_SERVICE_ID",
         default: "pkv",
         help: "pkv's identifier: the audience quota tokens must carry",
@@ -283,6 +288,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// When the embedded store's append-only log is fsynced.
     pub append_fsync: crate::embedded::aof::Policy,
+    /// `PKV_MAXMEMORY`: bytes the embedded store's data may hold; 0 for no limit.
+    pub maxmemory: u64,
     pub service_id: String,
     pub quota_issuers: Vec<String>,
     pub secret_seed: [u8; 32],
@@ -600,6 +607,11 @@ impl Settings {
                 crate::embedded::aof::Policy::default()
             }),
         };
+        let maxmemory =
+            crate::embedded::memory::parse_size(&get("PKV_MAXMEMORY")).unwrap_or_else(|e| {
+                errors.push(format!("PKV_MAXMEMORY: {e}"));
+                0
+            });
         if let Some(path) = &data_file {
             if upstream_url.is_some() {
                 errors.push(
@@ -696,6 +708,7 @@ impl Settings {
             data_file,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             append_fsync,
+            maxmemory,
             service_id,
             quota_issuers,
             secret_seed: secret_seed.expect("checked above"),

@@ -436,6 +436,7 @@ fn store_line(err: &StoreError) -> Cow<'static, str> {
         }
         S::GeoNeedNumeric { what } => return format!("ERR need numeric {what}").into(),
         S::Abandoned => "ERR the client left before the command ran",
+        S::OutOfMemory => "OOM command not allowed when used memory > 'maxmemory'.",
         S::SortGetTooLarge { values, bytes } => {
             return format!(
                 "ERR SORT's GET patterns would fetch more than {values} values or {bytes} bytes; use LIMIT"
@@ -706,6 +707,7 @@ mod tests {
             },
             S::Misconf("write: No space left on device\r\nx".into()),
             S::Abandoned,
+            S::OutOfMemory,
             S::Stream(crate::embedded::error::StreamError::NoKeyOrGroup {
                 key: sent(),
                 group: sent(),
@@ -793,6 +795,7 @@ mod tests {
             S::Misconf(_) => 72,
             S::Abandoned => 73,
             S::Stream(_) => 74,
+            S::OutOfMemory => 75,
         }
     }
 

@@ -5,18 +5,34 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 
 /// A key's value and its deadline.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub data: Data,
     /// When the key expires, in milliseconds since the epoch; `None` keeps it forever.
     pub expires_at: Option<i64>,
+    /// What the memory accounting last counted for the value ([`super::memory`]).
+    pub counted: super::memory::Counted,
+}
+
+/// Two entries are equal when their values and deadlines are: the accounting's figure is
+/// not part of the value.
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data && self.expires_at == other.expires_at
+    }
 }
 
 impl Entry {
     pub fn new(data: Data) -> Self {
+        Entry::expiring(data, None)
+    }
+
+    /// A value with its deadline.
+    pub fn expiring(data: Data, expires_at: Option<i64>) -> Self {
         Entry {
             data,
-            expires_at: None,
+            expires_at,
+            counted: Default::default(),
         }
     }
 

@@ -25,6 +25,8 @@ pub enum StoreError {
     NeedsUpstream { command: String },
     /// A write refused because the append-only log cannot be written (the error).
     Misconf(String),
+    /// A `denyoom` command refused because the data would pass `PKV_MAXMEMORY`.
+    OutOfMemory,
     /// A blocking command's timeout that Redis refuses.
     Timeout(TimeoutError),
     /// A SCAN cursor that is not an unsigned number.

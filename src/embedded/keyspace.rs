@@ -6,12 +6,17 @@
 //! shard is visited) and lets expiry and snapshots work one shard at a time.
 //!
 //! A shard lock is never held while another is taken.
+//!
+//! Each shard counts the memory its entries hold ([`super::memory`]), adjusted under its
+//! write lock by every change: the store's memory in use is the sum of the shards' counts.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::data::Entry;
+use super::memory;
 
 /// Shards in the keyspace; a power of two.
 pub const SHARDS: usize = 256;
@@ -21,6 +26,10 @@ pub type Shard = HashMap<Box<[u8]>, Entry>;
 pub struct Keyspace {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+    /// Bytes each shard's entries hold, changed only under that shard's write lock (by the
+    /// methods below; a caller of [`Keyspace::write_shard`] that changes a shard calls
+    /// [`Keyspace::recount`] after).
+    used: Box<[AtomicI64]>,
 }
 
 impl Default for Keyspace {
@@ -28,6 +37,7 @@ impl Default for Keyspace {
         Keyspace {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            used: (0..SHARDS).map(|_| AtomicI64::new(0)).collect(),
         }
     }
 }
@@ -60,41 +70,97 @@ impl Keyspace {
     /// leaving `None`). An expired entry is gone before `f` sees it; an aggregate left
     /// empty is deleted, as Redis does.
     pub fn write<R>(&self, key: &[u8], now: i64, f: impl FnOnce(&mut Option<Entry>) -> R) -> R {
-        let mut shard = self.write_shard(self.shard_of(key));
+        let index = self.shard_of(key);
+        let mut shard = self.write_shard(index);
+        let mut freed = 0;
         let (stored_key, mut entry) = match shard.remove_entry(key) {
-            Some((k, e)) if !e.expired(now) => (Some(k), Some(e)),
-            Some((k, _)) => (Some(k), None),
+            Some((k, e)) => {
+                freed = memory::charge(key.len(), &e);
+                (Some(k), (!e.expired(now)).then_some(e))
+            }
             None => (None, None),
         };
         let result = f(&mut entry);
-        if let Some(entry) = entry.filter(|e| !e.data.is_empty_aggregate()) {
+        let mut taken = 0;
+        if let Some(mut entry) = entry.filter(|e| !e.data.is_empty_aggregate()) {
+            taken = memory::settle(key.len(), &mut entry);
             let key = stored_key.unwrap_or_else(|| key.into());
             shard.insert(key, entry);
         }
+        self.count(index, taken, freed);
         result
+    }
+
+    /// Adds `taken` and takes `freed` from shard `index`'s count; under its write lock.
+    fn count(&self, index: usize, taken: usize, freed: usize) {
+        let delta = taken as i64 - freed as i64;
+        if delta != 0 {
+            self.used[index].fetch_add(delta, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes the entries hold, as counted ([`memory`]).
+    pub fn memory_used(&self) -> u64 {
+        let sum: i64 = self.used.iter().map(|u| u.load(Ordering::Relaxed)).sum();
+        sum.max(0) as u64
+    }
+
+    /// Counts every shard again from its entries: after a load that filled the shards
+    /// directly (snapshot, log replay).
+    pub fn recount(&self) {
+        for index in 0..SHARDS {
+            let mut shard = self.write_shard(index);
+            let total: usize = shard
+                .iter_mut()
+                .map(|(key, entry)| {
+                    entry.counted = Default::default();
+                    memory::settle(key.len(), entry)
+                })
+                .sum();
+            self.used[index].store(total as i64, Ordering::Relaxed);
+        }
     }
 
     /// Removes and returns the live entry under `key`.
     pub fn remove(&self, key: &[u8], now: i64) -> Option<Entry> {
-        let mut shard = self.write_shard(self.shard_of(key));
-        shard.remove(key).filter(|e| !e.expired(now))
+        let index = self.shard_of(key);
+        let mut shard = self.write_shard(index);
+        let removed = shard.remove(key)?;
+        self.count(index, 0, memory::charge(key.len(), &removed));
+        Some(removed).filter(|e| !e.expired(now))
     }
 
     /// Stores `entry` under `key`, replacing whatever was there.
-    pub fn insert(&self, key: &[u8], entry: Entry) {
-        if entry.data.is_empty_aggregate() {
-            self.write_shard(self.shard_of(key)).remove(key);
+    pub fn insert(&self, key: &[u8], mut entry: Entry) {
+        let index = self.shard_of(key);
+        let mut shard = self.write_shard(index);
+        let taken = if entry.data.is_empty_aggregate() {
+            0
         } else {
-            self.write_shard(self.shard_of(key))
-                .insert(key.into(), entry);
-        }
+            memory::settle(key.len(), &mut entry)
+        };
+        let old = if taken == 0 {
+            shard.remove(key)
+        } else {
+            shard.insert(key.into(), entry)
+        };
+        let freed = old.map_or(0, |e| memory::charge(key.len(), &e));
+        self.count(index, taken, freed);
     }
 
     /// Deletes the expired entries of one shard; returns how many.
     pub fn expire_shard(&self, index: usize, now: i64) -> usize {
         let mut shard = self.write_shard(index);
         let before = shard.len();
-        shard.retain(|_, e| !e.expired(now));
+        let mut freed = 0;
+        shard.retain(|key, e| {
+            let keep = !e.expired(now);
+            if !keep {
+                freed += memory::charge(key.len(), e);
+            }
+            keep
+        });
+        self.count(index, 0, freed);
         before - shard.len()
     }
 

@@ -33,12 +33,13 @@ pub mod glob;
 pub mod hll;
 pub mod keyspace;
 mod ledger;
+pub mod memory;
 pub mod pubsub;
 pub mod snapshot;
 pub mod stream;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, TryLockError, Weak};
 use std::time::Duration;
 
@@ -82,6 +83,9 @@ pub struct Inner {
     aof: OnceLock<Arc<aof::Aof>>,
     /// Why the last snapshot failed, until one succeeds.
     snapshot_error: Mutex<Option<String>>,
+    /// `PKV_MAXMEMORY`: bytes the data may hold before `denyoom` writes are refused; 0 for
+    /// no limit ([`memory`]).
+    memory_limit: AtomicU64,
 }
 
 impl std::ops::Deref for Store {
@@ -135,7 +139,69 @@ impl Store {
             let log = aof::Aof::open(aof::path_for(data_file), settings.append_fsync, &store)?;
             let _ = store.aof.set(log);
         }
+        // The load and the replay fill the shards directly: count what they hold.
+        store.keys.recount();
+        store.set_memory_limit(settings.maxmemory);
         Ok(store)
+    }
+
+    /// Bytes the store's data holds, keys, values and the ledger's records, as counted
+    /// ([`memory`]); what `PKV_MAXMEMORY` is held against.
+    pub fn memory_used(&self) -> u64 {
+        self.keys.memory_used()
+    }
+
+    /// `PKV_MAXMEMORY` in force, in bytes; 0 when there is no limit.
+    pub fn memory_limit(&self) -> u64 {
+        self.memory_limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the limit (at start-up and on a settings reload); 0 removes it.
+    pub fn set_memory_limit(&self, bytes: u64) {
+        self.memory_limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Refuses a `denyoom` command when the data and the request would pass the limit,
+    /// before it runs, as Redis does ([`memory::refuses`]).
+    fn admit(&self, args: &[&[u8]]) -> Result<(), Error> {
+        let limit = self.memory_limit();
+        if limit > 0 && memory::refuses(self.memory_used(), limit, args) {
+            return Err(StoreError::OutOfMemory.into());
+        }
+        Ok(())
+    }
+
+    /// A command queued in a transaction is refused, as Redis 7.0 refuses it, when the
+    /// memory in use is over the limit whatever the command (queuing holds memory too), or
+    /// when it would be refused alone; the session then answers EXEC with EXECABORT.
+    fn admit_queued(&self, args: &[&[u8]]) -> Result<(), Error> {
+        let limit = self.memory_limit();
+        if limit > 0 && self.memory_used() > limit {
+            return Err(StoreError::OutOfMemory.into());
+        }
+        self.admit(args)
+    }
+
+    /// A transaction is refused whole at EXEC when one of its commands would be refused
+    /// alone (as Redis refuses EXEC over `maxmemory` when it queued a `denyoom` command):
+    /// its requests count together.
+    fn admit_transaction(&self, queued: &[Call]) -> Result<(), Error> {
+        let limit = self.memory_limit();
+        if limit == 0 {
+            return Ok(());
+        }
+        let calls: Vec<Vec<&[u8]>> = queued.iter().map(arg_slices).collect();
+        if !calls.iter().any(|args| memory::denies_oom(args)) {
+            return Ok(());
+        }
+        let bytes: u64 = calls
+            .iter()
+            .map(|args| memory::request_bytes(args) as u64)
+            .sum();
+        if self.memory_used().saturating_add(bytes) > limit {
+            return Err(StoreError::OutOfMemory.into());
+        }
+        Ok(())
     }
 
     /// The append-only log, when there is a data file.
@@ -334,7 +400,10 @@ impl Store {
                 return Err(StoreError::Misconf(why).into());
             }
         }
-        let reply = self.execute(command, proto, args, now);
+        self.admit(args)?;
+        let reply = memory::with_request(memory::request_bytes(args), || {
+            self.execute(command, proto, args, now)
+        });
         if reply.is_ok() {
             self.log_effects(command, args, now);
             self.written(command, args);
@@ -384,10 +453,12 @@ impl Store {
     fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        queued
-            .iter()
-            .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
-            .collect()
+        memory::admitted_while(|| {
+            queued
+                .iter()
+                .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
+                .collect()
+        })
     }
 
     /// After a write: flags the transactions watching the keys it wrote and wakes the
@@ -684,6 +755,10 @@ impl Backend for Store {
         Box::pin(std::future::ready(health))
     }
 
+    fn reconfigure(&self, settings: &Settings) {
+        self.set_memory_limit(settings.maxmemory);
+    }
+
     fn figures(&self) -> crate::metrics::BackendFigures {
         crate::metrics::BackendFigures {
             keys: Some(
@@ -692,6 +767,7 @@ impl Backend for Store {
                     .sum(),
             ),
             snapshot: self.persistence.as_ref().map(|p| p.health.figures()),
+            memory: Some((self.memory_used(), self.memory_limit())),
             ..Default::default()
         }
     }
@@ -727,6 +803,8 @@ impl Connection {
                     let dirty = self.dirty.load(Ordering::Acquire);
                     let reply = if dirty {
                         Frame::NullArray
+                    } else if let Err(oom) = self.store.admit_transaction(&queued) {
+                        into_frame(Err(oom))
                     } else {
                         let (store, proto) = (self.store.clone(), self.proto);
                         match off_thread(move || store.run_all(proto, &queued)).await {
@@ -761,6 +839,9 @@ impl Connection {
                 Some(queued) => {
                     if handler(call).is_none() {
                         return into_frame(Err(not_here(&name)));
+                    }
+                    if let Err(oom) = self.store.admit_queued(&arg_slices(call)) {
+                        return into_frame(Err(oom));
                     }
                     queued.push(call.clone());
                     Frame::QUEUED

@@ -248,7 +248,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<(Vec<u8>, Entry), String> {
             reader.left()
         ));
     }
-    Ok((key, Entry { data, expires_at }))
+    Ok((key, Entry::expiring(data, expires_at)))
 }
 
 /// What a snapshot held, besides its entries.
@@ -460,7 +460,7 @@ pub fn decode_with(
         };
         let key = reader.blob("key")?;
         let data = reader.data(kind)?;
-        let entry = Entry { data, expires_at };
+        let entry = Entry::expiring(data, expires_at);
         if entry.expired(now) {
             expired += 1;
         } else if keep(key, entry) {
@@ -718,6 +718,7 @@ mod tests {
                 Entry {
                     data: Data::Str(Vec::new()),
                     expires_at: Some(far),
+                    counted: Default::default(),
                 },
             ),
             (Vec::new(), Entry::new(Data::Str(vec![0, 1, 2, 255]))),
@@ -732,6 +733,7 @@ mod tests {
                         [b"x".to_vec(), Vec::new(), vec![0; 1000], b"x".to_vec()].into(),
                     ),
                     expires_at: Some(far + 1),
+                    counted: Default::default(),
                 },
             ),
             (
@@ -754,6 +756,7 @@ mod tests {
                 Entry {
                     data: Data::ZSet(zset),
                     expires_at: Some(far + 2),
+                    counted: Default::default(),
                 },
             ),
         ]
@@ -817,6 +820,7 @@ mod tests {
                 Entry {
                     data: Data::Str(b"v".to_vec()),
                     expires_at: Some(now - 1),
+                    counted: Default::default(),
                 },
             ),
             (
@@ -824,6 +828,7 @@ mod tests {
                 Entry {
                     data: Data::Str(b"v".to_vec()),
                     expires_at: Some(now + 10_000),
+                    counted: Default::default(),
                 },
             ),
         ];
@@ -980,6 +985,7 @@ mod tests {
             Entry {
                 data: Data::Str(b"v".to_vec()),
                 expires_at: Some(1),
+                counted: Default::default(),
             },
         );
         let saved = store.save_blocking().unwrap().unwrap();

@@ -409,12 +409,12 @@ pub enum Flight {
 }
 
 /// Error replies by which the upstream says it ran nothing: it is loading its dataset,
-/// busy with a script, without its master, or the keys are moving. Such a command is not
-/// charged.
+/// busy with a script, without its master, the keys are moving, or its memory is full
+/// (`OOM`, the embedded store's `PKV_MAXMEMORY` too). Such a command is not charged.
 pub fn did_not_run(reply: &crate::protocol::frame::Frame) -> bool {
     matches!(
         reply.error_code(),
-        Some(b"LOADING" | b"BUSY" | b"MASTERDOWN" | b"TRYAGAIN")
+        Some(b"LOADING" | b"BUSY" | b"MASTERDOWN" | b"TRYAGAIN" | b"OOM")
     )
 }
 
@@ -925,6 +925,7 @@ mod tests {
             b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.\r\n",
             b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n",
             b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            b"-OOM command not allowed when used memory > 'maxmemory'.\r\n",
         ] {
             assert!(did_not_run(&reply(wire)), "{}", String::from_utf8_lossy(wire));
         }

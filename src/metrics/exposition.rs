@@ -282,6 +282,20 @@ impl Collector for Scrape {
                 p.expired_keys.load(Ordering::Relaxed),
             )?;
         }
+        if let Some((used, limit)) = figures.memory {
+            gauge(
+                &mut e,
+                "pkv_embedded_memory_used_bytes",
+                "Bytes the embedded store's data holds (keys, values, per-entry overhead, the ledger), as counted against PKV_MAXMEMORY.",
+                int(used),
+            )?;
+            gauge(
+                &mut e,
+                "pkv_embedded_memory_limit_bytes",
+                "PKV_MAXMEMORY in force, in bytes; 0 when there is no limit.",
+                int(limit),
+            )?;
+        }
         if let Some(s) = figures.snapshot {
             gauge(
                 &mut e,

@@ -22,6 +22,8 @@ pub struct BackendFigures {
     /// Keys the embedded store holds, including expired ones its sweep has not reached.
     pub keys: Option<u64>,
     pub snapshot: Option<SnapshotFigures>,
+    /// Bytes the embedded store's data holds, and its limit (0: none).
+    pub memory: Option<(u64, u64)>,
 }
 
 /// The upstream pool's connection slots, by state.

@@ -154,6 +154,7 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         prices.time_ms => "PKV_PRICE_TIME_MS",
         lease_nanos => "PKV_LEASE",
         low_balance_nanos => "PKV_LOW_BALANCE",
+        maxmemory => "PKV_MAXMEMORY",
     );
     Ok(Reloaded {
         changed,
@@ -171,6 +172,7 @@ impl Shared {
         self.limits.set_limits(&new);
         self.strangers.set_max(new.max_unauthenticated);
         self.meter.reconfigure(meter_config(&new));
+        self.backend.reconfigure(&new);
         self.current.store(Arc::new(Current::new(new)));
         self.generation.fetch_add(1, Ordering::Release);
         Ok(reloaded)

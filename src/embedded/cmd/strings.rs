@@ -197,10 +197,7 @@ fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         } else {
             expires_at
         };
-        *slot = Some(Entry {
-            data: Data::Str(value.to_vec()),
-            expires_at,
-        });
+        *slot = Some(Entry::expiring(Data::Str(value.to_vec()), expires_at));
         if get {
             Ok(old.unwrap_or(Frame::Null))
         } else {
@@ -233,10 +230,7 @@ fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &'static st
     let expires_at = deadline(cx, unit, args[2], name)?;
     cx.insert(
         args[1],
-        Entry {
-            data: Data::Str(args[3].to_vec()),
-            expires_at: Some(expires_at),
-        },
+        Entry::expiring(Data::Str(args[3].to_vec()), Some(expires_at)),
     );
     ok()
 }
