@@ -63,6 +63,10 @@ impl Session {
                 Ok(mut v) => v.pop(),
                 Err(e) => return self.error_reply(e, out),
             };
+            if let Some(error @ Frame::Error(_)) = page {
+                // Refused by the backend (a Redis Cluster upstream, this release).
+                return self.write_upstream(out, ReplyRewrite::Plain, error);
+            }
             let Some(Frame::Array(mut parts)) = page else {
                 return self.error_reply(ClientError::BadScanReply, out);
             };
