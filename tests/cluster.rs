@@ -351,6 +351,25 @@ fn commands_are_routed_by_slot_and_answered_in_order() {
         .unwrap();
     assert_eq!(popped.1, "v");
 
+    // Pub/Sub: Redis Cluster carries a PUBLISH to the subscribers of every node.
+    let mut sub = env.pkv.resp_authed(&token);
+    let confirmed = sub.call(&[b"SUBSCRIBE", b"news"]);
+    assert!(
+        confirmed.windows(9).any(|w| w == b"subscribe"),
+        "{}",
+        String::from_utf8_lossy(&confirmed)
+    );
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("news")
+            .arg("hello")
+            .query(&mut c)
+            .unwrap();
+        let message = sub.reply();
+        let text = String::from_utf8_lossy(&message);
+        assert!(text.contains("news") && text.contains("hello"), "{text}");
+    }
+
     // The commands pkv answers by walking the keyspace are refused this round, clearly.
     for cmd in [&b"SCAN"[..], b"DBSIZE", b"RANDOMKEY", b"FLUSHDB"] {
         let reply = if cmd == b"SCAN" {

@@ -391,12 +391,22 @@ impl Inner {
         // Calls by master, in batch order within each.
         let mut groups: Vec<(Arc<Node>, Vec<usize>)> = Vec::new();
         let mut every = Vec::new();
+        let mut map = self.map();
+        if map.masters.is_empty() {
+            // Not read yet (the cluster was down at start-up).
+            let _ = self.refresh().await;
+            map = self.map();
+        }
         for (i, route) in routes.iter().enumerate() {
+            let owner = match route {
+                Route::Slot(slot) => map.owner(*slot).cloned(),
+                _ => map.any().cloned(),
+            };
             match route {
                 Route::Refuse(err) => replies[i] = Some(Frame::error(err.line())),
                 Route::Every => every.push(i),
                 Route::Slot(_) | Route::Any => {
-                    let Some(node) = self.owner(route).await else {
+                    let Some(node) = owner else {
                         replies[i] = Some(Frame::error(ClientError::ClusterDown.line()));
                         continue;
                     };
