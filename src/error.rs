@@ -119,8 +119,11 @@ pub enum ClientError {
     TlsRequired,
     /// A Redis Cluster upstream: the command's keys are in more than one hash slot.
     CrossSlot,
-    /// A Redis Cluster upstream: a command pkv answers by walking the keyspace with SCAN.
+    /// A Redis Cluster upstream: KEYS or SCAN inside a transaction, which runs on one
+    /// master while they must ask every one.
     ClusterKeyspaceWalk,
+    /// A SCAN cursor pkv never gave (Redis's own words).
+    InvalidCursor,
     /// A Redis Cluster upstream kept redirecting one command.
     TooManyRedirects,
     /// A Redis Cluster upstream whose slot map has no master for the command's slot.
@@ -166,8 +169,9 @@ impl ClientError {
             E::TlsRequired => "ERR this port speaks TLS only; connect with TLS (redis-cli --tls)",
             E::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot",
             E::ClusterKeyspaceWalk => {
-                "ERR SCAN, DBSIZE, RANDOMKEY and FLUSHDB/FLUSHALL are not served through pkv on a Redis Cluster upstream yet"
+                "ERR KEYS and SCAN cannot run in a transaction through pkv on a Redis Cluster upstream: they ask every master"
             }
+            E::InvalidCursor => "ERR invalid cursor",
             E::TooManyRedirects => {
                 "TRYAGAIN the cluster redirected this command too many times; try again"
             }
@@ -883,6 +887,7 @@ mod tests {
             }),
             ClientError::CrossSlot,
             ClientError::ClusterKeyspaceWalk,
+            ClientError::InvalidCursor,
             ClientError::TooManyRedirects,
             ClientError::ClusterDown,
         ];

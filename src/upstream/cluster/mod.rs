@@ -9,9 +9,9 @@
 //! command again to the node named; `-ASK` sends `ASKING` and the command to the node named,
 //! leaving the map as it is; at most [`MAX_REDIRECTS`] hops per command.
 //!
-//! What this round does not do answers an error rather than a wrong answer: a command whose
-//! keys span slots gets Redis's `CROSSSLOT`, and SCAN (with DBSIZE, RANDOMKEY and FLUSHDB,
-//! which pkv emulates with it) is refused; KEYS asks every master. A dedicated connection
+//! A command whose keys span slots gets Redis's `CROSSSLOT`. KEYS asks every master, and
+//! SCAN walks them one after the other with one cursor ([`scan_cursor`]), so DBSIZE,
+//! RANDOMKEY and FLUSHDB, which pkv emulates with SCAN, cover them all. A dedicated connection
 //! (MULTI/WATCH, blocking commands) is made to the master of the slot its first keyed
 //! command names, and a transaction stays in that slot. Pub/Sub runs on the first seed
 //! node (Redis Cluster carries `PUBLISH` to every node).
@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use redis::ConnectionInfo;
 
 use super::conn::Conn;
@@ -107,6 +108,8 @@ enum Route {
     Any,
     /// Every master, replies concatenated (KEYS).
     Every,
+    /// One master after another, as the cursor says (SCAN).
+    Scan,
     /// Not sent: answered with this error.
     Refuse(ClientError),
 }
@@ -117,7 +120,7 @@ fn route(call: &Call) -> Route {
         return Route::Any;
     };
     match spec.name {
-        "SCAN" => return Route::Refuse(ClientError::ClusterKeyspaceWalk),
+        "SCAN" => return Route::Scan,
         "KEYS" => return Route::Every,
         _ => {}
     }
@@ -325,6 +328,8 @@ impl Inner {
                 }
             }
         }
+        // In address order, so that a SCAN cursor names the same master across map reads.
+        map.masters.sort_by(|a, b| a.addr.cmp(&b.addr));
         Ok(map)
     }
 
@@ -404,7 +409,7 @@ impl Inner {
             };
             match route {
                 Route::Refuse(err) => replies[i] = Some(Frame::error(err.line())),
-                Route::Every => every.push(i),
+                Route::Every | Route::Scan => every.push(i),
                 Route::Slot(_) | Route::Any => {
                     let Some(node) = owner else {
                         replies[i] = Some(Frame::error(ClientError::ClusterDown.line()));
@@ -457,9 +462,72 @@ impl Inner {
             return Err(err);
         }
         for i in every {
-            replies[i] = Some(self.every(proto, &calls[i]).await?);
+            replies[i] = Some(match routes[i] {
+                Route::Scan => self.scan(proto, &calls[i]).await?,
+                _ => self.every(proto, &calls[i]).await?,
+            });
         }
         Ok(replies.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// One step of a SCAN across the masters: the cursor says which master and where in
+    /// it (see [`scan_cursor`]); a master's last page moves the cursor to the next one.
+    async fn scan(&self, proto: Proto, call: &Call) -> Result<Frame, BackendError> {
+        if self.map().masters.is_empty() {
+            let _ = self.refresh().await;
+        }
+        let map = self.map();
+        let masters = map.masters.len();
+        if masters == 0 {
+            return Ok(Frame::error(ClientError::ClusterDown.line()));
+        }
+        let cursor = call
+            .args()
+            .get(1)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<u64>().ok());
+        let Some((node, inner)) = cursor.and_then(|c| scan_cursor::split(c, masters)) else {
+            return Ok(Frame::error(ClientError::InvalidCursor.line()));
+        };
+        let mut args = call.args().to_vec();
+        if let Some(at) = args.get_mut(1) {
+            *at = Bytes::from(inner.to_string());
+        }
+        let step = match call.spec() {
+            Some(spec) => Call::new(spec, args),
+            None => return Ok(Frame::error(ClientError::InvalidCursor.line())),
+        };
+        let reply = map.masters[node]
+            .send(proto, std::slice::from_ref(&step), self.response_timeout)
+            .await?
+            .pop()
+            .unwrap_or_default();
+        let Frame::Array(mut parts) = reply else {
+            return Ok(reply);
+        };
+        let next = match parts.first() {
+            Some(Frame::Bulk(c)) => std::str::from_utf8(c).ok().and_then(|c| c.parse().ok()),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return Ok(Frame::Array(parts));
+        };
+        let cursor = if next == 0 {
+            if node + 1 < masters {
+                scan_cursor::join(node + 1, 0)
+            } else {
+                Some(0)
+            }
+        } else {
+            scan_cursor::join(node, next)
+        };
+        let Some(cursor) = cursor else {
+            return Ok(Frame::error(ClientError::InvalidCursor.line()));
+        };
+        if let Some(first) = parts.first_mut() {
+            *first = Frame::Bulk(Bytes::from(cursor.to_string()));
+        }
+        Ok(Frame::Array(parts))
     }
 
     /// Runs `call` on every master; their arrays concatenated, or the first error.
@@ -484,6 +552,26 @@ impl Inner {
             }
         }
         Ok(Frame::Array(all))
+    }
+}
+
+/// A SCAN cursor across the masters: the master's place in the map (masters in address
+/// order) in the low bits, that master's own cursor above them. Redis's cursors index its
+/// hash table, far below 2^54, so the pair fits a cursor clients read as a 64-bit number.
+pub mod scan_cursor {
+    /// Masters a cursor can name; Redis Cluster's own limit is about 1000 nodes.
+    const NODES: u64 = 1024;
+
+    /// The cursor for `inner` on the master at `node`; `None` if it does not fit.
+    pub fn join(node: usize, inner: u64) -> Option<u64> {
+        let node = u64::try_from(node).ok().filter(|&n| n < NODES)?;
+        inner.checked_mul(NODES)?.checked_add(node)
+    }
+
+    /// The master and its cursor a cursor names, if it names one of `masters`.
+    pub fn split(cursor: u64, masters: usize) -> Option<(usize, u64)> {
+        let node = usize::try_from(cursor % NODES).ok()?;
+        (node < masters).then_some((node, cursor / NODES))
     }
 }
 
@@ -668,7 +756,9 @@ impl Dedicated {
         for call in calls {
             match route(call) {
                 Route::Refuse(err) => return Ok(refused(calls.len(), &err)),
-                Route::Every => return Ok(refused(calls.len(), &ClientError::ClusterKeyspaceWalk)),
+                Route::Every | Route::Scan => {
+                    return Ok(refused(calls.len(), &ClientError::ClusterKeyspaceWalk))
+                }
                 Route::Slot(s) if slot.is_some_and(|t| t != s) => {
                     return Ok(refused(calls.len(), &ClientError::CrossSlot))
                 }
@@ -849,6 +939,20 @@ mod tests {
         ] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn scan_cursors_name_a_master_and_its_cursor() {
+        assert_eq!(scan_cursor::split(0, 3), Some((0, 0)));
+        let c = scan_cursor::join(2, 12345).unwrap();
+        assert_eq!(scan_cursor::split(c, 3), Some((2, 12345)));
+        assert_eq!(
+            scan_cursor::split(c, 2),
+            None,
+            "a master the map does not have"
+        );
+        assert_eq!(scan_cursor::join(1, u64::MAX / 2), None);
+        assert_eq!(scan_cursor::join(1, 0), Some(1));
     }
 
     #[test]
