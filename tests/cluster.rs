@@ -22,6 +22,13 @@ struct TestCluster {
 
 impl TestCluster {
     fn start() -> TestCluster {
+        TestCluster::start_with_timeout(5000)
+    }
+
+    /// With `cluster-node-timeout` of `timeout_ms`: how long a master may be unreachable
+    /// before its replica takes over.
+    fn start_with_timeout(timeout_ms: u64) -> TestCluster {
+        let timeout = timeout_ms.to_string();
         let nodes: Vec<Redis> = (0..6)
             .map(|_| {
                 // The bus port is named, not port + 10000, which may be past 65535.
@@ -34,7 +41,15 @@ impl TestCluster {
                     "--cluster-port",
                     &bus,
                     "--cluster-node-timeout",
-                    "5000",
+                    &timeout,
+                    // A replica syncs at once rather than 5 s later, and can take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    // Acknowledged writes are on disk before the reply.
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
                 ])
             })
             .collect();
@@ -68,6 +83,16 @@ impl TestCluster {
         }
         // Every master knows every slot's owner: the slot map has three ranges' owners.
         wait_until("three masters", || cluster.masters().len() == 3);
+        // Every replica has its master's data (a replica that never synced cannot take over).
+        for node in &cluster.nodes {
+            wait_until("replicas in sync", || {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.direct())
+                    .unwrap();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+        }
         cluster
     }
 
@@ -110,6 +135,30 @@ impl TestCluster {
             }
         }
         panic!("no master serves slot {slot}");
+    }
+
+    /// True when a master other than the one on `old_port` serves `slot`, as a live node
+    /// sees it.
+    fn promoted(&self, slot: u16, old_port: u16) -> bool {
+        self.nodes.iter().filter(|n| n.port != old_port).any(|n| {
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut n.direct())
+            else {
+                return false;
+            };
+            nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                fields.len() > 8
+                    && fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    && !fields[1].contains(&format!(":{old_port}@"))
+                    && fields[8..].iter().any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                    })
+            })
+        })
     }
 
     fn node_id(node: &Redis) -> String {
@@ -654,4 +703,160 @@ fn a_cluster_upstream_needs_a_ledger_of_its_own() {
         let err = pkv::config::Settings::from_map(&config.settings()).unwrap_err();
         assert!(err.to_string().contains("PKV_UPSTREAM_URL"), "{bad}: {err}");
     }
+}
+
+/// A master killed while clients write: its replica is promoted, pkv reads the new map and
+/// the clients go on. Errors are allowed only in the failover window (Redis Cluster's own
+/// window: the master's slots are served by nobody until its replica takes over); every
+/// write that was acknowledged is there afterwards.
+#[test]
+fn a_master_killed_while_clients_write_is_replaced_by_its_replica() {
+    let mut cluster = TestCluster::start_with_timeout(1000);
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url())
+        .start();
+    let token = issuer.token(1000);
+
+    const CLIENTS: usize = 4;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let url = pkv.url(&token);
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let mut acked = Vec::new();
+                let mut errors = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let key = format!("w{w}:{i}");
+                    match redis::cmd("SET").arg(&key).arg(i).query::<()>(&mut c) {
+                        Ok(()) => {
+                            acked.push(key);
+                            acknowledged.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            errors.push((Instant::now(), e.to_string()));
+                            // A connection the error closed is opened again.
+                            if e.is_io_error() || e.is_connection_dropped() {
+                                c = redis::Client::open(url.as_str())
+                                    .unwrap()
+                                    .get_connection()
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+                (acked, errors)
+            })
+        })
+        .collect();
+    let progress = |n: u64| {
+        let from = acknowledged.load(Ordering::Acquire);
+        wait_until("the writers go on", || {
+            acknowledged.load(Ordering::Acquire) >= from + n
+        });
+    };
+    progress(200);
+
+    // Kill the master of slot 0 (a third of all keys).
+    let victim = cluster.owner_of(0).port;
+    let killed_at = Instant::now();
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == victim)
+        .unwrap()
+        .kill();
+    // Writes to every slot succeed again once the replica took over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut c = pkv.client(&token);
+    // When the cluster itself serves slot 0 again, on the promoted replica.
+    let mut promoted_at = None;
+    loop {
+        if promoted_at.is_none() && cluster.promoted(0, victim) {
+            promoted_at = Some(Instant::now());
+        }
+        let ok = (0..30).all(|i| {
+            redis::cmd("SET")
+                .arg(format!("after{i}"))
+                .arg(i)
+                .query::<()>(&mut c)
+                .is_ok()
+        });
+        if ok {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let why: Vec<String> = (0..30)
+                .filter_map(|i| {
+                    redis::cmd("SET")
+                        .arg(format!("after{i}"))
+                        .arg(i)
+                        .query::<()>(&mut c)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+                .collect();
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(
+                    &mut cluster
+                        .nodes
+                        .iter()
+                        .find(|n| n.port != victim)
+                        .unwrap()
+                        .direct(),
+                )
+                .unwrap();
+            panic!("writes never resumed: {why:?}\n{nodes}");
+        }
+        c = pkv.client(&token);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let recovered = killed_at.elapsed();
+    // pkv reads the new map as soon as a send fails, not at its next periodic read (10 s).
+    let behind = promoted_at.map_or(Duration::ZERO, |at| at.elapsed());
+    assert!(
+        behind < Duration::from_secs(3),
+        "pkv served again {behind:?} after the cluster did"
+    );
+    progress(200);
+    stop.store(true, Ordering::Release);
+    let mut total_errors = 0;
+    let mut acked_all = Vec::new();
+    for writer in writers {
+        let (acked, errors) = writer.join().unwrap();
+        for (at, e) in &errors {
+            assert!(
+                *at >= killed_at && at.duration_since(killed_at) <= recovered,
+                "an error outside the failover window: {e}"
+            );
+        }
+        total_errors += errors.len();
+        acked_all.extend(acked);
+    }
+    let mut lost = 0;
+    for chunk in acked_all.chunks(100) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<u64>> = pipe.query(&mut c).unwrap();
+        lost += values.iter().filter(|v| v.is_none()).count();
+    }
+    eprintln!(
+        "failover: {} acknowledged writes, {total_errors} errors, recovered in {:?}, {lost} lost",
+        acked_all.len(),
+        recovered
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost");
 }
