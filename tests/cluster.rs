@@ -860,3 +860,58 @@ fn a_master_killed_while_clients_write_is_replaced_by_its_replica() {
     );
     assert_eq!(lost, 0, "acknowledged writes lost");
 }
+
+/// Two pkv processes in front of one cluster, sharing one ledger: a token is credited once
+/// whichever of them sees it, an account's keys are the same through either, and WATCH
+/// sees a write made through the other.
+#[test]
+fn two_pkvs_share_the_cluster_and_the_ledger() {
+    let cluster = TestCluster::start();
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let config = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url());
+    let (one, two) = (config.start(), config.start());
+    let token = issuer.token(100);
+    let mut a = one.client(&token);
+    let mut b = two.client(&token);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{w}}:{i}"))
+            .arg(i)
+            .query(&mut a)
+            .unwrap();
+    }
+    let seen: Vec<u64> = redis::cmd("MGET")
+        .arg((0..20).map(|i| format!("{{w}}:{i}")).collect::<Vec<_>>())
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(seen, (0..20).collect::<Vec<u64>>());
+    // Credited once: both see at most the token's 100 units.
+    for c in [&mut a, &mut b] {
+        let left = balance(c);
+        assert!(left <= 100.0 && left > 99.0, "{left}");
+    }
+
+    // WATCH on one pkv, a write through the other: the transaction does not run.
+    let mut raw = one.resp_authed(&token);
+    assert_eq!(raw.call(&[b"WATCH", b"{w}:0"]), b"+OK\r\n");
+    let _: () = redis::cmd("SET")
+        .arg("{w}:0")
+        .arg("changed")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{w}:1", b"x"]), b"+QUEUED\r\n");
+    let exec = raw.call(&[b"EXEC"]);
+    assert!(exec == b"*-1\r\n", "{}", String::from_utf8_lossy(&exec));
+    let one_still: u64 = redis::cmd("GET").arg("{w}:1").query(&mut a).unwrap();
+    assert_eq!(one_still, 1);
+    // And unwatched, it runs.
+    assert_eq!(raw.call(&[b"WATCH", b"{w}:0"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{w}:1", b"x"]), b"+QUEUED\r\n");
+    let exec = raw.call(&[b"EXEC"]);
+    assert_eq!(exec, b"*1\r\n+OK\r\n", "{}", String::from_utf8_lossy(&exec));
+}
