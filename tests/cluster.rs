@@ -22,18 +22,18 @@ struct TestCluster {
 
 impl TestCluster {
     fn start() -> TestCluster {
-        TestCluster::start_with_timeout(5000)
+        TestCluster::start_with(5000, &[])
     }
 
-    /// With `cluster-node-timeout` of `timeout_ms`: how long a master may be unreachable
-    /// before its replica takes over.
-    fn start_with_timeout(timeout_ms: u64) -> TestCluster {
+    /// With `cluster-node-timeout` of `timeout_ms` (how long a master may be unreachable
+    /// before its replica takes over), and `extra` options for every node.
+    fn start_with(timeout_ms: u64, extra: &[&str]) -> TestCluster {
         let timeout = timeout_ms.to_string();
         let nodes: Vec<Redis> = (0..6)
             .map(|_| {
                 // The bus port is named, not port + 10000, which may be past 65535.
                 let bus = free_port().to_string();
-                Redis::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -45,12 +45,9 @@ impl TestCluster {
                     // A replica syncs at once rather than 5 s later, and can take over.
                     "--repl-diskless-sync-delay",
                     "0",
-                    // Acknowledged writes are on disk before the reply.
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                ])
+                ];
+                args.extend_from_slice(extra);
+                Redis::start_with(&args)
             })
             .collect();
         let out = Command::new("redis-cli")
@@ -602,6 +599,7 @@ fn a_slot_moves_while_a_client_writes() {
         cmd.query(&mut node.direct()).unwrap()
     };
     let s = slot.to_string();
+    let moving = Instant::now();
     call(target, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source_id]);
     call(source, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target_id]);
     // Writes go on while the slot is half moved: new keys are asked for on the target.
@@ -637,12 +635,18 @@ fn a_slot_moves_while_a_client_writes() {
             .query(&mut node.direct())
             .unwrap_or(redis::Value::Nil);
     }
+    let moved_in = moving.elapsed();
     // And after the move, pkv's map is out of date until a MOVED tells it.
     progress(50);
     stop.store(true, Ordering::Release);
     let total = writer.join().unwrap();
 
     let errors = errors.lock().unwrap().clone();
+    eprintln!(
+        "reshard: slot {slot} moved in {:?} under {total} pipelined writes, {} errors",
+        moved_in,
+        errors.len()
+    );
     assert!(
         errors.is_empty(),
         "{} errors: {:?}",
@@ -711,7 +715,11 @@ fn a_cluster_upstream_needs_a_ledger_of_its_own() {
 /// write that was acknowledged is there afterwards.
 #[test]
 fn a_master_killed_while_clients_write_is_replaced_by_its_replica() {
-    let mut cluster = TestCluster::start_with_timeout(1000);
+    let mut cluster = TestCluster::start_with(
+        1000,
+        // Acknowledged writes are on disk before the reply.
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    );
     let ledger = Redis::start();
     let issuer = Issuer::new();
     let pkv = PkvConfig::new(&ledger, &issuer)
