@@ -437,7 +437,10 @@ impl Inner {
         });
         let results = futures_util::future::join_all(sends).await;
         let mut failure: Option<BackendError> = None;
+        // Whether any part was handed to a master (answered or lost): it may have run.
+        let mut sent = false;
         for ((node, at), result) in groups.iter().zip(results) {
+            sent |= !matches!(result, Err(BackendError::Unavailable(_)));
             match result {
                 Ok(frames) => {
                     for (&i, frame) in at.iter().zip(frames) {
@@ -450,7 +453,6 @@ impl Inner {
                     }
                 }
                 Err(err) => {
-                    // A lost part may have run: the whole batch is reported lost then.
                     if failure.as_ref().is_none_or(|f| !f.may_have_run()) {
                         failure = Some(err);
                     }
@@ -458,6 +460,13 @@ impl Inner {
             }
         }
         if let Some(err) = failure {
+            // The batch fails whole; it is reported as possibly run (and paid for what it
+            // is known to cost) when any part of it reached a master, as "nothing ran" only
+            // when no part did.
+            let err = match err {
+                BackendError::Unavailable(why) if sent => BackendError::Lost(why),
+                err => err,
+            };
             let _ = self.refresh().await;
             return Err(err);
         }
