@@ -964,6 +964,64 @@ mod tests {
         assert_eq!(scan_cursor::join(1, 0), Some(1));
     }
 
+    /// A node that owns every slot and yet answers every command with `MOVED` to itself:
+    /// pkv gives up after [`MAX_REDIRECTS`] hops with an error, rather than looping.
+    #[tokio::test]
+    async fn redirections_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let moved = Arc::new(AtomicUsize::new(0));
+        let counted = moved.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    // pkv sends one command and waits for its reply each time here.
+                    while let Ok(n) = socket.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let reply = if buf[..n].windows(7).any(|w| w == b"CLUSTER") {
+                            format!(
+                                "*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:{port}\r\n"
+                            )
+                        } else {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            format!("-MOVED 1 127.0.0.1:{port}\r\n")
+                        };
+                        if socket.write_all(reply.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let url = format!("redis+cluster://127.0.0.1:{port}");
+        let cluster = Cluster::new(&url, 1, Duration::from_secs(2)).unwrap();
+        cluster.refresh().await.unwrap();
+        assert_eq!(cluster.masters(), vec![format!("127.0.0.1:{port}")]);
+        let get = Call::new(
+            commands::row("GET").unwrap(),
+            vec!["GET".into(), "k".into()],
+        );
+        let replies = tokio::time::timeout(
+            Duration::from_secs(10),
+            cluster.pipeline(Proto::Resp2, std::slice::from_ref(&get)),
+        )
+        .await
+        .expect("no endless redirections")
+        .unwrap();
+        assert_eq!(
+            replies,
+            vec![Frame::error(ClientError::TooManyRedirects.line())]
+        );
+        assert_eq!(moved.load(Ordering::SeqCst), 1 + MAX_REDIRECTS);
+    }
+
     #[test]
     fn redirections_are_read() {
         let moved = Frame::error("MOVED 3999 127.0.0.1:7002");
