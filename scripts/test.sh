@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs pkv's whole test suite. The tests start their own redis-server processes, so this
+# Runs pkv's whole test suite. The tests start their own redis-server processes (and
+# tests/cluster.rs a six-node Redis Cluster with redis-cli --cluster create), so this
 # installs Debian's redis-server and redis-tools first when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -504,6 +504,12 @@ impl Settings {
             check("PKV_UPSTREAM_URL", crate::upstream::check_url(url));
         }
         let ledger_url = non_empty(get("PKV_LEDGER_URL"));
+        if let Some(url) = &upstream_url {
+            check(
+                "PKV_LEDGER_URL",
+                crate::upstream::cluster::check_ledger(url, ledger_url.as_deref()),
+            );
+        }
         if let Some(url) = &ledger_url {
             if upstream_url.is_none() {
                 check(

@@ -117,6 +117,17 @@ pub enum ClientError {
     PubSubLost,
     /// Plain text sent to the TLS listener.
     TlsRequired,
+    /// A Redis Cluster upstream: the command's keys are in more than one hash slot.
+    CrossSlot,
+    /// A Redis Cluster upstream: KEYS or SCAN inside a transaction, which runs on one
+    /// master while they must ask every one.
+    ClusterKeyspaceWalk,
+    /// A SCAN cursor pkv never gave (Redis's own words).
+    InvalidCursor,
+    /// A Redis Cluster upstream kept redirecting one command.
+    TooManyRedirects,
+    /// A Redis Cluster upstream whose slot map has no master for the command's slot.
+    ClusterDown,
 }
 
 /// What is wrong with a client name, a library name or a library version.
@@ -156,6 +167,15 @@ impl ClientError {
             }
             E::PubSubLost => "ERR upstream unavailable: Pub/Sub connection lost",
             E::TlsRequired => "ERR this port speaks TLS only; connect with TLS (redis-cli --tls)",
+            E::CrossSlot => "CROSSSLOT Keys in request don't hash to the same slot",
+            E::ClusterKeyspaceWalk => {
+                "ERR KEYS and SCAN cannot run in a transaction through pkv on a Redis Cluster upstream: they ask every master"
+            }
+            E::InvalidCursor => "ERR invalid cursor",
+            E::TooManyRedirects => {
+                "TRYAGAIN the cluster redirected this command too many times; try again"
+            }
+            E::ClusterDown => "CLUSTERDOWN Hash slot not served",
             E::Key(err) => key_line(*err),
             // Redis's own words for a client name; pkv's for the library attributes.
             E::ClientName(NameError::Characters {
@@ -868,6 +888,11 @@ mod tests {
             ClientError::ClientName(NameError::Characters {
                 what: "client name",
             }),
+            ClientError::CrossSlot,
+            ClientError::ClusterKeyspaceWalk,
+            ClientError::InvalidCursor,
+            ClientError::TooManyRedirects,
+            ClientError::ClusterDown,
         ];
         for err in errors {
             let line = err.line();

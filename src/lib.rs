@@ -31,7 +31,8 @@
 //!   crate above it. Two implementations:
 //!   - [`upstream`]: pkv's own pooled and dedicated connections to an upstream Redis (the
 //!     `redis` crate parses URLs, and still carries Pub/Sub and the start-up checks), and
-//!     the ledger's Lua scripts;
+//!     the ledger's Lua scripts; [`upstream::cluster`] routes them by hash slot to the
+//!     masters of a Redis Cluster;
 //!   - [`embedded`]: the in-process store pkv serves from when no upstream is set; each
 //!     command's handler is found from its table row.
 //! - [`metrics`]: the Prometheus metrics (prometheus-client) and the HTTP endpoint (hyper)

@@ -172,4 +172,25 @@ mod tests {
         assert_eq!(a.strip(b"pkv:t:a:k"), Some(&b"k"[..]));
         assert_eq!(a.strip(b"pkv:t:ab:k"), None);
     }
+
+    /// On a Redis Cluster upstream a key's slot is that of its hash tag (`{...}`): a prefix
+    /// without braces leaves the tenant's own tags in charge, so `{user}:a` and `{user}:b`
+    /// share a slot, and no account id can choose the slot of another's keys.
+    #[test]
+    fn prefixes_hold_no_hash_tag() {
+        for account in ["a", "{user}", "x}{y", "{", "}", "a{b}c"] {
+            let ns = Namespace::new(account);
+            assert!(
+                !ns.prefix().contains(&b'{') && !ns.prefix().contains(&b'}'),
+                "{account}: {:?}",
+                String::from_utf8_lossy(ns.prefix())
+            );
+            use crate::upstream::cluster::slot::key_slot;
+            assert_eq!(
+                key_slot(&ns.wrap(b"{user}:a")),
+                key_slot(&ns.wrap(b"{user}:b"))
+            );
+            assert_eq!(key_slot(&ns.wrap(b"{user}:a")), key_slot(b"user"));
+        }
+    }
 }

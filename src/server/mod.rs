@@ -67,6 +67,9 @@ pub struct Shared {
 impl Shared {
     pub fn new(settings: Settings) -> Result<Self, String> {
         let (backend, book): (Arc<dyn Backend>, Arc<dyn Book>) = match &settings.upstream_url {
+            Some(url) if crate::upstream::cluster::is_cluster_url(url) => {
+                crate::upstream::cluster::backend(&settings)?
+            }
             Some(url) => {
                 let ca = settings.upstream_tls_ca.as_deref();
                 let upstream = Upstream::with_tls(

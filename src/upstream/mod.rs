@@ -9,6 +9,7 @@
 //! [`eviction`] checks, at start-up, that the Redis holding the ledger cannot evict it.
 
 pub mod book;
+pub mod cluster;
 mod conn;
 pub mod eviction;
 mod pool;
@@ -32,9 +33,12 @@ fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }
 
-/// Checks that `url` names an upstream pkv can connect to (`redis://`, `rediss://` or a
-/// Unix socket).
+/// Checks that `url` names an upstream pkv can connect to (`redis://`, `rediss://`, a
+/// Unix socket, or a Redis Cluster's `redis+cluster://`).
 pub fn check_url(url: &str) -> Result<(), String> {
+    if cluster::is_cluster_url(url) {
+        return cluster::parse_url(url).map(|_| ());
+    }
     let client = Client::open(url).map_err(|e| format!("not a Redis URL ({e})"))?;
     match client.get_connection_info().addr() {
         redis::ConnectionAddr::TcpTls { insecure: true, .. } => Err(

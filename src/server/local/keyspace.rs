@@ -63,6 +63,10 @@ impl Session {
                 Ok(mut v) => v.pop(),
                 Err(e) => return self.error_reply(e, out),
             };
+            if let Some(error @ Frame::Error(_)) = page {
+                // Refused by the backend (a Redis Cluster upstream, this release).
+                return self.write_upstream(out, ReplyRewrite::Plain, error);
+            }
             let Some(Frame::Array(mut parts)) = page else {
                 return self.error_reply(ClientError::BadScanReply, out);
             };
@@ -88,13 +92,16 @@ impl Session {
                     return self.write_upstream(out, ReplyRewrite::Plain, name);
                 }
                 Local::FlushDb if !keys.is_empty() => {
-                    let mut unlink = Call::named("UNLINK");
-                    for key in &keys {
-                        if let Frame::Bulk(k) = key {
-                            unlink = unlink.arg(k.clone());
-                        }
-                    }
-                    if let Err(e) = self.shared.backend.pipeline(self.proto, &[unlink]).await {
+                    // One UNLINK per key: on a Redis Cluster upstream a page's keys are in
+                    // many slots, and one command may name keys of one slot only.
+                    let unlink: Vec<Call> = keys
+                        .iter()
+                        .filter_map(|key| match key {
+                            Frame::Bulk(k) => Some(Call::named("UNLINK").arg(k.clone())),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Err(e) = self.shared.backend.pipeline(self.proto, &unlink).await {
                         return self.error_reply(e, out);
                     }
                 }

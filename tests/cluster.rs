@@ -1,0 +1,925 @@
+//! A Redis Cluster upstream (SPEC 6), end to end: a real cluster of six redis-server
+//! processes (three masters with a replica each, made by `redis-cli --cluster create`), pkv
+//! in front of it with `PKV_UPSTREAM_URL=redis+cluster://...` and its ledger on a plain
+//! Redis of its own (`PKV_LEDGER_URL`). Each master is read directly to see where keys went.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_until, Issuer, PkvConfig, Redis, Server};
+use pkv::upstream::cluster::slot::key_slot;
+
+/// Six cluster-enabled redis-servers joined into one cluster.
+struct TestCluster {
+    nodes: Vec<Redis>,
+}
+
+impl TestCluster {
+    fn start() -> TestCluster {
+        TestCluster::start_with(5000, &[])
+    }
+
+    /// With `cluster-node-timeout` of `timeout_ms` (how long a master may be unreachable
+    /// before its replica takes over), and `extra` options for every node.
+    fn start_with(timeout_ms: u64, extra: &[&str]) -> TestCluster {
+        let timeout = timeout_ms.to_string();
+        let nodes: Vec<Redis> = (0..6)
+            .map(|_| {
+                // The bus port is named, not port + 10000, which may be past 65535.
+                let bus = free_port().to_string();
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    &timeout,
+                    // A replica syncs at once rather than 5 s later, and can take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ];
+                args.extend_from_slice(extra);
+                Redis::start_with(&args)
+            })
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = TestCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for node in &cluster.nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.direct())
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "cluster_state never ok: {info}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Every master knows every slot's owner: the slot map has three ranges' owners.
+        wait_until("three masters", || cluster.masters().len() == 3);
+        // Every replica has its master's data (a replica that never synced cannot take over).
+        for node in &cluster.nodes {
+            wait_until("replicas in sync", || {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut node.direct())
+                    .unwrap();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+        }
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+
+    fn masters(&self) -> Vec<&Redis> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut n.direct())
+                    .unwrap();
+                info.contains("role:master")
+            })
+            .collect()
+    }
+
+    /// The master that serves `slot`, as the first node's `CLUSTER SHARDS`... read simply
+    /// with `CLUSTER NODES`: the node whose slot ranges hold it.
+    fn owner_of(&self, slot: u16) -> &Redis {
+        for node in self.masters() {
+            let myself: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut node.direct())
+                .unwrap();
+            let line = myself.lines().find(|l| l.contains("myself")).unwrap();
+            for range in line.split(' ').skip(8) {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                    if (a..=b).contains(&slot) {
+                        return node;
+                    }
+                }
+            }
+        }
+        panic!("no master serves slot {slot}");
+    }
+
+    /// True when a master other than the one on `old_port` serves `slot`, as a live node
+    /// sees it.
+    fn promoted(&self, slot: u16, old_port: u16) -> bool {
+        self.nodes.iter().filter(|n| n.port != old_port).any(|n| {
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut n.direct())
+            else {
+                return false;
+            };
+            nodes.lines().any(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                fields.len() > 8
+                    && fields[2].contains("master")
+                    && !fields[2].contains("fail")
+                    && !fields[1].contains(&format!(":{old_port}@"))
+                    && fields[8..].iter().any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+                    })
+            })
+        })
+    }
+
+    fn node_id(node: &Redis) -> String {
+        redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query(&mut node.direct())
+            .unwrap()
+    }
+}
+
+struct Env {
+    // Field order is drop order: pkv goes before the servers it talks to.
+    pkv: Server,
+    issuer: Issuer,
+    ledger: Redis,
+    cluster: TestCluster,
+}
+
+fn start() -> Env {
+    let cluster = TestCluster::start();
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url())
+        .start();
+    Env {
+        pkv,
+        issuer,
+        ledger,
+        cluster,
+    }
+}
+
+/// A small random generator, so that the keys differ from run to run.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        Rng(seed | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next() % 256) as u8).collect()
+    }
+}
+
+#[test]
+fn key_slots_match_cluster_keyslot() {
+    let cluster = TestCluster::start();
+    let mut node = cluster.nodes[0].direct();
+    let mut rng = Rng::new();
+    for i in 0..400 {
+        let len = 1 + (rng.next() % 24) as usize;
+        let mut key = rng.bytes(len);
+        match i % 4 {
+            // A tag somewhere in the key.
+            1 => {
+                let tag_len = 1 + (rng.next() % 6) as usize;
+                let tag = rng.bytes(tag_len);
+                let mut tagged = b"x{".to_vec();
+                tagged.extend(tag.iter().filter(|&&b| b != b'}'));
+                tagged.extend(b"}");
+                tagged.extend(&key);
+                key = tagged;
+            }
+            // An empty tag, which does not count.
+            2 => key.splice(0..0, b"{}".iter().copied()).for_each(drop),
+            // Braces that open and never close.
+            3 => key.push(b'{'),
+            _ => {}
+        }
+        let expected: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query(&mut node)
+            .unwrap();
+        assert_eq!(i64::from(key_slot(&key)), expected, "key {key:?}");
+    }
+}
+
+#[test]
+fn commands_are_routed_by_slot_and_answered_in_order() {
+    let env = start();
+    let token = env.issuer.token(100);
+    let mut c = env.pkv.client(&token);
+
+    // Plain commands, one at a time, across every master.
+    for i in 0..60 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut c)
+            .unwrap();
+    }
+    for i in 0..60 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("k{i}"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(v, i);
+    }
+
+    // A pipeline across nodes, answered in the client's order.
+    let mut pipe = redis::pipe();
+    for i in 0..200 {
+        pipe.cmd("INCRBY").arg(format!("n{}", i % 50)).arg(1);
+        pipe.cmd("GET").arg(format!("k{}", i % 60));
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut c).unwrap();
+    for i in 0..200 {
+        let want = (i / 50 + 1) as i64;
+        assert_eq!(replies[2 * i], redis::Value::Int(want), "INCRBY #{i}");
+        let got: i64 = redis::from_redis_value(replies[2 * i + 1].clone()).unwrap();
+        assert_eq!(got, (i % 60) as i64, "GET #{i}");
+    }
+
+    // The tenant's keys are on every master, each under the tenant's prefix.
+    let masters = env.cluster.masters();
+    assert_eq!(masters.len(), 3);
+    let mut seen = BTreeSet::new();
+    let mut prefix = None;
+    for master in &masters {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:t:*")
+            .query(&mut master.direct())
+            .unwrap();
+        assert!(!keys.is_empty(), "master {} holds none", master.port);
+        for key in keys {
+            let (p, name) = key.rsplit_once(':').unwrap();
+            assert!(prefix.get_or_insert(p.to_owned()) == p, "{key}");
+            assert_eq!(
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(&key)
+                    .query::<i64>(&mut master.direct())
+                    .unwrap(),
+                i64::from(key_slot(key.as_bytes()))
+            );
+            seen.insert(name.to_owned());
+        }
+    }
+    assert_eq!(seen.len(), 110);
+
+    // KEYS asks every master.
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("k*").query(&mut c).unwrap();
+    keys.sort();
+    let mut want: Vec<String> = (0..60).map(|i| format!("k{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+
+    // Hash tags keep one tenant's keys in one slot: multi-key commands on them work.
+    let _: () = redis::cmd("MSET")
+        .arg("{user}:a")
+        .arg("1")
+        .arg("{user}:b")
+        .arg("2")
+        .query(&mut c)
+        .unwrap();
+    let both: Vec<String> = redis::cmd("MGET")
+        .arg("{user}:a")
+        .arg("{user}:b")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(both, vec!["1", "2"]);
+    let n: i64 = redis::cmd("SUNIONSTORE")
+        .arg("{user}:s")
+        .arg("{user}:x")
+        .arg("{user}:y")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 0);
+
+    // Keys in two slots: Redis Cluster's CROSSSLOT, and nothing written.
+    let err = redis::cmd("MSET")
+        .arg("x1")
+        .arg("1")
+        .arg("x2")
+        .arg("2")
+        .arg("x3")
+        .arg("3")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert_eq!(err.code(), Some("CROSSSLOT"), "{err}");
+    assert!(err
+        .to_string()
+        .contains("Keys in request don't hash to the same slot"));
+    let x1: Option<String> = redis::cmd("GET").arg("x1").query(&mut c).unwrap();
+    assert_eq!(x1, None);
+
+    // A transaction in one slot runs on that slot's master.
+    let mut pipe = redis::pipe();
+    pipe.atomic()
+        .cmd("SET")
+        .arg("{t}:a")
+        .arg("1")
+        .cmd("INCR")
+        .arg("{t}:b")
+        .cmd("MGET")
+        .arg("{t}:a")
+        .arg("{t}:b");
+    let (set, incr, got): (String, i64, Vec<String>) = pipe.query(&mut c).unwrap();
+    assert_eq!(
+        (set.as_str(), incr, got),
+        ("OK", 1, vec!["1".into(), "1".into()])
+    );
+    // ... and one that leaves its slot is refused, nothing of it run.
+    let mut raw = env.pkv.resp_authed(&token);
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{t}:c", b"1"]), b"+QUEUED\r\n");
+    let refused = raw.call(&[b"SET", b"{u}:c", b"1"]);
+    assert!(refused.starts_with(b"-CROSSSLOT"), "{refused:?}");
+    let exec = raw.call(&[b"EXEC"]);
+    assert!(exec.starts_with(b"-EXECABORT"), "{exec:?}");
+    let c_val: Option<String> = redis::cmd("GET").arg("{t}:c").query(&mut c).unwrap();
+    assert_eq!(c_val, None);
+
+    // A blocking command waits on the master of its key.
+    let _: () = redis::cmd("RPUSH")
+        .arg("{q}list")
+        .arg("v")
+        .query(&mut c)
+        .unwrap();
+    let popped: (String, String) = redis::cmd("BLPOP")
+        .arg("{q}list")
+        .arg(1)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(popped.1, "v");
+
+    // Pub/Sub: Redis Cluster carries a PUBLISH to the subscribers of every node.
+    let mut sub = env.pkv.resp_authed(&token);
+    let confirmed = sub.call(&[b"SUBSCRIBE", b"news"]);
+    assert!(
+        confirmed.windows(9).any(|w| w == b"subscribe"),
+        "{}",
+        String::from_utf8_lossy(&confirmed)
+    );
+    for _ in 0..3 {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("news")
+            .arg("hello")
+            .query(&mut c)
+            .unwrap();
+        let message = sub.reply();
+        let text = String::from_utf8_lossy(&message);
+        assert!(text.contains("news") && text.contains("hello"), "{text}");
+    }
+
+    // SCAN walks every master, one cursor across them; DBSIZE, RANDOMKEY and FLUSHDB walk
+    // with it.
+    let mut scanned = BTreeSet::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(7)
+            .query(&mut c)
+            .unwrap();
+        scanned.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let all: BTreeSet<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    assert_eq!(scanned, all);
+    assert!(all.len() > 110, "{}", all.len());
+    let dbsize: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(dbsize, all.len());
+    let random: String = redis::cmd("RANDOMKEY").query(&mut c).unwrap();
+    assert!(all.contains(&random), "{random}");
+    let bad = raw.call(&[b"SCAN", b"99999999999"]);
+    assert!(bad.starts_with(b"-ERR invalid cursor"), "{bad:?}");
+    // Inside a transaction they cannot walk the other masters: refused, clearly.
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{t}:d", b"1"]), b"+QUEUED\r\n");
+    let keys = raw.call(&[b"KEYS", b"*"]);
+    assert!(
+        keys.starts_with(b"-ERR KEYS and SCAN cannot run in a transaction"),
+        "{}",
+        String::from_utf8_lossy(&keys)
+    );
+    assert!(raw.call(&[b"EXEC"]).starts_with(b"-EXECABORT"));
+    // Another tenant's keys, which FLUSHDB must leave alone.
+    let other = env.issuer.token(10);
+    let mut o = env.pkv.client(&other);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(i)
+            .query(&mut o)
+            .unwrap();
+    }
+    let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
+    let dbsize: usize = redis::cmd("DBSIZE").query(&mut c).unwrap();
+    assert_eq!(dbsize, 0);
+    let theirs: usize = redis::cmd("DBSIZE").query(&mut o).unwrap();
+    assert_eq!(theirs, 20);
+    let left: usize = masters
+        .iter()
+        .map(|m| {
+            redis::cmd("KEYS")
+                .arg("pkv:t:*")
+                .query::<Vec<String>>(&mut m.direct())
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(left, 20, "only the other tenant's keys are left");
+
+    // The ledger is on its own Redis, nothing of it in the cluster.
+    for master in &masters {
+        let ledger: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:ledger:*")
+            .query(&mut master.direct())
+            .unwrap();
+        assert!(ledger.is_empty(), "{ledger:?}");
+    }
+    let ledger: Vec<String> = redis::cmd("KEYS")
+        .arg("pkv:ledger:*")
+        .query(&mut env.ledger.direct())
+        .unwrap();
+    assert!(!ledger.is_empty());
+}
+
+/// The balance as `PKV.BALANCE` gives it, in units.
+fn balance(c: &mut redis::Connection) -> f64 {
+    let fields: Vec<String> = redis::cmd("PKV.BALANCE").query(c).unwrap();
+    let at = fields.iter().position(|f| f == "balance").unwrap();
+    fields[at + 1].parse().unwrap()
+}
+
+#[test]
+fn metering_works_on_a_cluster() {
+    let env = start();
+    let token = env.issuer.token(100);
+    let mut c = env.pkv.client(&token);
+    let before = balance(&mut c);
+    assert!(before > 99.0, "{before}");
+    for i in 0..30 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("m{i}"))
+            .arg("x".repeat(1000))
+            .query(&mut c)
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("short")
+        .arg("v")
+        .arg("EX")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
+    // Every key bought storage: each has a TTL on its own master.
+    for master in env.cluster.masters() {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:t:*")
+            .query(&mut master.direct())
+            .unwrap();
+        for key in keys {
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&key)
+                .query(&mut master.direct())
+                .unwrap();
+            assert!(ttl > 0, "{key} has TTL {ttl}");
+            if key.ends_with(":short") {
+                assert!(ttl <= 100, "{key} has TTL {ttl}");
+            }
+        }
+    }
+    wait_until("the balance goes down", || balance(&mut c) < before);
+}
+
+#[test]
+fn a_slot_moves_while_a_client_writes() {
+    let env = start();
+    let token = env.issuer.token(1000);
+    // The tag whose slot moves; the prefix has no braces, so the tag alone decides it.
+    let slot = key_slot(b"moving");
+    let source = env.cluster.owner_of(slot);
+    let target = env
+        .cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port != source.port)
+        .unwrap();
+    let (source_id, target_id) = (TestCluster::node_id(source), TestCluster::node_id(target));
+
+    let written = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let url = env.pkv.url(&token);
+        let (written, errors, stop) = (written.clone(), errors.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                // One key of the moving slot and one elsewhere, in one pipeline.
+                let mut pipe = redis::pipe();
+                pipe.cmd("SET").arg(format!("{{moving}}:{i}")).arg(i);
+                pipe.cmd("SET").arg(format!("still:{i}")).arg(i);
+                match pipe.query::<()>(&mut c) {
+                    Ok(()) => {
+                        i += 1;
+                        written.store(i, Ordering::Release);
+                    }
+                    Err(e) => errors.lock().unwrap().push(e.to_string()),
+                }
+            }
+            i
+        })
+    };
+    let progress = |n: u64| {
+        let from = written.load(Ordering::Acquire);
+        wait_until("the writer goes on", || {
+            written.load(Ordering::Acquire) >= from + n
+        });
+    };
+    progress(50);
+
+    // The slot migrated by hand, as redis-cli --cluster reshard does it.
+    let call = |node: &Redis, args: &[&str]| -> redis::Value {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut node.direct()).unwrap()
+    };
+    let s = slot.to_string();
+    let moving = Instant::now();
+    call(target, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &source_id]);
+    call(source, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &target_id]);
+    // Writes go on while the slot is half moved: new keys are asked for on the target.
+    progress(50);
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(20)
+            .query(&mut source.direct())
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let mut migrate = redis::cmd("MIGRATE");
+        migrate
+            .arg("127.0.0.1")
+            .arg(target.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys);
+        let _: redis::Value = migrate.query(&mut source.direct()).unwrap();
+        progress(5);
+    }
+    for node in &env.cluster.nodes {
+        let _: redis::Value = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&target_id)
+            .query(&mut node.direct())
+            .unwrap_or(redis::Value::Nil);
+    }
+    let moved_in = moving.elapsed();
+    // And after the move, pkv's map is out of date until a MOVED tells it.
+    progress(50);
+    stop.store(true, Ordering::Release);
+    let total = writer.join().unwrap();
+
+    let errors = errors.lock().unwrap().clone();
+    eprintln!(
+        "reshard: slot {slot} moved in {:?} under {total} pipelined writes, {} errors",
+        moved_in,
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    // Every write is there, read back through pkv and on the master that now owns the slot.
+    let mut c = env.pkv.client(&token);
+    for i in 0..total {
+        let (a, b): (Option<u64>, Option<u64>) = redis::pipe()
+            .cmd("GET")
+            .arg(format!("{{moving}}:{i}"))
+            .cmd("GET")
+            .arg(format!("still:{i}"))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!((a, b), (Some(i), Some(i)), "write {i} of {total}");
+    }
+    let on_target: Vec<String> = redis::cmd("KEYS")
+        .arg("*{moving}*")
+        .query(&mut target.direct())
+        .unwrap();
+    assert_eq!(on_target.len() as u64, total);
+    let on_source: Vec<String> = redis::cmd("KEYS")
+        .arg("*{moving}*")
+        .query(&mut source.direct())
+        .unwrap();
+    assert!(on_source.is_empty(), "{on_source:?}");
+}
+
+#[test]
+fn a_cluster_upstream_needs_a_ledger_of_its_own() {
+    let issuer = Issuer::new();
+    let ledger = Redis::start();
+    let config =
+        PkvConfig::new(&ledger, &issuer).set("PKV_UPSTREAM_URL", "redis+cluster://127.0.0.1:1");
+    let err = pkv::config::Settings::from_map(&config.settings()).unwrap_err();
+    assert!(err.to_string().contains("PKV_LEDGER_URL"), "{err}");
+    let config = config.set("PKV_LEDGER_URL", "redis+cluster://127.0.0.1:2");
+    let err = pkv::config::Settings::from_map(&config.settings()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the ledger cannot be on a Redis Cluster"),
+        "{err}"
+    );
+    let config = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", "redis+cluster://127.0.0.1:1")
+        .set("PKV_LEDGER_URL", &ledger.url());
+    assert!(pkv::config::Settings::from_map(&config.settings()).is_ok());
+    for bad in [
+        "redis+cluster://",
+        "redis+cluster://h:1/3",
+        "redis+cluster://h",
+    ] {
+        let config = PkvConfig::new(&ledger, &issuer)
+            .set("PKV_UPSTREAM_URL", bad)
+            .set("PKV_LEDGER_URL", &ledger.url());
+        let err = pkv::config::Settings::from_map(&config.settings()).unwrap_err();
+        assert!(err.to_string().contains("PKV_UPSTREAM_URL"), "{bad}: {err}");
+    }
+}
+
+/// A master killed while clients write: its replica is promoted, pkv reads the new map and
+/// the clients go on. Errors are allowed only in the failover window (Redis Cluster's own
+/// window: the master's slots are served by nobody until its replica takes over); every
+/// write that was acknowledged is there afterwards.
+#[test]
+fn a_master_killed_while_clients_write_is_replaced_by_its_replica() {
+    let mut cluster = TestCluster::start_with(
+        1000,
+        // Acknowledged writes are on disk before the reply.
+        &["--appendonly", "yes", "--appendfsync", "always"],
+    );
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url())
+        .start();
+    let token = issuer.token(1000);
+
+    const CLIENTS: usize = 4;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let url = pkv.url(&token);
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                let mut acked = Vec::new();
+                let mut errors = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    let key = format!("w{w}:{i}");
+                    match redis::cmd("SET").arg(&key).arg(i).query::<()>(&mut c) {
+                        Ok(()) => {
+                            acked.push(key);
+                            acknowledged.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            errors.push((Instant::now(), e.to_string()));
+                            // A connection the error closed is opened again.
+                            if e.is_io_error() || e.is_connection_dropped() {
+                                c = redis::Client::open(url.as_str())
+                                    .unwrap()
+                                    .get_connection()
+                                    .unwrap();
+                            }
+                        }
+                    }
+                    i += 1;
+                }
+                (acked, errors)
+            })
+        })
+        .collect();
+    let progress = |n: u64| {
+        let from = acknowledged.load(Ordering::Acquire);
+        wait_until("the writers go on", || {
+            acknowledged.load(Ordering::Acquire) >= from + n
+        });
+    };
+    progress(200);
+
+    // Kill the master of slot 0 (a third of all keys).
+    let victim = cluster.owner_of(0).port;
+    let killed_at = Instant::now();
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == victim)
+        .unwrap()
+        .kill();
+    // Writes to every slot succeed again once the replica took over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut c = pkv.client(&token);
+    // When the cluster itself serves slot 0 again, on the promoted replica.
+    let mut promoted_at = None;
+    loop {
+        if promoted_at.is_none() && cluster.promoted(0, victim) {
+            promoted_at = Some(Instant::now());
+        }
+        let ok = (0..30).all(|i| {
+            redis::cmd("SET")
+                .arg(format!("after{i}"))
+                .arg(i)
+                .query::<()>(&mut c)
+                .is_ok()
+        });
+        if ok {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let why: Vec<String> = (0..30)
+                .filter_map(|i| {
+                    redis::cmd("SET")
+                        .arg(format!("after{i}"))
+                        .arg(i)
+                        .query::<()>(&mut c)
+                        .err()
+                        .map(|e| e.to_string())
+                })
+                .collect();
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(
+                    &mut cluster
+                        .nodes
+                        .iter()
+                        .find(|n| n.port != victim)
+                        .unwrap()
+                        .direct(),
+                )
+                .unwrap();
+            panic!("writes never resumed: {why:?}\n{nodes}");
+        }
+        c = pkv.client(&token);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let recovered = killed_at.elapsed();
+    // pkv reads the new map as soon as a send fails, not at its next periodic read (10 s).
+    let behind = promoted_at.map_or(Duration::ZERO, |at| at.elapsed());
+    assert!(
+        behind < Duration::from_secs(3),
+        "pkv served again {behind:?} after the cluster did"
+    );
+    progress(200);
+    stop.store(true, Ordering::Release);
+    let mut total_errors = 0;
+    let mut acked_all = Vec::new();
+    for writer in writers {
+        let (acked, errors) = writer.join().unwrap();
+        for (at, e) in &errors {
+            assert!(
+                *at >= killed_at && at.duration_since(killed_at) <= recovered,
+                "an error outside the failover window: {e}"
+            );
+        }
+        total_errors += errors.len();
+        acked_all.extend(acked);
+    }
+    let mut lost = 0;
+    for chunk in acked_all.chunks(100) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<u64>> = pipe.query(&mut c).unwrap();
+        lost += values.iter().filter(|v| v.is_none()).count();
+    }
+    eprintln!(
+        "failover: {} acknowledged writes, {total_errors} errors, recovered in {:?}, {lost} lost",
+        acked_all.len(),
+        recovered
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost");
+}
+
+/// Two pkv processes in front of one cluster, sharing one ledger: a token is credited once
+/// whichever of them sees it, an account's keys are the same through either, and WATCH
+/// sees a write made through the other.
+#[test]
+fn two_pkvs_share_the_cluster_and_the_ledger() {
+    let cluster = TestCluster::start();
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let config = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url());
+    let (one, two) = (config.start(), config.start());
+    let token = issuer.token(100);
+    let mut a = one.client(&token);
+    let mut b = two.client(&token);
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{w}}:{i}"))
+            .arg(i)
+            .query(&mut a)
+            .unwrap();
+    }
+    let seen: Vec<u64> = redis::cmd("MGET")
+        .arg((0..20).map(|i| format!("{{w}}:{i}")).collect::<Vec<_>>())
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(seen, (0..20).collect::<Vec<u64>>());
+    // Credited once: both see at most the token's 100 units.
+    for c in [&mut a, &mut b] {
+        let left = balance(c);
+        assert!(left <= 100.0 && left > 99.0, "{left}");
+    }
+
+    // WATCH on one pkv, a write through the other: the transaction does not run.
+    let mut raw = one.resp_authed(&token);
+    assert_eq!(raw.call(&[b"WATCH", b"{w}:0"]), b"+OK\r\n");
+    let _: () = redis::cmd("SET")
+        .arg("{w}:0")
+        .arg("changed")
+        .query(&mut b)
+        .unwrap();
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{w}:1", b"x"]), b"+QUEUED\r\n");
+    let exec = raw.call(&[b"EXEC"]);
+    assert!(exec == b"*-1\r\n", "{}", String::from_utf8_lossy(&exec));
+    let one_still: u64 = redis::cmd("GET").arg("{w}:1").query(&mut a).unwrap();
+    assert_eq!(one_still, 1);
+    // And unwatched, it runs.
+    assert_eq!(raw.call(&[b"WATCH", b"{w}:0"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"MULTI"]), b"+OK\r\n");
+    assert_eq!(raw.call(&[b"SET", b"{w}:1", b"x"]), b"+QUEUED\r\n");
+    let exec = raw.call(&[b"EXEC"]);
+    assert_eq!(exec, b"*1\r\n+OK\r\n", "{}", String::from_utf8_lossy(&exec));
+}
