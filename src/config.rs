@@ -82,6 +82,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "when the embedded store's append-only log (PKV_DATA_FILE.aof) is fsynced: always (before each write's reply), everysec, or no (when the OS decides); ledger steps are always fsynced",
     },
     SettingDoc {
+        name: "PKV_KEYSPACE_EVENTS",
+        default: "",
+        help: "Redis's notify-keyspace-events flags (e.g. KEA): each tenant receives the keyspace notifications of its own keys; empty is off; on an upstream, pkv sets notify-keyspace-events there",
+    },
+    SettingDoc {
         name: "PKV_SERVICE_ID",
         default: "pkv",
         help: "pkv's identifier: the audience quota tokens must carry",
@@ -283,6 +288,8 @@ pub struct Settings {
     pub snapshot_interval: Duration,
     /// When the embedded store's append-only log is fsynced.
     pub append_fsync: crate::embedded::aof::Policy,
+    /// Keyspace notifications (`PKV_KEYSPACE_EVENTS`); `None` when off.
+    pub keyspace_events: Option<crate::notify::Flags>,
     pub service_id: String,
     pub quota_issuers: Vec<String>,
     pub secret_seed: [u8; 32],
@@ -368,6 +375,14 @@ impl Settings {
             dev_mode: self.dev_mode,
             token_leeway: self.token_leeway,
         }
+    }
+
+    /// `PKV_KEYSPACE_EVENTS` as Redis's `CONFIG GET notify-keyspace-events` prints it
+    /// (`AKE` for `KEA`); empty when off.
+    pub fn notify_keyspace_events(&self) -> String {
+        self.keyspace_events
+            .map(crate::notify::Flags::redis_string)
+            .unwrap_or_default()
     }
 }
 
@@ -600,6 +615,11 @@ impl Settings {
                 crate::embedded::aof::Policy::default()
             }),
         };
+        let keyspace_events = crate::notify::Flags::parse(&get("PKV_KEYSPACE_EVENTS"))
+            .unwrap_or_else(|e| {
+                errors.push(format!("PKV_KEYSPACE_EVENTS: {e}"));
+                None
+            });
         if let Some(path) = &data_file {
             if upstream_url.is_some() {
                 errors.push(
@@ -696,6 +716,7 @@ impl Settings {
             data_file,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             append_fsync,
+            keyspace_events,
             service_id,
             quota_issuers,
             secret_seed: secret_seed.expect("checked above"),

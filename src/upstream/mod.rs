@@ -11,6 +11,7 @@
 pub mod book;
 mod conn;
 pub mod eviction;
+pub mod notify;
 mod pool;
 
 use std::time::Duration;

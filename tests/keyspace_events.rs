@@ -1,0 +1,218 @@
+//! Keyspace notifications per tenant (`PKV_KEYSPACE_EVENTS`), on both backends: a tenant
+//! subscribed to `__keyspace@0__:*` and `__keyevent@0__:*` receives the events of its own
+//! keys, with its own key names, exactly as a redis-server with the same
+//! `notify-keyspace-events` delivers them for the same commands; another tenant receives
+//! none of them; and deliveries are paid by the subscriber as Pub/Sub messages are.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_until, Issuer, PkvConfig, Redis};
+use redis::Commands;
+
+const FLAGS: &str = "KEA";
+
+/// One delivered message: the pattern it matched (empty for a channel subscription), the
+/// channel and the payload.
+type Event = (String, String, String);
+
+fn next(ps: &mut redis::PubSub<'_>) -> Event {
+    let msg = ps
+        .get_message()
+        .expect("a notification within the read timeout");
+    let pattern = if msg.from_pattern() {
+        msg.get_pattern::<String>().unwrap()
+    } else {
+        String::new()
+    };
+    let payload: String = msg.get_payload().unwrap();
+    (pattern, msg.get_channel_name().to_owned(), payload)
+}
+
+/// Reads messages until the keyevent of `event` on `key` arrives (included).
+fn until(ps: &mut redis::PubSub<'_>, event: &str, key: &str, seen: &mut Vec<Event>) {
+    loop {
+        let e = next(ps);
+        let done = e.1 == format!("__keyevent@0__:{event}") && e.2 == key;
+        seen.push(e);
+        if done {
+            return;
+        }
+    }
+}
+
+/// Runs the script on `writer` while `ps` (subscribed to both kinds by pattern) listens;
+/// returns every message `ps` got, in order.
+fn script(writer: &mut redis::Connection, ps: &mut redis::PubSub<'_>) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let run = |w: &mut redis::Connection, args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let _: redis::Value = cmd.query(w).unwrap();
+    };
+    run(writer, &["SET", "k1", "v"]);
+    run(writer, &["SET", "k1", "v2", "EX", "100"]);
+    run(writer, &["SET", "k1", "v3", "NX"]);
+    run(writer, &["DEL", "k1", "nokey"]);
+    run(writer, &["SET", "n", "1"]);
+    run(writer, &["EXPIRE", "n", "100"]);
+    run(writer, &["INCR", "n"]);
+    run(writer, &["INCRBY", "n", "5"]);
+    run(writer, &["LPUSH", "l", "a", "b"]);
+    run(writer, &["LPOP", "l"]);
+    run(writer, &["LPOP", "l"]);
+    run(writer, &["LPOP", "l"]);
+    run(writer, &["HSET", "h", "f", "v", "g", "w"]);
+    run(writer, &["HDEL", "h", "f", "g"]);
+    run(writer, &["RENAME", "n", "m"]);
+    run(writer, &["SADD", "s", "x"]);
+    run(writer, &["SADD", "s", "x"]);
+    run(writer, &["EXPIRE", "s", "0"]);
+    run(writer, &["SET", "tmp", "x", "PX", "30"]);
+    until(ps, "set", "tmp", &mut seen);
+    // The key expires: a read after its deadline removes it, with its `expired` event.
+    wait_until("tmp expired", || {
+        let ttl: i64 = writer.pttl("tmp").unwrap();
+        ttl == -2
+    });
+    until(ps, "expired", "tmp", &mut seen);
+    run(writer, &["SET", "end", "1"]);
+    until(ps, "set", "end", &mut seen);
+    seen
+}
+
+fn listen(conn: &mut redis::Connection) -> redis::PubSub<'_> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut ps = conn.as_pubsub();
+    ps.psubscribe("__keyspace@0__:*").unwrap();
+    ps.psubscribe("__keyevent@0__:*").unwrap();
+    ps
+}
+
+/// What a redis-server with the same flags delivers for the script.
+fn reference() -> Vec<Event> {
+    let redis = Redis::start();
+    let mut direct = redis.direct();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg(FLAGS)
+        .query(&mut direct)
+        .unwrap();
+    let mut sub = redis.direct();
+    let mut ps = listen(&mut sub);
+    script(&mut direct, &mut ps)
+}
+
+fn isolated_and_exact(config: PkvConfig, issuer: &Issuer) {
+    let expected = reference();
+    assert!(expected.len() > 30, "{expected:?}");
+    let pkv = config
+        .set("PKV_KEYSPACE_EVENTS", FLAGS)
+        .set("PKV_METERING", "off")
+        .start();
+    let (a, b) = (issuer.token(10), issuer.token(10));
+    // B listens to everything, by pattern and by channel.
+    let mut b_conn = pkv.client(&b);
+    let mut b_ps = listen(&mut b_conn);
+    b_ps.subscribe("__keyevent@0__:del").unwrap();
+    b_ps.subscribe("__keyspace@0__:k1").unwrap();
+
+    let mut a_sub = pkv.client(&a);
+    let mut a_ps = listen(&mut a_sub);
+    let mut a_writer = pkv.client(&a);
+    let got = script(&mut a_writer, &mut a_ps);
+    assert_eq!(got, expected, "A's notifications differ from Redis's");
+
+    // B got none of A's: the first thing it receives is its own write's.
+    let mut b_writer = pkv.client(&b);
+    let _: () = b_writer.set("b-end", "1").unwrap();
+    assert_eq!(
+        next(&mut b_ps),
+        (
+            "__keyspace@0__:*".to_owned(),
+            "__keyspace@0__:b-end".to_owned(),
+            "set".to_owned()
+        )
+    );
+    assert_eq!(
+        next(&mut b_ps),
+        (
+            "__keyevent@0__:*".to_owned(),
+            "__keyevent@0__:set".to_owned(),
+            "b-end".to_owned()
+        )
+    );
+}
+
+#[test]
+fn a_tenant_gets_redis_events_of_its_own_keys_only() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    isolated_and_exact(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn a_tenant_gets_redis_events_of_its_own_keys_only_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    isolated_and_exact(PkvConfig::embedded(&issuer), &issuer);
+}
+
+/// The account's `bytes_out` in `PKV.BALANCE`.
+fn bytes_out(conn: &mut redis::Connection) -> i64 {
+    common::pkv_balance(conn)["bytes_out"].parse().unwrap()
+}
+
+fn deliveries_are_paid(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config.set("PKV_KEYSPACE_EVENTS", "E$").start();
+    let token = issuer.token(10);
+    let mut subscriber = pkv.resp_authed(&token);
+    let confirm = subscriber.call(&[b"SUBSCRIBE", b"__keyevent@0__:set"]);
+    assert!(confirm.starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+    let mut writer = pkv.client(&token);
+    let _: () = writer.set("x", "1").unwrap();
+    let first = subscriber.reply();
+    assert_eq!(
+        first,
+        b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nx\r\n"
+    );
+    let mut before = bytes_out(&mut writer);
+    wait_until("the first delivery is paid", || {
+        let now = bytes_out(&mut writer);
+        let settled = now == before;
+        before = now;
+        settled
+    });
+    let _: () = writer.set("paid", "1").unwrap();
+    // Flags `E$` only: the set's event, and not the expire of the TTL pkv adds.
+    let message = subscriber.reply();
+    assert_eq!(
+        message,
+        b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$4\r\npaid\r\n"
+    );
+    let expected = (b"+OK\r\n".len() + message.len()) as i64;
+    let mut paid = 0;
+    wait_until("the SET reply and the delivery are paid", || {
+        paid = bytes_out(&mut writer) - before;
+        paid == expected
+    });
+}
+
+#[test]
+fn deliveries_are_paid_by_the_subscriber() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    deliveries_are_paid(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn deliveries_are_paid_by_the_subscriber_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    deliveries_are_paid(PkvConfig::embedded(&issuer), &issuer);
+}
