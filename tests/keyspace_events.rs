@@ -73,6 +73,33 @@ fn script(writer: &mut redis::Connection, ps: &mut redis::PubSub<'_>) -> Vec<Eve
     run(writer, &["SADD", "s", "x"]);
     run(writer, &["SADD", "s", "x"]);
     run(writer, &["EXPIRE", "s", "0"]);
+    for args in [
+        &["LPUSH", "q", "a"][..],
+        &["LMOVE", "q", "q2", "LEFT", "RIGHT"],
+        &["RPOPLPUSH", "q2", "q2"],
+        &["ZADD", "z", "1", "a"],
+        &["ZINCRBY", "z", "1", "a"],
+        &["ZREM", "z", "a"],
+        &["SETNX", "a", "1"],
+        &["SETNX", "a", "1"],
+        &["MSET", "b", "1", "c", "2"],
+        &["GETDEL", "b"],
+        &["APPEND", "c", "x"],
+        &["EXPIRE", "c", "100"],
+        &["PEXPIRE", "c", "200", "NX"],
+        &["GETEX", "c", "EX", "10"],
+        &["SETEX", "d", "10", "x"],
+        &["COPY", "d", "e"],
+        &["SADD", "s1", "x", "y"],
+        &["SMOVE", "s1", "s2", "x"],
+        &["SINTERSTORE", "f", "s1", "s2"],
+        &["SINTERSTORE", "f", "s1", "nokey"],
+        &["HINCRBY", "h2", "f", "1"],
+        &["INCRBYFLOAT", "fl", "1.5"],
+        &["DEL", "m", "a", "c"],
+    ] {
+        run(writer, args);
+    }
     run(writer, &["SET", "tmp", "x", "PX", "30"]);
     until(ps, "set", "tmp", &mut seen);
     // The key expires: a read after its deadline removes it, with its `expired` event.
@@ -112,7 +139,7 @@ fn reference() -> Vec<Event> {
 
 fn isolated_and_exact(config: PkvConfig, issuer: &Issuer) {
     let expected = reference();
-    assert!(expected.len() > 30, "{expected:?}");
+    assert!(expected.len() > 60, "{expected:?}");
     let pkv = config
         .set("PKV_KEYSPACE_EVENTS", FLAGS)
         .set("PKV_METERING", "off")
@@ -162,6 +189,35 @@ fn a_tenant_gets_redis_events_of_its_own_keys_only() {
 fn a_tenant_gets_redis_events_of_its_own_keys_only_on_the_embedded_store() {
     let issuer = Issuer::new();
     isolated_and_exact(PkvConfig::embedded(&issuer), &issuer);
+}
+
+/// With metering on, pkv gives each key a TTL (`EX` appended, `PEXPIRE ... NX` after a
+/// write that gives none), and those have their own `expire` events: the embedded store
+/// publishes the same events as Redis does for what pkv sends it.
+#[test]
+fn both_backends_agree_with_metering_on() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let mut got = Vec::new();
+    for config in [
+        PkvConfig::new(&redis, &issuer),
+        PkvConfig::embedded(&issuer),
+    ] {
+        let pkv = config.set("PKV_KEYSPACE_EVENTS", FLAGS).start();
+        let token = issuer.token(10);
+        let mut sub = pkv.client(&token);
+        let mut ps = listen(&mut sub);
+        let mut writer = pkv.client(&token);
+        got.push(script(&mut writer, &mut ps));
+    }
+    assert!(
+        got[0]
+            .iter()
+            .any(|e| e.2 == "expire" && e.1 == "__keyspace@0__:l"),
+        "LPUSH's key gets its TTL: {:?}",
+        got[0]
+    );
+    assert_eq!(got[1], got[0], "embedded (left) and upstream (right)");
 }
 
 /// The account's `bytes_out` in `PKV.BALANCE`.

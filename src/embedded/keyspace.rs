@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::data::Entry;
 
@@ -18,9 +18,15 @@ pub const SHARDS: usize = 256;
 
 pub type Shard = HashMap<Box<[u8]>, Entry>;
 
+/// Told of each key removed because its time passed (keyspace notifications).
+pub type ExpiredHook = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 pub struct Keyspace {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+    /// When set, an expired key is removed as soon as it is seen (a read included) and
+    /// reported to it; otherwise reads only skip it until a write or the sweep removes it.
+    expired: OnceLock<ExpiredHook>,
 }
 
 impl Default for Keyspace {
@@ -28,6 +34,7 @@ impl Default for Keyspace {
         Keyspace {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            expired: OnceLock::new(),
         }
     }
 }
@@ -50,10 +57,36 @@ impl Keyspace {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Reports each key removed because it expired to `hook` from now on.
+    pub fn on_expired(&self, hook: ExpiredHook) {
+        let _ = self.expired.set(hook);
+    }
+
+    fn report_expired(&self, key: &[u8]) {
+        if let Some(hook) = self.expired.get() {
+            hook(key);
+        }
+    }
+
     /// Runs `f` on the live entry under `key` (`None` if absent or expired at `now`).
     pub fn read<R>(&self, key: &[u8], now: i64, f: impl FnOnce(Option<&Entry>) -> R) -> R {
         let shard = self.read_shard(self.shard_of(key));
-        f(shard.get(key).filter(|e| !e.expired(now)))
+        let entry = shard.get(key);
+        if self.expired.get().is_some() && entry.is_some_and(|e| e.expired(now)) {
+            drop(shard);
+            self.remove_expired(key, now);
+            return f(None);
+        }
+        f(entry.filter(|e| !e.expired(now)))
+    }
+
+    /// Removes `key` if it is expired at `now`, and reports it.
+    fn remove_expired(&self, key: &[u8], now: i64) {
+        let mut shard = self.write_shard(self.shard_of(key));
+        if shard.get(key).is_some_and(|e| e.expired(now)) {
+            shard.remove(key);
+            self.report_expired(key);
+        }
     }
 
     /// Runs `f` on the entry under `key`, which it may create, change or remove (by
@@ -63,7 +96,10 @@ impl Keyspace {
         let mut shard = self.write_shard(self.shard_of(key));
         let (stored_key, mut entry) = match shard.remove_entry(key) {
             Some((k, e)) if !e.expired(now) => (Some(k), Some(e)),
-            Some((k, _)) => (Some(k), None),
+            Some((k, _)) => {
+                self.report_expired(&k);
+                (Some(k), None)
+            }
             None => (None, None),
         };
         let result = f(&mut entry);
@@ -77,7 +113,12 @@ impl Keyspace {
     /// Removes and returns the live entry under `key`.
     pub fn remove(&self, key: &[u8], now: i64) -> Option<Entry> {
         let mut shard = self.write_shard(self.shard_of(key));
-        shard.remove(key).filter(|e| !e.expired(now))
+        let removed = shard.remove(key);
+        if removed.as_ref().is_some_and(|e| e.expired(now)) {
+            self.report_expired(key);
+            return None;
+        }
+        removed
     }
 
     /// Stores `entry` under `key`, replacing whatever was there.
@@ -94,7 +135,13 @@ impl Keyspace {
     pub fn expire_shard(&self, index: usize, now: i64) -> usize {
         let mut shard = self.write_shard(index);
         let before = shard.len();
-        shard.retain(|_, e| !e.expired(now));
+        shard.retain(|key, e| {
+            let expired = e.expired(now);
+            if expired {
+                self.report_expired(key);
+            }
+            !expired
+        });
         before - shard.len()
     }
 

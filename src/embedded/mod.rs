@@ -26,6 +26,7 @@ pub mod aof;
 pub mod cmd;
 pub mod data;
 pub mod error;
+mod events;
 pub mod glob;
 pub mod hll;
 pub mod keyspace;
@@ -77,6 +78,8 @@ pub struct Inner {
     aof: OnceLock<Arc<aof::Aof>>,
     /// Why the last snapshot failed, until one succeeds.
     snapshot_error: Mutex<Option<String>>,
+    /// The key events it publishes (`PKV_KEYSPACE_EVENTS`), see [`events`].
+    notify: Option<crate::notify::Flags>,
 }
 
 impl std::ops::Deref for Store {
@@ -122,9 +125,11 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 persistence: snapshot::Persistence::from_settings(settings),
+                notify: settings.keyspace_events.map(crate::notify::Flags::backend),
                 ..Inner::default()
             }),
         };
+        store.publish_expired();
         store.load()?;
         if let Some(data_file) = &settings.data_file {
             let log = aof::Aof::open(aof::path_for(data_file), settings.append_fsync, &store)?;
@@ -305,10 +310,14 @@ impl Store {
                 return Err(StoreError::Misconf(why).into());
             }
         }
+        let watched = self.before_write(command, args, now);
         let reply = self.execute(command, proto, args, now);
-        if reply.is_ok() {
+        if let Ok(frame) = &reply {
             self.log_effects(command, args, now);
             self.written(command, args);
+            if let Some(watched) = watched {
+                self.publish_events(command, args, frame, watched, now);
+            }
         }
         reply
     }
