@@ -218,6 +218,9 @@ impl Hub {
     /// Waits (at most `limit`) until pkv's own subscription is in place, so that a tenant
     /// told it is subscribed misses no event after that.
     async fn wait_ready(&self, limit: Duration) {
+        if limit.is_zero() || self.ready.load(Ordering::Acquire) {
+            return;
+        }
         let wait = async {
             loop {
                 let changed = self.ready_changed.notified();
@@ -235,15 +238,16 @@ impl Hub {
         self.ready_changed.notify_waiters();
     }
 
-    /// Hands the event `event` on the namespaced `key` to its tenant's listeners.
-    pub fn dispatch(&self, event: &[u8], key: &[u8]) {
-        let Some(flags) = self.flags else { return };
+    /// Hands the event `event` on the namespaced `key` to its tenant's listeners; returns
+    /// how many subscriptions it looked at (only that tenant's).
+    pub fn dispatch(&self, event: &[u8], key: &[u8]) -> usize {
+        let Some(flags) = self.flags else { return 0 };
         let Some(prefix) = tenant_prefix(key) else {
-            return;
+            return 0;
         };
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
         let Some(entries) = tenants.get(prefix) else {
-            return;
+            return 0;
         };
         let own_key = &key[prefix.len()..];
         let publish = |kind: &[u8], suffix: &[u8], payload: &[u8]| {
@@ -282,6 +286,7 @@ impl Hub {
         if flags.has(Flags::KEYEVENT) {
             publish(KEYEVENT, event, own_key);
         }
+        entries.len()
     }
 }
 
@@ -363,7 +368,7 @@ where
                     hub.set_ready(true);
                     while let Some(msg) = sub.messages.recv().await {
                         if let Some(event) = msg.channel.strip_prefix(KEYEVENT) {
-                            hub.dispatch(event, &msg.payload);
+                            let _ = hub.dispatch(event, &msg.payload);
                         }
                     }
                     hub.set_ready(false);
@@ -403,6 +408,48 @@ mod tests {
         assert!(Flags::parse("Kq").is_err());
         let backend = Flags::parse("Kg$").unwrap().unwrap().backend();
         assert_eq!(backend.redis_string(), "g$E");
+    }
+
+    #[tokio::test]
+    async fn another_tenants_subscriptions_cost_nothing_per_event() {
+        let hub = Arc::new(Hub::new(Flags::parse("KEA").unwrap_or_default()));
+        let (a, b) = (
+            crate::namespace::Namespace::new("a"),
+            crate::namespace::Namespace::new("b"),
+        );
+        // The attacker, B, listens to everything many times over.
+        let (_tx_b, rx_b) = crate::backend::message_queue(1 << 30);
+        let listeners: Vec<Listener> = (0..1000)
+            .filter_map(|_| hub.listener(b.prefix(), rx_b.weak_sender()))
+            .collect();
+        for l in &listeners {
+            l.subscribe(b"*", true, Duration::ZERO).await;
+            l.subscribe(b"__keyevent@0__:set", false, Duration::ZERO)
+                .await;
+        }
+        let (_tx_a, mut rx_a) = crate::backend::message_queue(1 << 20);
+        let Some(listener_a) = hub.listener(a.prefix(), rx_a.weak_sender()) else {
+            panic!("notifications are on");
+        };
+        listener_a
+            .subscribe(b"__keyspace@0__:k", false, Duration::ZERO)
+            .await;
+        // A's event: A's one subscription is looked at, none of B's.
+        assert_eq!(hub.dispatch(b"set", &a.wrap(b"k")), 1);
+        let got = rx_a.recv().await.map(|m| (m.channel, m.payload));
+        assert_eq!(
+            got,
+            Some((a.wrap(b"__keyspace@0__:k"), Bytes::from_static(b"set")))
+        );
+        // B's 2000 subscriptions are looked at for B's events only.
+        assert_eq!(hub.dispatch(b"set", &b.wrap(b"k")), 2000);
+        assert_eq!(hub.dispatch(b"set", b"pkv:ledger:x"), 0);
+        drop(listeners);
+        assert_eq!(
+            hub.dispatch(b"set", &b.wrap(b"k")),
+            0,
+            "dropped listeners leave"
+        );
     }
 
     #[test]

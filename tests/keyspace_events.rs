@@ -272,3 +272,46 @@ fn deliveries_are_paid_by_the_subscriber_on_the_embedded_store() {
     let issuer = Issuer::new();
     deliveries_are_paid(PkvConfig::embedded(&issuer), &issuer);
 }
+
+#[test]
+fn bad_flags_stop_start_up_with_a_line_naming_the_setting() {
+    let issuer = Issuer::new();
+    let settings = |flags: &str| {
+        let config = PkvConfig::embedded(&issuer).set("PKV_KEYSPACE_EVENTS", flags);
+        pkv::config::Settings::from_map(&config.settings())
+    };
+    let refused = |flags: &str| settings(flags).unwrap_err().to_string();
+    assert!(
+        refused("KEq").contains("PKV_KEYSPACE_EVENTS: unknown event class 'q'"),
+        "{}",
+        refused("KEq")
+    );
+    assert!(
+        refused("K").contains("names no event class"),
+        "{}",
+        refused("K")
+    );
+    assert!(refused("g$").contains("neither K"), "{}", refused("g$"));
+    // What CONFIG GET notify-keyspace-events would print.
+    assert_eq!(settings("KEA").unwrap().notify_keyspace_events(), "AKE");
+    assert_eq!(settings("").unwrap().notify_keyspace_events(), "");
+}
+
+#[test]
+fn pkv_sets_the_upstreams_notify_keyspace_events() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let _pkv = PkvConfig::new(&redis, &issuer)
+        .set("PKV_KEYSPACE_EVENTS", "Kg$")
+        .start();
+    let mut direct = redis.direct();
+    // The classes asked for, as key events only: pkv writes the keyspace messages itself.
+    wait_until("notify-keyspace-events set", || {
+        let reply: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query(&mut direct)
+            .unwrap();
+        reply.get(1).map(String::as_str) == Some("g$E")
+    });
+}
