@@ -3,10 +3,10 @@
 //! whether its keys existed before and after it ran (see [`events`]); the store publishes
 //! them as `__keyevent@0__:<event>` with the key as payload ([`crate::notify`]).
 //!
-//! Redis decides some events deep inside a command (ZADD without CH updating a score,
-//! XADD's trimming, the consumers XREADGROUP creates); where the reply and the keys'
-//! existence cannot tell, the rule here is the common case, said at the rule. Key-miss
-//! events (`m`) are not published.
+//! Redis decides some events deep inside a command (whether ZADD without CH changed a
+//! score, whether SMOVE's destination had the member, the consumers XREADGROUP creates);
+//! where the reply and the keys' states cannot tell, the rule here takes the common case,
+//! said at the rule. Key-miss events (`m`) are not published.
 
 use crate::notify::Flags;
 use crate::protocol::frame::Frame;
@@ -17,6 +17,8 @@ pub struct State {
     pub exists: bool,
     /// It had an expiry.
     pub volatile: bool,
+    /// Entries, when it is a stream (to tell whether XADD trimmed it).
+    pub stream_len: usize,
 }
 
 /// One event: its class, its name, and the index of its key in the command's keys.
@@ -263,7 +265,13 @@ pub fn events(e: &Effect<'_>) -> Vec<Event> {
         "ZRANGESTORE" => store(&mut push, Z, "zrangestore", 0),
         "GEOSEARCHSTORE" => store(&mut push, Z, "geosearchstore", 0),
         // Streams.
-        "XADD" if e.some() => push(T, "xadd", 0),
+        "XADD" if e.some() => {
+            push(T, "xadd", 0);
+            let (was, now) = (e.before[0].stream_len, e.after[0].stream_len);
+            if now < was + 1 {
+                push(T, "xtrim", 0);
+            }
+        }
         "XDEL" if e.int() > 0 => push(T, "xdel", 0),
         "XTRIM" if e.int() > 0 => push(T, "xtrim", 0),
         "XSETID" => push(T, "xsetid", 0),
@@ -297,6 +305,10 @@ impl super::Store {
         self.keys.read(key, now, |entry| State {
             exists: entry.is_some(),
             volatile: entry.and_then(|e| e.expires_at).is_some(),
+            stream_len: match entry.map(|e| &e.data) {
+                Some(super::data::Data::Stream(s)) => s.len(),
+                _ => 0,
+            },
         })
     }
 
@@ -308,10 +320,18 @@ impl super::Store {
         now: i64,
     ) -> Option<Watched> {
         self.notify?;
-        if !super::Store::writes(command, args) {
+        let keys = if super::Store::writes(command, args) {
+            super::keys_of(command, args)
+        } else if command.name == "XGROUP" {
+            // The one container whose subcommands write: its row has no keys, its
+            // subcommands' rows do.
+            match super::table_keys(args) {
+                Some((spec, keys)) if spec.has(crate::commands::flags::WRITE) => keys,
+                _ => return None,
+            }
+        } else {
             return None;
-        }
-        let keys = super::keys_of(command, args);
+        };
         let before = keys.iter().map(|k| self.state(k, now)).collect();
         Some(Watched { keys, before })
     }
@@ -380,7 +400,7 @@ mod tests {
         let keys: Vec<Vec<u8>> = (0..before.len()).map(|i| vec![b'k', i as u8]).collect();
         let state = |b: &bool| State {
             exists: *b,
-            volatile: false,
+            ..State::default()
         };
         let before: Vec<State> = before.iter().map(state).collect();
         let after: Vec<State> = after.iter().map(state).collect();
