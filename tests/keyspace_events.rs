@@ -398,3 +398,56 @@ fn pkv_sets_the_upstreams_notify_keyspace_events() {
         reply.get(1).map(String::as_str) == Some("g$E")
     });
 }
+
+/// A tenant cannot make another receive a notification by publishing to a notification
+/// channel, and a pattern it left delivers nothing more.
+fn no_forgery_and_unsubscribe_holds(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config.set("PKV_KEYSPACE_EVENTS", "KEA").start();
+    let bob = issuer.mint(10, 3600, Some("bob"));
+    let mallory = issuer.mint(10, 3600, Some("mallory"));
+    let mut bob_sub = pkv.resp_authed(&bob);
+    let confirm = bob_sub.call(&[b"PSUBSCRIBE", b"__keyevent@0__:*"]);
+    assert!(confirm.starts_with(b"*3\r\n$10\r\npsubscribe\r\n"));
+    let confirm = bob_sub.call(&[b"SUBSCRIBE", b"__keyevent@0__:set"]);
+    assert!(confirm.starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+
+    // Mallory publishes what an event of Bob's key would carry, on every channel it could.
+    let mut mallory_conn = pkv.resp_authed(&mallory);
+    for channel in [&b"__keyevent@0__:del"[..], b"__keyevent@0__:set"] {
+        let reply = mallory_conn.call(&[b"PUBLISH", channel, b"pkv:t:bob:k"]);
+        assert_eq!(reply, b":0\r\n", "no subscriber of Mallory's own");
+    }
+    // Bob leaves the pattern; his next write reaches him through the channel only.
+    let left = bob_sub.call(&[b"PUNSUBSCRIBE", b"__keyevent@0__:*"]);
+    assert_eq!(
+        left,
+        b"*3\r\n$12\r\npunsubscribe\r\n$16\r\n__keyevent@0__:*\r\n:1\r\n"
+    );
+    let mut bob_writer = pkv.resp_authed(&bob);
+    assert_eq!(bob_writer.call(&[b"SET", b"k", b"1"]), b"+OK\r\n");
+    // The first message Bob gets is his own write's, by channel: nothing forged came before.
+    assert_eq!(
+        bob_sub.reply(),
+        b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nk\r\n"
+    );
+    // With metering on the write is followed by its TTL's `expire`, which only the
+    // pattern he left would have delivered: the next message is the next `set`.
+    assert_eq!(bob_writer.call(&[b"SET", b"k2", b"1"]), b"+OK\r\n");
+    assert_eq!(
+        bob_sub.reply(),
+        b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$2\r\nk2\r\n"
+    );
+}
+
+#[test]
+fn no_forgery_and_unsubscribe_holds_upstream() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    no_forgery_and_unsubscribe_holds(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn no_forgery_and_unsubscribe_holds_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    no_forgery_and_unsubscribe_holds(PkvConfig::embedded(&issuer), &issuer);
+}
