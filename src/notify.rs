@@ -34,7 +34,7 @@ pub const KEYSPACE: &[u8] = b"__keyspace@0__:";
 pub const KEYEVENT: &[u8] = b"__keyevent@0__:";
 
 /// What pkv subscribes to in the backend.
-const SOURCE_PATTERN: &[u8] = b"__keyevent@0__:*";
+pub const SOURCE_PATTERN: &[u8] = b"__keyevent@0__:*";
 
 /// Bytes of events pkv's own subscription may have waiting before it is cut off and made
 /// again. The hub never waits on a subscriber, so this is reached only if pkv itself stalls.

@@ -372,7 +372,7 @@ impl super::Store {
         let mut channel = crate::notify::KEYEVENT.to_vec();
         channel.extend_from_slice(b"expired");
         let hook: super::keyspace::ExpiredHook = Box::new(move |key: &[u8]| {
-            channels.publish(&channel, key);
+            channels.publish_known(&channel, key, crate::notify::SOURCE_PATTERN);
         });
         self.keys.on_expired(hook);
     }
@@ -382,7 +382,8 @@ impl super::Store {
         let mut channel = Vec::with_capacity(crate::notify::KEYEVENT.len() + event.len());
         channel.extend_from_slice(crate::notify::KEYEVENT);
         channel.extend_from_slice(event);
-        self.channels.publish(&channel, key);
+        self.channels
+            .publish_known(&channel, key, crate::notify::SOURCE_PATTERN);
     }
 }
 
