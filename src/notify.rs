@@ -36,6 +36,10 @@ pub const KEYEVENT: &[u8] = b"__keyevent@0__:";
 /// What pkv subscribes to in the backend.
 pub const SOURCE_PATTERN: &[u8] = b"__keyevent@0__:*";
 
+/// The longest a tenant's SUBSCRIBE waits for pkv's own subscription to be in place (at
+/// start-up, or while it is made again): past it the tenant is answered anyway.
+const MAX_READY_WAIT: Duration = Duration::from_secs(2);
+
 /// Bytes of events pkv's own subscription may have waiting before it is cut off and made
 /// again. The hub never waits on a subscriber, so this is reached only if pkv itself stalls.
 const SOURCE_QUEUE_BYTES: usize = 64 << 20;
@@ -325,7 +329,7 @@ impl Listener {
                 });
             }
         }
-        self.hub.wait_ready(wait).await;
+        self.hub.wait_ready(wait.min(MAX_READY_WAIT)).await;
     }
 
     pub fn unsubscribe(&self, name: &[u8], pattern: bool) {

@@ -314,6 +314,16 @@ fn deliveries_are_paid(config: PkvConfig, issuer: &Issuer) {
     let mut subscriber = pkv.resp_authed(&token);
     let confirm = subscriber.call(&[b"SUBSCRIBE", b"__keyevent@0__:set"]);
     assert!(confirm.starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+    // A RESP3 subscriber gets the same message as a push.
+    let mut resp3 = pkv.resp();
+    let hello = resp3.call(&[b"HELLO", b"3", b"AUTH", b"x", token.as_bytes()]);
+    assert!(
+        hello.starts_with(b"%"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    let confirm = resp3.call(&[b"SUBSCRIBE", b"__keyevent@0__:set"]);
+    assert!(confirm.starts_with(b">3\r\n$9\r\nsubscribe\r\n"));
     let mut writer = pkv.client(&token);
     let _: () = writer.set("x", "1").unwrap();
     let first = subscriber.reply();
@@ -321,6 +331,13 @@ fn deliveries_are_paid(config: PkvConfig, issuer: &Issuer) {
         first,
         b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nx\r\n"
     );
+    assert_eq!(
+        resp3.reply(),
+        b">3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$1\r\nx\r\n"
+    );
+    // It leaves before the measured write, so that only `subscriber` pays for it.
+    let left = resp3.call(&[b"UNSUBSCRIBE"]);
+    assert!(left.starts_with(b">3\r\n$11\r\nunsubscribe\r\n"));
     let mut before = bytes_out(&mut writer);
     wait_until("the first delivery is paid", || {
         let now = bytes_out(&mut writer);
