@@ -468,3 +468,35 @@ fn no_forgery_and_unsubscribe_holds_on_the_embedded_store() {
     let issuer = Issuer::new();
     no_forgery_and_unsubscribe_holds(PkvConfig::embedded(&issuer), &issuer);
 }
+
+/// A key whose time passes and that nobody touches is reported `expired` when the
+/// background sweep removes it.
+fn untouched_keys_expire_with_their_event(config: PkvConfig, issuer: &Issuer) {
+    let pkv = config.set("PKV_KEYSPACE_EVENTS", "Ex").start();
+    let token = issuer.token(10);
+    let mut subscriber = pkv.resp_authed(&token);
+    let confirm = subscriber.call(&[b"SUBSCRIBE", b"__keyevent@0__:expired"]);
+    assert!(confirm.starts_with(b"*3\r\n$9\r\nsubscribe\r\n"));
+    let mut writer = pkv.resp_authed(&token);
+    assert_eq!(
+        writer.call(&[b"SET", b"brief", b"v", b"PX", b"50"]),
+        b"+OK\r\n"
+    );
+    assert_eq!(
+        subscriber.reply(),
+        b"*3\r\n$7\r\nmessage\r\n$22\r\n__keyevent@0__:expired\r\n$5\r\nbrief\r\n"
+    );
+}
+
+#[test]
+fn untouched_keys_expire_with_their_event_upstream() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    untouched_keys_expire_with_their_event(PkvConfig::new(&redis, &issuer), &issuer);
+}
+
+#[test]
+fn untouched_keys_expire_with_their_event_on_the_embedded_store() {
+    let issuer = Issuer::new();
+    untouched_keys_expire_with_their_event(PkvConfig::embedded(&issuer), &issuer);
+}
