@@ -3,8 +3,8 @@
 //! whether its keys existed before and after it ran (see [`events`]); the store publishes
 //! them as `__keyevent@0__:<event>` with the key as payload ([`crate::notify`]).
 //!
-//! Redis decides some events deep inside a command (whether ZADD without CH changed a
-//! score, whether SMOVE's destination had the member, the consumers XREADGROUP creates);
+//! Redis decides some events deep inside a command (whether SMOVE's destination had the
+//! member, the consumers XREADGROUP creates);
 //! where the reply and the keys' states cannot tell, the rule here takes the common case,
 //! said at the rule. Key-miss events (`m`) are not published.
 
@@ -33,6 +33,9 @@ pub struct Effect<'a> {
     pub keys: &'a [Vec<u8>],
     pub before: &'a [State],
     pub after: &'a [State],
+    /// For ZADD and GEOADD: whether a score of the members it names changed (their
+    /// scores before and after), which their reply does not tell without CH.
+    pub scores_changed: bool,
 }
 
 impl Effect<'_> {
@@ -239,15 +242,11 @@ pub fn events(e: &Effect<'_>) -> Vec<Event> {
         "SINTERSTORE" => store(&mut push, SET, "sinterstore", 0),
         "SUNIONSTORE" => store(&mut push, SET, "sunionstore", 0),
         "SDIFFSTORE" => store(&mut push, SET, "sdiffstore", 0),
-        // Sorted sets. ZADD without CH answers only what it added: a score it changed
-        // and did not add counts as an event when the key existed and NX was not given.
+        // Sorted sets: an event when a member was added or its score changed (ZADD
+        // without CH answers only the first; the scores tell the rest).
         "ZADD" | "GEOADD" => {
             let incr = e.has_word("INCR");
-            let changed = if incr {
-                e.some()
-            } else {
-                e.int() > 0 || (e.existed(0) && !e.has_word("NX") && e.name == "ZADD")
-            };
+            let changed = if incr { e.some() } else { e.scores_changed };
             if changed {
                 push(Z, if incr { "zincr" } else { "zadd" }, 0);
             }
@@ -298,9 +297,44 @@ pub fn events(e: &Effect<'_>) -> Vec<Event> {
 pub(super) struct Watched {
     keys: Vec<Vec<u8>>,
     before: Vec<State>,
+    /// ZADD's and GEOADD's members' scores before it ran.
+    scores: Vec<Option<f64>>,
+}
+
+/// The members a ZADD or GEOADD names (none for other commands).
+fn named_members<'a>(name: &str, args: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    let (options, stride): (&[&str], usize) = match name {
+        "ZADD" => (&["NX", "XX", "GT", "LT", "CH", "INCR"], 2),
+        "GEOADD" => (&["NX", "XX", "CH"], 3),
+        _ => return Vec::new(),
+    };
+    let mut i = 2;
+    while args
+        .get(i)
+        .is_some_and(|a| options.iter().any(|o| a.eq_ignore_ascii_case(o.as_bytes())))
+    {
+        i += 1;
+    }
+    args.iter()
+        .skip(i + stride - 1)
+        .step_by(stride)
+        .copied()
+        .collect()
 }
 
 impl super::Store {
+    /// The scores of `members` in the sorted set under `key`.
+    fn scores(&self, key: &[u8], members: &[&[u8]], now: i64) -> Vec<Option<f64>> {
+        if members.is_empty() {
+            return Vec::new();
+        }
+        self.keys
+            .read(key, now, |entry| match entry.map(|e| &e.data) {
+                Some(super::data::Data::ZSet(z)) => members.iter().map(|m| z.score(m)).collect(),
+                _ => vec![None; members.len()],
+            })
+    }
+
     fn state(&self, key: &[u8], now: i64) -> State {
         self.keys.read(key, now, |entry| State {
             exists: entry.is_some(),
@@ -333,7 +367,16 @@ impl super::Store {
             return None;
         };
         let before = keys.iter().map(|k| self.state(k, now)).collect();
-        Some(Watched { keys, before })
+        let members = named_members(command.name, args);
+        let scores = match keys.first() {
+            Some(key) => self.scores(key, &members, now),
+            None => Vec::new(),
+        };
+        Some(Watched {
+            keys,
+            before,
+            scores,
+        })
     }
 
     /// After it ran: publishes its events (see [`events`]).
@@ -347,7 +390,13 @@ impl super::Store {
     ) {
         let Some(flags) = self.notify else { return };
         let after: Vec<State> = watched.keys.iter().map(|k| self.state(k, now)).collect();
+        let members = named_members(command.name, args);
+        let scores_changed = match watched.keys.first() {
+            Some(key) if !members.is_empty() => self.scores(key, &members, now) != watched.scores,
+            _ => false,
+        };
         let effect = Effect {
+            scores_changed,
             name: command.name,
             args,
             reply,
@@ -406,6 +455,7 @@ mod tests {
         let before: Vec<State> = before.iter().map(state).collect();
         let after: Vec<State> = after.iter().map(state).collect();
         let effect = Effect {
+            scores_changed: false,
             name,
             args,
             reply: &reply,
@@ -414,6 +464,16 @@ mod tests {
             after: &after,
         };
         events(&effect).into_iter().map(|(_, n, _)| n).collect()
+    }
+
+    #[test]
+    fn zadd_and_geoadd_name_their_members() {
+        let zadd: &[&[u8]] = &[b"ZADD", b"z", b"XX", b"ch", b"1", b"a", b"2", b"b"];
+        assert_eq!(named_members("ZADD", zadd), [&b"a"[..], b"b"]);
+        let geo: &[&[u8]] = &[
+            b"GEOADD", b"g", b"NX", b"13.3", b"38.1", b"p", b"1", b"2", b"q",
+        ];
+        assert_eq!(named_members("GEOADD", geo), [&b"p"[..], b"q"]);
     }
 
     #[test]
