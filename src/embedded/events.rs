@@ -3,10 +3,9 @@
 //! whether its keys existed before and after it ran (see [`events`]); the store publishes
 //! them as `__keyevent@0__:<event>` with the key as payload ([`crate::notify`]).
 //!
-//! Redis decides some events deep inside a command (whether SMOVE's destination had the
-//! member, the consumers XREADGROUP creates);
-//! where the reply and the keys' states cannot tell, the rule here takes the common case,
-//! said at the rule. Key-miss events (`m`) are not published.
+//! Where the reply does not tell what Redis decides inside a command (whether ZADD changed
+//! a score, whether XADD trimmed, whether XREADGROUP made a consumer), the keys' states
+//! before and after do. Key-miss events (`m`) are not published.
 
 use crate::notify::Flags;
 use crate::protocol::frame::Frame;
@@ -19,6 +18,9 @@ pub struct State {
     pub volatile: bool,
     /// Entries, when it is a stream (to tell whether XADD trimmed it).
     pub stream_len: usize,
+    /// Consumers in all its groups, when it is a stream (to tell whether a read or a
+    /// claim created one).
+    pub consumers: usize,
 }
 
 /// One event: its class, its name, and the index of its key in the command's keys.
@@ -36,6 +38,8 @@ pub struct Effect<'a> {
     /// For ZADD and GEOADD: whether a score of the members it names changed (their
     /// scores before and after), which their reply does not tell without CH.
     pub scores_changed: bool,
+    /// For SMOVE: its destination held the member already.
+    pub dest_had_member: bool,
 }
 
 impl Effect<'_> {
@@ -233,11 +237,13 @@ pub fn events(e: &Effect<'_>) -> Vec<Event> {
         "SADD" if e.int() > 0 => push(SET, "sadd", 0),
         "SREM" if e.int() > 0 => take(&mut push, SET, "srem", 0),
         "SPOP" if e.some() => take(&mut push, SET, "spop", 0),
-        // A move within one set changes nothing. The destination may have held the
-        // member already (Redis then publishes no `sadd`): the rule takes the common case.
+        // A move within one set changes nothing; a destination that held the member
+        // already gains nothing, so has no `sadd`.
         "SMOVE" if e.int() == 1 && e.keys.first() != e.keys.get(1) => {
             take(&mut push, SET, "srem", 0);
-            push(SET, "sadd", 1);
+            if !e.dest_had_member {
+                push(SET, "sadd", 1);
+            }
         }
         "SINTERSTORE" => store(&mut push, SET, "sinterstore", 0),
         "SUNIONSTORE" => store(&mut push, SET, "sunionstore", 0),
@@ -274,6 +280,14 @@ pub fn events(e: &Effect<'_>) -> Vec<Event> {
         "XDEL" if e.int() > 0 => push(T, "xdel", 0),
         "XTRIM" if e.int() > 0 => push(T, "xtrim", 0),
         "XSETID" => push(T, "xsetid", 0),
+        "XREADGROUP" | "XCLAIM" | "XAUTOCLAIM" => {
+            for i in 0..e.keys.len() {
+                let (was, now) = (e.before[i].consumers, e.after[i].consumers);
+                if now > was {
+                    push(T, "xgroup-createconsumer", i);
+                }
+            }
+        }
         "XGROUP" => {
             let sub = e.args.get(1).map(|s| s.to_ascii_uppercase());
             let name = match sub.as_deref() {
@@ -299,6 +313,8 @@ pub(super) struct Watched {
     before: Vec<State>,
     /// ZADD's and GEOADD's members' scores before it ran.
     scores: Vec<Option<f64>>,
+    /// SMOVE's destination held the member before it ran.
+    dest_had_member: bool,
 }
 
 /// The members a ZADD or GEOADD names (none for other commands).
@@ -343,6 +359,12 @@ impl super::Store {
                 Some(super::data::Data::Stream(s)) => s.len(),
                 _ => 0,
             },
+            consumers: match entry.map(|e| &e.data) {
+                Some(super::data::Data::Stream(s)) => {
+                    s.groups.values().map(|g| g.consumers.len()).sum()
+                }
+                _ => 0,
+            },
         })
     }
 
@@ -372,10 +394,18 @@ impl super::Store {
             Some(key) => self.scores(key, &members, now),
             None => Vec::new(),
         };
+        let dest_had_member = command.name == "SMOVE"
+            && match (keys.get(1), args.get(3)) {
+                (Some(dest), Some(member)) => self.keys.read(dest, now, |entry| {
+                    matches!(entry.map(|e| &e.data), Some(super::data::Data::Set(s)) if s.contains(*member))
+                }),
+                _ => false,
+            };
         Some(Watched {
             keys,
             before,
             scores,
+            dest_had_member,
         })
     }
 
@@ -397,6 +427,7 @@ impl super::Store {
         };
         let effect = Effect {
             scores_changed,
+            dest_had_member: watched.dest_had_member,
             name: command.name,
             args,
             reply,
@@ -456,6 +487,7 @@ mod tests {
         let after: Vec<State> = after.iter().map(state).collect();
         let effect = Effect {
             scores_changed: false,
+            dest_had_member: false,
             name,
             args,
             reply: &reply,
