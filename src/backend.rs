@@ -122,13 +122,19 @@ impl Message {
 pub fn message_queue(max_bytes: usize) -> (MessageSender, Messages) {
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(QueueState::default());
+    let weak = tx.downgrade();
     (
         MessageSender {
             tx,
             state: state.clone(),
             max_bytes,
         },
-        Messages { rx, state },
+        Messages {
+            weak,
+            rx,
+            state,
+            max_bytes,
+        },
     )
 }
 
@@ -196,6 +202,9 @@ impl MessageSender {
 pub struct Messages {
     rx: mpsc::UnboundedReceiver<Message>,
     state: Arc<QueueState>,
+    /// For [`Messages::weak_sender`].
+    weak: mpsc::WeakUnboundedSender<Message>,
+    max_bytes: usize,
 }
 
 impl Messages {
@@ -218,10 +227,44 @@ impl Messages {
         self.state.is_cut_off()
     }
 
+    /// Another way into this queue, for pkv's own messages (keyspace notifications) beside
+    /// the backend's. It does not keep the queue open: when the backend drops its sender,
+    /// the subscription ends as before.
+    pub fn weak_sender(&self) -> WeakMessageSender {
+        WeakMessageSender {
+            tx: self.weak.clone(),
+            state: self.state.clone(),
+            max_bytes: self.max_bytes,
+        }
+    }
+
     /// A handle that resolves once the subscriber is cut off, to wait on apart from the
     /// queue.
     pub fn cut_off_signal(&self) -> CutOff {
         CutOff(self.state.clone())
+    }
+}
+
+/// See [`Messages::weak_sender`].
+#[derive(Clone)]
+pub struct WeakMessageSender {
+    tx: mpsc::WeakUnboundedSender<Message>,
+    state: Arc<QueueState>,
+    max_bytes: usize,
+}
+
+impl WeakMessageSender {
+    /// As [`MessageSender::send`]; `false` as well once the subscription has ended.
+    pub fn send(&self, message: Message) -> bool {
+        let Some(tx) = self.tx.upgrade() else {
+            return false;
+        };
+        MessageSender {
+            tx,
+            state: self.state.clone(),
+            max_bytes: self.max_bytes,
+        }
+        .send(message)
     }
 }
 

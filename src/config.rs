@@ -87,6 +87,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "bytes the embedded store's data may hold (100mb, 1gb as in redis.conf); past it writes that add data get -OOM, as Redis's maxmemory with noeviction; 0 no limit",
     },
     SettingDoc {
+        name: "PKV_KEYSPACE_EVENTS",
+        default: "",
+        help: "Redis's notify-keyspace-events flags (e.g. KEA): each tenant receives the keyspace notifications of its own keys; empty is off; on an upstream, pkv sets notify-keyspace-events there",
+    },
+    SettingDoc {
         name: "PKV_SERVICE_ID",
         default: "pkv",
         help: "pkv's identifier: the audience quota tokens must carry",
@@ -290,6 +295,8 @@ pub struct Settings {
     pub append_fsync: crate::embedded::aof::Policy,
     /// `PKV_MAXMEMORY`: bytes the embedded store's data may hold; 0 for no limit.
     pub maxmemory: u64,
+    /// Keyspace notifications (`PKV_KEYSPACE_EVENTS`); `None` when off.
+    pub keyspace_events: Option<crate::notify::Flags>,
     pub service_id: String,
     pub quota_issuers: Vec<String>,
     pub secret_seed: [u8; 32],
@@ -375,6 +382,14 @@ impl Settings {
             dev_mode: self.dev_mode,
             token_leeway: self.token_leeway,
         }
+    }
+
+    /// `PKV_KEYSPACE_EVENTS` as Redis's `CONFIG GET notify-keyspace-events` prints it
+    /// (`AKE` for `KEA`); empty when off.
+    pub fn notify_keyspace_events(&self) -> String {
+        self.keyspace_events
+            .map(crate::notify::Flags::redis_string)
+            .unwrap_or_default()
     }
 }
 
@@ -618,6 +633,11 @@ impl Settings {
                 errors.push(format!("PKV_MAXMEMORY: {e}"));
                 0
             });
+        let keyspace_events = crate::notify::Flags::parse(&get("PKV_KEYSPACE_EVENTS"))
+            .unwrap_or_else(|e| {
+                errors.push(format!("PKV_KEYSPACE_EVENTS: {e}"));
+                None
+            });
         if let Some(path) = &data_file {
             if upstream_url.is_some() {
                 errors.push(
@@ -715,6 +735,7 @@ impl Settings {
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             append_fsync,
             maxmemory,
+            keyspace_events,
             service_id,
             quota_issuers,
             secret_seed: secret_seed.expect("checked above"),

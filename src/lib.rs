@@ -20,6 +20,7 @@
 //! - [`redis_num`]: Redis's numbers (integers, doubles, long doubles, blocking timeouts) and
 //!   the text of a double in a reply, shared by the request path and the embedded store.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
+//! - [`notify`]: keyspace notifications (`PKV_KEYSPACE_EVENTS`), each tenant's own.
 //! - [`error`]: every error line a client can see, written once: each concern (the embedded
 //!   store's commands too, [`embedded::error::StoreError`]) has its own error type.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
@@ -51,6 +52,7 @@ pub mod error;
 pub mod meter;
 pub mod metrics;
 pub mod namespace;
+pub mod notify;
 pub mod protocol;
 pub mod redis_num;
 pub mod server;

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::data::Entry;
 use super::memory;
@@ -23,6 +23,9 @@ pub const SHARDS: usize = 256;
 
 pub type Shard = HashMap<Box<[u8]>, Entry>;
 
+/// Told of each key removed because its time passed (keyspace notifications).
+pub type ExpiredHook = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 pub struct Keyspace {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
@@ -30,6 +33,9 @@ pub struct Keyspace {
     /// methods below; a caller of [`Keyspace::write_shard`] that changes a shard calls
     /// [`Keyspace::recount`] after).
     used: Box<[AtomicI64]>,
+    /// When set, an expired key is removed as soon as it is seen (a read included) and
+    /// reported to it; otherwise reads only skip it until a write or the sweep removes it.
+    expired: OnceLock<ExpiredHook>,
 }
 
 impl Default for Keyspace {
@@ -38,6 +44,7 @@ impl Default for Keyspace {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             used: (0..SHARDS).map(|_| AtomicI64::new(0)).collect(),
+            expired: OnceLock::new(),
         }
     }
 }
@@ -60,10 +67,39 @@ impl Keyspace {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Reports each key removed because it expired to `hook` from now on.
+    pub fn on_expired(&self, hook: ExpiredHook) {
+        let _ = self.expired.set(hook);
+    }
+
+    fn report_expired(&self, key: &[u8]) {
+        if let Some(hook) = self.expired.get() {
+            hook(key);
+        }
+    }
+
     /// Runs `f` on the live entry under `key` (`None` if absent or expired at `now`).
     pub fn read<R>(&self, key: &[u8], now: i64, f: impl FnOnce(Option<&Entry>) -> R) -> R {
         let shard = self.read_shard(self.shard_of(key));
-        f(shard.get(key).filter(|e| !e.expired(now)))
+        let entry = shard.get(key);
+        if self.expired.get().is_some() && entry.is_some_and(|e| e.expired(now)) {
+            drop(shard);
+            self.remove_expired(key, now);
+            return f(None);
+        }
+        f(entry.filter(|e| !e.expired(now)))
+    }
+
+    /// Removes `key` if it is expired at `now`, and reports it.
+    fn remove_expired(&self, key: &[u8], now: i64) {
+        let index = self.shard_of(key);
+        let mut shard = self.write_shard(index);
+        if shard.get(key).is_some_and(|e| e.expired(now)) {
+            if let Some(removed) = shard.remove(key) {
+                self.count(index, 0, memory::charge(key.len(), &removed));
+            }
+            self.report_expired(key);
+        }
     }
 
     /// Runs `f` on the entry under `key`, which it may create, change or remove (by
@@ -76,7 +112,12 @@ impl Keyspace {
         let (stored_key, mut entry) = match shard.remove_entry(key) {
             Some((k, e)) => {
                 freed = memory::charge(key.len(), &e);
-                (Some(k), (!e.expired(now)).then_some(e))
+                if e.expired(now) {
+                    self.report_expired(&k);
+                    (Some(k), None)
+                } else {
+                    (Some(k), Some(e))
+                }
             }
             None => (None, None),
         };
@@ -127,7 +168,11 @@ impl Keyspace {
         let mut shard = self.write_shard(index);
         let removed = shard.remove(key)?;
         self.count(index, 0, memory::charge(key.len(), &removed));
-        Some(removed).filter(|e| !e.expired(now))
+        if removed.expired(now) {
+            self.report_expired(key);
+            return None;
+        }
+        Some(removed)
     }
 
     /// Stores `entry` under `key`, replacing whatever was there.
@@ -154,11 +199,12 @@ impl Keyspace {
         let before = shard.len();
         let mut freed = 0;
         shard.retain(|key, e| {
-            let keep = !e.expired(now);
-            if !keep {
+            let expired = e.expired(now);
+            if expired {
                 freed += memory::charge(key.len(), e);
+                self.report_expired(key);
             }
-            keep
+            !expired
         });
         self.count(index, 0, freed);
         before - shard.len()

@@ -29,6 +29,7 @@ pub mod aof;
 pub mod cmd;
 pub mod data;
 pub mod error;
+mod events;
 pub mod glob;
 pub mod hll;
 pub mod keyspace;
@@ -86,6 +87,8 @@ pub struct Inner {
     /// `PKV_MAXMEMORY`: bytes the data may hold before `denyoom` writes are refused; 0 for
     /// no limit ([`memory`]).
     memory_limit: AtomicU64,
+    /// The key events it publishes (`PKV_KEYSPACE_EVENTS`), see [`events`].
+    notify: Option<crate::notify::Flags>,
 }
 
 impl std::ops::Deref for Store {
@@ -131,9 +134,11 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 persistence: snapshot::Persistence::from_settings(settings),
+                notify: settings.keyspace_events.map(crate::notify::Flags::backend),
                 ..Inner::default()
             }),
         };
+        store.publish_expired();
         store.load()?;
         if let Some(data_file) = &settings.data_file {
             let log = aof::Aof::open(aof::path_for(data_file), settings.append_fsync, &store)?;
@@ -401,12 +406,16 @@ impl Store {
             }
         }
         self.admit(args)?;
+        let watched = self.before_write(command, args, now);
         let reply = memory::with_request(memory::request_bytes(args), || {
             self.execute(command, proto, args, now)
         });
-        if reply.is_ok() {
+        if let Ok(frame) = &reply {
             self.log_effects(command, args, now);
             self.written(command, args);
+            if let Some(watched) = watched {
+                self.publish_events(command, args, frame, watched, now);
+            }
         }
         reply
     }

@@ -69,6 +69,35 @@ impl Registry {
         delivered
     }
 
+    /// Like [`Registry::publish`], for a publisher that knows the one pattern that can
+    /// match `channel`: delivers to the channel's subscribers and to that pattern's, with
+    /// two lookups whatever the number of patterns held. The store's key events use it:
+    /// every tenant's channel and pattern lies in its namespace, so only pkv's own pattern
+    /// can match a `__keyevent@0__:` channel, and no tenant can make each write walk its
+    /// patterns.
+    pub fn publish_known(&self, channel: &[u8], payload: &[u8], pattern: &[u8]) -> i64 {
+        let mut delivered = 0;
+        let mut send = |tx: &MessageSender, pattern: Option<&[u8]>| {
+            let message = Message {
+                channel: Bytes::copy_from_slice(channel),
+                pattern: pattern.map(Bytes::copy_from_slice),
+                payload: Bytes::copy_from_slice(payload),
+            };
+            if tx.send(message) {
+                delivered += 1;
+            }
+        };
+        if let Some(subs) = read(&self.channels).get(channel) {
+            subs.values().for_each(|tx| send(tx, None));
+        }
+        if glob::matches(pattern, channel) {
+            if let Some(subs) = read(&self.patterns).get(pattern) {
+                subs.values().for_each(|tx| send(tx, Some(pattern)));
+            }
+        }
+        delivered
+    }
+
     /// Channels with at least one subscriber, matching `pattern` if given.
     pub fn channels(&self, pattern: Option<&[u8]>) -> Vec<Bytes> {
         read(&self.channels)
@@ -160,5 +189,37 @@ pub fn subscription(registry: Arc<Registry>, max_queued: usize) -> Subscription 
             subscribed: Vec::new(),
         }),
         messages,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_known_publish_looks_up_its_channel_and_pattern_only() {
+        let registry = Arc::new(Registry::default());
+        let mut source = subscription(registry.clone(), 1 << 20);
+        let mut tenant = subscription(registry.clone(), 1 << 20);
+        for i in 0..1000 {
+            let pattern = format!("pkv:t:a{i}:*");
+            let _ = tenant.sink.subscribe(pattern.as_bytes(), true).await;
+        }
+        let _ = source.sink.subscribe(b"__keyevent@0__:*", true).await;
+        let _ = tenant.sink.subscribe(b"__keyevent@0__:del", false).await;
+        let sent =
+            registry.publish_known(b"__keyevent@0__:del", b"pkv:t:a1:k", b"__keyevent@0__:*");
+        assert_eq!(sent, 2, "the channel's subscriber and the pattern's");
+        let got = source.messages.recv().await;
+        assert_eq!(
+            got.map(|m| (m.pattern, m.payload)),
+            Some((
+                Some(Bytes::from_static(b"__keyevent@0__:*")),
+                Bytes::from_static(b"pkv:t:a1:k")
+            ))
+        );
+        // A pattern that does not match the channel delivers nothing.
+        let sent = registry.publish_known(b"__keyevent@0__:del", b"k", b"__keyspace@0__:*");
+        assert_eq!(sent, 1);
     }
 }

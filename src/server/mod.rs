@@ -62,6 +62,8 @@ pub struct Shared {
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
+    /// Keyspace notifications, handed to each tenant's subscribers.
+    pub notify: Arc<crate::notify::Hub>,
 }
 
 impl Shared {
@@ -114,6 +116,7 @@ impl Shared {
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
+            notify: Arc::new(crate::notify::Hub::new(settings.keyspace_events)),
             settings,
         })
     }
@@ -176,6 +179,7 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
     let settler = tokio::spawn(shared.meter.clone().settle_forever());
     let housekeeping = tokio::spawn(shared.backend.clone().housekeeping());
+    let notifications = tokio::spawn(notifications(shared.clone()));
     let certs = tls.as_ref().map(|t| tokio::spawn(t.certs.clone().watch()));
     tokio::pin!(shutdown);
     loop {
@@ -239,5 +243,22 @@ pub async fn serve_with(
     // Everything spent is recorded and every unspent lease goes back to its account.
     shared.meter.settle_all(true).await;
     housekeeping.abort();
+    notifications.abort();
     shared.backend.shutdown().await
+}
+
+/// pkv's own subscription to the backend's keyspace events ([`crate::notify::run`]); on an
+/// upstream, `notify-keyspace-events` is set there first.
+async fn notifications(shared: Arc<Shared>) {
+    let settings = &shared.settings;
+    let before = || async {
+        if let (Some(url), Some(flags)) = (&settings.upstream_url, settings.keyspace_events) {
+            let (ca, timeout) = (
+                settings.upstream_tls_ca.as_deref(),
+                settings.upstream_timeout,
+            );
+            crate::upstream::notify::enable_or_warn(url, ca, flags.backend(), timeout).await;
+        }
+    };
+    crate::notify::run(shared.notify.clone(), shared.backend.clone(), before).await
 }

@@ -122,6 +122,8 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         upstream_timeout => "PKV_UPSTREAM_TIMEOUT_MS",
         // Commands in flight were admitted with metering on or off; their payment must match.
         metering => "PKV_METERING",
+        // The notification hub and the upstream's notify-keyspace-events are set up at start-up.
+        keyspace_events => "PKV_KEYSPACE_EVENTS",
         log => "PKV_LOG",
         log_format => "PKV_LOG_FORMAT",
     );

@@ -12,6 +12,7 @@ pub mod book;
 pub mod cluster;
 mod conn;
 pub mod eviction;
+pub mod notify;
 mod pool;
 
 use std::time::Duration;

@@ -32,6 +32,8 @@ impl Session {
             let max_queued = self.shared.current().max_subscriber_bytes;
             match self.shared.backend.subscription(max_queued).await {
                 Ok(sub) => {
+                    let notify =
+                        (self.shared.notify).listener(ns.prefix(), sub.messages.weak_sender());
                     self.pubsub = Some(Subscriber {
                         sink: Box::new(CountedSink {
                             sink: sub.sink,
@@ -41,6 +43,7 @@ impl Session {
                         messages: sub.messages,
                         channels: BTreeSet::new(),
                         patterns: BTreeSet::new(),
+                        notify,
                     });
                 }
                 Err(e) => return self.error_reply(e, out),
@@ -56,6 +59,10 @@ impl Session {
             if let Err(e) = sub.sink.subscribe(upstream_name.as_ref(), pattern).await {
                 self.pubsub = None;
                 return self.error_reply(e, out);
+            }
+            if let Some(notify) = &sub.notify {
+                let wait = self.shared.settings.upstream_timeout;
+                notify.subscribe(name, pattern, wait).await;
             }
             if pattern {
                 sub.patterns.insert(name.clone());
@@ -106,6 +113,9 @@ impl Session {
             if let Some(sub) = self.pubsub.as_mut() {
                 let upstream_name = ns.wrap(&name);
                 let _ = sub.sink.unsubscribe(upstream_name.as_ref(), pattern).await;
+                if let Some(notify) = &sub.notify {
+                    notify.unsubscribe(&name, pattern);
+                }
                 if pattern {
                     sub.patterns.remove(&name);
                 } else {

@@ -97,6 +97,8 @@ pub struct Subscriber {
     pub messages: Messages,
     pub channels: std::collections::BTreeSet<Bytes>,
     pub patterns: std::collections::BTreeSet<Bytes>,
+    /// Keyspace notifications of the account's keys, when `PKV_KEYSPACE_EVENTS` is set.
+    pub notify: Option<crate::notify::Listener>,
 }
 
 impl Subscriber {
