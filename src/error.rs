@@ -82,6 +82,8 @@ pub enum ClientError {
     DiscardWithoutMulti,
     NestedMulti,
     WatchInMulti,
+    /// A command Redis flags `no-multi` (SAVE, SHUTDOWN, ...) sent inside MULTI.
+    CommandInMulti,
     /// A command pkv answers itself that cannot be queued in a transaction.
     NotInMulti {
         command: String,
@@ -145,6 +147,7 @@ impl ClientError {
             E::DiscardWithoutMulti => "ERR DISCARD without MULTI",
             E::NestedMulti => "ERR MULTI calls can not be nested",
             E::WatchInMulti => "ERR WATCH inside MULTI is not allowed",
+            E::CommandInMulti => "ERR Command not allowed inside a transaction",
             E::ExecAbort => "EXECABORT Transaction discarded because of previous errors.",
             E::BadScanReply => "ERR unexpected SCAN reply from upstream",
             E::ShuttingDown => "UNBLOCKED server shutting down; reconnect and retry",

@@ -372,6 +372,12 @@ pub enum Local {
     PkvBalance,
     PkvPrices,
     PkvDefaultTtl,
+    /// `CONFIG GET`: a fixed, harmless subset of settings.
+    ConfigGet,
+    /// `OBJECT HELP`, `XINFO HELP`, `XGROUP HELP`: Redis's help text.
+    Help,
+    /// `PUBSUB NUMPAT`: the connection's own patterns.
+    PubsubNumpat,
 }
 
 impl CommandSpec {

@@ -59,6 +59,8 @@ pub struct Shared {
     /// Connections that have not authenticated yet (`PKV_MAX_UNAUTHENTICATED`), so
     /// strangers cannot hold every connection slot.
     pub strangers: Arc<limits::Strangers>,
+    /// The upstream's `redis_version`, read from it once (HELLO and INFO report it).
+    pub upstream_version: tokio::sync::OnceCell<String>,
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
@@ -109,6 +111,7 @@ impl Shared {
             tenants: Tenants::default(),
             limits: limits::AccountLimits::new(&settings),
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
+            upstream_version: tokio::sync::OnceCell::new(),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
             settings,

@@ -176,6 +176,7 @@ impl Session {
             after: plan.after.len(),
             bill,
             family: Some(crate::metrics::Family::of(spec)),
+            row: Some(spec),
         };
         if blocks {
             // In pipeline order: bookkeeping before, the command, bookkeeping after.
@@ -240,6 +241,7 @@ impl Session {
             after: 0,
             bill: None,
             family: None,
+            row: None,
         };
         self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
             .await;
