@@ -269,7 +269,16 @@ fn lookup_line(err: &LookupError, args: &[Bytes]) -> String {
                 .unwrap_or_default();
             unknown_subcommand(&sub, &name)
         }
-        LookupError::Arity => arity_line(&name),
+        // As Redis: a subcommand's arity error names it `container|sub`.
+        LookupError::Arity => match (
+            crate::commands::row(&name.to_ascii_uppercase()),
+            args.get(1),
+        ) {
+            (Some(row), Some(sub)) if row.has(crate::commands::flags::CONTAINER) => {
+                arity_line(&format!("{name}|{}", String::from_utf8_lossy(sub)).to_lowercase())
+            }
+            _ => arity_line(&name),
+        },
     }
 }
 

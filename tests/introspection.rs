@@ -383,6 +383,13 @@ fn help_numpat_and_no_multi_commands_answer_as_redis() {
         &["XINFO", "HELP"],
         &["XGROUP", "HELP"],
         &["PUBSUB", "NUMPAT"],
+        &["PUBSUB", "NUMPAT", "extra"],
+        &["CONFIG", "GET", "save"],
+        &["CONFIG", "GET", "appendonly"],
+        &["CONFIG", "GET", "maxmemory-policy"],
+        &["CONFIG", "GET", "nosuchsetting"],
+        &["CONFIG", "GET"],
+        &["INFO", "nosuchsection"],
         &["MULTI"],
         &["SET", "k", "v"],
         &["SAVE"],
@@ -422,5 +429,48 @@ fn numpat_counts_the_connections_own_patterns() {
         // Another tenant's patterns are not counted.
         let mut other = pkv.resp_authed(&issuer.token(100));
         assert_eq!(other.call(&[b"PUBSUB", b"NUMPAT"]), b":0\r\n", "{name}");
+    }
+}
+
+#[test]
+fn flushdb_in_multi_runs_at_exec_as_redis_and_only_in_the_namespace() {
+    let direct = Redis::start();
+    let sequence: &[&[&str]] = &[
+        &["SET", "a", "1"],
+        &["SET", "b", "2"],
+        &["MULTI"],
+        &["SET", "c", "3"],
+        &["FLUSHDB"],
+        &["SET", "d", "4"],
+        &["GET", "a"],
+        &["EXEC"],
+        &["EXISTS", "a", "b", "c"],
+        &["GET", "d"],
+        &["DBSIZE"],
+        &["MULTI"],
+        &["FLUSHALL"],
+        &["EXEC"],
+        &["DBSIZE"],
+    ];
+    for (name, _redis, issuer, pkv) in both_backends() {
+        // Another tenant's keys, which neither flush may touch.
+        let mut other = pkv.client(&issuer.token(100));
+        for i in 0..20 {
+            let _: () = redis::cmd("SET").arg(i).arg(i).query(&mut other).unwrap();
+        }
+        let _: () = redis::cmd("FLUSHALL").query(&mut direct.direct()).unwrap();
+        let mut differ = Vec::new();
+        for (cmd, mine, theirs) in beside_redis(&direct, &pkv, &issuer.token(100), sequence) {
+            if mine != theirs {
+                differ.push(format!(
+                    "{name} {cmd}:\n  pkv:   {:?}\n  redis: {:?}",
+                    String::from_utf8_lossy(&mine),
+                    String::from_utf8_lossy(&theirs)
+                ));
+            }
+        }
+        assert!(differ.is_empty(), "{}", differ.join("\n"));
+        let left: i64 = redis::cmd("DBSIZE").query(&mut other).unwrap();
+        assert_eq!(left, 20, "{name}: another tenant's keys were flushed");
     }
 }

@@ -316,6 +316,8 @@ pub enum ReplyRewrite {
     ChannelCounts,
     /// `SCAN`: a cursor and an array of key names.
     Scan,
+    /// `FLUSHDB` queued in a transaction, run as `UNLINK`s: whatever they answer is `OK`.
+    Flushed,
 }
 
 /// Who answers a command.

@@ -246,24 +246,8 @@ impl Session {
         let mut figures = KeyFigures::default();
         let mut cursor = Bytes::from_static(b"0");
         loop {
-            let scan = [Call::named("SCAN")
-                .arg(cursor.clone())
-                .arg("MATCH")
-                .arg(glob.clone())
-                .arg("COUNT")
-                .arg(WALK_STEP.to_string())];
-            let page = self.shared.backend.pipeline(self.proto, &scan).await?.pop();
-            let Some(Frame::Array(mut parts)) = page else {
-                return Err(ClientError::BadScanReply);
-            };
-            let keys = match parts.pop() {
-                Some(Frame::Array(keys)) => keys,
-                _ => Vec::new(),
-            };
-            cursor = match parts.pop() {
-                Some(Frame::Bulk(c)) => c,
-                _ => Bytes::from_static(b"0"),
-            };
+            let (next, keys) = self.scan_page(cursor, glob.clone()).await?;
+            cursor = next;
             let mut calls = Vec::new();
             for key in &keys {
                 if let Frame::Bulk(k) = key {
@@ -308,6 +292,54 @@ impl Session {
             }
         }
         Ok(figures)
+    }
+
+    /// Every key of the account's namespace now, as the backend names them (prefixed).
+    pub(super) async fn namespace_keys(&mut self) -> Result<Vec<Bytes>, ClientError> {
+        let Some(ns) = self.ns().cloned() else {
+            return Ok(Vec::new());
+        };
+        let glob = ns.wrap_glob(b"*");
+        let mut found = Vec::new();
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, keys) = self.scan_page(cursor, glob.clone()).await?;
+            found.extend(keys.into_iter().filter_map(|k| match k {
+                Frame::Bulk(k) => Some(k),
+                _ => None,
+            }));
+            cursor = next;
+            if cursor[..] == b"0"[..] {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// One SCAN step over `glob`: the next cursor and the keys.
+    async fn scan_page(
+        &mut self,
+        cursor: Bytes,
+        glob: Bytes,
+    ) -> Result<(Bytes, Vec<Frame>), ClientError> {
+        let scan = [Call::named("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(glob)
+            .arg("COUNT")
+            .arg(WALK_STEP.to_string())];
+        let page = self.shared.backend.pipeline(self.proto, &scan).await?.pop();
+        let Some(Frame::Array(mut parts)) = page else {
+            return Err(ClientError::BadScanReply);
+        };
+        let keys = match parts.pop() {
+            Some(Frame::Array(keys)) => keys,
+            _ => Vec::new(),
+        };
+        let cursor = match parts.pop() {
+            Some(Frame::Bulk(c)) => c,
+            _ => Bytes::from_static(b"0"),
+        };
+        Ok((cursor, keys))
     }
 
     /// INFO's text for the `chosen` sections: the account's own figures (its connections,

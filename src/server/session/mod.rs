@@ -83,6 +83,9 @@ pub struct Multi {
     pub queued: Vec<Pending>,
     /// A command was refused while queuing; EXEC will answer EXECABORT.
     pub aborted: bool,
+    /// The keys queued writes name, as sent upstream: a FLUSHDB queued after them
+    /// removes them too.
+    pub written: Vec<Bytes>,
 }
 
 impl Txn {
