@@ -474,3 +474,58 @@ fn flushdb_in_multi_runs_at_exec_as_redis_and_only_in_the_namespace() {
         assert_eq!(left, 20, "{name}: another tenant's keys were flushed");
     }
 }
+
+/// Measures what INFO's keyspace and memory sections cost on an account with 100k keys
+/// (`cargo nextest run --test introspection --run-ignored only info_cost -- --nocapture`).
+#[test]
+#[ignore = "a measurement: run by hand"]
+fn info_cost_with_100k_keys() {
+    const KEYS: usize = 100_000;
+    for (name, _redis, issuer, pkv) in both_backends() {
+        let mut conn = pkv.client(&issuer.token(100_000_000));
+        for chunk in 0..KEYS / 1000 {
+            let mut pipe = redis::pipe();
+            for i in 0..1000 {
+                pipe.cmd("SET").arg(chunk * 1000 + i).arg("value").ignore();
+            }
+            let _: () = pipe.query(&mut conn).unwrap();
+        }
+        let time = |conn: &mut redis::Connection, args: &[&str]| -> (Duration, String) {
+            let mut runs: Vec<(Duration, String)> = (0..5)
+                .map(|_| {
+                    let mut cmd = redis::cmd(args[0]);
+                    for a in &args[1..] {
+                        cmd.arg(*a);
+                    }
+                    let started = Instant::now();
+                    let v: redis::Value = cmd.query(conn).unwrap();
+                    (started.elapsed(), common::value_text(&v))
+                })
+                .collect();
+            runs.sort_by_key(|r| r.0);
+            runs.swap_remove(2)
+        };
+        for args in [
+            &["INFO", "server"][..],
+            &["DBSIZE"],
+            &["INFO", "keyspace"],
+            &["INFO", "memory"],
+            &["INFO"],
+        ] {
+            let (took, text) = time(&mut conn, args);
+            let shown: String = text
+                .lines()
+                .filter(|l| {
+                    l.starts_with("db0") || l.starts_with("used_memory:") || !l.contains(':')
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "{name}: {:<14} median of 5: {took:?}  {shown}",
+                args.join(" ")
+            );
+        }
+        let info = info(&mut conn, &["keyspace"]);
+        assert_eq!(db0(&info).map(|d| d.0), Some(KEYS as i64), "{name}: {info}");
+    }
+}
