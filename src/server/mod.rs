@@ -176,6 +176,8 @@ pub async fn serve_with(
     let slots = Arc::new(Semaphore::new(shared.settings.max_connections));
     let settler = tokio::spawn(shared.meter.clone().settle_forever());
     let housekeeping = tokio::spawn(shared.backend.clone().housekeeping());
+    // The upstream's version is read now, so that the first HELLO does not wait for it.
+    tokio::spawn(Shared::redis_version(shared.clone()));
     let certs = tls.as_ref().map(|t| tokio::spawn(t.certs.clone().watch()));
     tokio::pin!(shutdown);
     loop {

@@ -215,7 +215,7 @@ impl Session {
         self.proto = proto;
         let id = self.id as i64;
         let ver: i64 = if proto == Proto::Resp3 { 3 } else { 2 };
-        let version = super::info::redis_version(self.shared.clone()).await;
+        let version = crate::server::Shared::redis_version(self.shared.clone()).await;
         self.reply(out, |w| {
             w.map(7);
             w.bulk(b"server");

@@ -226,7 +226,7 @@ impl Session {
         } else {
             KeyFigures::default()
         };
-        let version = redis_version(self.shared.clone()).await;
+        let version = Shared::redis_version(self.shared.clone()).await;
         let text = self.info_text(chosen, &keys, &version);
         self.reply(out, |w| w.bulk(text.as_bytes()));
     }
@@ -519,21 +519,24 @@ impl Session {
     }
 }
 
-/// The Redis version pkv reports (INFO, HELLO): the upstream's own, read once from its
-/// `INFO server` and kept; [`REDIS_VERSION`] on the embedded store, or while the upstream
-/// has not answered.
-pub(super) async fn redis_version(shared: Arc<Shared>) -> String {
-    if shared.settings.upstream_url.is_none() {
-        return REDIS_VERSION.to_owned();
-    }
-    let asked = shared.clone();
-    match shared
-        .upstream_version
-        .get_or_try_init(|| upstream_version(asked))
-        .await
-    {
-        Ok(version) => version.clone(),
-        Err(()) => REDIS_VERSION.to_owned(),
+impl Shared {
+    /// The Redis version pkv reports (INFO, HELLO): the upstream's own, read once from
+    /// its `INFO server` (at start-up, and again on first need if it had not answered) and
+    /// kept; [`REDIS_VERSION`] on the embedded store, or while the upstream has not
+    /// answered.
+    pub(in crate::server) async fn redis_version(shared: Arc<Shared>) -> String {
+        if shared.settings.upstream_url.is_none() {
+            return REDIS_VERSION.to_owned();
+        }
+        let asked = shared.clone();
+        match shared
+            .upstream_version
+            .get_or_try_init(|| upstream_version(asked))
+            .await
+        {
+            Ok(version) => version.clone(),
+            Err(()) => REDIS_VERSION.to_owned(),
+        }
     }
 }
 
