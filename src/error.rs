@@ -84,6 +84,10 @@ pub enum ClientError {
     WatchInMulti,
     /// A command Redis flags `no-multi` (SAVE, SHUTDOWN, ...) sent inside MULTI.
     CommandInMulti,
+    /// FLUSHDB inside MULTI on an account with more keys than a transaction may queue.
+    FlushInMultiTooBig {
+        most: usize,
+    },
     /// A command pkv answers itself that cannot be queued in a transaction.
     NotInMulti {
         command: String,
@@ -185,6 +189,12 @@ impl ClientError {
             E::DefaultTtl { max } => {
                 return format!(
                     "ERR default TTL must be 1 to {max} seconds, or 0 for the server's default"
+                )
+                .into()
+            }
+            E::FlushInMultiTooBig { most } => {
+                return format!(
+                    "ERR FLUSHDB inside MULTI removes at most {most} keys through pkv; run it outside the transaction"
                 )
                 .into()
             }

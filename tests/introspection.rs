@@ -529,3 +529,32 @@ fn info_cost_with_100k_keys() {
         assert_eq!(db0(&info).map(|d| d.0), Some(KEYS as i64), "{name}: {info}");
     }
 }
+
+#[test]
+fn flushdb_in_multi_is_bounded_and_refused_past_the_bound() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer).start();
+    let mut conn = pkv.client(&issuer.token(100_000_000));
+    // One key more than a transaction's FLUSHDB removes.
+    for chunk in 0..=100 {
+        let mut mset = redis::cmd("MSET");
+        for i in 0..1000 {
+            mset.arg(chunk * 1000 + i).arg("v");
+        }
+        let _: () = mset.query(&mut conn).unwrap();
+    }
+    let _: () = redis::cmd("MULTI").query(&mut conn).unwrap();
+    let refused = redis::cmd("FLUSHDB").query::<()>(&mut conn).unwrap_err();
+    assert!(
+        refused.to_string().contains("at most 100000 keys"),
+        "{refused}"
+    );
+    let exec = redis::cmd("EXEC")
+        .query::<redis::Value>(&mut conn)
+        .unwrap_err();
+    assert_eq!(exec.code(), Some("EXECABORT"), "{exec}");
+    // Outside a transaction it flushes.
+    let _: () = redis::cmd("FLUSHDB").query(&mut conn).unwrap();
+    let left: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert_eq!(left, 0);
+}

@@ -294,8 +294,9 @@ impl Session {
         Ok(figures)
     }
 
-    /// Every key of the account's namespace now, as the backend names them (prefixed).
-    pub(super) async fn namespace_keys(&mut self) -> Result<Vec<Bytes>, ClientError> {
+    /// Every key of the account's namespace now, as the backend names them (prefixed);
+    /// [`ClientError::FlushInMultiTooBig`] past `most` keys.
+    pub(super) async fn namespace_keys(&mut self, most: usize) -> Result<Vec<Bytes>, ClientError> {
         let Some(ns) = self.ns().cloned() else {
             return Ok(Vec::new());
         };
@@ -309,6 +310,9 @@ impl Session {
                 _ => None,
             }));
             cursor = next;
+            if found.len() > most {
+                return Err(ClientError::FlushInMultiTooBig { most });
+            }
             if cursor[..] == b"0"[..] {
                 return Ok(found);
             }

@@ -13,6 +13,11 @@ use crate::server::session::{Multi, Pending, Session, Share, Txn};
 /// Keys per `UNLINK` a FLUSHDB queued in a transaction sends.
 const FLUSH_STEP: usize = 1000;
 
+/// The most keys a FLUSHDB queued in a transaction removes: their names are queued in the
+/// transaction (held by pkv while sent, by the backend until EXEC). An account with more
+/// is told to flush outside the transaction, which walks its keys a page at a time.
+const FLUSH_IN_MULTI_MOST: usize = 100_000;
+
 impl Session {
     /// `MULTI`: opens the transaction on the dedicated connection.
     pub(super) async fn multi(&mut self, out: &mut BytesMut) {
@@ -111,7 +116,7 @@ impl Session {
     async fn flush_in_multi(&mut self, out: &mut BytesMut) {
         self.flush(out).await;
         let Some(ns) = self.ns().cloned() else { return };
-        let mut keys = match self.namespace_keys().await {
+        let mut keys = match self.namespace_keys(FLUSH_IN_MULTI_MOST).await {
             Ok(keys) => keys,
             Err(e) => return self.reject(e, out),
         };
