@@ -257,6 +257,13 @@ fn config_get_answers_a_fixed_subset_as_redis_shapes_it() {
         let _ = raw.call(&[b"HELLO", b"3"]);
         let reply = raw.call(&[b"CONFIG", b"GET", b"databases"]);
         assert_eq!(reply, b"%1\r\n$9\r\ndatabases\r\n$1\r\n1\r\n", "{name}");
+        // INFO in RESP3 is a verbatim string, as Redis 7.0 sends it.
+        let reply = raw.call(&[b"INFO", b"cluster"]);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "=34\r\ntxt:# Cluster\r\ncluster_enabled:0\r\n\r\n",
+            "{name}"
+        );
     }
 }
 

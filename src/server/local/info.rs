@@ -227,8 +227,10 @@ impl Session {
             KeyFigures::default()
         };
         let version = Shared::redis_version(self.shared.clone()).await;
-        let text = self.info_text(chosen, &keys, &version);
-        self.reply(out, |w| w.bulk(text.as_bytes()));
+        // A verbatim string in RESP3, as Redis sends it (a bulk string in RESP2).
+        let text =
+            Frame::Verbatim(format!("txt:{}", self.info_text(chosen, &keys, &version)).into());
+        self.reply(out, |w| w.frame(&text));
     }
 
     /// The account's keys: SCAN over its namespace, and per page one pipeline asking each
