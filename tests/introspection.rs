@@ -151,6 +151,20 @@ fn two_tenants_see_their_own_keys_memory_and_commands() {
             "{name}: {b_info}"
         );
 
+        // A blocking command's wait is not its running time (as Redis counts it).
+        let _: Option<Vec<String>> = redis::cmd("BLPOP")
+            .arg("none")
+            .arg("0.3")
+            .query(&mut a)
+            .unwrap();
+        let blpop = info(&mut a, &["commandstats"]);
+        let usec: i64 = field(&blpop, "cmdstat_blpop")
+            .and_then(|l| l.split(',').find_map(|p| p.strip_prefix("usec=")))
+            .unwrap_or_else(|| panic!("{name}: {blpop}"))
+            .parse()
+            .unwrap();
+        assert!(usec < 100_000, "{name}: BLPOP counted its wait: {blpop}");
+
         // A command that fails counts in failed_calls.
         let _ = redis::cmd("INCR")
             .arg("a0")

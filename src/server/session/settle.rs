@@ -299,9 +299,10 @@ impl Session {
         let start = out.len();
         crate::metrics::completed(pending.family, &reply);
         if let (Some(spec), Some(auth)) = (pending.row, &self.auth) {
+            // As Redis: a blocking command's wait is not its running time.
             let usec = match share {
-                Share::Own { time_us } => time_us,
-                Share::InExec => 0,
+                Share::Own { time_us } if !spec.has(crate::commands::flags::BLOCKING) => time_us,
+                _ => 0,
             };
             auth.tenant.commands.ran(spec, usec, reply.is_error());
         }
