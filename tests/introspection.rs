@@ -346,6 +346,7 @@ fn redis_cli_stat_prints_the_accounts_keys_and_memory() {
             .lines()
             .find(|l| l.trim_start().starts_with("42 "))
             .unwrap_or_else(|| panic!("{name}: no line with 42 keys in {out:?} {err:?}"));
+        println!("{name}: redis-cli --stat: {line}");
         let mem = line.split_whitespace().nth(1).unwrap();
         assert!(
             !mem.starts_with('-') && mem.ends_with(['B', 'K', 'M']),
