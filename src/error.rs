@@ -82,6 +82,12 @@ pub enum ClientError {
     DiscardWithoutMulti,
     NestedMulti,
     WatchInMulti,
+    /// A command Redis flags `no-multi` (SAVE, SHUTDOWN, ...) sent inside MULTI.
+    CommandInMulti,
+    /// FLUSHDB inside MULTI on an account with more keys than a transaction may queue.
+    FlushInMultiTooBig {
+        most: usize,
+    },
     /// A command pkv answers itself that cannot be queued in a transaction.
     NotInMulti {
         command: String,
@@ -156,6 +162,7 @@ impl ClientError {
             E::DiscardWithoutMulti => "ERR DISCARD without MULTI",
             E::NestedMulti => "ERR MULTI calls can not be nested",
             E::WatchInMulti => "ERR WATCH inside MULTI is not allowed",
+            E::CommandInMulti => "ERR Command not allowed inside a transaction",
             E::ExecAbort => "EXECABORT Transaction discarded because of previous errors.",
             E::BadScanReply => "ERR unexpected SCAN reply from upstream",
             E::ShuttingDown => "UNBLOCKED server shutting down; reconnect and retry",
@@ -202,6 +209,12 @@ impl ClientError {
             E::DefaultTtl { max } => {
                 return format!(
                     "ERR default TTL must be 1 to {max} seconds, or 0 for the server's default"
+                )
+                .into()
+            }
+            E::FlushInMultiTooBig { most } => {
+                return format!(
+                    "ERR FLUSHDB inside MULTI removes at most {most} keys through pkv; run it outside the transaction"
                 )
                 .into()
             }
@@ -286,7 +299,16 @@ fn lookup_line(err: &LookupError, args: &[Bytes]) -> String {
                 .unwrap_or_default();
             unknown_subcommand(&sub, &name)
         }
-        LookupError::Arity => arity_line(&name),
+        // As Redis: a subcommand's arity error names it `container|sub`.
+        LookupError::Arity => match (
+            crate::commands::row(&name.to_ascii_uppercase()),
+            args.get(1),
+        ) {
+            (Some(row), Some(sub)) if row.has(crate::commands::flags::CONTAINER) => {
+                arity_line(&format!("{name}|{}", String::from_utf8_lossy(sub)).to_lowercase())
+            }
+            _ => arity_line(&name),
+        },
     }
 }
 

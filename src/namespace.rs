@@ -147,6 +147,7 @@ impl Namespace {
                     .map(|(i, v)| if i % 2 == 0 { self.strip_value(v) } else { v })
                     .collect(),
             ),
+            (ReplyRewrite::Flushed, _) => Frame::OK,
             (ReplyRewrite::Scan, Frame::Array(mut items)) => {
                 if let Some(Frame::Array(keys)) = items.get_mut(1) {
                     *keys = self.strip_list(std::mem::take(keys));

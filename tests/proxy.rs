@@ -86,8 +86,9 @@ fn a_command_refused_while_queuing_aborts_the_transaction() {
         .unwrap();
     assert_eq!(queued, "QUEUED");
     let refused = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("*")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
         .query::<Value>(&mut conn)
         .unwrap_err();
     assert!(

@@ -316,6 +316,8 @@ pub enum ReplyRewrite {
     ChannelCounts,
     /// `SCAN`: a cursor and an array of key names.
     Scan,
+    /// `FLUSHDB` queued in a transaction, run as `UNLINK`s: whatever they answer is `OK`.
+    Flushed,
 }
 
 /// Who answers a command.
@@ -372,6 +374,12 @@ pub enum Local {
     PkvBalance,
     PkvPrices,
     PkvDefaultTtl,
+    /// `CONFIG GET`: a fixed, harmless subset of settings.
+    ConfigGet,
+    /// `OBJECT HELP`, `XINFO HELP`, `XGROUP HELP`: Redis's help text.
+    Help,
+    /// `PUBSUB NUMPAT`: the connection's own patterns.
+    PubsubNumpat,
 }
 
 impl CommandSpec {

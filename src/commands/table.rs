@@ -311,7 +311,10 @@ pub static TABLE: &[C] = &[
     // Added in Redis 7.2.
     C::local("CLIENT|NO-TOUCH", 3, 0, L::ClientNoTouch),
     C::local("CLIENT|REPLY", 3, 0, L::ClientReply),
-    C::local("INFO", -1, 0, L::Info),
+    // The keyspace and memory sections walk the namespace: the walk's time is paid.
+    C::local("INFO", -1, UPSTREAM_TIME, L::Info),
+    C::fwd("CONFIG", -2, CONTAINER, NONE),
+    C::local("CONFIG|GET", -3, 0, L::ConfigGet),
     C::local("COMMAND", -1, CONTAINER, L::Command),
     C::local("COMMAND|COUNT", 2, 0, L::CommandCount),
     C::local("COMMAND|DOCS", -2, 0, L::CommandDocs),
@@ -361,6 +364,7 @@ pub static TABLE: &[C] = &[
     // namespace's own pattern when none is given.
     C::fwd("PUBSUB|CHANNELS", -2, PUBSUB, PATTERNS2).reply(R::Channels),
     C::fwd("PUBSUB|NUMSUB", -2, PUBSUB, CHANNELS2).reply(R::ChannelCounts),
+    C::local("PUBSUB|NUMPAT", 2, PUBSUB, L::PubsubNumpat),
     // === keys and expiry ===
     C::fwd("DEL", -2, WRITE, ALL),
     C::fwd("UNLINK", -2, WRITE, ALL),
@@ -393,6 +397,7 @@ pub static TABLE: &[C] = &[
     C::fwd("OBJECT|ENCODING", 3, READONLY, K2),
     C::fwd("OBJECT|IDLETIME", 3, READONLY, K2),
     C::fwd("OBJECT|REFCOUNT", 3, READONLY, K2),
+    C::local("OBJECT|HELP", 2, 0, L::Help),
     C::fwd("MEMORY", -2, CONTAINER, NONE),
     C::fwd("MEMORY|USAGE", -3, READONLY, K2),
     C::fwd("SORT", -2, WRITE, SORT_KEYS).storage(S::Store {
@@ -598,10 +603,12 @@ pub static TABLE: &[C] = &[
     C::fwd("XGROUP|DELCONSUMER", 5, WRITE, K2),
     C::fwd("XGROUP|DESTROY", 4, WRITE, K2),
     C::fwd("XGROUP|SETID", -5, WRITE, K2),
+    C::local("XGROUP|HELP", 2, 0, L::Help),
     C::fwd("XINFO", -2, CONTAINER, NONE),
     C::fwd("XINFO|STREAM", -3, READONLY, K2),
     C::fwd("XINFO|GROUPS", 3, READONLY, K2),
     C::fwd("XINFO|CONSUMERS", 4, READONLY, K2),
+    C::local("XINFO|HELP", 2, 0, L::Help),
     // === hyperloglog ===
     C::fwd("PFADD", -2, WRITE, K1).storage(S::Strlen { most: Most::Hll }),
     C::fwd("PFCOUNT", -2, READONLY, ALL),

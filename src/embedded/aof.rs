@@ -56,6 +56,15 @@ pub enum Policy {
 
 impl Policy {
     /// The policy named `text` (Redis's words); `None` for anything else.
+    /// Redis's word for it, as `CONFIG GET appendfsync` answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Always => "always",
+            Policy::EverySec => "everysec",
+            Policy::No => "no",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Policy> {
         match text.to_ascii_lowercase().as_str() {
             "always" => Some(Policy::Always),

@@ -4,6 +4,7 @@
 //! the endpoint ([`http`], by hyper). Also each account's own figures for its `INFO`
 //! ([`TenantStats`]).
 
+pub mod commandstats;
 pub mod exposition;
 pub mod health;
 pub mod http;
@@ -76,6 +77,8 @@ pub struct TenantStats {
     /// Its connections waiting in a blocking command now (`blocked_clients` in its INFO),
     /// which clients and tests watch to know that a push will find the waiter.
     pub blocked: AtomicU64,
+    /// Its commands by name (`INFO commandstats`).
+    pub commands: commandstats::CommandStats,
 }
 
 /// Runs `wait`, a blocking command handed to the backend, counting the connection in

@@ -59,6 +59,8 @@ pub struct Shared {
     /// Connections that have not authenticated yet (`PKV_MAX_UNAUTHENTICATED`), so
     /// strangers cannot hold every connection slot.
     pub strangers: Arc<limits::Strangers>,
+    /// The upstream's `redis_version`, read from it once (HELLO and INFO report it).
+    pub upstream_version: tokio::sync::OnceCell<String>,
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
@@ -114,6 +116,7 @@ impl Shared {
             tenants: Tenants::default(),
             limits: limits::AccountLimits::new(&settings),
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
+            upstream_version: tokio::sync::OnceCell::new(),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
             notify: Arc::new(crate::notify::Hub::new(settings.keyspace_events)),
@@ -180,6 +183,8 @@ pub async fn serve_with(
     let settler = tokio::spawn(shared.meter.clone().settle_forever());
     let housekeeping = tokio::spawn(shared.backend.clone().housekeeping());
     let notifications = tokio::spawn(notifications(shared.clone()));
+    // The upstream's version is read now, so that the first HELLO does not wait for it.
+    tokio::spawn(Shared::redis_version(shared.clone()));
     let certs = tls.as_ref().map(|t| tokio::spawn(t.certs.clone().watch()));
     tokio::pin!(shutdown);
     loop {

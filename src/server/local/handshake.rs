@@ -3,7 +3,6 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::introspect::REDIS_VERSION;
 use crate::auth::{now_secs, TokenKind};
 use crate::commands::{Local, LookupError};
 use crate::error::{ClientError, NameError};
@@ -216,12 +215,13 @@ impl Session {
         self.proto = proto;
         let id = self.id as i64;
         let ver: i64 = if proto == Proto::Resp3 { 3 } else { 2 };
+        let version = crate::server::Shared::redis_version(self.shared.clone()).await;
         self.reply(out, |w| {
             w.map(7);
             w.bulk(b"server");
             w.bulk(b"redis");
             w.bulk(b"version");
-            w.bulk(REDIS_VERSION.as_bytes());
+            w.bulk(version.as_bytes());
             w.bulk(b"proto");
             w.int(ver);
             w.bulk(b"id");

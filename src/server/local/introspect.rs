@@ -1,5 +1,5 @@
-//! What a client may learn about the server: INFO (the account's own figures) and
-//! COMMAND (from the command table).
+//! What a client may learn about the server: COMMAND (from the command table); INFO and
+//! the other introspection commands are in [`super::info`].
 
 use bytes::{Bytes, BytesMut};
 
@@ -8,7 +8,7 @@ use crate::protocol::reply::ReplyWriter;
 use crate::server::session::Session;
 
 /// The Redis version pkv reports; the command set follows Redis 7.0.
-pub(super) const REDIS_VERSION: &str = "7.0.0";
+pub(super) const REDIS_VERSION: &str = "7.0.15";
 
 impl Session {
     /// `COMMAND`, `COMMAND INFO|COUNT|DOCS|LIST`.
@@ -40,28 +40,6 @@ impl Session {
             }),
             _ => {}
         }
-    }
-
-    /// `INFO`: the account's own figures in this process (its connections, its
-    /// commands), never the process's, which would show other tenants' traffic.
-    pub(super) fn info_text(&self) -> String {
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let (clients, blocked, received, commands) = self.auth.as_ref().map_or((0, 0, 0, 0), |a| {
-            (
-                load(&a.tenant.connections),
-                load(&a.tenant.blocked),
-                load(&a.tenant.connections_total),
-                // Those run before this INFO in the same read count too. This INFO is
-                // counted once, in one of the two (an admission that had to wait for the
-                // ledger moves the pending count to the account's), and Redis leaves the
-                // running command out.
-                (load(&a.tenant.commands_total) + self.commands_pending()).saturating_sub(1),
-            )
-        });
-        format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nserver_name:pkv\r\npkv_version:{}\r\n\r\n# Clients\r\nconnected_clients:{clients}\r\nblocked_clients:{blocked}\r\n\r\n# Stats\r\ntotal_connections_received:{received}\r\ntotal_commands_processed:{commands}\r\n",
-            env!("CARGO_PKG_VERSION"),
-        )
     }
 }
 

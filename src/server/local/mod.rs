@@ -4,7 +4,7 @@
 //! - [`transactions`]: MULTI, EXEC, DISCARD, WATCH, UNWATCH;
 //! - [`pubsub`]: SUBSCRIBE, PSUBSCRIBE, UNSUBSCRIBE, PUNSUBSCRIBE;
 //! - [`keyspace`]: SCAN, RANDOMKEY, DBSIZE, FLUSHDB confined to the namespace;
-//! - [`introspect`]: INFO and COMMAND;
+//! - [`introspect`]: COMMAND; [`info`]: INFO, CONFIG GET, the HELP subcommands, PUBSUB NUMPAT;
 //! - [`account`]: PKV.SESSION, PKV.TOPUP, PKV.BALANCE, PKV.PRICES.
 //!
 //! [`Session::local`] dispatches on the command table's [`Local`]; [`Session::metered_local`]
@@ -12,6 +12,7 @@
 
 mod account;
 mod handshake;
+mod info;
 mod introspect;
 mod keyspace;
 mod pubsub;
@@ -65,9 +66,8 @@ impl Session {
             | Local::ClientReply
             | Local::ClientId
             | Local::ClientInfo => self.client(local, args, out),
-            Local::Info => {
-                let text = self.info_text();
-                self.reply(out, |w| w.bulk(text.as_bytes()));
+            Local::Info | Local::ConfigGet | Local::Help | Local::PubsubNumpat => {
+                self.introspect(local, args, out).await
             }
             Local::Command
             | Local::CommandInfo

@@ -8,7 +8,15 @@ use crate::commands::{Call, CommandSpec, Local, ReplyRewrite};
 use crate::error::ClientError;
 use crate::protocol::frame::Frame;
 use crate::protocol::reply::ReplyWriter;
-use crate::server::session::{Multi, Session, Share, Txn};
+use crate::server::session::{Multi, Pending, Session, Share, Txn};
+
+/// Keys per `UNLINK` a FLUSHDB queued in a transaction sends.
+const FLUSH_STEP: usize = 1000;
+
+/// The most keys a FLUSHDB queued in a transaction removes: their names are queued in the
+/// transaction (held by pkv while sent, by the backend until EXEC). An account with more
+/// is told to flush outside the transaction, which walks its keys a page at a time.
+const FLUSH_IN_MULTI_MOST: usize = 100_000;
 
 impl Session {
     /// `MULTI`: opens the transaction on the dedicated connection.
@@ -84,6 +92,7 @@ impl Session {
             // As Redis: an error, and the transaction goes on.
             Local::Multi => self.error_reply(ClientError::NestedMulti, out),
             Local::Watch => self.error_reply(ClientError::WatchInMulti, out),
+            Local::FlushDb => self.flush_in_multi(out).await,
             Local::Ping | Local::Echo | Local::Time => {
                 let call = Call::new(spec, args.to_vec());
                 self.enqueue_plain(call, ReplyRewrite::Plain, out).await;
@@ -97,6 +106,43 @@ impl Session {
                 self.reject(ClientError::NotInMulti { command }, out);
             }
         }
+    }
+
+    /// `FLUSHDB`/`FLUSHALL` inside MULTI: queued as `UNLINK`s of the account's keys, those
+    /// it holds now and those the writes queued before it name, so that at EXEC it
+    /// removes what Redis's would in the namespace, and nothing of another tenant's. A
+    /// key another connection of the account creates between this and EXEC is not
+    /// removed (Redis's FLUSHDB would remove it).
+    async fn flush_in_multi(&mut self, out: &mut BytesMut) {
+        self.flush(out).await;
+        let Some(ns) = self.ns().cloned() else { return };
+        let mut keys = match self.namespace_keys(FLUSH_IN_MULTI_MOST).await {
+            Ok(keys) => keys,
+            Err(e) => return self.reject(e, out),
+        };
+        if let Some(multi) = self.txn.multi.as_mut() {
+            keys.append(&mut multi.written);
+        }
+        // The account's key named "" keeps the last call from being empty.
+        keys.push(ns.wrap(b""));
+        let mut calls: Vec<Call> = keys
+            .chunks(FLUSH_STEP)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .fold(Call::named("UNLINK"), |call, key| call.arg(key.clone()))
+            })
+            .collect();
+        let Some(last) = calls.pop() else { return };
+        let pending = Pending {
+            rewrite: ReplyRewrite::Flushed,
+            before: calls.len(),
+            after: 0,
+            bill: None,
+            family: None,
+            row: None,
+        };
+        self.enqueue(calls, last, Vec::new(), pending, out).await;
     }
 
     async fn exec(&mut self, out: &mut BytesMut) {

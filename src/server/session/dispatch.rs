@@ -146,6 +146,19 @@ impl Session {
         } else {
             Plan::default()
         };
+        if spec.has(commands::flags::WRITE) && self.txn.multi.is_some() {
+            let written: Vec<Bytes> = match self.ns() {
+                Some(ns) => keys
+                    .iter()
+                    .filter(|(_, role)| *role == ArgRole::Key)
+                    .map(|(i, _)| ns.wrap(&args[*i]))
+                    .collect(),
+                None => Vec::new(),
+            };
+            if let Some(multi) = self.txn.multi.as_mut() {
+                multi.written.extend(written);
+            }
+        }
         let mut cmd = match self.rewrite_with(spec, args, keys) {
             Ok(cmd) => cmd,
             Err(err) => return self.reject(err, out),
@@ -176,6 +189,7 @@ impl Session {
             after: plan.after.len(),
             bill,
             family: Some(crate::metrics::Family::of(spec)),
+            row: Some(spec),
         };
         if blocks {
             // In pipeline order: bookkeeping before, the command, bookkeeping after.
@@ -240,6 +254,7 @@ impl Session {
             after: 0,
             bill: None,
             family: None,
+            row: None,
         };
         self.enqueue(Vec::new(), cmd, Vec::new(), pending, out)
             .await;

@@ -83,6 +83,9 @@ pub struct Multi {
     pub queued: Vec<Pending>,
     /// A command was refused while queuing; EXEC will answer EXECABORT.
     pub aborted: bool,
+    /// The keys queued writes name, as sent upstream: a FLUSHDB queued after them
+    /// removes them too.
+    pub written: Vec<Bytes>,
 }
 
 impl Txn {
@@ -131,6 +134,9 @@ pub struct Session {
     pub(super) skipping: bool,
     /// Costs not yet added to the account's meter.
     pub(super) charges: Charges,
+    /// The command [`Session::run`] is running, until it is refused (counted in its
+    /// account's `rejected_calls`) or handed on to be counted when it completes.
+    running: Option<&'static commands::CommandSpec>,
     /// Commands not yet added to the process's counter.
     commands: u64,
     /// The clock for the current read (milliseconds since the epoch).
@@ -164,6 +170,7 @@ impl Session {
             skip_next: false,
             skipping: false,
             charges: Charges::default(),
+            running: None,
             commands: 0,
             now_ms: 0,
             balance_read_at: None,
@@ -264,6 +271,11 @@ impl Session {
         let spec = match commands::lookup(&args) {
             Ok(spec) => spec,
             Err(_) if self.auth.is_none() => return self.reject(ClientError::NoAuth, out),
+            Err(commands::LookupError::Denied(name))
+                if self.txn.multi.is_some() && commands::NO_MULTI.contains(&name.as_str()) =>
+            {
+                return self.reject(ClientError::CommandInMulti, out);
+            }
             Err(err) => {
                 let args = args.iter().take(9).cloned().collect();
                 return self.reject(ClientError::Lookup { err, args }, out);
@@ -295,20 +307,33 @@ impl Session {
             let command = String::from_utf8_lossy(&args[0]).to_lowercase();
             return self.reject(ClientError::Subscribed { command }, out);
         }
+        self.running = Some(spec);
         match spec.exec {
             // Step 3: pkv's own commands.
             Exec::Local(local) => {
+                let started = std::time::Instant::now();
                 self.metered_local(local, spec, &args, wire_len, out, io)
-                    .await
+                    .await;
+                // Not refused: it ran, and took this long.
+                if let (Some(spec), Some(auth)) = (self.running.take(), &self.auth) {
+                    let usec = started.elapsed().as_micros() as u64;
+                    auth.tenant.commands.ran(spec, usec, false);
+                }
             }
-            // Steps 4 and 5.
-            Exec::Forward => self.forward(spec, &args, wire_len, out, io).await,
+            // Steps 4 and 5; counted when its reply comes ([`Session::complete`]).
+            Exec::Forward => {
+                self.forward(spec, &args, wire_len, out, io).await;
+                self.running = None;
+            }
         }
     }
 
     /// Answers with an error; inside MULTI the transaction is then aborted, as Redis does
     /// for commands refused while queuing.
     pub(super) fn reject(&mut self, err: impl Into<ClientError>, out: &mut BytesMut) {
+        if let (Some(spec), Some(auth)) = (self.running.take(), &self.auth) {
+            auth.tenant.commands.rejected(spec);
+        }
         if let Some(multi) = &mut self.txn.multi {
             multi.aborted = true;
         }

@@ -44,6 +44,9 @@ pub struct Pending {
     /// Counted in its family when it completes; `None` for a call a local command makes,
     /// counted as that command.
     pub family: Option<crate::metrics::Family>,
+    /// The client's command, counted in its account's `INFO commandstats` when it
+    /// completes; `None` for a call a local command makes, counted as that command.
+    pub row: Option<&'static crate::commands::CommandSpec>,
 }
 
 impl Pending {
@@ -295,6 +298,14 @@ impl Session {
         } = replies;
         let start = out.len();
         crate::metrics::completed(pending.family, &reply);
+        if let (Some(spec), Some(auth)) = (pending.row, &self.auth) {
+            // As Redis: a blocking command's wait is not its running time.
+            let usec = match share {
+                Share::Own { time_us } if !spec.has(crate::commands::flags::BLOCKING) => time_us,
+                _ => 0,
+            };
+            auth.tenant.commands.ran(spec, usec, reply.is_error());
+        }
         let stored = self.stored(pending.bill.as_ref(), &reply, &before, &after);
         let ran = !meter::did_not_run(&reply);
         self.write_upstream(out, pending.rewrite, reply);
@@ -325,6 +336,13 @@ impl Session {
     ) {
         ReplyWriter::new(out, self.proto).error(&ClientError::from(err.clone()).line());
         crate::metrics::failed(pending.family);
+        if let (Some(spec), Some(auth)) = (pending.row, &self.auth) {
+            if queuing {
+                auth.tenant.commands.rejected(spec);
+            } else {
+                auth.tenant.commands.ran(spec, time_us, true);
+            }
+        }
         if queuing {
             return self.cancel(pending.bill);
         }
@@ -365,6 +383,9 @@ impl Session {
             }
         } else {
             self.cancel(pending.bill.take());
+            if let (Some(spec), Some(auth)) = (pending.row, &self.auth) {
+                auth.tenant.commands.rejected(spec);
+            }
         }
         if let Some(multi) = self.txn.multi.as_mut() {
             multi.aborted |= !queued;
