@@ -393,3 +393,47 @@ fn a_ledger_step_caught_by_a_failing_log_is_applied_once() {
     assert_eq!(balance_plus_spent(&mut conn), credit);
     crash(pkv);
 }
+
+/// XGROUP's subcommands write (a group, its position, its consumers): each is in the log.
+/// Metering off: with it on, the TTL pkv sets after each write logged the key again.
+#[test]
+fn a_consumer_group_created_before_kill_9_is_back() {
+    let mut f = fixture("always");
+    f.config = f.config.set("PKV_METERING", "off");
+    let pkv = f.config.start_process();
+    let mut conn = pkv.client(&f.token);
+    let _: String = redis::cmd("XADD")
+        .arg("s")
+        .arg("*")
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("s")
+        .arg("g")
+        .arg("0")
+        .query(&mut conn)
+        .unwrap();
+    let added: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg("s")
+        .arg("g")
+        .arg("c")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(added, 1);
+    crash(pkv);
+
+    let pkv = f.config.start_process();
+    let mut conn = pkv.client(&f.token);
+    let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("s")
+        .arg("g")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(consumers.len(), 1, "{consumers:?}");
+    crash(pkv);
+}

@@ -49,12 +49,21 @@ pub enum Kind {
 
 impl Kind {
     /// The kind of the command table's row `name` (a command without a row of its own,
-    /// such as `MEMORY` for `MEMORY USAGE`, only reads).
+    /// such as `MEMORY` for `MEMORY USAGE`, only reads). A container with a subcommand
+    /// that writes (`XGROUP CREATE`) is resolved per call, like a multi-key command: its
+    /// key is not `args[1]`, and the log and WATCH must see its writes.
     fn of(name: &str) -> Kind {
         use crate::commands::{flags, table::TABLE, KeyRule};
         let Some(spec) = TABLE.iter().find(|s| s.name == name) else {
             return Kind::Read;
         };
+        if spec.has(flags::CONTAINER) {
+            let writes = TABLE.iter().any(|sub| {
+                sub.name.split_once('|').is_some_and(|(parent, _)| parent == name)
+                    && sub.has(flags::WRITE)
+            });
+            return if writes { Kind::Multi } else { Kind::Read };
+        }
         match spec.keys {
             [] | [KeyRule::KeyPattern { .. }] => Kind::Read,
             [KeyRule::Range { first, last, .. }] if i16::from(*first) == i16::from(*last) => {
