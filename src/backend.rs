@@ -76,6 +76,11 @@ pub trait Backend: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
+    /// The embedded store, when this backend is it: scripts run there in-process.
+    fn embedded(&self) -> Option<&crate::embedded::Store> {
+        None
+    }
+
     /// The backend's figures for `/metrics` (its pool, keys, snapshots), read when scraped.
     fn figures(&self) -> crate::metrics::BackendFigures {
         crate::metrics::BackendFigures::default()

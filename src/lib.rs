@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod protocol;
 pub mod redis_num;
+pub mod scripting;
 pub mod server;
 pub mod tls;
 pub mod upstream;

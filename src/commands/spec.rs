@@ -372,6 +372,14 @@ pub enum Local {
     PkvBalance,
     PkvPrices,
     PkvDefaultTtl,
+    Eval,
+    EvalSha,
+    EvalRo,
+    EvalShaRo,
+    ScriptLoad,
+    ScriptExists,
+    ScriptFlush,
+    ScriptKill,
 }
 
 impl CommandSpec {

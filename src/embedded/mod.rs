@@ -31,6 +31,7 @@ pub mod hll;
 pub mod keyspace;
 mod ledger;
 pub mod pubsub;
+pub mod script;
 pub mod snapshot;
 pub mod stream;
 
@@ -653,6 +654,10 @@ impl Backend for Store {
                 .map_or(Ok(()), |p| p.health.check(p.every))
         });
         Box::pin(std::future::ready(health))
+    }
+
+    fn embedded(&self) -> Option<&Store> {
+        Some(self)
     }
 
     fn figures(&self) -> crate::metrics::BackendFigures {

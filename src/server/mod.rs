@@ -59,6 +59,8 @@ pub struct Shared {
     /// Connections that have not authenticated yet (`PKV_MAX_UNAUTHENTICATED`), so
     /// strangers cannot hold every connection slot.
     pub strangers: Arc<limits::Strangers>,
+    /// Each account's Lua scripts (`SCRIPT LOAD`, `EVALSHA`).
+    pub scripts: crate::scripting::Registry,
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
@@ -109,6 +111,7 @@ impl Shared {
             tenants: Tenants::default(),
             limits: limits::AccountLimits::new(&settings),
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
+            scripts: crate::scripting::Registry::default(),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
             settings,
