@@ -52,6 +52,8 @@ pub enum ScriptError {
     WriteInReadOnly,
     /// An argument that is not a string or a number.
     BadArgument,
+    /// `XREAD ... BLOCK` and the like from a script.
+    BlockOption(String),
     /// `redis.setresp` with a protocol pkv's scripts do not speak.
     Resp(i64),
 }
@@ -110,6 +112,10 @@ impl ScriptError {
             E::NotFromScript => "ERR This Redis command is not allowed from script",
             E::WriteInReadOnly => "ERR Write commands are not allowed from read-only scripts.",
             E::BadArgument => "ERR Lua redis lib command arguments must be strings or integers",
+            E::BlockOption(name) => {
+                return format!("ERR {name} command is not allowed with BLOCK option from scripts")
+                    .into()
+            }
             E::Resp(_) => "ERR RESP version must be 2 in scripts run by pkv",
         };
         fixed.into()

@@ -63,16 +63,16 @@ pub struct Script<'a> {
 /// keeps as locals (the original `pcall`, `error`) are out of the script's reach, since no
 /// `debug` library can read upvalues.
 const PRELUDE: &str = r#"
-local call, pcall_redis, stopped, sha1hex, setresp, as_table = ...
+local call, pcall_redis, stopped, sha1hex, setresp, caught = ...
 local error_, pcall_, xpcall_, setmetatable_ = error, pcall, xpcall, setmetatable
 local STOP = "script stopped"
 local function finish(ok, ...)
   if stopped() then error_(STOP, 0) end
-  if not ok then return false, as_table((...)) end
+  if not ok then return false, caught((...)) end
   return ok, ...
 end
--- A stopped script cannot catch its own stop; a failed redis.call is caught as Redis's
--- error table.
+-- A stopped script cannot catch its own stop; a failed redis.call is caught as its error
+-- line, as Redis 7.0 gives it.
 pcall = function(f, ...) return finish(pcall_(f, ...)) end
 xpcall = function(f, h) return finish(xpcall_(f, h)) end
 local redis = {}
@@ -177,13 +177,9 @@ pub fn run(
         .map_err(internal)?;
     let read_only = script.read_only;
     let error_at: Cell<Option<usize>> = Cell::new(None);
-    let as_table = lua
+    let caught = lua
         .create_function(|lua, value: Value| match call_failure(&value) {
-            Some(line) => {
-                let t = lua.create_table()?;
-                t.raw_set("err", line)?;
-                Ok(Value::Table(t))
-            }
+            Some(line) => Ok(Value::String(lua.create_string(line)?)),
             None => Ok(value),
         })
         .map_err(internal)?;
@@ -234,7 +230,7 @@ pub fn run(
                 is_stopped.clone(),
                 sha1.clone(),
                 setresp.clone(),
-                as_table.clone(),
+                caught.clone(),
             ))?;
         let mut prelude = prelude.into_iter();
         let (Some(Value::Function(protect)), Some(Value::Function(runner))) =
@@ -542,11 +538,11 @@ mod tests {
         assert_eq!(err.line(), "ERR no script: x, on @user_script:2.");
     }
 
-    /// `pcall` catches a failed `redis.call` as Redis's error table, and cannot catch the
-    /// stop of a script past its time.
+    /// `pcall` catches a failed `redis.call` as its error line, and cannot catch the stop
+    /// of a script past its time.
     #[test]
-    fn pcall_sees_error_tables_and_not_the_stop() {
-        let caught = run_text("local ok, e = pcall(redis.call, 'get', 'k') return e.err");
+    fn pcall_sees_error_lines_and_not_the_stop() {
+        let caught = run_text("local ok, e = pcall(redis.call, 'get', 'k') return e");
         assert_eq!(caught.unwrap(), Frame::bulk("ERR no"));
         let err = run_text("while true do pcall(function() while true do end end) end");
         assert_eq!(err.unwrap_err(), ScriptError::TimedOut { limit_ms: 200 });

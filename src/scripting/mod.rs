@@ -87,8 +87,13 @@ pub fn check_call(args: &[Bytes], read_only: bool) -> Result<&'static CommandSpe
         }
         Err(LookupError::Denied(name)) => return Err(ScriptError::Denied(name)),
     };
-    if !matches!(spec.exec, Exec::Forward) {
+    // Blocking commands are refused as Redis 7.0 refuses them (a script never waits).
+    if !matches!(spec.exec, Exec::Forward) || spec.has(flags::BLOCKING) {
         return Err(ScriptError::NotFromScript);
+    }
+    if spec.has(flags::MAY_BLOCK) && commands::locate(spec, args).is_ok_and(|l| l.blocks) {
+        let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+        return Err(ScriptError::BlockOption(name));
     }
     if read_only && spec.has(flags::WRITE) {
         return Err(ScriptError::WriteInReadOnly);
