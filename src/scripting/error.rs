@@ -35,8 +35,6 @@ pub enum ScriptError {
     NotBusy,
     /// `SCRIPT FLUSH` with an option other than ASYNC or SYNC.
     FlushOption,
-    /// `EVAL ...` inside `MULTI`.
-    InMulti,
     // --- errors a `redis.call` raises inside the script ---
     /// `redis.call()` with no arguments.
     NoArguments,
@@ -102,7 +100,6 @@ impl ScriptError {
             }
             E::NotBusy => "NOTBUSY No scripts in execution right now.",
             E::FlushOption => "ERR SCRIPT FLUSH only support SYNC|ASYNC option",
-            E::InMulti => "ERR scripts cannot run inside MULTI through pkv",
             E::NoArguments => "ERR Please specify at least one argument for this redis lib call",
             E::UnknownCommand => "ERR Unknown Redis command called from script",
             E::WrongArity => "ERR Wrong number of args calling Redis command from script",

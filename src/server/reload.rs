@@ -154,6 +154,8 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         prices.time_ms => "PKV_PRICE_TIME_MS",
         lease_nanos => "PKV_LEASE",
         low_balance_nanos => "PKV_LOW_BALANCE",
+        scripting => "PKV_SCRIPTING",
+        script_time_limit => "PKV_SCRIPT_TIME_LIMIT",
     );
     Ok(Reloaded {
         changed,

@@ -20,7 +20,7 @@ use crate::server::session::Session;
 impl Session {
     /// Runs a scripting command.
     pub(super) async fn script(&mut self, local: Local, args: &[Bytes], out: &mut BytesMut) {
-        if !self.shared.settings.scripting {
+        if !self.current.scripting {
             return self.reject(ScriptError::Disabled, out);
         }
         let Some(store) = self.shared.backend.embedded().cloned() else {
