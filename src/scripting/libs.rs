@@ -1,6 +1,7 @@
 //! The libraries Redis gives scripts beyond Lua's own, written over mlua: `cjson`
-//! (encode/decode, with `cjson.null`) and `bit` (LuaBitOp's 32-bit operations).
-//! `cmsgpack` and `struct` are not provided yet.
+//! (encode/decode, with `cjson.null`), `bit` (LuaBitOp's 32-bit operations) and
+//! `cmsgpack` (pack/unpack, encoded as Redis's bundled lua-cmsgpack encodes).
+//! `struct` is not provided yet.
 
 use mlua::{LightUserData, Lua, Table, Value};
 
@@ -11,6 +12,7 @@ pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
     g.raw_set("cjson", cjson(lua)?)?;
     g.raw_set("bit", bit(lua)?)?;
+    g.raw_set("cmsgpack", cmsgpack(lua)?)?;
     Ok(())
 }
 
@@ -241,4 +243,238 @@ fn bit(lua: &Lua) -> mlua::Result<Table> {
         })?,
     )?;
     Ok(t)
+}
+
+/// lua-cmsgpack's nesting bound: deeper tables are packed as nil.
+const MSGPACK_MAX_NESTING: usize = 16;
+
+fn cmsgpack(lua: &Lua) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    t.raw_set(
+        "pack",
+        super::lua::function(lua, |lua, values: mlua::Variadic<Value>| {
+            if values.is_empty() {
+                return Err(mlua::Error::runtime(
+                    "MessagePack pack needs input. Expected at least one argument",
+                ));
+            }
+            let mut out = Vec::new();
+            for value in values.iter() {
+                pack(value, &mut out, 0)?;
+            }
+            lua.create_string(out)
+        })?,
+    )?;
+    t.raw_set(
+        "unpack",
+        super::lua::function(lua, |lua, bytes: mlua::LuaString| {
+            let bytes = bytes.as_bytes();
+            let mut at = 0;
+            let mut values = Vec::new();
+            while at < bytes.len() {
+                values.push(unpack(lua, &bytes, &mut at, 0)?);
+            }
+            Ok(mlua::MultiValue::from_vec(values))
+        })?,
+    )?;
+    Ok(t)
+}
+
+fn pack(value: &Value, out: &mut Vec<u8>, depth: usize) -> mlua::Result<()> {
+    match value {
+        Value::Boolean(b) => out.push(if *b { 0xc3 } else { 0xc2 }),
+        Value::Integer(i) => pack_int(*i, out),
+        Value::Number(n) => {
+            if n.fract() == 0.0 && n.abs() < 9.2e18 {
+                pack_int(*n as i64, out);
+            } else if f64::from(*n as f32) == *n {
+                out.push(0xca);
+                out.extend_from_slice(&(*n as f32).to_be_bytes());
+            } else {
+                out.push(0xcb);
+                out.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+        Value::String(s) => {
+            let b = s.as_bytes();
+            let len = b.len();
+            if len < 32 {
+                out.push(0xa0 | len as u8);
+            } else if len <= 0xff {
+                out.extend_from_slice(&[0xd9, len as u8]);
+            } else if len <= 0xffff {
+                out.push(0xda);
+                out.extend_from_slice(&(len as u16).to_be_bytes());
+            } else {
+                out.push(0xdb);
+                out.extend_from_slice(&(len as u32).to_be_bytes());
+            }
+            out.extend_from_slice(&b);
+        }
+        Value::Table(t) if depth < MSGPACK_MAX_NESTING => {
+            let mut count = 0usize;
+            let mut max = 0usize;
+            let mut array = true;
+            for pair in t.pairs::<Value, Value>() {
+                let (k, _) = pair?;
+                count += 1;
+                match k {
+                    Value::Integer(i) if i >= 1 => max = max.max(i as usize),
+                    Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => max = max.max(n as usize),
+                    _ => array = false,
+                }
+            }
+            if array && max == count {
+                header(out, count, 0x90, 0xdc, 0xdd);
+                for i in 1..=count {
+                    pack(&t.raw_get::<Value>(i)?, out, depth + 1)?;
+                }
+            } else {
+                header(out, count, 0x80, 0xde, 0xdf);
+                for pair in t.pairs::<Value, Value>() {
+                    let (k, v) = pair?;
+                    pack(&k, out, depth + 1)?;
+                    pack(&v, out, depth + 1)?;
+                }
+            }
+        }
+        _ => out.push(0xc0),
+    }
+    Ok(())
+}
+
+/// An array or map header: the fix form below 16 entries, then 16 or 32 bits.
+fn header(out: &mut Vec<u8>, n: usize, fix: u8, b16: u8, b32: u8) {
+    if n < 16 {
+        out.push(fix | n as u8);
+    } else if n <= 0xffff {
+        out.push(b16);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(b32);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+}
+
+fn pack_int(i: i64, out: &mut Vec<u8>) {
+    if i >= 0 {
+        let u = i as u64;
+        if u < 128 {
+            out.push(u as u8);
+        } else if u <= 0xff {
+            out.extend_from_slice(&[0xcc, u as u8]);
+        } else if u <= 0xffff {
+            out.push(0xcd);
+            out.extend_from_slice(&(u as u16).to_be_bytes());
+        } else if u <= 0xffff_ffff {
+            out.push(0xce);
+            out.extend_from_slice(&(u as u32).to_be_bytes());
+        } else {
+            out.push(0xcf);
+            out.extend_from_slice(&u.to_be_bytes());
+        }
+    } else if i >= -32 {
+        out.push(i as i8 as u8);
+    } else if i >= -128 {
+        out.extend_from_slice(&[0xd0, i as i8 as u8]);
+    } else if i >= -32768 {
+        out.push(0xd1);
+        out.extend_from_slice(&(i as i16).to_be_bytes());
+    } else if i >= -2_147_483_648 {
+        out.push(0xd2);
+        out.extend_from_slice(&(i as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+}
+
+fn take<'a>(bytes: &'a [u8], at: &mut usize, n: usize) -> mlua::Result<&'a [u8]> {
+    let end = at
+        .checked_add(n)
+        .filter(|&end| end <= bytes.len())
+        .ok_or_else(|| mlua::Error::runtime("Missing bytes in input."))?;
+    let out = &bytes[*at..end];
+    *at = end;
+    Ok(out)
+}
+
+fn be(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |acc, b| (acc << 8) | u64::from(*b))
+}
+
+fn unpack(lua: &Lua, bytes: &[u8], at: &mut usize, depth: usize) -> mlua::Result<Value> {
+    if depth > MAX_DEPTH {
+        return Err(mlua::Error::runtime("Too many nested data structures"));
+    }
+    let tag = take(bytes, at, 1)?[0];
+    let len =
+        |at: &mut usize, n: usize| -> mlua::Result<usize> { Ok(be(take(bytes, at, n)?) as usize) };
+    Ok(match tag {
+        0x00..=0x7f => Value::Integer(i64::from(tag)),
+        0xe0..=0xff => Value::Integer(i64::from(tag as i8)),
+        0xc0 => Value::Nil,
+        0xc2 => Value::Boolean(false),
+        0xc3 => Value::Boolean(true),
+        0xcc => Value::Integer(be(take(bytes, at, 1)?) as i64),
+        0xcd => Value::Integer(be(take(bytes, at, 2)?) as i64),
+        0xce => Value::Integer(be(take(bytes, at, 4)?) as i64),
+        0xcf => {
+            let u = be(take(bytes, at, 8)?);
+            match i64::try_from(u) {
+                Ok(i) => Value::Integer(i),
+                Err(_) => Value::Number(u as f64),
+            }
+        }
+        0xd0 => Value::Integer(i64::from(take(bytes, at, 1)?[0] as i8)),
+        0xd1 => Value::Integer(i64::from(be(take(bytes, at, 2)?) as u16 as i16)),
+        0xd2 => Value::Integer(i64::from(be(take(bytes, at, 4)?) as u32 as i32)),
+        0xd3 => Value::Integer(be(take(bytes, at, 8)?) as i64),
+        0xca => Value::Number(f64::from(f32::from_bits(be(take(bytes, at, 4)?) as u32))),
+        0xcb => Value::Number(f64::from_bits(be(take(bytes, at, 8)?))),
+        0xa0..=0xbf => {
+            Value::String(lua.create_string(take(bytes, at, usize::from(tag & 0x1f))?)?)
+        }
+        0xd9 | 0xc4 => {
+            let n = len(at, 1)?;
+            Value::String(lua.create_string(take(bytes, at, n)?)?)
+        }
+        0xda | 0xc5 => {
+            let n = len(at, 2)?;
+            Value::String(lua.create_string(take(bytes, at, n)?)?)
+        }
+        0xdb | 0xc6 => {
+            let n = len(at, 4)?;
+            Value::String(lua.create_string(take(bytes, at, n)?)?)
+        }
+        0x90..=0x9f | 0xdc | 0xdd => {
+            let n = match tag {
+                0xdc => len(at, 2)?,
+                0xdd => len(at, 4)?,
+                _ => usize::from(tag & 0x0f),
+            };
+            let t = lua.create_table()?;
+            for i in 1..=n {
+                t.raw_set(i, unpack(lua, bytes, at, depth + 1)?)?;
+            }
+            Value::Table(t)
+        }
+        0x80..=0x8f | 0xde | 0xdf => {
+            let n = match tag {
+                0xde => len(at, 2)?,
+                0xdf => len(at, 4)?,
+                _ => usize::from(tag & 0x0f),
+            };
+            let t = lua.create_table()?;
+            for _ in 0..n {
+                let k = unpack(lua, bytes, at, depth + 1)?;
+                let v = unpack(lua, bytes, at, depth + 1)?;
+                if !matches!(k, Value::Nil) {
+                    t.raw_set(k, v)?;
+                }
+            }
+            Value::Table(t)
+        }
+        _ => return Err(mlua::Error::runtime("Bad data format in input.")),
+    })
 }
