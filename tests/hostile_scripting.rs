@@ -285,3 +285,59 @@ fn allocation_bombs_are_stopped() {
     }
     assert_eq!(eval(&mut a, "return 1", &[]), ":1\r\n");
 }
+
+#[test]
+fn script_kill_stops_the_accounts_own_script_before_it_writes() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_SCRIPT_TIME_LIMIT", "3000")
+        .start();
+    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
+    let mut a = server.resp_authed(&token_a);
+    let mut b = server.resp_authed(&token_b);
+    assert_eq!(
+        call(&mut a, &["SCRIPT", "KILL"]),
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    for (script, wrote) in [
+        ("while true do end", false),
+        ("redis.call('set', 'x', '1') while true do end", true),
+    ] {
+        let (port, token, owned) = (server.port, token_a.clone(), script.to_owned());
+        let looping = std::thread::spawn(move || {
+            let mut conn = RespConn::connect(port);
+            conn.call(&[b"AUTH", token.as_bytes()]);
+            let started = Instant::now();
+            (eval(&mut conn, &owned, &[]), started.elapsed())
+        });
+        // A's SCRIPT KILL, sent until the script runs: it stops a script that has not
+        // written; one that has is UNKILLABLE, and another tenant cannot touch it.
+        let mut answer = String::new();
+        common::wait_until("the script runs", || {
+            answer = call(&mut a, &["SCRIPT", "KILL"]);
+            answer != "-NOTBUSY No scripts in execution right now.\r\n" || looping.is_finished()
+        });
+        if wrote {
+            assert!(
+                answer.starts_with("-UNKILLABLE Sorry the script already executed write commands"),
+                "{answer:?}"
+            );
+            assert_eq!(
+                call(&mut b, &["SCRIPT", "KILL"]),
+                "-NOTBUSY No scripts in execution right now.\r\n"
+            );
+        } else {
+            assert_eq!(answer, "+OK\r\n");
+        }
+        let (reply, took) = looping.join().unwrap();
+        if wrote {
+            assert!(
+                reply.starts_with("-ERR script stopped: it ran past"),
+                "{reply:?}"
+            );
+        } else {
+            assert_eq!(reply, "-ERR Script killed by user with SCRIPT KILL...\r\n");
+            assert!(took < Duration::from_millis(2500), "{took:?}");
+        }
+    }
+}

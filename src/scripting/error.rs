@@ -31,8 +31,12 @@ pub enum ScriptError {
     Disabled,
     /// The account's script registry is full.
     RegistryFull { max: usize },
-    /// `SCRIPT KILL` with no script running.
+    /// `SCRIPT KILL` with no script of the account running.
     NotBusy,
+    /// `SCRIPT KILL` of a script that has written.
+    Unkillable,
+    /// The script was stopped by `SCRIPT KILL`.
+    Killed,
     /// `SCRIPT FLUSH` with an option other than ASYNC or SYNC.
     FlushOption,
     // --- errors a `redis.call` raises inside the script ---
@@ -99,6 +103,8 @@ impl ScriptError {
                 .into()
             }
             E::NotBusy => "NOTBUSY No scripts in execution right now.",
+            E::Unkillable => "UNKILLABLE Sorry the script already executed write commands against the dataset. You can either wait the script termination or kill the server in a hard way using the SHUTDOWN NOSAVE command.",
+            E::Killed => "ERR Script killed by user with SCRIPT KILL...",
             E::FlushOption => "ERR SCRIPT FLUSH only support SYNC|ASYNC option",
             E::NoArguments => "ERR Please specify at least one argument for this redis lib call",
             E::UnknownCommand => "ERR Unknown Redis command called from script",

@@ -40,12 +40,22 @@ pub trait Host {
 }
 
 /// A script run's bounds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// `PKV_SCRIPT_TIME_LIMIT`.
     pub time: Duration,
     /// Bytes the Lua state may allocate.
     pub memory: usize,
+    /// What `SCRIPT KILL` sees of the run, and how it stops it.
+    pub control: Arc<Running>,
+}
+
+/// A script while it runs: whether it has written, and whether `SCRIPT KILL` asked it to
+/// stop (it stops at the next look at the clock).
+#[derive(Debug, Default)]
+pub struct Running {
+    pub kill: AtomicBool,
+    pub wrote: AtomicBool,
 }
 
 /// A script to run.
@@ -198,6 +208,9 @@ pub fn run(
             Err(err) => return Ok(Err(err.line().into_owned())),
         };
         let reply = host.borrow_mut().call(spec, words);
+        if spec.has(crate::commands::flags::WRITE) && !reply.is_error() {
+            limits.control.wrote.store(true, Ordering::Release);
+        }
         match reply {
             Frame::Error(line) => Ok(Err(String::from_utf8_lossy(&line).into_owned())),
             reply => Ok(Ok(to_lua(lua, reply, 0)?)),
@@ -240,11 +253,12 @@ pub fn run(
         };
         protect.call::<()>(())?;
         let started = Instant::now();
-        let (time, flag) = (limits.time, stopped.clone());
+        let (time, flag, control) = (limits.time, stopped.clone(), limits.control.clone());
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_CHECK),
             move |_, _| {
-                if flag.load(Ordering::Acquire) || started.elapsed() > time {
+                let killed = control.kill.load(Ordering::Acquire);
+                if killed || flag.load(Ordering::Acquire) || started.elapsed() > time {
                     flag.store(true, Ordering::Release);
                     return Err(mlua::Error::runtime("script stopped"));
                 }
@@ -260,6 +274,9 @@ pub fn run(
         };
         Ok(frame.map_err(|value| error_value(&value, &error_at)))
     });
+    if stopped.load(Ordering::Acquire) && limits.control.kill.load(Ordering::Acquire) {
+        return Err(ScriptError::Killed);
+    }
     if stopped.load(Ordering::Acquire) {
         return Err(ScriptError::TimedOut {
             limit_ms: limits.time.as_millis() as u64,
@@ -519,6 +536,7 @@ mod tests {
         let limits = Limits {
             time: Duration::from_millis(ms),
             memory: 1 << 24,
+            control: Arc::default(),
         };
         let script = Script {
             body: body.as_bytes(),

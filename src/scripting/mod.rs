@@ -106,6 +106,31 @@ pub fn check_call(args: &[Bytes], read_only: bool) -> Result<&'static CommandSpe
 #[derive(Default)]
 pub struct Registry {
     accounts: Mutex<HashMap<Arc<str>, AccountScripts>>,
+    /// Each account's scripts running now, for `SCRIPT KILL`.
+    running: Mutex<HashMap<Arc<str>, Vec<Arc<lua::Running>>>>,
+}
+
+/// A script counted as running for its account until this drops.
+pub struct RunGuard<'a> {
+    registry: &'a Registry,
+    account: Arc<str>,
+    pub control: Arc<lua::Running>,
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .registry
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = running.get_mut(&self.account) {
+            list.retain(|r| !Arc::ptr_eq(r, &self.control));
+            if list.is_empty() {
+                running.remove(&self.account);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -146,6 +171,38 @@ impl Registry {
     pub fn flush(&self, account: &str) {
         let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
         accounts.remove(account);
+    }
+
+    /// Counts a script of `account` as running, until the guard drops.
+    pub fn start(&self, account: &Arc<str>) -> RunGuard<'_> {
+        let control = Arc::new(lua::Running::default());
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        running
+            .entry(account.clone())
+            .or_default()
+            .push(control.clone());
+        RunGuard {
+            registry: self,
+            account: account.clone(),
+            control,
+        }
+    }
+
+    /// `SCRIPT KILL` for `account`: stops its running scripts, unless one has written
+    /// (then nothing is stopped, as Redis refuses).
+    pub fn kill(&self, account: &str) -> Result<(), ScriptError> {
+        use std::sync::atomic::Ordering;
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = running.get(account).filter(|l| !l.is_empty()) else {
+            return Err(ScriptError::NotBusy);
+        };
+        if list.iter().any(|r| r.wrote.load(Ordering::Acquire)) {
+            return Err(ScriptError::Unkillable);
+        }
+        for r in list {
+            r.kill.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// The bytes `account`'s scripts count for.

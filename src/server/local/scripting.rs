@@ -64,9 +64,11 @@ impl Session {
                 scripts.flush(&account);
                 self.reply(out, |w| w.ok());
             }
-            // This connection's own script is never running while it sends a command, and
-            // a script never waits: `PKV_SCRIPT_TIME_LIMIT` stops a long one.
-            Local::ScriptKill => self.reject(ScriptError::NotBusy, out),
+            // Another connection of the account may be running one.
+            Local::ScriptKill => match scripts.kill(&account) {
+                Ok(()) => self.reply(out, |w| w.ok()),
+                Err(err) => self.reject(err, out),
+            },
             _ => self.eval(store, local, args, account, out).await,
         }
     }
@@ -109,9 +111,11 @@ impl Session {
             policy: self.ttl_policy(),
             metering: self.shared.meter.enabled(),
         };
+        let running = self.shared.scripts.start(&account);
         let limits = Limits {
             time: self.current.script_time_limit,
             memory: MEMORY_LIMIT,
+            control: running.control.clone(),
         };
         let read_only = matches!(local, Local::EvalRo | Local::EvalShaRo);
         let job_store = store.clone();
@@ -127,7 +131,9 @@ impl Session {
                 lua::run(&script, &limits, host)
             })
         };
-        let (result, spent) = match tokio::task::spawn_blocking(job).await {
+        let done = tokio::task::spawn_blocking(job).await;
+        drop(running);
+        let (result, spent) = match done {
             Ok(done) => done,
             Err(e) => {
                 let err = crate::backend::BackendError::Lost(format!("script: {e}"));
