@@ -341,3 +341,50 @@ fn script_kill_stops_the_accounts_own_script_before_it_writes() {
         }
     }
 }
+
+#[test]
+fn recursion_and_cycles_end_in_an_error_not_a_crash() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer).start();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    for script in [
+        "local function f(n) return f(n + 1) + 1 end return f(1)",
+        "local t = setmetatable({}, {__index = function(t, k) return t[k .. 'x'] end}) return t.a",
+        "local t = {} t[1] = t return cjson.encode(t)",
+        "return cjson.decode(string.rep('[', 100000))",
+        "local t = {} t[1] = t return cmsgpack.unpack(string.rep(string.char(0x91), 100000))",
+        "local s = '' for i = 1, 200 do s = 'loadstring(\"' .. s .. '\")' end return loadstring(s)",
+        "return string.find(string.rep('a', 300000), string.rep('a?', 150000) .. string.rep('a', 150000))",
+        "return ('x'):rep(100000):match(('.-'):rep(100000))",
+        "return string.gsub(string.rep('a', 100000), string.rep('(a)', 30) .. string.rep('a*', 100000), '%1')",
+    ] {
+        let reply = eval(&mut a, script, &[]);
+        assert!(
+            reply.starts_with('-') || reply.starts_with('$') || reply.starts_with('*'),
+            "{script}: {reply:?}"
+        );
+        assert_eq!(eval(&mut a, "return 1", &[]), ":1\r\n", "{script}");
+    }
+    // Patterns up to the bound still work, as deep as they go.
+    let reply = eval(
+        &mut a,
+        "return {string.find(string.rep('a', 5000), string.rep('a?', 512))}",
+        &[],
+    );
+    assert_eq!(reply, "*2\r\n:1\r\n:512\r\n");
+    let reply = eval(
+        &mut a,
+        "return ('x'):rep(10):match(('.-'):rep(511) .. 'x')",
+        &[],
+    );
+    assert_eq!(reply, "$1\r\nx\r\n");
+    let reply = eval(&mut a, "return ('x'):find(('.'):rep(1025))", &[]);
+    assert!(
+        reply.contains("pattern longer than 1024 bytes"),
+        "{reply:?}"
+    );
+    // A cycle in a reply is cut off, as pkv converts only so deep.
+    let reply = eval(&mut a, "local t = {} t[1] = t return t", &[]);
+    assert!(reply.starts_with("*1\r\n*1\r\n"), "{reply:?}");
+    assert!(server.is_running());
+}

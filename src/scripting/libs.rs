@@ -5,8 +5,10 @@
 
 use mlua::{LightUserData, Lua, Table, Value};
 
-/// How deep `cjson.encode` and `cjson.decode` go (cjson's own default is 1000).
-const MAX_DEPTH: usize = 1000;
+/// How deep `cjson.encode`, `cjson.decode` and `cmsgpack.unpack` go. lua-cjson allows
+/// 1000; pkv's walks are recursive Rust on a thread of the blocking pool, whose stack this
+/// keeps far from its end (`tests/hostile_scripting.rs` nests 100,000 deep).
+const MAX_DEPTH: usize = 128;
 
 pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     let g = lua.globals();
@@ -48,7 +50,7 @@ fn cjson(lua: &Lua) -> mlua::Result<Table> {
 fn encode(value: &Value, out: &mut String, depth: usize) -> mlua::Result<()> {
     if depth > MAX_DEPTH {
         return Err(mlua::Error::runtime(
-            "Cannot serialise, excessive nesting (1001)",
+            "Cannot serialise, excessive nesting (129)",
         ));
     }
     match value {

@@ -85,6 +85,20 @@ end
 -- line, as Redis 7.0 gives it.
 pcall = function(f, ...) return finish(pcall_(f, ...)) end
 xpcall = function(f, h) return finish(xpcall_(f, h)) end
+-- Lua 5.1's pattern matcher recurses in C once per pattern item, with no bound of its own:
+-- a long enough pattern overflows the thread's stack and ends the process. Patterns are
+-- bounded instead (scripts' patterns are short).
+local find, match, gmatch, gsub, type_ = string.find, string.match, string.gmatch, string.gsub, type
+local function pattern(p)
+  if type_(p) == "string" and #p > 1024 then
+    error_("pattern longer than 1024 bytes (pkv's bound on Lua patterns)", 3)
+  end
+  return p
+end
+string.find = function(s, p, ...) return find(s, pattern(p), ...) end
+string.match = function(s, p, ...) return match(s, pattern(p), ...) end
+string.gmatch = function(s, p) return gmatch(s, pattern(p)) end
+string.gsub = function(s, p, ...) return gsub(s, pattern(p), ...) end
 local redis = {}
 redis.call = call
 redis.pcall = pcall_redis
