@@ -80,6 +80,11 @@ pub trait Backend: Send + Sync {
     /// `PKV_MAXMEMORY`).
     fn reconfigure(&self, _settings: &crate::config::Settings) {}
 
+    /// The embedded store, when this backend is it: scripts run there in-process.
+    fn embedded(&self) -> Option<&crate::embedded::Store> {
+        None
+    }
+
     /// The backend's figures for `/metrics` (its pool, keys, snapshots), read when scraped.
     fn figures(&self) -> crate::metrics::BackendFigures {
         crate::metrics::BackendFigures::default()

@@ -228,6 +228,16 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "on: every command is paid from the account's balance; off: free (tokens still checked)",
     },
     SettingDoc {
+        name: "PKV_SCRIPTING",
+        default: "on",
+        help: "on: EVAL, EVALSHA and SCRIPT run on the embedded store; off: they are refused",
+    },
+    SettingDoc {
+        name: "PKV_SCRIPT_TIME_LIMIT",
+        default: "5000",
+        help: "milliseconds a script may run on the embedded store before it is stopped",
+    },
+    SettingDoc {
         name: "PKV_PRICE_OP",
         default: "0.000001",
         help: "units per command executed",
@@ -339,6 +349,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// False with `PKV_METERING=off`.
     pub metering: bool,
+    /// False with `PKV_SCRIPTING=off`: scripting commands are refused.
+    pub scripting: bool,
+    /// How long a script may run before it is stopped (`PKV_SCRIPT_TIME_LIMIT`).
+    pub script_time_limit: Duration,
     pub prices: Prices,
     /// Lease size in nano-units.
     pub lease_nanos: i64,
@@ -598,6 +612,7 @@ impl Settings {
             }
         };
         let default_ttl = num("PKV_DEFAULT_TTL", 1);
+        let script_time_limit_ms = num("PKV_SCRIPT_TIME_LIMIT", 1);
         let max_ttl = num("PKV_MAX_TTL", 1);
         let token_leeway = num("PKV_TOKEN_LEEWAY", 0);
         let balance_interval_ms = num("PKV_BALANCE_INTERVAL_MS", 0);
@@ -687,6 +702,14 @@ impl Settings {
                 true
             }
         };
+        let scripting = match get("PKV_SCRIPTING").to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            other => {
+                errors.push(format!("PKV_SCRIPTING: expected on or off, got {other:?}"));
+                true
+            }
+        };
         let log_format = match get("PKV_LOG_FORMAT").to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -722,6 +745,8 @@ impl Settings {
         }
         Ok(Settings {
             metering,
+            scripting,
+            script_time_limit: Duration::from_millis(script_time_limit_ms),
             prices,
             lease_nanos,
             low_balance_nanos,

@@ -100,6 +100,8 @@ pub enum ClientError {
     Refused(Refusal),
     /// The storage a write would buy cannot be sold.
     Plan(PlanError),
+    /// Scripting: its own errors ([`crate::scripting::ScriptError`]).
+    Script(crate::scripting::ScriptError),
     Backend(BackendError),
     Limit(LimitError),
     Ledger(LedgerError),
@@ -229,6 +231,7 @@ impl ClientError {
             E::Refused(Refusal::Ledger(err)) | E::Ledger(err) => return ledger_line(err).into(),
             E::Plan(err) => return plan_line(err).into(),
             E::Store(err) => return store_line(err),
+            E::Script(err) => return err.line(),
             E::Backend(err) => return backend_line(err).into(),
             E::Limit(err) => return limit_line(*err).into(),
             E::Protocol(err) => {

@@ -55,6 +55,7 @@ pub mod namespace;
 pub mod notify;
 pub mod protocol;
 pub mod redis_num;
+pub mod scripting;
 pub mod server;
 pub mod tls;
 pub mod upstream;

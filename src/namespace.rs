@@ -10,7 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::protocol::frame::Frame;
 
-use crate::commands::{ArgRole, ReplyRewrite};
+use crate::commands::{ArgRole, Call, CommandSpec, KeyRule, ReplyRewrite};
 
 /// The key prefix of every tenant namespace.
 pub const TENANT_ROOT: &str = "pkv:t:";
@@ -71,6 +71,45 @@ impl Namespace {
             ArgRole::SortPattern if arg == b"#" => Bytes::copy_from_slice(arg),
             ArgRole::SortPattern => self.wrap(arg),
         }
+    }
+
+    /// A request as the backend runs it: every located key, pattern and channel
+    /// (`keys`, from [`crate::commands::locate`]) rewritten into the namespace, every other
+    /// argument as given. Client commands and the commands scripts call both go through
+    /// here.
+    pub fn rewrite_call(
+        &self,
+        spec: &'static CommandSpec,
+        args: &[Bytes],
+        mut keys: Vec<(usize, ArgRole)>,
+    ) -> Call {
+        keys.sort_unstable_by_key(|(i, _)| *i);
+        let mut keys = keys.into_iter().peekable();
+        let mut out = Vec::with_capacity(args.len() + 2);
+        for (i, arg) in args.iter().enumerate() {
+            let mut role = None;
+            while let Some(&(k, r)) = keys.peek() {
+                if k > i {
+                    break;
+                }
+                if k == i {
+                    role = Some(r);
+                }
+                keys.next();
+            }
+            out.push(match role {
+                Some(role) => self.rewrite(arg, role),
+                None => arg.clone(),
+            });
+        }
+        for rule in spec.keys {
+            if let KeyRule::OptionalChannelPattern { at } = rule {
+                if args.len() <= usize::from(*at) {
+                    out.push(self.wrap_glob(b"*"));
+                }
+            }
+        }
+        Call::new(spec, out)
     }
 
     /// `text` with every occurrence of the prefix removed, for error messages that quote

@@ -23,7 +23,8 @@ impl Call {
 
     /// One of pkv's own commands (metering bookkeeping, transactions, the ledger's
     /// scripts), by its upper-case name; arguments follow with [`Call::arg`]. A name
-    /// without a row (the ledger's `EVAL`) runs only upstream.
+    /// without a row runs only upstream; so does the ledger's `EVAL`, whose row is the
+    /// client's (answered by pkv itself) and is not read upstream.
     pub fn named(name: &'static str) -> Call {
         Call {
             spec: super::row(name),
@@ -113,6 +114,6 @@ mod tests {
             b"*4\r\n$7\r\nPEXPIRE\r\n$1\r\nk\r\n$8\r\n86400000\r\n$2\r\nNX\r\n"
         );
         assert_eq!(call.spec().map(|s| s.name), Some("PEXPIRE"));
-        assert!(Call::named("EVAL").spec().is_none());
+        assert!(Call::named("FUNCTION").spec().is_none());
     }
 }

@@ -380,6 +380,14 @@ pub enum Local {
     Help,
     /// `PUBSUB NUMPAT`: the connection's own patterns.
     PubsubNumpat,
+    Eval,
+    EvalSha,
+    EvalRo,
+    EvalShaRo,
+    ScriptLoad,
+    ScriptExists,
+    ScriptFlush,
+    ScriptKill,
 }
 
 impl CommandSpec {

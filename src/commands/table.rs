@@ -645,4 +645,14 @@ pub static TABLE: &[C] = &[
     C::local("PKV.BALANCE", 1, FREE, L::PkvBalance),
     C::local("PKV.PRICES", 1, FREE, L::PkvPrices),
     C::local("PKV.DEFAULTTTL", -1, FREE_BARE, L::PkvDefaultTtl),
+    // Scripting (src/scripting): run by pkv on the embedded store, refused on an upstream.
+    C::local("EVAL", -3, UPSTREAM_TIME, L::Eval),
+    C::local("EVALSHA", -3, UPSTREAM_TIME, L::EvalSha),
+    C::local("EVAL_RO", -3, READONLY | UPSTREAM_TIME, L::EvalRo),
+    C::local("EVALSHA_RO", -3, READONLY | UPSTREAM_TIME, L::EvalShaRo),
+    C::fwd("SCRIPT", -2, CONTAINER, NONE),
+    C::local("SCRIPT|LOAD", 3, 0, L::ScriptLoad),
+    C::local("SCRIPT|EXISTS", -3, 0, L::ScriptExists),
+    C::local("SCRIPT|FLUSH", -2, 0, L::ScriptFlush),
+    C::local("SCRIPT|KILL", 2, 0, L::ScriptKill),
 ];

@@ -36,6 +36,7 @@ pub mod keyspace;
 mod ledger;
 pub mod memory;
 pub mod pubsub;
+pub mod script;
 pub mod snapshot;
 pub mod stream;
 
@@ -766,6 +767,10 @@ impl Backend for Store {
 
     fn reconfigure(&self, settings: &Settings) {
         self.set_memory_limit(settings.maxmemory);
+    }
+
+    fn embedded(&self) -> Option<&Store> {
+        Some(self)
     }
 
     fn figures(&self) -> crate::metrics::BackendFigures {

@@ -61,6 +61,8 @@ pub struct Shared {
     pub strangers: Arc<limits::Strangers>,
     /// The upstream's `redis_version`, read from it once (HELLO and INFO report it).
     pub upstream_version: tokio::sync::OnceCell<String>,
+    /// Each account's Lua scripts (`SCRIPT LOAD`, `EVALSHA`).
+    pub scripts: crate::scripting::Registry,
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
@@ -117,6 +119,7 @@ impl Shared {
             limits: limits::AccountLimits::new(&settings),
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             upstream_version: tokio::sync::OnceCell::new(),
+            scripts: crate::scripting::Registry::default(),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
             notify: Arc::new(crate::notify::Hub::new(settings.keyspace_events)),

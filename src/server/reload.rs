@@ -157,6 +157,8 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         lease_nanos => "PKV_LEASE",
         low_balance_nanos => "PKV_LOW_BALANCE",
         maxmemory => "PKV_MAXMEMORY",
+        scripting => "PKV_SCRIPTING",
+        script_time_limit => "PKV_SCRIPT_TIME_LIMIT",
     );
     Ok(Reloaded {
         changed,

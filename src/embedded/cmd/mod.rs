@@ -59,7 +59,9 @@ impl Kind {
         };
         if spec.has(flags::CONTAINER) {
             let writes = TABLE.iter().any(|sub| {
-                sub.name.split_once('|').is_some_and(|(parent, _)| parent == name)
+                sub.name
+                    .split_once('|')
+                    .is_some_and(|(parent, _)| parent == name)
                     && sub.has(flags::WRITE)
             });
             return if writes { Kind::Multi } else { Kind::Read };

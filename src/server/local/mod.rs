@@ -16,6 +16,7 @@ mod info;
 mod introspect;
 mod keyspace;
 mod pubsub;
+mod scripting;
 mod transactions;
 
 use bytes::{Bytes, BytesMut};
@@ -100,6 +101,14 @@ impl Session {
             }
             Local::PkvPrices => self.prices(out),
             Local::PkvDefaultTtl => self.pkv_default_ttl(args, out).await,
+            Local::Eval
+            | Local::EvalSha
+            | Local::EvalRo
+            | Local::EvalShaRo
+            | Local::ScriptLoad
+            | Local::ScriptExists
+            | Local::ScriptFlush
+            | Local::ScriptKill => self.script(local, args, out).await,
         }
     }
 

@@ -8,7 +8,7 @@ use super::settle::TimeShares;
 
 use super::{Pending, Session, Share, Txn};
 use crate::backend::{BackendError, Dedicated};
-use crate::commands::{self, ArgRole, Call, CommandSpec, KeyRule, ReplyRewrite};
+use crate::commands::{self, ArgRole, Call, CommandSpec, ReplyRewrite};
 use crate::error::ClientError;
 use crate::meter::storage::{self, Plan, TtlPolicy};
 use crate::metrics::Metrics;
@@ -89,36 +89,10 @@ impl Session {
         &self,
         spec: &'static CommandSpec,
         args: &[Bytes],
-        mut keys: Vec<(usize, ArgRole)>,
+        keys: Vec<(usize, ArgRole)>,
     ) -> Result<Call, ClientError> {
         let ns = self.ns().ok_or(ClientError::NoAuth)?;
-        keys.sort_unstable_by_key(|(i, _)| *i);
-        let mut keys = keys.into_iter().peekable();
-        let mut out = Vec::with_capacity(args.len() + 2);
-        for (i, arg) in args.iter().enumerate() {
-            let mut role = None;
-            while let Some(&(k, r)) = keys.peek() {
-                if k > i {
-                    break;
-                }
-                if k == i {
-                    role = Some(r);
-                }
-                keys.next();
-            }
-            out.push(match role {
-                Some(role) => ns.rewrite(arg, role),
-                None => arg.clone(),
-            });
-        }
-        for rule in spec.keys {
-            if let KeyRule::OptionalChannelPattern { at } = rule {
-                if args.len() <= usize::from(*at) {
-                    out.push(ns.wrap_glob(b"*"));
-                }
-            }
-        }
-        Ok(Call::new(spec, out))
+        Ok(ns.rewrite_call(spec, args, keys))
     }
 
     pub(super) async fn forward(
@@ -213,7 +187,7 @@ impl Session {
     }
 
     /// The TTL policy now.
-    pub(super) fn ttl_policy(&self) -> TtlPolicy {
+    pub(in crate::server) fn ttl_policy(&self) -> TtlPolicy {
         TtlPolicy {
             default_secs: self.default_ttl(),
             max_secs: self.current.max_ttl,

@@ -1,0 +1,134 @@
+//! Scripts on the embedded store: a script runs with the store's gate held exclusively, as
+//! one transaction (as `EXEC` runs), and each of its `redis.call`s takes the request path's
+//! own steps: `PERSIST`-like requests for no expiry served as the longest one, keys located
+//! by the command table's grammar ([`crate::commands::locate`]), the write's storage
+//! planned as for a client's command ([`crate::meter::storage::plan`]), keys rewritten into
+//! the caller's namespace ([`crate::namespace::Namespace::rewrite_call`]), the
+//! bookkeeping run around it, and the reply's key names taken back out of the namespace.
+//! A script therefore reaches exactly what its client's own commands reach, and pays the
+//! same storage for the same writes.
+
+use bytes::Bytes;
+
+use super::{arg_slices, handler, into_frame, now_ms, Store};
+use crate::commands::{self, flags, persist, Call, CommandSpec};
+use crate::error::ClientError;
+use crate::meter::storage::{self, TtlPolicy};
+use crate::namespace::Namespace;
+use crate::protocol::frame::Frame;
+use crate::protocol::Proto;
+use crate::scripting::lua::Host;
+
+/// Whose script runs, and how its writes are metered.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ns: Namespace,
+    /// The account's default TTL and `PKV_MAX_TTL` (`now_ms` is set when the script runs).
+    pub policy: TtlPolicy,
+    /// `PKV_METERING`: with it off, writes get no TTL and buy nothing.
+    pub metering: bool,
+}
+
+/// What a script's calls used, to be paid as the same commands outside a script would be.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    /// `redis.call`s that ran.
+    pub calls: u64,
+    /// Storage its writes bought.
+    pub byte_seconds: u64,
+    /// True once a call wrote.
+    pub wrote: bool,
+}
+
+impl Store {
+    /// Runs `script` with every other command of the store held back, the caller's calls
+    /// going through [`Host::call`]. Waits for the gate: call it on the blocking pool.
+    pub fn run_script<R>(
+        &self,
+        caller: &Caller,
+        script: impl FnOnce(&mut dyn Host) -> R,
+    ) -> (R, Spent) {
+        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let mut policy = caller.policy;
+        policy.now_ms = now;
+        let mut host = StoreHost {
+            store: self,
+            caller,
+            policy,
+            now,
+            spent: Spent::default(),
+        };
+        let result = script(&mut host);
+        (result, host.spent)
+    }
+
+    /// With `PKV_APPENDFSYNC=always`, waits until a script's writes are on disk.
+    pub async fn script_committed(&self) -> Result<(), String> {
+        self.commit().await
+    }
+}
+
+/// The store, as a running script's calls see it.
+struct StoreHost<'a> {
+    store: &'a Store,
+    caller: &'a Caller,
+    policy: TtlPolicy,
+    /// One instant for the whole script, as Redis freezes time in scripts.
+    now: i64,
+    spent: Spent,
+}
+
+impl StoreHost<'_> {
+    fn run(&self, call: &Call) -> Frame {
+        into_frame(
+            self.store
+                .run_held(Proto::Resp2, handler(call), &arg_slices(call), self.now),
+        )
+    }
+}
+
+impl Host for StoreHost<'_> {
+    fn call(&mut self, spec: &'static CommandSpec, args: Vec<Bytes>) -> Frame {
+        let ns = &self.caller.ns;
+        let (spec, args) = match spec.has(flags::WRITE) && self.caller.metering {
+            true => persist::as_longest_expiry(spec, &args, self.policy.max_secs)
+                .unwrap_or((spec, args)),
+            false => (spec, args),
+        };
+        let located = match commands::locate(spec, &args) {
+            Ok(located) => located,
+            Err(err) => return Frame::error(ClientError::Key(err).line()),
+        };
+        let plan = if self.caller.metering {
+            match storage::plan(spec, &args, &located.keys, ns, &self.policy) {
+                Ok(plan) => plan,
+                Err(err) => return Frame::error(ClientError::from(err).line()),
+            }
+        } else {
+            storage::Plan::default()
+        };
+        let mut cmd = ns.rewrite_call(spec, &args, located.keys);
+        if plan.append_default_ttl {
+            cmd = cmd.arg("EX").arg(self.policy.default_secs.to_string());
+        }
+        let before: Vec<Frame> = plan.before.iter().map(|c| self.run(c)).collect();
+        let reply = self.run(&cmd);
+        let after: Vec<Frame> = plan.after.iter().map(|c| self.run(c)).collect();
+        self.spent.calls += 1;
+        self.spent.byte_seconds += storage::byte_seconds(
+            &plan.rule,
+            &reply,
+            &before,
+            &after,
+            self.policy.default_secs,
+        );
+        self.spent.wrote |= spec.has(flags::WRITE) && !reply.is_error();
+        match reply {
+            Frame::Error(line) if line.windows(ns.prefix().len()).any(|w| w == ns.prefix()) => {
+                Frame::error(ns.strip_all(&String::from_utf8_lossy(&line)))
+            }
+            reply => ns.rewrite_reply(spec.reply, reply),
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Scripting on the embedded store, through real clients: Redis 7.0's replies and errors
+//! (compared with a real redis-server), redis-rs's `Script`, redis-py's `Lock` under
+//! contention, per-account script registries, TTLs and metering of what scripts write.
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with the error, as it should
+
+mod common;
+
+use std::time::Duration;
+
+use common::{pkv_balance, Issuer, PkvConfig, Redis, RespConn, Server};
+
+fn embedded() -> (Server, Issuer) {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer).start();
+    (server, issuer)
+}
+
+fn words(args: &[&str]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+fn call(conn: &mut RespConn, args: &[&str]) -> String {
+    let args = words(args);
+    let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+    String::from_utf8_lossy(&conn.call(&refs)).into_owned()
+}
+
+/// Scripts whose replies pkv must give byte for byte as Redis 7.0 does. Key names are
+/// the client's own, so the replies are the same through the namespace.
+const PARITY: &[&[&str]] = &[
+    &["EVAL", "return 1", "0"],
+    &["EVAL", "return {1,2,3.7,'x',nil,5}", "0"],
+    &["EVAL", "return {err='my err'}", "0"],
+    &["EVAL", "return {ok='fine'}", "0"],
+    &["EVAL", "return redis.error_reply('E2 bad')", "0"],
+    &["EVAL", "return redis.status_reply('YES')", "0"],
+    &["EVAL", "return true", "0"],
+    &["EVAL", "return false", "0"],
+    &["EVAL", "return 3.99", "0"],
+    &["EVAL", "return -3.99", "0"],
+    &["EVAL", "return nil", "0"],
+    &["EVAL", "return 'text'", "0"],
+    &["EVAL", "return {1,{2,{3,'x'}},true,false}", "0"],
+    &["EVAL", "retur", "0"],
+    &["EVAL", "return 1", "-1"],
+    &["EVAL", "return 1", "2", "a"],
+    &["EVAL", "return 1", "x"],
+    &["EVAL", "return {KEYS[1], KEYS[2], ARGV[1], ARGV[2], #KEYS, #ARGV}", "2", "k1", "k2", "a1", "a2"],
+    &["EVAL", "return redis.call('set', KEYS[1], ARGV[1])", "1", "p:s", "abc"],
+    &["EVAL", "return redis.call('get', KEYS[1])", "1", "p:s"],
+    &["EVAL", "return redis.call('get', 'p:missing')", "0"],
+    &["EVAL", "return redis.call('incr', KEYS[1])", "1", "p:s"],
+    &["EVAL", "return redis.pcall('incr', KEYS[1])", "1", "p:s"],
+    &["EVAL", "local r = redis.pcall('incr', KEYS[1]) return r.err", "1", "p:s"],
+    &["EVAL", "return redis.call('incrby', KEYS[1], 5)", "1", "p:n"],
+    &["EVAL", "redis.call('rpush', KEYS[1], 'a', 'b', 'c') return redis.call('lrange', KEYS[1], 0, -1)", "1", "p:l"],
+    &["EVAL", "redis.call('hset', KEYS[1], 'f', 'v') return redis.call('hgetall', KEYS[1])", "1", "p:h"],
+    &["EVAL", "return redis.call('type', KEYS[1])", "1", "p:h"],
+    &["EVAL", "return redis.call('exists', KEYS[1], KEYS[2])", "2", "p:h", "p:nope"],
+    &["EVAL", "return redis.call('blpop', KEYS[1], 0)", "1", "p:empty"],
+    &["EVAL", "local ok, e = pcall(redis.call, 'incr', KEYS[1]) return {tostring(ok), type(e), e}", "1", "p:s"],
+    &["EVAL", "return redis.call('xread', 'block', 0, 'streams', 'p:x', '$')", "0"],
+    &["EVAL", "return redis.call('xread', 'streams', 'p:x', '0')", "0"],
+    &["EVAL", "error('boom')", "0"],
+    &["EVAL", "x = 1", "0"],
+    &["EVAL", "return x", "0"],
+    &["EVAL", "return type(os)", "0"],
+    &["EVAL", "return type(loadstring)", "0"],
+    &["EVAL", "return type(getmetatable)", "0"],
+    &["EVAL", "return redis.call('nosuch')", "0"],
+    &["EVAL", "return redis.call('eval', 'return 1', 0)", "0"],
+    &["EVAL", "return redis.call()", "0"],
+    &["EVAL", "return redis.call('get')", "0"],
+    &["EVAL_RO", "return redis.call('set', 'p:ro', 'v')", "0"],
+    &["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "p:s"],
+    &["EVAL", "return redis.sha1hex('')", "0"],
+    &["EVAL", "return cjson.encode({1, 2, 'x'})", "0"],
+    &["EVAL", "return cjson.encode({a = {b = true}})", "0"],
+    &["EVAL", "local t = cjson.decode('{\"a\":[1,2,{\"b\":\"c\"}]}') return {t.a[2], t.a[3].b}", "0"],
+    &["EVAL", "return {bit.band(0xff, 0x0f), bit.bor(1, 2, 4), bit.bxor(5, 3), bit.bnot(0), bit.lshift(1, 31), bit.rshift(-1, 28), bit.arshift(-16, 2), bit.tohex(255), bit.tohex(-1, -4)}", "0"],
+    &["EVAL", "return cmsgpack.pack({1, 2, 'three', {a = 1}}, 300, -5, -200, 70000, 1.5, 0.1, true, false, string.rep('x', 40))", "0"],
+    &["EVAL", "local a, b, c = cmsgpack.unpack(cmsgpack.pack({1, {2, 'x'}}, 'y', 5000000000)) return {a[2][2], b, c}", "0"],
+    &["EVAL", "return cmsgpack.pack({})", "0"],
+    &["EVAL", "return tostring(tonumber('0x10'))", "0"],
+    &["EVAL", "return string.format('%d-%s', 7, 'x')", "0"],
+    &["EVAL", "return table.concat({'a','b'}, ',')", "0"],
+    &["EVAL", "return math.floor(7.9)", "0"],
+    &["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"],
+    &["SCRIPT", "LOAD", "return 'loaded'"],
+    &["SCRIPT", "EXISTS", "4acd2d0a5ec2a1c2dd3e4cd4d7b0cc5e4b3c4c2f", "ffffffffffffffffffffffffffffffffffffffff"],
+    &["EVALSHA", "4acd2d0a5ec2a1c2dd3e4cd4d7b0cc5e4b3c4c2f", "0"],
+    &["SCRIPT", "FLUSH", "BOGUS"],
+    &["SCRIPT", "KILL"],
+];
+
+#[test]
+fn replies_and_errors_are_redis_7s() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    let mut differences = Vec::new();
+    for args in PARITY {
+        let ours = call(&mut pkv, args);
+        let theirs = call(&mut direct, args);
+        if ours != theirs {
+            differences.push(format!("{args:?}\n  pkv:   {ours:?}\n  redis: {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} difference(s):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}
+
+#[test]
+fn redis_rs_script_loads_once_and_runs_by_sha() {
+    let (server, issuer) = embedded();
+    let mut con = server.client(&issuer.token(1000));
+    let script = redis::Script::new("return redis.call('incrby', KEYS[1], ARGV[1])");
+    let first: i64 = script.key("counter").arg(2).invoke(&mut con).unwrap();
+    let second: i64 = script.key("counter").arg(3).invoke(&mut con).unwrap();
+    assert_eq!((first, second), (2, 5));
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(script.get_hash())
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(exists, vec![1]);
+}
+
+#[test]
+fn redis_py_lock_excludes_under_contention() {
+    let (server, issuer) = embedded();
+    let token = issuer.token(1000);
+    let output = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/apps/redis_py_lock.py"
+        ))
+        .arg(server.url(&token))
+        .args(["4", "25"])
+        .output()
+        .expect("python3 runs (scripts/test.sh installs python3-redis)");
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "100");
+}
+
+#[test]
+fn each_account_sees_only_its_own_scripts() {
+    let (server, issuer) = embedded();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    let mut b = server.resp_authed(&issuer.token(1000));
+    let loaded = call(&mut a, &["SCRIPT", "LOAD", "return 'a'"]);
+    let sha = loaded.lines().nth(1).unwrap().to_owned();
+    assert_eq!(call(&mut a, &["EVALSHA", &sha, "0"]), "$1\r\na\r\n");
+    assert_eq!(
+        call(&mut b, &["EVALSHA", &sha, "0"]),
+        "-NOSCRIPT No matching script. Please use EVAL.\r\n"
+    );
+    assert_eq!(call(&mut b, &["SCRIPT", "EXISTS", &sha]), "*1\r\n:0\r\n");
+    // B flushing its scripts leaves A's.
+    assert_eq!(call(&mut b, &["SCRIPT", "FLUSH"]), "+OK\r\n");
+    assert_eq!(call(&mut a, &["SCRIPT", "EXISTS", &sha]), "*1\r\n:1\r\n");
+    assert_eq!(call(&mut a, &["SCRIPT", "FLUSH", "ASYNC"]), "+OK\r\n");
+    assert_eq!(call(&mut a, &["SCRIPT", "EXISTS", &sha]), "*1\r\n:0\r\n");
+    // EVAL caches what it ran, for the same account only.
+    call(&mut a, &["EVAL", "return 'a'", "0"]);
+    assert_eq!(call(&mut a, &["EVALSHA", &sha, "0"]), "$1\r\na\r\n");
+    assert!(call(&mut b, &["EVALSHA", &sha, "0"]).starts_with("-NOSCRIPT"));
+}
+
+#[test]
+fn an_accounts_registry_is_bounded() {
+    let (server, issuer) = embedded();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    let mut refused = None;
+    for i in 0..8 {
+        let body = format!("return {i} --{}", "x".repeat(1024 * 1024));
+        let reply = call(&mut a, &["SCRIPT", "LOAD", &body]);
+        if reply.starts_with('-') {
+            refused = Some((i, reply));
+            break;
+        }
+    }
+    let (at, line) = refused.expect("the registry refused a script before 8 MiB");
+    assert_eq!(
+        at, 3,
+        "4 MiB hold three scripts of 1 MiB and their overhead"
+    );
+    assert!(line.contains("SCRIPT FLUSH makes room"), "{line}");
+    // EVAL still runs when the registry is full; it is just not cached.
+    assert_eq!(call(&mut a, &["EVAL", "return 7", "0"]), ":7\r\n");
+    // Another account is not affected.
+    let mut b = server.resp_authed(&issuer.token(1000));
+    assert!(call(&mut b, &["SCRIPT", "LOAD", "return 1"]).starts_with("$40"));
+}
+
+#[test]
+fn keys_a_script_writes_get_the_accounts_default_ttl() {
+    let (server, issuer) = embedded();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    call(
+        &mut a,
+        &["EVAL", "redis.call('set', KEYS[1], 'v') redis.call('hset', 'undeclared', 'f', 'v') redis.call('incr', 'n') redis.call('set', 'kept', 'v', 'KEEPTTL') return 1", "1", "declared"],
+    );
+    for key in ["declared", "undeclared", "n", "kept"] {
+        let ttl = call(&mut a, &["TTL", key]);
+        let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+        assert!(secs > 86_000 && secs <= 86_400, "{key}: {ttl:?}");
+    }
+    // PERSIST inside a script buys the longest TTL, as outside.
+    call(
+        &mut a,
+        &[
+            "EVAL",
+            "return redis.call('persist', KEYS[1])",
+            "1",
+            "declared",
+        ],
+    );
+    let ttl = call(&mut a, &["TTL", "declared"]);
+    let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(secs > 31_000_000, "{ttl:?}");
+}
+
+/// The byte-seconds an account has paid, once the ledger's answer settles.
+fn byte_seconds(con: &mut redis::Connection) -> i64 {
+    let mut last = -1;
+    for _ in 0..100 {
+        let now: i64 = pkv_balance(con)["byte_seconds"].parse().unwrap();
+        if now == last {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("PKV.BALANCE never settled");
+}
+
+#[test]
+fn a_script_pays_for_its_writes_as_the_same_writes_outside() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
+    let mut plain = server.client(&issuer.token(1000));
+    let mut scripted = server.client(&issuer.token(1000));
+    let value = "v".repeat(1024 * 1024);
+    let before_plain = byte_seconds(&mut plain);
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(&value)
+        .query(&mut plain)
+        .unwrap();
+    let plain_paid = byte_seconds(&mut plain) - before_plain;
+    let before_scripted = byte_seconds(&mut scripted);
+    let _: () = redis::cmd("EVAL")
+        .arg("return redis.call('set', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg("big")
+        .arg(&value)
+        .query(&mut scripted)
+        .unwrap();
+    let scripted_paid = byte_seconds(&mut scripted) - before_scripted;
+    assert!(plain_paid >= 1024 * 1024 * 86_400, "{plain_paid}");
+    assert_eq!(scripted_paid, plain_paid);
+    // A script building its 1 MB inside Lua pays the same storage too.
+    let before = byte_seconds(&mut scripted);
+    let _: () = redis::cmd("EVAL")
+        .arg("return redis.call('set', 'built', string.rep('v', 1024 * 1024))")
+        .arg(0)
+        .query(&mut scripted)
+        .unwrap();
+    let built = byte_seconds(&mut scripted) - before;
+    assert_eq!(
+        built,
+        plain_paid + 2 * 86_400,
+        "'built' is 2 bytes longer than 'big', for a day"
+    );
+}
+
+#[test]
+fn scripting_off_refuses_the_commands() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_SCRIPTING", "off")
+        .start();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    let line = "-ERR scripting is turned off on this pkv (PKV_SCRIPTING=off)\r\n";
+    assert_eq!(call(&mut a, &["EVAL", "return 1", "0"]), line);
+    assert_eq!(call(&mut a, &["SCRIPT", "LOAD", "return 1"]), line);
+}
+
+#[test]
+fn on_an_upstream_scripting_is_still_refused() {
+    let issuer = Issuer::new();
+    let redis = Redis::start();
+    let server = PkvConfig::new(&redis, &issuer).start();
+    let mut a = server.resp_authed(&issuer.token(1000));
+    assert_eq!(
+        call(&mut a, &["EVAL", "return 1", "0"]),
+        "-ERR command 'EVAL' is not allowed through pkv\r\n"
+    );
+    assert_eq!(
+        call(&mut a, &["SCRIPT", "LOAD", "return 1"]),
+        "-ERR command 'SCRIPT' is not allowed through pkv\r\n"
+    );
+}
