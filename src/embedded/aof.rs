@@ -55,7 +55,6 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The policy named `text` (Redis's words); `None` for anything else.
     /// Redis's word for it, as `CONFIG GET appendfsync` answers.
     pub fn name(self) -> &'static str {
         match self {
@@ -65,6 +64,7 @@ impl Policy {
         }
     }
 
+    /// The policy named `text` (Redis's words); `None` for anything else.
     pub fn parse(text: &str) -> Option<Policy> {
         match text.to_ascii_lowercase().as_str() {
             "always" => Some(Policy::Always),

@@ -90,6 +90,17 @@ impl Keyspace {
         f(entry.filter(|e| !e.expired(now)))
     }
 
+    /// Whether `key` holds a live entry that `f` accepts; `None` when its shard is locked
+    /// for writing now. For runtime worker threads, which must not wait for it.
+    pub fn try_check(&self, key: &[u8], now: i64, f: impl FnOnce(&Entry) -> bool) -> Option<bool> {
+        let shard = match self.shards[self.shard_of(key)].try_read() {
+            Ok(shard) => shard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(shard.get(key).is_some_and(|e| !e.expired(now) && f(e)))
+    }
+
     /// Removes `key` if it is expired at `now`, and reports it.
     fn remove_expired(&self, key: &[u8], now: i64) {
         let index = self.shard_of(key);
@@ -193,9 +204,16 @@ impl Keyspace {
         self.count(index, taken, freed);
     }
 
-    /// Deletes the expired entries of one shard; returns how many.
+    /// Deletes the expired entries of one shard; returns how many. The background sweep
+    /// runs on a runtime worker thread, which must never wait for a lock a long command
+    /// holds (a union reading a big set holds its shard): a busy shard is left for the
+    /// next round.
     pub fn expire_shard(&self, index: usize, now: i64) -> usize {
-        let mut shard = self.write_shard(index);
+        let mut shard = match self.shards[index].try_write() {
+            Ok(shard) => shard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return 0,
+        };
         let before = shard.len();
         let mut freed = 0;
         shard.retain(|key, e| {

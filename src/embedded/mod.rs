@@ -384,10 +384,12 @@ impl Store {
         )
     }
 
-    /// True when `key` holds a big value ([`data::Data::is_big`]).
+    /// True when `key` holds a big value ([`data::Data::is_big`]), or when its shard is
+    /// being written now (the command then waits on the blocking pool, not here).
     fn holds_big(&self, key: &[u8], now: i64) -> bool {
         self.keys
-            .read(key, now, |entry| entry.is_some_and(|e| e.data.is_big()))
+            .try_check(key, now, |e| e.data.is_big())
+            .unwrap_or(true)
     }
 
     /// Runs a command whose lock the caller holds.
