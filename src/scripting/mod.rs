@@ -14,6 +14,7 @@
 pub mod error;
 mod libs;
 pub mod lua;
+mod pattern;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
