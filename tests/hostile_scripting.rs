@@ -277,6 +277,9 @@ fn allocation_bombs_are_stopped() {
         "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1048576) .. i end",
         "local s = 'x' while true do s = s .. s end",
         "local t = {} while true do t[#t + 1] = {} end",
+        "return string.gsub(string.rep('x', 512), 'x', string.rep('y', 1048576))",
+        "return string.gsub(string.rep('x', 512), 'x', {x = string.rep('y', 1048576)})",
+        "return string.gsub(string.rep('x', 1048576), 'x*', string.rep('%0', 1048576))",
     ] {
         let reply = eval(&mut a, bomb, &[]);
         assert!(

@@ -153,6 +153,7 @@ pub fn run(
     // hook cannot stop.
     let clock = Rc::new(Clock::new(
         limits.time,
+        limits.memory,
         limits.control.clone(),
         stopped.clone(),
     ));
