@@ -438,6 +438,21 @@ fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
         assert_eq!(call(&mut b, &["GET", "k"]), "$1\r\nv\r\n");
         assert!(started.elapsed() < Duration::from_millis(300));
     }
+    // A plain search is linear: Lua's own compares the text at every place its first
+    // byte occurs, here 2,000,000 times 2,000,000 bytes.
+    let (port, token) = (server.port, token_a.clone());
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut a = RespConn::connect(port);
+        a.call(&[b"AUTH", token.as_bytes()]);
+        let plain = "return string.find(string.rep('a', 4000000), \
+                     string.rep('a', 2000000) .. 'b', 1, true)";
+        let _ = done.send(eval(&mut a, plain, &[]));
+    });
+    let reply = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a plain find still running after 10 s");
+    assert_eq!(reply, "$-1\r\n");
     // Long patterns are not refused; ones that nest too deep end in Lua's own error, at
     // once.
     let mut a = server.resp_authed(&token_a);

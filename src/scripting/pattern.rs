@@ -576,10 +576,8 @@ fn find_aux(lua: &Lua, args: MultiValue, clock: &Clock, find: bool) -> mlua::Res
         let at = if p.is_empty() {
             Some(init)
         } else {
-            s[init..]
-                .windows(p.len())
-                .position(|w| w == p.as_slice())
-                .map(|i| i + init)
+            // Two-way search: linear, where Lua's compares at every candidate.
+            memchr::memmem::find(&s[init..], &p).map(|i| i + init)
         };
         if let Some(at) = at {
             return Ok(MultiValue::from_iter([
