@@ -888,7 +888,7 @@ local repls = {
   {a = 'T', b = false, ['('] = 7, [1] = 'one', x = {}},
 }
 return function(F, s, p, init, repl, n)
-  if type(repl) == 'number' then repl = repls[repl] end
+  if type(repl) == 'number' and repls[repl] then repl = repls[repl] end
   local r = {}
   r[1] = ser(pcall(F.find, s, p))
   r[2] = ser(pcall(F.find, s, p, init))
@@ -989,6 +989,43 @@ end
         }
         // The alphabets are small so that matches happen.
         assert!(matched > CASES / 20, "{matched}");
+        // Numbers for the subject, the pattern and a replacement, a numeric string for
+        // `init` and `n`, and a nil `n`, converted as Lua converts them.
+        let fixed: [(Value, Value, Value, Value, Value); 4] = [
+            (
+                Value::Integer(12345),
+                Value::Integer(3),
+                Value::String(lua.create_string("2").unwrap()),
+                Value::Number(7.5),
+                Value::String(lua.create_string("1").unwrap()),
+            ),
+            (
+                Value::Number(0.5),
+                Value::String(lua.create_string("%d").unwrap()),
+                Value::Integer(-100),
+                Value::Integer(100),
+                Value::Nil,
+            ),
+            (
+                Value::String(lua.create_string("a.b.c").unwrap()),
+                Value::String(lua.create_string("%.").unwrap()),
+                Value::Integer(100),
+                Value::String(lua.create_string("%0%0").unwrap()),
+                Value::Number(1.9),
+            ),
+            (
+                Value::String(lua.create_string("hello world from lua").unwrap()),
+                Value::String(lua.create_string("(%w+) (%w+)").unwrap()),
+                Value::Integer(1),
+                Value::String(lua.create_string("%2 %1").unwrap()),
+                Value::Nil,
+            ),
+        ];
+        for args in fixed {
+            let theirs: String = check.call((string.clone(), args.clone())).unwrap();
+            let ours: String = check.call((mine.clone(), args.clone())).unwrap();
+            assert_eq!(ours, theirs, "{args:?}");
+        }
     }
 
     const CASES: usize = 10_000;
