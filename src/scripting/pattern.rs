@@ -519,12 +519,14 @@ fn bad_argument(n: usize, name: &str, what: &str, got: Option<&Value>) -> mlua::
 }
 
 /// Argument `n` as a string, numbers converted (`luaL_checklstring`).
-fn check_string(lua: &Lua, args: &MultiValue, n: usize, name: &str) -> mlua::Result<Vec<u8>> {
+/// The string itself, not a copy: `find` in a loop over a long subject would otherwise copy
+/// it on every call.
+fn check_string(lua: &Lua, args: &MultiValue, n: usize, name: &str) -> mlua::Result<LuaString> {
     let v = args.get(n - 1);
     match v {
-        Some(Value::String(s)) => Ok(s.as_bytes().to_vec()),
+        Some(Value::String(s)) => Ok(s.clone()),
         Some(v @ (Value::Integer(_) | Value::Number(_))) => match lua.coerce_string(v.clone())? {
-            Some(s) => Ok(s.as_bytes().to_vec()),
+            Some(s) => Ok(s),
             None => Err(bad_argument(n, name, "string", Some(v))),
         },
         _ => Err(bad_argument(n, name, "string", v)),
@@ -563,21 +565,25 @@ const SPECIALS: &[u8] = b"^$*+?.([%-";
 
 fn find_aux(lua: &Lua, args: MultiValue, clock: &Clock, find: bool) -> mlua::Result<MultiValue> {
     let name = if find { "find" } else { "match" };
-    let s = check_string(lua, &args, 1, name)?;
-    let p = check_string(lua, &args, 2, name)?;
+    let (s, p) = (
+        check_string(lua, &args, 1, name)?,
+        check_string(lua, &args, 2, name)?,
+    );
+    let (s, p) = (s.as_bytes(), p.as_bytes());
+    let (s, p): (&[u8], &[u8]) = (&s, &p);
     let init = relative(opt_integer(lua, &args, 3, name, 1)?, s.len()) - 1;
     let init = init.clamp(0, s.len() as i64) as usize;
     let plain = find
         && args
             .get(3)
             .is_some_and(|v| !matches!(v, Value::Nil | Value::Boolean(false)));
-    let pat = c_str(&p);
+    let pat = c_str(p);
     if find && (plain || !pat.iter().any(|c| SPECIALS.contains(c))) {
         let at = if p.is_empty() {
             Some(init)
         } else {
             // Two-way search: linear, where Lua's compares at every candidate.
-            memchr::memmem::find(&s[init..], &p).map(|i| i + init)
+            memchr::memmem::find(&s[init..], p).map(|i| i + init)
         };
         if let Some(at) = at {
             return Ok(MultiValue::from_iter([
@@ -591,7 +597,7 @@ fn find_aux(lua: &Lua, args: MultiValue, clock: &Clock, find: bool) -> mlua::Res
         Some((b'^', rest)) => (true, rest),
         _ => (false, pat),
     };
-    let mut st = State::new(&s, pat, clock);
+    let mut st = State::new(s, pat, clock);
     let mut s1 = init;
     loop {
         st.level = 0;
@@ -613,8 +619,8 @@ fn find_aux(lua: &Lua, args: MultiValue, clock: &Clock, find: bool) -> mlua::Res
 }
 
 fn gmatch(lua: &Lua, args: MultiValue, clock: Rc<Clock>) -> mlua::Result<Function> {
-    let s = check_string(lua, &args, 1, "gmatch")?;
-    let p = check_string(lua, &args, 2, "gmatch")?;
+    let s = check_string(lua, &args, 1, "gmatch")?.as_bytes().to_vec();
+    let p = check_string(lua, &args, 2, "gmatch")?.as_bytes().to_vec();
     let next = RefCell::new(0usize);
     lua.create_function(move |lua, ()| outcome(lua, next_match(lua, &s, &p, &next, &clock)))
 }
@@ -719,13 +725,13 @@ fn add_value(
 }
 
 fn gsub(lua: &Lua, args: MultiValue, clock: &Clock) -> mlua::Result<(LuaString, i64)> {
-    let src = check_string(lua, &args, 1, "gsub")?;
-    let p = check_string(lua, &args, 2, "gsub")?;
+    let src = check_string(lua, &args, 1, "gsub")?.as_bytes().to_vec();
+    let p = check_string(lua, &args, 2, "gsub")?.as_bytes().to_vec();
     let repl = args.get(2).cloned().unwrap_or(Value::Nil);
     let max = opt_integer(lua, &args, 4, "gsub", src.len() as i64 + 1)?;
     let text = match &repl {
         Value::String(_) | Value::Integer(_) | Value::Number(_) => {
-            Some(check_string(lua, &args, 3, "gsub")?)
+            Some(check_string(lua, &args, 3, "gsub")?.as_bytes().to_vec())
         }
         Value::Function(_) | Value::Table(_) => None,
         _ => {
