@@ -277,6 +277,9 @@ fn allocation_bombs_are_stopped() {
         "local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1048576) .. i end",
         "local s = 'x' while true do s = s .. s end",
         "local t = {} while true do t[#t + 1] = {} end",
+        "return string.gsub(string.rep('x', 512), 'x', string.rep('y', 1048576))",
+        "return string.gsub(string.rep('x', 512), 'x', {x = string.rep('y', 1048576)})",
+        "return string.gsub(string.rep('x', 1048576), 'x*', string.rep('%0', 1048576))",
     ] {
         let reply = eval(&mut a, bomb, &[]);
         assert!(
@@ -367,26 +370,114 @@ fn recursion_and_cycles_end_in_an_error_not_a_crash() {
         );
         assert_eq!(eval(&mut a, "return 1", &[]), ":1\r\n", "{script}");
     }
-    // Patterns up to the bound still work, as deep as they go.
+    // Patterns nest up to 200 deep (Lua 5.2's bound on its matcher's recursion); deeper
+    // ends in Lua's own error. Long patterns that do not nest have no bound.
+    let reply = eval(
+        &mut a,
+        "return {string.find(string.rep('a', 5000), string.rep('a?', 190))}",
+        &[],
+    );
+    assert_eq!(reply, "*2\r\n:1\r\n:190\r\n");
     let reply = eval(
         &mut a,
         "return {string.find(string.rep('a', 5000), string.rep('a?', 512))}",
         &[],
     );
-    assert_eq!(reply, "*2\r\n:1\r\n:512\r\n");
+    assert!(reply.contains("pattern too complex"), "{reply:?}");
     let reply = eval(
         &mut a,
-        "return ('x'):rep(10):match(('.-'):rep(511) .. 'x')",
+        "return ('x'):rep(10):match(('.-'):rep(190) .. 'x')",
         &[],
     );
     assert_eq!(reply, "$1\r\nx\r\n");
-    let reply = eval(&mut a, "return ('x'):find(('.'):rep(1025))", &[]);
-    assert!(
-        reply.contains("pattern longer than 1024 bytes"),
-        "{reply:?}"
-    );
+    let reply = eval(&mut a, "return ('x'):rep(1025):find(('.'):rep(1025))", &[]);
+    assert_eq!(reply, ":1\r\n");
     // A cycle in a reply is cut off, as pkv converts only so deep.
     let reply = eval(&mut a, "local t = {} t[1] = t return t", &[]);
     assert!(reply.starts_with("*1\r\n*1\r\n"), "{reply:?}");
     assert!(server.is_running());
+}
+
+#[test]
+fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_SCRIPT_TIME_LIMIT", "500")
+        .start();
+    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
+    let mut b = server.resp_authed(&token_b);
+    call(&mut b, &["SET", "k", "v"]);
+    // Each of these backtracks for hours inside one call of the pattern matcher.
+    for script in [
+        "return (('x'):rep(5000)):match(('.-'):rep(150) .. 'y')",
+        "return (('x'):rep(5000)):find(('x*'):rep(150) .. 'y')",
+        "return (('x'):rep(5000)):gsub(('.-'):rep(100) .. 'y', '')",
+        "for a in (('x'):rep(5000)):gmatch(('.-'):rep(100) .. 'y') do end",
+        "return pcall(string.match, ('x'):rep(5000), ('(.-)'):rep(30) .. 'y')",
+    ] {
+        let port = server.port;
+        let token = token_a.clone();
+        let owned = script.to_owned();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut a = RespConn::connect(port);
+            a.call(&[b"AUTH", token.as_bytes()]);
+            let started = Instant::now();
+            let reply = eval(&mut a, &owned, &[]);
+            let _ = done.send((reply, started.elapsed()));
+        });
+        let (reply, took) = result
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{script}: still running after 10 s"));
+        assert_eq!(
+            reply, "-ERR script stopped: it ran past PKV_SCRIPT_TIME_LIMIT (500 ms)\r\n",
+            "{script}"
+        );
+        assert!(took < Duration::from_secs(3), "{script}: {took:?}");
+        let started = Instant::now();
+        assert_eq!(call(&mut b, &["GET", "k"]), "$1\r\nv\r\n");
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+    // A plain search is linear: Lua's own compares the text at every place its first
+    // byte occurs, here 2,000,000 times 2,000,000 bytes.
+    let (port, token) = (server.port, token_a.clone());
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut a = RespConn::connect(port);
+        a.call(&[b"AUTH", token.as_bytes()]);
+        let plain = "return string.find(string.rep('a', 4000000), \
+                     string.rep('a', 2000000) .. 'b', 1, true)";
+        let _ = done.send(eval(&mut a, plain, &[]));
+    });
+    let reply = result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a plain find still running after 10 s");
+    assert_eq!(reply, "$-1\r\n");
+    // Long patterns are not refused; ones that nest too deep end in Lua's own error, at
+    // once.
+    let mut a = server.resp_authed(&token_a);
+    assert_eq!(
+        eval(
+            &mut a,
+            "return #(('a'):rep(3000)):match(('a'):rep(3000))",
+            &[]
+        ),
+        ":3000\r\n"
+    );
+    let reply = eval(
+        &mut a,
+        "return (('x'):rep(5000)):match(('.-'):rep(500) .. 'y')",
+        &[],
+    );
+    assert!(reply.contains("pattern too complex"), "{reply:?}");
+    let reply = eval(&mut a, "return ('x'):match(('('):rep(40))", &[]);
+    assert!(reply.contains("too many captures"), "{reply:?}");
+    assert_eq!(
+        eval(
+            &mut a,
+            "local ok, e = pcall(string.find, 'a', '%') return type(e) .. ' ' .. tostring(e)",
+            &[]
+        ),
+        "$40\r\nstring malformed pattern (ends with '%')\r\n"
+    );
 }

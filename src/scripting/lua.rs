@@ -11,9 +11,10 @@
 //! nothing a script leaves in its globals reaches another run, of any tenant.
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use mlua::{
@@ -21,6 +22,7 @@ use mlua::{
     VmState,
 };
 
+use super::pattern::{Clock, STOPPED};
 use super::{check_call, sha1hex, ScriptError};
 use crate::commands::CommandSpec;
 use crate::protocol::frame::Frame;
@@ -73,7 +75,7 @@ pub struct Script<'a> {
 /// keeps as locals (the original `pcall`, `error`) are out of the script's reach, since no
 /// `debug` library can read upvalues.
 const PRELUDE: &str = r#"
-local call, pcall_redis, stopped, sha1hex, setresp, caught = ...
+local call, pcall_redis, stopped, sha1hex, setresp, caught, find, match, gmatch, gsub = ...
 local error_, pcall_, xpcall_, setmetatable_ = error, pcall, xpcall, setmetatable
 local STOP = "script stopped"
 local function finish(ok, ...)
@@ -85,20 +87,21 @@ end
 -- line, as Redis 7.0 gives it.
 pcall = function(f, ...) return finish(pcall_(f, ...)) end
 xpcall = function(f, h) return finish(xpcall_(f, h)) end
--- Lua 5.1's pattern matcher recurses in C once per pattern item, with no bound of its own:
--- a long enough pattern overflows the thread's stack and ends the process. Patterns are
--- bounded instead (scripts' patterns are short).
-local find, match, gmatch, gsub, type_ = string.find, string.match, string.gmatch, string.gsub, type
-local function pattern(p)
-  if type_(p) == "string" and #p > 1024 then
-    error_("pattern longer than 1024 bytes (pkv's bound on Lua patterns)", 3)
-  end
-  return p
+-- pkv's pattern matching (scripting/pattern.rs), which the time limit stops; its errors
+-- are raised here so that scripts see Lua's messages, as strings. Each call of `raise` is
+-- a tail call, so that level 3 is the line that called the string function.
+local function raise(ok, ...)
+  if ok then return ... end
+  local message, level = ...
+  error_(message, level)
 end
-string.find = function(s, p, ...) return find(s, pattern(p), ...) end
-string.match = function(s, p, ...) return match(s, pattern(p), ...) end
-string.gmatch = function(s, p) return gmatch(s, pattern(p)) end
-string.gsub = function(s, p, ...) return gsub(s, pattern(p), ...) end
+string.find = function(...) return raise(find(...)) end
+string.match = function(...) return raise(match(...)) end
+string.gmatch = function(...)
+  local next = raise(gmatch(...))
+  return function() return raise(next()) end
+end
+string.gsub = function(...) return raise(gsub(...)) end
 local redis = {}
 redis.call = call
 redis.pcall = pcall_redis
@@ -146,6 +149,16 @@ pub fn run(
     lua.set_memory_limit(limits.memory).map_err(internal)?;
     let stopped = Arc::new(AtomicBool::new(false));
     sandbox(&lua).map_err(internal)?;
+    // One clock for the instruction hook and the pattern matcher, whose C original the
+    // hook cannot stop.
+    let clock = Rc::new(Clock::new(
+        limits.time,
+        limits.memory,
+        limits.control.clone(),
+        stopped.clone(),
+    ));
+    let [find, matcher, gmatch, gsub] =
+        super::pattern::functions(&lua, clock.clone()).map_err(internal)?;
     super::libs::install(&lua).map_err(internal)?;
     let globals = lua.globals();
     let keys = lua
@@ -258,6 +271,10 @@ pub fn run(
                 sha1.clone(),
                 setresp.clone(),
                 caught.clone(),
+                find.clone(),
+                matcher.clone(),
+                gmatch.clone(),
+                gsub.clone(),
             ))?;
         let mut prelude = prelude.into_iter();
         let (Some(Value::Function(protect)), Some(Value::Function(runner))) =
@@ -266,15 +283,11 @@ pub fn run(
             return Err(mlua::Error::runtime("prelude"));
         };
         protect.call::<()>(())?;
-        let started = Instant::now();
-        let (time, flag, control) = (limits.time, stopped.clone(), limits.control.clone());
         lua.set_hook(
             HookTriggers::new().every_nth_instruction(INSTRUCTIONS_PER_CHECK),
             move |_, _| {
-                let killed = control.kill.load(Ordering::Acquire);
-                if killed || flag.load(Ordering::Acquire) || started.elapsed() > time {
-                    flag.store(true, Ordering::Release);
-                    return Err(mlua::Error::runtime("script stopped"));
+                if clock.due() {
+                    return Err(mlua::Error::runtime(STOPPED));
                 }
                 Ok(VmState::Continue)
             },
@@ -578,6 +591,34 @@ mod tests {
         assert_eq!(caught.unwrap(), Frame::bulk("ERR no"));
         let err = run_text("while true do pcall(function() while true do end end) end");
         assert_eq!(err.unwrap_err(), ScriptError::TimedOut { limit_ms: 200 });
+    }
+
+    /// The pattern functions' errors read as Lua's own: a malformed pattern names the
+    /// script's line, a replacement function's error passes through `gsub` as it was,
+    /// a failed `redis.call` inside one stays that call's error, and a matcher that
+    /// backtracks past the time limit (even under `pcall`) is stopped.
+    #[test]
+    fn pattern_errors_read_as_lua_s_own() {
+        let err = run_text("\nlocal at = string.find('a', '%')").unwrap_err();
+        assert_eq!(
+            err.line(),
+            "ERR user_script:2: malformed pattern (ends with '%') script: x, on @user_script:2."
+        );
+        let err = run_text("return ('ab'):gsub('a', function() error('boom') end)").unwrap_err();
+        assert_eq!(
+            err.line(),
+            "ERR user_script:1: boom script: x, on @user_script:1."
+        );
+        let err = run_text("return ('ab'):gsub('a', function() return redis.call('get', 'k') end)")
+            .unwrap_err();
+        assert_eq!(err.line(), "ERR no script: x, on @user_script:1.");
+        let caught = run_text("local ok, e = pcall(string.gsub, 'a', '(', '%1') return e");
+        assert_eq!(caught.unwrap(), Frame::bulk("unfinished capture"));
+        let slow = "return pcall(string.match, ('x'):rep(5000), ('.-'):rep(150) .. 'y')";
+        assert_eq!(
+            run_text(slow).unwrap_err(),
+            ScriptError::TimedOut { limit_ms: 200 }
+        );
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //!   libraries, sandboxed, and limited in memory and time. What a `redis.call` does is the
 //!   backend's ([`lua::Host`]): the embedded store runs it through the request path's own
 //!   key location, namespacing and storage metering (`embedded::script`).
+//! - `pattern` is Lua 5.1's pattern matching (`string.find`/`match`/`gmatch`/`gsub`) in
+//!   Rust, so that the script's time limit stops a backtracking pattern as it stops a loop.
 
 pub mod error;
 mod libs;
 pub mod lua;
+mod pattern;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
