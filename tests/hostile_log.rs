@@ -168,7 +168,7 @@ fn cases() -> Vec<Case> {
                     .clone()
             },
             count: "STRLEN",
-            expect: (BIG + WRITES * 10) as i64,
+            expect: n * 200 + writes * 10,
         },
     ]
 }

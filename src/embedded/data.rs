@@ -10,6 +10,9 @@ pub struct Entry {
     pub data: Data,
     /// When the key expires, in milliseconds since the epoch; `None` keeps it forever.
     pub expires_at: Option<i64>,
+    /// Which logged change made this state: the append-only log's change records apply
+    /// only to the state they were made from ([`super::delta`]). 0 before any.
+    pub version: u64,
 }
 
 impl Entry {
@@ -17,6 +20,7 @@ impl Entry {
         Entry {
             data,
             expires_at: None,
+            version: 0,
         }
     }
 

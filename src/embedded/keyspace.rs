@@ -58,7 +58,8 @@ impl Keyspace {
 
     /// Runs `f` on the entry under `key`, which it may create, change or remove (by
     /// leaving `None`). An expired entry is gone before `f` sees it; an aggregate left
-    /// empty is deleted, as Redis does.
+    /// empty is deleted, as Redis does. The change is logged in the same hold of the
+    /// shard ([`super::delta::changed`]).
     pub fn write<R>(&self, key: &[u8], now: i64, f: impl FnOnce(&mut Option<Entry>) -> R) -> R {
         let mut shard = self.write_shard(self.shard_of(key));
         let (stored_key, mut entry) = match shard.remove_entry(key) {
@@ -66,8 +67,11 @@ impl Keyspace {
             Some((k, _)) => (Some(k), None),
             None => (None, None),
         };
+        let before = entry.as_ref().map(|e| (e.version, e.expires_at));
         let result = f(&mut entry);
-        if let Some(entry) = entry.filter(|e| !e.data.is_empty_aggregate()) {
+        let mut entry = entry.filter(|e| !e.data.is_empty_aggregate());
+        super::delta::changed(key, before, entry.as_mut());
+        if let Some(entry) = entry {
             let key = stored_key.unwrap_or_else(|| key.into());
             shard.insert(key, entry);
         }
@@ -77,16 +81,22 @@ impl Keyspace {
     /// Removes and returns the live entry under `key`.
     pub fn remove(&self, key: &[u8], now: i64) -> Option<Entry> {
         let mut shard = self.write_shard(self.shard_of(key));
-        shard.remove(key).filter(|e| !e.expired(now))
+        let removed = shard.remove(key).filter(|e| !e.expired(now));
+        let before = removed.as_ref().map(|e| (e.version, e.expires_at));
+        super::delta::changed(key, before, None);
+        removed
     }
 
     /// Stores `entry` under `key`, replacing whatever was there.
-    pub fn insert(&self, key: &[u8], entry: Entry) {
+    pub fn insert(&self, key: &[u8], mut entry: Entry) {
+        let mut shard = self.write_shard(self.shard_of(key));
         if entry.data.is_empty_aggregate() {
-            self.write_shard(self.shard_of(key)).remove(key);
+            let before = shard.remove(key).map(|e| (e.version, e.expires_at));
+            super::delta::changed(key, before, None);
         } else {
-            self.write_shard(self.shard_of(key))
-                .insert(key.into(), entry);
+            // What was there is replaced, not changed: the log records the new state whole.
+            super::delta::changed(key, None, Some(&mut entry));
+            shard.insert(key.into(), entry);
         }
     }
 

@@ -25,6 +25,7 @@
 pub mod aof;
 pub mod cmd;
 pub mod data;
+pub mod delta;
 pub mod error;
 pub mod glob;
 pub mod hll;
@@ -173,36 +174,39 @@ impl Store {
         }
     }
 
-    /// Appends the state of every key a write left behind to the log. Each key is read
-    /// under its shard's lock, which [`aof::Aof::record`] holds while appending.
+    /// Appends the state of every key a multi-key write left behind to the log. A
+    /// single-key write logged its change as it made it ([`delta`]).
     fn log_effects(&self, command: &Runnable, args: &[&[u8]], now: i64) {
         let Some(aof) = self.aof() else {
             return;
         };
-        match command.kind {
-            Kind::Read => {}
-            Kind::Write => {
-                if let Some(key) = args.get(1) {
-                    self.keys.read(key, now, |entry| aof.record(key, entry));
-                }
-            }
-            Kind::Multi => {
-                if let Some((spec, keys)) = table_keys(args) {
-                    if spec.has(crate::commands::flags::WRITE) {
-                        for key in keys {
-                            self.keys.read(&key, now, |entry| aof.record(&key, entry));
-                        }
+        if command.kind == Kind::Multi {
+            if let Some((spec, keys)) = table_keys(args) {
+                if spec.has(crate::commands::flags::WRITE) {
+                    for key in keys {
+                        self.log_state(aof, &key, now);
                     }
                 }
             }
         }
     }
 
+    /// Logs `key`'s whole state, under its shard's lock, with a fresh change counter.
+    fn log_state(&self, aof: &aof::Aof, key: &[u8], now: i64) {
+        let mut shard = self.keys.write_shard(self.keys.shard_of(key));
+        match shard.get_mut(key).filter(|e| !e.expired(now)) {
+            Some(entry) => {
+                entry.version = delta::fresh();
+                aof.record(key, Some(entry));
+            }
+            None => aof.record(key, None),
+        }
+    }
+
     /// Logs `key`'s state now (a ledger step's effect).
     fn log_key(&self, key: &[u8]) {
         if let Some(aof) = self.aof() {
-            self.keys
-                .read(key, now_ms(), |entry| aof.record(key, entry));
+            self.log_state(aof, key, now_ms());
         }
     }
 
@@ -305,7 +309,14 @@ impl Store {
                 return Err(StoreError::Misconf(why).into());
             }
         }
+        let logging = match (command.kind, self.aof.get()) {
+            (Kind::Write, Some(aof)) => {
+                Some(delta::Logging::begin(aof.clone(), command.name, args))
+            }
+            _ => None,
+        };
         let reply = self.execute(command, proto, args, now);
+        drop(logging);
         if reply.is_ok() {
             self.log_effects(command, args, now);
             self.written(command, args);

@@ -200,6 +200,7 @@ fn set(cx: &mut Cx, args: &[&[u8]]) -> Reply {
         *slot = Some(Entry {
             data: Data::Str(value.to_vec()),
             expires_at,
+            version: 0,
         });
         if get {
             Ok(old.unwrap_or(Frame::Null))
@@ -236,6 +237,7 @@ fn set_with_expiry(cx: &mut Cx, args: &[&[u8]], unit: TtlUnit, name: &'static st
         Entry {
             data: Data::Str(args[3].to_vec()),
             expires_at: Some(expires_at),
+            version: 0,
         },
     );
     ok()
