@@ -28,9 +28,12 @@
 //! between a snapshot and the cut of the log) gives the live state: a `PUT` sets its
 //! state, a `DELTA` applies once, to its own state.
 //!
-//! Multi-key commands run alone (the store's gate) and still log each key's whole state
-//! afterwards ([`super::Store`]); see `docs/security.md` for what that costs and who
-//! pays.
+//! Multi-key commands run alone (the store's gate) and still log the whole state of each
+//! key they changed, afterwards ([`Touched`]: a key they only read, such as a
+//! `SUNIONSTORE`'s sources, is not logged); see `docs/security.md` for what that costs.
+//! They are not logged as themselves: replay can set one of their keys back to an older
+//! state (a `PUT` before the snapshot read it) while another is already past them, and a
+//! command over several keys cannot be run against some of them only.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +122,34 @@ struct Running {
 
 thread_local! {
     static RUNNING: RefCell<Option<Running>> = const { RefCell::new(None) };
+    /// The keys a multi-key write running on this thread changed, while it runs.
+    static TOUCHED: RefCell<Option<Vec<Vec<u8>>>> = const { RefCell::new(None) };
+}
+
+/// While alive, the keyspace notes which keys the multi-key write running on this thread
+/// changes, so that only those are logged ([`Touched::keys`]).
+pub struct Touched {
+    before: Option<Vec<Vec<u8>>>,
+}
+
+impl Touched {
+    pub fn begin() -> Touched {
+        Touched {
+            before: TOUCHED.with(|t| t.borrow_mut().replace(Vec::new())),
+        }
+    }
+
+    /// The keys changed so far, each once, in the order of their first change.
+    pub fn keys(&self) -> Vec<Vec<u8>> {
+        TOUCHED.with(|t| t.borrow().clone().unwrap_or_default())
+    }
+}
+
+impl Drop for Touched {
+    fn drop(&mut self) {
+        let before = self.before.take();
+        TOUCHED.with(|t| *t.borrow_mut() = before);
+    }
 }
 
 /// While alive, the keyspace logs the changes the command makes to its key. Puts back
@@ -161,6 +192,13 @@ impl Drop for Logging {
 /// the state it leaves. Appends the record of the change when a single-key write is
 /// running on this thread for `key`, and gives the new state its counter.
 pub fn changed(key: &[u8], before: Option<(u64, Option<i64>)>, after: Option<&mut Entry>) {
+    TOUCHED.with(|t| {
+        if let Some(keys) = t.borrow_mut().as_mut() {
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_vec());
+            }
+        }
+    });
     RUNNING.with(|r| {
         let mut slot = r.borrow_mut();
         let Some(running) = slot.as_mut() else {

@@ -174,20 +174,14 @@ impl Store {
         }
     }
 
-    /// Appends the state of every key a multi-key write left behind to the log. A
-    /// single-key write logged its change as it made it ([`delta`]).
-    fn log_effects(&self, command: &Runnable, args: &[&[u8]], now: i64) {
-        let Some(aof) = self.aof() else {
+    /// Appends the state of every key a multi-key write changed to the log. A single-key
+    /// write logged its change as it made it ([`delta`]).
+    fn log_effects(&self, touched: Option<&delta::Touched>, now: i64) {
+        let (Some(aof), Some(touched)) = (self.aof(), touched) else {
             return;
         };
-        if command.kind == Kind::Multi {
-            if let Some((spec, keys)) = table_keys(args) {
-                if spec.has(crate::commands::flags::WRITE) {
-                    for key in keys {
-                        self.log_state(aof, &key, now);
-                    }
-                }
-            }
+        for key in touched.keys() {
+            self.log_state(aof, &key, now);
         }
     }
 
@@ -315,10 +309,13 @@ impl Store {
             }
             _ => None,
         };
+        let touched =
+            (command.kind == Kind::Multi && self.aof.get().is_some()).then(delta::Touched::begin);
         let reply = self.execute(command, proto, args, now);
         drop(logging);
+        // Whatever the reply: a change made is a change logged.
+        self.log_effects(touched.as_ref(), now);
         if reply.is_ok() {
-            self.log_effects(command, args, now);
             self.written(command, args);
         }
         reply
