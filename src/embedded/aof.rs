@@ -1,14 +1,20 @@
 //! The embedded store's append-only log: `<PKV_DATA_FILE>.aof`, beside the snapshot.
 //!
-//! Every command that wrote (and every ledger step) appends, for each key it touched, the
-//! key's whole state afterwards: `PUT <entry>` (the snapshot's encoding of one entry, with
-//! its absolute deadline) or `DEL <key>` when the key is gone. Each record is a RESP array
-//! of bulk strings, so a log can be read with Redis's tools. Records hold effects, not
-//! commands: replay needs no clock, no randomness and no command semantics, and replaying a
-//! record twice, or over a snapshot taken after it, leaves the same state (each record
-//! sets its key to what it was at that moment). That is what makes a snapshot's reset of
-//! the log safe at every step (see [`Aof::rotate`]). The price: a write to a large
-//! aggregate logs the whole aggregate.
+//! Every command that wrote (and every ledger step) appends a record per key it changed,
+//! each a RESP array of bulk strings, so a log can be read with Redis's tools:
+//! - `PUT <entry>`: the key's whole state (the snapshot's encoding of one entry, with its
+//!   absolute deadline and its change counter);
+//! - `DEL <key>`: the key is gone;
+//! - `DELTA <base> <counter> <command...>`: a single-key write into a key that was there,
+//!   to be run again against the state with change counter `base` only (see
+//!   [`super::delta`], which decides between the three). A write logs what it changed, not
+//!   what the key holds.
+//!
+//! Replay needs no clock and no randomness: a `PUT` sets its state, a `DELTA` applies
+//! once, to the state it was made from, and is skipped over any other; so replaying a
+//! record twice, or over a snapshot taken after it, leaves the same state. That is what
+//! makes a snapshot's reset of the log safe at every step (see [`Aof::rotate`]). Logs
+//! written before change counters (only `PUT` and `DEL`) are still read.
 //!
 //! A record is appended to a buffer in memory while the key's shard is still locked, so
 //! the records of one key are in the order of its changes. A writer thread does the I/O:
@@ -268,8 +274,9 @@ impl Aof {
     ///
     /// The writer copies the records from `upto` on to `<log>.tmp`, fsyncs it, renames it
     /// over the log and fsyncs the directory. A crash before the rename leaves the new
-    /// snapshot with the whole old log, which replays to the same state (records are
-    /// idempotent states, in order); after it, the new snapshot with the new log.
+    /// snapshot with the whole old log, which replays to the same state (states, and
+    /// changes that apply only to the state they were made from, in order); after it, the
+    /// new snapshot with the new log.
     pub fn rotate(&self, upto: u64) -> Result<(), String> {
         let (done, result) = mpsc::channel();
         self.lock().rotate = Some((upto, done));
