@@ -170,11 +170,28 @@ fn cases() -> Vec<Case> {
             count: "STRLEN",
             expect: n * 200 + writes * 10,
         },
+        // Writes that write nothing (or only a deadline that is already there) log nothing.
+        Case {
+            key: "big:kept",
+            build: |_, per| {
+                redis::cmd("APPEND")
+                    .arg("big:kept")
+                    .arg(vec![b'x'; per * 200])
+                    .clone()
+            },
+            write: |i| match i % 3 {
+                0 => redis::cmd("SETNX").arg("big:kept").arg("v").clone(),
+                1 => redis::cmd("SET").arg("big:kept").arg("v").arg("NX").clone(),
+                _ => redis::cmd("GETEX").arg("big:kept").clone(),
+            },
+            count: "STRLEN",
+            expect: n * 200,
+        },
     ]
 }
 
 /// A hundred one-element writes into a 20 MB hash, list, set, sorted set, stream and
-/// string: the log grows by a small multiple of the bytes they carry, not by the keys'
+/// string (and writes that write nothing into another): the log grows by a small multiple of the bytes they carry, not by the keys'
 /// size; kill -9 then loses none of them.
 #[test]
 fn a_small_write_into_a_big_key_logs_the_change_not_the_key() {

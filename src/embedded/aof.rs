@@ -793,7 +793,7 @@ mod tests {
     fn command(index: u8, key: u8, a: u16, b: u8) -> Vec<Vec<u8>> {
         let k = format!("k{}", key % 3);
         let other = format!("k{}", (key + 1) % 3);
-        let words: Vec<String> = match index % 36 {
+        let words: Vec<String> = match index % 40 {
             0 => vec!["HSET".into(), k, format!("f{}", a % 8), format!("v{b}")],
             1 => vec!["HDEL".into(), k, format!("f{}", a % 8)],
             2 => vec!["HINCRBY".into(), k, format!("n{}", a % 4), b.to_string()],
@@ -858,6 +858,10 @@ mod tests {
             33 => vec!["MSET".into(), k, a.to_string(), other, b.to_string()],
             34 => vec!["SUNIONSTORE".into(), k.clone(), k, other],
             35 => vec!["COPY".into(), k, other, "REPLACE".into()],
+            36 => vec!["SET".into(), k, a.to_string(), "NX".into()],
+            37 => vec!["GETEX".into(), k],
+            38 => vec!["GETEX".into(), k, "EX".into(), "100".into()],
+            39 => vec!["XACK".into(), k, "g".into(), "0-1".into()],
             _ => vec!["PFADD".into(), k, format!("e{a}")],
         };
         words.into_iter().map(String::into_bytes).collect()
@@ -873,7 +877,7 @@ mod tests {
         /// replays to the live state, change counters included.
         #[test]
         fn a_fuzzy_snapshot_and_the_log_after_its_start_replay_to_the_live_state(
-            ops in proptest::collection::vec((0u8..36, 0u8..3, 0u16..8000, 0u8..=255), 1..80),
+            ops in proptest::collection::vec((0u8..40, 0u8..3, 0u16..8000, 0u8..=255), 1..80),
             start in 0usize..80,
             delay in 0usize..8,
             moments in proptest::collection::vec(0usize..80, 3),

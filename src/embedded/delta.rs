@@ -81,6 +81,8 @@ pub const CHANGES: &[&str] = &[
     "XADD",
     "XDEL",
     "XTRIM",
+    "XACK",
+    "XSETID",
     "APPEND",
     "SETRANGE",
     "SETBIT",
@@ -95,7 +97,19 @@ pub const CHANGES: &[&str] = &[
 /// Commands that only move a deadline: when the deadline did not move (`PEXPIRE ... NX`
 /// on a key that has one, which pkv sends after every write), nothing changed and
 /// nothing is logged.
-const DEADLINE_ONLY: &[&str] = &["EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "PERSIST"];
+const DEADLINE_ONLY: &[&str] = &[
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "PERSIST",
+    "GETEX",
+];
+
+/// Commands that set their key to their value, `args[2]`, or leave it as it was (`SET ...
+/// NX` on a key that exists): when the key does not hold that value, nothing changed and
+/// nothing is logged (else a tenant could log a big string whole for every `SETNX`).
+const SET_VALUE: &[&str] = &["SET", "SETNX"];
 
 /// The last change counter given out; 0 is "none".
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -165,11 +179,14 @@ impl Logging {
     /// Starts logging for single-key write `name` with `args` (`args[1]` is its key).
     pub fn begin(aof: Arc<Aof>, name: &'static str, args: &[&[u8]]) -> Logging {
         let change = CHANGES.contains(&name);
-        let args = if change {
-            args.iter().map(|a| a.to_vec()).collect()
+        let kept = if change {
+            args.len()
+        } else if SET_VALUE.contains(&name) {
+            3
         } else {
-            args.iter().take(2).map(|a| a.to_vec()).collect()
+            2
         };
+        let args = args.iter().take(kept).map(|a| a.to_vec()).collect();
         let running = Running {
             aof,
             name,
@@ -216,6 +233,11 @@ pub fn changed(key: &[u8], before: Option<(u64, Option<i64>)>, after: Option<&mu
             (before, Some(entry)) => {
                 let unmoved = before == Some((entry.version, entry.expires_at));
                 if unmoved && DEADLINE_ONLY.contains(&running.name) {
+                    return;
+                }
+                let value = running.args.get(2).map(Vec::as_slice);
+                let set = matches!(&entry.data, Data::Str(s) if Some(s.as_slice()) == value);
+                if unmoved && SET_VALUE.contains(&running.name) && !set {
                     return;
                 }
                 let small = matches!(&entry.data, Data::Str(s) if s.len() <= SMALL_STRING);
