@@ -129,12 +129,28 @@ struct Running {
     aof: Arc<Aof>,
     /// `args[0]`, upper case.
     name: &'static str,
-    /// The command's arguments when it is one of [`CHANGES`]; `args[1]` alone otherwise.
+    /// Its key, then, for [`SET_VALUE`], its value: one copy, on every write's path.
+    head: Vec<u8>,
+    key_len: usize,
+    /// The command's arguments when it is one of [`CHANGES`] (else empty).
     args: Vec<Vec<u8>>,
     /// It is one of [`CHANGES`].
     change: bool,
     /// Records this command appended.
     logged: u32,
+}
+
+impl Running {
+    fn key(&self) -> &[u8] {
+        &self.head[..self.key_len]
+    }
+
+    /// A [`SET_VALUE`] command's value.
+    fn value(&self) -> Option<&[u8]> {
+        SET_VALUE
+            .contains(&self.name)
+            .then(|| &self.head[self.key_len..])
+    }
 }
 
 thread_local! {
@@ -179,17 +195,25 @@ impl Logging {
     /// Starts logging for single-key write `name` with `args` (`args[1]` is its key).
     pub fn begin(aof: Arc<Aof>, name: &'static str, args: &[&[u8]]) -> Logging {
         let change = CHANGES.contains(&name);
-        let kept = if change {
-            args.len()
-        } else if SET_VALUE.contains(&name) {
-            3
+        let key = args.get(1).copied().unwrap_or_default();
+        let value = if SET_VALUE.contains(&name) {
+            args.get(2).copied().unwrap_or_default()
         } else {
-            2
+            &[]
         };
-        let args = args.iter().take(kept).map(|a| a.to_vec()).collect();
+        let mut head = Vec::with_capacity(key.len() + value.len());
+        head.extend_from_slice(key);
+        head.extend_from_slice(value);
+        let args = if change {
+            args.iter().map(|a| a.to_vec()).collect()
+        } else {
+            Vec::new()
+        };
         let running = Running {
             aof,
             name,
+            head,
+            key_len: key.len(),
             args,
             change,
             logged: 0,
@@ -224,7 +248,7 @@ pub fn changed(key: &[u8], before: Option<(u64, Option<i64>)>, after: Option<&mu
         let Some(running) = slot.as_mut() else {
             return;
         };
-        if running.args.get(1).map(Vec::as_slice) != Some(key) {
+        if running.key() != key {
             return;
         }
         match (before, after) {
@@ -235,10 +259,10 @@ pub fn changed(key: &[u8], before: Option<(u64, Option<i64>)>, after: Option<&mu
                 if unmoved && DEADLINE_ONLY.contains(&running.name) {
                     return;
                 }
-                let value = running.args.get(2).map(Vec::as_slice);
-                let set = matches!(&entry.data, Data::Str(s) if Some(s.as_slice()) == value);
-                if unmoved && SET_VALUE.contains(&running.name) && !set {
-                    return;
+                if let (true, Some(value)) = (unmoved, running.value()) {
+                    if !matches!(&entry.data, Data::Str(s) if s == value) {
+                        return;
+                    }
                 }
                 let small = matches!(&entry.data, Data::Str(s) if s.len() <= SMALL_STRING);
                 let base = before.map(|(version, _)| version);
