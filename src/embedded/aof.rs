@@ -1,15 +1,22 @@
 //! The embedded store's append-only log: `<PKV_DATA_FILE>.aof`, beside the snapshot.
 //!
-//! Every command that wrote (and every ledger step) appends, for each key it touched, the
-//! key's whole state afterwards: `PUT <entry>` (the snapshot's encoding of one entry, with
-//! its absolute deadline) or `DEL <key>` when the key is gone. Each record is a RESP array
-//! of bulk strings, so a log can be read with Redis's tools. Records hold effects, not
-//! commands: replay needs no clock, no randomness and no command semantics, and replaying a
-//! record twice, or over a snapshot taken after it, leaves the same state (each record
-//! sets its key to what it was at that moment). That is what makes a snapshot's reset of
-//! the log safe at every step (see [`Aof::rotate`]). The price: a write to a large
-//! aggregate logs the whole aggregate. A ledger step that changes several keys logs them in
-//! one `ALL` record, replayed whole or not at all.
+//! Every command that wrote (and every ledger step) appends a record per key it changed,
+//! each a RESP array of bulk strings, so a log can be read with Redis's tools:
+//! - `PUT <entry>`: the key's whole state (the snapshot's encoding of one entry, with its
+//!   absolute deadline and its change counter);
+//! - `DEL <key>`: the key is gone;
+//! - `ALL <records>`: several `PUT`/`DEL` records replayed whole or not at all (a ledger
+//!   step that changes several keys, a redemption's credit and its token id);
+//! - `DELTA <base> <counter> <command...>`: a single-key write into a key that was there,
+//!   to be run again against the state with change counter `base` only (see
+//!   [`super::delta`], which decides between the three). A write logs what it changed, not
+//!   what the key holds.
+//!
+//! Replay needs no clock and no randomness: a `PUT` sets its state, a `DELTA` applies
+//! once, to the state it was made from, and is skipped over any other; so replaying a
+//! record twice, or over a snapshot taken after it, leaves the same state. That is what
+//! makes a snapshot's reset of the log safe at every step (see [`Aof::rotate`]). Logs
+//! written before change counters (only `PUT` and `DEL`) are still read.
 //!
 //! A record is appended to a buffer in memory while the key's shard is still locked, so
 //! the records of one key are in the order of its changes. A writer thread does the I/O:
@@ -218,6 +225,31 @@ impl Aof {
         pending.end += added;
     }
 
+    /// Appends the record of a change: `args` (a single-key write of
+    /// [`super::delta::CHANGES`], its key at `args[1]`), to be run again at replay against
+    /// the key's state `base` only, which it turns into state `version`. `chosen` replaces
+    /// one argument with what the write chose (an `XADD`'s ID). The caller holds the key's
+    /// shard, as for [`Aof::record`].
+    pub fn record_change(
+        &self,
+        base: u64,
+        version: u64,
+        args: &[Vec<u8>],
+        chosen: Option<(usize, Vec<u8>)>,
+    ) {
+        let (base, version) = (base.to_string(), version.to_string());
+        let mut parts: Vec<&[u8]> = vec![b"DELTA", base.as_bytes(), version.as_bytes()];
+        parts.extend(args.iter().enumerate().map(|(i, arg)| match &chosen {
+            Some((at, id)) if *at == i => id.as_slice(),
+            _ => arg.as_slice(),
+        }));
+        let mut pending = self.lock();
+        let before = pending.buf.len();
+        write_parts(&mut pending.buf, &parts);
+        let added = (pending.buf.len() - before) as u64;
+        pending.end += added;
+    }
+
     /// The log's position after everything appended so far.
     pub fn end(&self) -> u64 {
         self.lock().end
@@ -258,8 +290,9 @@ impl Aof {
     ///
     /// The writer copies the records from `upto` on to `<log>.tmp`, fsyncs it, renames it
     /// over the log and fsyncs the directory. A crash before the rename leaves the new
-    /// snapshot with the whole old log, which replays to the same state (records are
-    /// idempotent states, in order); after it, the new snapshot with the new log.
+    /// snapshot with the whole old log, which replays to the same state (states, and
+    /// changes that apply only to the state they were made from, in order); after it, the
+    /// new snapshot with the new log.
     pub fn rotate(&self, upto: u64) -> Result<(), String> {
         let (done, result) = mpsc::channel();
         self.lock().rotate = Some((upto, done));
@@ -284,8 +317,15 @@ pub fn encode_state(buf: &mut Vec<u8>, key: &[u8], entry: Option<&Entry>) {
 
 /// Appends `*2 $<n> <verb> $<n> <body>`.
 fn write_record(buf: &mut Vec<u8>, verb: &[u8], body: &[u8]) {
-    buf.extend_from_slice(b"*2\r\n");
-    for part in [verb, body] {
+    write_parts(buf, &[verb, body]);
+}
+
+/// Appends `parts` as a RESP array of bulk strings.
+fn write_parts(buf: &mut Vec<u8>, parts: &[&[u8]]) {
+    buf.push(b'*');
+    buf.extend_from_slice(parts.len().to_string().as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    for part in parts {
         buf.push(b'$');
         buf.extend_from_slice(part.len().to_string().as_bytes());
         buf.extend_from_slice(b"\r\n");
@@ -495,7 +535,7 @@ fn replay(bytes: &[u8], store: &Store) -> Result<Replayed, String> {
     let mut records = 0;
     while pos < bytes.len() {
         let record = match parse_record(&bytes[pos..]) {
-            Parsed::Record(verb, body, len) => (verb, body, len),
+            Parsed::Record(parts, len) => (parts, len),
             Parsed::Incomplete => {
                 return Ok(Replayed {
                     records,
@@ -514,9 +554,15 @@ fn replay(bytes: &[u8], store: &Store) -> Result<Replayed, String> {
                 return Err(format!("record {records} at byte {pos}: {problem}"))
             }
         };
-        let (verb, body, len) = record;
-        apply(verb, body, store, now)
-            .map_err(|e| format!("record {records} at byte {pos}: {e}"))?;
+        let (parts, len) = record;
+        let at = |problem: String| format!("record {records} at byte {pos}: {problem}");
+        match &parts[..] {
+            [verb, body] => apply(verb, body, store, now).map_err(at)?,
+            [b"DELTA", base, version, args @ ..] if args.len() >= 2 => {
+                replay_change(store, base, version, args, now).map_err(at)?;
+            }
+            _ => return Err(at(format!("a record of {} parts", parts.len()))),
+        }
         pos += len;
         records += 1;
     }
@@ -551,11 +597,14 @@ fn apply(verb: &[u8], body: &[u8], store: &Store, now: i64) -> Result<(), String
             let mut pos = 0;
             while pos < body.len() {
                 match parse_record(&body[pos..]) {
-                    Parsed::Record(b"ALL", _, _) => return Err("an ALL inside an ALL".into()),
-                    Parsed::Record(verb, inner, len) => {
-                        apply(verb, inner, store, now)?;
-                        pos += len;
-                    }
+                    Parsed::Record(parts, len) => match &parts[..] {
+                        [b"ALL", _] => return Err("an ALL inside an ALL".into()),
+                        [verb, inner] => {
+                            apply(verb, inner, store, now)?;
+                            pos += len;
+                        }
+                        _ => return Err(format!("a record of {} parts inside ALL", parts.len())),
+                    },
                     Parsed::Incomplete => return Err("an incomplete record inside ALL".into()),
                     Parsed::Bad(problem) => return Err(format!("inside ALL: {problem}")),
                 }
@@ -566,23 +615,58 @@ fn apply(verb: &[u8], body: &[u8], store: &Store, now: i64) -> Result<(), String
     Ok(())
 }
 
+/// Runs a `DELTA` record's command again when `key`'s state is the one it was made from
+/// (see [`super::delta`]); skips it otherwise. The command's own error, if any, is the one
+/// the live run got: it changed nothing then either.
+fn replay_change(
+    store: &Store,
+    base: &[u8],
+    version: &[u8],
+    args: &[&[u8]],
+    now: i64,
+) -> Result<(), String> {
+    let number = |text: &[u8]| {
+        std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| "a change counter that is not a number".to_owned())
+    };
+    let (base, version) = (number(base)?, number(version)?);
+    super::delta::seen(version);
+    let key = args[1];
+    let current = store.keys.read(key, now, |e| e.map(|e| e.version));
+    if current != Some(base) {
+        return Ok(());
+    }
+    let command = super::cmd::find(args[0])
+        .filter(|c| super::delta::CHANGES.contains(&c.name))
+        .ok_or_else(|| format!("a change by {:?}", String::from_utf8_lossy(args[0])))?;
+    let _ = store.execute(command, crate::protocol::Proto::Resp2, args, now);
+    let mut shard = store.keys.write_shard(store.keys.shard_of(key));
+    if let Some(entry) = shard.get_mut(key) {
+        entry.version = version;
+    }
+    Ok(())
+}
+
 enum Parsed<'a> {
-    /// Verb, body, and the record's length.
-    Record(&'a [u8], &'a [u8], usize),
+    /// The record's parts (a verb first), and its length.
+    Record(Vec<&'a [u8]>, usize),
     Incomplete,
     Bad(String),
 }
 
-/// One `*2 $n verb $n body` record at the start of `bytes`.
+/// One record at the start of `bytes`: `*2 $n verb $n body`, or `*n` parts for a
+/// `DELTA`.
 fn parse_record(bytes: &[u8]) -> Parsed<'_> {
     let mut pos = 0;
-    match line(bytes, &mut pos, b'*') {
-        Ok(2) => {}
-        Ok(n) => return Parsed::Bad(format!("an array of {n}, not 2")),
+    let n = match line(bytes, &mut pos, b'*') {
+        Ok(n) if n >= 2 => n,
+        Ok(n) => return Parsed::Bad(format!("an array of {n}, fewer than 2")),
         Err(p) => return p,
-    }
-    let mut parts = [&bytes[..0]; 2];
-    for part in &mut parts {
+    };
+    let mut parts = Vec::with_capacity(n.min(64));
+    for _ in 0..n {
         let n = match line(bytes, &mut pos, b'$') {
             Ok(n) => n,
             Err(p) => return p,
@@ -596,10 +680,10 @@ fn parse_record(bytes: &[u8]) -> Parsed<'_> {
         if &bytes[end..end + 2] != b"\r\n" {
             return Parsed::Bad("a bulk string not followed by CRLF".into());
         }
-        *part = &bytes[pos..end];
+        parts.push(&bytes[pos..end]);
         pos = end + 2;
     }
-    Parsed::Record(parts[0], parts[1], pos)
+    Parsed::Record(parts, pos)
 }
 
 /// `<mark><digits>\r\n` at `pos`; moves `pos` past it.
@@ -776,6 +860,170 @@ mod tests {
         let replayed = store();
         replay(&bytes, &replayed).unwrap();
         assert!(has(&replayed, &credit) && has(&replayed, &token));
+    }
+
+    /// The `index`th command of the property's sequences, on key `k{key}` (a few of them
+    /// name a second key): changes logged as commands, whole states (random, multi-key,
+    /// deadlines, small strings), errors (wrong types), no-ops.
+    fn command(index: u8, key: u8, a: u16, b: u8) -> Vec<Vec<u8>> {
+        let k = format!("k{}", key % 3);
+        let other = format!("k{}", (key + 1) % 3);
+        let words: Vec<String> = match index % 40 {
+            0 => vec!["HSET".into(), k, format!("f{}", a % 8), format!("v{b}")],
+            1 => vec!["HDEL".into(), k, format!("f{}", a % 8)],
+            2 => vec!["HINCRBY".into(), k, format!("n{}", a % 4), b.to_string()],
+            3 => vec![
+                "SADD".into(),
+                k,
+                format!("m{}", a % 16),
+                format!("m{}", b % 16),
+            ],
+            4 => vec!["SREM".into(), k, format!("m{}", a % 16)],
+            5 => vec!["SPOP".into(), k],
+            6 => vec!["ZADD".into(), k, a.to_string(), format!("m{}", b % 16)],
+            7 => vec!["ZINCRBY".into(), k, "1.5".into(), format!("m{}", a % 16)],
+            8 => vec!["ZREM".into(), k, format!("m{}", a % 16)],
+            9 => vec![
+                "LPUSH".into(),
+                k,
+                format!("e{}", a % 8),
+                format!("e{}", b % 8),
+            ],
+            10 => vec!["RPUSH".into(), k, format!("e{}", a % 8)],
+            11 => vec!["LPOP".into(), k, "2".into()],
+            12 => vec!["LREM".into(), k, "0".into(), format!("e{}", a % 8)],
+            13 => vec!["LTRIM".into(), k, "0".into(), (a % 10).to_string()],
+            14 => vec!["LSET".into(), k, "0".into(), format!("x{a}")],
+            15 => vec![
+                "LINSERT".into(),
+                k,
+                "BEFORE".into(),
+                format!("e{}", a % 8),
+                "i".into(),
+            ],
+            16 => vec!["XADD".into(), k, "*".into(), "f".into(), a.to_string()],
+            17 => vec![
+                "XADD".into(),
+                k,
+                "MAXLEN".into(),
+                "5".into(),
+                "*".into(),
+                "f".into(),
+                b.to_string(),
+            ],
+            18 => vec!["XTRIM".into(), k, "MAXLEN".into(), (a % 6).to_string()],
+            19 => vec!["APPEND".into(), k, "x".repeat(usize::from(a % 128) * 40)],
+            20 => vec!["SETRANGE".into(), k, (a % 6000).to_string(), "yy".into()],
+            21 => vec!["INCR".into(), k],
+            22 => vec!["SET".into(), k, a.to_string()],
+            23 => vec!["DEL".into(), k],
+            24 => vec!["EXPIRE".into(), k, "1000".into()],
+            25 => vec!["PEXPIRE".into(), k, "100000".into(), "NX".into()],
+            26 => vec!["RENAME".into(), k, other],
+            27 => vec!["LMOVE".into(), k, other, "LEFT".into(), "RIGHT".into()],
+            28 => vec![
+                "SETBIT".into(),
+                k,
+                (u32::from(a) * 8).to_string(),
+                "1".into(),
+            ],
+            29 => vec!["ZPOPMIN".into(), k],
+            31 => vec!["SMOVE".into(), k, other, format!("m{}", a % 16)],
+            32 => vec!["BLPOP".into(), k, other, "0".into()],
+            33 => vec!["MSET".into(), k, a.to_string(), other, b.to_string()],
+            34 => vec!["SUNIONSTORE".into(), k.clone(), k, other],
+            35 => vec!["COPY".into(), k, other, "REPLACE".into()],
+            36 => vec!["SET".into(), k, a.to_string(), "NX".into()],
+            37 => vec!["GETEX".into(), k],
+            38 => vec!["GETEX".into(), k, "EX".into(), "100".into()],
+            39 => vec!["XACK".into(), k, "g".into(), "0-1".into()],
+            _ => vec!["PFADD".into(), k, format!("e{a}")],
+        };
+        words.into_iter().map(String::into_bytes).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Random writes on a few keys, with a snapshot taken while they go on (each key
+        /// read at its own moment, as a snapshot's walk reads each shard at its own, and
+        /// the log cut a little before the walk began; multi-key commands wait for the
+        /// walk, as they wait for the gate it holds): the snapshot plus the log from the cut
+        /// replays to the live state, change counters included.
+        #[test]
+        fn a_fuzzy_snapshot_and_the_log_after_its_start_replay_to_the_live_state(
+            ops in proptest::collection::vec((0u8..40, 0u8..3, 0u16..8000, 0u8..=255), 1..80),
+            start in 0usize..80,
+            delay in 0usize..8,
+            moments in proptest::collection::vec(0usize..80, 3),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("pkv.data.aof");
+            let file = open_append(&path).unwrap();
+            let live = store();
+            let log = Aof::start(path.clone(), Policy::No, file, 0).unwrap();
+            assert!(live.aof.set(log).is_ok());
+            let aof = live.aof().unwrap();
+            let keys: Vec<Vec<u8>> = (0..3).map(|i| format!("k{i}").into_bytes()).collect();
+            let start = start % (ops.len() + 1);
+            // The log's end is read before the walk takes the gate: anything may run in
+            // between.
+            let walk = (start + delay).min(ops.len());
+            // A multi-key command waits for the walk to end (the walk holds the gate
+            // shared): the walk reads every key before the first one from `walk` on.
+            let multi = |&(index, key, a, b): &(u8, u8, u16, u8)| {
+                let args = command(index, key, a, b);
+                crate::embedded::cmd::find(&args[0])
+                    .is_some_and(|c| c.kind == crate::embedded::cmd::Kind::Multi)
+            };
+            let end = (walk..ops.len())
+                .find(|&i| multi(&ops[i]))
+                .unwrap_or(ops.len());
+            let moments: Vec<usize> = moments
+                .iter()
+                .map(|m| walk + m % (end + 1 - walk))
+                .collect();
+            let mut cut = 0;
+            let mut snapshot: Vec<Option<Vec<u8>>> = vec![None; 3];
+            for step in 0..=ops.len() {
+                if step == start {
+                    cut = aof.end();
+                }
+                for (i, key) in keys.iter().enumerate() {
+                    if moments[i] == step {
+                        snapshot[i] = live.keys.read(key, super::super::now_ms(), |e| {
+                            e.map(|e| {
+                                let mut b = Vec::new();
+                                snapshot::encode_entry(&mut b, key, e);
+                                b
+                            })
+                        });
+                    }
+                }
+                if let Some(&(index, key, a, b)) = ops.get(step) {
+                    let args = command(index, key, a, b);
+                    let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    let _ = live.run(Proto::Resp2, &args);
+                }
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(aof.wait_synced()).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let replayed = store();
+            for encoded in snapshot.iter().flatten() {
+                let (key, entry) = snapshot::decode_entry(encoded).unwrap();
+                replayed.keys.insert(&key, entry);
+            }
+            let cut = usize::try_from(cut).unwrap();
+            let outcome = replay(&bytes[cut..], &replayed).unwrap();
+            proptest::prop_assert!(outcome.torn.is_none());
+            let now = super::super::now_ms();
+            for key in &keys {
+                let live_entry = live.keys.read(key, now, |e| e.cloned());
+                let replayed_entry = replayed.keys.read(key, now, |e| e.cloned());
+                proptest::prop_assert_eq!(live_entry, replayed_entry, "{:?}", String::from_utf8_lossy(key));
+            }
+        }
     }
 
     #[test]

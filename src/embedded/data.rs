@@ -12,13 +12,18 @@ pub struct Entry {
     pub expires_at: Option<i64>,
     /// What the memory accounting last counted for the value ([`super::memory`]).
     pub counted: super::memory::Counted,
+    /// Which logged change made this state: the append-only log's change records apply
+    /// only to the state they were made from ([`super::delta`]). 0 before any.
+    pub version: u64,
 }
 
-/// Two entries are equal when their values and deadlines are: the accounting's figure is
-/// not part of the value.
+/// Two entries are equal when their values, deadlines and change counters are: the
+/// accounting's figure is not part of the value.
 impl PartialEq for Entry {
     fn eq(&self, other: &Self) -> bool {
-        self.data == other.data && self.expires_at == other.expires_at
+        self.data == other.data
+            && self.expires_at == other.expires_at
+            && self.version == other.version
     }
 }
 
@@ -33,6 +38,7 @@ impl Entry {
             data,
             expires_at,
             counted: Default::default(),
+            version: 0,
         }
     }
 

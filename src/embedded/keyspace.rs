@@ -115,7 +115,8 @@ impl Keyspace {
 
     /// Runs `f` on the entry under `key`, which it may create, change or remove (by
     /// leaving `None`). An expired entry is gone before `f` sees it; an aggregate left
-    /// empty is deleted, as Redis does.
+    /// empty is deleted, as Redis does. The change is logged in the same hold of the
+    /// shard ([`super::delta::changed`]).
     pub fn write<R>(&self, key: &[u8], now: i64, f: impl FnOnce(&mut Option<Entry>) -> R) -> R {
         let index = self.shard_of(key);
         let mut shard = self.write_shard(index);
@@ -132,9 +133,12 @@ impl Keyspace {
             }
             None => (None, None),
         };
+        let before = entry.as_ref().map(|e| (e.version, e.expires_at));
         let result = f(&mut entry);
         let mut taken = 0;
-        if let Some(mut entry) = entry.filter(|e| !e.data.is_empty_aggregate()) {
+        let mut entry = entry.filter(|e| !e.data.is_empty_aggregate());
+        super::delta::changed(key, before, entry.as_mut());
+        if let Some(mut entry) = entry {
             taken = memory::settle(key.len(), &mut entry);
             let key = stored_key.unwrap_or_else(|| key.into());
             shard.insert(key, entry);
@@ -177,31 +181,37 @@ impl Keyspace {
     pub fn remove(&self, key: &[u8], now: i64) -> Option<Entry> {
         let index = self.shard_of(key);
         let mut shard = self.write_shard(index);
-        let removed = shard.remove(key)?;
-        self.count(index, 0, memory::charge(key.len(), &removed));
-        if removed.expired(now) {
-            self.report_expired(key);
-            return None;
+        let removed = shard.remove(key);
+        if let Some(removed) = &removed {
+            self.count(index, 0, memory::charge(key.len(), removed));
+            if removed.expired(now) {
+                self.report_expired(key);
+            }
         }
-        Some(removed)
+        let removed = removed.filter(|e| !e.expired(now));
+        let before = removed.as_ref().map(|e| (e.version, e.expires_at));
+        super::delta::changed(key, before, None);
+        removed
     }
 
     /// Stores `entry` under `key`, replacing whatever was there.
     pub fn insert(&self, key: &[u8], mut entry: Entry) {
         let index = self.shard_of(key);
         let mut shard = self.write_shard(index);
-        let taken = if entry.data.is_empty_aggregate() {
-            0
+        if entry.data.is_empty_aggregate() {
+            let old = shard.remove(key);
+            let before = old.as_ref().map(|e| (e.version, e.expires_at));
+            super::delta::changed(key, before, None);
+            let freed = old.map_or(0, |e| memory::charge(key.len(), &e));
+            self.count(index, 0, freed);
         } else {
-            memory::settle(key.len(), &mut entry)
-        };
-        let old = if taken == 0 {
-            shard.remove(key)
-        } else {
-            shard.insert(key.into(), entry)
-        };
-        let freed = old.map_or(0, |e| memory::charge(key.len(), &e));
-        self.count(index, taken, freed);
+            // What was there is replaced, not changed: the log records the new state whole.
+            super::delta::changed(key, None, Some(&mut entry));
+            let taken = memory::settle(key.len(), &mut entry);
+            let old = shard.insert(key.into(), entry);
+            let freed = old.map_or(0, |e| memory::charge(key.len(), &e));
+            self.count(index, taken, freed);
+        }
     }
 
     /// Deletes the expired entries of one shard; returns how many. The background sweep

@@ -28,6 +28,7 @@
 pub mod aof;
 pub mod cmd;
 pub mod data;
+pub mod delta;
 pub mod error;
 mod events;
 pub mod glob;
@@ -250,36 +251,33 @@ impl Store {
         }
     }
 
-    /// Appends the state of every key a write left behind to the log. Each key is read
-    /// under its shard's lock, which [`aof::Aof::record`] holds while appending.
-    fn log_effects(&self, command: &Runnable, args: &[&[u8]], now: i64) {
-        let Some(aof) = self.aof() else {
+    /// Appends the state of every key a multi-key write changed to the log. A single-key
+    /// write logged its change as it made it ([`delta`]).
+    fn log_effects(&self, touched: Option<&delta::Touched>, now: i64) {
+        let (Some(aof), Some(touched)) = (self.aof(), touched) else {
             return;
         };
-        match command.kind {
-            Kind::Read => {}
-            Kind::Write => {
-                if let Some(key) = args.get(1) {
-                    self.keys.read(key, now, |entry| aof.record(key, entry));
-                }
+        for key in touched.keys() {
+            self.log_state(aof, &key, now);
+        }
+    }
+
+    /// Logs `key`'s whole state, under its shard's lock, with a fresh change counter.
+    fn log_state(&self, aof: &aof::Aof, key: &[u8], now: i64) {
+        let mut shard = self.keys.write_shard(self.keys.shard_of(key));
+        match shard.get_mut(key).filter(|e| !e.expired(now)) {
+            Some(entry) => {
+                entry.version = delta::fresh();
+                aof.record(key, Some(entry));
             }
-            Kind::Multi => {
-                if let Some((spec, keys)) = table_keys(args) {
-                    if spec.has(crate::commands::flags::WRITE) {
-                        for key in keys {
-                            self.keys.read(&key, now, |entry| aof.record(&key, entry));
-                        }
-                    }
-                }
-            }
+            None => aof.record(key, None),
         }
     }
 
     /// Logs `key`'s state now (a ledger step's effect).
     fn log_key(&self, key: &[u8]) {
         if let Some(aof) = self.aof() {
-            self.keys
-                .read(key, now_ms(), |entry| aof.record(key, entry));
+            self.log_state(aof, key, now_ms());
         }
     }
 
@@ -410,11 +408,21 @@ impl Store {
         }
         self.admit(args)?;
         let watched = self.before_write(command, args, now);
+        let logging = match (command.kind, self.aof.get()) {
+            (Kind::Write, Some(aof)) => {
+                Some(delta::Logging::begin(aof.clone(), command.name, args))
+            }
+            _ => None,
+        };
+        let touched =
+            (command.kind == Kind::Multi && self.aof.get().is_some()).then(delta::Touched::begin);
         let reply = memory::with_request(memory::request_bytes(args), || {
             self.execute(command, proto, args, now)
         });
+        drop(logging);
+        // Whatever the reply: a change made is a change logged.
+        self.log_effects(touched.as_ref(), now);
         if let Ok(frame) = &reply {
-            self.log_effects(command, args, now);
             self.written(command, args);
             if let Some(watched) = watched {
                 self.publish_events(command, args, frame, watched, now);

@@ -26,18 +26,20 @@
 //! the problem; the file is never modified, renamed or overwritten. Keys whose deadline
 //! passed while pkv was down are skipped: deadlines are absolute times.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! Integers are little endian; a *blob* is a `u64` length followed by that many bytes.
 //!
 //! ```text
 //! header   magic "PKVSNAP\0" (8 bytes)
-//!          version       u32 = 1
+//!          version       u32 = 2 (1 is still read: its flags never have bit 1)
 //!          file size     u64   total bytes of the file, trailer included
 //!          saved at      i64   milliseconds since the epoch
 //! entries  type          u8    1 string, 2 list, 3 hash, 4 set, 5 sorted set
-//!          has deadline  u8    0 or 1
-//!          deadline      i64   only when "has deadline" is 1: ms since the epoch
+//!          flags         u8    bit 0: has a deadline; bit 1: has a change counter
+//!          deadline      i64   only with bit 0: ms since the epoch
+//!          counter       u64   only with bit 1: the change that made this state, which
+//!                              the append-only log's change records check (`aof`)
 //!          key           blob
 //!          data          string:     blob
 //!                        list:       u64 count, count blobs (head first)
@@ -70,7 +72,12 @@ use super::{now_ms, Store};
 use crate::config::Settings;
 
 const MAGIC: &[u8; 8] = b"PKVSNAP\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version before entries carried their change counter: still read.
+const VERSION_1: u32 = 1;
+/// Bits of an entry's flags byte (version 1 has only [`HAS_DEADLINE`]).
+const HAS_DEADLINE: u8 = 1;
+const HAS_VERSION: u8 = 2;
 /// Magic, version, file size, saved at.
 const HEADER: usize = 8 + 4 + 8 + 8;
 /// End marker, entry count, checksum.
@@ -158,12 +165,19 @@ impl Encoder {
             Data::Stream(_) => STREAM,
         };
         self.buf.push(kind);
-        match entry.expires_at {
-            Some(at) => {
-                self.buf.push(1);
-                self.buf.extend_from_slice(&at.to_le_bytes());
-            }
-            None => self.buf.push(0),
+        let mut flags = 0;
+        if entry.expires_at.is_some() {
+            flags |= HAS_DEADLINE;
+        }
+        if entry.version != 0 {
+            flags |= HAS_VERSION;
+        }
+        self.buf.push(flags);
+        if let Some(at) = entry.expires_at {
+            self.buf.extend_from_slice(&at.to_le_bytes());
+        }
+        if entry.version != 0 {
+            self.u64(entry.version);
         }
         self.blob(key);
         match &entry.data {
@@ -235,11 +249,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<(Vec<u8>, Entry), String> {
         entry: 0,
     };
     let kind = reader.u8("type")?;
-    let expires_at = match reader.u8("deadline flag")? {
-        0 => None,
-        1 => Some(reader.u64("deadline")? as i64),
-        other => return Err(format!("bad deadline flag {other}")),
-    };
+    let (expires_at, version) = reader.flags()?;
     let key = reader.blob("key")?.to_vec();
     let data = reader.data(kind)?;
     if reader.left() != 0 {
@@ -248,7 +258,11 @@ pub fn decode_entry(bytes: &[u8]) -> Result<(Vec<u8>, Entry), String> {
             reader.left()
         ));
     }
-    Ok((key, Entry::expiring(data, expires_at)))
+    let entry = Entry {
+        version,
+        ..Entry::expiring(data, expires_at)
+    };
+    Ok((key, entry))
 }
 
 /// What a snapshot held, besides its entries.
@@ -316,6 +330,30 @@ impl<'a> Reader<'a> {
                 self.left()
             )),
         }
+    }
+
+    /// An entry's flags byte and what it announces: its deadline and its change counter
+    /// (0 when it has none: a version 1 file, or a key no logged change made).
+    fn flags(&mut self) -> Result<(Option<i64>, u64), String> {
+        let flags = self.u8("flags")?;
+        if flags & !(HAS_DEADLINE | HAS_VERSION) != 0 {
+            return Err(format!(
+                "entry {}: bad flags {flags} (bit 0: deadline, bit 1: change counter)",
+                self.entry
+            ));
+        }
+        let expires_at = if flags & HAS_DEADLINE != 0 {
+            Some(self.u64("deadline")? as i64)
+        } else {
+            None
+        };
+        let version = if flags & HAS_VERSION != 0 {
+            self.u64("change counter")?
+        } else {
+            0
+        };
+        super::delta::seen(version);
+        Ok((expires_at, version))
     }
 
     fn blob(&mut self, what: &str) -> Result<&'a [u8], String> {
@@ -417,7 +455,7 @@ pub fn decode_with(
     }
     let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(format!(
             "unsupported snapshot version {version} (this pkv reads version {VERSION})"
         ));
@@ -453,14 +491,13 @@ pub fn decode_with(
         if kind == END {
             break;
         }
-        let expires_at = match reader.u8("deadline flag")? {
-            0 => None,
-            1 => Some(reader.u64("deadline")? as i64),
-            other => return Err(format!("entry {}: bad deadline flag {other}", reader.entry)),
-        };
+        let (expires_at, version) = reader.flags()?;
         let key = reader.blob("key")?;
         let data = reader.data(kind)?;
-        let entry = Entry::expiring(data, expires_at);
+        let entry = Entry {
+            version,
+            ..Entry::expiring(data, expires_at)
+        };
         if entry.expired(now) {
             expired += 1;
         } else if keep(key, entry) {
@@ -719,6 +756,7 @@ mod tests {
                     data: Data::Str(Vec::new()),
                     expires_at: Some(far),
                     counted: Default::default(),
+                    version: 0,
                 },
             ),
             (Vec::new(), Entry::new(Data::Str(vec![0, 1, 2, 255]))),
@@ -734,6 +772,7 @@ mod tests {
                     ),
                     expires_at: Some(far + 1),
                     counted: Default::default(),
+                    version: 0,
                 },
             ),
             (
@@ -757,6 +796,7 @@ mod tests {
                     data: Data::ZSet(zset),
                     expires_at: Some(far + 2),
                     counted: Default::default(),
+                    version: 0,
                 },
             ),
         ]
@@ -821,6 +861,7 @@ mod tests {
                     data: Data::Str(b"v".to_vec()),
                     expires_at: Some(now - 1),
                     counted: Default::default(),
+                    version: 0,
                 },
             ),
             (
@@ -829,6 +870,7 @@ mod tests {
                     data: Data::Str(b"v".to_vec()),
                     expires_at: Some(now + 10_000),
                     counted: Default::default(),
+                    version: 0,
                 },
             ),
         ];
@@ -986,6 +1028,7 @@ mod tests {
                 data: Data::Str(b"v".to_vec()),
                 expires_at: Some(1),
                 counted: Default::default(),
+                version: 0,
             },
         );
         let saved = store.save_blocking().unwrap().unwrap();

@@ -226,6 +226,13 @@ struct TrimArgs {
     next: usize,
 }
 
+/// Where an `XADD`'s ID argument is (`*` or an ID), when its options parse: the
+/// append-only log replaces it with the ID the stream took.
+pub fn xadd_id_position(args: &[&[u8]]) -> Option<usize> {
+    let next = trim_args(args, true).ok()?.next;
+    (next > 2 && next <= args.len()).then(|| next - 1)
+}
+
 /// Redis's `streamParseAddOrTrimArgsOrReply`.
 fn trim_args(args: &[&[u8]], xadd: bool) -> Result<TrimArgs, Error> {
     let mut out = TrimArgs {
