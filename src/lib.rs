@@ -21,6 +21,10 @@
 //!   the text of a double in a reply, shared by the request path and the embedded store.
 //! - [`namespace`]: each account's key prefix, applied to requests and removed from replies.
 //! - [`notify`]: keyspace notifications (`PKV_KEYSPACE_EVENTS`), each tenant's own.
+//! - [`scripting`]: Lua scripts (`EVAL`, `EVALSHA`, `SCRIPT`): their arguments, each
+//!   account's registry, and pkv's own Lua 5.1 sandbox (with its pattern matcher, under
+//!   the script's time limit) whose `redis.call` takes a client command's path; they run
+//!   on the embedded store.
 //! - [`error`]: every error line a client can see, written once: each concern (the embedded
 //!   store's commands too, [`embedded::error::StoreError`]) has its own error type.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.
