@@ -74,19 +74,8 @@ fn encode(value: &Value, out: &mut String, depth: usize) -> mlua::Result<()> {
         Value::Table(t) => {
             // An array when its keys are exactly 1..n (an empty table is an object, as
             // lua-cjson encodes it).
-            let mut max = 0usize;
-            let mut count = 0usize;
-            let mut array = true;
-            for pair in t.pairs::<Value, Value>() {
-                let (k, _) = pair?;
-                count += 1;
-                match k {
-                    Value::Integer(i) if i >= 1 => max = max.max(i as usize),
-                    Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => max = max.max(n as usize),
-                    _ => array = false,
-                }
-            }
-            if array && count > 0 && max == count {
+            let (max, array) = table_shape(t)?;
+            if array && max > 0 {
                 out.push('[');
                 for i in 1..=max {
                     if i > 1 {
@@ -314,19 +303,8 @@ fn pack(value: &Value, out: &mut Vec<u8>, depth: usize) -> mlua::Result<()> {
             out.extend_from_slice(&b);
         }
         Value::Table(t) if depth < MSGPACK_MAX_NESTING => {
-            let mut count = 0usize;
-            let mut max = 0usize;
-            let mut array = true;
-            for pair in t.pairs::<Value, Value>() {
-                let (k, _) = pair?;
-                count += 1;
-                match k {
-                    Value::Integer(i) if i >= 1 => max = max.max(i as usize),
-                    Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => max = max.max(n as usize),
-                    _ => array = false,
-                }
-            }
-            if array && max == count {
+            let (count, array) = table_shape(t)?;
+            if array {
                 header(out, count, 0x90, 0xdc, 0xdd);
                 for i in 1..=count {
                     pack(&t.raw_get::<Value>(i)?, out, depth + 1)?;
@@ -346,6 +324,22 @@ fn pack(value: &Value, out: &mut Vec<u8>, depth: usize) -> mlua::Result<()> {
 }
 
 /// An array or map header: the fix form below 16 entries, then 16 or 32 bits.
+/// How many pairs `t` holds, and whether its keys are exactly 1..n (an empty table's are):
+/// an array.
+fn table_shape(t: &Table) -> mlua::Result<(usize, bool)> {
+    let (mut count, mut max, mut array) = (0usize, 0usize, true);
+    for pair in t.pairs::<Value, Value>() {
+        let (k, _) = pair?;
+        count += 1;
+        match k {
+            Value::Integer(i) if i >= 1 => max = max.max(i as usize),
+            Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => max = max.max(n as usize),
+            _ => array = false,
+        }
+    }
+    Ok((count, array && max == count))
+}
+
 fn header(out: &mut Vec<u8>, n: usize, fix: u8, b16: u8, b32: u8) {
     if n < 16 {
         out.push(fix | n as u8);

@@ -143,16 +143,7 @@ impl Upstream {
 
     /// A PING on a pooled connection (`/readyz`): `Err` says why the upstream cannot serve.
     pub async fn ping(&self) -> Result<(), String> {
-        match self.send(Proto::Resp2, &[Call::named("PING")]).await {
-            Ok(replies) => match replies.first() {
-                Some(Frame::Error(line)) => Err(format!(
-                    "upstream: PING answered {}",
-                    String::from_utf8_lossy(line)
-                )),
-                _ => Ok(()),
-            },
-            Err(e) => Err(format!("upstream: {}", crate::metrics::health::why(&e))),
-        }
+        ping_outcome(self.send(Proto::Resp2, &[Call::named("PING")]).await)
     }
 
     /// The pools' connection slots by state.
@@ -300,5 +291,19 @@ impl backend::Dedicated for Dedicated {
         calls: &'a [Call],
     ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
         Box::pin(self.conn.send(calls))
+    }
+}
+
+/// What a `PING`'s replies say about the upstream, for `/readyz`.
+pub(crate) fn ping_outcome(replies: Result<Vec<Frame>, BackendError>) -> Result<(), String> {
+    match replies {
+        Ok(replies) => match replies.first() {
+            Some(Frame::Error(line)) => Err(format!(
+                "upstream: PING answered {}",
+                String::from_utf8_lossy(line)
+            )),
+            _ => Ok(()),
+        },
+        Err(e) => Err(format!("upstream: {}", crate::metrics::health::why(&e))),
     }
 }

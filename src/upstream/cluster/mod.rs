@@ -710,16 +710,7 @@ impl Backend for Cluster {
 
     fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            match self.inner.send(Proto::Resp2, &[Call::named("PING")]).await {
-                Ok(replies) => match replies.first() {
-                    Some(Frame::Error(line)) => Err(format!(
-                        "upstream: PING answered {}",
-                        String::from_utf8_lossy(line)
-                    )),
-                    _ => Ok(()),
-                },
-                Err(e) => Err(format!("upstream: {}", crate::metrics::health::why(&e))),
-            }
+            super::ping_outcome(self.inner.send(Proto::Resp2, &[Call::named("PING")]).await)
         })
     }
 
