@@ -34,6 +34,7 @@ const PARITY: &[&[&str]] = &[
     &["EVAL", "return {ok='fine'}", "0"],
     &["EVAL", "return redis.error_reply('E2 bad')", "0"],
     &["EVAL", "return redis.status_reply('YES')", "0"],
+    &["EVAL", "return {redis.REDIS_VERSION, redis.REDIS_VERSION_NUM}", "0"],
     &["EVAL", "return true", "0"],
     &["EVAL", "return false", "0"],
     &["EVAL", "return 3.99", "0"],
