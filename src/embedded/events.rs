@@ -376,18 +376,10 @@ impl super::Store {
         now: i64,
     ) -> Option<Watched> {
         self.notify?;
-        let keys = if super::Store::writes(command, args) {
-            super::keys_of(command, args)
-        } else if command.name == "XGROUP" {
-            // The one container whose subcommands write: its row has no keys, its
-            // subcommands' rows do.
-            match super::table_keys(args) {
-                Some((spec, keys)) if spec.has(crate::commands::flags::WRITE) => keys,
-                _ => return None,
-            }
-        } else {
+        if !super::Store::writes(command, args) {
             return None;
-        };
+        }
+        let keys = super::keys_of(command, args);
         let before = keys.iter().map(|k| self.state(k, now)).collect();
         let members = named_members(command.name, args);
         let scores = match keys.first() {

@@ -396,12 +396,14 @@ fn xlen(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     })
 }
 
+/// Every argument as an exact entry ID.
+fn strict_ids(raw: &[&[u8]]) -> Result<Vec<StreamId>, Error> {
+    raw.iter().map(|r| strict_id(r)).collect()
+}
+
 /// `XDEL key id [id ...]`
 fn xdel(cx: &mut Cx, args: &[&[u8]]) -> Reply {
-    let ids = args[2..]
-        .iter()
-        .map(|raw| strict_id(raw))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = strict_ids(&args[2..])?;
     cx.write(args[1], |slot| {
         let Some(entry) = slot.as_mut() else {
             return int(0);
@@ -1000,10 +1002,7 @@ fn xack(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     if !has_group(cx, args)? {
         return int(0);
     }
-    let ids = args[3..]
-        .iter()
-        .map(|raw| strict_id(raw))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = strict_ids(&args[3..])?;
     cx.write(args[1], |slot| {
         let Some(entry) = slot.as_mut() else {
             return int(0);
