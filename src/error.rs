@@ -55,6 +55,10 @@ pub enum ClientError {
     ClientName(NameError),
     /// `CLIENT SETINFO` with an attribute Redis does not know.
     UnknownClientInfo(String),
+    /// `CLIENT LIST TYPE` with a type Redis does not know.
+    UnknownClientType(String),
+    /// `CLIENT LIST ID` with an id that is not an integer.
+    InvalidClientId,
     /// A request that does not match the table: unknown, refused, wrong arity.
     Lookup {
         err: LookupError,
@@ -159,6 +163,7 @@ impl ClientError {
             E::TopupNeedsQuota => "ERR PKV.TOPUP takes a quota token, not a session token",
             E::AlreadyRedeemed => "ERR token already redeemed",
             E::Syntax => SYNTAX,
+            E::InvalidClientId => "ERR Invalid client ID",
             E::OtherDatabase => "ERR pkv serves database 0 only",
             E::ExecWithoutMulti => "ERR EXEC without MULTI",
             E::DiscardWithoutMulti => "ERR DISCARD without MULTI",
@@ -202,6 +207,9 @@ impl ClientError {
                 return format!("ERR Syntax error in HELLO option '{opt}'").into()
             }
             E::UnknownClientInfo(attr) => return format!("ERR Unrecognized option '{attr}'").into(),
+            E::UnknownClientType(kind) => {
+                return format!("ERR Unknown client type '{kind}'").into()
+            }
             E::Lookup { err, args } => return lookup_line(err, args).into(),
             E::Subscribed { command } => return format!(
                 "ERR Can't execute '{command}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"

@@ -616,3 +616,76 @@ fn flushdb_in_multi_is_bounded_and_refused_past_the_bound() {
     let left: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
     assert_eq!(left, 0);
 }
+
+/// `CLIENT LIST` answers the caller's own connection, as `CLIENT INFO` does, and never
+/// another tenant's: RQ's worker names its connection with `CLIENT SETNAME` and then
+/// finds its address in `CLIENT LIST` (and exits when that is refused).
+#[test]
+fn client_list_shows_only_the_callers_own_connection() {
+    let redis = Redis::start();
+    let issuer = Issuer::new();
+    let upstream = PkvConfig::new(&redis, &issuer).start();
+    let embedded = PkvConfig::embedded(&issuer).start();
+    for (name, pkv) in [("upstream", &upstream), ("embedded", &embedded)] {
+        let mut mine = pkv.resp_authed(&issuer.token(100));
+        let mut other = pkv.resp_authed(&issuer.token(100));
+        assert_eq!(
+            mine.call_text(&["CLIENT", "SETNAME", "rq:worker:1"]),
+            "+OK\r\n"
+        );
+        assert_eq!(
+            other.call_text(&["CLIENT", "SETNAME", "other-tenant"]),
+            "+OK\r\n"
+        );
+        let id = mine.call_text(&["CLIENT", "ID"]);
+        let id = id.trim().trim_start_matches(':');
+        let info = mine.call_text(&["CLIENT", "INFO"]);
+        let list = mine.call_text(&["CLIENT", "LIST"]);
+        assert_eq!(list, info, "{name}");
+        assert!(list.contains(&format!("id={id} ")), "{name}: {list:?}");
+        assert!(list.contains(" name=rq:worker:1 "), "{name}: {list:?}");
+        assert!(!list.contains("other-tenant"), "{name}: {list:?}");
+        assert_eq!(
+            mine.call_text(&["CLIENT", "LIST", "TYPE", "normal"]),
+            info,
+            "{name}"
+        );
+        assert_eq!(
+            mine.call_text(&["CLIENT", "LIST", "type", "PUBSUB"]),
+            "$0\r\n\r\n",
+            "{name}"
+        );
+        assert_eq!(
+            mine.call_text(&["CLIENT", "LIST", "ID", "999999", id]),
+            info,
+            "{name}"
+        );
+        assert_eq!(
+            mine.call_text(&["CLIENT", "LIST", "ID", "999999"]),
+            "$0\r\n\r\n",
+            "{name}"
+        );
+    }
+    // Malformed ones are refused as Redis refuses them.
+    let commands: &[&[&str]] = &[
+        &["CLIENT", "LIST", "TYPE", "nosuchtype"],
+        &["CLIENT", "LIST", "ID", "x"],
+        &["CLIENT", "LIST", "ID"],
+        &["CLIENT", "LIST", "TYPE"],
+        &["CLIENT", "LIST", "extra"],
+        &["CLIENT", "LIST", "TYPE", "normal", "extra"],
+    ];
+    let mut differ = Vec::new();
+    for (name, pkv) in [("upstream", &upstream), ("embedded", &embedded)] {
+        for (cmd, mine, theirs) in beside_redis(&redis, pkv, &issuer.token(100), commands) {
+            if mine != theirs {
+                differ.push(format!(
+                    "{name} {cmd}:\n  pkv:   {:?}\n  redis: {:?}",
+                    String::from_utf8_lossy(&mine),
+                    String::from_utf8_lossy(&theirs)
+                ));
+            }
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}

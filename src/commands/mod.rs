@@ -61,7 +61,6 @@ pub const DENIED: &[&str] = &[
     "SWAPDB",
     "SYNC",
     "CLIENT|KILL",
-    "CLIENT|LIST",
     "CLIENT|PAUSE",
     "CLIENT|UNPAUSE",
     "CLIENT|TRACKING",

@@ -344,6 +344,7 @@ pub enum Local {
     ClientSetInfo,
     ClientId,
     ClientInfo,
+    ClientList,
     ClientNoEvict,
     ClientNoTouch,
     ClientReply,

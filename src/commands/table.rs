@@ -308,6 +308,8 @@ pub static TABLE: &[C] = &[
     C::local("CLIENT|SETINFO", 4, FREE, L::ClientSetInfo),
     C::local("CLIENT|ID", 2, FREE, L::ClientId),
     C::local("CLIENT|INFO", 2, 0, L::ClientInfo),
+    // The caller's own connection only: what a tenant observes of the server is its own.
+    C::local("CLIENT|LIST", -2, 0, L::ClientList),
     // Added in Redis 7.2.
     C::local("CLIENT|NO-TOUCH", 3, 0, L::ClientNoTouch),
     C::local("CLIENT|REPLY", 3, 0, L::ClientReply),

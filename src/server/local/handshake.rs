@@ -292,7 +292,8 @@ impl Session {
         });
     }
 
-    /// `CLIENT SETNAME|GETNAME|SETINFO|NO-TOUCH|NO-EVICT|REPLY|ID|INFO`, and `READONLY`/`READWRITE`.
+    /// `CLIENT SETNAME|GETNAME|SETINFO|NO-TOUCH|NO-EVICT|REPLY|ID|INFO|LIST`, and
+    /// `READONLY`/`READWRITE`.
     pub(super) fn client(&mut self, local: Local, args: &[Bytes], out: &mut BytesMut) {
         match local {
             Local::ClientSetName => {
@@ -338,7 +339,55 @@ impl Session {
                 let line = self.client_info_line();
                 self.reply(out, |w| w.bulk(line.as_bytes()));
             }
+            // Redis's `CLIENT LIST [TYPE type | ID id...]` over the one connection a tenant
+            // may see: its own (another connection of the same account is not listed).
+            Local::ClientList => match self.client_list_shows_own(&args[2..]) {
+                Ok(shown) => {
+                    let line = if shown {
+                        self.client_info_line()
+                    } else {
+                        String::new()
+                    };
+                    self.reply(out, |w| w.bulk(line.as_bytes()));
+                }
+                Err(err) => self.reject(err, out),
+            },
             _ => {}
+        }
+    }
+
+    /// Whether `CLIENT LIST`'s filter (the arguments after `LIST`) keeps this connection,
+    /// with Redis 7.0's errors for a malformed one.
+    fn client_list_shows_own(&self, filter: &[Bytes]) -> Result<bool, ClientError> {
+        match filter {
+            [] => Ok(true),
+            [word, kind] if word.eq_ignore_ascii_case(b"TYPE") => {
+                let subscribed = self
+                    .pubsub
+                    .as_ref()
+                    .is_some_and(|s| !s.channels.is_empty() || !s.patterns.is_empty());
+                let kind_lower = kind.to_ascii_lowercase();
+                match kind_lower.as_slice() {
+                    b"normal" => Ok(!subscribed),
+                    b"pubsub" => Ok(subscribed),
+                    b"master" | b"replica" | b"slave" => Ok(false),
+                    _ => Err(ClientError::UnknownClientType(
+                        String::from_utf8_lossy(kind).into_owned(),
+                    )),
+                }
+            }
+            [word, ids @ ..] if word.eq_ignore_ascii_case(b"ID") && !ids.is_empty() => {
+                let mut shown = false;
+                for id in ids {
+                    let id: i64 = std::str::from_utf8(id)
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(ClientError::InvalidClientId)?;
+                    shown |= id == self.id as i64;
+                }
+                Ok(shown)
+            }
+            _ => Err(ClientError::Syntax),
         }
     }
 

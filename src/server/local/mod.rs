@@ -66,7 +66,8 @@ impl Session {
             | Local::ReadWrite
             | Local::ClientReply
             | Local::ClientId
-            | Local::ClientInfo => self.client(local, args, out),
+            | Local::ClientInfo
+            | Local::ClientList => self.client(local, args, out),
             Local::Info | Local::ConfigGet | Local::Help | Local::PubsubNumpat => {
                 self.introspect(local, args, out).await
             }
