@@ -80,3 +80,4 @@ except subprocess.TimeoutExpired:
 if code != 0:
     fail(f"the worker exited with {code} on SIGTERM")
 print("ok   the worker stopped cleanly")
+os.unlink(log.name)

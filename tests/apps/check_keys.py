@@ -4,7 +4,7 @@ Through pkv (as the tenant, with the app's token): `KEYS *` lists the app's keys
 has `PTTL` > 0. With --direct (pkv over a redis-server): a second, raw connection to the
 redis-server finds exactly those keys under `pkv:t:<account>:` (src/namespace.rs), each
 with a TTL there too, and no key outside `pkv:ledger:` and the namespaces of the accounts
-listed in --accounts (the apps run so far, one per line; this app's is appended).
+listed in --accounts (the apps run so far, one per line).
 
 Usage: check_keys.py <pkv-url-with-token> [--direct <redis-url>] [--accounts FILE]
 """
@@ -43,13 +43,10 @@ def escape(account):
 
 checked = len(keys)
 if args.direct:
-    accounts = set()
+    accounts = {account}
     if args.accounts:
-        with open(args.accounts, "a+", encoding="utf-8") as f:
-            f.write(account + "\n")
-            f.seek(0)
-            accounts = {line.strip() for line in f if line.strip()}
-    accounts.add(account)
+        with open(args.accounts, encoding="utf-8") as f:
+            accounts |= {line.strip() for line in f if line.strip()}
     prefixes = {f"pkv:t:{escape(a)}:".encode() for a in accounts}
     prefix = f"pkv:t:{escape(account)}:".encode()
     raw = redis.Redis.from_url(args.direct)
