@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the frameworks in tests/apps/ (Celery, RQ, Flask-Limiter, BullMQ, ioredis and
-# node-redis scripts) against a pkv, each app with a token of its own and under a timeout,
+# node-redis scripts, redis-py's Lock) against a pkv, each app with a token of its own and under a timeout,
 # then checks that every key the app left is in its account's namespace with a TTL
 # (tests/apps/check_keys.py). Fails if any app or check fails.
 #
@@ -8,7 +8,7 @@
 #
 # By default pkv runs on its embedded store; `--upstream` (or PKV_APPS_BACKEND=upstream)
 # puts a private redis-server behind it and also checks the keys there on a raw connection.
-# APP is any of: celery rq flask-limiter bullmq node-scripts (default: all). Installs what
+# APP is any of: celery rq flask-limiter bullmq node-scripts redis-py-lock (default: all). Installs what
 # it needs when it is missing, as scripts/examples-test.sh does: the pinned Python packages
 # (tests/apps/requirements.txt) into a virtual environment under target/apps/, the Node ones
 # (tests/apps/package-lock.json) with `npm ci` under target/apps/.
@@ -21,11 +21,11 @@ for arg in "$@"; do
   case "$arg" in
     --upstream) backend=upstream ;;
     --embedded) backend=embedded ;;
-    celery | rq | flask-limiter | bullmq | node-scripts) apps+=("$arg") ;;
+    celery | rq | flask-limiter | bullmq | node-scripts | redis-py-lock) apps+=("$arg") ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
-[ "${#apps[@]}" -gt 0 ] || apps=(celery rq flask-limiter bullmq node-scripts)
+[ "${#apps[@]}" -gt 0 ] || apps=(celery rq flask-limiter bullmq node-scripts redis-py-lock)
 
 need=()
 command -v python3 >/dev/null 2>&1 && python3 -c 'import ensurepip, venv' 2>/dev/null \
@@ -121,6 +121,8 @@ for app in "${apps[@]}"; do
     flask-limiter) cmd=("$py" tests/apps/flask_limiter_test.py) ;;
     bullmq) cmd=(node tests/apps/bullmq_test.js) ;;
     node-scripts) cmd=(node tests/apps/node_scripts_test.js) ;;
+    # Four threads contend for one lock, 25 rounds each (as tests/scripting.rs runs it).
+    redis-py-lock) cmd=("$py" tests/apps/redis_py_lock.py "$url" 4 25) ;;
   esac
   echo "== $app through pkv ($backend) at $addr"
   start=$SECONDS
