@@ -19,3 +19,8 @@ app.conf.update(
 @app.task
 def add(x, y):
     return x + y
+
+
+@app.task
+def total(numbers):
+    return sum(numbers)

@@ -1,6 +1,6 @@
 """Celery through pkv: a worker (`celery worker`, prefork, one child) starts, a caller
-sends `add(2, 3)` and `AsyncResult.get` brings back 5; `celery inspect ping` gets the
-worker's pong. Exits 0 only if all of that happens; the worker's output is printed when
+sends `add(2, 3)` and `AsyncResult.get` brings back 5, a chord's body gets its header's
+results, and `celery inspect ping` gets the worker's pong. Exits 0 only if all of that happens; the worker's output is printed when
 anything fails.
 
 Usage: PKV_APP_URL=redis://:<token>@host:port/0 celery_test.py
@@ -36,7 +36,8 @@ def fail(why):
 
 
 sys.path.insert(0, here)
-from celery_app import add, app  # noqa: E402
+from celery import chord  # noqa: E402
+from celery_app import add, app, total  # noqa: E402
 
 # The worker is ready when it answers a ping; it may die on start-up instead.
 deadline = time.monotonic() + 40
@@ -62,6 +63,16 @@ except Exception as e:
 if value != 5 or result.status != "SUCCESS":
     fail(f"add(2, 3) came back {value!r} with status {result.status}")
 print(f"ok   add.delay(2, 3).get() == 5, status {result.status}")
+
+# A chord: the result backend counts the header's results in a MULTI pipeline and the
+# last one starts the body.
+try:
+    value = chord(add.s(i, i) for i in range(5))(total.s()).get(timeout=30)
+except Exception as e:
+    fail(f"chord(add x5)(total): {e!r}")
+if value != 20:
+    fail(f"chord(add x5)(total) came back {value!r}, not 20")
+print("ok   a chord of five adds and a total came back 20")
 
 ping = subprocess.run(
     [os.path.join(bin_dir, "celery"), "-A", "celery_app", "inspect", "ping", "--timeout=5"],
