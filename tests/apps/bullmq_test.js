@@ -1,10 +1,11 @@
 // BullMQ through pkv: a Queue and a Worker process an immediate job, a delayed job (1 s)
-// and a job that fails once and succeeds on its retry (`attempts: 2`). Exits 0 only if all
-// three complete as BullMQ says they should.
+// and a job that fails once and succeeds on its retry (`attempts: 2`); the caller also
+// waits for the first through QueueEvents (a blocking XREAD on the queue's event stream).
+// Exits 0 only if all three complete as BullMQ says they should.
 //
 // Usage: PKV_APP_URL=redis://:<token>@host:port bullmq_test.js
 'use strict';
-const { Queue, Worker } = require('bullmq');
+const { Queue, QueueEvents, Worker } = require('bullmq');
 
 const url = new URL(process.env.PKV_APP_URL);
 const connection = {
@@ -22,6 +23,8 @@ function fail(why) {
 
 async function main() {
   const queue = new Queue('apps', { connection });
+  const events = new QueueEvents('apps', { connection });
+  await events.waitUntilReady();
   const seen = new Map();
   let worker;
   const done = new Promise((resolve, reject) => {
@@ -48,6 +51,9 @@ async function main() {
   const delayed = await queue.add('delayed', { x: 20, y: 22 }, { delay: 1000 });
   const flaky = await queue.add('flaky', { x: 1, y: 1 }, { attempts: 2 });
   if ((await delayed.getState()) !== 'delayed') fail('the delayed job is not in the delayed set');
+  const waited = await now.waitUntilFinished(events, 10000);
+  if (waited !== 5) fail(`waitUntilFinished gave ${JSON.stringify(waited)}, not 5`);
+  console.log('ok   QueueEvents: waitUntilFinished gave 5');
 
   const timer = setTimeout(() => fail(`only ${[...seen.keys()]} completed within 30 s`), 30000);
   await done;
@@ -76,6 +82,7 @@ async function main() {
   }
   console.log(`ok   job counts ${JSON.stringify(counts)}`);
   await worker.close();
+  await events.close();
   await queue.close();
 }
 
