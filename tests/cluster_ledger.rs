@@ -150,15 +150,17 @@ fn the_ledger_lives_in_the_cluster() {
     assert_eq!(credited(&pkv_balance(&mut fresh)), "1000000000.000000000");
 }
 
-/// Two pkv processes on one cluster, each with its ledger in the cluster: a token presented
-/// through both at once is credited once, and a top-up token presented for two accounts at
-/// once (one through each pkv) is credited once, to one of them.
+/// Two pkvs on one cluster (one in this process, one a process of its own), the ledger in
+/// the cluster: a token presented through both at once is credited once, and a top-up
+/// token presented for two accounts at once (one through each pkv) is credited once, to
+/// one of them, which alone is told so.
 #[test]
 fn a_token_is_credited_once_across_two_pkvs() {
     let cluster = TestCluster::start();
     let issuer = Issuer::new();
     let config = config(&cluster, &issuer);
-    let (one, two) = (config.start(), config.start());
+    // One in this process, one a process of its own.
+    let (one, two) = (config.start(), config.start_process());
     const ROUNDS: usize = 10;
     const EACH: usize = 4;
     for round in 0..ROUNDS {
@@ -168,7 +170,11 @@ fn a_token_is_credited_once_across_two_pkvs() {
         let start = Arc::new(Barrier::new(2 * EACH));
         let threads: Vec<_> = (0..2 * EACH)
             .map(|i| {
-                let url = if i % 2 == 0 { &one } else { &two }.url(&token);
+                let url = if i % 2 == 0 {
+                    one.url(&token)
+                } else {
+                    two.url(&token)
+                };
                 let start = start.clone();
                 std::thread::spawn(move || {
                     let client = redis::Client::open(url.as_str()).unwrap();
@@ -223,7 +229,7 @@ fn a_claim_without_its_credit_is_completed_once() {
     let cluster = TestCluster::start();
     let issuer = Issuer::new();
     let config = config(&cluster, &issuer);
-    let (one, two) = (config.start(), config.start());
+    let (one, two) = (config.start(), config.start_process());
     let claim = |token: &str, record: &str| {
         let key = claim_key(&jti_of(token));
         let owner = cluster.owner_of(key_slot(key.as_bytes()));
