@@ -133,8 +133,12 @@ impl Top {
 pub fn account_of(key: &[u8]) -> Option<String> {
     let escaped = match key.strip_prefix(ACCOUNT_PREFIX.as_bytes()) {
         Some(escaped) => escaped,
-        // A cluster's account record: `pkv:ledger:{<account>}:acct`.
-        None => key.strip_prefix(b"pkv:ledger:{")?.strip_suffix(b"}:acct")?,
+        // A cluster's account record: `pkv:ledger:{<account>}:acct`, the account escaped
+        // (no `}` nor `:`), which a credit mark whose token id ends in `}:acct` is not.
+        None => key
+            .strip_prefix(b"pkv:ledger:{")?
+            .strip_suffix(b"}:acct")
+            .filter(|escaped| !escaped.iter().any(|b| matches!(b, b'}' | b':')))?,
     };
     let mut out = Vec::with_capacity(escaped.len());
     let mut i = 0;
@@ -385,5 +389,6 @@ mod tests {
         assert_eq!(account_of(b"pkv:ledger:{alice}:upd:w1"), None);
         assert_eq!(account_of(b"pkv:ledger:{alice}:jti:x"), None);
         assert_eq!(account_of(b"pkv:ledger:jti:{x}"), None);
+        assert_eq!(account_of(b"pkv:ledger:{alice}:jti:x}:acct"), None);
     }
 }
