@@ -15,10 +15,12 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::commands::Call;
 use crate::meter::ledger::{format_nanos, LedgerError};
 use crate::protocol::frame::Frame;
 use crate::protocol::Proto;
+use crate::upstream::book::Layout;
 use crate::upstream::Upstream;
 
 /// The key prefix of account records in the ledger (see [`crate::meter::ledger`]).
@@ -129,7 +131,15 @@ impl Top {
 
 /// The account id a record key was made from (`%XX` escapes undone).
 pub fn account_of(key: &[u8]) -> Option<String> {
-    let escaped = key.strip_prefix(ACCOUNT_PREFIX.as_bytes())?;
+    let escaped = match key.strip_prefix(ACCOUNT_PREFIX.as_bytes()) {
+        Some(escaped) => escaped,
+        // A cluster's account record: `pkv:ledger:{<account>}:acct`, the account escaped
+        // (no `}` nor `:`), which a credit mark whose token id ends in `}:acct` is not.
+        None => key
+            .strip_prefix(b"pkv:ledger:{")?
+            .strip_suffix(b"}:acct")
+            .filter(|escaped| !escaped.iter().any(|b| matches!(b, b'}' | b':')))?,
+    };
     let mut out = Vec::with_capacity(escaped.len());
     let mut i = 0;
     while i < escaped.len() {
@@ -181,15 +191,25 @@ pub async fn top_in_redis(
     limit: usize,
     timeout: Duration,
 ) -> Result<Vec<Spender>, String> {
+    if crate::upstream::cluster::is_cluster_url(url) {
+        // The ledger in the cluster upstream, each account record in its own slot.
+        let cluster = crate::upstream::cluster::Cluster::new(url, 1, timeout)?;
+        cluster.refresh().await?;
+        return top_in(&cluster, Layout::Cluster, limit).await;
+    }
     let redis = Upstream::new(url, 1, timeout).map_err(|e| e.to_string())?;
-    top_in(&redis, limit).await
+    top_in(&redis, Layout::Plain, limit).await
 }
 
 /// [`top_in_redis`] over connections already made.
-pub async fn top_in(redis: &Upstream, limit: usize) -> Result<Vec<Spender>, String> {
+pub async fn top_in(
+    redis: &dyn Backend,
+    layout: Layout,
+    limit: usize,
+) -> Result<Vec<Spender>, String> {
     let send = |calls: Vec<Call>| async move {
         redis
-            .send(Proto::Resp2, &calls)
+            .pipeline(Proto::Resp2, &calls)
             .await
             .map_err(|e| bad(e.into()))
     };
@@ -199,7 +219,7 @@ pub async fn top_in(redis: &Upstream, limit: usize) -> Result<Vec<Spender>, Stri
         let scan = Call::named("SCAN")
             .arg(cursor.clone())
             .arg("MATCH")
-            .arg(format!("{ACCOUNT_PREFIX}*"))
+            .arg(layout.accounts_pattern())
             .arg("COUNT")
             .arg(PAGE.to_string());
         let reply = send(vec![scan]).await?;
@@ -363,5 +383,12 @@ mod tests {
         let key = format!("{ACCOUNT_PREFIX}{escaped}");
         assert_eq!(account_of(key.as_bytes()).as_deref(), Some("a b/é"));
         assert_eq!(account_of(b"pkv:ledger:jti:x"), None);
+        // The cluster layout's records of an account (see `upstream::book::Layout`).
+        let key = crate::upstream::book::Layout::Cluster.account_key("a b/é");
+        assert_eq!(account_of(key.as_bytes()).as_deref(), Some("a b/é"));
+        assert_eq!(account_of(b"pkv:ledger:{alice}:upd:w1"), None);
+        assert_eq!(account_of(b"pkv:ledger:{alice}:jti:x"), None);
+        assert_eq!(account_of(b"pkv:ledger:jti:{x}"), None);
+        assert_eq!(account_of(b"pkv:ledger:{alice}:jti:x}:acct"), None);
     }
 }

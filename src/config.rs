@@ -64,7 +64,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_LEDGER_URL",
         default: "",
-        help: "redis://... of a Redis for the ledger alone (balances, redeemed tokens); unset: the ledger lives in the upstream. Needed when the upstream's maxmemory-policy is allkeys-*; its own policy must be noeviction",
+        help: "redis://... of a Redis for the ledger alone (balances, redeemed tokens); unset: the ledger lives in the upstream (a Redis Cluster upstream too). Needed when the upstream's maxmemory-policy is allkeys-*; its own policy must be noeviction",
     },
     SettingDoc {
         name: "PKV_DATA_FILE",

@@ -7,7 +7,9 @@
 //! snapshots keep it with the data.
 //! Redemption is one atomic step: the token id is claimed and the credit added together, so
 //! a token is credited exactly once however many connections or processes present it at
-//! once. The claim records how the token was redeemed ([`RedeemedBy`]): a token spent on a
+//! once. In a Redis Cluster upstream, where the token's claim and the account's record are
+//! in different slots, it is two steps that a later presentation completes (see
+//! [`crate::upstream::book`]), with the same outcome. The claim records how the token was redeemed ([`RedeemedBy`]): a token spent on a
 //! top-up must never authenticate afterwards, on any process sharing the ledger.
 //!
 //! Amounts are integers in nano-units (10^-9 of a unit).

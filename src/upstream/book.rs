@@ -1,10 +1,66 @@
-//! The ledger in a Redis: the upstream, or a Redis of its own (`PKV_LEDGER_URL`).
-//! Redemption, leases and settlements are Lua scripts, each one atomic step.
+//! The ledger in a Redis: the upstream, or a Redis of its own (`PKV_LEDGER_URL`), or the
+//! Redis Cluster upstream itself. Redemption, leases and settlements are Lua scripts, each
+//! one atomic step.
+//!
+//! # Two layouts
+//!
+//! On one Redis ([`Layout::Plain`]) the records are `pkv:ledger:acct:<account>`,
+//! `pkv:ledger:upd:<writer>:<account>` and `pkv:ledger:jti:<jti>`, and a redemption is one
+//! script over the token's record and the account's. A Redis Cluster runs a script only
+//! when all its keys share a slot, so there ([`Layout::Cluster`]) each account's records
+//! carry the account as a hash tag and live in its slot:
+//!
+//! - `pkv:ledger:{<account>}:acct`: the account record;
+//! - `pkv:ledger:{<account>}:upd:<writer>`: a process's last update numbers for it;
+//! - `pkv:ledger:{<account>}:jti:<jti>`: the mark that token `jti`'s credit was added;
+//!
+//! and a token's claim, which must be unique across every account, lives in the slot of
+//! the token id: `pkv:ledger:jti:{<jti>}`, holding the same record as the plain layout's
+//! (`auth:<account>` or `topup:<account>`). Leases and settlements are the same scripts on
+//! the account's keys, so their guarantees are unchanged. The account is escaped
+//! ([`escape_account`]): it holds no `{` or `}`, and it is never empty (a token's `sub`
+//! has 1 to 256 bytes), so the tag is exactly the account. Tenant keys all start with
+//! `pkv:t:` ([`crate::namespace`]): they may share a slot with ledger records, never a name.
+//!
+//! A plain Redis keeps the plain layout (existing ledgers are read as they are, nothing is
+//! migrated); the cluster layout is used only with a cluster upstream that holds the ledger.
+//!
+//! # Redemption in a cluster: a state machine in two slots
+//!
+//! A token id's claim and an account's credit are in different slots, so no one script can
+//! write both. A redemption of token `jti` worth `nanos` into account `A` by kind `k` goes:
+//!
+//! 1. **claim** (jti's slot, [`CLAIM_SCRIPT`]): `pkv:ledger:jti:{jti}` is set to `k:A`
+//!    unless it exists; either way the script answers the claim's record, `k':B`.
+//! 2. **credit** (B's slot, [`CREDIT_SCRIPT`]): unless the mark `pkv:ledger:{B}:jti:<jti>`
+//!    exists, add `nanos` to B's `credited` and set the mark, in one script. The mark says
+//!    whether the claim's owner was told: `owner` when the presenter is the owner (it
+//!    presented `k:B`), `other` when another presenter completed B's credit; an owner that
+//!    finds `other` turns it into `owner` and is the one told.
+//!
+//! States of one token: *unclaimed* → (claim) → *claimed* → (credit by the owner) →
+//! *credited, owner told*; or *claimed* → (credit by another) → *credited, owner not told*
+//! → (the owner presents) → *credited, owner told*. Step 2 is applied to the claim's owner
+//! B whoever runs it, so a process that dies or times out between the steps leaves
+//! *claimed*, and the next presentation of the token, through any process and for any
+//! account, completes B's credit; the mark makes that credit happen once however many
+//! presentations race. A presenter is told `Credited` only when it is the owner and its
+//! step 2 moved the mark to `owner` (so exactly one presentation by the owner is told);
+//! every other presentation gets `AlreadyRedeemed` with the claim's kind. A token id names
+//! one token, so every presenter knows the same `nanos` and expiry. Both records expire
+//! with the token.
+//!
+//! A credit that Redis refuses because the balance would overflow writes nothing in B's
+//! slot, and the claim is then taken back if it is still `k:A` ([`RELEASE_SCRIPT`]), so the
+//! token stays unredeemed, as on one Redis.
+//!
+//! Redis Cluster replicates asynchronously: a claim or credit a master acknowledged and
+//! lost in a failover before its replica had it is lost like any write (Redis Cluster's
+//! own window); pkv issues no `WAIT`.
 
 use std::sync::Arc;
 
-use super::Upstream;
-use crate::backend::BoxFuture;
+use crate::backend::{Backend, BoxFuture};
 use crate::commands::Call;
 use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
@@ -88,6 +144,94 @@ end
 return 1
 "#;
 
+/// Claims a token id in a cluster (step 1 of a redemption: see the module documentation).
+/// KEYS[1] = the claim; ARGV = the claim's record, expire-at. Returns the claim's record:
+/// the one given when claimed now, else the first one.
+const CLAIM_SCRIPT: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if owner then
+  return owner
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
+return ARGV[1]
+"#;
+
+/// Adds a claimed token's credit to its account, once (step 2).
+/// KEYS[1] = account record, KEYS[2] = the account's mark for the token;
+/// ARGV = nanos, expire-at, `owner` or `other` (who presents the token).
+/// Returns 1 when the owner is told now (the mark became `owner`), else 0.
+/// The credit comes before the mark: a credit refused (overflow) writes nothing.
+const CREDIT_SCRIPT: &str = r#"
+local mark = redis.call('GET', KEYS[2])
+if not mark then
+  redis.call('HINCRBY', KEYS[1], 'credited', ARGV[1])
+elseif mark == 'owner' or ARGV[3] ~= 'owner' then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[3], 'EXAT', ARGV[2])
+if ARGV[3] == 'owner' then
+  return 1
+end
+return 0
+"#;
+
+/// Takes back a claim whose credit Redis refused, if it is still the one given.
+/// KEYS[1] = the claim; ARGV[1] = the claim's record.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"#;
+
+/// How the ledger's records are named: see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One Redis: the upstream or `PKV_LEDGER_URL`.
+    Plain,
+    /// A Redis Cluster: each account's records in its slot, each claim in its token's.
+    Cluster,
+}
+
+impl Layout {
+    /// The record of an account.
+    pub fn account_key(self, account: &str) -> String {
+        match self {
+            Layout::Plain => account_key(account),
+            Layout::Cluster => format!("pkv:ledger:{{{}}}:acct", escape_account(account)),
+        }
+    }
+
+    /// Where process `writer`'s last update numbers for `account` are kept.
+    fn updates_key(self, writer: &str, account: &str) -> String {
+        match self {
+            Layout::Plain => format!("pkv:ledger:upd:{writer}:{}", escape_account(account)),
+            Layout::Cluster => format!("pkv:ledger:{{{}}}:upd:{writer}", escape_account(account)),
+        }
+    }
+
+    /// The claim of a token id.
+    pub fn token_key(self, jti: &str) -> String {
+        match self {
+            Layout::Plain => token_key(jti),
+            Layout::Cluster => format!("pkv:ledger:jti:{{{jti}}}"),
+        }
+    }
+
+    /// In a cluster, the mark in `account`'s slot that token `jti`'s credit was added.
+    pub fn credit_key(self, account: &str, jti: &str) -> String {
+        format!("pkv:ledger:{{{}}}:jti:{jti}", escape_account(account))
+    }
+
+    /// The SCAN pattern of account records.
+    pub fn accounts_pattern(self) -> &'static str {
+        match self {
+            Layout::Plain => "pkv:ledger:acct:*",
+            Layout::Cluster => "pkv:ledger:{*}:acct",
+        }
+    }
+}
+
 /// The ledger in a Redis (the upstream, or the ledger's own): redemption, leases and
 /// settlements are Lua scripts.
 ///
@@ -95,26 +239,42 @@ return 1
 /// where `writer` is a random id of this process: one small hash per process and account,
 /// kept [`UPDATES_KEPT_SECS`] after its last update.
 pub struct RedisBook {
-    upstream: Arc<Upstream>,
+    upstream: Arc<dyn Backend>,
+    layout: Layout,
     /// This process among all that share the upstream.
     writer: String,
 }
 
 impl RedisBook {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    /// The ledger on one Redis ([`Layout::Plain`]).
+    pub fn new(upstream: Arc<dyn Backend>) -> Self {
+        Self::with_layout(upstream, Layout::Plain)
+    }
+
+    /// The ledger in a Redis Cluster ([`Layout::Cluster`]).
+    pub fn in_cluster(cluster: Arc<dyn Backend>) -> Self {
+        Self::with_layout(cluster, Layout::Cluster)
+    }
+
+    fn with_layout(upstream: Arc<dyn Backend>, layout: Layout) -> Self {
         RedisBook {
             upstream,
+            layout,
             writer: uuid::Uuid::new_v4().simple().to_string(),
         }
     }
 
     /// Where this process's last update numbers for `account` are kept.
     fn updates_key(&self, account: &str) -> String {
-        format!("pkv:ledger:upd:{}:{}", self.writer, escape_account(account))
+        self.layout.updates_key(&self.writer, account)
+    }
+
+    fn account_key(&self, account: &str) -> String {
+        self.layout.account_key(account)
     }
 
     async fn one(&self, cmd: Call) -> Result<Frame, LedgerError> {
-        let mut values = self.upstream.send(Proto::Resp2, &[cmd]).await?;
+        let mut values = self.upstream.pipeline(Proto::Resp2, &[cmd]).await?;
         match values.pop() {
             Some(Frame::Error(line)) => Err(LedgerError::Bad(
                 String::from_utf8_lossy(&line).into_owned(),
@@ -132,6 +292,11 @@ impl RedisBook {
         expire_at: i64,
         by: RedeemedBy,
     ) -> Result<Redemption, LedgerError> {
+        if self.layout == Layout::Cluster {
+            return self
+                .redeem_in_cluster(jti, account, nanos, expire_at, by)
+                .await;
+        }
         let cmd = Call::named("EVAL")
             .arg(REDEEM_SCRIPT)
             .arg("2")
@@ -151,8 +316,77 @@ impl RedisBook {
         }
     }
 
+    /// A redemption in a cluster: the claim, then the credit (see the module documentation).
+    async fn redeem_in_cluster(
+        &self,
+        jti: &str,
+        account: &str,
+        nanos: i64,
+        expire_at: i64,
+        by: RedeemedBy,
+    ) -> Result<Redemption, LedgerError> {
+        let mine = by.record(account);
+        let claim_key = self.layout.token_key(jti);
+        let claim = Call::named("EVAL")
+            .arg(CLAIM_SCRIPT)
+            .arg("1")
+            .arg(claim_key.clone())
+            .arg(mine.clone())
+            .arg(expire_at.to_string());
+        let record = match self.one(claim).await? {
+            Frame::Bulk(record) => record,
+            other => {
+                return Err(LedgerError::Bad(format!(
+                    "unexpected claim reply {other:?}"
+                )))
+            }
+        };
+        let first = RedeemedBy::of_record(&record);
+        // The account the claim credits: after the kind (kinds hold no `:`).
+        let owner = match record.iter().position(|&b| b == b':') {
+            Some(at) => String::from_utf8_lossy(&record[at + 1..]).into_owned(),
+            None => return Err(LedgerError::Bad("a token claim names no account".into())),
+        };
+        let is_owner = record[..] == *mine.as_bytes();
+        let credit = Call::named("EVAL")
+            .arg(CREDIT_SCRIPT)
+            .arg("2")
+            .arg(self.account_key(&owner))
+            .arg(self.layout.credit_key(&owner, jti))
+            .arg(nanos.to_string())
+            .arg(expire_at.to_string())
+            .arg(if is_owner { "owner" } else { "other" });
+        let told = match self.one(credit).await {
+            Ok(Frame::Integer(n)) => n == 1,
+            Ok(other) => {
+                return Err(LedgerError::Bad(format!(
+                    "unexpected credit reply {other:?}"
+                )))
+            }
+            Err(LedgerError::Bad(line)) if is_owner && line.contains("overflow") => {
+                // Refused: nothing was credited, and never will be (`credited` only grows),
+                // so no other presenter can have completed it; the token stays unredeemed.
+                // Any other refusal (the cluster failing over) keeps the claim, for a retry
+                // to complete.
+                let release = Call::named("EVAL")
+                    .arg(RELEASE_SCRIPT)
+                    .arg("1")
+                    .arg(claim_key)
+                    .arg(mine);
+                self.one(release).await?;
+                return Err(LedgerError::Bad(line));
+            }
+            Err(e) => return Err(e),
+        };
+        if told {
+            Ok(Redemption::Credited)
+        } else {
+            Ok(Redemption::AlreadyRedeemed { by: first })
+        }
+    }
+
     async fn read_account(&self, account: &str) -> Result<AccountRecord, LedgerError> {
-        let mut cmd = Call::named("HMGET").arg(account_key(account));
+        let mut cmd = Call::named("HMGET").arg(self.account_key(account));
         for field in ACCOUNT_FIELDS {
             cmd = cmd.arg(field);
         }
@@ -193,7 +427,7 @@ impl RedisBook {
         let cmd = Call::named("EVAL")
             .arg(LEASE_SCRIPT)
             .arg("2")
-            .arg(account_key(account))
+            .arg(self.account_key(account))
             .arg(self.updates_key(account))
             .arg(req.seq.to_string())
             .arg(req.want.clamp(0, MAX_LEASE).to_string())
@@ -224,7 +458,7 @@ impl RedisBook {
         let mut cmd = Call::named("EVAL")
             .arg(SETTLE_SCRIPT)
             .arg("2")
-            .arg(account_key(account))
+            .arg(self.account_key(account))
             .arg(self.updates_key(account))
             .arg(s.seq.to_string())
             .arg(UPDATES_KEPT_SECS.to_string());
@@ -281,7 +515,7 @@ impl Book for RedisBook {
         account: &'a str,
         secs: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
-        let key = account_key(account);
+        let key = self.account_key(account);
         let cmd = if secs == 0 {
             Call::named("HDEL").arg(key).arg(DEFAULT_TTL_FIELD)
         } else {
@@ -306,7 +540,11 @@ impl Book for RedisBook {
     }
 
     fn top(&self, limit: usize) -> BoxFuture<'_, Result<Vec<crate::accounts::Spender>, String>> {
-        Box::pin(crate::accounts::top_in(&self.upstream, limit))
+        Box::pin(crate::accounts::top_in(
+            self.upstream.as_ref(),
+            self.layout,
+            limit,
+        ))
     }
 }
 
@@ -322,5 +560,51 @@ fn int_of(value: Option<&Frame>) -> i64 {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::cluster::slot::key_slot;
+
+    /// Every record of one account is in one slot, the slot of its escaped id, whatever
+    /// the id holds (braces included); a claim is in its token id's slot; and no ledger
+    /// key is a tenant key.
+    #[test]
+    fn an_accounts_cluster_records_share_its_slot() {
+        let layout = Layout::Cluster;
+        for account in [
+            "alice",
+            "a{b}c",
+            "}{",
+            "did:key:z6M",
+            "é ü",
+            "x".repeat(256).as_str(),
+        ] {
+            let slot = key_slot(escape_account(account).as_bytes());
+            let keys = [
+                layout.account_key(account),
+                layout.updates_key("0123abcd", account),
+                layout.credit_key(account, "jti-1"),
+                layout.credit_key(account, "j}{ti"),
+            ];
+            for key in &keys {
+                assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+                assert!(key.starts_with("pkv:ledger:"), "{key}");
+                assert!(!key.starts_with(crate::namespace::TENANT_ROOT), "{key}");
+            }
+        }
+        for jti in ["0f9c2a", "with:colon"] {
+            let key = layout.token_key(jti);
+            assert_eq!(key_slot(key.as_bytes()), key_slot(jti.as_bytes()), "{key}");
+        }
+        // The one-Redis layout is the one existing ledgers have.
+        assert_eq!(Layout::Plain.account_key("alice"), "pkv:ledger:acct:alice");
+        assert_eq!(Layout::Plain.token_key("j"), "pkv:ledger:jti:j");
+        assert_eq!(
+            Layout::Plain.updates_key("w", "alice"),
+            "pkv:ledger:upd:w:alice"
+        );
     }
 }

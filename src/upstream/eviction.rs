@@ -61,6 +61,22 @@ pub fn targets(upstream_url: Option<&String>, ledger_url: Option<&String>) -> Ve
             role: Role::LedgerOnly,
             ca: None,
         }],
+        // The ledger in a cluster upstream: its seed nodes are asked (a master that is no
+        // seed is not).
+        (Some(upstream), None) if super::cluster::is_cluster_url(upstream) => {
+            super::cluster::parse_url(upstream)
+                .map(|url| {
+                    url.seeds
+                        .iter()
+                        .map(|seed| Target {
+                            url: format!("redis://{}{seed}", url.userinfo),
+                            role: Role::Shared,
+                            ca: None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
         (Some(upstream), None) => vec![Target {
             url: upstream.clone(),
             role: Role::Shared,
@@ -261,5 +277,23 @@ mod tests {
             unreachable!()
         };
         assert!(line.starts_with("PKV_LEDGER_URL: "), "{line}");
+    }
+
+    /// A cluster upstream holding the ledger: its seed nodes are asked, as plain nodes
+    /// (a `redis+cluster://` URL is not one Redis to ask).
+    #[test]
+    fn a_cluster_holding_the_ledger_is_checked_on_its_seeds() {
+        let url = "redis+cluster://u:p@10.0.0.1:7000,10.0.0.2:7001".to_owned();
+        let found = targets(Some(&url), None);
+        let urls: Vec<&str> = found.iter().map(|t| t.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            ["redis://u:p@10.0.0.1:7000", "redis://u:p@10.0.0.2:7001"]
+        );
+        assert!(found.iter().all(|t| t.role == Role::Shared));
+        let ledger = "redis://10.0.0.9:6379".to_owned();
+        let found = targets(Some(&url), Some(&ledger));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].role, Role::LedgerOnly);
     }
 }

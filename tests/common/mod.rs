@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // a helper that unwraps fails its test with the error
 
+pub mod cluster;
 pub mod examples;
 pub mod parity;
 

@@ -874,19 +874,15 @@ impl backend::Dedicated for Dedicated {
     }
 }
 
-/// The ledger with a cluster upstream, this round: on a Redis of its own. Its scripts
-/// touch an account's record and a token id's record together, which Redis Cluster runs
-/// only when both are in one slot, and a token id must be redeemed once across every
-/// account; so `PKV_LEDGER_URL` must name a plain (non-cluster) Redis.
-pub fn check_ledger(upstream_url: &str, ledger_url: Option<&str>) -> Result<(), String> {
+/// Where the ledger goes with a cluster upstream: in the cluster itself (no
+/// `PKV_LEDGER_URL`, see [`super::book::Layout::Cluster`]), or on a plain Redis of its own.
+/// A `PKV_LEDGER_URL` naming a cluster is refused: a cluster used for the ledger alone
+/// gains nothing over keeping it in the upstream.
+pub fn check_ledger(_upstream_url: &str, ledger_url: Option<&str>) -> Result<(), String> {
     match ledger_url {
         Some(url) if is_cluster_url(url) => Err(
-            "the ledger cannot be on a Redis Cluster yet; name a plain Redis (redis://) for it"
-                .into(),
-        ),
-        None if is_cluster_url(upstream_url) => Err(
-            "a Redis Cluster upstream needs the ledger on a Redis of its own: set PKV_LEDGER_URL \
-             to a plain Redis (redis://), with maxmemory-policy noeviction"
+            "the ledger cannot be on a Redis Cluster of its own; name a plain Redis (redis://) \
+             for it, or leave PKV_LEDGER_URL unset to keep it in the cluster upstream"
                 .into(),
         ),
         _ => Ok(()),
@@ -897,12 +893,18 @@ pub fn check_ledger(upstream_url: &str, ledger_url: Option<&str>) -> Result<(), 
 pub type BackendAndBook = (Arc<dyn Backend>, Arc<dyn crate::meter::ledger::Book>);
 
 /// The backend and the ledger's book for a cluster upstream (`settings.upstream_url` is a
-/// cluster URL, `settings.ledger_url` a plain Redis: see [`check_ledger`]).
+/// cluster URL): the ledger in the cluster, or on `settings.ledger_url` (see
+/// [`check_ledger`]).
 pub fn backend(settings: &crate::config::Settings) -> Result<BackendAndBook, String> {
     let url = settings.upstream_url.as_deref().unwrap_or_default();
-    let cluster = Cluster::new(url, settings.upstream_pool_size, settings.upstream_timeout)
-        .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?;
-    let ledger_url = settings.ledger_url.as_deref().unwrap_or_default();
+    let cluster = Arc::new(
+        Cluster::new(url, settings.upstream_pool_size, settings.upstream_timeout)
+            .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?,
+    );
+    let Some(ledger_url) = settings.ledger_url.as_deref() else {
+        let book = super::book::RedisBook::in_cluster(cluster.clone());
+        return Ok((cluster, Arc::new(book)));
+    };
     check_ledger(url, Some(ledger_url)).map_err(|e| format!("PKV_LEDGER_URL: {e}"))?;
     let ledger = Upstream::with_tls(
         ledger_url,
@@ -912,7 +914,7 @@ pub fn backend(settings: &crate::config::Settings) -> Result<BackendAndBook, Str
     )
     .map_err(|e| format!("PKV_LEDGER_URL: {e}"))?;
     Ok((
-        Arc::new(cluster),
+        cluster,
         Arc::new(super::book::RedisBook::new(Arc::new(ledger))),
     ))
 }
