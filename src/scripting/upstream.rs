@@ -15,7 +15,9 @@
 //!   a table made from pkv's command table ([`lua_table`]), prefix every key argument with
 //!   the account's prefix (sent by pkv as trailing `ARGV` entries the script never sees),
 //!   give every key a write touched the account's default TTL if it has none and cap it at
-//!   `PKV_MAX_TTL`, and record each written key's size and TTL before its first write in a
+//!   `PKV_MAX_TTL`, and record each written key's size (a string's name and length, as
+//!   pkv charges a `SET`; any other type's `MEMORY USAGE`, as pkv charges a store) and TTL
+//!   before its first write in a
 //!   hash only this run can name (its name ends with a random nonce pkv sends), so pkv
 //!   charges the storage whatever the script returns or raises.
 //! - The script runs on a connection authenticated as the account's own ACL user
@@ -91,9 +93,12 @@ if e.w then
 for _,j in ip(ks) do local k=a[j]
 if tp(k)=='string' and W[k]==nil then
 W[k]=true
-local sz=rc('MEMORY','USAGE',k,'SAMPLES','0')
+local ty=rc('TYPE',k)
+ty=tp(ty)=='table' and ty.ok or ty
+local sz=0
+if ty=='string' then sz=#k-PL+rc('STRLEN',k) elseif ty~='none' then sz=rc('MEMORY','USAGE',k,'SAMPLES','0') or 0 end
 local tt=rc('PTTL',k)
-rc('HSETNX',REC,k,ts(sz or 0)..' '..ts(tt))
+rc('HSETNX',REC,k,ts(sz)..' '..ts(tt))
 if not recd then recd=true rc('PEXPIRE',REC,'@RECTTL@') end
 end
 end
@@ -373,7 +378,12 @@ type Idle = HashMap<Arc<str>, Vec<Box<dyn Dedicated>>>;
 pub struct Accounts {
     users: Mutex<HashMap<Arc<str>, String>>,
     idle: Mutex<Idle>,
+    /// Wrapped scripts by the caller's SHA1, so that `EVALSHA` does not wrap again.
+    wrapped: Mutex<HashMap<String, Wrapped>>,
 }
+
+/// The most wrapped scripts kept; past it the cache starts again empty.
+const WRAPPED_KEPT: usize = 1024;
 
 impl Accounts {
     /// The password of `account`'s ACL user, when this process has made it.
@@ -386,6 +396,20 @@ impl Accounts {
     pub fn set_password(&self, account: &Arc<str>, password: String) {
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         users.insert(account.clone(), password);
+    }
+
+    /// `body` wrapped ([`wrap`]), from the cache when it was wrapped before.
+    pub fn wrapped(&self, sha: &str, body: &[u8]) -> Wrapped {
+        let mut cache = self.wrapped.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = cache.get(sha) {
+            return done.clone();
+        }
+        if cache.len() >= WRAPPED_KEPT {
+            cache.clear();
+        }
+        let done = wrap(body);
+        cache.insert(sha.to_owned(), done.clone());
+        done
     }
 
     /// An idle connection of `account`'s, if one is kept.

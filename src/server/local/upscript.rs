@@ -87,7 +87,7 @@ impl Session {
         };
         let policy = self.ttl_policy();
         let read_only = matches!(local, Local::EvalRo | Local::EvalShaRo);
-        let wrapped = up::wrap(&body);
+        let wrapped = self.shared.upstream_scripts.wrapped(&sha, &body);
         let tail = [
             Bytes::copy_from_slice(ns.prefix()),
             Bytes::from(policy.default_secs.saturating_mul(1000).to_string()),
@@ -128,7 +128,7 @@ impl Session {
         };
         let result = replies.next().unwrap_or_default();
         let written = replies.next().unwrap_or_default();
-        let byte_seconds = match storage_bought(conn.as_mut(), written).await {
+        let byte_seconds = match storage_bought(conn.as_mut(), &ns, written).await {
             Ok(paid) => {
                 self.shared.upstream_scripts.put(&account, conn);
                 paid
@@ -197,8 +197,14 @@ async fn run_watched(
 }
 
 /// The byte-seconds a script's writes bought, from the record of its writes (`HGETALL`:
-/// key, then `size_before ttl_ms_before`) and each key's size and TTL now.
-async fn storage_bought(conn: &mut dyn Dedicated, written: Frame) -> Result<u64, BackendError> {
+/// key, then `size_before ttl_ms_before`) and each key's size and TTL now. A string's size
+/// is its name and length, as a `SET` outside a script pays; any other type's is its
+/// `MEMORY USAGE`, as a store outside a script pays.
+async fn storage_bought(
+    conn: &mut dyn Dedicated,
+    ns: &Namespace,
+    written: Frame,
+) -> Result<u64, BackendError> {
     let Frame::Array(fields) = written else {
         return Ok(0);
     };
@@ -216,8 +222,11 @@ async fn storage_bought(conn: &mut dyn Dedicated, written: Frame) -> Result<u64,
     if keys.is_empty() {
         return Ok(0);
     }
-    let mut calls = Vec::with_capacity(keys.len() * 2);
+    const PER_KEY: usize = 4;
+    let mut calls = Vec::with_capacity(keys.len() * PER_KEY);
     for key in &keys {
+        calls.push(Call::named("TYPE").arg(key.clone()));
+        calls.push(Call::named("STRLEN").arg(key.clone()));
         calls.push(
             Call::named("MEMORY")
                 .arg("USAGE")
@@ -229,10 +238,18 @@ async fn storage_bought(conn: &mut dyn Dedicated, written: Frame) -> Result<u64,
     }
     let now = conn.pipeline(&calls).await?;
     let mut bought = 0u64;
-    for (pair, before) in now.chunks(2).zip(before) {
-        let (size, ttl) = match pair {
-            [Frame::Integer(size), Frame::Integer(ttl)] => (*size, *ttl),
-            _ => continue,
+    for ((replies, before), key) in now.chunks(PER_KEY).zip(before).zip(&keys) {
+        let size = match replies {
+            [Frame::Simple(t), Frame::Integer(len), _, _] if &t[..] == b"string" => {
+                let name = key.len().saturating_sub(ns.prefix().len()) as i64;
+                name + len
+            }
+            [_, _, Frame::Integer(usage), _] => *usage,
+            _ => 0,
+        };
+        let ttl = match replies.get(3) {
+            Some(Frame::Integer(ttl)) => *ttl,
+            _ => 0,
         };
         bought = bought.saturating_add(held(size, ttl).saturating_sub(before));
     }
