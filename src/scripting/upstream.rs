@@ -46,6 +46,10 @@ const RECORD_TTL_MS: &str = "60000";
 /// Idle connections kept per account, already authenticated as its ACL user.
 const IDLE_PER_ACCOUNT: usize = 4;
 
+/// Idle script connections kept in all, so that many accounts' scripts do not hold many
+/// of the upstream's connections between runs (a run past it opens one and closes it).
+const IDLE_TOTAL: usize = 64;
+
 /// The preamble. Written over several lines for reading; [`wrap`] joins them into one, so
 /// it must hold no `--` comment.
 const PREAMBLE: &str = r#"
@@ -426,6 +430,9 @@ impl Accounts {
     /// Keeps a connection that served `account` well, up to a few per account.
     pub fn put(&self, account: &Arc<str>, conn: Box<dyn Dedicated>) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.values().map(Vec::len).sum::<usize>() >= IDLE_TOTAL {
+            return;
+        }
         let list = idle.entry(account.clone()).or_default();
         if list.len() < IDLE_PER_ACCOUNT {
             list.push(conn);
