@@ -95,6 +95,14 @@ fn scripts_run_inside_redis_in_the_callers_namespace() {
         ),
         "*2\r\n$3\r\nq:7\r\n*1\r\n$3\r\njob\r\n"
     );
+    // A read-only script reads, and cannot write.
+    assert_eq!(
+        a.call_text(&["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "k"]),
+        "$1\r\nv\r\n"
+    );
+    assert!(a
+        .call_text(&["EVAL_RO", "return redis.call('del', KEYS[1])", "1", "k"])
+        .starts_with("-ERR Write commands are not allowed from read-only scripts."));
     // Errors name the caller's script and its line, as Redis does.
     let script = "local x = 1\nreturn redis.call('nosuch')";
     let sha = pkv::scripting::sha1hex(script.as_bytes());

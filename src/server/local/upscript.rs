@@ -111,12 +111,17 @@ impl Session {
         };
         let running = self.shared.scripts.start(&account);
         let limit = self.current.script_time_limit;
-        let sha_call = eval("EVALSHA", Bytes::from(wrapped.sha.clone()));
+        // A read-only script is sent as one, so that Redis refuses its writes too.
+        let (by_sha, by_text) = match read_only {
+            true => ("EVALSHA_RO", "EVAL_RO"),
+            false => ("EVALSHA", "EVAL"),
+        };
+        let sha_call = eval(by_sha, Bytes::from(wrapped.sha.clone()));
         let mut replies =
             run_watched(&self.shared, conn.as_mut(), &sha_call, limit, &running).await;
         if let Ok(r) = &replies {
             if matches!(r.first(), Some(Frame::Error(line)) if line.starts_with(b"NOSCRIPT")) {
-                let text_call = eval("EVAL", wrapped.text.clone());
+                let text_call = eval(by_text, wrapped.text.clone());
                 replies =
                     run_watched(&self.shared, conn.as_mut(), &text_call, limit, &running).await;
             }
