@@ -95,6 +95,24 @@ fn scripts_run_inside_redis_in_the_callers_namespace() {
         ),
         "*2\r\n$3\r\nq:7\r\n*1\r\n$3\r\njob\r\n"
     );
+    // BullMQ's way: redis.call kept in a local, names built from a prefix in ARGV,
+    // cmsgpack and cjson from Redis's own Lua.
+    let bull = "local rcall = redis.call \
+        local jobKey = ARGV[1] .. 'job:' .. ARGV[2] \
+        rcall('hset', jobKey, 'data', cmsgpack.pack({ARGV[3]})) \
+        rcall('zadd', ARGV[1] .. 'delayed', 5, ARGV[2]) \
+        return {cmsgpack.unpack(rcall('hget', jobKey, 'data'))[1], cjson.encode(rcall('zrange', ARGV[1] .. 'delayed', 0, -1))}";
+    assert_eq!(
+        eval(&mut a, bull, &[], &["bull:q:", "7", "payload"]),
+        "*2\r\n$7\r\npayload\r\n$5\r\n[\"7\"]\r\n"
+    );
+    let mut direct = redis.direct();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(format!("{prefix}bull:q:job:7"))
+        .arg(format!("{prefix}bull:q:delayed"))
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(exists, 2);
     // A read-only script reads, and cannot write.
     assert_eq!(
         a.call_text(&["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "k"]),
@@ -504,4 +522,40 @@ fn evalsha_throughput() {
     println!(
         "EVALSHA: pkv {pkv:.0}/s, redis direct {redis_direct:.0}/s; INCR: pkv {pkv_incr:.0}/s, redis direct {direct_incr:.0}/s"
     );
+}
+
+#[test]
+fn script_kill_stops_the_accounts_own_script_and_no_other_accounts_kill_does() {
+    let issuer = Issuer::new();
+    let redis = Redis::start_with(&["--busy-reply-threshold", "100"]);
+    let server = PkvConfig::new(&redis, &issuer)
+        .set("PKV_SCRIPT_TIME_LIMIT", "60000")
+        .start();
+    let (ta, tb) = (issuer.token(1000), issuer.token(1000));
+    // Every connection authenticates first: while a script runs, Redis answers BUSY to
+    // everything else, pkv's ledger included.
+    let mut looping = server.resp_authed(&ta);
+    let mut b = server.resp_authed(&tb);
+    let mut a = server.resp_authed(&ta);
+    let runner = std::thread::spawn(move || eval(&mut looping, "while true do end", &[], &[]));
+    // Until A's script has started, A's SCRIPT KILL finds nothing to stop.
+    let started = Instant::now();
+    loop {
+        assert_eq!(
+            b.call_text(&["SCRIPT", "KILL"]),
+            "-NOTBUSY No scripts in execution right now.\r\n"
+        );
+        if a.call_text(&["SCRIPT", "KILL"]) == "+OK\r\n" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never running");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reply = runner.join().unwrap();
+    assert!(
+        reply.starts_with("-ERR Script killed by user with SCRIPT KILL"),
+        "{reply}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(b.call_text(&["SET", "k", "v"]), "+OK\r\n");
 }
