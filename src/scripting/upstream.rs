@@ -37,7 +37,8 @@ use crate::backend::Dedicated;
 use crate::commands::{self, flags, Call, CommandSpec, Exec, KeyRule, ReplyRewrite};
 
 /// How many arguments pkv appends to the script's `ARGV`: the prefix, the default TTL and
-/// the most TTL (ms), whether the script is read-only, and the name of the run's record.
+/// the most TTL (ms; `0` with `PKV_METERING=off`: writes get no TTL and buy nothing, as
+/// outside scripts), whether the script is read-only, and the name of the run's record.
 pub const RESERVED_ARGS: usize = 5;
 
 /// How long the record of a run's writes lives if pkv never reads it (ms).
@@ -93,7 +94,7 @@ for i=r[2],l,r[4] do ks[#ks+1]=i+1 end
 end
 end
 for _,j in ip(ks) do local v=str(a[j]) if v~=nil then a[j]=P..v end end
-if e.w then
+if e.w and TD~='0' then
 for _,j in ip(ks) do local k=a[j]
 if tp(k)=='string' and W[k]==nil then
 W[k]=true
@@ -108,7 +109,7 @@ end
 end
 end
 local r=rp(unp(a,1,c))
-if e.w then
+if e.w and TD~='0' then
 for _,j in ip(ks) do local k=a[j] if tp(k)=='string' then rc('PEXPIRE',k,TD,'NX') rc('PEXPIRE',k,TM,'LT') end end
 end
 if tp(r)=='table' and r.err then if raise then fail(r.err) end return r end
@@ -468,13 +469,6 @@ pub fn predates_lua_fixes(version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    #[ignore]
-    fn print_wrapped() {
-        let body = std::env::var("BODY").unwrap_or_default();
-        std::fs::write("/tmp/wrapped.lua", &wrap(body.as_bytes()).text).unwrap();
-    }
 
     #[test]
     fn the_preamble_keeps_the_scripts_lines() {

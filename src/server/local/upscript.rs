@@ -88,10 +88,15 @@ impl Session {
         let policy = self.ttl_policy();
         let read_only = matches!(local, Local::EvalRo | Local::EvalShaRo);
         let wrapped = self.shared.upstream_scripts.wrapped(&sha, &body);
+        let metering = self.shared.meter.enabled();
+        let ms = |secs: u64| match metering {
+            true => Bytes::from(secs.saturating_mul(1000).to_string()),
+            false => Bytes::from_static(b"0"),
+        };
         let tail = [
             Bytes::copy_from_slice(ns.prefix()),
-            Bytes::from(policy.default_secs.saturating_mul(1000).to_string()),
-            Bytes::from(policy.max_secs.saturating_mul(1000).to_string()),
+            ms(policy.default_secs),
+            ms(policy.max_secs),
             Bytes::from_static(if read_only { b"1" } else { b"0" }),
             record.clone(),
         ];
