@@ -219,6 +219,13 @@ fn hostile_scripts_stay_in_their_namespace() {
         );
         assert_ne!(key, "pkv:ledger:credit");
     }
+    // What A's scripts wrote has a TTL, and no run's record of its writes is left.
+    for (key, ttl) in all_keys(&redis) {
+        if key.starts_with(pa.as_bytes()) {
+            assert!(ttl > 0, "{}: {ttl}", String::from_utf8_lossy(&key));
+            assert!(!key.windows(18).any(|w| w == b"pkv-script-writes:"));
+        }
+    }
     // The names A aimed at B exist only inside A's namespace.
     let mut direct = redis.direct();
     let inside: Option<String> = redis::cmd("GET")
