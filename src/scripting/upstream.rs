@@ -351,7 +351,6 @@ pub fn acl_setuser(user: &str, password: &str, prefix: &[u8]) -> Call {
         "-migrate",
         "-memory",
         "+memory|usage",
-        "-object",
         "-wait",
     ] {
         call = call.arg(rule);
