@@ -24,7 +24,8 @@
 //! - [`scripting`]: Lua scripts (`EVAL`, `EVALSHA`, `SCRIPT`): their arguments, each
 //!   account's registry, and pkv's own Lua 5.1 sandbox (with its pattern matcher, under
 //!   the script's time limit) whose `redis.call` takes a client command's path; they run
-//!   on the embedded store.
+//!   on the embedded store, and inside Redis on an upstream, wrapped into the caller's
+//!   namespace and run as the account's own ACL user (`scripting::upstream`).
 //! - [`error`]: every error line a client can see, written once: each concern (the embedded
 //!   store's commands too, [`embedded::error::StoreError`]) has its own error type.
 //! - [`auth`]: quota tokens (Prex, EdDSA), session tokens (HS256), did:key, key derivation.

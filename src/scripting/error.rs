@@ -58,6 +58,9 @@ pub enum ScriptError {
     BlockOption(String),
     /// `redis.setresp` with a protocol pkv's scripts do not speak.
     Resp(i64),
+    /// The upstream refused to make or use the account's ACL user, without which scripts
+    /// do not run there (`crate::scripting::upstream`); Redis's reply.
+    NoAcl(String),
 }
 
 impl From<ScriptError> for crate::error::ClientError {
@@ -120,6 +123,12 @@ impl ScriptError {
                     .into()
             }
             E::Resp(_) => "ERR RESP version must be 2 in scripts run by pkv",
+            E::NoAcl(why) => {
+                return format!(
+                    "ERR scripts run on this upstream only as an ACL user of the account's own, and the upstream refused it: {why}"
+                )
+                .into()
+            }
         };
         fixed.into()
     }

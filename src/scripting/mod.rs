@@ -17,6 +17,7 @@ pub mod error;
 mod libs;
 pub mod lua;
 mod pattern;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -63,6 +63,8 @@ pub struct Shared {
     pub upstream_version: tokio::sync::OnceCell<String>,
     /// Each account's Lua scripts (`SCRIPT LOAD`, `EVALSHA`).
     pub scripts: crate::scripting::Registry,
+    /// Each account's ACL user and script connections on an upstream.
+    pub upstream_scripts: crate::scripting::upstream::Accounts,
     next_client_id: AtomicU64,
     /// Set once when shutdown begins; every connection watches it.
     stop: watch::Sender<bool>,
@@ -120,6 +122,7 @@ impl Shared {
             strangers: Arc::new(limits::Strangers::new(settings.max_unauthenticated)),
             upstream_version: tokio::sync::OnceCell::new(),
             scripts: crate::scripting::Registry::default(),
+            upstream_scripts: Default::default(),
             next_client_id: AtomicU64::new(1),
             stop: watch::Sender::new(false),
             notify: Arc::new(crate::notify::Hub::new(settings.keyspace_events)),
@@ -188,6 +191,7 @@ pub async fn serve_with(
     let notifications = tokio::spawn(notifications(shared.clone()));
     // The upstream's version is read now, so that the first HELLO does not wait for it.
     tokio::spawn(Shared::redis_version(shared.clone()));
+    tokio::spawn(local::check_upstream_scripting(shared.clone()));
     let certs = tls.as_ref().map(|t| tokio::spawn(t.certs.clone().watch()));
     tokio::pin!(shutdown);
     loop {

@@ -18,6 +18,8 @@ mod keyspace;
 mod pubsub;
 mod scripting;
 mod transactions;
+mod upscript;
+pub(in crate::server) use upscript::check_upstream_scripting;
 
 use bytes::{Bytes, BytesMut};
 

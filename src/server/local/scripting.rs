@@ -4,7 +4,7 @@
 //! ([`crate::embedded::Store::run_script`]); it pays like any command (one op, its bytes,
 //! its run time as upstream time: the rows carry `UPSTREAM_TIME`), and on top, one op per
 //! `redis.call` and the storage its writes bought, as the same writes outside a script
-//! would. On an upstream these commands stay refused for now.
+//! would. On an upstream the script runs inside Redis, wrapped (`upscript.rs`).
 
 use bytes::{Bytes, BytesMut};
 
@@ -23,7 +23,8 @@ impl Session {
         if !self.current.scripting {
             return self.reject(ScriptError::Disabled, out);
         }
-        let Some(store) = self.shared.backend.embedded().cloned() else {
+        let store = self.shared.backend.embedded().cloned();
+        if store.is_none() && !self.upstream_scripting() {
             let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
             let err = LookupError::Denied(name);
             return self.reject(
@@ -33,7 +34,7 @@ impl Session {
                 },
                 out,
             );
-        };
+        }
         let Some(account) = self.auth.as_ref().map(|a| a.account.clone()) else {
             return self.reject(ClientError::NoAuth, out);
         };
@@ -69,7 +70,10 @@ impl Session {
                 Ok(()) => self.reply(out, |w| w.ok()),
                 Err(err) => self.reject(err, out),
             },
-            _ => self.eval(store, local, args, account, out).await,
+            _ => match store {
+                Some(store) => self.eval(store, local, args, account, out).await,
+                None => self.upstream_eval(local, args, account, out).await,
+            },
         }
     }
 
