@@ -923,3 +923,89 @@ fn two_pkvs_share_the_cluster_and_the_ledger() {
     let exec = raw.call(&[b"EXEC"]);
     assert_eq!(exec, b"*1\r\n+OK\r\n", "{}", String::from_utf8_lossy(&exec));
 }
+
+/// Runs pkv with `config` as a process until it exits (or `within` passes: then `None`,
+/// after killing it); its exit code and stderr.
+fn run_until_exit(config: &PkvConfig, within: Duration) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = config
+        .command(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    status.map(|s| (s.code(), stderr))
+}
+
+/// A plain `redis://` URL naming a cluster node: pkv refuses to start (exit 2) with a line
+/// that names `redis+cluster://`, rather than serve keys of other masters' slots `-MOVED`;
+/// and so when the node was down at start-up and is a cluster node once it answers. A
+/// plain Redis on the same kind of URL is served.
+#[test]
+fn a_plain_url_naming_a_cluster_node_is_refused() {
+    let issuer = Issuer::new();
+    let ledger = Redis::start();
+    let node = Redis::start_with(&["--cluster-enabled", "yes"]);
+    let config = PkvConfig::new(&node, &issuer).set("PKV_LEDGER_URL", &ledger.url());
+    let (code, stderr) = run_until_exit(&config, Duration::from_secs(10))
+        .expect("pkv served a cluster node named by a plain URL");
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("pkv: PKV_UPSTREAM_URL:"))
+        .unwrap_or_else(|| panic!("no PKV_UPSTREAM_URL line in {stderr:?}"));
+    assert!(
+        line.contains("Redis Cluster node")
+            && line.contains(&format!("redis+cluster://127.0.0.1:{}", node.port)),
+        "{line}"
+    );
+
+    // Down at start-up, a cluster node once it answers: pkv stops then, with the same line.
+    let down = common::ClosedPort::new();
+    let port = down.port;
+    let config = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &format!("redis://127.0.0.1:{port}"))
+        .set("PKV_LEDGER_URL", &ledger.url());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = config.command(dir.path());
+    cmd.stderr(std::process::Stdio::piped());
+    // Returns once pkv listens: it started while the node was down.
+    let mut pkv = common::Pkv::spawn(cmd, dir);
+    drop(down);
+    let _late = Redis::start_with_on(port, &["--cluster-enabled", "yes"]);
+    wait_until("pkv stops", || !pkv.is_running());
+    let code = pkv.child.wait().unwrap().code();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut pkv.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("redis+cluster://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+
+    // A plain Redis is served: asked before pkv listens, and answered cluster_enabled:0.
+    let plain = PkvConfig::new(&ledger, &issuer).start_process();
+    let token = issuer.token(10);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut plain.client(&token))
+        .unwrap();
+}

@@ -16,6 +16,7 @@
 //! command names, and a transaction stays in that slot. Pub/Sub runs on the first seed
 //! node (Redis Cluster carries `PUBLISH` to every node).
 
+pub mod detect;
 pub mod slot;
 
 use std::collections::HashMap;
