@@ -1037,8 +1037,8 @@ fn a_subscriber_keeps_receiving_when_its_node_dies() {
         .set("PKV_LEDGER_URL", &ledger.url())
         .start();
     let token = issuer.token(100);
-    let mut sub = pkv.client(&token);
-    let mut sub = sub.as_pubsub();
+    let mut sub_conn = pkv.client(&token);
+    let mut sub = sub_conn.as_pubsub();
     sub.subscribe("news").unwrap();
     sub.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -1100,6 +1100,12 @@ fn a_subscriber_keeps_receiving_when_its_node_dies() {
         "pubsub: subscriber heard again {:?} after its node died ({publish_errors} publish errors)",
         killed_at.elapsed()
     );
+    // The client leaves: its subscription on the new node goes with it.
+    drop(sub);
+    drop(sub_conn);
+    wait_until("the moved subscription is dropped", || {
+        subscribed_node(&cluster, ":news").is_none()
+    });
 }
 
 /// `redis-cli --cluster reshard` (the real tool) moves a thousand slots from one master to

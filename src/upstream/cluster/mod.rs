@@ -15,7 +15,7 @@
 //! (MULTI/WATCH, blocking commands) is made to the master of the slot its first keyed
 //! command names, and a transaction stays in that slot. Pub/Sub runs on any live node
 //! (Redis Cluster carries `PUBLISH` to every node) and moves when that node dies
-//! ([`pubsub`]).
+//! (`pubsub.rs`).
 
 pub mod detect;
 mod pubsub;
