@@ -1040,16 +1040,19 @@ fn a_subscriber_keeps_receiving_when_its_node_dies() {
     let mut sub_conn = pkv.client(&token);
     let mut sub = sub_conn.as_pubsub();
     sub.subscribe("news").unwrap();
+    sub.psubscribe("alerts.*").unwrap();
     sub.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut c = pkv.client(&token);
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("news")
-        .arg("before")
-        .query(&mut c)
-        .unwrap();
-    let msg = sub.get_message().unwrap();
-    assert_eq!(msg.get_payload::<String>().unwrap(), "before");
+    for channel in ["news", "alerts.fire"] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg("before")
+            .query(&mut c)
+            .unwrap();
+        let msg = sub.get_message().unwrap();
+        assert_eq!(msg.get_payload::<String>().unwrap(), "before");
+    }
 
     let victim = subscribed_node(&cluster, ":news").expect("a node holds the subscription");
     let killed_at = Instant::now();
@@ -1059,38 +1062,49 @@ fn a_subscriber_keeps_receiving_when_its_node_dies() {
         .find(|n| n.port == victim)
         .unwrap()
         .kill();
-    // Publish through pkv until the subscriber hears it; a publish may fail while the
-    // cluster fails over (a PUBLISH on the dead node), and is sent again.
+    // Publish through pkv until the subscriber hears it on the channel and on the pattern;
+    // a PUBLISH sent before the subscription moved is not heard, and is sent again.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut publish_errors = 0;
-    let heard = loop {
+    let mut heard = BTreeSet::new();
+    while heard.len() < 2 {
         assert!(
             Instant::now() < deadline,
-            "nothing heard 30 s after the node died ({publish_errors} publish errors)"
+            "heard {heard:?} 30 s after the node died ({publish_errors} publish errors)"
         );
-        match redis::cmd("PUBLISH")
-            .arg("news")
-            .arg("after")
-            .query::<i64>(&mut c)
-        {
-            Ok(_) => {}
-            Err(e) => {
+        for channel in ["news", "alerts.fire"] {
+            if let Err(e) = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg("after")
+                .query::<i64>(&mut c)
+            {
                 publish_errors += 1;
                 if e.is_io_error() || e.is_connection_dropped() {
                     c = pkv.client(&token);
                 }
             }
         }
-        match sub.get_message() {
-            Ok(msg) => break msg,
-            Err(e) if e.is_timeout() => {}
-            Err(e) => panic!("the subscriber's connection failed: {e}"),
+        loop {
+            match sub.get_message() {
+                Ok(msg) => {
+                    assert_eq!(msg.get_payload::<String>().unwrap(), "after");
+                    let pattern: Option<String> = msg.get_pattern().ok();
+                    heard.insert((msg.get_channel_name().to_owned(), pattern));
+                }
+                Err(e) if e.is_timeout() => break,
+                Err(e) => panic!("the subscriber's connection failed: {e}"),
+            }
         }
-    };
+    }
+    assert_eq!(
+        heard,
+        BTreeSet::from([
+            ("alerts.fire".to_owned(), Some("alerts.*".to_owned())),
+            ("news".to_owned(), None),
+        ])
+    );
     // A PUBLISH names no key: pkv sends it to a live master, as any node would carry it.
     assert_eq!(publish_errors, 0);
-    assert_eq!(heard.get_channel_name(), "news");
-    assert_eq!(heard.get_payload::<String>().unwrap(), "after");
     let moved_to = subscribed_node(&cluster, ":news");
     assert!(
         moved_to.is_some_and(|p| p != victim),
