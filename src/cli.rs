@@ -280,6 +280,21 @@ pub async fn run_with(
             return 2;
         }
     };
+    // A plain URL naming a Redis Cluster node is refused, not served as one Redis.
+    let undetected = match settings.upstream_url.as_deref() {
+        Some(url) if !crate::upstream::cluster::is_cluster_url(url) => {
+            let ca = settings.upstream_tls_ca.as_deref();
+            match crate::upstream::cluster::detect::check(url, ca, timeout).await {
+                Ok(true) => Some((url.to_owned(), settings.upstream_tls_ca.clone())),
+                Ok(false) => None,
+                Err(line) => {
+                    eprintln!("pkv: {line}");
+                    return 2;
+                }
+            }
+        }
+        _ => None,
+    };
     let listen = match (&listener, &tls) {
         (Some(l), _) => l.local_addr().unwrap_or(settings.listen),
         (None, Some(t)) => t.listener.local_addr().unwrap_or(settings.listen),
@@ -333,10 +348,22 @@ pub async fn run_with(
     // would evict the ledger then stops pkv like it would have stopped start-up.
     let refused = std::sync::OnceLock::new();
     let late_check = async {
-        if unchecked.is_empty() {
-            return std::future::pending().await;
-        }
-        let line = eviction::watch(unchecked, timeout).await;
+        let evicting = async {
+            if unchecked.is_empty() {
+                return std::future::pending().await;
+            }
+            eviction::watch(unchecked, timeout).await
+        };
+        let cluster_node = async {
+            match undetected {
+                Some((url, ca)) => crate::upstream::cluster::detect::watch(url, ca, timeout).await,
+                None => std::future::pending().await,
+            }
+        };
+        let line = tokio::select! {
+            line = evicting => line,
+            line = cluster_node => line,
+        };
         tracing::error!("{line}; stopping");
         let _ = refused.set(line);
     };

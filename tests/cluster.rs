@@ -772,3 +772,336 @@ fn two_pkvs_share_the_cluster_and_the_ledger() {
     let exec = raw.call(&[b"EXEC"]);
     assert_eq!(exec, b"*1\r\n+OK\r\n", "{}", String::from_utf8_lossy(&exec));
 }
+
+/// Runs pkv with `config` as a process until it exits (or `within` passes: then `None`,
+/// after killing it); its exit code and stderr.
+fn run_until_exit(config: &PkvConfig, within: Duration) -> Option<(Option<i32>, String)> {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = config
+        .command(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    status.map(|s| (s.code(), stderr))
+}
+
+/// A plain `redis://` URL naming a cluster node: pkv refuses to start (exit 2) with a line
+/// that names `redis+cluster://`, rather than serve keys of other masters' slots `-MOVED`;
+/// and so when the node was down at start-up and is a cluster node once it answers. A
+/// plain Redis on the same kind of URL is served.
+#[test]
+fn a_plain_url_naming_a_cluster_node_is_refused() {
+    let issuer = Issuer::new();
+    let ledger = Redis::start();
+    let node = Redis::start_with(&["--cluster-enabled", "yes"]);
+    let config = PkvConfig::new(&node, &issuer).set("PKV_LEDGER_URL", &ledger.url());
+    let (code, stderr) = run_until_exit(&config, Duration::from_secs(10))
+        .expect("pkv served a cluster node named by a plain URL");
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("pkv: PKV_UPSTREAM_URL:"))
+        .unwrap_or_else(|| panic!("no PKV_UPSTREAM_URL line in {stderr:?}"));
+    assert!(
+        line.contains("Redis Cluster node")
+            && line.contains(&format!("redis+cluster://127.0.0.1:{}", node.port)),
+        "{line}"
+    );
+
+    // Down at start-up, a cluster node once it answers: pkv stops then, with the same line.
+    let down = common::ClosedPort::new();
+    let port = down.port;
+    let config = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &format!("redis://127.0.0.1:{port}"))
+        .set("PKV_LEDGER_URL", &ledger.url());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = config.command(dir.path());
+    cmd.stderr(std::process::Stdio::piped());
+    // Returns once pkv listens: it started while the node was down.
+    let mut pkv = common::Pkv::spawn(cmd, dir);
+    drop(down);
+    let _late = Redis::start_with_on(port, &["--cluster-enabled", "yes"]);
+    wait_until("pkv stops", || !pkv.is_running());
+    let code = pkv.child.wait().unwrap().code();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut pkv.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("redis+cluster://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+
+    // A plain Redis is served: asked before pkv listens, and answered cluster_enabled:0.
+    let plain = PkvConfig::new(&ledger, &issuer).start_process();
+    let token = issuer.token(10);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut plain.client(&token))
+        .unwrap();
+}
+
+/// The node whose Pub/Sub connections include a subscriber of a channel ending `suffix`.
+fn subscribed_node(cluster: &TestCluster, suffix: &str) -> Option<u16> {
+    cluster.nodes.iter().find_map(|n| {
+        // A killed node is skipped.
+        let mut conn = redis::Client::open(n.url()).ok()?.get_connection().ok()?;
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(format!("*{suffix}"))
+            .query(&mut conn)
+            .ok()?;
+        (!channels.is_empty()).then_some(n.port)
+    })
+}
+
+/// The node pkv's Pub/Sub connection is on dies while a client is subscribed: pkv
+/// subscribes again on another live node (Redis Cluster carries a PUBLISH to every node),
+/// and the client, still on its one connection, receives what is published after that.
+#[test]
+fn a_subscriber_keeps_receiving_when_its_node_dies() {
+    let mut cluster = TestCluster::start_with(1000, &[]);
+    let ledger = Redis::start();
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::new(&ledger, &issuer)
+        .set("PKV_UPSTREAM_URL", &cluster.url())
+        .set("PKV_LEDGER_URL", &ledger.url())
+        .start();
+    let token = issuer.token(100);
+    let mut sub_conn = pkv.client(&token);
+    let mut sub = sub_conn.as_pubsub();
+    sub.subscribe("news").unwrap();
+    sub.psubscribe("alerts.*").unwrap();
+    sub.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut c = pkv.client(&token);
+    for channel in ["news", "alerts.fire"] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg("before")
+            .query(&mut c)
+            .unwrap();
+        let msg = sub.get_message().unwrap();
+        assert_eq!(msg.get_payload::<String>().unwrap(), "before");
+    }
+
+    let victim = subscribed_node(&cluster, ":news").expect("a node holds the subscription");
+    let killed_at = Instant::now();
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == victim)
+        .unwrap()
+        .kill();
+    // Publish through pkv until the subscriber hears it on the channel and on the pattern;
+    // a PUBLISH sent before the subscription moved is not heard, and is sent again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut publish_errors = 0;
+    let mut heard = BTreeSet::new();
+    while heard.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "heard {heard:?} 30 s after the node died ({publish_errors} publish errors)"
+        );
+        for channel in ["news", "alerts.fire"] {
+            if let Err(e) = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg("after")
+                .query::<i64>(&mut c)
+            {
+                publish_errors += 1;
+                if e.is_io_error() || e.is_connection_dropped() {
+                    c = pkv.client(&token);
+                }
+            }
+        }
+        loop {
+            match sub.get_message() {
+                Ok(msg) => {
+                    assert_eq!(msg.get_payload::<String>().unwrap(), "after");
+                    let pattern: Option<String> = msg.get_pattern().ok();
+                    heard.insert((msg.get_channel_name().to_owned(), pattern));
+                }
+                Err(e) if e.is_timeout() => break,
+                Err(e) => panic!("the subscriber's connection failed: {e}"),
+            }
+        }
+    }
+    assert_eq!(
+        heard,
+        BTreeSet::from([
+            ("alerts.fire".to_owned(), Some("alerts.*".to_owned())),
+            ("news".to_owned(), None),
+        ])
+    );
+    // A PUBLISH names no key: pkv sends it to a live master, as any node would carry it.
+    assert_eq!(publish_errors, 0);
+    let moved_to = subscribed_node(&cluster, ":news");
+    assert!(
+        moved_to.is_some_and(|p| p != victim),
+        "subscription on {moved_to:?}"
+    );
+    eprintln!(
+        "pubsub: subscriber heard again {:?} after its node died ({publish_errors} publish errors)",
+        killed_at.elapsed()
+    );
+    // The client leaves: its subscription on the new node goes with it.
+    drop(sub);
+    drop(sub_conn);
+    wait_until("the moved subscription is dropped", || {
+        subscribed_node(&cluster, ":news").is_none()
+    });
+}
+
+/// `redis-cli --cluster reshard` (the real tool) moves a thousand slots from one master to
+/// another while fifteen clients write through pkv: no client sees an error, every
+/// acknowledged write reads back afterwards, and the keys of the moved slots are on the
+/// master they moved to.
+#[test]
+fn redis_cli_reshard_while_clients_write() {
+    let env = start();
+    let token = env.issuer.token(1000);
+    let masters = env.cluster.masters();
+    let source = env.cluster.owner_of(0);
+    let target = masters.iter().find(|m| m.port != source.port).unwrap();
+    let (source_id, target_id) = (TestCluster::node_id(source), TestCluster::node_id(target));
+
+    const CLIENTS: usize = 15;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            let url = env.pkv.url(&token);
+            let (acknowledged, stop) = (acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+                let mut acked = Vec::new();
+                let mut errors = Vec::new();
+                let mut i = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    // Every third request a pipeline of three, the rest single SETs.
+                    let keys: Vec<String> = (0..if i.is_multiple_of(3) { 3 } else { 1 })
+                        .map(|j| format!("r{w}:{i}:{j}"))
+                        .collect();
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("SET").arg(key).arg(i);
+                    }
+                    match pipe.query::<()>(&mut c) {
+                        Ok(()) => {
+                            acknowledged.fetch_add(keys.len() as u64, Ordering::AcqRel);
+                            acked.extend(keys.into_iter().map(|k| (k, i)));
+                        }
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                    i += 1;
+                }
+                (acked, errors)
+            })
+        })
+        .collect();
+    let progress = |n: u64| {
+        let from = acknowledged.load(Ordering::Acquire);
+        wait_until("the writers go on", || {
+            acknowledged.load(Ordering::Acquire) >= from + n
+        });
+    };
+    progress(2000);
+    let started = Instant::now();
+    let before = acknowledged.load(Ordering::Acquire);
+    let out = Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", source.port),
+        ])
+        .args(["--cluster-from", &source_id, "--cluster-to", &target_id])
+        .args(["--cluster-slots", "1000", "--cluster-yes"])
+        .args(["--cluster-pipeline", "100"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let during = acknowledged.load(Ordering::Acquire) - before;
+    assert!(
+        out.status.success(),
+        "reshard: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    progress(500);
+    stop.store(true, Ordering::Release);
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    for writer in writers {
+        let (a, e) = writer.join().unwrap();
+        acked.extend(a);
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    // The source's first thousand slots (0-999) are the target's now.
+    assert_eq!(env.cluster.owner_of(0).port, target.port);
+    assert_eq!(env.cluster.owner_of(999).port, target.port);
+    let mut c = env.pkv.client(&token);
+    let mut lost = 0;
+    for chunk in acked.chunks(200) {
+        let mut pipe = redis::pipe();
+        for (key, _) in chunk {
+            pipe.cmd("GET").arg(key);
+        }
+        let values: Vec<Option<u64>> = pipe.query(&mut c).unwrap();
+        for ((key, i), v) in chunk.iter().zip(values) {
+            if v != Some(*i) {
+                lost += 1;
+                eprintln!("{key}: {v:?}, want {i}");
+            }
+        }
+    }
+    let moved_keys = |node: &Redis| -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("pkv:t:*")
+            .query(&mut node.direct())
+            .unwrap();
+        keys.iter()
+            .filter(|k| key_slot(k.as_bytes()) < 1000)
+            .count()
+    };
+    let on_target = moved_keys(target);
+    assert_eq!(
+        moved_keys(source),
+        0,
+        "keys of moved slots left on the source"
+    );
+    eprintln!(
+        "reshard: 1000 slots moved by redis-cli in {took:?}, {during} writes acknowledged \
+         meanwhile, {} in all, {} errors, {lost} lost, {on_target} keys of the moved slots \
+         on the target",
+        acked.len(),
+        errors.len()
+    );
+    assert_eq!(lost, 0, "acknowledged writes lost");
+    assert!(during > 0, "no write went on during the reshard");
+    assert!(on_target > 0, "no key in the moved slots");
+}

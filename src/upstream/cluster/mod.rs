@@ -13,9 +13,12 @@
 //! SCAN walks them one after the other with one cursor ([`scan_cursor`]), so DBSIZE,
 //! RANDOMKEY and FLUSHDB, which pkv emulates with SCAN, cover them all. A dedicated connection
 //! (MULTI/WATCH, blocking commands) is made to the master of the slot its first keyed
-//! command names, and a transaction stays in that slot. Pub/Sub runs on the first seed
-//! node (Redis Cluster carries `PUBLISH` to every node).
+//! command names, and a transaction stays in that slot. Pub/Sub runs on any live node
+//! (Redis Cluster carries `PUBLISH` to every node) and moves when that node dies
+//! (`pubsub.rs`).
 
+pub mod detect;
+mod pubsub;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -122,6 +125,9 @@ fn route(call: &Call) -> Route {
     match spec.name {
         "SCAN" => return Route::Scan,
         "KEYS" => return Route::Every,
+        // Redis Cluster carries a PUBLISH to every node: any master takes it, whichever
+        // slot its channel name falls in (SPUBLISH, sharded, keeps its slot).
+        "PUBLISH" => return Route::Any,
         _ => {}
     }
     // A request whose keys cannot be located was refused before it got here; pkv's own
@@ -435,7 +441,24 @@ impl Inner {
             let batch: &[Call] = if whole { calls } else { &batches[g] };
             node.send(proto, batch, self.response_timeout)
         });
-        let results = futures_util::future::join_all(sends).await;
+        let mut results = futures_util::future::join_all(sends).await;
+        // Commands that name no key (PING, PUBLISH) may run on any master: those a master
+        // could not be reached for go to another, so a dead master costs them nothing.
+        for ((node, at), result) in groups.iter().zip(results.iter_mut()) {
+            if !matches!(result, Err(BackendError::Unavailable(_)))
+                || !at.iter().all(|&i| matches!(routes[i], Route::Any))
+            {
+                continue;
+            }
+            let batch: Vec<Call> = at.iter().map(|&i| calls[i].clone()).collect();
+            for other in map.masters.iter().filter(|m| !Arc::ptr_eq(m, node)) {
+                let retried = other.send(proto, &batch, self.response_timeout).await;
+                if !matches!(retried, Err(BackendError::Unavailable(_))) {
+                    *result = retried;
+                    break;
+                }
+            }
+        }
         let mut failure: Option<BackendError> = None;
         // Whether any part was handed to a master (answered or lost): it may have run.
         let mut sent = false;
@@ -627,8 +650,6 @@ fn parse_slots(frame: Frame, asked_host: &str) -> Result<Vec<(u16, u16, String)>
 /// A Redis Cluster as pkv's backend.
 pub struct Cluster {
     inner: Arc<Inner>,
-    /// The first seed, for Pub/Sub (which the `redis` crate carries).
-    seed: Upstream,
 }
 
 impl Cluster {
@@ -636,9 +657,6 @@ impl Cluster {
     /// housekeeping task reads the slot map or a command is sent.
     pub fn new(url: &str, pool_size: usize, response_timeout: Duration) -> Result<Self, String> {
         let url = parse_url(url)?;
-        let first = url.seeds.first().ok_or("no seed node")?;
-        let seed =
-            Upstream::new(&url.node_url(first), 1, response_timeout).map_err(|e| e.to_string())?;
         Ok(Cluster {
             inner: Arc::new(Inner {
                 url,
@@ -648,7 +666,6 @@ impl Cluster {
                 pool_size,
                 response_timeout,
             }),
-            seed,
         })
     }
 
@@ -695,7 +712,7 @@ impl Backend for Cluster {
     }
 
     fn subscription(&self, max_queued: usize) -> BoxFuture<'_, Result<Subscription, BackendError>> {
-        Box::pin(self.seed.pubsub(max_queued))
+        Box::pin(pubsub::subscription(self.inner.clone(), max_queued))
     }
 
     fn housekeeping(self: Arc<Self>) -> BoxFuture<'static, ()> {
@@ -1065,5 +1082,10 @@ mod tests {
         );
         assert!(matches!(route(&call), Route::Slot(s) if s == slot::key_slot(b"u")));
         assert!(matches!(route(&Call::named("PING")), Route::Any));
+        let publish = Call::new(
+            commands::row("PUBLISH").unwrap(),
+            vec!["PUBLISH".into(), "news".into(), "hi".into()],
+        );
+        assert!(matches!(route(&publish), Route::Any));
     }
 }
