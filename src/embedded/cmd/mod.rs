@@ -104,6 +104,8 @@ impl KeysAt {
             return KeysAt::Located;
         }
         match spec.keys {
+            // SCAN names no key, but walks them all (a cursor, not a pattern, says where).
+            [] if name == "SCAN" => KeysAt::Anywhere,
             [] => KeysAt::Nowhere,
             [KeyRule::KeyPattern { .. }] => KeysAt::Anywhere,
             [KeyRule::Range {
@@ -418,6 +420,36 @@ mod tests {
         for shared in ["KEYS", "SCAN", "MEMORY", "PUBLISH", "PING"] {
             assert_eq!(kind(shared), Some(Kind::Read), "{shared}");
         }
+    }
+
+    /// Where a command's keys are decides the gate stripes it holds: a single key at
+    /// `args[1]` is read without a table lookup; a key elsewhere (XINFO STREAM), several,
+    /// or a writing container's are located per call.
+    #[test]
+    fn where_the_keys_are_comes_from_the_table() {
+        let at = |name: &str| find(name.as_bytes()).map(|c| c.keys_at);
+        for first in ["GET", "SET", "HSET", "LRANGE", "XADD", "PFADD"] {
+            assert_eq!(at(first), Some(KeysAt::First), "{first}");
+        }
+        for located in [
+            "MGET", "MSET", "RENAME", "XINFO", "XGROUP", "OBJECT", "SORT", "BLPOP",
+        ] {
+            assert_eq!(at(located), Some(KeysAt::Located), "{located}");
+        }
+        for anywhere in ["KEYS", "SCAN"] {
+            assert_eq!(at(anywhere), Some(KeysAt::Anywhere), "{anywhere}");
+        }
+        for nowhere in ["PING", "ECHO", "TIME"] {
+            assert_eq!(at(nowhere), Some(KeysAt::Nowhere), "{nowhere}");
+        }
+        let sort = |args: &[&str]| {
+            let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            sort::names_other_keys(args[0], &bytes)
+        };
+        assert!(sort(&["SORT", "l", "BY", "w_*"]));
+        assert!(sort(&["SORT_RO", "l", "get", "#"]));
+        assert!(!sort(&["SORT", "l", "ALPHA", "STORE", "d"]));
+        assert!(!sort(&["RENAME", "by", "get"]));
     }
 
     #[test]
