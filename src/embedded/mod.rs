@@ -26,9 +26,9 @@
 //! ([`off_thread`]); the others run in place when their stripes are free for readers and
 //! move to the blocking pool when they are not, and so do the reads whose work grows without
 //! bound with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]; an LRANGE or
-//! HGETALL when the value is big: [`cmd::Runnable::scans`]). Ledger steps hold no stripe,
-//! only a lock of their own (no tenant command reaches their keys): holding stripes, a
-//! tenant's lease would wait for another tenant's long multi-key command. Commands that do not touch the store
+//! HGETALL when the value is big: [`cmd::Runnable::scans`]). Ledger steps hold the stripes
+//! of their own keys shared, and a lock of their own: holding every stripe, a tenant's lease
+//! would wait for any other tenant's long multi-key command. Commands that do not touch the store
 //! (PING, ECHO, the handshake) never reach it, so they are answered while a multi-key
 //! command runs; commands on its keys' stripes wait for it there, as they must.
 
@@ -84,7 +84,7 @@ pub struct Inner {
     /// Its stripes are held shared by single-key commands and exclusively by multi-key
     /// ones, each command only those of its keys ([`gate`]).
     gate: Gate,
-    /// Held by each ledger step, which holds no stripe of the gate ([`ledger`]).
+    /// Held by each ledger step, with the gate stripes of its keys shared ([`ledger`]).
     ledger: Mutex<()>,
     watches: Watches,
     waiters: Waiters,
@@ -1227,16 +1227,20 @@ mod tests {
         drop(reading);
     }
 
-    /// A ledger step holds no stripe: a tenant's lease does not wait for another tenant's
-    /// long multi-key command, whatever stripes its keys share.
+    /// A ledger step holds only the stripes of the ledger keys it changes: a tenant's lease
+    /// does not wait for another tenant's long multi-key command on keys of other stripes.
     // The test holds the stripes across the await on purpose: that is the command it stands for.
     #[allow(clippy::await_holding_lock)]
     #[tokio::test]
-    async fn a_ledger_step_does_not_wait_for_a_multi_key_command() {
-        use crate::meter::ledger::{Book, LeaseRequest};
+    async fn a_ledger_step_does_not_wait_for_a_multi_key_command_on_other_stripes() {
+        use crate::meter::ledger::{account_key, Book, LeaseRequest};
         let store = Store::default();
+        let own = store.stripe_of(account_key("acct").as_bytes());
+        let others = (0..gate::STRIPES)
+            .filter(|&s| s != own)
+            .fold(Stripes::NONE, Stripes::with);
         let held = store.clone();
-        let alone = held.gate.all_exclusive();
+        let alone = held.gate.hold(others, Mode::Exclusive);
         let lease = store.lease("acct", &LeaseRequest { seq: 1, want: 5 });
         let granted = tokio::time::timeout(Duration::from_secs(5), lease).await;
         assert!(

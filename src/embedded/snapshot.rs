@@ -10,8 +10,9 @@
 //!
 //! Every stripe of the store's gate is held shared for the whole walk over the shards, so
 //! no multi-key command (they hold the stripes of their keys exclusively: MSET, RENAME,
-//! EXEC) is ever half-seen. A ledger step (which holds no stripe) may be: its log record is
-//! kept past the snapshot and replay completes it. Each shard is encoded under its read lock, one at a time; single-key commands
+//! EXEC) is ever half-seen. A ledger step (which holds its keys' stripes shared) may be:
+//! its log record is kept past the snapshot and replay completes it. Each shard is encoded
+//! under its read lock, one at a time; single-key commands
 //! keep running on the other shards, so each key is saved as it was at the moment its shard
 //! was visited. Expired keys are not saved. The ledger lives in the keyspace (under
 //! `pkv:ledger:`) and is saved with the data. The encoded bytes are then written with the
