@@ -1,14 +1,15 @@
 # Shared by the benchmark scripts (sourced, not run): a release build, a scratch directory,
 # processes that are stopped on exit, free ports, and a private redis-server.
 #
-# After sourcing: ROOT (the repository), PKV (the release binary), WORK (scratch directory),
+# After sourcing: ROOT (the repository), PKV (the release binary, built first; or PKV_BINARY
+# as it is), WORK (scratch directory),
 # REDIS_PORT (a running private redis-server); `track PID` stops PID on exit. The scripts that
 # compare pkv with twemproxy also call `twemproxy_config`, `new_issuer` and `mint_token`.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-cargo build --release -q
-PKV=$ROOT/target/release/pkv
+[ -n "${PKV_BINARY:-}" ] || cargo build --release -q
+PKV=${PKV_BINARY:-$ROOT/target/release/pkv}
 WORK=$(mktemp -d)
 PIDS=()
 track() { PIDS+=("$1"); }

@@ -5,6 +5,10 @@
 #
 #   scripts/bench-embedded.sh [requests] [rounds]
 #
+# PKV_THREADS=n in the environment is passed on to every pkv (0, the default, is one worker
+# thread per core). PKV_BEFORE=<another pkv binary> adds a column: that binary on its own
+# embedded store, run in the same rounds (an earlier build, to compare a change).
+#
 # The mix runs two redis-benchmark processes at once on the same keys, 45 clients sending
 # GET and 5 sending SET, with request counts in the ratio 9:1; its figure is all requests
 # over the wall time until both finish.
@@ -20,16 +24,18 @@ KEYS=100000
 
 source "$(dirname "$0")/bench-common.sh"
 
-start_pkv() { # $1 = upstream URL or ""; sets PORT
+start_pkv() { # $1 = upstream URL or ""; $2 = binary (default $PKV); sets PORT
   PORT=$(free_port)
   local dir
   dir=$(mktemp -d -p "$WORK")
   (cd "$dir" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PORT" ${1:+PKV_UPSTREAM_URL="$1"} \
-     PKV_LOG=warn "$PKV" >/dev/null 2>&1) &
+     PKV_THREADS="${PKV_THREADS:-0}" PKV_LOG=warn "${2:-$PKV}" >/dev/null 2>&1) &
   track $!
   wait_port "$PORT"
 }
 start_pkv ""; EMBEDDED_PORT=$PORT
+BEFORE_PORT=
+if [ -n "${PKV_BEFORE:-}" ]; then start_pkv "" "$PKV_BEFORE"; BEFORE_PORT=$PORT; fi
 start_pkv "redis://127.0.0.1:$REDIS_PORT"; PROXY_PORT=$PORT
 # Development mode: the development issuer signs; a large quantity never runs out here.
 TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --quantity 1000000 --lifetime 86400)
@@ -62,27 +68,36 @@ median() { sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 
 # Fill every key first, so that GETs find values on all three.
-for port in "$EMBEDDED_PORT" "$PROXY_PORT" "$REDIS_PORT"; do
+for port in "$EMBEDDED_PORT" $BEFORE_PORT "$PROXY_PORT" "$REDIS_PORT"; do
   # shellcheck disable=SC2046
   redis-benchmark -p "$port" $(auth "$port") -t set -n "$KEYS" -c "$CLIENTS" -d "$SIZE" -r "$KEYS" -P 16 -q >/dev/null 2>&1
 done
 
-echo "redis-benchmark -n $REQUESTS -c $CLIENTS -d $SIZE -r $KEYS, median of $ROUNDS rounds, configurations alternating"
-printf '%-9s %3s %10s %10s %10s %15s %15s\n' test P embedded pkv+redis redis embedded/redis embedded/pkv+r
+echo "redis-benchmark -n $REQUESTS -c $CLIENTS -d $SIZE -r $KEYS, median of $ROUNDS rounds, configurations alternating;" \
+  "pkv threads ${PKV_THREADS:-0} (0 = one per core)${PKV_BEFORE:+; before = $PKV_BEFORE}"
+printf '%-9s %3s %10s %10s %10s %15s %15s' test P embedded pkv+redis redis embedded/redis embedded/pkv+r
+[ -n "$BEFORE_PORT" ] && printf ' %10s %15s' before embedded/before
+echo
 row() { # name pipeline measure...
   local name=$1 p=$2
   shift 2
-  local e=() r=() d=()
+  local e=() r=() d=() b=()
   for _ in $(seq "$ROUNDS"); do
     e+=("$("$@" "$EMBEDDED_PORT")")
+    [ -n "$BEFORE_PORT" ] && b+=("$("$@" "$BEFORE_PORT")")
     r+=("$("$@" "$PROXY_PORT")")
     d+=("$("$@" "$REDIS_PORT")")
   done
-  local me mr md
+  local me mr md mb
   me=$(printf '%s\n' "${e[@]}" | median)
   mr=$(printf '%s\n' "${r[@]}" | median)
   md=$(printf '%s\n' "${d[@]}" | median)
-  printf '%-9s %3s %10s %10s %10s %15s %15s\n' "$name" "$p" "$me" "$mr" "$md" "$(ratio "$me" "$md")" "$(ratio "$me" "$mr")"
+  printf '%-9s %3s %10s %10s %10s %15s %15s' "$name" "$p" "$me" "$mr" "$md" "$(ratio "$me" "$md")" "$(ratio "$me" "$mr")"
+  if [ -n "$BEFORE_PORT" ]; then
+    mb=$(printf '%s\n' "${b[@]}" | median)
+    printf ' %10s %15s' "$mb" "$(ratio "$me" "$mb")"
+  fi
+  echo
 }
 plain() { rps "$4" "$1" "$2"; }
 for test in get set; do

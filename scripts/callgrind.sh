@@ -16,7 +16,9 @@
 # signature once, as a long-running pkv would have, so no test pays for it. What a test
 # counts includes the 10 connections' set-up (and, for pkv, each one's cached AUTH).
 #
-# PKV_METERING=off or PKV_THREADS=n in the environment are passed on to pkv.
+# PKV_METERING=off or PKV_THREADS=n in the environment are passed on to pkv. With
+# PKV_EMBEDDED=1, pkv serves from its embedded store instead of the redis-server (twemproxy
+# still relays to it, as the reference); PKV_BINARY=<path> measures another pkv build.
 #
 # Needs: valgrind, redis-server, redis-benchmark (redis-tools), nutcracker, python3.
 set -euo pipefail
@@ -52,7 +54,9 @@ track "$TWEM_PID"
 
 new_issuer
 PKV_PORT=$(free_port)
-(cd "$WORK/pkv" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_UPSTREAM_URL="redis://127.0.0.1:$REDIS_PORT" \
+UPSTREAM="redis://127.0.0.1:$REDIS_PORT"
+[ "${PKV_EMBEDDED:-}" = 1 ] && UPSTREAM=
+(cd "$WORK/pkv" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" ${UPSTREAM:+PKV_UPSTREAM_URL="$UPSTREAM"} \
   PKV_QUOTA_ISSUERS="$DID" PKV_SECRET_SEED="$SECRET" PKV_LOG=warn \
   PKV_METERING="${PKV_METERING:-on}" PKV_THREADS="${PKV_THREADS:-0}" \
   "${CALLGRIND[@]}" --log-file="$WORK/pkv/valgrind.log" "$PKV" >/dev/null 2>&1) &
@@ -95,8 +99,8 @@ load "$TWEM_PORT" set 1 $((KEYS * 20))
 load "$PKV_PORT" set 1 $((KEYS * 20)) "$TOKEN"
 
 echo "Instructions (Ir, user space) per request under callgrind: redis-benchmark -c $CLIENTS -d $SIZE -r $KEYS,"
-echo "-n $N1 at P=1 and -n $N16 at P=16; pkv with metering ${PKV_METERING:-on}, threads ${PKV_THREADS:-0} (0 = one per core)"
-echo "$(valgrind --version), $(redis-benchmark --version | awk '{ print $1, $2 }'), $(nutcracker --version 2>&1 | awk '{ print $3 }' | head -1); pkv $(git -C "$ROOT" rev-parse --short HEAD); $(date -u +%Y-%m-%d)"
+echo "-n $N1 at P=1 and -n $N16 at P=16; pkv with metering ${PKV_METERING:-on}, threads ${PKV_THREADS:-0} (0 = one per core)${UPSTREAM:-, on its embedded store}"
+echo "$(valgrind --version), $(redis-benchmark --version | awk '{ print $1, $2 }'), $(nutcracker --version 2>&1 | awk '{ print $3 }' | head -1); pkv ${PKV_BINARY:-$(git -C "$ROOT" rev-parse --short HEAD)}; $(date -u +%Y-%m-%d)"
 echo
 printf '| %-4s | %2s | %10s | %16s | %13s |\n' test P "pkv Ir/req" "twemproxy Ir/req" "pkv/twemproxy"
 printf '| %-4s | %2s | %10s | %16s | %13s |\n' --- -- --- --- ---

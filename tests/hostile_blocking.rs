@@ -388,6 +388,85 @@ fn a_long_union_on_the_embedded_store_does_not_stall_other_tenants() {
     );
 }
 
+/// A multi-key command of one tenant on its own keys does not wait for a long multi-key
+/// command of another on theirs: each holds only the gate stripes of its keys. Each of B's
+/// connections writes two keys of its own; a pair may share a stripe with A's three keys
+/// by chance (the keyspace's hash is seeded per process, and a pair meets one of them about
+/// one time in ten), so four pairs are tried and one of them answering at once, while the
+/// union runs for a second or more, is what shows it. B's ledger record may share a stripe
+/// too (about one time in twenty), and then B's lease waits for the union: so up to three
+/// tries, each with a new account B. (Whether A's reply has come is no sign: the union's
+/// storage is measured after it releases its stripes, before it answers.)
+#[test]
+fn a_long_union_on_the_embedded_store_does_not_stall_another_tenants_mset() {
+    let issuer = Issuer::new();
+    let pkv = PkvConfig::embedded(&issuer).set("PKV_THREADS", "2").start();
+    let mut a = pkv.resp_authed(&issuer.token(100));
+    fill_set(&mut a, "s1", "a");
+    fill_set(&mut a, "s2", "b");
+    // The union alone, for the time it takes.
+    let alone = Instant::now();
+    assert_eq!(
+        within(
+            &mut a,
+            &["SUNIONSTORE", "u", "s1", "s2"],
+            Duration::from_secs(60)
+        ),
+        format!(":{}\r\n", 2 * BIG_SET)
+    );
+    let alone = alone.elapsed();
+    assert!(
+        alone > Duration::from_millis(500),
+        "the union is too short to show anything: {alone:?}"
+    );
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let token_b = issuer.token(100);
+        let mut b: Vec<RespConn> = (0..4).map(|_| pkv.resp_authed(&token_b)).collect();
+        a.send(&encode(&[b"SUNIONSTORE", b"u", b"s1", b"s2"]));
+        // Nothing outside shows a command running in the store: a short head start instead.
+        std::thread::sleep(Duration::from_millis(50));
+        let sent = Instant::now();
+        for (i, conn) in b.iter_mut().enumerate() {
+            let (x, y) = (format!("x{i}"), format!("y{i}"));
+            conn.send(&encode(&[b"MSET", x.as_bytes(), b"1", y.as_bytes(), b"1"]));
+        }
+        // The connections are polled in turn, so that the first to answer is timed as such.
+        let mut fastest = None;
+        let mut waiting: Vec<&mut RespConn> = b.iter_mut().collect();
+        while !waiting.is_empty() {
+            assert!(
+                sent.elapsed() < Duration::from_secs(60),
+                "MSET not answered"
+            );
+            waiting.retain_mut(|conn| match conn.try_frame(Duration::from_millis(1)) {
+                Ok(reply) => {
+                    assert_eq!(reply, b"+OK\r\n");
+                    fastest.get_or_insert(sent.elapsed());
+                    false
+                }
+                Err(_) => true,
+            });
+        }
+        let union = a.try_frame(Duration::from_secs(60)).unwrap();
+        assert_eq!(union, format!(":{}\r\n", 2 * BIG_SET).as_bytes());
+        let fastest = fastest.unwrap();
+        tries.push(fastest);
+        if fastest < alone / 4 {
+            break;
+        }
+    }
+    eprintln!(
+        "a union over {BIG_SET}-member sets takes {alone:?} alone; the first of 4 MSETs of \
+         another tenant sent while it ran answered in {tries:?}"
+    );
+    assert!(
+        tries.iter().any(|t| *t < alone / 4),
+        "every MSET of another tenant waited for the union: the first answered in \
+         {tries:?}, the union takes {alone:?}"
+    );
+}
+
 #[test]
 fn a_store_whose_reply_timed_out_pays_the_size_it_stored() {
     let redis = Redis::start();

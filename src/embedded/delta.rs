@@ -28,7 +28,8 @@
 //! between a snapshot and the cut of the log) gives the live state: a `PUT` sets its
 //! state, a `DELTA` applies once, to its own state.
 //!
-//! Multi-key commands run alone (the store's gate) and still log the whole state of each
+//! Multi-key commands run alone on their keys (the gate stripes of their keys, held
+//! exclusively: [`super::gate`]) and still log the whole state of each
 //! key they changed, afterwards ([`Touched`]: a key they only read, such as a
 //! `SUNIONSTORE`'s sources, is not logged); see `docs/security.md` for what that costs.
 //! They are not logged as themselves: replay can set one of their keys back to an older

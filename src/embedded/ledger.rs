@@ -1,11 +1,16 @@
 //! The ledger in the embedded store: the same records as in Redis (a hash per account, a
 //! string per redeemed token id, under `pkv:ledger:`), changed under the store's ledger lock,
-//! so each step is atomic. A step holds the store's gate shared, not exclusively: no
-//! tenant command can reach `pkv:ledger:` keys, so only other steps need keeping out, and
-//! waiting for the gate exclusively would queue every tenant's reads behind a long read
-//! of any one of them. A snapshot walking the shards meanwhile may see a step half done;
-//! the step's log record comes after the position the snapshot cuts the log at, so replay
-//! completes it.
+//! so each step is atomic. No tenant command, script or keyspace walk can reach
+//! `pkv:ledger:` keys (no namespace prefix does), so only other steps need keeping out,
+//! which the ledger lock does. A step still holds the gate stripes of the keys it changes
+//! shared ([`super::gate`]), as a single-key write does: a stripe held exclusively means a
+//! multi-key command may hold a lock of its keys' shards, which the step would wait for
+//! (in place, a runtime worker thread would); with the stripes taken first, it waits for
+//! them on the blocking pool without holding the ledger lock, so other steps go on. It
+//! holds no other stripe: a lease waits for another tenant's long multi-key command only
+//! when a key of the step shares a stripe with one of its keys. A snapshot walking the
+//! shards meanwhile may see a step half done; the step's log record comes after the
+//! position the snapshot cuts the log at, so replay completes it.
 //!
 //! Each step runs whole or not at all and its answer cannot be lost on the way back (there
 //! is no way back: it runs in this process), so the update numbers that make leases and
@@ -17,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::TryLockError;
 
 use super::data::{Data, Entry};
+use super::gate::{Mode, Stripes};
 use super::{now_ms, off_thread, Store};
 use crate::backend::{BackendError, BoxFuture};
 use crate::meter::ledger::{
@@ -26,11 +32,13 @@ use crate::meter::ledger::{
 use crate::meter::price::Usage;
 
 impl Store {
-    /// Runs `f` with no other ledger step running. A ledger step is short, so it runs in
-    /// place when the locks are free; when they are not, the step waits on the blocking
-    /// pool, never on a runtime worker thread.
+    /// Runs `f`, which changes only keys of `stripes` ([`Store::ledger_stripes`]), with no
+    /// other ledger step running. A ledger step is short, so it runs in place when the
+    /// locks are free; when they are not, the step waits on the blocking pool, never on a
+    /// runtime worker thread.
     async fn alone<R: Send + 'static>(
         &self,
+        stripes: Stripes,
         f: impl FnOnce(&Store) -> Result<R, LedgerError> + Send + 'static,
     ) -> Result<R, LedgerError> {
         if let Some(why) = self.aof().and_then(super::aof::Aof::failure) {
@@ -38,12 +46,12 @@ impl Store {
                 "the append-only log cannot be written: {why}"
             ))));
         }
-        let done = match self.try_alone(f) {
+        let done = match self.try_alone(stripes, f) {
             Ok(done) => done,
             Err(f) => {
                 let store = self.clone();
                 off_thread(move || {
-                    let _shared = store.gate.read().unwrap_or_else(|p| p.into_inner());
+                    let _shared = store.gate.hold(stripes, Mode::Shared);
                     let _alone = store.ledger.lock().unwrap_or_else(|p| p.into_inner());
                     f(&store)
                 })
@@ -66,12 +74,17 @@ impl Store {
         Ok(done)
     }
 
+    /// The gate stripes of the ledger keys a step changes.
+    fn ledger_stripes(&self, keys: &[&str]) -> Stripes {
+        keys.iter().fold(Stripes::NONE, |set, key| {
+            set.with(self.stripe_of(key.as_bytes()))
+        })
+    }
+
     /// Runs `f` in place if the locks are free; gives `f` back if they are not.
-    fn try_alone<R, F: FnOnce(&Store) -> R>(&self, f: F) -> Result<R, F> {
-        let _shared = match self.gate.try_read() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(f),
+    fn try_alone<R, F: FnOnce(&Store) -> R>(&self, stripes: Stripes, f: F) -> Result<R, F> {
+        let Some(_shared) = self.gate.try_shared(stripes) else {
+            return Err(f);
         };
         let _alone = match self.ledger.try_lock() {
             Ok(guard) => guard,
@@ -132,7 +145,8 @@ impl Book for Store {
         by: RedeemedBy,
     ) -> BoxFuture<'a, Result<Redemption, LedgerError>> {
         let (jti, account) = (jti.to_owned(), account.to_owned());
-        Box::pin(self.alone(move |store| {
+        let stripes = self.ledger_stripes(&[&token_key(&jti), &account_key(&account)]);
+        Box::pin(self.alone(stripes, move |store| {
             let token = token_key(&jti);
             let first = store.keys.read(token.as_bytes(), now_ms(), |e| match e {
                 Some(Entry {
@@ -189,7 +203,7 @@ impl Book for Store {
     ) -> BoxFuture<'a, Result<Grant, LedgerError>> {
         let key = account_key(account);
         let want = req.want;
-        Box::pin(self.alone(move |store| {
+        Box::pin(self.alone(self.ledger_stripes(&[&key]), move |store| {
             let f = store.fields(&key)?;
             let available = f
                 .get("credited")
@@ -215,7 +229,7 @@ impl Book for Store {
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         let deltas: Vec<(&'static str, i64)> = s.deltas().collect();
         let key = account_key(account);
-        Box::pin(self.alone(move |store| {
+        Box::pin(self.alone(self.ledger_stripes(&[&key]), move |store| {
             store.add(&key, &deltas)?;
             store.log_key(key.as_bytes());
             Ok(())
@@ -228,7 +242,7 @@ impl Book for Store {
         secs: u64,
     ) -> BoxFuture<'a, Result<(), LedgerError>> {
         let key = account_key(account);
-        Box::pin(self.alone(move |store| {
+        Box::pin(self.alone(self.ledger_stripes(&[&key]), move |store| {
             // Checked like any other field: the record must be a hash.
             store.fields(&key)?;
             store.keys.write(key.as_bytes(), now_ms(), |entry| {

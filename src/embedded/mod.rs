@@ -9,21 +9,28 @@
 //! error that names them and points at `PKV_UPSTREAM_URL`.
 //!
 //! Concurrency: the keyspace is sharded ([`keyspace`]); a command on one key locks one
-//! shard, reads only for reading. Commands that touch several keys (MSET, RENAME,
-//! SINTERSTORE, a transaction's EXEC, ...) take the store's gate exclusively, so they are
-//! atomic: no other command runs while they do. Single-key commands hold the gate shared.
+//! shard, reads only for reading. Above the shards, the store's gate is a set of stripes
+//! ([`gate`]), each key in one (a function of its shard); there is no lock every command
+//! takes. A single-key command holds its key's stripe shared. A command that touches
+//! several keys (MSET, MGET, RENAME, SINTERSTORE, XGROUP, ...) holds the stripes of its keys,
+//! as the command table locates them, exclusively, and a transaction's EXEC those of every
+//! key its commands touch: so each is atomic (a reader of any of its keys holds that key's
+//! stripe and waits), and commands on keys of other stripes run meanwhile. What cannot name
+//! its keys before it runs holds every stripe: a script and SORT with BY or GET
+//! exclusively, KEYS and SCAN shared, as does a snapshot's walk ([`snapshot`]). Stripes are
+//! taken lowest first and before any shard lock ([`Store::stripes_for`]).
 //!
-//! No runtime worker thread ever waits for the gate (SPEC 10: a long command never blocks
-//! the threads that serve other tenants' connections). Exclusive commands, which may be
+//! No runtime worker thread ever waits for a stripe (SPEC 10: a long command never blocks
+//! the threads that serve other tenants' connections). Multi-key commands, which may be
 //! long (SUNIONSTORE over sets of millions), always run on the runtime's blocking pool
-//! ([`off_thread`]); shared ones run in place when the gate is free for readers and move to
-//! the blocking pool when it is not, and so do the reads whose work grows without bound
-//! with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]; an LRANGE or
-//! HGETALL when the value is big: [`cmd::Runnable::scans`]). Ledger steps hold the gate
-//! shared and a lock of their own: waiting for the gate exclusively, they would queue every
-//! reader behind a long read of any tenant. Commands that do not touch the store (PING, ECHO, the
-//! handshake) never reach it, so they are answered while an exclusive command runs;
-//! commands that do touch it wait for it there, as they must.
+//! ([`off_thread`]); the others run in place when their stripes are free for readers and
+//! move to the blocking pool when they are not, and so do the reads whose work grows without
+//! bound with one big value (a whole-globe GEOSEARCH: [`cmd::Runnable::long`]; an LRANGE or
+//! HGETALL when the value is big: [`cmd::Runnable::scans`]). Ledger steps hold the stripes
+//! of their own keys shared, and a lock of their own: holding every stripe, a tenant's lease
+//! would wait for any other tenant's long multi-key command. Commands that do not touch the store
+//! (PING, ECHO, the handshake) never reach it, so they are answered while a multi-key
+//! command runs; commands on its keys' stripes wait for it there, as they must.
 
 pub mod aof;
 pub mod cmd;
@@ -31,6 +38,7 @@ pub mod data;
 pub mod delta;
 pub mod error;
 mod events;
+pub mod gate;
 pub mod glob;
 pub mod hll;
 pub mod keyspace;
@@ -43,7 +51,7 @@ pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, TryLockError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::protocol::frame::Frame;
@@ -55,8 +63,9 @@ use crate::commands::{Call, CommandSpec};
 use crate::config::Settings;
 use crate::error::ClientError;
 use crate::protocol::Proto;
-use cmd::{Cx, Error, Kind, Reply, Runnable};
+use cmd::{Cx, Error, KeysAt, Kind, Reply, Runnable};
 use error::StoreError;
+use gate::{Gate, Mode, Stripes};
 use keyspace::{Keyspace, SHARDS};
 
 /// How often the active expiry runs, and how many shards it cleans each time.
@@ -72,9 +81,10 @@ pub struct Store {
 #[derive(Default)]
 pub struct Inner {
     pub keys: Keyspace,
-    /// Held shared by single-key commands and exclusively by multi-key ones.
-    gate: RwLock<()>,
-    /// Held by each ledger step, with the gate shared ([`ledger`]).
+    /// Its stripes are held shared by single-key commands and exclusively by multi-key
+    /// ones, each command only those of its keys ([`gate`]).
+    gate: Gate,
+    /// Held by each ledger step, with the gate stripes of its keys shared ([`ledger`]).
     ledger: Mutex<()>,
     watches: Watches,
     waiters: Waiters,
@@ -354,10 +364,11 @@ impl Store {
         .await
     }
 
-    /// Runs a batch in place, in order, when none of its commands takes the gate
-    /// exclusively or is a long read ([`cmd::Runnable::long`]) and the gate is free for
-    /// readers right now (no exclusive command runs or waits); `None` otherwise, and nothing
-    /// ran. The batch holds the gate shared once.
+    /// Runs a batch in place, in order, when none of its commands is a multi-key one (they
+    /// hold stripes exclusively) or a long read ([`cmd::Runnable::long`]) and the stripes of
+    /// its keys are free for readers right now (no exclusive holder runs or waits on them);
+    /// `None` otherwise, and nothing ran. The batch holds the union of its stripes shared,
+    /// once.
     fn try_shared(&self, proto: Proto, batch: &[Job<'_>], now: i64) -> Option<Vec<Reply>> {
         let exclusive_or_long = batch.iter().any(|(command, args)| {
             command.is_some_and(|c| {
@@ -369,11 +380,10 @@ impl Store {
         if exclusive_or_long {
             return None;
         }
-        let _shared = match self.gate.try_read() {
-            Ok(guard) => guard,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return None,
-        };
+        let stripes = batch.iter().fold(Stripes::NONE, |all, (command, args)| {
+            all.union(self.stripes_for(*command, args).0)
+        });
+        let _shared = self.gate.try_shared(stripes)?;
         Some(
             batch
                 .iter()
@@ -442,20 +452,52 @@ impl Store {
         now: i64,
         abandoned: impl Fn() -> bool,
     ) -> Reply {
-        let abandoned_reply = || Err(Error::from(StoreError::Abandoned));
-        if command.is_some_and(|c| c.kind == Kind::Multi) {
-            let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-            if abandoned() {
-                return abandoned_reply();
-            }
-            self.run_held(proto, command, args, now)
-        } else {
-            let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            if abandoned() {
-                return abandoned_reply();
-            }
-            self.run_held(proto, command, args, now)
+        let (stripes, mode) = self.stripes_for(command, args);
+        let _held = self.gate.hold(stripes, mode);
+        if abandoned() {
+            return Err(Error::from(StoreError::Abandoned));
         }
+        self.run_held(proto, command, args, now)
+    }
+
+    /// The gate stripes a command holds, and how ([`gate`]): a single-key command its
+    /// key's, shared; a multi-key command its keys', exclusively, so that it runs alone
+    /// on them, reads included (an MGET sees its keys at one instant, as in Redis); a
+    /// command that walks the keyspace every stripe, shared; one whose keys cannot be
+    /// located (SORT's BY and GET patterns name keys by the elements) every stripe,
+    /// exclusively.
+    fn stripes_for(&self, command: Option<&Runnable>, args: &[&[u8]]) -> (Stripes, Mode) {
+        let Some(command) = command else {
+            // Not run here: it touches nothing.
+            return (Stripes::NONE, Mode::Shared);
+        };
+        let mode = match command.kind {
+            Kind::Multi => Mode::Exclusive,
+            Kind::Read | Kind::Write => Mode::Shared,
+        };
+        match command.keys_at {
+            KeysAt::First => match args.get(1) {
+                Some(key) => (Stripes::one(self.stripe_of(key)), mode),
+                None => (Stripes::NONE, mode),
+            },
+            KeysAt::Nowhere => (Stripes::NONE, mode),
+            KeysAt::Anywhere => (Stripes::ALL, mode),
+            KeysAt::Located => match table_keys(args) {
+                _ if cmd::sort::names_other_keys(command.name, args) => (Stripes::ALL, mode),
+                Some((_, keys)) => (
+                    keys.iter()
+                        .fold(Stripes::NONE, |set, key| set.with(self.stripe_of(key))),
+                    mode,
+                ),
+                // Keys that cannot be located (a malformed call, which fails anyway).
+                None => (Stripes::ALL, Mode::Exclusive),
+            },
+        }
+    }
+
+    /// The gate stripe of `key`: a function of its keyspace shard.
+    fn stripe_of(&self, key: &[u8]) -> usize {
+        gate::stripe_of_shard(self.keys.shard_of(key))
     }
 
     /// Runs a command under whatever lock the caller holds.
@@ -469,9 +511,14 @@ impl Store {
     }
 
     /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
-    /// blocking commands do not block. Waits for the gate: call it off the worker threads.
+    /// blocking commands do not block. Holds the stripes of every key they touch
+    /// exclusively, so nothing sees the transaction half done and nothing it reads changes
+    /// under it. Waits for them: call it off the worker threads.
     fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
-        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let stripes = queued.iter().fold(Stripes::NONE, |all, call| {
+            all.union(self.stripes_for(handler(call), &arg_slices(call)).0)
+        });
+        let _alone = self.gate.hold(stripes, Mode::Exclusive);
         let now = now_ms();
         memory::admitted_while(|| {
             queued
@@ -1042,6 +1089,105 @@ mod tests {
         )
     }
 
+    /// Two keys of different gate stripes, for tests that must span stripes.
+    fn keys_in_two_stripes(store: &Store, prefix: &str) -> (String, String) {
+        let first = format!("{prefix}0");
+        let stripe = store.stripe_of(first.as_bytes());
+        let second = (1..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|k| store.stripe_of(k.as_bytes()) != stripe)
+            .unwrap();
+        (first, second)
+    }
+
+    fn owned_call(words: &[&str]) -> Call {
+        let name: &'static str = Box::leak(words[0].to_owned().into_boxed_str());
+        words[1..]
+            .iter()
+            .fold(Call::named(name), |c, w| c.arg(w.as_bytes().to_vec()))
+    }
+
+    fn run_words(store: &Store, words: &[&str]) -> Frame {
+        let args: Vec<&[u8]> = words.iter().map(|w| w.as_bytes()).collect();
+        into_frame(store.run(Proto::Resp2, &args))
+    }
+
+    /// Multi-key writes (MSET, a transaction, RENAME) on keys of different stripes are never
+    /// seen half done by multi-key reads (MGET, EXISTS, a transaction of GETs), while
+    /// single-key writes to other keys of the same stripes run alongside.
+    #[test]
+    fn multi_key_commands_across_stripes_are_never_seen_half_done() {
+        const ROUNDS: usize = 10_000;
+        let store = Store::default();
+        let (a, b) = keys_in_two_stripes(&store, "a");
+        let (c, d) = keys_in_two_stripes(&store, "c");
+        let (a, b, c, d) = (a.as_str(), b.as_str(), c.as_str(), d.as_str());
+        run_words(&store, &["MSET", a, "0", b, "0"]);
+        run_words(&store, &["SET", c, "x"]);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let writers = vec![
+                // MSET and a transaction write a and b together.
+                scope.spawn(|| {
+                    for i in 0..ROUNDS {
+                        let v = format!("m{i}");
+                        run_words(&store, &["MSET", a, &v, b, &v]);
+                    }
+                }),
+                scope.spawn(|| {
+                    for i in 0..ROUNDS {
+                        let v = format!("x{i}");
+                        let queued = [owned_call(&["SET", a, &v]), owned_call(&["SET", b, &v])];
+                        store.run_all(Proto::Resp2, &queued);
+                    }
+                }),
+                // RENAME moves the one value between c and d: exactly one of them exists.
+                scope.spawn(|| {
+                    for i in 0..ROUNDS {
+                        let (from, to) = if i % 2 == 0 { (c, d) } else { (d, c) };
+                        assert_eq!(run_words(&store, &["RENAME", from, to]), Frame::OK);
+                    }
+                }),
+                // Single-key writes to other keys, of the same stripes among others.
+                scope.spawn(|| {
+                    for i in 0..ROUNDS {
+                        run_words(&store, &["SET", &format!("a{}", 1000 + i % 50), "other"]);
+                    }
+                }),
+            ];
+            let readers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut reads = 0;
+                        while !stop.load(Ordering::Acquire) || reads == 0 {
+                            match run_words(&store, &["MGET", a, b]) {
+                                Frame::Array(v) => assert_eq!(v[0], v[1], "MGET saw {v:?}"),
+                                other => panic!("{other:?}"),
+                            }
+                            let gets = [owned_call(&["GET", a]), owned_call(&["GET", b])];
+                            let got = store.run_all(Proto::Resp2, &gets);
+                            assert_eq!(got[0], got[1], "a transaction saw {got:?}");
+                            assert_eq!(
+                                run_words(&store, &["EXISTS", c, d]),
+                                Frame::Integer(1),
+                                "EXISTS saw a RENAME half done"
+                            );
+                            reads += 1;
+                        }
+                        reads
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            stop.store(true, Ordering::Release);
+            for reader in readers {
+                assert!(reader.join().unwrap() > 0);
+            }
+        });
+    }
+
     /// A client that leaves while blocked gives its place back: nothing is left among the
     /// waiters, however many clients came and went.
     #[tokio::test]
@@ -1071,7 +1217,7 @@ mod tests {
         use crate::meter::ledger::{Book, LeaseRequest};
         let store = Store::default();
         let held = store.clone();
-        let reading = held.gate.read().unwrap();
+        let reading = held.gate.all_shared();
         let lease = store.lease("acct", &LeaseRequest { seq: 1, want: 5 });
         let granted = tokio::time::timeout(Duration::from_secs(5), lease).await;
         assert!(
@@ -1081,6 +1227,29 @@ mod tests {
         drop(reading);
     }
 
+    /// A ledger step holds only the stripes of the ledger keys it changes: a tenant's lease
+    /// does not wait for another tenant's long multi-key command on keys of other stripes.
+    // The test holds the stripes across the await on purpose: that is the command it stands for.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test]
+    async fn a_ledger_step_does_not_wait_for_a_multi_key_command_on_other_stripes() {
+        use crate::meter::ledger::{account_key, Book, LeaseRequest};
+        let store = Store::default();
+        let own = store.stripe_of(account_key("acct").as_bytes());
+        let others = (0..gate::STRIPES)
+            .filter(|&s| s != own)
+            .fold(Stripes::NONE, Stripes::with);
+        let held = store.clone();
+        let alone = held.gate.hold(others, Mode::Exclusive);
+        let lease = store.lease("acct", &LeaseRequest { seq: 1, want: 5 });
+        let granted = tokio::time::timeout(Duration::from_secs(5), lease).await;
+        assert!(
+            matches!(granted, Ok(Ok(_))),
+            "the lease waited for the multi-key command: {granted:?}"
+        );
+        drop(alone);
+    }
+
     #[tokio::test]
     // The test holds the gate across awaits on purpose: that is the situation it sets up
     // (the pool's task waits for it on another thread).
@@ -1088,7 +1257,7 @@ mod tests {
     async fn an_attempt_for_a_client_that_left_does_not_run() {
         let store = Store::default();
         let held = store.clone();
-        let alone = held.gate.write().unwrap();
+        let alone = held.gate.all_exclusive();
         let blpop = call(&["BLPOP", "q", "0"]);
         let wait = store.run_blocking(Proto::Resp2, &blpop);
         // The attempt cannot run in place (the gate is taken): it waits on the pool.

@@ -1,5 +1,5 @@
-//! Scripts on the embedded store: a script runs with the store's gate held exclusively, as
-//! one transaction (as `EXEC` runs), and each of its `redis.call`s takes the request path's
+//! Scripts on the embedded store: a script runs with every stripe of the store's gate held
+//! exclusively (its keys are known only as it runs), as one transaction (as `EXEC` runs), and each of its `redis.call`s takes the request path's
 //! own steps: `PERSIST`-like requests for no expiry served as the longest one, keys located
 //! by the command table's grammar ([`crate::commands::locate`]), the write's storage
 //! planned as for a client's command ([`crate::meter::storage::plan`]), keys rewritten into
@@ -48,7 +48,7 @@ impl Store {
         caller: &Caller,
         script: impl FnOnce(&mut dyn Host) -> R,
     ) -> (R, Spent) {
-        let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let _alone = self.gate.all_exclusive();
         let now = now_ms();
         let mut policy = caller.policy;
         policy.now_ms = now;

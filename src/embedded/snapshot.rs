@@ -8,10 +8,11 @@
 //!
 //! # Taking a snapshot
 //!
-//! The store's gate is held shared for the whole walk over the shards, so no multi-key
-//! command (they hold the gate exclusively: MSET, RENAME, EXEC) is ever half-seen. A ledger
-//! step (which holds the gate shared) may be: its log record is kept past the snapshot and
-//! replay completes it. Each shard is encoded under its read lock, one at a time; single-key commands
+//! Every stripe of the store's gate is held shared for the whole walk over the shards, so
+//! no multi-key command (they hold the stripes of their keys exclusively: MSET, RENAME,
+//! EXEC) is ever half-seen. A ledger step (which holds its keys' stripes shared) may be:
+//! its log record is kept past the snapshot and replay completes it. Each shard is encoded
+//! under its read lock, one at a time; single-key commands
 //! keep running on the other shards, so each key is saved as it was at the moment its shard
 //! was visited. Expired keys are not saved. The ledger lives in the keyspace (under
 //! `pkv:ledger:`) and is saved with the data. The encoded bytes are then written with the
@@ -577,7 +578,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub struct Saved {
     pub keys: u64,
     pub bytes: usize,
-    /// How long the walk held the gate.
+    /// How long the walk held the gate's stripes.
     pub walk: Duration,
 }
 
@@ -589,7 +590,7 @@ impl Store {
         let mut encoder = Encoder::with_capacity(now, expected + expected / 8);
         let started = Instant::now();
         {
-            let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
+            let _shared = self.gate.all_shared();
             for i in 0..SHARDS {
                 let shard = self.keys.read_shard(i);
                 for (key, entry) in shard.iter().filter(|(_, e)| !e.expired(now)) {

@@ -16,7 +16,7 @@ mod keys;
 mod lists;
 mod server;
 mod sets;
-mod sort;
+pub(super) mod sort;
 pub mod streams;
 mod strings;
 mod zsets;
@@ -80,6 +80,42 @@ impl Kind {
     }
 }
 
+/// Where a command's keys are, for the gate stripes it holds ([`super::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysAt {
+    /// `args[1]`, its only key.
+    First,
+    /// It touches no key (PING, PUBLISH).
+    Nowhere,
+    /// Any key: it walks the keyspace (KEYS, SCAN).
+    Anywhere,
+    /// Where the command table locates them, per call (MSET, XINFO STREAM, SORT).
+    Located,
+}
+
+impl KeysAt {
+    /// Where the keys of the command table's row `name` are.
+    fn of(name: &str) -> KeysAt {
+        use crate::commands::{flags, table::TABLE, KeyRule};
+        let Some(spec) = TABLE.iter().find(|s| s.name == name) else {
+            return KeysAt::Located;
+        };
+        if spec.has(flags::CONTAINER) {
+            return KeysAt::Located;
+        }
+        match spec.keys {
+            // SCAN names no key, but walks them all (a cursor, not a pattern, says where).
+            [] if name == "SCAN" => KeysAt::Anywhere,
+            [] => KeysAt::Nowhere,
+            [KeyRule::KeyPattern { .. }] => KeysAt::Anywhere,
+            [KeyRule::Range {
+                first: 1, last: 1, ..
+            }] => KeysAt::First,
+            _ => KeysAt::Located,
+        }
+    }
+}
+
 /// The outcome of a handler.
 pub type Reply = Result<Frame, Error>;
 
@@ -125,6 +161,7 @@ pub struct Command {
 pub struct Runnable {
     pub name: &'static str,
     pub kind: Kind,
+    pub keys_at: KeysAt,
     /// Its work can grow with one big value without bound (a search over every point of a
     /// geo set, a stream's whole pending list): it shares the store like any read, but on
     /// the blocking pool, never in place on a runtime worker, whose other clients would
@@ -260,6 +297,7 @@ pub fn find(name: &[u8]) -> Option<&'static Runnable> {
                 let runnable = Runnable {
                     name: c.name,
                     kind: Kind::of(c.name),
+                    keys_at: KeysAt::of(c.name),
                     long: LONG_READS.contains(&c.name),
                     scans: SCANS_ITS_VALUE.contains(&c.name),
                     run: c.run,
@@ -382,6 +420,36 @@ mod tests {
         for shared in ["KEYS", "SCAN", "MEMORY", "PUBLISH", "PING"] {
             assert_eq!(kind(shared), Some(Kind::Read), "{shared}");
         }
+    }
+
+    /// Where a command's keys are decides the gate stripes it holds: a single key at
+    /// `args[1]` is read without a table lookup; a key elsewhere (XINFO STREAM), several,
+    /// or a writing container's are located per call.
+    #[test]
+    fn where_the_keys_are_comes_from_the_table() {
+        let at = |name: &str| find(name.as_bytes()).map(|c| c.keys_at);
+        for first in ["GET", "SET", "HSET", "LRANGE", "XADD", "PFADD"] {
+            assert_eq!(at(first), Some(KeysAt::First), "{first}");
+        }
+        for located in [
+            "MGET", "MSET", "RENAME", "XINFO", "XGROUP", "OBJECT", "SORT", "BLPOP",
+        ] {
+            assert_eq!(at(located), Some(KeysAt::Located), "{located}");
+        }
+        for anywhere in ["KEYS", "SCAN"] {
+            assert_eq!(at(anywhere), Some(KeysAt::Anywhere), "{anywhere}");
+        }
+        for nowhere in ["PING", "ECHO", "TIME"] {
+            assert_eq!(at(nowhere), Some(KeysAt::Nowhere), "{nowhere}");
+        }
+        let sort = |args: &[&str]| {
+            let bytes: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+            sort::names_other_keys(args[0], &bytes)
+        };
+        assert!(sort(&["SORT", "l", "BY", "w_*"]));
+        assert!(sort(&["SORT_RO", "l", "get", "#"]));
+        assert!(!sort(&["SORT", "l", "ALPHA", "STORE", "d"]));
+        assert!(!sort(&["RENAME", "by", "get"]));
     }
 
     #[test]

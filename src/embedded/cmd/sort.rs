@@ -48,6 +48,18 @@ fn sort_ro(cx: &mut Cx, args: &[&[u8]]) -> Reply {
     generic(cx, args, true)
 }
 
+/// Whether a call of `name` reads keys that only its elements name (SORT or SORT_RO with
+/// `BY` or `GET`): they cannot be located before it runs, so it holds every stripe of the
+/// store's gate ([`crate::embedded::gate`]). Any `BY` or `GET` word counts, even where it
+/// is an argument (`LIMIT`'s, `STORE`'s): holding more stripes than needed is only slower.
+pub fn names_other_keys(name: &str, args: &[&[u8]]) -> bool {
+    matches!(name, "SORT" | "SORT_RO")
+        && args
+            .iter()
+            .skip(2)
+            .any(|arg| is(arg, "BY") || is(arg, "GET"))
+}
+
 /// The value a pattern names for one element (`lookupKeyByPattern`): the element itself
 /// for `#`; else the first `*` replaced by the element, and the string under that key, or
 /// the field after `->` of the hash under it. `None` when there is no such value.
