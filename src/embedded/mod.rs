@@ -513,19 +513,42 @@ impl Store {
     /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
     /// blocking commands do not block. Holds the stripes of every key they touch
     /// exclusively, so nothing sees the transaction half done and nothing it reads changes
-    /// under it. Waits for them: call it off the worker threads.
+    /// under it. Waits for them: call it off the worker threads. (Clients' transactions
+    /// go through [`Store::run_unless_written`], which also checks their watched keys.)
+    #[cfg(test)]
     fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
+        self.run_unless_written(proto, queued, &[], &AtomicBool::new(false))
+            .unwrap_or_default()
+    }
+
+    /// [`Store::run_all`] for a transaction that watches `watched`: `None`, and nothing
+    /// run, when `dirty` says one of them was written. It decides while it holds their
+    /// stripes too, so a write to a watched key is either seen (it flagged `dirty` before
+    /// releasing its stripe) or comes after the whole transaction.
+    fn run_unless_written(
+        &self,
+        proto: Proto,
+        queued: &[Call],
+        watched: &[Vec<u8>],
+        dirty: &AtomicBool,
+    ) -> Option<Vec<Frame>> {
         let stripes = queued.iter().fold(Stripes::NONE, |all, call| {
             all.union(self.stripes_for(handler(call), &arg_slices(call)).0)
         });
+        let stripes = watched
+            .iter()
+            .fold(stripes, |all, key| all.with(self.stripe_of(key)));
         let _alone = self.gate.hold(stripes, Mode::Exclusive);
+        if dirty.load(Ordering::Acquire) {
+            return None;
+        }
         let now = now_ms();
-        memory::admitted_while(|| {
+        Some(memory::admitted_while(|| {
             queued
                 .iter()
                 .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
                 .collect()
-        })
+        }))
     }
 
     /// After a write: flags the transactions watching the keys it wrote and wakes the
@@ -878,8 +901,12 @@ impl Connection {
                         into_frame(Err(oom))
                     } else {
                         let (store, proto) = (self.store.clone(), self.proto);
-                        match off_thread(move || store.run_all(proto, &queued)).await {
-                            Ok(results) => Frame::Array(results),
+                        let (watched, dirty) = (self.watched.clone(), self.dirty.clone());
+                        let run =
+                            move || store.run_unless_written(proto, &queued, &watched, &dirty);
+                        match off_thread(run).await {
+                            Ok(Some(results)) => Frame::Array(results),
+                            Ok(None) => Frame::NullArray,
                             Err(e) => error_frame(e.into()),
                         }
                     };
@@ -1206,8 +1233,6 @@ mod tests {
         assert!(store.waiters.by_key.lock().unwrap().is_empty());
     }
 
-    /// A blocking pop whose attempt waits for the gate on the blocking pool, and whose
-    /// client leaves meanwhile, takes nothing once it gets the gate.
     /// A ledger step (a lease, every second per active account) while a long read holds
     /// the gate shared: it does not wait for the read, so readers do not queue behind it.
     // The test holds the gate across the await on purpose: that is the read it stands for.
@@ -1250,6 +1275,49 @@ mod tests {
         drop(alone);
     }
 
+    /// EXEC decides on its watched keys while it holds them: a write to a watched key that
+    /// is under way when EXEC comes (it holds the key's stripe, has changed the value, and
+    /// has not yet flagged the watchers) makes the transaction fail, even when no queued
+    /// command touches that key. Checked before it took its stripes, EXEC ran in between.
+    // The test holds a stripe across awaits on purpose: that is the write it stands for.
+    #[allow(clippy::await_holding_lock)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exec_checks_its_watched_keys_while_it_holds_them() {
+        let store = Store::default();
+        let (watched, written) = keys_in_two_stripes(&store, "w");
+        let mut conn = Connection {
+            store: store.clone(),
+            proto: Proto::Resp2,
+            queued: None,
+            watched: Vec::new(),
+            dirty: Arc::new(AtomicBool::new(false)),
+        };
+        for words in [
+            &["WATCH", watched.as_str()][..],
+            &["MULTI"],
+            &["SET", written.as_str(), "1"],
+        ] {
+            conn.one(&owned_call(words)).await;
+        }
+        let held = store.clone();
+        let writing = held.gate.hold(
+            Stripes::one(store.stripe_of(watched.as_bytes())),
+            Mode::Shared,
+        );
+        let exec = tokio::spawn(async move { conn.one(&owned_call(&["EXEC"])).await });
+        // Time for an EXEC that does not wait for the watched key's stripe to finish.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.watches.touch(watched.as_bytes());
+        drop(writing);
+        assert_eq!(exec.await.unwrap(), Frame::NullArray);
+        assert_eq!(
+            run_words(&store, &["EXISTS", written.as_str()]),
+            Frame::Integer(0)
+        );
+    }
+
+    /// A blocking pop whose attempt waits for the gate on the blocking pool, and whose
+    /// client leaves meanwhile, takes nothing once it gets the gate.
     #[tokio::test]
     // The test holds the gate across awaits on purpose: that is the situation it sets up
     // (the pool's task waits for it on another thread).
