@@ -315,3 +315,123 @@ fn on_an_upstream_scripting_is_still_refused() {
         "-ERR command 'SCRIPT' is not allowed through pkv\r\n"
     );
 }
+
+/// Scripts queued in MULTI run at EXEC, in order with the other queued commands, and
+/// answer inside EXEC's array as Redis 7.0's do (errors of the script or of its
+/// arguments are that command's result, not the transaction's).
+#[test]
+fn scripts_queued_in_multi_run_at_exec_as_redis_runs_them() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    let transcript: &[&[&str]] = &[
+        &[
+            "SCRIPT",
+            "LOAD",
+            "return redis.call('incrby', KEYS[1], ARGV[1])",
+        ],
+        &["MULTI"],
+        &["SET", "p:n", "10"],
+        &["EVAL", "return redis.call('incr', KEYS[1])", "1", "p:n"],
+        &[
+            "EVALSHA",
+            "2bab3b661081db58bd2341920e0ba7cf5dc77b25",
+            "1",
+            "p:n",
+            "5",
+        ],
+        &["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"],
+        &["EVAL", "return 1", "2", "a"],
+        &["EVAL", "error('boom')", "0"],
+        &["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "p:n"],
+        &[
+            "EVAL",
+            "return {redis.call('get', KEYS[1]), KEYS[1]}",
+            "1",
+            "p:n",
+        ],
+        &["GET", "p:n"],
+        &["EXEC"],
+        &["MULTI"],
+        &["EVAL", "return redis.call('set', KEYS[1], 'x')", "1", "p:d"],
+        &["DISCARD"],
+        &["EXISTS", "p:d"],
+    ];
+    let mut differences = Vec::new();
+    for args in transcript {
+        let ours = call(&mut pkv, args);
+        let theirs = call(&mut direct, args);
+        if ours != theirs {
+            differences.push(format!("{args:?}\n  pkv:   {ours:?}\n  redis: {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} difference(s):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    // What the scripts wrote in EXEC got the account's default TTL.
+    let ttl = call(&mut pkv, &["TTL", "p:n"]);
+    let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(secs > 86_000 && secs <= 86_400, "{ttl:?}");
+}
+
+/// redis-py's transactional pipeline with registered scripts (what `Queue.enqueue` in
+/// RQ and BullMQ's `addBulk` do: several EVALSHA in one MULTI) runs them all atomically.
+#[test]
+fn redis_py_transaction_with_scripts_runs_them_at_exec() {
+    let (server, issuer) = embedded();
+    let token = issuer.token(1000);
+    let output = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/apps/redis_py_multi_scripts.py"
+        ))
+        .arg(server.url(&token))
+        .output()
+        .expect("python3 runs (scripts/test.sh installs python3-redis)");
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "[1, 2, 3, True, 3, 3]"
+    );
+}
+
+/// A script run by EXEC pays for its writes as the same script outside a transaction.
+#[test]
+fn a_script_in_exec_pays_for_its_writes() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
+    let mut plain = server.client(&issuer.token(1000));
+    let mut queued = server.client(&issuer.token(1000));
+    let script = "return redis.call('set', KEYS[1], string.rep('v', 1024 * 1024))";
+    let before = byte_seconds(&mut plain);
+    let _: () = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("big")
+        .query(&mut plain)
+        .unwrap();
+    let plain_paid = byte_seconds(&mut plain) - before;
+    let before = byte_seconds(&mut queued);
+    let ((),): ((),) = redis::pipe()
+        .atomic()
+        .cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("big")
+        .query(&mut queued)
+        .unwrap();
+    let queued_paid = byte_seconds(&mut queued) - before;
+    assert!(plain_paid >= 1024 * 1024 * 86_400, "{plain_paid}");
+    assert_eq!(queued_paid, plain_paid);
+}

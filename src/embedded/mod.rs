@@ -469,15 +469,34 @@ impl Store {
     }
 
     /// Runs a transaction's commands alone, in order, at one instant (as Redis does);
-    /// blocking commands do not block. Waits for the gate: call it off the worker threads.
-    fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
+    /// blocking commands do not block. Each script runs before the queued command its
+    /// position names (at the end for `queued.len()`). Waits for the gate: call it off the
+    /// worker threads.
+    fn run_all(
+        &self,
+        proto: Proto,
+        queued: &[Call],
+        scripts: Vec<(usize, script::Queued)>,
+    ) -> Vec<Frame> {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
+        let mut scripts = scripts.into_iter().peekable();
         memory::admitted_while(|| {
-            queued
-                .iter()
-                .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
-                .collect()
+            let mut replies = Vec::with_capacity(queued.len() + scripts.len());
+            for at in 0..=queued.len() {
+                while let Some((_, script)) = scripts.next_if(|(i, _)| *i <= at) {
+                    replies.push(self.run_queued(script, now));
+                }
+                if let Some(call) = queued.get(at) {
+                    replies.push(into_frame(self.run_held(
+                        proto,
+                        handler(call),
+                        &arg_slices(call),
+                        now,
+                    )));
+                }
+            }
+            replies
         })
     }
 
@@ -714,6 +733,7 @@ impl Backend for Store {
             store: self.clone(),
             proto,
             queued: None,
+            scripts: Vec::new(),
             watched: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
         };
@@ -803,6 +823,8 @@ struct Connection {
     proto: Proto,
     /// Commands queued since MULTI.
     queued: Option<Vec<Call>>,
+    /// Scripts queued since MULTI, each with the number of commands queued before it.
+    scripts: Vec<(usize, script::Queued)>,
     watched: Vec<Vec<u8>>,
     /// Set when a watched key is written.
     dirty: Arc<AtomicBool>,
@@ -824,6 +846,7 @@ impl Connection {
             b"EXEC" => match self.queued.take() {
                 None => error_frame(ClientError::ExecWithoutMulti),
                 Some(queued) => {
+                    let scripts = std::mem::take(&mut self.scripts);
                     let dirty = self.dirty.load(Ordering::Acquire);
                     let reply = if dirty {
                         Frame::NullArray
@@ -831,7 +854,7 @@ impl Connection {
                         into_frame(Err(oom))
                     } else {
                         let (store, proto) = (self.store.clone(), self.proto);
-                        match off_thread(move || store.run_all(proto, &queued)).await {
+                        match off_thread(move || store.run_all(proto, &queued, scripts)).await {
                             Ok(results) => Frame::Array(results),
                             Err(e) => error_frame(e.into()),
                         }
@@ -843,6 +866,7 @@ impl Connection {
             b"DISCARD" => match self.queued.take() {
                 None => error_frame(ClientError::DiscardWithoutMulti),
                 Some(_) => {
+                    self.scripts.clear();
                     self.unwatch();
                     Frame::OK
                 }
@@ -903,6 +927,12 @@ impl Dedicated for Connection {
             }
             Ok(replies)
         })
+    }
+
+    fn queue_script(&mut self, script: script::Queued) -> Option<Frame> {
+        let queued = self.queued.as_ref()?;
+        self.scripts.push((queued.len(), script));
+        Some(Frame::QUEUED)
     }
 }
 

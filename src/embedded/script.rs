@@ -1,5 +1,6 @@
 //! Scripts on the embedded store: a script runs with the store's gate held exclusively, as
-//! one transaction (as `EXEC` runs), and each of its `redis.call`s takes the request path's
+//! one transaction (as `EXEC` runs; a script queued in MULTI runs inside its EXEC, under
+//! the same hold: [`Queued`]), and each of its `redis.call`s takes the request path's
 //! own steps: `PERSIST`-like requests for no expiry served as the longest one, keys located
 //! by the command table's grammar ([`crate::commands::locate`]), the write's storage
 //! planned as for a client's command ([`crate::meter::storage::plan`]), keys rewritten into
@@ -7,6 +8,9 @@
 //! bookkeeping run around it, and the reply's key names taken back out of the namespace.
 //! A script therefore reaches exactly what its client's own commands reach, and pays the
 //! same storage for the same writes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -38,6 +42,31 @@ pub struct Spent {
     pub byte_seconds: u64,
     /// True once a call wrote.
     pub wrote: bool,
+    /// Microseconds it held the store exclusively ([`crate::scripting::fair`]).
+    pub held_us: u64,
+}
+
+impl Spent {
+    /// Adds what another script used.
+    pub fn add(&mut self, other: Spent) {
+        self.calls += other.calls;
+        self.byte_seconds += other.byte_seconds;
+        self.wrote |= other.wrote;
+        self.held_us += other.held_us;
+    }
+}
+
+/// A script to run, its calls going through [`Host::call`]: its reply, or its error as a
+/// [`Frame::Error`].
+pub type QueuedRun = Box<dyn FnOnce(&mut dyn Host) -> Frame + Send>;
+
+/// A script queued in a transaction: EXEC runs it in its turn, with the transaction's
+/// other commands, under the same exclusive hold ([`Store::run_all`]).
+pub struct Queued {
+    pub caller: Caller,
+    pub run: QueuedRun,
+    /// What it used, for the session to pay once EXEC has run (untouched if it never ran).
+    pub spent: Arc<Mutex<Spent>>,
 }
 
 impl Store {
@@ -49,7 +78,17 @@ impl Store {
         script: impl FnOnce(&mut dyn Host) -> R,
     ) -> (R, Spent) {
         let _alone = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
+        self.script_held(caller, now_ms(), script)
+    }
+
+    /// Runs a script as of `now` with the gate held exclusively by the caller.
+    fn script_held<R>(
+        &self,
+        caller: &Caller,
+        now: i64,
+        script: impl FnOnce(&mut dyn Host) -> R,
+    ) -> (R, Spent) {
+        let started = Instant::now();
         let mut policy = caller.policy;
         policy.now_ms = now;
         let mut host = StoreHost {
@@ -60,7 +99,17 @@ impl Store {
             spent: Spent::default(),
         };
         let result = script(&mut host);
+        host.spent.held_us = started.elapsed().as_micros() as u64;
         (result, host.spent)
+    }
+
+    /// Runs a script queued in a transaction, at EXEC's instant, with the gate held
+    /// exclusively by EXEC; leaves what it used in its `spent`.
+    pub(super) fn run_queued(&self, queued: Queued, now: i64) -> Frame {
+        let Queued { caller, run, spent } = queued;
+        let (reply, used) = self.script_held(&caller, now, run);
+        spent.lock().unwrap_or_else(|p| p.into_inner()).add(used);
+        reply
     }
 
     /// With `PKV_APPENDFSYNC=always`, waits until a script's writes are on disk.
