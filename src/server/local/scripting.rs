@@ -16,6 +16,7 @@ use crate::embedded::script::{Caller, Queued, Spent};
 use crate::error::ClientError;
 use crate::meter::{Admitted, Usage};
 use crate::protocol::frame::Frame;
+use crate::scripting::fair::Turn;
 use crate::scripting::lua::{self, Limits, Script};
 use crate::scripting::{parse_eval, sha1hex, EvalArgs, ScriptError, MEMORY_LIMIT};
 use crate::server::session::{Pending, Session};
@@ -99,6 +100,14 @@ impl Session {
             policy: self.ttl_policy(),
             metering: self.shared.meter.enabled(),
         };
+        // Waits, off the threads and with the store free, while the account's scripts
+        // have held the store past their share.
+        let turn = self
+            .shared
+            .scripts
+            .budgets
+            .turn(&account, self.current.script_budget)
+            .await;
         let running = self.shared.scripts.start(&account);
         let limits = Limits {
             time: self.current.script_time_limit,
@@ -122,7 +131,12 @@ impl Session {
         let done = tokio::task::spawn_blocking(job).await;
         drop(running);
         let (result, spent) = match done {
-            Ok(done) => done,
+            Ok((result, spent)) => {
+                if let Some(turn) = turn {
+                    turn.held(spent.held_us, 1);
+                }
+                (result, spent)
+            }
             Err(e) => {
                 let err = crate::backend::BackendError::Lost(format!("script: {e}"));
                 return self.reject(ClientError::from(err), out);
@@ -251,12 +265,36 @@ impl Session {
         }
     }
 
+    /// The account's turn to run the scripts a transaction queued (none queued: no
+    /// turn), waited for as a script's ([`crate::scripting::fair`]).
+    pub(in crate::server) async fn scripts_turn(
+        &mut self,
+        scripts: &[Arc<Mutex<Spent>>],
+    ) -> Option<Turn> {
+        let account = self.auth.as_ref().map(|a| a.account.clone())?;
+        if scripts.is_empty() {
+            return None;
+        }
+        let budget = self.current.script_budget;
+        self.shared.scripts.budgets.turn(&account, budget).await
+    }
+
     /// Pays what the scripts of a transaction used, once EXEC has run them (nothing for
-    /// those that never ran).
-    pub(in crate::server) fn pay_scripts(&mut self, scripts: &[Arc<Mutex<Spent>>]) {
+    /// those that never ran), and takes the time they held the store off the account's
+    /// share.
+    pub(in crate::server) fn pay_scripts(
+        &mut self,
+        scripts: &[Arc<Mutex<Spent>>],
+        turn: Option<Turn>,
+    ) {
+        let mut held_us = 0;
         for spent in scripts {
             let spent = *spent.lock().unwrap_or_else(|p| p.into_inner());
+            held_us += spent.held_us;
             self.pay_spent(spent);
+        }
+        if let Some(turn) = turn {
+            turn.held(held_us, scripts.len() as u64);
         }
     }
 
