@@ -435,3 +435,174 @@ fn a_script_in_exec_pays_for_its_writes() {
     assert!(plain_paid >= 1024 * 1024 * 86_400, "{plain_paid}");
     assert_eq!(queued_paid, plain_paid);
 }
+
+/// A small deterministic generator, so that a failing random case can be run again.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random `struct` format and Lua values for it: integers within their size's range,
+/// floats, strings, padding, alignment and byte order.
+fn struct_case(rng: &mut Rng) -> (String, Vec<String>) {
+    let mut format = String::new();
+    let mut values = Vec::new();
+    for _ in 0..1 + rng.below(6) {
+        match rng.below(14) {
+            0 => format.push('<'),
+            1 => format.push('>'),
+            2 => format.push_str(["!", "!1", "!2", "!4", "!8", "!16"][rng.below(6) as usize]),
+            3 => format.push('x'),
+            4 => format.push(' '),
+            5 => {
+                format.push('s');
+                values.push(format!("'s{}'", rng.below(1000)));
+            }
+            6 => {
+                let n = rng.below(6);
+                format.push_str(&format!("c{n}"));
+                let len = if n == 0 {
+                    rng.below(5)
+                } else {
+                    n + rng.below(3)
+                };
+                values.push(format!("'{}'", "abcdefgh".get(..len as usize).unwrap()));
+            }
+            7 | 8 => {
+                format.push(['f', 'd'][rng.below(2) as usize]);
+                let sign = if rng.below(2) == 0 { "-" } else { "" };
+                values.push(format!("{sign}{}.{}", rng.below(100_000), rng.below(1000)));
+            }
+            _ => {
+                let (option, size) = match rng.below(7) {
+                    0 => ("b", 1),
+                    1 => ("h", 2),
+                    2 => ("l", 8),
+                    3 => ("T", 8),
+                    4 => ("i", 4),
+                    _ => {
+                        let n = 1 + rng.below(8);
+                        format.push_str(&format!("i{n}"));
+                        ("", n)
+                    }
+                };
+                let signed = option.is_empty() || rng.below(2) == 0;
+                let option = if signed {
+                    option.to_owned()
+                } else {
+                    option.to_ascii_uppercase()
+                };
+                if option.is_empty() && !signed {
+                    format.pop();
+                    format.pop();
+                    format.push_str(&format!("I{size}"));
+                } else {
+                    format.push_str(&option);
+                }
+                // Within what a double holds exactly, and the size's range.
+                let bits = (size * 8).min(52) - u64::from(signed);
+                let magnitude = rng.next() >> (64 - bits);
+                let negative = signed && rng.below(2) == 0;
+                values.push(if negative {
+                    format!("-{magnitude}")
+                } else {
+                    magnitude.to_string()
+                });
+            }
+        }
+    }
+    (format, values)
+}
+
+/// `struct.pack`, `unpack` and `size` give what Redis's lua_struct.c gives, byte for byte,
+/// on random formats and values, and the same errors.
+#[test]
+fn the_struct_library_is_redis_s() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    let mut scripts: Vec<String> = [
+        "return struct.pack('z', 1)",
+        "return struct.pack('i33', 1)",
+        "return struct.pack('!3i', 1)",
+        "return struct.pack('c10', 'abc')",
+        "return struct.pack('i')",
+        "return struct.pack('i', 'x')",
+        "return struct.pack('i', '12')",
+        "return struct.pack('i99999999999', 1)",
+        "return struct.unpack('i', 'ab')",
+        "return struct.size('s')",
+        "return struct.size('c0')",
+        "return struct.size('z')",
+        "return struct.size('!4bi')",
+        "return struct.unpack('Bc0', struct.pack('Bc0', 5, 'hello'))",
+        "return {struct.unpack('c0', 'x')}",
+        "return {struct.unpack('s', 'abc')}",
+        "return {struct.unpack('i', 'abcdefgh', 5)}",
+        "return {struct.unpack('i', 'abcdefgh', 9)}",
+        "return {struct.unpack('i', 'abcdefgh', 10)}",
+        "return struct.pack('=i', 1)",
+        "return struct.pack(' <i ', 1)",
+        "return {struct.unpack('>!4bi', struct.pack('>!4bi', 1, 2))}",
+        "return struct.pack('i', 1.5)",
+        "return struct.pack('I', -1)",
+        "return struct.pack('i12', -1)",
+        "return {struct.unpack('i12', struct.pack('i12', -1))}",
+        "return {struct.unpack('I16', string.rep('\\255', 16))}",
+        "return tostring(struct.unpack('d', struct.pack('d', 0.1)))",
+        "local ok, e = pcall(struct.pack, 'z') return e",
+        "return struct.pack(7, 1, 2)",
+        "return struct.pack(nil)",
+        "return struct.pack('s', {})",
+        "return struct.pack('!0i', 1)",
+        "return struct.size('!0ii')",
+        "return {struct.unpack('c2000000000', 'x')}",
+        "return {struct.unpack('i', 'abcd', 0)}",
+        "return {struct.unpack('i', 'abcd', -5)}",
+        "return {struct.unpack('Bc0', '\\255x')}",
+        "return struct.pack('i0', 5)",
+        "return {struct.unpack('i0', 'x')}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rng = Rng(0x5eed_0f57_12c7);
+    for _ in 0..400 {
+        let (format, values) = struct_case(&mut rng);
+        let values = values.join(", ");
+        scripts.push(format!("return struct.pack('{format}', {values})"));
+        scripts.push(format!(
+            "local t = {{struct.unpack('{format}', struct.pack('{format}', {values}))}} \
+             for i = 1, #t do t[i] = tostring(t[i]) end return t"
+        ));
+        if !format.contains('s') && !format.contains("c0") {
+            scripts.push(format!("return struct.size('{format}')"));
+        }
+    }
+    let mut differences = Vec::new();
+    for script in &scripts {
+        let args = ["EVAL", script.as_str(), "0"];
+        let (ours, theirs) = (call(&mut pkv, &args), call(&mut direct, &args));
+        if ours != theirs {
+            differences.push(format!("{script}\n  pkv:   {ours:?}\n  redis: {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        scripts.len(),
+        differences.join("\n")
+    );
+}

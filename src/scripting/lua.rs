@@ -1,5 +1,5 @@
 //! The interpreter: one fresh Lua 5.1 state per script run, with Redis's globals (`KEYS`,
-//! `ARGV`, `redis`, `cjson`, `bit`), Redis's conversions between Lua values and replies,
+//! `ARGV`, `redis`, `cjson`, `bit`, `cmsgpack`, `struct`), Redis's conversions between Lua values and replies,
 //! and pkv's sandbox.
 //!
 //! The sandbox does not make the boundary between tenants: that is [`Host::call`], which is
@@ -215,9 +215,11 @@ pub fn run(
     let read_only = script.read_only;
     let error_at: Cell<Option<usize>> = Cell::new(None);
     let caught = lua
-        .create_function(|lua, value: Value| match call_failure(&value) {
-            Some(line) => Ok(Value::String(lua.create_string(line)?)),
-            None => Ok(value),
+        .create_function(|lua, value: Value| {
+            match call_failure(&value).or_else(|| raised(&value)) {
+                Some(line) => Ok(Value::String(lua.create_string(line)?)),
+                None => Ok(value),
+            }
         })
         .map_err(internal)?;
     let host = std::cell::RefCell::new(host);
@@ -438,26 +440,31 @@ fn error_value(value: &Value, error_at: &Cell<Option<usize>>) -> (String, Option
     if let Some(line) = call_failure(value) {
         return (line, error_at.get());
     }
+    if let Some(message) = raised(value) {
+        return message_error(message);
+    }
     match value {
         Value::Table(t) => match t.raw_get::<Value>("err") {
             Ok(Value::String(s)) => (s.to_string_lossy(), error_at.get()),
             _ => ("ERR unknown error".to_owned(), error_at.get()),
         },
-        Value::String(s) => {
-            let text = s.to_string_lossy();
-            if text == "not enough memory" {
-                return (text, None);
-            }
-            // `user_script:7: message`
-            let at = text
-                .strip_prefix("user_script:")
-                .and_then(|rest| rest.split(':').next())
-                .and_then(|n| n.parse().ok());
-            (format!("ERR {text}"), at)
-        }
+        Value::String(s) => message_error(s.to_string_lossy()),
         Value::Error(e) => (format!("ERR {e}"), None),
         _ => ("ERR unknown error".to_owned(), None),
     }
+}
+
+/// An error message raised as a string: its line, and the script's line it names.
+fn message_error(text: String) -> (String, Option<usize>) {
+    if text == "not enough memory" {
+        return (text, None);
+    }
+    // `user_script:7: message`
+    let at = text
+        .strip_prefix("user_script:")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok());
+    (format!("ERR {text}"), at)
 }
 
 /// A reply as a script sees it (Redis's RESP2 conversion).
@@ -507,7 +514,7 @@ fn to_frame(value: &Value, depth: usize) -> Frame {
     match value {
         Value::Boolean(true) => Frame::Integer(1),
         Value::Integer(i) => Frame::Integer(*i),
-        Value::Number(n) => Frame::Integer(*n as i64),
+        Value::Number(n) => Frame::Integer(integer(*n)),
         Value::String(s) => Frame::Bulk(Bytes::copy_from_slice(&s.as_bytes())),
         Value::Table(t) if depth <= MAX_DEPTH => {
             if let Ok(Value::String(e)) = t.raw_get::<Value>("err") {
@@ -527,6 +534,58 @@ fn to_frame(value: &Value, depth: usize) -> Frame {
             Frame::Array(items)
         }
         _ => Frame::Null,
+    }
+}
+
+/// A Lua number as Redis's reply gives it: truncated, as C converts a double to a 64-bit
+/// integer on x86-64 (a number out of range, infinite or NaN is the smallest integer).
+fn integer(n: f64) -> i64 {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if (-LIMIT..LIMIT).contains(&n) {
+        n as i64
+    } else {
+        i64::MIN
+    }
+}
+
+/// An error a library function raises, as Lua's `luaL_error` words it: with the position
+/// of the script's line that called it, unless it was called from a C function
+/// (`pcall(struct.pack, ...)`), where Lua knows no line.
+pub(super) fn raise(lua: &Lua, message: String) -> mlua::Error {
+    let line = lua
+        .inspect_stack(1, |d| {
+            let src = d.source();
+            (src.short_src.as_deref() == Some("user_script"))
+                .then(|| d.current_line())
+                .flatten()
+        })
+        .flatten();
+    match line {
+        Some(line) => mlua::Error::RuntimeError(format!("user_script:{line}: {message}")),
+        None => mlua::Error::RuntimeError(message),
+    }
+}
+
+/// True when the function running now was called from a C function (`pcall`), where
+/// Lua names it `?` in its argument errors.
+pub(super) fn called_from_c(lua: &Lua) -> bool {
+    lua.inspect_stack(1, |d| d.source().what == "C")
+        .unwrap_or(false)
+}
+
+/// The message of an error a library function raised ([`raise`]), however mlua wrapped
+/// it.
+fn raised(value: &Value) -> Option<String> {
+    fn find(e: &mlua::Error) -> Option<String> {
+        match e {
+            mlua::Error::CallbackError { cause, .. } => find(cause),
+            mlua::Error::RuntimeError(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+    match value {
+        Value::Error(e) => find(e),
+        _ => None,
     }
 }
 

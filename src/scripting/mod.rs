@@ -18,6 +18,7 @@
 pub mod error;
 pub mod fair;
 mod libs;
+mod lstruct;
 pub mod lua;
 mod pattern;
 
