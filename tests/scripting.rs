@@ -606,3 +606,70 @@ fn the_struct_library_is_redis_s() {
         differences.join("\n")
     );
 }
+
+/// `redis.setresp(3)`: replies reach the script as Redis 7.0 converts RESP3 (maps as
+/// `{map=...}`, sets as `{set=...}`, doubles as `{double=...}`, null as nil), and what a
+/// script returns (`{double=}`, `{map=}`, `{set=}`, `{big_number=}`, booleans) reaches
+/// RESP2 and RESP3 clients as Redis's does.
+#[test]
+fn setresp_3_converts_as_redis_7_does() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    for conn in [&mut pkv, &mut direct] {
+        call(conn, &["HSET", "p:h", "f", "v"]);
+        call(conn, &["SADD", "p:s", "a"]);
+        call(conn, &["ZADD", "p:z", "1.5", "m"]);
+    }
+    let scripts = [
+        "redis.setresp(3) return redis.call('hgetall', 'p:h')",
+        "redis.setresp(3) local r = redis.call('hgetall', 'p:h') return {type(r), type(r.map), r.map.f}",
+        "redis.setresp(3) local r = redis.call('smembers', 'p:s') return {type(r.set), tostring(r.set.a)}",
+        "redis.setresp(3) local r = redis.call('zscore', 'p:z', 'm') return {type(r), type(r.double), tostring(r.double)}",
+        "redis.setresp(3) return type(redis.call('get', 'p:missing'))",
+        "redis.setresp(3) return redis.call('zscore', 'p:z', 'm')",
+        "redis.setresp(3) return redis.call('zrange', 'p:z', 0, -1, 'withscores')",
+        "redis.setresp(3) return redis.call('smismember', 'p:s', 'a', 'b')",
+        "redis.setresp(3) local r = redis.call('hgetall', 'p:nope') return {type(r.map), #r}",
+        "redis.setresp(3) return {pcall(redis.call, 'incr', 'p:h')}",
+        "redis.setresp(3) return redis.call('zincrby', 'p:z', 0, 'm')",
+        "redis.setresp(3) local r = redis.call('hrandfield', 'p:h', 1, 'withvalues') return type(r[1])",
+        "redis.setresp(3) return false",
+        "redis.setresp(3) return true",
+        "redis.setresp(3) redis.setresp(2) return {redis.call('hgetall', 'p:h'), false}",
+        "redis.setresp(4)",
+        "return redis.setresp('x')",
+        "local ok, e = pcall(redis.setresp, 5) return e",
+        "return {double=3.5}",
+        "return {double=0.1}",
+        "return {double=-1e300}",
+        "return {map={a=1}}",
+        "return {map={a={map={b=2}}}}",
+        "return {set={a=true}}",
+        "return {big_number='123'}",
+        "return {verbatim_string={format='txt', string='hi'}}",
+    ];
+    let mut differences = Vec::new();
+    for resp in ["2", "3"] {
+        if resp == "3" {
+            call(&mut pkv, &["HELLO", "3"]);
+            call(&mut direct, &["HELLO", "3"]);
+        }
+        for script in scripts {
+            let args = ["EVAL", script, "0"];
+            let (ours, theirs) = (call(&mut pkv, &args), call(&mut direct, &args));
+            if ours != theirs {
+                differences.push(format!(
+                    "RESP{resp} {script}\n  pkv:   {ours:?}\n  redis: {theirs:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} difference(s):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}

@@ -97,6 +97,7 @@ impl Store {
             policy,
             now,
             spent: Spent::default(),
+            proto: Proto::Resp2,
         };
         let result = script(&mut host);
         host.spent.held_us = started.elapsed().as_micros() as u64;
@@ -126,18 +127,28 @@ struct StoreHost<'a> {
     /// One instant for the whole script, as Redis freezes time in scripts.
     now: i64,
     spent: Spent,
+    /// What the script's commands answer in (`redis.setresp`); bookkeeping stays RESP2.
+    proto: Proto,
 }
 
 impl StoreHost<'_> {
     fn run(&self, call: &Call) -> Frame {
+        self.run_in(Proto::Resp2, call)
+    }
+
+    fn run_in(&self, proto: Proto, call: &Call) -> Frame {
         into_frame(
             self.store
-                .run_held(Proto::Resp2, handler(call), &arg_slices(call), self.now),
+                .run_held(proto, handler(call), &arg_slices(call), self.now),
         )
     }
 }
 
 impl Host for StoreHost<'_> {
+    fn resp3(&mut self, on: bool) {
+        self.proto = if on { Proto::Resp3 } else { Proto::Resp2 };
+    }
+
     fn call(&mut self, spec: &'static CommandSpec, args: Vec<Bytes>) -> Frame {
         let ns = &self.caller.ns;
         let (spec, args) = match spec.has(flags::WRITE) && self.caller.metering {
@@ -162,7 +173,7 @@ impl Host for StoreHost<'_> {
             cmd = cmd.arg("EX").arg(self.policy.default_secs.to_string());
         }
         let before: Vec<Frame> = plan.before.iter().map(|c| self.run(c)).collect();
-        let reply = self.run(&cmd);
+        let reply = self.run_in(self.proto, &cmd);
         let after: Vec<Frame> = plan.after.iter().map(|c| self.run(c)).collect();
         self.spent.calls += 1;
         self.spent.byte_seconds += storage::byte_seconds(

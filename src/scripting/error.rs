@@ -56,8 +56,8 @@ pub enum ScriptError {
     BadArgument,
     /// `XREAD ... BLOCK` and the like from a script.
     BlockOption(String),
-    /// `redis.setresp` with a protocol pkv's scripts do not speak.
-    Resp(i64),
+    /// `redis.setresp` with a protocol other than 2 or 3.
+    Resp,
 }
 
 impl From<ScriptError> for crate::error::ClientError {
@@ -119,7 +119,7 @@ impl ScriptError {
                 return format!("ERR {name} command is not allowed with BLOCK option from scripts")
                     .into()
             }
-            E::Resp(_) => "ERR RESP version must be 2 in scripts run by pkv",
+            E::Resp => "ERR RESP version must be 2 or 3.",
         };
         fixed.into()
     }
