@@ -18,7 +18,8 @@ SCRIPT="return redis.call('incrby', KEYS[1], ARGV[1])"
 source "$(dirname "$0")/bench-common.sh"
 
 PKV_PORT=$(free_port)
-(cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_LOG=warn "$PKV" >/dev/null 2>&1) &
+(cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_LOG=warn \
+  ${PKV_SCRIPT_BUDGET_MS:+PKV_SCRIPT_BUDGET_MS="$PKV_SCRIPT_BUDGET_MS"} "$PKV" >/dev/null 2>&1) &
 track $!
 wait_port "$PKV_PORT"
 # Development mode: the development issuer signs; a large quantity never runs out here.
@@ -49,7 +50,7 @@ echo "script: $SCRIPT ($SHA)"
 echo "machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d)"
 printf '| %-7s | %2s | %9s | %9s | %9s |\n' test P pkv redis pkv/redis
 printf '| %-7s | %2s | %9s | %9s | %9s |\n' --- -- --- --- ---
-for test in evalsha incr; do
+for test in ${TESTS:-evalsha incr}; do
   case $test in
     evalsha) cmd=(EVALSHA "$SHA" 1 key:__rand_int__ 1) ;;
     incr) cmd=(INCRBY key:__rand_int__ 1) ;;
