@@ -98,6 +98,13 @@ pub trait Dedicated: Send {
         &'a mut self,
         calls: &'a [Call],
     ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>>;
+
+    /// Queues a script in the transaction open on this connection, to run at EXEC in its
+    /// turn: `QUEUED`, or `None` where no transaction is open or the backend does not run
+    /// scripts itself (only the embedded store does).
+    fn queue_script(&mut self, _script: crate::embedded::script::Queued) -> Option<Frame> {
+        None
+    }
 }
 
 /// A Pub/Sub message as it was published: channel names as the backend knows them (inside

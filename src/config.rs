@@ -238,6 +238,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "milliseconds a script may run on the embedded store before it is stopped",
     },
     SettingDoc {
+        name: "PKV_SCRIPT_BUDGET_MS",
+        default: "250",
+        help: "milliseconds per second an account's scripts may hold the embedded store exclusively past their first ms each, on average (its next script waits); 0: no bound",
+    },
+    SettingDoc {
         name: "PKV_PRICE_OP",
         default: "0.000001",
         help: "units per command executed",
@@ -353,6 +358,9 @@ pub struct Settings {
     pub scripting: bool,
     /// How long a script may run before it is stopped (`PKV_SCRIPT_TIME_LIMIT`).
     pub script_time_limit: Duration,
+    /// How long per second an account's scripts may hold the embedded store exclusively,
+    /// on average (`PKV_SCRIPT_BUDGET_MS`; zero for no bound): [`crate::scripting::fair`].
+    pub script_budget: Duration,
     pub prices: Prices,
     /// Lease size in nano-units.
     pub lease_nanos: i64,
@@ -613,6 +621,7 @@ impl Settings {
         };
         let default_ttl = num("PKV_DEFAULT_TTL", 1);
         let script_time_limit_ms = num("PKV_SCRIPT_TIME_LIMIT", 1);
+        let script_budget_ms = num("PKV_SCRIPT_BUDGET_MS", 0);
         let max_ttl = num("PKV_MAX_TTL", 1);
         let token_leeway = num("PKV_TOKEN_LEEWAY", 0);
         let balance_interval_ms = num("PKV_BALANCE_INTERVAL_MS", 0);
@@ -747,6 +756,7 @@ impl Settings {
             metering,
             scripting,
             script_time_limit: Duration::from_millis(script_time_limit_ms),
+            script_budget: Duration::from_millis(script_budget_ms),
             prices,
             lease_nanos,
             low_balance_nanos,

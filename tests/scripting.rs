@@ -331,3 +331,361 @@ fn replies_and_errors_are_redis_7s_on_an_upstream_too() {
         differences.join("\n")
     );
 }
+
+/// Scripts queued in MULTI run at EXEC, in order with the other queued commands, and
+/// answer inside EXEC's array as Redis 7.0's do (errors of the script or of its
+/// arguments are that command's result, not the transaction's).
+#[test]
+fn scripts_queued_in_multi_run_at_exec_as_redis_runs_them() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    let transcript: &[&[&str]] = &[
+        &[
+            "SCRIPT",
+            "LOAD",
+            "return redis.call('incrby', KEYS[1], ARGV[1])",
+        ],
+        &["MULTI"],
+        &["SET", "p:n", "10"],
+        &["EVAL", "return redis.call('incr', KEYS[1])", "1", "p:n"],
+        &[
+            "EVALSHA",
+            "2bab3b661081db58bd2341920e0ba7cf5dc77b25",
+            "1",
+            "p:n",
+            "5",
+        ],
+        &["EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0"],
+        &["EVAL", "return 1", "2", "a"],
+        &["EVAL", "error('boom')", "0"],
+        &["EVAL_RO", "return redis.call('get', KEYS[1])", "1", "p:n"],
+        &[
+            "EVAL",
+            "return {redis.call('get', KEYS[1]), KEYS[1]}",
+            "1",
+            "p:n",
+        ],
+        &["GET", "p:n"],
+        &["EXEC"],
+        &["MULTI"],
+        &["EVAL", "return redis.call('set', KEYS[1], 'x')", "1", "p:d"],
+        &["DISCARD"],
+        &["EXISTS", "p:d"],
+    ];
+    let mut differences = Vec::new();
+    for args in transcript {
+        let ours = call(&mut pkv, args);
+        let theirs = call(&mut direct, args);
+        if ours != theirs {
+            differences.push(format!("{args:?}\n  pkv:   {ours:?}\n  redis: {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} difference(s):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    // What the scripts wrote in EXEC got the account's default TTL.
+    let ttl = call(&mut pkv, &["TTL", "p:n"]);
+    let secs: i64 = ttl.trim_start_matches(':').trim().parse().unwrap();
+    assert!(secs > 86_000 && secs <= 86_400, "{ttl:?}");
+}
+
+/// redis-py's transactional pipeline with registered scripts (what `Queue.enqueue` in
+/// RQ and BullMQ's `addBulk` do: several EVALSHA in one MULTI) runs them all atomically.
+#[test]
+fn redis_py_transaction_with_scripts_runs_them_at_exec() {
+    let (server, issuer) = embedded();
+    let token = issuer.token(1000);
+    let output = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/apps/redis_py_multi_scripts.py"
+        ))
+        .arg(server.url(&token))
+        .output()
+        .expect("python3 runs (scripts/test.sh installs python3-redis)");
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "[1, 2, 3, True, 3, 3]"
+    );
+}
+
+/// A script run by EXEC pays for its writes as the same script outside a transaction.
+#[test]
+fn a_script_in_exec_pays_for_its_writes() {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .start();
+    let mut plain = server.client(&issuer.token(1000));
+    let mut queued = server.client(&issuer.token(1000));
+    let script = "return redis.call('set', KEYS[1], string.rep('v', 1024 * 1024))";
+    let before = byte_seconds(&mut plain);
+    let _: () = redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("big")
+        .query(&mut plain)
+        .unwrap();
+    let plain_paid = byte_seconds(&mut plain) - before;
+    let before = byte_seconds(&mut queued);
+    let ((),): ((),) = redis::pipe()
+        .atomic()
+        .cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg("big")
+        .query(&mut queued)
+        .unwrap();
+    let queued_paid = byte_seconds(&mut queued) - before;
+    assert!(plain_paid >= 1024 * 1024 * 86_400, "{plain_paid}");
+    assert_eq!(queued_paid, plain_paid);
+}
+
+/// A small deterministic generator, so that a failing random case can be run again.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random `struct` format and Lua values for it: integers within their size's range,
+/// floats, strings, padding, alignment and byte order.
+fn struct_case(rng: &mut Rng) -> (String, Vec<String>) {
+    let mut format = String::new();
+    let mut values = Vec::new();
+    for _ in 0..1 + rng.below(6) {
+        match rng.below(14) {
+            0 => format.push('<'),
+            1 => format.push('>'),
+            2 => format.push_str(["!", "!1", "!2", "!4", "!8", "!16"][rng.below(6) as usize]),
+            3 => format.push('x'),
+            4 => format.push(' '),
+            5 => {
+                format.push('s');
+                values.push(format!("'s{}'", rng.below(1000)));
+            }
+            6 => {
+                let n = rng.below(6);
+                format.push_str(&format!("c{n}"));
+                let len = if n == 0 {
+                    rng.below(5)
+                } else {
+                    n + rng.below(3)
+                };
+                values.push(format!("'{}'", "abcdefgh".get(..len as usize).unwrap()));
+            }
+            7 | 8 => {
+                format.push(['f', 'd'][rng.below(2) as usize]);
+                let sign = if rng.below(2) == 0 { "-" } else { "" };
+                values.push(format!("{sign}{}.{}", rng.below(100_000), rng.below(1000)));
+            }
+            _ => {
+                let (option, size) = match rng.below(7) {
+                    0 => ("b", 1),
+                    1 => ("h", 2),
+                    2 => ("l", 8),
+                    3 => ("T", 8),
+                    4 => ("i", 4),
+                    _ => {
+                        let n = 1 + rng.below(8);
+                        format.push_str(&format!("i{n}"));
+                        ("", n)
+                    }
+                };
+                let signed = option.is_empty() || rng.below(2) == 0;
+                let option = if signed {
+                    option.to_owned()
+                } else {
+                    option.to_ascii_uppercase()
+                };
+                if option.is_empty() && !signed {
+                    format.pop();
+                    format.pop();
+                    format.push_str(&format!("I{size}"));
+                } else {
+                    format.push_str(&option);
+                }
+                // Within what a double holds exactly, and the size's range.
+                let bits = (size * 8).min(52) - u64::from(signed);
+                let magnitude = rng.next() >> (64 - bits);
+                let negative = signed && rng.below(2) == 0;
+                values.push(if negative {
+                    format!("-{magnitude}")
+                } else {
+                    magnitude.to_string()
+                });
+            }
+        }
+    }
+    (format, values)
+}
+
+/// `struct.pack`, `unpack` and `size` give what Redis's lua_struct.c gives, byte for byte,
+/// on random formats and values, and the same errors.
+#[test]
+fn the_struct_library_is_redis_s() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    let mut scripts: Vec<String> = [
+        "return struct.pack('z', 1)",
+        "return struct.pack('i33', 1)",
+        "return struct.pack('!3i', 1)",
+        "return struct.pack('c10', 'abc')",
+        "return struct.pack('i')",
+        "return struct.pack('i', 'x')",
+        "return struct.pack('i', '12')",
+        "return struct.pack('i99999999999', 1)",
+        "return struct.unpack('i', 'ab')",
+        "return struct.size('s')",
+        "return struct.size('c0')",
+        "return struct.size('z')",
+        "return struct.size('!4bi')",
+        "return struct.unpack('Bc0', struct.pack('Bc0', 5, 'hello'))",
+        "return {struct.unpack('c0', 'x')}",
+        "return {struct.unpack('s', 'abc')}",
+        "return {struct.unpack('i', 'abcdefgh', 5)}",
+        "return {struct.unpack('i', 'abcdefgh', 9)}",
+        "return {struct.unpack('i', 'abcdefgh', 10)}",
+        "return struct.pack('=i', 1)",
+        "return struct.pack(' <i ', 1)",
+        "return {struct.unpack('>!4bi', struct.pack('>!4bi', 1, 2))}",
+        "return struct.pack('i', 1.5)",
+        "return struct.pack('I', -1)",
+        "return struct.pack('i12', -1)",
+        "return {struct.unpack('i12', struct.pack('i12', -1))}",
+        "return {struct.unpack('I16', string.rep('\\255', 16))}",
+        "return tostring(struct.unpack('d', struct.pack('d', 0.1)))",
+        "local ok, e = pcall(struct.pack, 'z') return e",
+        "return struct.pack(7, 1, 2)",
+        "return struct.pack(nil)",
+        "return struct.pack('s', {})",
+        "return struct.pack('!0i', 1)",
+        "return struct.size('!0ii')",
+        "return {struct.unpack('c2000000000', 'x')}",
+        "return {struct.unpack('i', 'abcd', 0)}",
+        "return {struct.unpack('i', 'abcd', -5)}",
+        "return {struct.unpack('Bc0', '\\255x')}",
+        "return struct.pack('i0', 5)",
+        "return {struct.unpack('i0', 'x')}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rng = Rng(0x5eed_0f57_12c7);
+    for _ in 0..400 {
+        let (format, values) = struct_case(&mut rng);
+        let values = values.join(", ");
+        scripts.push(format!("return struct.pack('{format}', {values})"));
+        scripts.push(format!(
+            "local t = {{struct.unpack('{format}', struct.pack('{format}', {values}))}} \
+             for i = 1, #t do t[i] = tostring(t[i]) end return t"
+        ));
+        if !format.contains('s') && !format.contains("c0") {
+            scripts.push(format!("return struct.size('{format}')"));
+        }
+    }
+    let mut differences = Vec::new();
+    for script in &scripts {
+        let args = ["EVAL", script.as_str(), "0"];
+        let (ours, theirs) = (call(&mut pkv, &args), call(&mut direct, &args));
+        if ours != theirs {
+            differences.push(format!("{script}\n  pkv:   {ours:?}\n  redis: {theirs:?}"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} differ:\n{}",
+        differences.len(),
+        scripts.len(),
+        differences.join("\n")
+    );
+}
+
+/// `redis.setresp(3)`: replies reach the script as Redis 7.0 converts RESP3 (maps as
+/// `{map=...}`, sets as `{set=...}`, doubles as `{double=...}`, null as nil), and what a
+/// script returns (`{double=}`, `{map=}`, `{set=}`, `{big_number=}`, booleans) reaches
+/// RESP2 and RESP3 clients as Redis's does.
+#[test]
+fn setresp_3_converts_as_redis_7_does() {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let mut pkv = server.resp_authed(&issuer.token(1000));
+    let mut direct = RespConn::connect(redis.port);
+    for conn in [&mut pkv, &mut direct] {
+        call(conn, &["HSET", "p:h", "f", "v"]);
+        call(conn, &["SADD", "p:s", "a"]);
+        call(conn, &["ZADD", "p:z", "1.5", "m"]);
+    }
+    let scripts = [
+        "redis.setresp(3) return redis.call('hgetall', 'p:h')",
+        "redis.setresp(3) local r = redis.call('hgetall', 'p:h') return {type(r), type(r.map), r.map.f}",
+        "redis.setresp(3) local r = redis.call('smembers', 'p:s') return {type(r.set), tostring(r.set.a)}",
+        "redis.setresp(3) local r = redis.call('zscore', 'p:z', 'm') return {type(r), type(r.double), tostring(r.double)}",
+        "redis.setresp(3) return type(redis.call('get', 'p:missing'))",
+        "redis.setresp(3) return redis.call('zscore', 'p:z', 'm')",
+        "redis.setresp(3) return redis.call('zrange', 'p:z', 0, -1, 'withscores')",
+        "redis.setresp(3) return redis.call('smismember', 'p:s', 'a', 'b')",
+        "redis.setresp(3) local r = redis.call('hgetall', 'p:nope') return {type(r.map), #r}",
+        "redis.setresp(3) return {pcall(redis.call, 'incr', 'p:h')}",
+        "redis.setresp(3) return redis.call('zincrby', 'p:z', 0, 'm')",
+        "redis.setresp(3) local r = redis.call('hrandfield', 'p:h', 1, 'withvalues') return type(r[1])",
+        "redis.setresp(3) return false",
+        "redis.setresp(3) return true",
+        "redis.setresp(3) redis.setresp(2) return {redis.call('hgetall', 'p:h'), false}",
+        "redis.setresp(4)",
+        "return redis.setresp('x')",
+        "local ok, e = pcall(redis.setresp, 5) return e",
+        "return {double=3.5}",
+        "return {double=0.1}",
+        "return {double=-1e300}",
+        "return {map={a=1}}",
+        "return {map={a={map={b=2}}}}",
+        "return {set={a=true}}",
+        "return {big_number='123'}",
+        "return {verbatim_string={format='txt', string='hi'}}",
+    ];
+    let mut differences = Vec::new();
+    for resp in ["2", "3"] {
+        if resp == "3" {
+            call(&mut pkv, &["HELLO", "3"]);
+            call(&mut direct, &["HELLO", "3"]);
+        }
+        for script in scripts {
+            let args = ["EVAL", script, "0"];
+            let (ours, theirs) = (call(&mut pkv, &args), call(&mut direct, &args));
+            if ours != theirs {
+                differences.push(format!(
+                    "RESP{resp} {script}\n  pkv:   {ours:?}\n  redis: {theirs:?}"
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} difference(s):\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+}

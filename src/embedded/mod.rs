@@ -517,24 +517,32 @@ impl Store {
     /// go through [`Store::run_unless_written`], which also checks their watched keys.)
     #[cfg(test)]
     fn run_all(&self, proto: Proto, queued: &[Call]) -> Vec<Frame> {
-        self.run_unless_written(proto, queued, &[], &AtomicBool::new(false))
+        self.run_unless_written(proto, queued, Vec::new(), &[], &AtomicBool::new(false))
             .unwrap_or_default()
     }
 
-    /// [`Store::run_all`] for a transaction that watches `watched`: `None`, and nothing
-    /// run, when `dirty` says one of them was written. It decides while it holds their
-    /// stripes too, so a write to a watched key is either seen (it flagged `dirty` before
-    /// releasing its stripe) or comes after the whole transaction.
+    /// [`Store::run_all`] for a transaction that may hold scripts and watches `watched`:
+    /// `None`, and nothing run, when `dirty` says one of them was written. It decides while
+    /// it holds their stripes too, so a write to a watched key is either seen (it flagged
+    /// `dirty` before releasing its stripe) or comes after the whole transaction. Each
+    /// script runs before the queued command its position names (at the end for
+    /// `queued.len()`); with scripts it holds every stripe (their keys are known only as
+    /// they run).
     fn run_unless_written(
         &self,
         proto: Proto,
         queued: &[Call],
+        scripts: Vec<(usize, script::Queued)>,
         watched: &[Vec<u8>],
         dirty: &AtomicBool,
     ) -> Option<Vec<Frame>> {
-        let stripes = queued.iter().fold(Stripes::NONE, |all, call| {
-            all.union(self.stripes_for(handler(call), &arg_slices(call)).0)
-        });
+        let stripes = if scripts.is_empty() {
+            queued.iter().fold(Stripes::NONE, |all, call| {
+                all.union(self.stripes_for(handler(call), &arg_slices(call)).0)
+            })
+        } else {
+            Stripes::ALL
+        };
         let stripes = watched
             .iter()
             .fold(stripes, |all, key| all.with(self.stripe_of(key)));
@@ -543,11 +551,23 @@ impl Store {
             return None;
         }
         let now = now_ms();
+        let mut scripts = scripts.into_iter().peekable();
         Some(memory::admitted_while(|| {
-            queued
-                .iter()
-                .map(|call| into_frame(self.run_held(proto, handler(call), &arg_slices(call), now)))
-                .collect()
+            let mut replies = Vec::with_capacity(queued.len() + scripts.len());
+            for at in 0..=queued.len() {
+                while let Some((_, script)) = scripts.next_if(|(i, _)| *i <= at) {
+                    replies.push(self.run_queued(script, now));
+                }
+                if let Some(call) = queued.get(at) {
+                    replies.push(into_frame(self.run_held(
+                        proto,
+                        handler(call),
+                        &arg_slices(call),
+                        now,
+                    )));
+                }
+            }
+            replies
         }))
     }
 
@@ -784,6 +804,7 @@ impl Backend for Store {
             store: self.clone(),
             proto,
             queued: None,
+            scripts: Vec::new(),
             watched: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
         };
@@ -873,6 +894,8 @@ struct Connection {
     proto: Proto,
     /// Commands queued since MULTI.
     queued: Option<Vec<Call>>,
+    /// Scripts queued since MULTI, each with the number of commands queued before it.
+    scripts: Vec<(usize, script::Queued)>,
     watched: Vec<Vec<u8>>,
     /// Set when a watched key is written.
     dirty: Arc<AtomicBool>,
@@ -894,6 +917,7 @@ impl Connection {
             b"EXEC" => match self.queued.take() {
                 None => error_frame(ClientError::ExecWithoutMulti),
                 Some(queued) => {
+                    let scripts = std::mem::take(&mut self.scripts);
                     let dirty = self.dirty.load(Ordering::Acquire);
                     let reply = if dirty {
                         Frame::NullArray
@@ -902,8 +926,9 @@ impl Connection {
                     } else {
                         let (store, proto) = (self.store.clone(), self.proto);
                         let (watched, dirty) = (self.watched.clone(), self.dirty.clone());
-                        let run =
-                            move || store.run_unless_written(proto, &queued, &watched, &dirty);
+                        let run = move || {
+                            store.run_unless_written(proto, &queued, scripts, &watched, &dirty)
+                        };
                         match off_thread(run).await {
                             Ok(Some(results)) => Frame::Array(results),
                             Ok(None) => Frame::NullArray,
@@ -917,6 +942,7 @@ impl Connection {
             b"DISCARD" => match self.queued.take() {
                 None => error_frame(ClientError::DiscardWithoutMulti),
                 Some(_) => {
+                    self.scripts.clear();
                     self.unwatch();
                     Frame::OK
                 }
@@ -977,6 +1003,12 @@ impl Dedicated for Connection {
             }
             Ok(replies)
         })
+    }
+
+    fn queue_script(&mut self, script: script::Queued) -> Option<Frame> {
+        let queued = self.queued.as_ref()?;
+        self.scripts.push((queued.len(), script));
+        Some(Frame::QUEUED)
     }
 }
 
@@ -1289,6 +1321,7 @@ mod tests {
             store: store.clone(),
             proto: Proto::Resp2,
             queued: None,
+            scripts: Vec::new(),
             watched: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
         };

@@ -1,5 +1,7 @@
 //! Scripts on the embedded store: a script runs with every stripe of the store's gate held
-//! exclusively (its keys are known only as it runs), as one transaction (as `EXEC` runs), and each of its `redis.call`s takes the request path's
+//! exclusively (its keys are known only as it runs), as one transaction (as `EXEC` runs; a
+//! script queued in MULTI runs inside its EXEC, under the same hold: [`Queued`]), and each of
+//! its `redis.call`s takes the request path's
 //! own steps: `PERSIST`-like requests for no expiry served as the longest one, keys located
 //! by the command table's grammar ([`crate::commands::locate`]), the write's storage
 //! planned as for a client's command ([`crate::meter::storage::plan`]), keys rewritten into
@@ -7,6 +9,9 @@
 //! bookkeeping run around it, and the reply's key names taken back out of the namespace.
 //! A script therefore reaches exactly what its client's own commands reach, and pays the
 //! same storage for the same writes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -38,6 +43,31 @@ pub struct Spent {
     pub byte_seconds: u64,
     /// True once a call wrote.
     pub wrote: bool,
+    /// Microseconds it held the store exclusively ([`crate::scripting::fair`]).
+    pub held_us: u64,
+}
+
+impl Spent {
+    /// Adds what another script used.
+    pub fn add(&mut self, other: Spent) {
+        self.calls += other.calls;
+        self.byte_seconds += other.byte_seconds;
+        self.wrote |= other.wrote;
+        self.held_us += other.held_us;
+    }
+}
+
+/// A script to run, its calls going through [`Host::call`]: its reply, or its error as a
+/// [`Frame::Error`].
+pub type QueuedRun = Box<dyn FnOnce(&mut dyn Host) -> Frame + Send>;
+
+/// A script queued in a transaction: EXEC runs it in its turn, with the transaction's
+/// other commands, under the same exclusive hold ([`Store::run_all`]).
+pub struct Queued {
+    pub caller: Caller,
+    pub run: QueuedRun,
+    /// What it used, for the session to pay once EXEC has run (untouched if it never ran).
+    pub spent: Arc<Mutex<Spent>>,
 }
 
 impl Store {
@@ -49,7 +79,18 @@ impl Store {
         script: impl FnOnce(&mut dyn Host) -> R,
     ) -> (R, Spent) {
         let _alone = self.gate.all_exclusive();
-        let now = now_ms();
+        self.script_held(caller, now_ms(), script)
+    }
+
+    /// Runs a script as of `now` with every stripe of the gate held exclusively by the
+    /// caller.
+    fn script_held<R>(
+        &self,
+        caller: &Caller,
+        now: i64,
+        script: impl FnOnce(&mut dyn Host) -> R,
+    ) -> (R, Spent) {
+        let started = Instant::now();
         let mut policy = caller.policy;
         policy.now_ms = now;
         let mut host = StoreHost {
@@ -58,9 +99,20 @@ impl Store {
             policy,
             now,
             spent: Spent::default(),
+            proto: Proto::Resp2,
         };
         let result = script(&mut host);
+        host.spent.held_us = started.elapsed().as_micros() as u64;
         (result, host.spent)
+    }
+
+    /// Runs a script queued in a transaction, at EXEC's instant, with the gate held
+    /// exclusively by EXEC; leaves what it used in its `spent`.
+    pub(super) fn run_queued(&self, queued: Queued, now: i64) -> Frame {
+        let Queued { caller, run, spent } = queued;
+        let (reply, used) = self.script_held(&caller, now, run);
+        spent.lock().unwrap_or_else(|p| p.into_inner()).add(used);
+        reply
     }
 
     /// With `PKV_APPENDFSYNC=always`, waits until a script's writes are on disk.
@@ -77,18 +129,28 @@ struct StoreHost<'a> {
     /// One instant for the whole script, as Redis freezes time in scripts.
     now: i64,
     spent: Spent,
+    /// What the script's commands answer in (`redis.setresp`); bookkeeping stays RESP2.
+    proto: Proto,
 }
 
 impl StoreHost<'_> {
     fn run(&self, call: &Call) -> Frame {
+        self.run_in(Proto::Resp2, call)
+    }
+
+    fn run_in(&self, proto: Proto, call: &Call) -> Frame {
         into_frame(
             self.store
-                .run_held(Proto::Resp2, handler(call), &arg_slices(call), self.now),
+                .run_held(proto, handler(call), &arg_slices(call), self.now),
         )
     }
 }
 
 impl Host for StoreHost<'_> {
+    fn resp3(&mut self, on: bool) {
+        self.proto = if on { Proto::Resp3 } else { Proto::Resp2 };
+    }
+
     fn call(&mut self, spec: &'static CommandSpec, args: Vec<Bytes>) -> Frame {
         let ns = &self.caller.ns;
         let (spec, args) = match spec.has(flags::WRITE) && self.caller.metering {
@@ -113,7 +175,7 @@ impl Host for StoreHost<'_> {
             cmd = cmd.arg("EX").arg(self.policy.default_secs.to_string());
         }
         let before: Vec<Frame> = plan.before.iter().map(|c| self.run(c)).collect();
-        let reply = self.run(&cmd);
+        let reply = self.run_in(self.proto, &cmd);
         let after: Vec<Frame> = plan.after.iter().map(|c| self.run(c)).collect();
         self.spent.calls += 1;
         self.spent.byte_seconds += storage::byte_seconds(

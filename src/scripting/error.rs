@@ -56,8 +56,8 @@ pub enum ScriptError {
     BadArgument,
     /// `XREAD ... BLOCK` and the like from a script.
     BlockOption(String),
-    /// `redis.setresp` with a protocol pkv's scripts do not speak.
-    Resp(i64),
+    /// `redis.setresp` with a protocol other than 2 or 3.
+    Resp,
     /// The upstream refused to make or use the account's ACL user, without which scripts
     /// do not run there (`crate::scripting::upstream`); Redis's reply.
     NoAcl(String),
@@ -122,7 +122,7 @@ impl ScriptError {
                 return format!("ERR {name} command is not allowed with BLOCK option from scripts")
                     .into()
             }
-            E::Resp(_) => "ERR RESP version must be 2 in scripts run by pkv",
+            E::Resp => "ERR RESP version must be 2 or 3.",
             E::NoAcl(why) => {
                 return format!(
                     "ERR scripts run on this upstream only as an ACL user of the account's own, and the upstream refused it: {why}"

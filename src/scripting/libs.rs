@@ -1,7 +1,7 @@
 //! The libraries Redis gives scripts beyond Lua's own, written over mlua: `cjson`
 //! (encode/decode, with `cjson.null`), `bit` (LuaBitOp's 32-bit operations) and
 //! `cmsgpack` (pack/unpack, encoded as Redis's bundled lua-cmsgpack encodes).
-//! `struct` is not provided yet.
+//! `struct` is in `lstruct`.
 
 use mlua::{LightUserData, Lua, Table, Value};
 
@@ -15,6 +15,7 @@ pub(super) fn install(lua: &Lua) -> mlua::Result<()> {
     g.raw_set("cjson", cjson(lua)?)?;
     g.raw_set("bit", bit(lua)?)?;
     g.raw_set("cmsgpack", cmsgpack(lua)?)?;
+    g.raw_set("struct", super::lstruct::table(lua)?)?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The interpreter: one fresh Lua 5.1 state per script run, with Redis's globals (`KEYS`,
-//! `ARGV`, `redis`, `cjson`, `bit`), Redis's conversions between Lua values and replies,
+//! `ARGV`, `redis`, `cjson`, `bit`, `cmsgpack`, `struct`), Redis's conversions between Lua values and replies,
 //! and pkv's sandbox.
 //!
 //! The sandbox does not make the boundary between tenants: that is [`Host::call`], which is
@@ -39,6 +39,11 @@ pub trait Host {
     /// the script gave them (key names as the script's client names them). The reply
     /// names keys as the client does; errors are [`Frame::Error`].
     fn call(&mut self, spec: &'static CommandSpec, args: Vec<Bytes>) -> Frame;
+
+    /// Whether the calls that follow answer in RESP3 (`redis.setresp(3)`): maps, sets,
+    /// doubles and booleans as such. A host that speaks only RESP2 ignores it (the
+    /// conversions then see RESP2 replies, as before).
+    fn resp3(&mut self, _on: bool) {}
 }
 
 /// A script run's bounds.
@@ -206,18 +211,16 @@ pub fn run(
     let sha1 = lua
         .create_function(|lua, text: mlua::LuaString| lua.create_string(sha1hex(&text.as_bytes())))
         .map_err(internal)?;
-    let setresp = lua
-        .create_function(|_, v: i64| match v {
-            2 => Ok(()),
-            other => Err(mlua::Error::runtime(ScriptError::Resp(other).line())),
-        })
-        .map_err(internal)?;
+    // `redis.setresp`: the protocol the script's calls answer in (RESP2 until it asks).
+    let resp3 = Cell::new(false);
     let read_only = script.read_only;
     let error_at: Cell<Option<usize>> = Cell::new(None);
     let caught = lua
-        .create_function(|lua, value: Value| match call_failure(&value) {
-            Some(line) => Ok(Value::String(lua.create_string(line)?)),
-            None => Ok(value),
+        .create_function(|lua, value: Value| {
+            match call_failure(&value).or_else(|| raised(&value)) {
+                Some(line) => Ok(Value::String(lua.create_string(line)?)),
+                None => Ok(value),
+            }
         })
         .map_err(internal)?;
     let host = std::cell::RefCell::new(host);
@@ -234,13 +237,17 @@ pub fn run(
             Ok(spec) => spec,
             Err(err) => return Ok(Err(err.line().into_owned())),
         };
-        let reply = host.borrow_mut().call(spec, words);
+        let reply = {
+            let mut host = host.borrow_mut();
+            host.resp3(resp3.get());
+            host.call(spec, words)
+        };
         if spec.has(crate::commands::flags::WRITE) && !reply.is_error() {
             limits.control.wrote.store(true, Ordering::Release);
         }
         match reply {
             Frame::Error(line) => Ok(Err(String::from_utf8_lossy(&line).into_owned())),
-            reply => Ok(Ok(to_lua(lua, reply, 0)?)),
+            reply => Ok(Ok(to_lua(lua, reply, 0, resp3.get())?)),
         }
     };
     let outcome = lua.scope(|scope| {
@@ -260,6 +267,25 @@ pub fn run(
                     Ok(Value::Table(t))
                 }
             })?;
+        let setresp = scope.create_function(|lua, args: MultiValue| {
+            let version = match args.len() {
+                1 => args
+                    .front()
+                    .and_then(|v| lua.coerce_number(v.clone()).ok().flatten()),
+                _ => None,
+            };
+            match version {
+                Some(v) if v == 2.0 || v == 3.0 => {
+                    resp3.set(v == 3.0);
+                    Ok(())
+                }
+                _ => {
+                    error_at.set(script_line(lua));
+                    let line = ScriptError::Resp.line().into_owned();
+                    Err(mlua::Error::external(CallFailed(line)))
+                }
+            }
+        })?;
         let prelude: MultiValue = lua
             .load(PRELUDE)
             .set_name("=pkv")
@@ -269,7 +295,7 @@ pub fn run(
                 pcall_redis,
                 is_stopped.clone(),
                 sha1.clone(),
-                setresp.clone(),
+                setresp,
                 caught.clone(),
                 find.clone(),
                 matcher.clone(),
@@ -295,7 +321,7 @@ pub fn run(
         let (ok, value): (bool, Value) = runner.call(function)?;
         lua.remove_hook();
         let frame = if ok {
-            Ok(to_frame(&value, 0))
+            Ok(to_frame(&value, 0, resp3.get()))
         } else {
             Err(value)
         };
@@ -438,76 +464,167 @@ fn error_value(value: &Value, error_at: &Cell<Option<usize>>) -> (String, Option
     if let Some(line) = call_failure(value) {
         return (line, error_at.get());
     }
+    if let Some(message) = raised(value) {
+        return message_error(message);
+    }
     match value {
         Value::Table(t) => match t.raw_get::<Value>("err") {
             Ok(Value::String(s)) => (s.to_string_lossy(), error_at.get()),
             _ => ("ERR unknown error".to_owned(), error_at.get()),
         },
-        Value::String(s) => {
-            let text = s.to_string_lossy();
-            if text == "not enough memory" {
-                return (text, None);
-            }
-            // `user_script:7: message`
-            let at = text
-                .strip_prefix("user_script:")
-                .and_then(|rest| rest.split(':').next())
-                .and_then(|n| n.parse().ok());
-            (format!("ERR {text}"), at)
-        }
+        Value::String(s) => message_error(s.to_string_lossy()),
         Value::Error(e) => (format!("ERR {e}"), None),
         _ => ("ERR unknown error".to_owned(), None),
     }
 }
 
-/// A reply as a script sees it (Redis's RESP2 conversion).
-fn to_lua(lua: &Lua, frame: Frame, depth: usize) -> mlua::Result<Value> {
+/// An error message raised as a string: its line, and the script's line it names.
+fn message_error(text: String) -> (String, Option<usize>) {
+    if text == "not enough memory" {
+        return (text, None);
+    }
+    // `user_script:7: message`
+    let at = text
+        .strip_prefix("user_script:")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok());
+    (format!("ERR {text}"), at)
+}
+
+/// A reply as a script sees it: Redis's RESP2 conversion, or with `redis.setresp(3)` its
+/// RESP3 one (null is nil, booleans are booleans, and maps, sets, doubles, big numbers and
+/// verbatim strings are tables with a `map`, `set`, `double`, `big_number` or
+/// `verbatim_string` field).
+fn to_lua(lua: &Lua, frame: Frame, depth: usize, resp3: bool) -> mlua::Result<Value> {
     if depth > MAX_DEPTH {
         return Ok(Value::Boolean(false));
     }
+    let tagged = |name: &str, value: Value| -> mlua::Result<Value> {
+        let t = lua.create_table()?;
+        t.raw_set(name, value)?;
+        Ok(Value::Table(t))
+    };
     Ok(match frame {
+        Frame::Null | Frame::NullArray if resp3 => Value::Nil,
+        Frame::Boolean(b) if resp3 => Value::Boolean(b),
+        Frame::Double(text) if resp3 => {
+            let n = std::str::from_utf8(&text)
+                .ok()
+                .and_then(parse_double)
+                .unwrap_or(0.0);
+            tagged("double", Value::Number(n))?
+        }
+        Frame::BigNumber(digits) if resp3 => {
+            tagged("big_number", Value::String(lua.create_string(&digits)?))?
+        }
+        Frame::Verbatim(body) if resp3 => {
+            let (format, text) = match body.get(3) {
+                Some(b':') => (&body[..3], &body[4..]),
+                _ => (&b"txt"[..], &body[..]),
+            };
+            let t = lua.create_table()?;
+            t.raw_set("format", lua.create_string(format)?)?;
+            t.raw_set("string", lua.create_string(text)?)?;
+            tagged("verbatim_string", Value::Table(t))?
+        }
+        Frame::Map(pairs) if resp3 => {
+            let t = lua.create_table_with_capacity(0, pairs.len())?;
+            for (k, v) in pairs {
+                let key = to_lua(lua, k, depth + 1, resp3)?;
+                if !key.is_nil() {
+                    t.raw_set(key, to_lua(lua, v, depth + 1, resp3)?)?;
+                }
+            }
+            tagged("map", Value::Table(t))?
+        }
+        Frame::Set(items) if resp3 => {
+            let t = lua.create_table_with_capacity(0, items.len())?;
+            for item in items {
+                let key = to_lua(lua, item, depth + 1, resp3)?;
+                if !key.is_nil() {
+                    t.raw_set(key, true)?;
+                }
+            }
+            tagged("set", Value::Table(t))?
+        }
         Frame::Integer(i) => Value::Integer(i),
         Frame::Bulk(b) | Frame::Double(b) | Frame::BigNumber(b) | Frame::Verbatim(b) => {
             Value::String(lua.create_string(&b)?)
         }
-        Frame::Simple(s) => {
-            let t = lua.create_table()?;
-            t.raw_set("ok", lua.create_string(&s)?)?;
-            Value::Table(t)
-        }
-        Frame::Error(e) => {
-            let t = lua.create_table()?;
-            t.raw_set("err", lua.create_string(&e)?)?;
-            Value::Table(t)
-        }
+        Frame::Simple(s) => tagged("ok", Value::String(lua.create_string(&s)?))?,
+        Frame::Error(e) => tagged("err", Value::String(lua.create_string(&e)?))?,
         Frame::Null | Frame::NullArray => Value::Boolean(false),
         Frame::Boolean(b) => Value::Integer(i64::from(b)),
         Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
             let t = lua.create_table_with_capacity(items.len(), 0)?;
             for (i, item) in items.into_iter().enumerate() {
-                t.raw_set(i + 1, to_lua(lua, item, depth + 1)?)?;
+                t.raw_set(i + 1, to_lua(lua, item, depth + 1, resp3)?)?;
             }
             Value::Table(t)
         }
         Frame::Map(pairs) => {
             let t = lua.create_table_with_capacity(pairs.len() * 2, 0)?;
             for (i, (k, v)) in pairs.into_iter().enumerate() {
-                t.raw_set(2 * i + 1, to_lua(lua, k, depth + 1)?)?;
-                t.raw_set(2 * i + 2, to_lua(lua, v, depth + 1)?)?;
+                t.raw_set(2 * i + 1, to_lua(lua, k, depth + 1, resp3)?)?;
+                t.raw_set(2 * i + 2, to_lua(lua, v, depth + 1, resp3)?)?;
             }
             Value::Table(t)
         }
     })
 }
 
+/// A RESP3 double's text as a number (`inf`, `-inf` and `nan` included).
+fn parse_double(text: &str) -> Option<f64> {
+    match text {
+        "inf" => Some(f64::INFINITY),
+        "-inf" => Some(f64::NEG_INFINITY),
+        _ => text.parse().ok(),
+    }
+}
+
+/// A double as Redis 7.0 replies with it: `%.17g`, and `inf`/`-inf`.
+fn double_text(n: f64) -> String {
+    if n.is_infinite() {
+        return if n > 0.0 { "inf" } else { "-inf" }.to_owned();
+    }
+    if n.is_nan() {
+        return "nan".to_owned();
+    }
+    if n == 0.0 {
+        return if n.is_sign_negative() { "-0" } else { "0" }.to_owned();
+    }
+    // 17 significant digits, correctly rounded, then laid out as C's `%g` lays them out.
+    let sci = format!("{n:.16e}");
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return sci;
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        match s.contains('.') {
+            true => s.trim_end_matches('0').trim_end_matches('.').to_owned(),
+            false => s.to_owned(),
+        }
+    };
+    if (-4..17).contains(&exp) {
+        let decimals = (16 - exp).max(0) as usize;
+        trim(&format!("{n:.decimals$}"))
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
+    }
+}
+
 /// A script's return value as the reply (Redis's conversion: numbers truncated to
 /// integers, `true` is 1, `false` and `nil` are nil, `{ok=}` a status, `{err=}` an error,
-/// a table its array part up to the first nil).
-fn to_frame(value: &Value, depth: usize) -> Frame {
+/// `{double=}`, `{big_number=}`, `{verbatim_string=}`, `{map=}` and `{set=}` those RESP3
+/// types, a table its array part up to the first nil). After `redis.setresp(3)`
+/// (`resp3`), booleans are booleans.
+fn to_frame(value: &Value, depth: usize, resp3: bool) -> Frame {
     match value {
+        Value::Boolean(b) if resp3 => Frame::Boolean(*b),
         Value::Boolean(true) => Frame::Integer(1),
         Value::Integer(i) => Frame::Integer(*i),
-        Value::Number(n) => Frame::Integer(*n as i64),
+        Value::Number(n) => Frame::Integer(integer(*n)),
         Value::String(s) => Frame::Bulk(Bytes::copy_from_slice(&s.as_bytes())),
         Value::Table(t) if depth <= MAX_DEPTH => {
             if let Ok(Value::String(e)) = t.raw_get::<Value>("err") {
@@ -517,16 +634,119 @@ fn to_frame(value: &Value, depth: usize) -> Frame {
                 let text = s.to_string_lossy().replace(['\r', '\n'], " ");
                 return Frame::Simple(Bytes::from(text));
             }
+            if let Some(frame) = resp3_frame(t, depth, resp3) {
+                return frame;
+            }
             let mut items = Vec::new();
             for i in 1.. {
                 match t.raw_get::<Value>(i) {
                     Ok(Value::Nil) | Err(_) => break,
-                    Ok(v) => items.push(to_frame(&v, depth + 1)),
+                    Ok(v) => items.push(to_frame(&v, depth + 1, resp3)),
                 }
             }
             Frame::Array(items)
         }
         _ => Frame::Null,
+    }
+}
+
+/// A table a script returns as a RESP3 type: `{double=n}`, `{big_number=s}`,
+/// `{verbatim_string={format=, string=}}`, `{map={...}}` or `{set={...}}`, checked in
+/// Redis's order.
+fn resp3_frame(t: &Table, depth: usize, resp3: bool) -> Option<Frame> {
+    let field = |name: &str| t.raw_get::<Value>(name).ok().filter(|v| !v.is_nil());
+    match field("double") {
+        Some(Value::Number(n)) => return Some(Frame::Double(Bytes::from(double_text(n)))),
+        Some(Value::Integer(i)) => return Some(Frame::Double(Bytes::from(double_text(i as f64)))),
+        _ => {}
+    }
+    if let Some(Value::String(s)) = field("big_number") {
+        let digits = s.to_string_lossy().replace(['\r', '\n'], " ");
+        return Some(Frame::BigNumber(Bytes::from(digits)));
+    }
+    if let Some(Value::Table(v)) = field("verbatim_string") {
+        let format = v.raw_get::<mlua::LuaString>("format").ok();
+        let text = v.raw_get::<mlua::LuaString>("string").ok();
+        if let (Some(format), Some(text)) = (format, text) {
+            let mut body = format.as_bytes().to_vec();
+            body.push(b':');
+            body.extend_from_slice(&text.as_bytes());
+            return Some(Frame::Verbatim(Bytes::from(body)));
+        }
+    }
+    if let Some(Value::Table(m)) = field("map") {
+        let pairs = m
+            .pairs::<Value, Value>()
+            .filter_map(Result::ok)
+            .map(|(k, v)| {
+                (
+                    to_frame(&k, depth + 1, resp3),
+                    to_frame(&v, depth + 1, resp3),
+                )
+            })
+            .collect();
+        return Some(Frame::Map(pairs));
+    }
+    if let Some(Value::Table(m)) = field("set") {
+        let items = m
+            .pairs::<Value, Value>()
+            .filter_map(Result::ok)
+            .map(|(k, _)| to_frame(&k, depth + 1, resp3))
+            .collect();
+        return Some(Frame::Set(items));
+    }
+    None
+}
+
+/// A Lua number as Redis's reply gives it: truncated, as C converts a double to a 64-bit
+/// integer on x86-64 (a number out of range, infinite or NaN is the smallest integer).
+fn integer(n: f64) -> i64 {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if (-LIMIT..LIMIT).contains(&n) {
+        n as i64
+    } else {
+        i64::MIN
+    }
+}
+
+/// An error a library function raises, as Lua's `luaL_error` words it: with the position
+/// of the script's line that called it, unless it was called from a C function
+/// (`pcall(struct.pack, ...)`), where Lua knows no line.
+pub(super) fn raise(lua: &Lua, message: String) -> mlua::Error {
+    let line = lua
+        .inspect_stack(1, |d| {
+            let src = d.source();
+            (src.short_src.as_deref() == Some("user_script"))
+                .then(|| d.current_line())
+                .flatten()
+        })
+        .flatten();
+    match line {
+        Some(line) => mlua::Error::RuntimeError(format!("user_script:{line}: {message}")),
+        None => mlua::Error::RuntimeError(message),
+    }
+}
+
+/// True when the function running now was called from a C function (`pcall`), where
+/// Lua names it `?` in its argument errors.
+pub(super) fn called_from_c(lua: &Lua) -> bool {
+    lua.inspect_stack(1, |d| d.source().what == "C")
+        .unwrap_or(false)
+}
+
+/// The message of an error a library function raised ([`raise`]), however mlua wrapped
+/// it.
+fn raised(value: &Value) -> Option<String> {
+    fn find(e: &mlua::Error) -> Option<String> {
+        match e {
+            mlua::Error::CallbackError { cause, .. } => find(cause),
+            mlua::Error::RuntimeError(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+    match value {
+        Value::Error(e) => find(e),
+        _ => None,
     }
 }
 

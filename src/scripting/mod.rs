@@ -10,11 +10,15 @@
 //!   libraries, sandboxed, and limited in memory and time. What a `redis.call` does is the
 //!   backend's ([`lua::Host`]): the embedded store runs it through the request path's own
 //!   key location, namespacing and storage metering (`embedded::script`).
+//! - [`fair`] bounds how much of the embedded store's time one account's scripts hold
+//!   it exclusively, so that other tenants are served between them;
 //! - `pattern` is Lua 5.1's pattern matching (`string.find`/`match`/`gmatch`/`gsub`) in
 //!   Rust, so that the script's time limit stops a backtracking pattern as it stops a loop.
 
 pub mod error;
+pub mod fair;
 mod libs;
+mod lstruct;
 pub mod lua;
 mod pattern;
 pub mod upstream;
@@ -112,6 +116,8 @@ pub struct Registry {
     accounts: Mutex<HashMap<Arc<str>, AccountScripts>>,
     /// Each account's scripts running now, for `SCRIPT KILL`.
     running: Mutex<HashMap<Arc<str>, Vec<Arc<lua::Running>>>>,
+    /// Each account's exclusive time (`PKV_SCRIPT_BUDGET_MS`).
+    pub budgets: fair::Budgets,
 }
 
 /// A script counted as running for its account until this drops.

@@ -277,6 +277,10 @@ impl Dedicated for CountedDedicated {
     ) -> BoxFuture<'a, Result<Vec<Frame>, BackendError>> {
         self.conn.pipeline(calls)
     }
+
+    fn queue_script(&mut self, script: crate::embedded::script::Queued) -> Option<Frame> {
+        self.conn.queue_script(script)
+    }
 }
 
 /// A Pub/Sub connection that counts against its account while it is open.

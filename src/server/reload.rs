@@ -159,6 +159,7 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         maxmemory => "PKV_MAXMEMORY",
         scripting => "PKV_SCRIPTING",
         script_time_limit => "PKV_SCRIPT_TIME_LIMIT",
+        script_budget => "PKV_SCRIPT_BUDGET_MS",
     );
     Ok(Reloaded {
         changed,

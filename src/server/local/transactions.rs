@@ -101,6 +101,9 @@ impl Session {
                 self.reply(out, |w| w.ok());
                 self.closing = true;
             }
+            Local::Eval | Local::EvalSha | Local::EvalRo | Local::EvalShaRo => {
+                self.script_in_multi(local, args, out).await
+            }
             _ => {
                 let command = spec.name.to_ascii_lowercase();
                 self.reject(ClientError::NotInMulti { command }, out);
@@ -156,8 +159,10 @@ impl Session {
             self.pay_unexecuted(multi);
             return self.reply(out, |w| w.error(&ClientError::ExecAbort.line()));
         }
+        let turn = self.scripts_turn(&multi.scripts).await;
         let result = self.run_dedicated(Call::named("EXEC")).await;
         self.txn = Txn::default();
+        self.pay_scripts(&multi.scripts, turn);
         match result {
             Ok(Frame::Array(results)) => {
                 // One result per client command; bookkeeping results are read, not shown.

@@ -86,6 +86,8 @@ pub struct Multi {
     /// The keys queued writes name, as sent upstream: a FLUSHDB queued after them
     /// removes them too.
     pub written: Vec<Bytes>,
+    /// What each script queued on the embedded store used, filled when EXEC runs them.
+    pub scripts: Vec<std::sync::Arc<std::sync::Mutex<crate::embedded::script::Spent>>>,
 }
 
 impl Txn {
