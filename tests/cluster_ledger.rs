@@ -474,3 +474,116 @@ fn a_pkv_killed_while_redeeming_leaves_every_token_credited_once() {
         assert_eq!(field(&cluster, &account(i), "credited"), 5 * NANOS, "k{i}");
     }
 }
+
+/// The process id of `node`'s redis-server, as it says.
+fn pid(node: &common::Redis) -> String {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut node.direct())
+        .unwrap();
+    let line = info.lines().find(|l| l.starts_with("process_id:")).unwrap();
+    line["process_id:".len()..].trim().to_owned()
+}
+
+/// Redis servers stopped with SIGSTOP, continued when dropped (a failing test included).
+struct Stopped(Vec<String>);
+
+impl Stopped {
+    fn new(nodes: &[&common::Redis]) -> Stopped {
+        let pids: Vec<String> = nodes.iter().map(|n| pid(n)).collect();
+        for p in &pids {
+            assert!(std::process::Command::new("kill")
+                .args(["-STOP", p])
+                .status()
+                .unwrap()
+                .success());
+        }
+        Stopped(pids)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", p])
+                .status();
+        }
+    }
+}
+
+/// The cluster's replicas.
+fn replicas(cluster: &TestCluster) -> Vec<&common::Redis> {
+    cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut n.direct())
+                .unwrap();
+            info.contains("role:slave")
+        })
+        .collect()
+}
+
+/// Whether `CLUSTER SLOTS` names a replica for every range: Redis names a replica there
+/// once the cluster's gossip carried its replication offset, a moment after it synced.
+fn every_master_has_a_replica(cluster: &TestCluster) -> bool {
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut cluster.nodes[0].direct())
+        .unwrap();
+    !slots.is_empty() && slots.iter().all(|range| range.len() >= 4)
+}
+
+/// `AUTH token` on a fresh connection to `port`: `Ok` when accepted, else the error line.
+fn auth(port: u16, token: &str) -> Result<(), String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+    let mut c = client.get_connection().unwrap();
+    redis::cmd("AUTH")
+        .arg(token)
+        .query::<()>(&mut c)
+        .map_err(|e| e.to_string())
+}
+
+/// With every replica stopped (SIGSTOP), a redemption a master took is not answered as
+/// credited: no replica has it, and a failover then would lose it. The top-up and the AUTH
+/// are answered an error after pkv's `WAIT`; once the replicas run again, presenting the
+/// same tokens completes them, each credited once and its owner told once.
+#[test]
+fn a_redemption_is_not_answered_before_a_replica_has_it() {
+    let cluster = TestCluster::start();
+    wait_until("CLUSTER SLOTS names each master's replica", || {
+        every_master_has_a_replica(&cluster)
+    });
+    let issuer = Issuer::new();
+    let pkv = config(&cluster, &issuer).start();
+    let mut gina = pkv.client(&issuer.mint(1, 3600, Some("gina")));
+    let voucher = issuer.token(30);
+    let fresh = issuer.mint(20, 3600, Some("hugo"));
+    let stopped = Stopped::new(&replicas(&cluster));
+    assert_eq!(stopped.0.len(), 3);
+
+    let started = Instant::now();
+    let answer = topup(&mut gina, &voucher);
+    let took = started.elapsed();
+    assert!(
+        answer.as_ref().is_err_and(|e| e.contains("replicas")),
+        "answered {answer:?} with no replica running"
+    );
+    assert!(took >= Duration::from_millis(900), "answered in {took:?}");
+    let answer = auth(pkv.port, &fresh);
+    assert!(
+        answer.as_ref().is_err_and(|e| e.contains("replicas")),
+        "AUTH answered {answer:?} with no replica running"
+    );
+
+    drop(stopped);
+    assert_eq!(topup(&mut gina, &voucher), Ok(30));
+    assert!(topup(&mut gina, &voucher).unwrap_err().contains("already"));
+    assert_eq!(field(&cluster, "gina", "credited"), 31 * NANOS);
+    let mut hugo = pkv.client(&fresh);
+    assert_eq!(credited(&pkv_balance(&mut hugo)), "20.000000000");
+    assert_eq!(field(&cluster, "hugo", "credited"), 20 * NANOS);
+}
