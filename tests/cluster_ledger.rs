@@ -587,3 +587,32 @@ fn a_redemption_is_not_answered_before_a_replica_has_it() {
     assert_eq!(credited(&pkv_balance(&mut hugo)), "20.000000000");
     assert_eq!(field(&cluster, "hugo", "credited"), 20 * NANOS);
 }
+
+/// A top-up claimed for ivan and not credited (a pkv stopped between the steps), then
+/// presented by judy through the same pkv that ivan uses: judy is refused and completes
+/// ivan's credit; ivan presenting it afterwards through that pkv is told it was credited,
+/// once (the pkv's memory of redeemed tokens holds what judy was told, not what ivan is).
+#[test]
+fn the_owner_is_told_on_the_pkv_where_another_completed_its_credit() {
+    let cluster = TestCluster::start();
+    let issuer = Issuer::new();
+    let pkv = config(&cluster, &issuer).start();
+    let voucher = issuer.token(30);
+    let key = claim_key(&jti_of(&voucher));
+    let owner = cluster.owner_of(key_slot(key.as_bytes()));
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("topup:ivan")
+        .arg("EX")
+        .arg(3600)
+        .query(&mut owner.direct())
+        .unwrap();
+    let mut judy = pkv.client(&issuer.mint(1, 3600, Some("judy")));
+    assert!(topup(&mut judy, &voucher).unwrap_err().contains("already"));
+    assert_eq!(field(&cluster, "ivan", "credited"), 30 * NANOS);
+    let mut ivan = pkv.client(&issuer.mint(1, 3600, Some("ivan")));
+    assert_eq!(topup(&mut ivan, &voucher), Ok(30));
+    assert!(topup(&mut ivan, &voucher).unwrap_err().contains("already"));
+    assert!(topup(&mut judy, &voucher).unwrap_err().contains("already"));
+    assert_eq!(field(&cluster, "ivan", "credited"), 31 * NANOS);
+}
