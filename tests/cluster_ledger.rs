@@ -537,6 +537,16 @@ fn every_master_has_a_replica(cluster: &TestCluster) -> bool {
     !slots.is_empty() && slots.iter().all(|range| range.len() >= 4)
 }
 
+/// Waits (up to a minute: it takes Redis some seconds) until `CLUSTER SLOTS` names a
+/// replica for every master, as pkv reads it to decide whether ledger writes wait.
+fn wait_for_replicas(cluster: &TestCluster) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !every_master_has_a_replica(cluster) {
+        assert!(Instant::now() < deadline, "CLUSTER SLOTS never named the replicas");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `AUTH token` on a fresh connection to `port`: `Ok` when accepted, else the error line.
 fn auth(port: u16, token: &str) -> Result<(), String> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
@@ -554,9 +564,7 @@ fn auth(port: u16, token: &str) -> Result<(), String> {
 #[test]
 fn a_redemption_is_not_answered_before_a_replica_has_it() {
     let cluster = TestCluster::start();
-    wait_until("CLUSTER SLOTS names each master's replica", || {
-        every_master_has_a_replica(&cluster)
-    });
+    wait_for_replicas(&cluster);
     let issuer = Issuer::new();
     let pkv = config(&cluster, &issuer).start();
     let mut gina = pkv.client(&issuer.mint(1, 3600, Some("gina")));
@@ -615,4 +623,79 @@ fn the_owner_is_told_on_the_pkv_where_another_completed_its_credit() {
     assert!(topup(&mut ivan, &voucher).unwrap_err().contains("already"));
     assert!(topup(&mut judy, &voucher).unwrap_err().contains("already"));
     assert_eq!(field(&cluster, "ivan", "credited"), 31 * NANOS);
+}
+
+/// WAIT calls the cluster's masters answered so far (`INFO commandstats`).
+fn waits(cluster: &TestCluster) -> u64 {
+    cluster
+        .masters()
+        .iter()
+        .map(|m| {
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut m.direct())
+                .unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse().unwrap())
+        })
+        .sum()
+}
+
+/// The median of `samples`.
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// What waiting for a replica costs: the median AUTH with a new token (a redemption) and
+/// PKV.BALANCE after a write (a settlement and a lease given back), through a pkv that
+/// waits (the default, every master having a replica) and one with
+/// `PKV_LEDGER_REPLICAS=0`; only the first sends WAIT. A measurement: run with
+/// `--run-ignored only`.
+#[test]
+#[ignore]
+fn the_latency_waiting_for_a_replica_adds() {
+    const ROUNDS: usize = 300;
+    let cluster = TestCluster::start();
+    wait_for_replicas(&cluster);
+    let issuer = Issuer::new();
+    let mut results = Vec::new();
+    for replicas in [None, Some("0")] {
+        let mut config = config(&cluster, &issuer);
+        if let Some(n) = replicas {
+            config
+                .extra
+                .push(("PKV_LEDGER_REPLICAS".into(), n.to_owned()));
+        }
+        let pkv = config.start();
+        let before = waits(&cluster);
+        let mut auths = Vec::new();
+        let mut balances = Vec::new();
+        for i in 0..ROUNDS {
+            let token = issuer.mint(5, 3600, Some(&format!("lat{i}{}", replicas.is_some())));
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", pkv.port))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let started = Instant::now();
+            redis::cmd("AUTH").arg(&token).query::<()>(&mut c).unwrap();
+            auths.push(started.elapsed());
+            let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+            let started = Instant::now();
+            let _: redis::Value = redis::cmd("PKV.BALANCE").query(&mut c).unwrap();
+            balances.push(started.elapsed());
+        }
+        let waited = waits(&cluster) - before;
+        eprintln!(
+            "PKV_LEDGER_REPLICAS={}: median AUTH {:?}, median PKV.BALANCE {:?}, {waited} WAITs",
+            replicas.unwrap_or("(unset)"),
+            median(auths),
+            median(balances)
+        );
+        results.push(waited);
+    }
+    assert!(results[0] >= 2 * ROUNDS as u64, "{results:?}");
+    assert_eq!(results[1], 0);
 }
