@@ -270,9 +270,18 @@ pub async fn run_with(
     let timeout = settings.upstream_timeout;
     let mut targets =
         eviction::targets(settings.upstream_url.as_ref(), settings.ledger_url.as_ref());
+    let (upstream_url, ledger_url) = (settings.upstream_url.clone(), settings.ledger_url.clone());
+    for member in
+        eviction::cluster_members(upstream_url.as_ref(), ledger_url.as_ref(), timeout).await
+    {
+        if !targets.iter().any(|t| t.url == member.url) {
+            targets.push(member);
+        }
+    }
     for target in &mut targets {
         target.ca.clone_from(&settings.upstream_tls_ca);
     }
+    let checked: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
     let unchecked = match eviction::check(targets, timeout).await {
         Ok(unchecked) => unchecked,
         Err(line) => {
@@ -333,10 +342,10 @@ pub async fn run_with(
     // would evict the ledger then stops pkv like it would have stopped start-up.
     let refused = std::sync::OnceLock::new();
     let late_check = async {
-        if unchecked.is_empty() {
-            return std::future::pending().await;
-        }
-        let line = eviction::watch(unchecked, timeout).await;
+        let line = tokio::select! {
+            line = eviction::watch(unchecked, timeout) => line,
+            line = eviction::watch_cluster(upstream_url, ledger_url, checked, timeout) => line,
+        };
         tracing::error!("{line}; stopping");
         let _ = refused.set(line);
     };

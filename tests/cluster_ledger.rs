@@ -542,7 +542,10 @@ fn every_master_has_a_replica(cluster: &TestCluster) -> bool {
 fn wait_for_replicas(cluster: &TestCluster) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !every_master_has_a_replica(cluster) {
-        assert!(Instant::now() < deadline, "CLUSTER SLOTS never named the replicas");
+        assert!(
+            Instant::now() < deadline,
+            "CLUSTER SLOTS never named the replicas"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -698,4 +701,64 @@ fn the_latency_waiting_for_a_replica_adds() {
     }
     assert!(results[0] >= 2 * ROUNDS as u64, "{results:?}");
     assert_eq!(results[1], 0);
+}
+
+/// Sets `node`'s `maxmemory-policy`.
+fn set_policy(node: &common::Redis, policy: &str) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg(policy)
+        .query(&mut node.direct())
+        .unwrap();
+}
+
+/// Waits up to `secs` seconds for `pkv` to stop by itself.
+fn stops_within(pkv: &common::Server, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while pkv.is_running() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// The ledger in a cluster one of whose masters may evict keys without a TTL, a master that
+/// is no seed of pkv's URL: pkv asks every node `CLUSTER SLOTS` names, and refuses to start.
+#[test]
+fn a_cluster_master_that_is_no_seed_and_may_evict_balances_is_refused() {
+    let cluster = TestCluster::start();
+    let seeds = [cluster.nodes[0].port, cluster.nodes[1].port];
+    let master = cluster
+        .masters()
+        .into_iter()
+        .find(|m| !seeds.contains(&m.port))
+        .unwrap();
+    set_policy(master, "allkeys-lru");
+    let issuer = Issuer::new();
+    let pkv = config(&cluster, &issuer).start();
+    assert!(
+        stops_within(&pkv, 10),
+        "pkv serves a cluster that may evict"
+    );
+    assert_eq!(pkv.stop(), 2);
+}
+
+/// The same on a replica (a failover would make it the master): Redis names a replica in
+/// `CLUSTER SLOTS` some seconds after it synced, so pkv may start before it is named; it
+/// stops once it is.
+#[test]
+fn a_cluster_replica_that_may_evict_balances_stops_pkv() {
+    let cluster = TestCluster::start();
+    let replica = replicas(&cluster)[0];
+    set_policy(replica, "allkeys-lfu");
+    let issuer = Issuer::new();
+    let pkv = config(&cluster, &issuer).start();
+    assert!(
+        stops_within(&pkv, 60),
+        "pkv serves a cluster that may evict"
+    );
+    assert_eq!(pkv.stop(), 2);
 }
