@@ -73,12 +73,17 @@
 //! machine above), a lease or settlement is sent again with its update number. Every
 //! script writes something even when it finds its work done (the record is rewritten as
 //! it is), so that the `WAIT` of a retry, on any connection, covers the first attempt's
-//! write too (a replica's acknowledgement covers the stream up to it). Redis documents that
-//! `WAIT` does not make it strongly consistent: a replica that acknowledged can still lose
-//! the failover election to one that did not, but Redis Cluster promotes the replica with
-//! the most replicated data, so a write a replica acknowledged survives the usual failover.
-//! The owner's step 3 (the mark becoming `owner`) is not waited for: lost, it lets the
-//! owner be told `Credited` once more, with nothing credited twice.
+//! write too (Redis remembers each connection's replication offset after its last write,
+//! and `WAIT` counts the replicas that acknowledged that offset or a later one:
+//! <https://redis.io/commands/wait>, "Implementation details"). The same page says `WAIT`
+//! does not make Redis strongly consistent: a failover makes a best-effort attempt to
+//! promote the best replica, one that received the write, but may not. So a write a
+//! replica acknowledged survives the usual failover, not every one. The owner's step 3
+//! (the mark becoming `owner`) is not waited for: lost, it lets the owner be told
+//! `Credited` once more, with nothing credited twice. On one Redis (`PKV_LEDGER_REPLICAS`
+//! set), a redemption is one script that credits and records the token: when its `WAIT`
+//! fails, the credit stands (or is lost with the master) and a retry is answered that the
+//! token was redeemed, without the owner ever being told `Credited`.
 //!
 //! How many replicas are asked for: `PKV_LEDGER_REPLICAS` when set; else, for a ledger in
 //! a cluster, 1 while every master has a replica (as the last slot-map read says) and 0
