@@ -762,3 +762,39 @@ fn a_cluster_replica_that_may_evict_balances_stops_pkv() {
     );
     assert_eq!(pkv.stop(), 2);
 }
+
+/// With every replica stopped, PKV.BALANCE (a settlement, and the lease given back) is not
+/// answered before a replica has the settlement; once they run again, the settlement is
+/// sent again with its update number and applied once: what was leased all came back or
+/// was spent.
+#[test]
+fn a_settlement_is_not_answered_before_a_replica_has_it() {
+    let cluster = TestCluster::start();
+    wait_for_replicas(&cluster);
+    let issuer = Issuer::new();
+    let pkv = config(&cluster, &issuer).start();
+    let mut c = pkv.client(&issuer.mint(100, 3600, Some("kate")));
+    for i in 0..20 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg("v")
+            .query(&mut c)
+            .unwrap();
+    }
+    let stopped = Stopped::new(&replicas(&cluster));
+    let answer = redis::cmd("PKV.BALANCE").query::<redis::Value>(&mut c);
+    assert!(
+        answer
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("replicas")),
+        "answered {answer:?} with no replica running"
+    );
+    drop(stopped);
+    let balance = pkv_balance(&mut c);
+    assert_eq!(credited(&balance), "100.000000000", "{balance:?}");
+    let spent = field(&cluster, "kate", "spent");
+    assert!(spent > 0);
+    assert_eq!(field(&cluster, "kate", "debited"), spent);
+    // The SETs, each settled once (pkv's own commands are not metered).
+    assert_eq!(field(&cluster, "kate", "ops"), 20);
+}
