@@ -270,9 +270,18 @@ pub async fn run_with(
     let timeout = settings.upstream_timeout;
     let mut targets =
         eviction::targets(settings.upstream_url.as_ref(), settings.ledger_url.as_ref());
+    let (upstream_url, ledger_url) = (settings.upstream_url.clone(), settings.ledger_url.clone());
+    for member in
+        eviction::cluster_members(upstream_url.as_ref(), ledger_url.as_ref(), timeout).await
+    {
+        if !targets.iter().any(|t| t.url == member.url) {
+            targets.push(member);
+        }
+    }
     for target in &mut targets {
         target.ca.clone_from(&settings.upstream_tls_ca);
     }
+    let checked: Vec<String> = targets.iter().map(|t| t.url.clone()).collect();
     let unchecked = match eviction::check(targets, timeout).await {
         Ok(unchecked) => unchecked,
         Err(line) => {
@@ -363,6 +372,7 @@ pub async fn run_with(
         let line = tokio::select! {
             line = evicting => line,
             line = cluster_node => line,
+            line = eviction::watch_cluster(upstream_url, ledger_url, checked, timeout) => line,
         };
         tracing::error!("{line}; stopping");
         let _ = refused.set(line);

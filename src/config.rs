@@ -67,6 +67,11 @@ pub const SETTINGS: &[SettingDoc] = &[
         help: "redis://... of a Redis for the ledger alone (balances, redeemed tokens); unset: the ledger lives in the upstream (a Redis Cluster upstream too). Needed when the upstream's maxmemory-policy is allkeys-*; its own policy must be noeviction",
     },
     SettingDoc {
+        name: "PKV_LEDGER_REPLICAS",
+        default: "",
+        help: "replicas each ledger write (redemption, lease, settlement) waits for (WAIT, at most 1 s) before it is answered, so that a failover keeps it; unset: 1 for a ledger in a Redis Cluster while every master has a replica, else 0; 0: no WAIT",
+    },
+    SettingDoc {
         name: "PKV_DATA_FILE",
         default: "",
         help: "file the embedded store is saved to and loaded from at start-up; empty keeps its data in memory only",
@@ -302,6 +307,9 @@ pub struct Settings {
     pub upstream_url: Option<String>,
     /// A Redis of the ledger's own; `None` keeps the ledger in the upstream.
     pub ledger_url: Option<String>,
+    /// `PKV_LEDGER_REPLICAS`; `None`: decided by where the ledger is (see
+    /// [`crate::upstream::book`]).
+    pub ledger_replicas: Option<usize>,
     /// Where the embedded store is saved; `None` keeps it in memory only.
     pub data_file: Option<PathBuf>,
     /// Time between snapshots of the embedded store.
@@ -639,6 +647,10 @@ impl Settings {
         let max_subscriber_bytes = num("PKV_MAX_SUBSCRIBER_BYTES", 65536);
         let upstream_pool_size = num("PKV_UPSTREAM_POOL_SIZE", 1);
         let threads = num("PKV_THREADS", 0);
+        let ledger_replicas = match get("PKV_LEDGER_REPLICAS").as_str() {
+            "" => None,
+            _ => Some(num("PKV_LEDGER_REPLICAS", 0) as usize),
+        };
         let upstream_timeout_ms = num("PKV_UPSTREAM_TIMEOUT_MS", 1);
         let shutdown_grace = num("PKV_SHUTDOWN_GRACE", 0);
         let snapshot_seconds = num("PKV_SNAPSHOT_SECONDS", 1);
@@ -766,6 +778,7 @@ impl Settings {
             upstream_tls_ca,
             upstream_url,
             ledger_url,
+            ledger_replicas,
             data_file,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             append_fsync,

@@ -243,9 +243,13 @@ const REMEMBERED_TOKENS: usize = 100_000;
 /// The shared ledger: a [`Book`], and the token ids this process has seen redeemed.
 pub struct Ledger {
     book: Arc<dyn Book>,
-    /// Token ids this process has seen redeemed, how, and until when the ledger keeps the
-    /// record, so repeated AUTHs cost no round trip. A redemption never changes once made.
-    redeemed: DashMap<String, (RedeemedBy, i64)>,
+    /// Token ids this process has seen redeemed, how, until when the ledger keeps the
+    /// record, and for whom the answer holds, so repeated AUTHs cost no round trip. A
+    /// redemption never changes once made, but in a cluster the owner of a token whose
+    /// credit another presenter completed is still to be told (see
+    /// [`crate::upstream::book`]): an `AlreadyRedeemed` is remembered for the account that
+    /// presented the token (`Some`), and only once the owner was told (`None`) for all.
+    redeemed: DashMap<String, (RedeemedBy, i64, Option<String>)>,
     /// The last update number given out; numbers grow for every account.
     updates: AtomicU64,
 }
@@ -281,26 +285,33 @@ impl Ledger {
         by: RedeemedBy,
     ) -> Result<Redemption, LedgerError> {
         if let Some(first) = self.redeemed.get(jti) {
-            return Ok(Redemption::AlreadyRedeemed { by: first.0 });
+            if first
+                .2
+                .as_deref()
+                .is_none_or(|presenter| presenter == account)
+            {
+                return Ok(Redemption::AlreadyRedeemed { by: first.0 });
+            }
         }
         let nanos = quantity
             .checked_mul(NANOS_PER_UNIT)
             .ok_or(LedgerError::Overflow)?;
         let outcome = self.book.redeem(jti, account, nanos, expire_at, by).await?;
-        let first = match outcome {
+        let (first, presenter) = match outcome {
             Redemption::Credited => {
                 crate::metrics::process::credited(quantity);
-                by
+                (by, None)
             }
-            Redemption::AlreadyRedeemed { by } => by,
+            Redemption::AlreadyRedeemed { by } => (by, Some(account.to_owned())),
         };
         if self.redeemed.len() >= REMEMBERED_TOKENS {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
-            self.redeemed.retain(|_, (_, until)| *until > now);
+            self.redeemed.retain(|_, (_, until, _)| *until > now);
         }
-        self.redeemed.insert(jti.to_owned(), (first, expire_at));
+        self.redeemed
+            .insert(jti.to_owned(), (first, expire_at, presenter));
         Ok(outcome)
     }
 

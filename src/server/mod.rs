@@ -101,7 +101,9 @@ impl Shared {
                     ),
                     None => upstream.clone(),
                 };
-                (upstream, Arc::new(RedisBook::new(ledger)))
+                let replicas = settings.ledger_replicas.unwrap_or(0);
+                let book = RedisBook::new(ledger).waiting_for(Arc::new(replicas.into()));
+                (upstream, Arc::new(book))
             }
             None => {
                 let store = Arc::new(Store::open(&settings)?);

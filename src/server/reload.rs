@@ -110,6 +110,7 @@ fn differences(old: &Settings, new: &mut Settings) -> Result<Reloaded, String> {
         listen => "PKV_LISTEN",
         upstream_url => "PKV_UPSTREAM_URL",
         ledger_url => "PKV_LEDGER_URL",
+        ledger_replicas => "PKV_LEDGER_REPLICAS",
         data_file => "PKV_DATA_FILE",
         snapshot_interval => "PKV_SNAPSHOT_SECONDS",
         // Session tokens carry it as their issuer: a new one would end every session token.

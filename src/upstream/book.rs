@@ -45,22 +45,56 @@
 //! *claimed*, and the next presentation of the token, through any process and for any
 //! account, completes B's credit; the mark makes that credit happen once however many
 //! presentations race. A presenter is told `Credited` only when it is the owner and its
-//! step 2 moved the mark to `owner` (so exactly one presentation by the owner is told);
+//! step 3 moved the mark to `owner` (so exactly one presentation by the owner is told);
 //! every other presentation gets `AlreadyRedeemed` with the claim's kind. A token id names
 //! one token, so every presenter knows the same `nanos` and expiry. Both records expire
 //! with the token.
+//!
+//! Step 2 always leaves the mark `other` ([`CREDIT_SCRIPT`]); the owner then turns it into
+//! `owner` in a step of its own ([`TELL_SCRIPT`]), after step 2 is on the replicas (see
+//! below). So an owner whose step 2 was not known to be replicated, and was answered an
+//! error, is told `Credited` when it presents the token again.
 //!
 //! A credit that Redis refuses because the balance would overflow writes nothing in B's
 //! slot, and the claim is then taken back if it is still `k:A` ([`RELEASE_SCRIPT`]), so the
 //! token stays unredeemed, as on one Redis.
 //!
-//! Redis Cluster replicates asynchronously: a claim or credit a master acknowledged and
-//! lost in a failover before its replica had it is lost like any write (Redis Cluster's
-//! own window); pkv issues no `WAIT`.
+//! # Writes on replicas: `WAIT`
+//!
+//! Redis replicates asynchronously: a write a master acknowledged and lost in a failover
+//! before a replica had it is gone. A lost claim would let another account claim the
+//! token and be credited too; a lost credit or settlement loses money told or owed. So each
+//! ledger write (claim, credit, lease, settlement, plain redemption) is sent with
+//! `WAIT <replicas> <`[`WAIT_MS`]`>` right after it, in one batch on one connection (`WAIT`
+//! counts the replicas that acknowledged that connection's writes; in a cluster it goes
+//! with the write to its master, [`crate::upstream::cluster`]). Fewer replicas than asked
+//! within [`WAIT_MS`] answer [`not_replicated`]: the caller is told of an error, not of a
+//! credit, and tries again; a redemption is completed by the next presentation (the state
+//! machine above), a lease or settlement is sent again with its update number. Every
+//! script writes something even when it finds its work done (the record is rewritten as
+//! it is), so that the `WAIT` of a retry, on any connection, covers the first attempt's
+//! write too (Redis remembers each connection's replication offset after its last write,
+//! and `WAIT` counts the replicas that acknowledged that offset or a later one:
+//! <https://redis.io/commands/wait>, "Implementation details"). The same page says `WAIT`
+//! does not make Redis strongly consistent: a failover makes a best-effort attempt to
+//! promote the best replica, one that received the write, but may not. So a write a
+//! replica acknowledged survives the usual failover, not every one. The owner's step 3
+//! (the mark becoming `owner`) is not waited for: lost, it lets the owner be told
+//! `Credited` once more, with nothing credited twice. On one Redis (`PKV_LEDGER_REPLICAS`
+//! set), a redemption is one script that credits and records the token: when its `WAIT`
+//! fails, the credit stands (or is lost with the master) and a retry is answered that the
+//! token was redeemed, without the owner ever being told `Credited`.
+//!
+//! How many replicas are asked for: `PKV_LEDGER_REPLICAS` when set; else, for a ledger in
+//! a cluster, 1 while every master has a replica (as the last slot-map read says) and 0
+//! otherwise, and 0 for a plain Redis (pkv cannot see replicas a plain Redis may lack, and a
+//! `WAIT` no replica answers would fail every write). 0 sends no `WAIT`. While a `WAIT` is
+//! pending it holds the pooled connection it was sent on, for at most [`WAIT_MS`].
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::backend::{Backend, BoxFuture};
+use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::commands::Call;
 use crate::meter::ledger::{
     account_key, token_key, AccountRecord, Book, Grant, LeaseRequest, LedgerError, RedeemedBy,
@@ -78,6 +112,7 @@ use crate::protocol::Proto;
 const REDEEM_SCRIPT: &str = r#"
 local owner = redis.call('GET', KEYS[1])
 if owner then
+  redis.call('SET', KEYS[1], owner, 'KEEPTTL')
   return owner
 end
 redis.call('HINCRBY', KEYS[2], 'credited', ARGV[2])
@@ -95,6 +130,7 @@ return 1
 const LEASE_SCRIPT: &str = r#"
 local last = redis.call('HGET', KEYS[2], 'lease')
 if last and tonumber(last) >= tonumber(ARGV[1]) then
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
   if tonumber(last) == tonumber(ARGV[1]) then
     return {redis.call('HGET', KEYS[2], 'granted') or '0', ''}
   end
@@ -134,6 +170,7 @@ return {granted, string.format('%.0f', available - tonumber(granted))}
 const SETTLE_SCRIPT: &str = r#"
 local last = redis.call('HGET', KEYS[2], 'settle')
 if last and tonumber(last) >= tonumber(ARGV[1]) then
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
   return 0
 end
 redis.call('HSET', KEYS[2], 'settle', ARGV[1])
@@ -150,6 +187,7 @@ return 1
 const CLAIM_SCRIPT: &str = r#"
 local owner = redis.call('GET', KEYS[1])
 if owner then
+  redis.call('SET', KEYS[1], owner, 'KEEPTTL')
   return owner
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
@@ -158,22 +196,40 @@ return ARGV[1]
 
 /// Adds a claimed token's credit to its account, once (step 2).
 /// KEYS[1] = account record, KEYS[2] = the account's mark for the token;
-/// ARGV = nanos, expire-at, `owner` or `other` (who presents the token).
-/// Returns 1 when the owner is told now (the mark became `owner`), else 0.
+/// ARGV = nanos, expire-at. Returns the mark: `other` (credited, the owner not told yet)
+/// or `owner` (the owner was told).
 /// The credit comes before the mark: a credit refused (overflow) writes nothing.
 const CREDIT_SCRIPT: &str = r#"
 local mark = redis.call('GET', KEYS[2])
 if not mark then
   redis.call('HINCRBY', KEYS[1], 'credited', ARGV[1])
-elseif mark == 'owner' or ARGV[3] ~= 'owner' then
-  return 0
+  redis.call('SET', KEYS[2], 'other', 'EXAT', ARGV[2])
+  return 'other'
 end
-redis.call('SET', KEYS[2], ARGV[3], 'EXAT', ARGV[2])
-if ARGV[3] == 'owner' then
+redis.call('SET', KEYS[2], mark, 'KEEPTTL')
+return mark
+"#;
+
+/// Tells the owner of a credited token, once (step 3): the mark becomes `owner`.
+/// KEYS[1] = the account's mark for the token. Returns 1 when the owner is told now.
+const TELL_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == 'other' then
+  redis.call('SET', KEYS[1], 'owner', 'KEEPTTL')
   return 1
 end
 return 0
 "#;
+
+/// The longest a ledger write waits for its replicas (see the module documentation).
+pub const WAIT_MS: u64 = 1000;
+
+/// The error of a ledger write that `got` of `want` replicas acknowledged in [`WAIT_MS`]:
+/// it may have run, so it is retried as a write whose answer was lost.
+pub fn not_replicated(got: i64, want: usize) -> LedgerError {
+    LedgerError::Backend(BackendError::Lost(format!(
+        "ledger write acknowledged by {got} of {want} replicas in {WAIT_MS} ms; try again"
+    )))
+}
 
 /// Takes back a claim whose credit Redis refused, if it is still the one given.
 /// KEYS[1] = the claim; ARGV[1] = the claim's record.
@@ -243,6 +299,8 @@ pub struct RedisBook {
     layout: Layout,
     /// This process among all that share the upstream.
     writer: String,
+    /// How many replicas each write waits for (0: none).
+    replicas: Arc<AtomicUsize>,
 }
 
 impl RedisBook {
@@ -261,7 +319,14 @@ impl RedisBook {
             upstream,
             layout,
             writer: uuid::Uuid::new_v4().simple().to_string(),
+            replicas: Arc::default(),
         }
+    }
+
+    /// Each write waits for as many replicas as `replicas` holds when it is sent.
+    pub fn waiting_for(mut self, replicas: Arc<AtomicUsize>) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     /// Where this process's last update numbers for `account` are kept.
@@ -281,6 +346,34 @@ impl RedisBook {
             )),
             Some(v) => Ok(v),
             None => Err(LedgerError::Bad("no reply".into())),
+        }
+    }
+
+    /// Runs a ledger write, then `WAIT`s for the replicas on the same connection; the
+    /// write's reply, or [`not_replicated`].
+    async fn durable(&self, cmd: Call) -> Result<Frame, LedgerError> {
+        let want = self.replicas.load(Ordering::Relaxed);
+        if want == 0 {
+            return self.one(cmd).await;
+        }
+        let wait = Call::named("WAIT")
+            .arg(want.to_string())
+            .arg(WAIT_MS.to_string());
+        let mut values = self.upstream.pipeline(Proto::Resp2, &[cmd, wait]).await?;
+        let acked = values.pop();
+        let reply = match values.pop() {
+            Some(Frame::Error(line)) => {
+                return Err(LedgerError::Bad(
+                    String::from_utf8_lossy(&line).into_owned(),
+                ))
+            }
+            Some(v) => v,
+            None => return Err(LedgerError::Bad("no reply".into())),
+        };
+        match acked {
+            Some(Frame::Integer(got)) if got >= 0 && got as usize >= want => Ok(reply),
+            Some(Frame::Integer(got)) => Err(not_replicated(got, want)),
+            _ => Err(not_replicated(0, want)),
         }
     }
 
@@ -305,7 +398,7 @@ impl RedisBook {
             .arg(by.record(account))
             .arg(nanos.to_string())
             .arg(expire_at.to_string());
-        match self.one(cmd).await? {
+        match self.durable(cmd).await? {
             Frame::Integer(1) => Ok(Redemption::Credited),
             Frame::Bulk(record) => Ok(Redemption::AlreadyRedeemed {
                 by: RedeemedBy::of_record(&record),
@@ -333,7 +426,7 @@ impl RedisBook {
             .arg(claim_key.clone())
             .arg(mine.clone())
             .arg(expire_at.to_string());
-        let record = match self.one(claim).await? {
+        let record = match self.durable(claim).await? {
             Frame::Bulk(record) => record,
             other => {
                 return Err(LedgerError::Bad(format!(
@@ -348,16 +441,21 @@ impl RedisBook {
             None => return Err(LedgerError::Bad("a token claim names no account".into())),
         };
         let is_owner = record[..] == *mine.as_bytes();
+        let mark_key = self.layout.credit_key(&owner, jti);
         let credit = Call::named("EVAL")
             .arg(CREDIT_SCRIPT)
             .arg("2")
             .arg(self.account_key(&owner))
-            .arg(self.layout.credit_key(&owner, jti))
+            .arg(mark_key.clone())
             .arg(nanos.to_string())
-            .arg(expire_at.to_string())
-            .arg(if is_owner { "owner" } else { "other" });
-        let told = match self.one(credit).await {
-            Ok(Frame::Integer(n)) => n == 1,
+            .arg(expire_at.to_string());
+        let told = match self.durable(credit).await {
+            // Credited, and on the replicas: the owner is told, once.
+            Ok(Frame::Bulk(mark)) if is_owner && &mark[..] == b"other" => {
+                let tell = Call::named("EVAL").arg(TELL_SCRIPT).arg("1").arg(mark_key);
+                matches!(self.one(tell).await?, Frame::Integer(1))
+            }
+            Ok(Frame::Bulk(_)) => false,
             Ok(other) => {
                 return Err(LedgerError::Bad(format!(
                     "unexpected credit reply {other:?}"
@@ -432,7 +530,7 @@ impl RedisBook {
             .arg(req.seq.to_string())
             .arg(req.want.clamp(0, MAX_LEASE).to_string())
             .arg(UPDATES_KEPT_SECS.to_string());
-        match self.one(cmd).await? {
+        match self.durable(cmd).await? {
             Frame::Array(items) => {
                 let available = match items.get(1) {
                     Some(Frame::Bulk(b)) => {
@@ -466,7 +564,7 @@ impl RedisBook {
             cmd = cmd.arg(field).arg(delta.to_string());
         }
         // 1: applied now; 0: applied by an earlier attempt whose answer was lost.
-        match self.one(cmd).await? {
+        match self.durable(cmd).await? {
             Frame::Integer(0 | 1) => Ok(()),
             other => Err(LedgerError::Bad(format!(
                 "unexpected settlement reply {other:?}"

@@ -13,6 +13,11 @@
 //! it is asked again every [`RECHECK`] until it answers, and a policy that must be refused
 //! then stops pkv with the same line. A Redis that renames or denies `CONFIG` (managed
 //! services do) cannot be checked: pkv warns and goes on.
+//!
+//! A Redis Cluster holding the ledger is checked node by node: the seeds, and every master
+//! and replica `CLUSTER SLOTS` names ([`cluster_members`]), at start-up and, for nodes it
+//! names later (a node added, a replica that came up), every [`CLUSTER_RECHECK`]
+//! ([`watch_cluster`]). A replica is checked too: a failover makes it the master.
 
 use std::time::Duration;
 
@@ -22,6 +27,9 @@ use super::CONNECT_TIMEOUT;
 
 /// How often a Redis that was down at start-up is asked again.
 pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// How often a cluster holding the ledger is asked for nodes not checked yet.
+pub const CLUSTER_RECHECK: Duration = Duration::from_secs(10);
 
 /// What a Redis holds, which decides the policies it may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +69,8 @@ pub fn targets(upstream_url: Option<&String>, ledger_url: Option<&String>) -> Ve
             role: Role::LedgerOnly,
             ca: None,
         }],
-        // The ledger in a cluster upstream: its seed nodes are asked (a master that is no
-        // seed is not).
+        // The ledger in a cluster upstream: its seed nodes are asked, and every node the
+        // cluster names ([`cluster_members`]).
         (Some(upstream), None) if super::cluster::is_cluster_url(upstream) => {
             super::cluster::parse_url(upstream)
                 .map(|url| {
@@ -242,6 +250,129 @@ fn name(role: Role) -> &'static str {
     }
 }
 
+/// The cluster upstream's URL when the ledger is in it (no `PKV_LEDGER_URL`).
+fn ledger_cluster(upstream_url: Option<&String>, ledger_url: Option<&String>) -> Option<String> {
+    match (upstream_url, ledger_url) {
+        (Some(url), None) if super::cluster::is_cluster_url(url) => Some(url.clone()),
+        _ => None,
+    }
+}
+
+/// Every node (master or replica) the first seed that answers names in `CLUSTER SLOTS`,
+/// as targets, when the ledger is in a cluster upstream; none otherwise, or when no seed
+/// answers (the seeds are then checked as [`targets`] says, and later).
+pub async fn cluster_members(
+    upstream_url: Option<&String>,
+    ledger_url: Option<&String>,
+    timeout: Duration,
+) -> Vec<Target> {
+    let Some(url) = ledger_cluster(upstream_url, ledger_url) else {
+        return Vec::new();
+    };
+    let Ok(url) = super::cluster::parse_url(&url) else {
+        return Vec::new();
+    };
+    for seed in &url.seeds {
+        if let Some(nodes) = slot_nodes(&url.userinfo, seed, timeout).await {
+            return nodes
+                .into_iter()
+                .map(|addr| Target {
+                    url: format!("redis://{}{addr}", url.userinfo),
+                    role: Role::Shared,
+                    ca: None,
+                })
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+/// The addresses of every master and replica in the `CLUSTER SLOTS` of the node at `addr`.
+async fn slot_nodes(userinfo: &str, addr: &str, timeout: Duration) -> Option<Vec<String>> {
+    let client = redis::Client::open(format!("redis://{userinfo}{addr}")).ok()?;
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .ok()?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLUSTER").arg("SLOTS");
+    let reply = conn.send_packed_commands(&pipe, 0, 1).await.ok()?.pop()?;
+    let asked_host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    Some(nodes_of(&reply, asked_host))
+}
+
+/// The node addresses of a `CLUSTER SLOTS` reply (each entry: start, end, then the master
+/// and its replicas as host, port, ...), each once; an empty host is `asked_host`'s.
+fn nodes_of(reply: &Value, asked_host: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Value::Array(entries) = reply else {
+        return found;
+    };
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            continue;
+        };
+        for node in parts.iter().skip(2) {
+            let Value::Array(fields) = node else {
+                continue;
+            };
+            let host = match fields.first() {
+                Some(Value::BulkString(h)) if !h.is_empty() && &h[..] != b"?" => {
+                    String::from_utf8_lossy(h).into_owned()
+                }
+                _ => asked_host.to_owned(),
+            };
+            let Some(Value::Int(port)) = fields.get(1) else {
+                continue;
+            };
+            let addr = format!("{host}:{port}");
+            if !found.contains(&addr) {
+                found.push(addr);
+            }
+        }
+    }
+    found
+}
+
+/// Every [`CLUSTER_RECHECK`], checks the nodes of the ledger's cluster that were not
+/// checked yet (`checked` holds the URLs checked at start-up); resolves with the line that
+/// stops pkv as soon as one must be refused, never when the ledger is not in a cluster.
+pub async fn watch_cluster(
+    upstream_url: Option<String>,
+    ledger_url: Option<String>,
+    mut checked: Vec<String>,
+    timeout: Duration,
+) -> String {
+    if ledger_cluster(upstream_url.as_ref(), ledger_url.as_ref()).is_none() {
+        return std::future::pending().await;
+    }
+    let mut pending: Vec<Target> = Vec::new();
+    loop {
+        tokio::time::sleep(CLUSTER_RECHECK).await;
+        for target in cluster_members(upstream_url.as_ref(), ledger_url.as_ref(), timeout).await {
+            if !checked.contains(&target.url) && !pending.iter().any(|p| p.url == target.url) {
+                pending.push(target);
+            }
+        }
+        let mut still = Vec::new();
+        for target in pending {
+            match read_policy(&target.url, target.ca.as_deref(), timeout).await {
+                Reading::Unreachable(_) => still.push(target),
+                reading => {
+                    if let Err(line) = apply(&target, reading) {
+                        return line;
+                    }
+                    checked.push(target.url);
+                }
+            }
+        }
+        pending = still;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +408,34 @@ mod tests {
             unreachable!()
         };
         assert!(line.starts_with("PKV_LEDGER_URL: "), "{line}");
+    }
+
+    /// Every master and replica of a `CLUSTER SLOTS` reply, once each; an empty host is
+    /// the host of the node asked.
+    #[test]
+    fn a_cluster_slot_map_names_its_masters_and_replicas() {
+        let node = |host: &str, port: i64| {
+            Value::Array(vec![
+                Value::BulkString(host.into()),
+                Value::Int(port),
+                Value::BulkString("id".into()),
+            ])
+        };
+        let range = |start: i64, nodes: Vec<Value>| {
+            let mut parts = vec![Value::Int(start), Value::Int(start + 9)];
+            parts.extend(nodes);
+            Value::Array(parts)
+        };
+        let reply = Value::Array(vec![
+            range(0, vec![node("10.0.0.1", 7000), node("10.0.0.4", 7003)]),
+            range(10, vec![node("", 7001)]),
+            range(20, vec![node("10.0.0.1", 7000)]),
+        ]);
+        assert_eq!(
+            nodes_of(&reply, "10.0.0.9"),
+            ["10.0.0.1:7000", "10.0.0.4:7003", "10.0.0.9:7001"]
+        );
+        assert!(nodes_of(&Value::Nil, "h").is_empty());
     }
 
     /// A cluster upstream holding the ledger: its seed nodes are asked, as plain nodes

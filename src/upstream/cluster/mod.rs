@@ -20,6 +20,7 @@
 pub mod detect;
 mod pubsub;
 pub mod slot;
+mod wait;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -245,6 +246,8 @@ struct Inner {
     refreshed: tokio::sync::Mutex<Option<Instant>>,
     pool_size: usize,
     response_timeout: Duration,
+    /// 1 while every master has a replica, else 0 ([`wait`]).
+    replicated: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Inner {
@@ -296,8 +299,12 @@ impl Inner {
             };
             let ask = [Call::named("CLUSTER").arg("SLOTS")];
             let reply = node.send(Proto::Resp2, &ask, self.response_timeout).await;
+            let mut replicas = 0;
             let ranges = match reply.map(|mut r| r.pop()) {
-                Ok(Some(frame)) => parse_slots(frame, host_of(&addr)),
+                Ok(Some(frame)) => {
+                    replicas = wait::fewest_replicas(&frame).min(1);
+                    parse_slots(frame, host_of(&addr))
+                }
                 Ok(None) => Err("no reply".into()),
                 Err(e) => Err(ClientError::Backend(e).line().into_owned()),
             };
@@ -308,6 +315,8 @@ impl Inner {
                         .map_err(|e| ClientError::Backend(e).line())?;
                     tracing::info!(from = %addr, masters = map.masters.len(), "cluster slot map read");
                     self.map.store(Arc::new(map));
+                    self.replicated
+                        .store(replicas, std::sync::atomic::Ordering::Relaxed);
                     *last = Some(Instant::now());
                     return Ok(());
                 }
@@ -408,8 +417,11 @@ impl Inner {
             let _ = self.refresh().await;
             map = self.map();
         }
+        // The master of the last call sent, which a `WAIT` after it goes to ([`wait`]).
+        let mut last: Option<Arc<Node>> = None;
         for (i, route) in routes.iter().enumerate() {
             let owner = match route {
+                Route::Any if wait::is_wait(&calls[i]) && last.is_some() => last.clone(),
                 Route::Slot(slot) => map.owner(*slot).cloned(),
                 _ => map.any().cloned(),
             };
@@ -421,6 +433,7 @@ impl Inner {
                         replies[i] = Some(Frame::error(ClientError::ClusterDown.line()));
                         continue;
                     };
+                    last = Some(node.clone());
                     match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
                         Some((_, at)) => at.push(i),
                         None => groups.push((node, vec![i])),
@@ -466,11 +479,24 @@ impl Inner {
             sent |= !matches!(result, Err(BackendError::Unavailable(_)));
             match result {
                 Ok(frames) => {
-                    for (&i, frame) in at.iter().zip(frames) {
-                        let frame = if redirect(&frame, &node.addr).is_some() {
-                            self.follow(proto, &calls[i], frame, &node.addr).await
-                        } else {
+                    // The reply of a `WAIT` that went with the redirected call before it.
+                    let mut waited = None;
+                    for (k, (&i, frame)) in at.iter().zip(frames).enumerate() {
+                        if let Some(reply) = waited.take() {
+                            replies[i] = Some(reply);
+                            continue;
+                        }
+                        let frame = if redirect(&frame, &node.addr).is_none() {
                             frame
+                        } else if let Some(j) = at.get(k + 1).filter(|&&j| wait::is_wait(&calls[j]))
+                        {
+                            let (reply, wait) = self
+                                .follow_waiting(proto, [&calls[i], &calls[*j]], frame, &node.addr)
+                                .await;
+                            waited = Some(wait);
+                            reply
+                        } else {
+                            self.follow(proto, &calls[i], frame, &node.addr).await
                         };
                         replies[i] = Some(frame);
                     }
@@ -665,6 +691,7 @@ impl Cluster {
                 refreshed: tokio::sync::Mutex::new(None),
                 pool_size,
                 response_timeout,
+                replicated: Default::default(),
             }),
         })
     }
@@ -919,7 +946,11 @@ pub fn backend(settings: &crate::config::Settings) -> Result<BackendAndBook, Str
             .map_err(|e| format!("PKV_UPSTREAM_URL: {e}"))?,
     );
     let Some(ledger_url) = settings.ledger_url.as_deref() else {
-        let book = super::book::RedisBook::in_cluster(cluster.clone());
+        let replicas = match settings.ledger_replicas {
+            Some(n) => Arc::new(std::sync::atomic::AtomicUsize::new(n)),
+            None => cluster.replicated(),
+        };
+        let book = super::book::RedisBook::in_cluster(cluster.clone()).waiting_for(replicas);
         return Ok((cluster, Arc::new(book)));
     };
     check_ledger(url, Some(ledger_url)).map_err(|e| format!("PKV_LEDGER_URL: {e}"))?;
@@ -930,9 +961,12 @@ pub fn backend(settings: &crate::config::Settings) -> Result<BackendAndBook, Str
         settings.upstream_timeout,
     )
     .map_err(|e| format!("PKV_LEDGER_URL: {e}"))?;
+    let replicas = Arc::new(std::sync::atomic::AtomicUsize::new(
+        settings.ledger_replicas.unwrap_or(0),
+    ));
     Ok((
         cluster,
-        Arc::new(super::book::RedisBook::new(Arc::new(ledger))),
+        Arc::new(super::book::RedisBook::new(Arc::new(ledger)).waiting_for(replicas)),
     ))
 }
 
