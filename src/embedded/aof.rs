@@ -632,7 +632,7 @@ fn replay_change(
             .ok_or_else(|| "a change counter that is not a number".to_owned())
     };
     let (base, version) = (number(base)?, number(version)?);
-    super::delta::seen(version);
+    super::delta::seen(version)?;
     let key = args[1];
     let current = store.keys.read(key, now, |e| e.map(|e| e.version));
     if current != Some(base) {
@@ -1024,6 +1024,38 @@ mod tests {
                 proptest::prop_assert_eq!(live_entry, replayed_entry, "{:?}", String::from_utf8_lossy(key));
             }
         }
+    }
+
+    /// A change counter no pkv could have given out (it takes one per write: 2^62 is
+    /// centuries away) is damage, in a `DELTA` and in a `PUT`'s entry: believed, it would
+    /// make the next counter wrap to 0 ("none") and then repeat counters that states
+    /// already have, so a `DELTA` could apply to a state it was not made from.
+    #[test]
+    fn a_change_counter_past_the_last_one_pkv_gives_is_damage() {
+        let huge = u64::MAX.to_string();
+        let mut change = Vec::new();
+        write_parts(
+            &mut change,
+            &[b"DELTA", b"1", huge.as_bytes(), b"INCR", b"k"],
+        );
+        let error = replay(&change, &store()).err();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("change counter")),
+            "{error:?}"
+        );
+        let mut entry = Entry::new(Data::Str(b"1".to_vec()));
+        entry.version = u64::MAX - 1;
+        let mut put = Vec::new();
+        encode_state(&mut put, b"k", Some(&entry));
+        let error = replay(&put, &store()).err();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("change counter")),
+            "{error:?}"
+        );
     }
 
     #[test]
