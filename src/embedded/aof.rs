@@ -633,14 +633,16 @@ fn replay_change(
     };
     let (base, version) = (number(base)?, number(version)?);
     super::delta::seen(version)?;
+    // Whether the record is damaged does not depend on the state it meets, so a log that
+    // replays once replays again over a later snapshot.
+    let command = super::cmd::find(args[0])
+        .filter(|c| super::delta::CHANGES.contains(&c.name))
+        .ok_or_else(|| format!("a change by {:?}", String::from_utf8_lossy(args[0])))?;
     let key = args[1];
     let current = store.keys.read(key, now, |e| e.map(|e| e.version));
     if current != Some(base) {
         return Ok(());
     }
-    let command = super::cmd::find(args[0])
-        .filter(|c| super::delta::CHANGES.contains(&c.name))
-        .ok_or_else(|| format!("a change by {:?}", String::from_utf8_lossy(args[0])))?;
     let _ = store.execute(command, crate::protocol::Proto::Resp2, args, now);
     let mut shard = store.keys.write_shard(store.keys.shard_of(key));
     if let Some(entry) = shard.get_mut(key) {
@@ -1024,6 +1026,25 @@ mod tests {
                 proptest::prop_assert_eq!(live_entry, replayed_entry, "{:?}", String::from_utf8_lossy(key));
             }
         }
+    }
+
+    /// Whether a `DELTA` is damage does not depend on the state it meets: one that names
+    /// a command pkv never logs as a change is an error wherever it is, not only when the
+    /// key happens to hold its base state. Otherwise a log that replayed once could fail
+    /// over a later snapshot (the crash between a snapshot and the cut of the log) and stop
+    /// start-up.
+    #[test]
+    fn a_change_by_a_command_that_is_not_one_is_damage_whatever_the_state() {
+        let mut entry = Entry::new(Data::Str(b"1".to_vec()));
+        entry.version = 5;
+        let mut log = Vec::new();
+        write_parts(&mut log, &[b"DELTA", b"5", b"6", b"GET", b"k"]);
+        encode_state(&mut log, b"k", Some(&entry));
+        let error = replay(&log, &store()).err();
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("GET")),
+            "{error:?}"
+        );
     }
 
     /// A change counter no pkv could have given out (it takes one per write: 2^62 is
