@@ -303,6 +303,42 @@ impl Aof {
     }
 }
 
+/// For the fuzz target `aof` (`fuzz/fuzz_targets/aof.rs`), which builds logs by running
+/// commands and replays them: not part of pkv's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::Arc;
+
+    use super::{Aof, Durable, Pending, Policy, Store};
+
+    /// Attaches to `store` a log with no file and no writer, which keeps every record
+    /// appended ([`appended`]); `None` when `store` has a log already.
+    pub fn attach_in_memory(store: &Store) -> Option<Arc<Aof>> {
+        let (durable, _) = tokio::sync::watch::channel(Durable::default());
+        let aof = Arc::new(Aof {
+            path: std::path::PathBuf::new(),
+            policy: Policy::No,
+            pending: std::sync::Mutex::new(Pending::default()),
+            wake: std::sync::Condvar::new(),
+            durable,
+            failed: std::sync::atomic::AtomicBool::new(false),
+        });
+        store.aof.set(aof.clone()).ok()?;
+        Some(aof)
+    }
+
+    /// Every byte appended to a log made by [`attach_in_memory`].
+    pub fn appended(aof: &Aof) -> Vec<u8> {
+        aof.lock().buf.clone()
+    }
+
+    /// What start-up's replay does with `bytes` over `store`: the records applied, the bytes
+    /// of whole records and why the bytes after them were dropped; or why the log is damaged.
+    pub fn replay(bytes: &[u8], store: &Store) -> Result<(usize, usize, Option<String>), String> {
+        super::replay(bytes, store).map(|r| (r.records, r.valid, r.torn))
+    }
+}
+
 /// Writes the record of `key`'s state: `PUT <entry>`, or `DEL <key>` when it is gone.
 pub fn encode_state(buf: &mut Vec<u8>, key: &[u8], entry: Option<&Entry>) {
     match entry {
