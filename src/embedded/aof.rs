@@ -303,6 +303,42 @@ impl Aof {
     }
 }
 
+/// For the fuzz target `aof` (`fuzz/fuzz_targets/aof.rs`), which builds logs by running
+/// commands and replays them: not part of pkv's interface.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::Arc;
+
+    use super::{Aof, Durable, Pending, Policy, Store};
+
+    /// Attaches to `store` a log with no file and no writer, which keeps every record
+    /// appended ([`appended`]); `None` when `store` has a log already.
+    pub fn attach_in_memory(store: &Store) -> Option<Arc<Aof>> {
+        let (durable, _) = tokio::sync::watch::channel(Durable::default());
+        let aof = Arc::new(Aof {
+            path: std::path::PathBuf::new(),
+            policy: Policy::No,
+            pending: std::sync::Mutex::new(Pending::default()),
+            wake: std::sync::Condvar::new(),
+            durable,
+            failed: std::sync::atomic::AtomicBool::new(false),
+        });
+        store.aof.set(aof.clone()).ok()?;
+        Some(aof)
+    }
+
+    /// Every byte appended to a log made by [`attach_in_memory`].
+    pub fn appended(aof: &Aof) -> Vec<u8> {
+        aof.lock().buf.clone()
+    }
+
+    /// What start-up's replay does with `bytes` over `store`: the records applied, the bytes
+    /// of whole records and why the bytes after them were dropped; or why the log is damaged.
+    pub fn replay(bytes: &[u8], store: &Store) -> Result<(usize, usize, Option<String>), String> {
+        super::replay(bytes, store).map(|r| (r.records, r.valid, r.torn))
+    }
+}
+
 /// Writes the record of `key`'s state: `PUT <entry>`, or `DEL <key>` when it is gone.
 pub fn encode_state(buf: &mut Vec<u8>, key: &[u8], entry: Option<&Entry>) {
     match entry {
@@ -632,15 +668,17 @@ fn replay_change(
             .ok_or_else(|| "a change counter that is not a number".to_owned())
     };
     let (base, version) = (number(base)?, number(version)?);
-    super::delta::seen(version);
+    super::delta::seen(version)?;
+    // Whether the record is damaged does not depend on the state it meets, so a log that
+    // replays once replays again over a later snapshot.
+    let command = super::cmd::find(args[0])
+        .filter(|c| super::delta::CHANGES.contains(&c.name))
+        .ok_or_else(|| format!("a change by {:?}", String::from_utf8_lossy(args[0])))?;
     let key = args[1];
     let current = store.keys.read(key, now, |e| e.map(|e| e.version));
     if current != Some(base) {
         return Ok(());
     }
-    let command = super::cmd::find(args[0])
-        .filter(|c| super::delta::CHANGES.contains(&c.name))
-        .ok_or_else(|| format!("a change by {:?}", String::from_utf8_lossy(args[0])))?;
     let _ = store.execute(command, crate::protocol::Proto::Resp2, args, now);
     let mut shard = store.keys.write_shard(store.keys.shard_of(key));
     if let Some(entry) = shard.get_mut(key) {
@@ -1024,6 +1062,57 @@ mod tests {
                 proptest::prop_assert_eq!(live_entry, replayed_entry, "{:?}", String::from_utf8_lossy(key));
             }
         }
+    }
+
+    /// Whether a `DELTA` is damage does not depend on the state it meets: one that names
+    /// a command pkv never logs as a change is an error wherever it is, not only when the
+    /// key happens to hold its base state. Otherwise a log that replayed once could fail
+    /// over a later snapshot (the crash between a snapshot and the cut of the log) and stop
+    /// start-up.
+    #[test]
+    fn a_change_by_a_command_that_is_not_one_is_damage_whatever_the_state() {
+        let mut entry = Entry::new(Data::Str(b"1".to_vec()));
+        entry.version = 5;
+        let mut log = Vec::new();
+        write_parts(&mut log, &[b"DELTA", b"5", b"6", b"GET", b"k"]);
+        encode_state(&mut log, b"k", Some(&entry));
+        let error = replay(&log, &store()).err();
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("GET")),
+            "{error:?}"
+        );
+    }
+
+    /// A change counter no pkv could have given out (it takes one per write: 2^62 is
+    /// centuries away) is damage, in a `DELTA` and in a `PUT`'s entry: believed, it would
+    /// make the next counter wrap to 0 ("none") and then repeat counters that states
+    /// already have, so a `DELTA` could apply to a state it was not made from.
+    #[test]
+    fn a_change_counter_past_the_last_one_pkv_gives_is_damage() {
+        let huge = u64::MAX.to_string();
+        let mut change = Vec::new();
+        write_parts(
+            &mut change,
+            &[b"DELTA", b"1", huge.as_bytes(), b"INCR", b"k"],
+        );
+        let error = replay(&change, &store()).err();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("change counter")),
+            "{error:?}"
+        );
+        let mut entry = Entry::new(Data::Str(b"1".to_vec()));
+        entry.version = u64::MAX - 1;
+        let mut put = Vec::new();
+        encode_state(&mut put, b"k", Some(&entry));
+        let error = replay(&put, &store()).err();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("change counter")),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -120,9 +120,19 @@ pub fn fresh() -> u64 {
     COUNTER.fetch_add(1, Ordering::Relaxed) + 1
 }
 
-/// Notes a counter read from a snapshot or the log, so that [`fresh`] never gives it again.
-pub fn seen(version: u64) {
+/// The largest change counter a snapshot or a log may hold. pkv takes one per write, so it
+/// never gets near; a file with a larger one is damaged, and believed, it would make
+/// [`fresh`] wrap to 0 ("none") and then give out counters that states already have.
+pub const MAX_COUNTER: u64 = 1 << 62;
+
+/// Notes a counter read from a snapshot or the log, so that [`fresh`] never gives it again;
+/// an error for one past [`MAX_COUNTER`].
+pub fn seen(version: u64) -> Result<(), String> {
+    if version > MAX_COUNTER {
+        return Err(format!("a change counter past {MAX_COUNTER} ({version})"));
+    }
     COUNTER.fetch_max(version, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The single-key write running on this thread, while it runs.

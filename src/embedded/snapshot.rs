@@ -353,7 +353,7 @@ impl<'a> Reader<'a> {
         } else {
             0
         };
-        super::delta::seen(version);
+        super::delta::seen(version).map_err(|e| format!("entry {}: {e}", self.entry))?;
         Ok((expires_at, version))
     }
 
