@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# EVALSHA through pkv's embedded store against redis-server direct, side by side in one run:
+# EVALSHA through pkv on its embedded store and through pkv on a private redis-server (the
+# script then runs inside Redis, wrapped) against that redis-server direct, side by side in
+# one run:
 # redis-benchmark sends EVALSHA of a one-call script (`incrby KEYS[1] ARGV[1]`, as a rate
 # limiter's) and, for comparison, the same INCR without a script, at pipelines of 1 and 16.
 # Prints requests per second and ratios (median of rounds, configurations alternating).
@@ -17,11 +19,16 @@ SCRIPT="return redis.call('incrby', KEYS[1], ARGV[1])"
 
 source "$(dirname "$0")/bench-common.sh"
 
-PKV_PORT=$(free_port)
-(cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PKV_PORT" PKV_LOG=warn \
-  ${PKV_SCRIPT_BUDGET_MS:+PKV_SCRIPT_BUDGET_MS="$PKV_SCRIPT_BUDGET_MS"} "$PKV" >/dev/null 2>&1) &
-track $!
-wait_port "$PKV_PORT"
+start_pkv() { # $1 = upstream URL or ""; sets PORT
+  PORT=$(free_port)
+  (cd "$WORK" && exec env -i PATH="$PATH" PKV_LISTEN="127.0.0.1:$PORT" PKV_LOG=error \
+    ${1:+PKV_UPSTREAM_URL="$1"} \
+    ${PKV_SCRIPT_BUDGET_MS:+PKV_SCRIPT_BUDGET_MS="$PKV_SCRIPT_BUDGET_MS"} "$PKV" >/dev/null 2>&1) &
+  track $!
+  wait_port "$PORT"
+}
+start_pkv ""; PKV_PORT=$PORT
+start_pkv "redis://127.0.0.1:$REDIS_PORT"; PROXY_PORT=$PORT
 # Development mode: the development issuer signs; a large quantity never runs out here.
 TOKEN=$(cd "$WORK" && env -i PATH="$PATH" "$PKV" token mint --quantity 1000000 --lifetime 86400)
 
@@ -30,7 +37,7 @@ auth() { # port -> client auth options
 }
 
 # Each side loads the script (pkv keeps it in the token's account).
-for port in "$PKV_PORT" "$REDIS_PORT"; do
+for port in "$PKV_PORT" "$PROXY_PORT" "$REDIS_PORT"; do
   # shellcheck disable=SC2046
   SHA=$(redis-cli -p "$port" $(auth "$port") SCRIPT LOAD "$SCRIPT")
 done
@@ -48,20 +55,23 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo "redis-benchmark -n $REQUESTS -c $CLIENTS -r $KEYS, median of $ROUNDS rounds, configurations alternating"
 echo "script: $SCRIPT ($SHA)"
 echo "machine: $(nproc) cores, $(uname -sr); $(date -u +%Y-%m-%d)"
-printf '| %-7s | %2s | %9s | %9s | %9s |\n' test P pkv redis pkv/redis
-printf '| %-7s | %2s | %9s | %9s | %9s |\n' --- -- --- --- ---
+printf '| %-7s | %2s | %9s | %9s | %9s | %9s | %11s |\n' test P embedded pkv+redis redis embedded/redis pkv+redis/redis
+printf '| %-7s | %2s | %9s | %9s | %9s | %9s | %11s |\n' --- -- --- --- --- --- ---
 for test in ${TESTS:-evalsha incr}; do
   case $test in
     evalsha) cmd=(EVALSHA "$SHA" 1 key:__rand_int__ 1) ;;
     incr) cmd=(INCRBY key:__rand_int__ 1) ;;
   esac
   for p in 1 16; do
-    k=(); r=()
+    k=(); u=(); r=()
     for _ in $(seq "$ROUNDS"); do
       k+=("$(rps "$PKV_PORT" "$p" "${cmd[@]}")")
+      u+=("$(rps "$PROXY_PORT" "$p" "${cmd[@]}")")
       r+=("$(rps "$REDIS_PORT" "$p" "${cmd[@]}")")
     done
-    mk=$(printf '%s\n' "${k[@]}" | median); mr=$(printf '%s\n' "${r[@]}" | median)
-    printf '| %-7s | %2s | %9s | %9s | %9s |\n' "$test" "$p" "$mk" "$mr" "$(ratio "$mk" "$mr")"
+    mk=$(printf '%s\n' "${k[@]}" | median); mu=$(printf '%s\n' "${u[@]}" | median)
+    mr=$(printf '%s\n' "${r[@]}" | median)
+    printf '| %-7s | %2s | %9s | %9s | %9s | %9s | %11s |\n' "$test" "$p" "$mk" "$mu" "$mr" \
+      "$(ratio "$mk" "$mr")" "$(ratio "$mu" "$mr")"
   done
 done
