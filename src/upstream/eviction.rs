@@ -21,9 +21,7 @@
 
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Value};
-
-use super::CONNECT_TIMEOUT;
+use redis::Value;
 
 /// How often a Redis that was down at start-up is asked again.
 pub const RECHECK: Duration = Duration::from_secs(1);
@@ -130,25 +128,13 @@ pub enum Reading {
 
 /// Asks the Redis at `url` for its `maxmemory-policy`, on a connection of its own.
 pub async fn read_policy(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> Reading {
-    let client = match crate::tls::redis_client(url, ca) {
-        Ok(c) => c,
-        Err(e) => return Reading::Unreachable(e.to_string()),
-    };
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(timeout));
-    let mut conn = match client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return Reading::Unreachable(e.to_string()),
-    };
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG").arg("GET").arg("maxmemory-policy");
-    let reply = match conn.send_packed_commands(&pipe, 0, 1).await {
-        Ok(mut values) => values.pop(),
-        Err(e) => return Reading::Unreachable(e.to_string()),
+    let command = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .clone();
+    let reply = match super::ask_alone(url, ca, timeout, &command).await {
+        Ok(reply) => reply,
+        Err(e) => return Reading::Unreachable(e),
     };
     let text = |v: &Value| match v {
         Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
@@ -289,17 +275,11 @@ pub async fn cluster_members(
 
 /// The addresses of every master and replica in the `CLUSTER SLOTS` of the node at `addr`.
 async fn slot_nodes(userinfo: &str, addr: &str, timeout: Duration) -> Option<Vec<String>> {
-    let client = redis::Client::open(format!("redis://{userinfo}{addr}")).ok()?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
+    let url = format!("redis://{userinfo}{addr}");
+    let command = redis::cmd("CLUSTER").arg("SLOTS").clone();
+    let reply = super::ask_alone(&url, None, timeout, &command)
         .await
-        .ok()?;
-    let mut pipe = redis::pipe();
-    pipe.cmd("CLUSTER").arg("SLOTS");
-    let reply = conn.send_packed_commands(&pipe, 0, 1).await.ok()?.pop()?;
+        .ok()??;
     let asked_host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
     Some(nodes_of(&reply, asked_host))
 }

@@ -30,6 +30,33 @@ use pool::Pool;
 /// How long a new upstream connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Sends one command to the Redis at `url` on a connection opened for it alone (pkv's
+/// connect timeout, `timeout` for the reply), outside the pools: for the checks pkv makes
+/// of a Redis at start-up and now and then. `Err` when the Redis could not be asked (a bad
+/// URL, down, refused, timed out); a refusal by Redis is the `Ok` reply's error value.
+pub async fn ask_alone(
+    url: &str,
+    ca: Option<&std::path::Path>,
+    timeout: Duration,
+    command: &redis::Cmd,
+) -> Result<Option<redis::Value>, String> {
+    let client = crate::tls::redis_client(url, ca).map_err(|e| e.to_string())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pipe = redis::pipe();
+    pipe.add_command(command.clone());
+    let mut values = conn
+        .send_packed_commands(&pipe, 0, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(values.pop())
+}
+
 fn unavailable(err: &RedisError) -> BackendError {
     BackendError::Unavailable(err.to_string().replace(['\r', '\n'], " "))
 }

@@ -8,9 +8,8 @@
 
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
-use super::CONNECT_TIMEOUT;
 use crate::notify::Flags;
 
 /// Sets `notify-keyspace-events` on the Redis at `url` to `flags`.
@@ -20,28 +19,15 @@ pub async fn enable(
     flags: Flags,
     timeout: Duration,
 ) -> Result<(), String> {
-    let client = crate::tls::redis_client(url, ca).map_err(|e| e.to_string())?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut pipe = redis::pipe();
-    pipe.cmd("CONFIG")
+    let mut command = redis::cmd("CONFIG");
+    command
         .arg("SET")
         .arg("notify-keyspace-events")
         .arg(flags.redis_string());
-    match conn.send_packed_commands(&pipe, 0, 1).await {
-        Ok(mut values) => match values.pop() {
-            Some(Value::Okay) => Ok(()),
-            Some(Value::ServerError(e)) => {
-                Err(format!("{} {}", e.code(), e.details().unwrap_or("")))
-            }
-            other => Err(format!("unexpected reply {other:?}")),
-        },
-        Err(e) => Err(e.to_string()),
+    match super::ask_alone(url, ca, timeout, &command).await? {
+        Some(Value::Okay) => Ok(()),
+        Some(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or(""))),
+        other => Err(format!("unexpected reply {other:?}")),
     }
 }
 

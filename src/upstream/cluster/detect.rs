@@ -18,11 +18,10 @@
 
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Value};
+use redis::Value;
 
 use super::SCHEME;
 use crate::upstream::eviction::RECHECK;
-use crate::upstream::CONNECT_TIMEOUT;
 
 /// What asking a Redis whether it is a cluster node gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,25 +38,10 @@ pub enum Probe {
 
 /// Asks the Redis at `url` for `INFO cluster`, on a connection of its own.
 pub async fn probe(url: &str, ca: Option<&std::path::Path>, timeout: Duration) -> Probe {
-    let client = match crate::tls::redis_client(url, ca) {
-        Ok(c) => c,
-        Err(e) => return Probe::Unreachable(e.to_string()),
-    };
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(timeout));
-    let mut conn = match client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => return Probe::Unreachable(e.to_string()),
-    };
-    let mut pipe = redis::pipe();
-    pipe.cmd("INFO").arg("cluster");
-    let reply = match conn.send_packed_commands(&pipe, 0, 1).await {
-        Ok(mut values) => values.pop(),
-        Err(e) => return Probe::Unreachable(e.to_string()),
+    let command = redis::cmd("INFO").arg("cluster").clone();
+    let reply = match crate::upstream::ask_alone(url, ca, timeout, &command).await {
+        Ok(reply) => reply,
+        Err(e) => return Probe::Unreachable(e),
     };
     let text = match reply {
         Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
