@@ -200,7 +200,7 @@ pub const SETTINGS: &[SettingDoc] = &[
     SettingDoc {
         name: "PKV_MAX_DEDICATED_PER_ACCOUNT",
         default: "16",
-        help: "most dedicated upstream connections (MULTI/WATCH, blocking commands, subscriptions) one account may hold at once",
+        help: "most dedicated upstream connections (MULTI/WATCH, blocking commands, subscriptions, scripts running on an upstream) one account may hold at once",
     },
     SettingDoc {
         name: "PKV_IDLE_TIMEOUT",

@@ -373,7 +373,7 @@ fn limit_line(err: LimitError) -> String {
             format!("ERR max number of connections for this account reached (limit {max})")
         }
         LimitError::Dedicated(max) => format!(
-            "ERR too many dedicated upstream connections for this account (limit {max}; MULTI/WATCH, blocking commands and subscriptions each hold one)"
+            "ERR too many dedicated upstream connections for this account (limit {max}; MULTI/WATCH, blocking commands, subscriptions and running scripts each hold one)"
         ),
         LimitError::Buffered(max) => format!(
             "ERR unfinished requests of this account's connections passed {max} bytes; closing"

@@ -566,3 +566,54 @@ fn script_kill_stops_the_accounts_own_script_and_no_other_accounts_kill_does() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(b.call_text(&["SET", "k", "v"]), "+OK\r\n");
 }
+
+/// A script on an upstream holds a connection of its own for as long as it runs, so it
+/// counts as one of the account's dedicated connections (`PKV_MAX_DEDICATED_PER_ACCOUNT`),
+/// as MULTI and blocking commands do: a tenant running scripts from many connections at once
+/// holds at most that many upstream connections, not one per client connection.
+#[test]
+fn running_scripts_count_against_the_accounts_dedicated_connections() {
+    const LIMIT: usize = 3;
+    const CLIENTS: usize = 10;
+    let issuer = Issuer::new();
+    let redis = Redis::start();
+    let server = PkvConfig::new(&redis, &issuer)
+        .set("PKV_BALANCE_INTERVAL_MS", "0")
+        .set("PKV_MAX_DEDICATED_PER_ACCOUNT", &LIMIT.to_string())
+        .start();
+    let token = issuer.token(1000);
+    // Busy for a while inside Redis, which runs one script at a time.
+    let busy = "local n = 0 for i = 1, 20000000 do n = n + 1 end return n";
+    let mut clients: Vec<RespConn> = (0..CLIENTS).map(|_| server.resp_authed(&token)).collect();
+    let eval = format!(
+        "*3\r\n$4\r\nEVAL\r\n${}\r\n{busy}\r\n$1\r\n0\r\n",
+        busy.len()
+    );
+    for client in &mut clients {
+        client.send(eval.as_bytes());
+    }
+    // While the scripts run or wait their turn in Redis: the account's script connections.
+    let mut direct = redis.direct();
+    let mut most = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(500) {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
+        most = most.max(list.lines().filter(|l| l.contains(" user=pkv-")).count());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let replies: Vec<String> = clients
+        .iter_mut()
+        .map(|c| String::from_utf8_lossy(&c.reply_within(Duration::from_secs(60))).into_owned())
+        .collect();
+    let refused = replies
+        .iter()
+        .filter(|r| r.contains("too many dedicated upstream connections"))
+        .count();
+    let ran = replies.iter().filter(|r| r.starts_with(':')).count();
+    assert!(
+        most <= LIMIT,
+        "{most} script connections held upstream at once, limit {LIMIT}: {replies:?}"
+    );
+    assert_eq!(ran + refused, CLIENTS, "{replies:?}");
+    assert!(ran >= 1 && refused >= 1, "{replies:?}");
+}

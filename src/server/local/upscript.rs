@@ -77,6 +77,12 @@ impl Session {
         };
         // The commands before it in the pipeline run first.
         self.flush(out).await;
+        // The script holds an upstream connection of its own while it runs (or waits for
+        // Redis, which runs one script at a time): one of the account's dedicated ones.
+        let _held = match self.shared.limits.dedicated(&account) {
+            Ok(held) => held,
+            Err(limit) => return self.reject(ClientError::from(BackendError::Limit(limit)), out),
+        };
         let mut conn = match script_conn(&self.shared, &account, &ns).await {
             Ok(conn) => conn,
             Err(err) => return self.reject(err, out),
