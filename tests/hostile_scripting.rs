@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{credited, pkv_balance, Issuer, PkvConfig, RespConn};
@@ -21,6 +22,21 @@ fn eval(conn: &mut RespConn, script: &str, argv: &[&str]) -> String {
     let mut args = vec!["EVAL", script, "0"];
     args.extend_from_slice(argv);
     conn.call_text(&args)
+}
+
+/// Runs `script` for the account `token` opens, on a connection of its own in a thread of its
+/// own; its reply and how long it took arrive on the receiver.
+fn eval_apart(port: u16, token: &str, script: &str) -> mpsc::Receiver<(String, Duration)> {
+    let (token, script) = (token.to_owned(), script.to_owned());
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut conn = RespConn::connect(port);
+        conn.call(&[b"AUTH", token.as_bytes()]);
+        let started = Instant::now();
+        let reply = eval(&mut conn, &script, &[]);
+        let _ = done.send((reply, started.elapsed()));
+    });
+    result
 }
 
 /// The key prefix of the account `token` opens, as the store holds its keys.
@@ -230,16 +246,7 @@ fn loops_are_stopped_and_other_tenants_are_served_during_and_after() {
         "while true do pcall(function() while true do end end) end",
         "local i = 0 while true do i = i + 1 local ok = pcall(error, 'x') end",
     ] {
-        let port = server.port;
-        let token = token_a.clone();
-        let owned = script.to_owned();
-        let looping = std::thread::spawn(move || {
-            let mut a = RespConn::connect(port);
-            a.call(&[b"AUTH", token.as_bytes()]);
-            let started = Instant::now();
-            let reply = eval(&mut a, &owned, &[]);
-            (reply, started.elapsed())
-        });
+        let looping = eval_apart(server.port, &token_a, script);
         // While it loops: B's PING is answered at once, its GET as soon as the script
         // is stopped.
         std::thread::sleep(Duration::from_millis(100));
@@ -248,7 +255,7 @@ fn loops_are_stopped_and_other_tenants_are_served_during_and_after() {
         assert!(started.elapsed() < Duration::from_millis(300));
         assert_eq!(call(&mut b, &["GET", "k"]), "$1\r\nv\r\n");
         assert!(started.elapsed() < Duration::from_secs(3));
-        let (reply, took) = looping.join().unwrap();
+        let (reply, took) = looping.recv().unwrap();
         assert_eq!(
             reply, "-ERR script stopped: it ran past PKV_SCRIPT_TIME_LIMIT (500 ms)\r\n",
             "{script}"
@@ -431,18 +438,7 @@ fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
         "for a in (('x'):rep(5000)):gmatch(('.-'):rep(100) .. 'y') do end",
         "return pcall(string.match, ('x'):rep(5000), ('(.-)'):rep(30) .. 'y')",
     ] {
-        let port = server.port;
-        let token = token_a.clone();
-        let owned = script.to_owned();
-        let (done, result) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut a = RespConn::connect(port);
-            a.call(&[b"AUTH", token.as_bytes()]);
-            let started = Instant::now();
-            let reply = eval(&mut a, &owned, &[]);
-            let _ = done.send((reply, started.elapsed()));
-        });
-        let (reply, took) = result
+        let (reply, took) = eval_apart(server.port, &token_a, script)
             .recv_timeout(Duration::from_secs(10))
             .unwrap_or_else(|_| panic!("{script}: still running after 10 s"));
         assert_eq!(
@@ -456,16 +452,9 @@ fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
     }
     // A plain search is linear: Lua's own compares the text at every place its first
     // byte occurs, here 2,000,000 times 2,000,000 bytes.
-    let (port, token) = (server.port, token_a.clone());
-    let (done, result) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut a = RespConn::connect(port);
-        a.call(&[b"AUTH", token.as_bytes()]);
-        let plain = "return string.find(string.rep('a', 4000000), \
-                     string.rep('a', 2000000) .. 'b', 1, true)";
-        let _ = done.send(eval(&mut a, plain, &[]));
-    });
-    let reply = result
+    let plain = "return string.find(string.rep('a', 4000000), \
+                 string.rep('a', 2000000) .. 'b', 1, true)";
+    let (reply, _) = eval_apart(server.port, &token_a, plain)
         .recv_timeout(Duration::from_secs(10))
         .expect("a plain find still running after 10 s");
     assert_eq!(reply, "$-1\r\n");

@@ -7,12 +7,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pkv_balance, Issuer, PkvConfig, Redis, RespConn, Server};
+use common::{pkv_balance, run_python_app, Issuer, PkvConfig, Redis, RespConn, Server};
 
 fn embedded() -> (Server, Issuer) {
     let issuer = Issuer::new();
     let server = PkvConfig::embedded(&issuer).start();
     (server, issuer)
+}
+
+/// pkv on its embedded store and a redis-server, with a tenant's connection to the one and a
+/// direct connection to the other: the two sides a parity test compares. The first two
+/// keep the processes running.
+fn beside_redis() -> ((Server, Issuer), Redis, RespConn, RespConn) {
+    let (server, issuer) = embedded();
+    let redis = Redis::start();
+    let pkv = server.resp_authed(&issuer.token(1000));
+    let direct = RespConn::connect(redis.port);
+    ((server, issuer), redis, pkv, direct)
 }
 
 fn words(args: &[&str]) -> Vec<Vec<u8>> {
@@ -96,10 +107,7 @@ const PARITY: &[&[&str]] = &[
 
 #[test]
 fn replies_and_errors_are_redis_7s() {
-    let (server, issuer) = embedded();
-    let redis = Redis::start();
-    let mut pkv = server.resp_authed(&issuer.token(1000));
-    let mut direct = RespConn::connect(redis.port);
+    let (_pkv, _redis, mut pkv, mut direct) = beside_redis();
     let mut differences = Vec::new();
     for args in PARITY {
         let ours = call(&mut pkv, args);
@@ -136,22 +144,8 @@ fn redis_rs_script_loads_once_and_runs_by_sha() {
 fn redis_py_lock_excludes_under_contention() {
     let (server, issuer) = embedded();
     let token = issuer.token(1000);
-    let output = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/apps/redis_py_lock.py"
-        ))
-        .arg(server.url(&token))
-        .args(["4", "25"])
-        .output()
-        .expect("python3 runs (scripts/test.sh installs python3-redis)");
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "100");
+    let printed = run_python_app("redis_py_lock.py", &[&server.url(&token), "4", "25"]);
+    assert_eq!(printed, "100");
 }
 
 #[test]
@@ -337,10 +331,7 @@ fn replies_and_errors_are_redis_7s_on_an_upstream_too() {
 /// arguments are that command's result, not the transaction's).
 #[test]
 fn scripts_queued_in_multi_run_at_exec_as_redis_runs_them() {
-    let (server, issuer) = embedded();
-    let redis = Redis::start();
-    let mut pkv = server.resp_authed(&issuer.token(1000));
-    let mut direct = RespConn::connect(redis.port);
+    let (_pkv, _redis, mut pkv, mut direct) = beside_redis();
     let transcript: &[&[&str]] = &[
         &[
             "SCRIPT",
@@ -400,24 +391,8 @@ fn scripts_queued_in_multi_run_at_exec_as_redis_runs_them() {
 fn redis_py_transaction_with_scripts_runs_them_at_exec() {
     let (server, issuer) = embedded();
     let token = issuer.token(1000);
-    let output = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/apps/redis_py_multi_scripts.py"
-        ))
-        .arg(server.url(&token))
-        .output()
-        .expect("python3 runs (scripts/test.sh installs python3-redis)");
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&output.stdout).trim(),
-        "[1, 2, 3, True, 3, 3]"
-    );
+    let printed = run_python_app("redis_py_multi_scripts.py", &[&server.url(&token)]);
+    assert_eq!(printed, "[1, 2, 3, True, 3, 3]");
 }
 
 /// A script run by EXEC pays for its writes as the same script outside a transaction.
@@ -544,10 +519,7 @@ fn struct_case(rng: &mut Rng) -> (String, Vec<String>) {
 /// on random formats and values, and the same errors.
 #[test]
 fn the_struct_library_is_redis_s() {
-    let (server, issuer) = embedded();
-    let redis = Redis::start();
-    let mut pkv = server.resp_authed(&issuer.token(1000));
-    let mut direct = RespConn::connect(redis.port);
+    let (_pkv, _redis, mut pkv, mut direct) = beside_redis();
     let mut scripts: Vec<String> = [
         "return struct.pack('z', 1)",
         "return struct.pack('i33', 1)",
@@ -629,10 +601,7 @@ fn the_struct_library_is_redis_s() {
 /// RESP2 and RESP3 clients as Redis's does.
 #[test]
 fn setresp_3_converts_as_redis_7_does() {
-    let (server, issuer) = embedded();
-    let redis = Redis::start();
-    let mut pkv = server.resp_authed(&issuer.token(1000));
-    let mut direct = RespConn::connect(redis.port);
+    let (_pkv, _redis, mut pkv, mut direct) = beside_redis();
     for conn in [&mut pkv, &mut direct] {
         call(conn, &["HSET", "p:h", "f", "v"]);
         call(conn, &["SADD", "p:s", "a"]);

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pkv_balance, Issuer, PkvConfig, Redis, RespConn, Server};
+use common::{pkv_balance, run_python_app, Issuer, PkvConfig, Redis, RespConn, Server};
 use pkv::namespace::Namespace;
 
 fn upstream(extra: &[&str]) -> (Redis, Server, Issuer) {
@@ -379,22 +379,8 @@ fn a_script_pays_for_the_storage_it_writes() {
 fn redis_py_lock_excludes_under_contention_on_the_upstream() {
     let (_redis, server, issuer) = upstream(&[]);
     let token = issuer.token(1000);
-    let output = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/apps/redis_py_lock.py"
-        ))
-        .arg(server.url(&token))
-        .args(["4", "25"])
-        .output()
-        .expect("python3 runs (scripts/test.sh installs python3-redis)");
-    assert!(
-        output.status.success(),
-        "stdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "100");
+    let printed = run_python_app("redis_py_lock.py", &[&server.url(&token), "4", "25"]);
+    assert_eq!(printed, "100");
 }
 
 #[test]

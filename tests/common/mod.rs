@@ -692,6 +692,24 @@ pub fn redis_cli(args: &[&str]) -> String {
     text
 }
 
+/// Runs the redis-py app `tests/apps/<app>` with `args` (scripts/test.sh installs
+/// python3-redis) and returns what it printed, trimmed; fails the test when the app fails.
+pub fn run_python_app(app: &str, args: &[&str]) -> String {
+    let path = format!("{}/tests/apps/{app}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/test.sh installs python3-redis)");
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
 /// Records every command the upstream receives, via MONITOR on a direct connection.
 pub struct Monitor {
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
