@@ -68,6 +68,10 @@ pub mod flags {
     /// Free only as the bare command name (`PING`): with an argument it carries data, and
     /// is metered and admitted like `ECHO`, so a free command never carries free work.
     pub const FREE_BARE: u16 = 1 << 11;
+    /// Visits the whole keyspace rather than keys it names (KEYS, SCAN, and what pkv
+    /// builds on them: RANDOMKEY, DBSIZE, FLUSHDB): the embedded store lets no multi-key
+    /// write run half seen under it.
+    pub const WALKS_KEYSPACE: u16 = 1 << 12;
 }
 
 /// One rule locating key (or channel) arguments. Indices count the command name as 0.

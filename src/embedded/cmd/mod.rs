@@ -100,14 +100,14 @@ impl KeysAt {
         let Some(spec) = TABLE.iter().find(|s| s.name == name) else {
             return KeysAt::Located;
         };
+        if spec.has(flags::WALKS_KEYSPACE) {
+            return KeysAt::Anywhere;
+        }
         if spec.has(flags::CONTAINER) {
             return KeysAt::Located;
         }
         match spec.keys {
-            // SCAN names no key, but walks them all (a cursor, not a pattern, says where).
-            [] if name == "SCAN" => KeysAt::Anywhere,
             [] => KeysAt::Nowhere,
-            [KeyRule::KeyPattern { .. }] => KeysAt::Anywhere,
             [KeyRule::Range {
                 first: 1, last: 1, ..
             }] => KeysAt::First,
