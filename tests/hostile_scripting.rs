@@ -486,3 +486,41 @@ fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
         "$40\r\nstring malformed pattern (ends with '%')\r\n"
     );
 }
+
+/// Scripts queued in one transaction share one time limit: EXEC runs them under one hold of
+/// the whole store, so ten looping scripts must not hold it ten times the limit while the
+/// other tenants wait.
+#[test]
+fn the_scripts_of_one_transaction_share_the_time_limit() {
+    const SCRIPTS: usize = 10;
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_SCRIPT_TIME_LIMIT", "500")
+        .start();
+    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
+    let mut b = server.resp_authed(&token_b);
+    call(&mut b, &["SET", "k", "v"]);
+    let port = server.port;
+    let exec = std::thread::spawn(move || {
+        let mut a = RespConn::connect(port);
+        a.call(&[b"AUTH", token_a.as_bytes()]);
+        call(&mut a, &["MULTI"]);
+        for _ in 0..SCRIPTS {
+            assert_eq!(eval(&mut a, "while true do end", &[]), "+QUEUED\r\n");
+        }
+        let started = Instant::now();
+        let reply = call(&mut a, &["EXEC"]);
+        (reply, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(call(&mut b, &["GET", "k"]), "$1\r\nv\r\n");
+    let waited = started.elapsed();
+    let (reply, took) = exec.join().unwrap();
+    assert!(reply.starts_with("*10\r\n-ERR script stopped"), "{reply:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "EXEC held the store {took:?} for {SCRIPTS} scripts of a 500 ms limit"
+    );
+    assert!(waited < Duration::from_millis(2500), "B waited {waited:?}");
+}

@@ -551,12 +551,13 @@ impl Store {
             return None;
         }
         let now = now_ms();
+        let held_since = std::time::Instant::now();
         let mut scripts = scripts.into_iter().peekable();
         Some(memory::admitted_while(|| {
             let mut replies = Vec::with_capacity(queued.len() + scripts.len());
             for at in 0..=queued.len() {
                 while let Some((_, script)) = scripts.next_if(|(i, _)| *i <= at) {
-                    replies.push(self.run_queued(script, now));
+                    replies.push(self.run_queued(script, now, held_since.elapsed()));
                 }
                 if let Some(call) = queued.get(at) {
                     replies.push(into_frame(self.run_held(

@@ -11,7 +11,7 @@
 //! same storage for the same writes.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -59,7 +59,9 @@ impl Spent {
 
 /// A script to run, its calls going through [`Host::call`]: its reply, or its error as a
 /// [`Frame::Error`].
-pub type QueuedRun = Box<dyn FnOnce(&mut dyn Host) -> Frame + Send>;
+/// A queued script's run: given the time the transaction's scripts before it took, since
+/// the scripts of one EXEC share one time limit (they run under one hold of the store).
+pub type QueuedRun = Box<dyn FnOnce(&mut dyn Host, Duration) -> Frame + Send>;
 
 /// A script queued in a transaction: EXEC runs it in its turn, with the transaction's
 /// other commands, under the same exclusive hold ([`Store::run_all`]).
@@ -108,9 +110,10 @@ impl Store {
 
     /// Runs a script queued in a transaction, at EXEC's instant, with the gate held
     /// exclusively by EXEC; leaves what it used in its `spent`.
-    pub(super) fn run_queued(&self, queued: Queued, now: i64) -> Frame {
+    /// Runs a queued script; `before` is what the transaction's scripts before it took.
+    pub(super) fn run_queued(&self, queued: Queued, now: i64, before: Duration) -> Frame {
         let Queued { caller, run, spent } = queued;
-        let (reply, used) = self.script_held(&caller, now, run);
+        let (reply, used) = self.script_held(&caller, now, |host| run(host, before));
         spent.lock().unwrap_or_else(|p| p.into_inner()).add(used);
         reply
     }

@@ -9,6 +9,7 @@
 //! inside Redis, wrapped (`upscript.rs`), and is refused inside MULTI for now.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -223,8 +224,16 @@ impl Session {
             control: Arc::default(),
         };
         let read_only = matches!(local, Local::EvalRo | Local::EvalShaRo);
-        let run = move |host: &mut dyn lua::Host| {
+        // The scripts of one EXEC share one time limit: they hold the store as one.
+        let run = move |host: &mut dyn lua::Host, before: Duration| {
+            let timed_out = ScriptError::TimedOut {
+                limit_ms: limits.time.as_millis() as u64,
+            };
+            let left = limits.time.saturating_sub(before);
             let ran = resolved.and_then(|(parsed, body, sha)| {
+                if left.is_zero() {
+                    return Err(timed_out);
+                }
                 let script = Script {
                     body: &body,
                     sha: &sha,
@@ -232,7 +241,14 @@ impl Session {
                     argv: &parsed.argv,
                     read_only,
                 };
-                lua::run(&script, &limits, host)
+                let limits = Limits {
+                    time: left,
+                    ..limits
+                };
+                lua::run(&script, &limits, host).map_err(|err| match err {
+                    ScriptError::TimedOut { .. } => timed_out,
+                    other => other,
+                })
             });
             ran.unwrap_or_else(|err| Frame::error(ClientError::from(err).line()))
         };
