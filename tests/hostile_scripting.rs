@@ -39,6 +39,19 @@ fn eval_apart(port: u16, token: &str, script: &str) -> mpsc::Receiver<(String, D
     result
 }
 
+/// pkv on its embedded store with `PKV_SCRIPT_TIME_LIMIT` at 500 ms, tenant A's token, and
+/// tenant B's connection, B holding the key `k` (`v`): for scripts of A that must not stall B.
+fn a_tenant_and_another_holding_k() -> (common::Server, String, RespConn) {
+    let issuer = Issuer::new();
+    let server = PkvConfig::embedded(&issuer)
+        .set("PKV_SCRIPT_TIME_LIMIT", "500")
+        .start();
+    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
+    let mut b = server.resp_authed(&token_b);
+    call(&mut b, &["SET", "k", "v"]);
+    (server, token_a, b)
+}
+
 /// The key prefix of the account `token` opens, as the store holds its keys.
 fn prefix_of(server: &common::Server, token: &str) -> String {
     let mut con = server.client(token);
@@ -234,13 +247,7 @@ fn a_script_reads_only_its_own_keys_and_names() {
 
 #[test]
 fn loops_are_stopped_and_other_tenants_are_served_during_and_after() {
-    let issuer = Issuer::new();
-    let server = PkvConfig::embedded(&issuer)
-        .set("PKV_SCRIPT_TIME_LIMIT", "500")
-        .start();
-    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
-    let mut b = server.resp_authed(&token_b);
-    call(&mut b, &["SET", "k", "v"]);
+    let (server, token_a, mut b) = a_tenant_and_another_holding_k();
     for script in [
         "while true do end",
         "while true do pcall(function() while true do end end) end",
@@ -423,13 +430,7 @@ fn recursion_and_cycles_end_in_an_error_not_a_crash() {
 
 #[test]
 fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
-    let issuer = Issuer::new();
-    let server = PkvConfig::embedded(&issuer)
-        .set("PKV_SCRIPT_TIME_LIMIT", "500")
-        .start();
-    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
-    let mut b = server.resp_authed(&token_b);
-    call(&mut b, &["SET", "k", "v"]);
+    let (server, token_a, mut b) = a_tenant_and_another_holding_k();
     // Each of these backtracks for hours inside one call of the pattern matcher.
     for script in [
         "return (('x'):rep(5000)):match(('.-'):rep(150) .. 'y')",
@@ -493,13 +494,7 @@ fn backtracking_patterns_are_stopped_and_other_tenants_are_served() {
 #[test]
 fn the_scripts_of_one_transaction_share_the_time_limit() {
     const SCRIPTS: usize = 10;
-    let issuer = Issuer::new();
-    let server = PkvConfig::embedded(&issuer)
-        .set("PKV_SCRIPT_TIME_LIMIT", "500")
-        .start();
-    let (token_a, token_b) = (issuer.token(1000), issuer.token(1000));
-    let mut b = server.resp_authed(&token_b);
-    call(&mut b, &["SET", "k", "v"]);
+    let (server, token_a, mut b) = a_tenant_and_another_holding_k();
     let port = server.port;
     let exec = std::thread::spawn(move || {
         let mut a = RespConn::connect(port);
