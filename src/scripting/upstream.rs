@@ -389,6 +389,10 @@ pub struct Accounts {
 /// The most wrapped scripts kept; past it the cache starts again empty.
 const WRAPPED_KEPT: usize = 1024;
 
+/// The most bytes of wrapped scripts kept; past it the cache starts again empty. A script
+/// bigger than a sixteenth of it is wrapped again each time it runs rather than kept.
+const WRAPPED_BYTES: usize = 64 << 20;
+
 impl Accounts {
     /// The password of `account`'s ACL user, when this process has made it.
     pub fn password(&self, account: &str) -> Option<String> {
@@ -408,10 +412,14 @@ impl Accounts {
         if let Some(done) = cache.get(sha) {
             return done.clone();
         }
-        if cache.len() >= WRAPPED_KEPT {
+        let done = wrap(body);
+        if done.text.len() > WRAPPED_BYTES / 16 {
+            return done;
+        }
+        let held: usize = cache.values().map(|w| w.text.len()).sum();
+        if cache.len() >= WRAPPED_KEPT || held + done.text.len() > WRAPPED_BYTES {
             cache.clear();
         }
-        let done = wrap(body);
         cache.insert(sha.to_owned(), done.clone());
         done
     }
@@ -468,6 +476,24 @@ pub fn predates_lua_fixes(version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scripting::sha1hex;
+
+    /// A tenant sending many big distinct scripts does not grow the cache of wrapped
+    /// scripts past its bound in bytes (1024 scripts near the request limit were 16 GiB).
+    #[test]
+    fn the_wrapped_scripts_kept_are_bounded_in_bytes() {
+        let accounts = Accounts::default();
+        for i in 0..24 {
+            let body = format!("return {i} --{}", "x".repeat(3 << 20));
+            accounts.wrapped(&sha1hex(body.as_bytes()), body.as_bytes());
+        }
+        let cache = accounts.wrapped.lock().unwrap();
+        let held: usize = cache.values().map(|w| w.text.len()).sum();
+        assert!(
+            held <= WRAPPED_BYTES,
+            "{held} bytes of wrapped scripts kept"
+        );
+    }
 
     #[test]
     fn the_preamble_keeps_the_scripts_lines() {
