@@ -812,7 +812,9 @@ fn run_until_exit(config: &PkvConfig, within: Duration) -> Option<(Option<i32>, 
 fn a_plain_url_naming_a_cluster_node_is_refused() {
     let issuer = Issuer::new();
     let ledger = Redis::start();
-    let node = Redis::start_with(&["--cluster-enabled", "yes"]);
+    // The bus port is named: the default, port + 10000, may be past 65535.
+    let bus = common::free_port().to_string();
+    let node = Redis::start_with(&["--cluster-enabled", "yes", "--cluster-port", &bus]);
     let config = PkvConfig::new(&node, &issuer).set("PKV_LEDGER_URL", &ledger.url());
     let (code, stderr) = run_until_exit(&config, Duration::from_secs(10))
         .expect("pkv served a cluster node named by a plain URL");
@@ -839,7 +841,11 @@ fn a_plain_url_naming_a_cluster_node_is_refused() {
     // Returns once pkv listens: it started while the node was down.
     let mut pkv = common::Pkv::spawn(cmd, dir);
     drop(down);
-    let _late = Redis::start_with_on(port, &["--cluster-enabled", "yes"]);
+    let late_bus = common::free_port().to_string();
+    let _late = Redis::start_with_on(
+        port,
+        &["--cluster-enabled", "yes", "--cluster-port", &late_bus],
+    );
     wait_until("pkv stops", || !pkv.is_running());
     let code = pkv.child.wait().unwrap().code();
     let mut stderr = String::new();
